@@ -1,0 +1,153 @@
+//! Writing messages. Porchlight builds what it sends with a writer over one
+//! growing buffer: no intermediate header objects, Content-Length always
+//! computed from the body.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::cursor::SplitItems;
+use crate::header_name::HeaderName;
+use crate::message::Message;
+use crate::typed::Via;
+use crate::uri::Host;
+
+/// Builds one message into a buffer.
+#[derive(Debug)]
+pub struct MessageWriter {
+    buf: BytesMut,
+}
+
+impl MessageWriter {
+    /// Starts a request line.
+    pub fn request(method: &str, uri: &str) -> MessageWriter {
+        let mut buf = BytesMut::with_capacity(512);
+        buf.put_slice(method.as_bytes());
+        buf.put_u8(b' ');
+        buf.put_slice(uri.as_bytes());
+        buf.put_slice(b" SIP/2.0\r\n");
+        MessageWriter { buf }
+    }
+
+    /// Starts a status line.
+    pub fn response(code: u16, reason: &str) -> MessageWriter {
+        let mut buf = BytesMut::with_capacity(512);
+        let _ = write!(Wrapper(&mut buf), "SIP/2.0 {code} {reason}\r\n");
+        MessageWriter { buf }
+    }
+
+    /// Appends one header field.
+    pub fn header(&mut self, name: &str, value: impl AsRef<[u8]>) -> &mut Self {
+        self.buf.put_slice(name.as_bytes());
+        self.buf.put_slice(b": ");
+        self.buf.put_slice(value.as_ref());
+        self.buf.put_slice(b"\r\n");
+        self
+    }
+
+    /// Appends one header field with a formatted value.
+    pub fn header_fmt(&mut self, name: &str, value: std::fmt::Arguments<'_>) -> &mut Self {
+        self.buf.put_slice(name.as_bytes());
+        self.buf.put_slice(b": ");
+        let _ = Wrapper(&mut self.buf).write_fmt(value);
+        self.buf.put_slice(b"\r\n");
+        self
+    }
+
+    /// Ends the head with Content-Length and appends the body.
+    pub fn finish(mut self, body: &[u8]) -> Bytes {
+        let _ = write!(Wrapper(&mut self.buf), "Content-Length: {}\r\n\r\n", body.len());
+        self.buf.put_slice(body);
+        self.buf.freeze()
+    }
+}
+
+struct Wrapper<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for Wrapper<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.put_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// The parameters a server adds to the top Via of a request it received
+/// (RFC 3261 §18.2.1 `received`, RFC 3581 `rport`), so responses find their
+/// way back through NATs.
+pub fn via_received_params(via: &Via<'_>, source_ip: IpAddr, source_port: u16) -> String {
+    let mut extra = String::new();
+    let rport_requested = via.rport() == Some(None);
+    let host_is_source = match via.host {
+        Host::Name(_) => false,
+        _ => via.host.ip() == Some(source_ip),
+    };
+    if (!host_is_source || rport_requested) && via.received().is_none() {
+        let _ = write!(extra, ";received={source_ip}");
+    }
+    if rport_requested {
+        let _ = write!(extra, ";rport={source_port}");
+    }
+    extra
+}
+
+/// Starts a response to `request`: copies Via (the top one extended by
+/// `top_via_extra`), From, To (adding `to_tag` when it has none), Call-ID and
+/// CSeq, as RFC 3261 §8.2.6.2 requires. Works on raw bytes, so even a request
+/// with a malformed Via can be answered.
+pub fn response_to(
+    request: &Message,
+    code: u16,
+    reason: &str,
+    top_via_extra: &str,
+    to_tag: Option<&str>,
+) -> MessageWriter {
+    let mut w = MessageWriter::response(code, reason);
+    let mut first_via = true;
+    for field in request.headers() {
+        let value = request.value_bytes(field);
+        match field.name {
+            HeaderName::Via if first_via => {
+                first_via = false;
+                match std::str::from_utf8(value) {
+                    Ok(s) if !top_via_extra.is_empty() => {
+                        let mut items = SplitItems::new(s);
+                        let mut line = String::with_capacity(s.len() + top_via_extra.len());
+                        line.push_str(items.next().unwrap_or(""));
+                        line.push_str(top_via_extra);
+                        for rest in items {
+                            line.push_str(", ");
+                            line.push_str(rest);
+                        }
+                        w.header("Via", line);
+                    }
+                    _ => {
+                        w.header("Via", value);
+                    }
+                }
+            }
+            HeaderName::Via => {
+                w.header("Via", value);
+            }
+            HeaderName::To => {
+                let has_tag = request.to().is_ok_and(|to| to.tag().is_some());
+                match to_tag {
+                    Some(tag) if !has_tag && code > 100 => {
+                        let mut v = BytesMut::from(value);
+                        v.put_slice(b";tag=");
+                        v.put_slice(tag.as_bytes());
+                        w.header("To", v);
+                    }
+                    _ => {
+                        w.header("To", value);
+                    }
+                }
+            }
+            HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
+                w.header(field.name.as_str(), value);
+            }
+            _ => {}
+        }
+    }
+    w
+}
