@@ -8,6 +8,7 @@ pub(crate) struct Cursor<'a> {
     pub(crate) pos: usize,
 }
 
+#[inline(always)]
 pub(crate) fn is_lws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
@@ -17,24 +18,29 @@ impl<'a> Cursor<'a> {
         Cursor { s, pos: 0 }
     }
 
+    #[inline]
     fn bytes(&self) -> &'a [u8] {
         self.s.as_bytes()
     }
 
+    #[inline]
     pub(crate) fn peek(&self) -> Option<u8> {
         self.bytes().get(self.pos).copied()
     }
 
+    #[inline]
     pub(crate) fn at_end(&self) -> bool {
         self.pos >= self.s.len()
     }
 
+    #[inline]
     pub(crate) fn skip_lws(&mut self) {
         while self.peek().is_some_and(is_lws) {
             self.pos += 1;
         }
     }
 
+    #[inline]
     pub(crate) fn eat(&mut self, c: u8) -> bool {
         if self.peek() == Some(c) {
             self.pos += 1;
@@ -45,6 +51,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Eats a separator with optional whitespace around it (SEMI, COMMA, EQUAL, SLASH).
+    #[inline]
     pub(crate) fn eat_sep(&mut self, c: u8) -> bool {
         let save = self.pos;
         self.skip_lws();
@@ -57,6 +64,7 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a str {
         let start = self.pos;
         while self.peek().is_some_and(&f) {
@@ -65,6 +73,7 @@ impl<'a> Cursor<'a> {
         &self.s[start..self.pos]
     }
 
+    #[inline]
     pub(crate) fn token(&mut self) -> Option<&'a str> {
         let t = self.take_while(is_token_char);
         (!t.is_empty()).then_some(t)

@@ -1,0 +1,142 @@
+//! Property tests: whatever the writer produces, the parser reads back
+//! field for field, and re-writing the parsed message gives the same bytes.
+
+use bytes::Bytes;
+use porchlight_sip::{Framing, Limits, Message, MessageWriter};
+use proptest::prelude::*;
+
+fn token() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9!%*_+`'~.-]{1,12}"
+}
+
+fn header_value() -> impl Strategy<Value = Vec<u8>> {
+    // Any bytes but CR, LF and NUL-free edges: values may hold non-UTF-8.
+    proptest::collection::vec(prop_oneof![0x21u8..=0x7e, 0x80u8..=0xff, Just(b' ')], 1..40)
+        .prop_map(|mut v| {
+            while v.last() == Some(&b' ') {
+                v.pop();
+            }
+            if v.is_empty() {
+                v.push(b'x');
+            }
+            v
+        })
+        .prop_filter("must not start with whitespace", |v| v[0] != b' ')
+}
+
+fn headers() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
+    proptest::collection::vec((token(), header_value()), 0..20).prop_map(|hs| {
+        hs.into_iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("content-length") && !n.eq_ignore_ascii_case("l"))
+            .collect()
+    })
+}
+
+fn rewrite(m: &Message) -> Bytes {
+    let mut w = match m.method() {
+        Some(method) => MessageWriter::request(method, m.request_uri().unwrap()),
+        None => MessageWriter::response(m.status().unwrap(), std::str::from_utf8(m.reason().unwrap()).unwrap()),
+    };
+    for h in m.headers() {
+        if h.name != porchlight_sip::HeaderName::ContentLength {
+            w.header(std::str::from_utf8(m.name_bytes(h)).unwrap(), m.value_bytes(h));
+        }
+    }
+    w.finish(m.body())
+}
+
+proptest! {
+    #[test]
+    fn requests_round_trip(
+        method in token(),
+        user in "[a-z0-9]{1,8}",
+        host in "[a-z]{1,8}(\\.[a-z]{2,5}){0,2}",
+        hs in headers(),
+        body in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let uri = format!("sip:{user}@{host}");
+        let mut w = MessageWriter::request(&method, &uri);
+        for (n, v) in &hs {
+            w.header(n, v);
+        }
+        let bytes = w.finish(&body);
+        let m = Message::parse(bytes.clone(), Framing::Stream, &Limits::default()).unwrap();
+        prop_assert_eq!(m.method(), Some(method.as_str()));
+        prop_assert_eq!(m.request_uri(), Some(uri.as_str()));
+        let parsed: Vec<_> = m.headers().iter().map(|h| (m.name_bytes(h).to_vec(), m.value_bytes(h).to_vec())).collect();
+        prop_assert_eq!(parsed.len(), hs.len() + 1);
+        for ((n, v), (pn, pv)) in hs.iter().zip(&parsed) {
+            prop_assert_eq!(n.as_bytes(), &pn[..]);
+            prop_assert_eq!(v, pv);
+        }
+        prop_assert_eq!(m.body(), &body[..]);
+        prop_assert_eq!(rewrite(&m), bytes.clone());
+        let frame = Message::frame(&bytes, &Limits::default()).unwrap().unwrap();
+        prop_assert_eq!(frame.len, bytes.len());
+    }
+
+    #[test]
+    fn responses_round_trip(code in 100u16..700, reason in "[ -~]{0,30}", hs in headers()) {
+        let reason = reason.trim_end().to_owned();
+        let mut w = MessageWriter::response(code, &reason);
+        for (n, v) in &hs {
+            w.header(n, v);
+        }
+        let bytes = w.finish(b"");
+        let m = Message::parse(bytes.clone(), Framing::Datagram, &Limits::default()).unwrap();
+        prop_assert_eq!(m.status(), Some(code));
+        prop_assert_eq!(m.reason(), Some(reason.as_bytes()));
+        prop_assert_eq!(rewrite(&m), bytes);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let limits = Limits::default();
+        let _ = Message::frame(&data, &limits);
+        if let Ok(m) = Message::parse(Bytes::from(data), Framing::Datagram, &limits) {
+            let _ = m.validate_request();
+            let _ = m.validate_response();
+        }
+    }
+}
+
+#[test]
+fn limits_are_enforced_with_typed_errors() {
+    use porchlight_sip::ParseErrorKind;
+    let small = Limits { max_message_bytes: 200, max_headers: 3, max_line_bytes: 40 };
+    let mut w = MessageWriter::request("OPTIONS", "sip:a@b");
+    for i in 0..4 {
+        w.header("X", format!("{i}"));
+    }
+    let err = Message::parse(w.finish(b""), Framing::Datagram, &small).unwrap_err();
+    assert_eq!(err.kind, ParseErrorKind::TooManyHeaders { limit: 3 });
+    let mut w = MessageWriter::request("OPTIONS", "sip:a@b");
+    w.header("X", "y".repeat(50));
+    let err = Message::parse(w.finish(b""), Framing::Datagram, &small).unwrap_err();
+    assert_eq!(err.kind, ParseErrorKind::LineTooLong { limit: 40 });
+    let w = MessageWriter::request("OPTIONS", "sip:a@b");
+    let err = Message::parse(w.finish(&[b'z'; 300]), Framing::Datagram, &small).unwrap_err();
+    assert_eq!(err.kind, ParseErrorKind::TooLarge { limit: 200 });
+}
+
+#[test]
+fn non_utf8_header_loses_nothing_after_it() {
+    let raw = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nX-Latin: caf\xe9\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let m = Message::parse(Bytes::from_static(raw), Framing::Datagram, &Limits::default()).unwrap();
+    m.validate_request().unwrap();
+    assert_eq!(m.from().unwrap().tag(), Some("1"));
+    assert_eq!(m.values_named("x-latin").next(), Some(&b"caf\xe9"[..]));
+}
+
+#[test]
+fn stream_framing_waits_for_the_whole_body() {
+    let msg = MessageWriter::request("MESSAGE", "sip:a@b").finish(b"hello");
+    let limits = Limits::default();
+    let mut buf = b"\r\n\r\n".to_vec();
+    buf.extend_from_slice(&msg[..msg.len() - 2]);
+    assert_eq!(Message::frame(&buf, &limits).unwrap(), None);
+    buf.extend_from_slice(&msg[msg.len() - 2..]);
+    buf.extend_from_slice(b"NEXT");
+    let frame = Message::frame(&buf, &limits).unwrap().unwrap();
+    assert_eq!((frame.skip, frame.len), (4, msg.len()));
+}
