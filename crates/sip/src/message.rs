@@ -200,10 +200,13 @@ impl Message {
 
     /// Parses only the head of a message, ignoring the body: enough to answer
     /// a message that was refused for its size (513).
+    /// A request line that is itself malformed (RFC 4475 §3.1.2.7–10) is
+    /// tolerated here, so that such a request can still be answered with 400;
+    /// the result then has an empty method and Request-URI.
     pub fn parse_head_only(buf: Bytes, limits: &Limits) -> Result<Message, ParseError> {
         let skip = leading_breaks(&buf);
         let buf = buf.slice(skip..);
-        let parsed = parse_head(&buf, limits, skip)?;
+        let parsed = parse_head_with(&buf, limits, skip, true)?;
         Ok(Message {
             start: parsed.start,
             version: parsed.version,
@@ -417,11 +420,22 @@ fn next_line(buf: &[u8], start: usize, limits: &Limits, base: usize) -> Result<L
 }
 
 fn parse_head(buf: &[u8], limits: &Limits, base: usize) -> Result<ParsedHead, ParseError> {
+    parse_head_with(buf, limits, base, false)
+}
+
+fn parse_head_with(buf: &[u8], limits: &Limits, base: usize, lenient_request_line: bool) -> Result<ParsedHead, ParseError> {
     let first = next_line(buf, 0, limits, base)?;
-    let (start, version) = parse_start_line(&buf[..first.end]).map_err(|kind| ParseError {
-        kind,
-        offset: base,
-    })?;
+    let (start, version) = match parse_start_line(&buf[..first.end]) {
+        Ok(parsed) => parsed,
+        Err(ParseErrorKind::BadRequestLine(_)) if lenient_request_line => (
+            StartLine::Request {
+                method: Span::default(),
+                uri: Span::default(),
+            },
+            Span::default(),
+        ),
+        Err(kind) => return Err(ParseError { kind, offset: base }),
+    };
     let mut headers: Vec<HeaderField> = Vec::with_capacity(20);
     let mut content_length = None;
     let mut pos = first.next;

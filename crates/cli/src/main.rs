@@ -1,0 +1,127 @@
+//! `porchlight`: one binary for running the node and working with SIP.
+
+mod check;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use porchlight_server::{Config, Node, DEFAULT_CONFIG};
+
+#[derive(Parser)]
+#[command(name = "porchlight", version, about = "Presence-aware SIP federation edge")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node (embedded defaults unless --config is given).
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log as JSON lines.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Work with SIP messages.
+    Sip {
+        #[command(subcommand)]
+        command: SipCommand,
+    },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SipCommand {
+    /// Parse each file as one SIP message; exit 0 only if all are valid.
+    Check {
+        /// Files holding one captured message each.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the embedded default configuration.
+    Defaults,
+    /// Validate a configuration file.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("porchlight: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, json_logs } => {
+            init_logging(json_logs);
+            let config = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::embedded(),
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(async {
+                let node = Node::start(config).await?;
+                tokio::select! {
+                    () = node.wait() => {}
+                    _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+                }
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sip {
+            command: SipCommand::Check { files },
+        } => {
+            let mut all_valid = true;
+            for file in &files {
+                let (report, valid) = check::check_file(file);
+                println!("{report}");
+                all_valid &= valid;
+            }
+            Ok(if all_valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Config {
+            command: ConfigCommand::Defaults,
+        } => {
+            print!("{DEFAULT_CONFIG}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            Config::load(&file)?;
+            println!("{}: valid", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

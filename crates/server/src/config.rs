@@ -1,0 +1,275 @@
+//! Node configuration: one TOML document, validated before anything binds.
+//! Every error names the file, the line and what to do about it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The configuration compiled into the binary.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a key is unknown or mistyped.
+    #[error("{origin}:{line}: {message}\n  fix: {fix}")]
+    Syntax {
+        /// File name, or `<embedded defaults>`.
+        origin: String,
+        /// 1-based line.
+        line: usize,
+        /// What the parser said.
+        message: String,
+        /// What to change.
+        fix: String,
+    },
+    /// The values parse but make no sense together.
+    #[error("{origin}: {message}\n  fix: {fix}")]
+    Invalid {
+        /// File name.
+        origin: String,
+        /// What is wrong.
+        message: String,
+        /// What to change.
+        fix: &'static str,
+    },
+}
+
+/// Identity of the node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// SIP domains this node is authoritative for.
+    pub domains: Vec<String>,
+    /// Other host names or literal addresses that mean this node.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// Listener addresses.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// UDP addresses.
+    #[serde(default)]
+    pub udp: Vec<SocketAddr>,
+    /// TCP addresses.
+    #[serde(default)]
+    pub tcp: Vec<SocketAddr>,
+    /// TLS addresses.
+    #[serde(default)]
+    pub tls: Vec<SocketAddr>,
+}
+
+/// Every bound, explicit.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest message accepted (513 beyond).
+    pub max_message_bytes: usize,
+    /// Most header fields in a message.
+    pub max_headers: usize,
+    /// Longest header line.
+    pub max_line_bytes: usize,
+    /// Most simultaneous TCP/TLS connections.
+    pub max_connections: usize,
+    /// Idle stream connections close after this many seconds.
+    pub idle_timeout_secs: u64,
+    /// Received messages queued toward the core.
+    pub receive_queue_depth: usize,
+    /// Messages queued per connection toward the network.
+    pub connection_queue_depth: usize,
+}
+
+/// RFC 3261 timer bases.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimersSection {
+    /// T1 in milliseconds.
+    pub t1_ms: u64,
+    /// T2 in milliseconds.
+    pub t2_ms: u64,
+    /// T4 in milliseconds.
+    pub t4_ms: u64,
+}
+
+/// Certificate files for TLS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM private key.
+    pub private_key: PathBuf,
+    /// PEM CAs whose client certificates are trusted.
+    pub trusted_cas: PathBuf,
+    /// `required` (mutual TLS) or `optional`.
+    #[serde(default = "default_client_auth")]
+    pub client_auth: ClientAuthSetting,
+}
+
+/// Whether TLS peers must present certificates.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthSetting {
+    /// Mutual TLS.
+    Required,
+    /// Verified when offered.
+    Optional,
+}
+
+fn default_client_auth() -> ClientAuthSetting {
+    ClientAuthSetting::Required
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Node identity.
+    pub node: NodeSection,
+    /// Listeners.
+    pub listen: ListenSection,
+    /// Bounds.
+    pub limits: LimitsSection,
+    /// Timers.
+    pub timers: TimersSection,
+    /// TLS files; absent means a generated throw-away certificate.
+    pub tls: Option<TlsSection>,
+    /// Where relative paths in this file are resolved from.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+fn fix_for(message: &str) -> String {
+    if message.contains("unknown field") {
+        "remove the key or correct its spelling; `porchlight config defaults` lists every key".into()
+    } else if message.contains("missing field") {
+        "add the key; `porchlight config defaults` shows it with its default value".into()
+    } else if message.contains("invalid socket address") {
+        "write addresses as \"IP:PORT\", e.g. \"0.0.0.0:5060\" or \"[::]:5061\"".into()
+    } else if message.contains("unknown variant") {
+        "use one of the values the message lists".into()
+    } else {
+        "correct the value to the type shown in `porchlight config defaults`".into()
+    }
+}
+
+impl Config {
+    /// The embedded defaults.
+    pub fn embedded() -> Config {
+        Config::parse(DEFAULT_CONFIG, "<embedded defaults>", Path::new(".")).expect("embedded defaults are valid")
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+        Config::parse(&text, &path.display().to_string(), &base)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+            let message = e.message().to_owned();
+            ConfigError::Syntax {
+                origin: origin.to_owned(),
+                line,
+                fix: fix_for(&message),
+                message,
+            }
+        })?;
+        config.base_dir = base_dir.to_owned();
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String, fix: &'static str| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message,
+            fix,
+        };
+        if self.node.domains.is_empty() {
+            return Err(invalid("[node] domains is empty".into(), "name at least one SIP domain this node serves"));
+        }
+        if self.listen.udp.is_empty() && self.listen.tcp.is_empty() && self.listen.tls.is_empty() {
+            return Err(invalid("[listen] has no address".into(), "add at least one udp, tcp or tls address"));
+        }
+        if self.limits.max_message_bytes < 1024 || self.limits.max_line_bytes < 256 || self.limits.max_headers < 16 {
+            return Err(invalid(
+                "[limits] are too small for real SIP traffic".into(),
+                "use max_message_bytes >= 1024, max_line_bytes >= 256, max_headers >= 16",
+            ));
+        }
+        if self.limits.max_connections == 0 || self.limits.receive_queue_depth == 0 || self.limits.connection_queue_depth == 0 {
+            return Err(invalid("[limits] a connection or queue bound is 0".into(), "use a positive number"));
+        }
+        if self.timers.t1_ms == 0 || self.timers.t2_ms < self.timers.t1_ms {
+            return Err(invalid(
+                format!("[timers] t1_ms = {}, t2_ms = {}", self.timers.t1_ms, self.timers.t2_ms),
+                "t1_ms must be positive and t2_ms at least t1_ms (RFC 3261 defaults: 500 and 4000)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resolves a path from this file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// Idle timeout as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.idle_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let c = Config::embedded();
+        assert_eq!(c.node.domains, ["porchlight.test"]);
+        assert_eq!(c.listen.tls.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_a_fix() {
+        let text = DEFAULT_CONFIG.replace("max_headers = 128", "max_headers = 128\nmax_hedaers = 3");
+        let err = Config::parse(&text, "edge.toml", Path::new(".")).unwrap_err().to_string();
+        let line = DEFAULT_CONFIG.lines().position(|l| l.starts_with("max_headers")).unwrap() + 2;
+        assert!(err.starts_with(&format!("edge.toml:{line}: unknown field `max_hedaers`")), "{err}");
+        assert!(err.contains("fix: remove the key"), "{err}");
+        let text = DEFAULT_CONFIG.replace("\"0.0.0.0:5061\"", "\"0.0.0.0\"");
+        let err = Config::parse(&text, "edge.toml", Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("IP:PORT"), "{err}");
+        let text = DEFAULT_CONFIG.replace("t2_ms = 4000", "t2_ms = 10");
+        let err = Config::parse(&text, "edge.toml", Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("t2_ms must be"), "{err}");
+    }
+}

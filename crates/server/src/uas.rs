@@ -1,0 +1,147 @@
+//! How this node answers requests addressed to it, as pure functions of the
+//! request and the node's names: validation (400, 505), URI scheme (416),
+//! locality and hop count (483, 403), method (501, 481), extensions (420)
+//! and bodies (415), in the order of RFC 3261 §8.2 and §16.3.
+
+use std::net::IpAddr;
+
+use porchlight_sip::{HeaderName, Message, ParseError, ParseErrorKind, Uri};
+
+/// Methods this node implements.
+pub const ALLOWED_METHODS: &str = "OPTIONS, ACK, CANCEL";
+/// Option tags this node supports (none yet beyond the base protocol).
+pub const SUPPORTED_OPTIONS: &[&str] = &[];
+/// Body types this node accepts in requests (none yet).
+pub const ACCEPTED_BODIES: &str = "";
+/// The Server header value.
+pub const SERVER: &str = concat!("Porchlight/", env!("CARGO_PKG_VERSION"));
+
+/// The names and addresses that make a Request-URI "ours".
+#[derive(Clone, Debug, Default)]
+pub struct LocalNames {
+    /// Host names (domains and aliases), lower-case.
+    pub hosts: Vec<String>,
+    /// Listen addresses; an unspecified one (0.0.0.0, ::) means every
+    /// address of its family.
+    pub addresses: Vec<IpAddr>,
+}
+
+impl LocalNames {
+    fn is_local(&self, uri: &porchlight_sip::SipUri<'_>) -> bool {
+        match uri.host.ip() {
+            Some(ip) => self.addresses.iter().any(|a| {
+                *a == ip || (a.is_unspecified() && a.is_ipv4() == ip.is_ipv4())
+            }) || self.hosts.iter().any(|h| uri.host.matches(h)),
+            None => self.hosts.iter().any(|h| uri.host.matches(h)),
+        }
+    }
+}
+
+/// A response to send: status, reason phrase and extra headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// Status code.
+    pub code: u16,
+    /// Reason phrase.
+    pub reason: String,
+    /// Headers beyond the ones copied from the request.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    fn new(code: u16, reason: impl Into<String>) -> Answer {
+        Answer {
+            code,
+            reason: printable(&reason.into()),
+            headers: Vec::new(),
+        }
+    }
+
+    fn with(mut self, name: &'static str, value: impl Into<String>) -> Answer {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// A reason phrase must not break the status line.
+fn printable(reason: &str) -> String {
+    reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+/// What to do with a received request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Send this final response.
+    Respond(Answer),
+    /// No response (ACK).
+    Absorb,
+}
+
+/// Decides the response to a parsed request.
+pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
+    if let Err(e) = request.validate_request() {
+        let reason = match e.status() {
+            505 => "Version Not Supported".to_owned(),
+            _ => format!("Bad Request ({e})"),
+        };
+        return Disposition::Respond(Answer::new(e.status(), reason));
+    }
+    let method = request.method().unwrap_or_default();
+    if method == "ACK" {
+        return Disposition::Absorb;
+    }
+    let uri = Uri::parse(request.request_uri().unwrap_or_default());
+    let Ok(Uri::Sip(sip_uri, _)) = uri else {
+        return Disposition::Respond(Answer::new(416, "Unsupported URI Scheme"));
+    };
+    if !local.is_local(&sip_uri) {
+        // Not ours: a proxy would forward it, and with no hops left it may not.
+        if request.max_forwards().ok().flatten() == Some(0) {
+            return Disposition::Respond(Answer::new(483, "Too Many Hops"));
+        }
+        return Disposition::Respond(Answer::new(403, "Forbidden (relaying is not permitted)"));
+    }
+    match method {
+        "OPTIONS" => {}
+        "CANCEL" => return Disposition::Respond(Answer::new(481, "Call/Transaction Does Not Exist")),
+        _ => {
+            return Disposition::Respond(Answer::new(501, "Not Implemented").with("Allow", ALLOWED_METHODS));
+        }
+    }
+    let unsupported: Vec<&str> = request
+        .tokens(HeaderName::Require)
+        .filter_map(Result::ok)
+        .filter(|t| !SUPPORTED_OPTIONS.iter().any(|s| s.eq_ignore_ascii_case(t)))
+        .collect();
+    if !unsupported.is_empty() {
+        return Disposition::Respond(Answer::new(420, "Bad Extension").with("Unsupported", unsupported.join(", ")));
+    }
+    if !request.body().is_empty() {
+        let accepted = request
+            .content_type()
+            .ok()
+            .flatten()
+            .is_some_and(|ct| ACCEPTED_BODIES.split(", ").any(|a| !a.is_empty() && ct.is(a)));
+        if !accepted {
+            return Disposition::Respond(Answer::new(415, "Unsupported Media Type").with("Accept", ACCEPTED_BODIES));
+        }
+    }
+    Disposition::Respond(
+        Answer::new(200, "OK")
+            .with("Allow", ALLOWED_METHODS)
+            .with("Accept", ACCEPTED_BODIES)
+            .with("Supported", SUPPORTED_OPTIONS.join(", ")),
+    )
+}
+
+/// Decides the response to bytes that did not parse, when their header
+/// section could still be read. Responses are never answered.
+pub fn answer_malformed(error: &ParseError, head: &Message) -> Option<Answer> {
+    if !head.is_request() || head.method() == Some("ACK") {
+        return None;
+    }
+    Some(match error.kind {
+        ParseErrorKind::TooLarge { .. } => Answer::new(513, "Message Too Large"),
+        _ => Answer::new(400, format!("Bad Request ({})", error.kind)),
+    })
+}

@@ -1,0 +1,340 @@
+//! SIP transports for Porchlight: UDP, TCP and TLS listeners and outbound
+//! connections (RFC 3261 §18).
+//!
+//! Every received message reaches the upper layers as one [`Received`]
+//! value carrying how it arrived and, for mutual TLS, who the peer is
+//! (RFC 5922). Streams are framed by Content-Length, answer CRLF keepalive
+//! pings (RFC 5626), close when idle, and are bounded in number. A TLS
+//! connection is reused for requests toward a domain only after the peer's
+//! certificate proved that domain (RFC 5923).
+
+mod identity;
+pub mod pki;
+mod stream;
+mod tls;
+mod udp;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use porchlight_sip::{Limits, Message, ParseError};
+use tokio::sync::{mpsc, Semaphore};
+
+pub use identity::{identity_from_certificate, IdentityError, IdentitySource, PeerIdentity};
+pub use tls::{ClientAuth, TlsError, TlsSettings};
+
+/// The transport protocols Porchlight speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// UDP datagrams.
+    Udp,
+    /// TCP byte stream.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
+impl Protocol {
+    /// The Via transport token.
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Protocol::Udp => "UDP",
+            Protocol::Tcp => "TCP",
+            Protocol::Tls => "TLS",
+        }
+    }
+
+    /// Reliable transports need no retransmissions (§17.1.1.2).
+    pub fn is_reliable(self) -> bool {
+        self != Protocol::Udp
+    }
+}
+
+/// Identifies one stream connection for the life of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectionId(pub u64);
+
+/// How and from whom a message arrived.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// The peer's address as seen by the socket.
+    pub source: SocketAddr,
+    /// Our address it arrived on.
+    pub local: SocketAddr,
+    /// The stream connection, for answering on the same one.
+    pub connection: Option<ConnectionId>,
+    /// The verified certificate identity of a mutual-TLS peer.
+    pub peer: Option<Arc<PeerIdentity>>,
+}
+
+/// What the transport hands upward.
+#[derive(Debug)]
+pub enum Received {
+    /// A framed, parsed message.
+    Message(Message, Origin),
+    /// Bytes that are not a message. `head` holds what could still be read
+    /// of the header section, so a request can be answered (400, 513).
+    Malformed {
+        /// Why parsing failed.
+        error: ParseError,
+        /// The header section, when it could be read despite the error.
+        head: Option<Message>,
+        /// Where it came from.
+        origin: Origin,
+    },
+}
+
+/// Where to send bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Over an existing stream connection (responses on streams, §18.2.2).
+    Connection(ConnectionId),
+    /// To an address; streams reuse a connection to it or open one. For TLS,
+    /// `domain` is the server name to verify and the identity under which
+    /// connections are reused.
+    Address {
+        /// Protocol.
+        protocol: Protocol,
+        /// Address.
+        addr: SocketAddr,
+        /// The peer's SIP domain (TLS only).
+        domain: Option<String>,
+    },
+}
+
+/// Why bytes could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The connection is gone.
+    #[error("connection {0:?} is closed")]
+    ConnectionClosed(ConnectionId),
+    /// No listener or configuration for this protocol.
+    #[error("{0:?} is not enabled")]
+    NotEnabled(Protocol),
+    /// TLS needs a server name to verify.
+    #[error("TLS target needs a domain to verify")]
+    MissingDomain,
+    /// Socket error.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// TLS handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The connection limit is reached.
+    #[error("connection limit reached")]
+    TooManyConnections,
+}
+
+/// Listener addresses and bounds.
+#[derive(Clone)]
+pub struct TransportConfig {
+    /// UDP listen addresses.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses.
+    pub tcp: Vec<SocketAddr>,
+    /// TLS listen addresses.
+    pub tls: Vec<SocketAddr>,
+    /// TLS configuration; required when `tls` is non-empty.
+    pub tls_settings: Option<TlsSettings>,
+    /// Message size, header count and line length bounds.
+    pub limits: Limits,
+    /// Most simultaneous stream connections, inbound and outbound together.
+    pub max_connections: usize,
+    /// A stream with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Depth of the queue of received messages toward the core; UDP drops
+    /// beyond it, streams wait.
+    pub queue_depth: usize,
+    /// Depth of each connection's outbound queue.
+    pub connection_queue_depth: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            tls: Vec::new(),
+            tls_settings: None,
+            limits: Limits::default(),
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(300),
+            queue_depth: 65_536,
+            connection_queue_depth: 1_024,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ConnectionHandle {
+    sender: mpsc::Sender<Bytes>,
+    protocol: Protocol,
+    remote: SocketAddr,
+    peer: Option<Arc<PeerIdentity>>,
+}
+
+#[derive(Default)]
+struct Registry {
+    by_id: HashMap<ConnectionId, ConnectionHandle>,
+    by_addr: HashMap<(Protocol, SocketAddr), ConnectionId>,
+    by_domain: HashMap<String, ConnectionId>,
+}
+
+pub(crate) struct Shared {
+    config: TransportConfig,
+    registry: Mutex<Registry>,
+    next_id: AtomicU64,
+    connections: Arc<Semaphore>,
+    inbound: mpsc::Sender<Received>,
+    udp_sockets: Vec<Arc<tokio::net::UdpSocket>>,
+}
+
+/// A running set of listeners and connections. Cloning shares it.
+#[derive(Clone)]
+pub struct Transport {
+    shared: Arc<Shared>,
+    local: Arc<Vec<(Protocol, SocketAddr)>>,
+}
+
+impl Transport {
+    /// Binds every configured listener and starts receiving. Messages arrive
+    /// on the returned channel.
+    pub async fn bind(config: TransportConfig) -> std::io::Result<(Transport, mpsc::Receiver<Received>)> {
+        let (tx, rx) = mpsc::channel(config.queue_depth);
+        let mut udp_sockets = Vec::new();
+        let mut local = Vec::new();
+        for addr in &config.udp {
+            let socket = Arc::new(udp::bind(*addr)?);
+            local.push((Protocol::Udp, socket.local_addr()?));
+            udp_sockets.push(socket);
+        }
+        let mut tcp_listeners = Vec::new();
+        for (protocol, addrs) in [(Protocol::Tcp, &config.tcp), (Protocol::Tls, &config.tls)] {
+            if protocol == Protocol::Tls && !addrs.is_empty() && config.tls_settings.is_none() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "TLS listener configured without certificates",
+                ));
+            }
+            for addr in addrs {
+                let listener = tokio::net::TcpListener::bind(addr).await?;
+                local.push((protocol, listener.local_addr()?));
+                tcp_listeners.push((protocol, listener));
+            }
+        }
+        let shared = Arc::new(Shared {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+            registry: Mutex::new(Registry::default()),
+            next_id: AtomicU64::new(1),
+            inbound: tx,
+            udp_sockets,
+        });
+        for socket in &shared.udp_sockets {
+            tokio::spawn(udp::receive_loop(shared.clone(), socket.clone()));
+        }
+        for (protocol, listener) in tcp_listeners {
+            tokio::spawn(stream::accept_loop(shared.clone(), protocol, listener));
+        }
+        Ok((
+            Transport {
+                shared,
+                local: Arc::new(local),
+            },
+            rx,
+        ))
+    }
+
+    /// The bound addresses (useful with port 0).
+    pub fn local_addrs(&self) -> &[(Protocol, SocketAddr)] {
+        &self.local
+    }
+
+    /// The first bound address of a protocol.
+    pub fn local_addr(&self, protocol: Protocol) -> Option<SocketAddr> {
+        self.local.iter().find(|(p, _)| *p == protocol).map(|(_, a)| *a)
+    }
+
+    /// Open stream connections.
+    pub fn connection_count(&self) -> usize {
+        self.shared.registry.lock().map(|r| r.by_id.len()).unwrap_or(0)
+    }
+
+    /// The verified identity of a connection's peer.
+    pub fn peer_identity(&self, id: ConnectionId) -> Option<Arc<PeerIdentity>> {
+        self.shared
+            .registry
+            .lock()
+            .ok()?
+            .by_id
+            .get(&id)
+            .and_then(|c| c.peer.clone())
+    }
+
+    /// Sends bytes. UDP goes out from the first UDP socket of the address
+    /// family; streams reuse or open a connection.
+    pub async fn send(&self, target: &Target, bytes: Bytes) -> Result<(), SendError> {
+        match target {
+            Target::Connection(id) => {
+                let handle = self.shared.registry.lock().ok().and_then(|r| r.by_id.get(id).cloned());
+                let handle = handle.ok_or(SendError::ConnectionClosed(*id))?;
+                handle
+                    .sender
+                    .send(bytes)
+                    .await
+                    .map_err(|_| SendError::ConnectionClosed(*id))
+            }
+            Target::Address {
+                protocol: Protocol::Udp,
+                addr,
+                ..
+            } => {
+                let socket = self
+                    .shared
+                    .udp_sockets
+                    .iter()
+                    .find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == addr.is_ipv4()))
+                    .ok_or(SendError::NotEnabled(Protocol::Udp))?;
+                socket.send_to(&bytes, addr).await?;
+                Ok(())
+            }
+            Target::Address { protocol, addr, domain } => {
+                let id = stream::connection_for(&self.shared, *protocol, *addr, domain.as_deref()).await?;
+                Box::pin(self.send(&Target::Connection(id), bytes)).await
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn register(&self, handle: ConnectionHandle) -> ConnectionId {
+        let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        if let Ok(mut r) = self.registry.lock() {
+            r.by_addr.insert((handle.protocol, handle.remote), id);
+            if let Some(peer) = &handle.peer {
+                for d in &peer.domains {
+                    r.by_domain.insert(d.clone(), id);
+                }
+            }
+            r.by_id.insert(id, handle);
+        }
+        id
+    }
+
+    fn unregister(&self, id: ConnectionId) {
+        if let Ok(mut r) = self.registry.lock() {
+            if let Some(h) = r.by_id.remove(&id) {
+                if r.by_addr.get(&(h.protocol, h.remote)) == Some(&id) {
+                    r.by_addr.remove(&(h.protocol, h.remote));
+                }
+                r.by_domain.retain(|_, v| *v != id);
+            }
+        }
+    }
+}
