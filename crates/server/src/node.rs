@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use bytes::Bytes;
-use porchlight_sip::{response_to, via_received_params, Limits, Message};
+use porchlight_sip::{response_to, via_with_received, Limits, Message};
 use porchlight_transaction::{Output, RequestMatch, TimerConfig, TransactionLayer};
 use porchlight_transport::pki::{AltName, CertificateAuthority};
 use porchlight_transport::{ClientAuth, Origin, Protocol, Received, Target, TlsSettings, Transport, TransportConfig};
@@ -241,13 +241,13 @@ impl EventLoop {
     }
 
     fn render(&mut self, request: &Message, origin: &Origin, answer: &Answer) -> Bytes {
-        let via_extra = request
+        let top_via = request
             .top_via()
-            .map(|via| via_received_params(&via, origin.source.ip(), origin.source.port()))
-            .unwrap_or_default();
+            .ok()
+            .and_then(|via| via_with_received(&via, origin.source.ip(), origin.source.port()));
         self.tag_counter += 1;
         let tag = format!("{:x}{:x}", self.tag_seed & 0xffff_ffff, self.tag_counter);
-        let mut w = response_to(request, answer.code, &answer.reason, &via_extra, Some(&tag));
+        let mut w = response_to(request, answer.code, &answer.reason, top_via.as_deref(), Some(&tag));
         for (name, value) in &answer.headers {
             w.header(name, value);
         }

@@ -72,34 +72,46 @@ impl std::fmt::Write for Wrapper<'_> {
     }
 }
 
-/// The parameters a server adds to the top Via of a request it received
-/// (RFC 3261 §18.2.1 `received`, RFC 3581 `rport`), so responses find their
-/// way back through NATs.
-pub fn via_received_params(via: &Via<'_>, source_ip: IpAddr, source_port: u16) -> String {
-    let mut extra = String::new();
+/// The top Via of a received request as a server must record it (RFC 3261
+/// §18.2.1 `received`, RFC 3581 `rport` filled in), so responses find their
+/// way back through NATs. None when nothing needs to change.
+pub fn via_with_received(via: &Via<'_>, source_ip: IpAddr, source_port: u16) -> Option<String> {
     let rport_requested = via.rport() == Some(None);
     let host_is_source = match via.host {
         Host::Name(_) => false,
         _ => via.host.ip() == Some(source_ip),
     };
-    if (!host_is_source || rport_requested) && via.received().is_none() {
-        let _ = write!(extra, ";received={source_ip}");
+    let add_received = (!host_is_source || rport_requested) && via.received().is_none();
+    if !add_received && !rport_requested {
+        return None;
     }
-    if rport_requested {
-        let _ = write!(extra, ";rport={source_port}");
+    let params = via.params.as_str();
+    let params_start = params.as_ptr() as usize - via.raw.as_ptr() as usize;
+    let mut out = String::with_capacity(via.raw.len() + 40);
+    out.push_str(&via.raw[..params_start]);
+    for segment in params.split(';').skip(1) {
+        out.push(';');
+        if segment.trim().eq_ignore_ascii_case("rport") {
+            let _ = write!(out, "rport={source_port}");
+        } else {
+            out.push_str(segment);
+        }
     }
-    extra
+    if add_received {
+        let _ = write!(out, ";received={source_ip}");
+    }
+    Some(out)
 }
 
-/// Starts a response to `request`: copies Via (the top one extended by
-/// `top_via_extra`), From, To (adding `to_tag` when it has none), Call-ID and
+/// Starts a response to `request`: copies Via (the top one replaced by
+/// `top_via`, see [`via_with_received`]), From, To (adding `to_tag` when it has none), Call-ID and
 /// CSeq, as RFC 3261 §8.2.6.2 requires. Works on raw bytes, so even a request
 /// with a malformed Via can be answered.
 pub fn response_to(
     request: &Message,
     code: u16,
     reason: &str,
-    top_via_extra: &str,
+    top_via: Option<&str>,
     to_tag: Option<&str>,
 ) -> MessageWriter {
     let mut w = MessageWriter::response(code, reason);
@@ -109,12 +121,12 @@ pub fn response_to(
         match field.name {
             HeaderName::Via if first_via => {
                 first_via = false;
-                match std::str::from_utf8(value) {
-                    Ok(s) if !top_via_extra.is_empty() => {
+                match (std::str::from_utf8(value), top_via) {
+                    (Ok(s), Some(top)) => {
                         let mut items = SplitItems::new(s);
-                        let mut line = String::with_capacity(s.len() + top_via_extra.len());
-                        line.push_str(items.next().unwrap_or(""));
-                        line.push_str(top_via_extra);
+                        items.next();
+                        let mut line = String::with_capacity(s.len() + top.len());
+                        line.push_str(top);
                         for rest in items {
                             line.push_str(", ");
                             line.push_str(rest);

@@ -140,7 +140,7 @@ impl ServerTransaction {
         };
         let mut actions = Vec::new();
         if kind == Kind::Invite {
-            let trying = porchlight_sip::response_to(request, 100, "Trying", "", None).finish(b"");
+            let trying = porchlight_sip::response_to(request, 100, "Trying", None, None).finish(b"");
             tx.last_response = Some(trying.clone());
             actions.push(Action::Send(trying));
         }

@@ -22,7 +22,7 @@ fn request(method: &str, branch: &str, cseq_method: &str) -> Message {
 }
 
 fn response(req: &Message, code: u16) -> Message {
-    msg(porchlight_sip::response_to(req, code, "X", "", Some("b2")).finish(b""))
+    msg(porchlight_sip::response_to(req, code, "X", None, Some("b2")).finish(b""))
 }
 
 struct Run {
@@ -146,7 +146,7 @@ fn invite_server_sends_trying_retransmits_failure_until_ack() {
     let again = run.layer.receive_request(&invite, "peer", false, run.at(10)).unwrap();
     assert_eq!(again, RequestMatch::Retransmission);
     assert!(matches!(run.drain().as_slice(), [Output::Send { .. }]), "100 resent");
-    let busy = porchlight_sip::response_to(&invite, 486, "Busy Here", "", Some("t")).finish(b"");
+    let busy = porchlight_sip::response_to(&invite, 486, "Busy Here", None, Some("t")).finish(b"");
     assert!(run.layer.respond(&key, 486, busy, run.at(100)));
     run.drain();
     let (sends, _) = run.run_until(8_100);
