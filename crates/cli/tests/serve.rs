@@ -35,7 +35,7 @@ fn options_over_udp_gets_200_with_capabilities_and_nat_parameters() {
 #[test]
 fn rfc4475_requests_get_the_responses_the_rfc_asks_for() {
     // The Request-URIs name example.com: answer as a node for that domain.
-    let edit = config(&[("domains = [\"contoso.com\"]", "domains = [\"example.com\", \"company.com\"]")], "");
+    let edit = config(&[("domains = [\"contoso.com\"]", "domains = [\"example.com\", \"company.com\", \"registrar.example.com\"]")], "");
     let server = start("torture", &edit);
     let cases: [(&str, u16); 12] = [
         ("badinv01", 400),

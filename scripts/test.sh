@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the tests need (when missing) and runs every check CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing ${need[*]}: run as root or install them with apt-get" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo clippy -j2 --workspace --all-targets -- -D warnings
+cargo test -j2 --workspace
