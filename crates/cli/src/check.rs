@@ -16,25 +16,52 @@ pub fn check_file(path: &Path) -> (String, bool) {
     };
     let message = match Message::parse(bytes, Framing::Datagram, &Limits::default()) {
         Ok(m) => m,
-        Err(e) => return (format!("{name}: error at byte {}: {}", e.offset, e.kind), false),
+        Err(e) => {
+            return (
+                format!("{name}: error at byte {}: {}", e.offset, e.kind),
+                false,
+            )
+        }
     };
     let validity = match message.method() {
-        Some(_) => message.validate_request().map_err(|e| format!("invalid, would be answered {}: {e}", e.status())),
-        None => message.validate_response().map_err(|e| format!("invalid, would be discarded: {e}")),
+        Some(_) => message
+            .validate_request()
+            .map_err(|e| format!("invalid, would be answered {}: {e}", e.status())),
+        None => message
+            .validate_response()
+            .map_err(|e| format!("invalid, would be discarded: {e}")),
     };
-    (summary(&name.to_string(), &message, validity.as_ref().err()), validity.is_ok())
+    (
+        summary(&name.to_string(), &message, validity.as_ref().err()),
+        validity.is_ok(),
+    )
 }
 
 fn summary(name: &str, m: &Message, problem: Option<&String>) -> String {
     let mut out = String::new();
     let _ = match (m.method(), m.status()) {
         (Some(method), _) => write!(out, "{name}: {method} {}", m.request_uri().unwrap_or("")),
-        (None, Some(code)) => write!(out, "{name}: {code} {}", String::from_utf8_lossy(m.reason().unwrap_or(b""))),
+        (None, Some(code)) => write!(
+            out,
+            "{name}: {code} {}",
+            String::from_utf8_lossy(m.reason().unwrap_or(b""))
+        ),
         _ => write!(out, "{name}:"),
     };
-    for header in [HeaderName::CallId, HeaderName::CSeq, HeaderName::From, HeaderName::To, HeaderName::Event] {
+    for header in [
+        HeaderName::CallId,
+        HeaderName::CSeq,
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::Event,
+    ] {
         if let Some(v) = m.first_value(header) {
-            let _ = write!(out, "\n  {}: {}", header.as_str(), String::from_utf8_lossy(v));
+            let _ = write!(
+                out,
+                "\n  {}: {}",
+                header.as_str(),
+                String::from_utf8_lossy(v)
+            );
         }
     }
     if let Ok(via) = m.top_via() {
@@ -46,7 +73,12 @@ fn summary(name: &str, m: &Message, problem: Option<&String>) -> String {
             via.branch().unwrap_or("-")
         );
     }
-    let _ = write!(out, "\n  {} headers, body {} bytes", m.headers().len(), m.body().len());
+    let _ = write!(
+        out,
+        "\n  {} headers, body {} bytes",
+        m.headers().len(),
+        m.body().len()
+    );
     match problem {
         Some(p) => {
             let _ = write!(out, "\n  {p}");

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use porchlight_server::{Config, Node, DEFAULT_CONFIG};
 
 #[derive(Parser)]
-#[command(name = "porchlight", version, about = "Presence-aware SIP federation edge")]
+#[command(
+    name = "porchlight",
+    version,
+    about = "Presence-aware SIP federation edge"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -98,7 +102,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{report}");
                 all_valid &= valid;
             }
-            Ok(if all_valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if all_valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Config {
             command: ConfigCommand::Defaults,
@@ -117,7 +125,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
         builder.json().init();

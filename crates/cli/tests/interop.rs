@@ -12,8 +12,24 @@ fn sipp(server: std::net::SocketAddr, transport: &str, calls: u32) -> std::proce
     Command::new("sipp")
         .arg("-sf")
         .arg(repo_path("bench/sipp/options-uac.xml"))
-        .args(["-t", transport, "-m", &calls.to_string(), "-r", "200", "-l", "50"])
-        .args(["-timeout", "30s", "-timeout_error", "-nostdin", "-i", "127.0.0.1"])
+        .args([
+            "-t",
+            transport,
+            "-m",
+            &calls.to_string(),
+            "-r",
+            "200",
+            "-l",
+            "50",
+        ])
+        .args([
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-nostdin",
+            "-i",
+            "127.0.0.1",
+        ])
         .arg(server.to_string())
         .output()
         .expect("sipp is installed (scripts/test.sh installs sip-tester)")

@@ -22,9 +22,18 @@ fn options_over_udp_gets_200_with_capabilities_and_nat_parameters() {
     let server = start("options-udp", &config(&[], ""));
     let r = only_response(server.udp, &request("OPTIONS", "sip:contoso.com", ""));
     assert_eq!(r.status(), Some(200));
-    assert_eq!(r.text(HeaderName::Allow).unwrap(), Some("OPTIONS, ACK, CANCEL"));
-    assert!(r.first_value(HeaderName::Accept).is_some(), "Accept present");
-    assert!(r.first_value(HeaderName::Supported).is_some(), "Supported present");
+    assert_eq!(
+        r.text(HeaderName::Allow).unwrap(),
+        Some("OPTIONS, ACK, CANCEL")
+    );
+    assert!(
+        r.first_value(HeaderName::Accept).is_some(),
+        "Accept present"
+    );
+    assert!(
+        r.first_value(HeaderName::Supported).is_some(),
+        "Supported present"
+    );
     assert!(r.to().unwrap().tag().is_some(), "To tag added");
     let via = r.top_via().unwrap();
     assert_eq!(via.received(), Some("127.0.0.1"));
@@ -35,7 +44,13 @@ fn options_over_udp_gets_200_with_capabilities_and_nat_parameters() {
 #[test]
 fn rfc4475_requests_get_the_responses_the_rfc_asks_for() {
     // The Request-URIs name example.com: answer as a node for that domain.
-    let edit = config(&[("domains = [\"contoso.com\"]", "domains = [\"example.com\", \"company.com\", \"registrar.example.com\"]")], "");
+    let edit = config(
+        &[(
+            "domains = [\"contoso.com\"]",
+            "domains = [\"example.com\", \"company.com\", \"registrar.example.com\"]",
+        )],
+        "",
+    );
     let server = start("torture", &edit);
     let cases: [(&str, u16); 12] = [
         ("badinv01", 400),
@@ -52,37 +67,75 @@ fn rfc4475_requests_get_the_responses_the_rfc_asks_for() {
         ("esc02", 501),
     ];
     for (name, status) in cases {
-        let responses = udp_exchange(server.udp, &with_rport(&fixture(&format!("rfc4475/{name}.dat"))), WAIT);
+        let responses = udp_exchange(
+            server.udp,
+            &with_rport(&fixture(&format!("rfc4475/{name}.dat"))),
+            WAIT,
+        );
         // INVITEs also get 100 Trying, and UDP finals are retransmitted
         // until ACKed (Timer G): every final must be the expected one.
-        let finals: Vec<_> = responses.iter().filter_map(|r| r.status()).filter(|&c| c >= 200).collect();
-        assert!(!finals.is_empty() && finals.iter().all(|&c| c == status), "{name}: {finals:?}");
+        let finals: Vec<_> = responses
+            .iter()
+            .filter_map(|r| r.status())
+            .filter(|&c| c >= 200)
+            .collect();
+        assert!(
+            !finals.is_empty() && finals.iter().all(|&c| c == status),
+            "{name}: {finals:?}"
+        );
         if name == "bext01" {
-            let unsupported: Vec<_> = responses[0].tokens(HeaderName::Unsupported).map(Result::unwrap).collect();
-            assert_eq!(unsupported, ["nothingSupportsThis", "nothingSupportsThisEither"]);
+            let unsupported: Vec<_> = responses[0]
+                .tokens(HeaderName::Unsupported)
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(
+                unsupported,
+                ["nothingSupportsThis", "nothingSupportsThisEither"]
+            );
         }
     }
     // Zero Max-Forwards to us is answered; a response is never answered.
-    let zeromf = udp_exchange(server.udp, &with_rport(&fixture("rfc4475/zeromf.dat")), WAIT);
-    assert_eq!(zeromf.iter().map(|r| r.status()).collect::<Vec<_>>(), [Some(200)]);
+    let zeromf = udp_exchange(
+        server.udp,
+        &with_rport(&fixture("rfc4475/zeromf.dat")),
+        WAIT,
+    );
+    assert_eq!(
+        zeromf.iter().map(|r| r.status()).collect::<Vec<_>>(),
+        [Some(200)]
+    );
     assert!(udp_exchange(server.udp, &fixture("rfc4475/bcast.dat"), WAIT).is_empty());
 }
 
 #[test]
 fn invite_gets_trying_then_not_implemented_and_foreign_targets_are_refused() {
     let server = start("methods", &config(&[], ""));
-    let responses = udp_exchange(server.udp, &request("INVITE", "sip:helpdesk@contoso.com", ""), WAIT);
+    let responses = udp_exchange(
+        server.udp,
+        &request("INVITE", "sip:helpdesk@contoso.com", ""),
+        WAIT,
+    );
     let codes: Vec<_> = responses.iter().map(|r| r.status().unwrap()).collect();
     assert_eq!(codes[..2], [100, 501]);
     // No ACK was sent, so Timer G retransmits the final response.
-    assert!(codes.len() > 2 && codes[2..].iter().all(|&c| c == 501), "{codes:?}");
-    assert_eq!(responses[1].text(HeaderName::Allow).unwrap(), Some("OPTIONS, ACK, CANCEL"));
+    assert!(
+        codes.len() > 2 && codes[2..].iter().all(|&c| c == 501),
+        "{codes:?}"
+    );
+    assert_eq!(
+        responses[1].text(HeaderName::Allow).unwrap(),
+        Some("OPTIONS, ACK, CANCEL")
+    );
     let hop = request("OPTIONS", "sip:bob@elsewhere.example", "").replace_max_forwards();
     assert_eq!(only_response(server.udp, &hop).status(), Some(483));
     let relay = request("OPTIONS", "sip:bob@elsewhere.example", "");
     assert_eq!(only_response(server.udp, &relay).status(), Some(403));
-    let body = request("OPTIONS", "sip:contoso.com", "Content-Type: application/unknownformat\r\n")
-        .with_body(b"0123456789");
+    let body = request(
+        "OPTIONS",
+        "sip:contoso.com",
+        "Content-Type: application/unknownformat\r\n",
+    )
+    .with_body(b"0123456789");
     let r = only_response(server.udp, &body);
     assert_eq!(r.status(), Some(415));
     assert!(r.first_value(HeaderName::Accept).is_some());
@@ -90,7 +143,13 @@ fn invite_gets_trying_then_not_implemented_and_foreign_targets_are_refused() {
 
 #[test]
 fn oversize_messages_get_513() {
-    let server = start("oversize", &config(&[("max_message_bytes = 65535", "max_message_bytes = 2048")], ""));
+    let server = start(
+        "oversize",
+        &config(
+            &[("max_message_bytes = 65535", "max_message_bytes = 2048")],
+            "",
+        ),
+    );
     let big = request("OPTIONS", "sip:contoso.com", "").with_body(&[b'x'; 3000]);
     assert_eq!(only_response(server.udp, &big).status(), Some(513));
     let mut tcp = TcpStream::connect(server.tcp).unwrap();
@@ -110,7 +169,11 @@ fn retransmitted_requests_get_the_same_response_once_per_copy() {
     let (n1, _) = socket.recv_from(&mut buf).unwrap();
     let first = buf[..n1].to_vec();
     let (n2, _) = socket.recv_from(&mut buf).unwrap();
-    assert_eq!(&buf[..n2], &first[..], "the transaction resends the identical response (same To tag)");
+    assert_eq!(
+        &buf[..n2],
+        &first[..],
+        "the transaction resends the identical response (same To tag)"
+    );
 }
 
 /// Reads framed messages from a stream, keeping what it read ahead.
@@ -121,19 +184,29 @@ struct StreamReader {
 
 impl StreamReader {
     fn new(stream: TcpStream) -> StreamReader {
-        stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        StreamReader { stream, buf: Vec::new() }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        StreamReader {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     fn next(&mut self) -> porchlight_sip::Message {
         let mut chunk = [0u8; 4096];
         loop {
-            if let Ok(Some(frame)) = porchlight_sip::Message::frame(&self.buf, &porchlight_sip::Limits::default()) {
+            if let Ok(Some(frame)) =
+                porchlight_sip::Message::frame(&self.buf, &porchlight_sip::Limits::default())
+            {
                 let msg = parse(&self.buf[frame.skip..frame.skip + frame.len]);
                 self.buf.drain(..frame.skip + frame.len);
                 return msg;
             }
-            let n = self.stream.read(&mut chunk).expect("response before timeout");
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .expect("response before timeout");
             assert!(n > 0, "connection closed before a response");
             self.buf.extend_from_slice(&chunk[..n]);
         }
@@ -166,7 +239,10 @@ fn with_rport(message: &[u8]) -> Vec<u8> {
 
 #[test]
 fn tcp_pipelined_requests_keepalive_pong_and_idle_close() {
-    let server = start("tcp", &config(&[("idle_timeout_secs = 300", "idle_timeout_secs = 1")], ""));
+    let server = start(
+        "tcp",
+        &config(&[("idle_timeout_secs = 300", "idle_timeout_secs = 1")], ""),
+    );
     let mut tcp = TcpStream::connect(server.tcp).unwrap();
     let mut both = request("OPTIONS", "sip:contoso.com", "");
     both.extend(request("OPTIONS", "sip:contoso.com", ""));
@@ -180,22 +256,40 @@ fn tcp_pipelined_requests_keepalive_pong_and_idle_close() {
     assert_eq!(&pong, b"\r\n", "RFC 5626 pong");
     let mut rest = [0u8; 16];
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(tcp.read(&mut rest).unwrap(), 0, "idle connection closed by the server");
+    assert_eq!(
+        tcp.read(&mut rest).unwrap(),
+        0,
+        "idle connection closed by the server"
+    );
 }
 
 #[test]
 fn connection_limit_is_enforced() {
-    let server = start("connlimit", &config(&[("max_connections = 10000", "max_connections = 2")], ""));
-    let mut held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(server.tcp).unwrap()).collect();
+    let server = start(
+        "connlimit",
+        &config(&[("max_connections = 10000", "max_connections = 2")], ""),
+    );
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(server.tcp).unwrap())
+        .collect();
     for c in &mut held {
-        c.write_all(&request("OPTIONS", "sip:contoso.com", "")).unwrap();
-        assert_eq!(StreamReader::new(c.try_clone().unwrap()).next().status(), Some(200));
+        c.write_all(&request("OPTIONS", "sip:contoso.com", ""))
+            .unwrap();
+        assert_eq!(
+            StreamReader::new(c.try_clone().unwrap()).next().status(),
+            Some(200)
+        );
     }
     let mut third = TcpStream::connect(server.tcp).unwrap();
-    third.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
     let _ = third.write_all(&request("OPTIONS", "sip:contoso.com", ""));
     let mut buf = [0u8; 64];
-    assert!(matches!(third.read(&mut buf), Ok(0) | Err(_)), "third connection is refused");
+    assert!(
+        matches!(third.read(&mut buf), Ok(0) | Err(_)),
+        "third connection is refused"
+    );
 }
 
 trait RequestEdit {
@@ -205,12 +299,18 @@ trait RequestEdit {
 
 impl RequestEdit for Vec<u8> {
     fn replace_max_forwards(self) -> Vec<u8> {
-        String::from_utf8(self).unwrap().replace("Max-Forwards: 70", "Max-Forwards: 0").into_bytes()
+        String::from_utf8(self)
+            .unwrap()
+            .replace("Max-Forwards: 70", "Max-Forwards: 0")
+            .into_bytes()
     }
     fn with_body(self, body: &[u8]) -> Vec<u8> {
         let text = String::from_utf8(self).unwrap();
         let mut out = text
-            .replace("Content-Length: 0\r\n", &format!("Content-Length: {}\r\n", body.len()))
+            .replace(
+                "Content-Length: 0\r\n",
+                &format!("Content-Length: {}\r\n", body.len()),
+            )
             .into_bytes();
         out.extend_from_slice(body);
         out

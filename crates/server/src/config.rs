@@ -152,12 +152,17 @@ pub struct Config {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn fix_for(message: &str) -> String {
     if message.contains("unknown field") {
-        "remove the key or correct its spelling; `porchlight config defaults` lists every key".into()
+        "remove the key or correct its spelling; `porchlight config defaults` lists every key"
+            .into()
     } else if message.contains("missing field") {
         "add the key; `porchlight config defaults` shows it with its default value".into()
     } else if message.contains("invalid socket address") {
@@ -172,7 +177,8 @@ fn fix_for(message: &str) -> String {
 impl Config {
     /// The embedded defaults.
     pub fn embedded() -> Config {
-        Config::parse(DEFAULT_CONFIG, "<embedded defaults>", Path::new(".")).expect("embedded defaults are valid")
+        Config::parse(DEFAULT_CONFIG, "<embedded defaults>", Path::new("."))
+            .expect("embedded defaults are valid")
     }
 
     /// Reads and validates a configuration file.
@@ -209,23 +215,41 @@ impl Config {
             fix,
         };
         if self.node.domains.is_empty() {
-            return Err(invalid("[node] domains is empty".into(), "name at least one SIP domain this node serves"));
+            return Err(invalid(
+                "[node] domains is empty".into(),
+                "name at least one SIP domain this node serves",
+            ));
         }
         if self.listen.udp.is_empty() && self.listen.tcp.is_empty() && self.listen.tls.is_empty() {
-            return Err(invalid("[listen] has no address".into(), "add at least one udp, tcp or tls address"));
+            return Err(invalid(
+                "[listen] has no address".into(),
+                "add at least one udp, tcp or tls address",
+            ));
         }
-        if self.limits.max_message_bytes < 1024 || self.limits.max_line_bytes < 256 || self.limits.max_headers < 16 {
+        if self.limits.max_message_bytes < 1024
+            || self.limits.max_line_bytes < 256
+            || self.limits.max_headers < 16
+        {
             return Err(invalid(
                 "[limits] are too small for real SIP traffic".into(),
                 "use max_message_bytes >= 1024, max_line_bytes >= 256, max_headers >= 16",
             ));
         }
-        if self.limits.max_connections == 0 || self.limits.receive_queue_depth == 0 || self.limits.connection_queue_depth == 0 {
-            return Err(invalid("[limits] a connection or queue bound is 0".into(), "use a positive number"));
+        if self.limits.max_connections == 0
+            || self.limits.receive_queue_depth == 0
+            || self.limits.connection_queue_depth == 0
+        {
+            return Err(invalid(
+                "[limits] a connection or queue bound is 0".into(),
+                "use a positive number",
+            ));
         }
         if self.timers.t1_ms == 0 || self.timers.t2_ms < self.timers.t1_ms {
             return Err(invalid(
-                format!("[timers] t1_ms = {}, t2_ms = {}", self.timers.t1_ms, self.timers.t2_ms),
+                format!(
+                    "[timers] t1_ms = {}, t2_ms = {}",
+                    self.timers.t1_ms, self.timers.t2_ms
+                ),
                 "t1_ms must be positive and t2_ms at least t1_ms (RFC 3261 defaults: 500 and 4000)",
             ));
         }
@@ -260,16 +284,30 @@ mod tests {
 
     #[test]
     fn errors_name_the_line_and_a_fix() {
-        let text = DEFAULT_CONFIG.replace("max_headers = 128", "max_headers = 128\nmax_hedaers = 3");
-        let err = Config::parse(&text, "edge.toml", Path::new(".")).unwrap_err().to_string();
-        let line = DEFAULT_CONFIG.lines().position(|l| l.starts_with("max_headers")).unwrap() + 2;
-        assert!(err.starts_with(&format!("edge.toml:{line}: unknown field `max_hedaers`")), "{err}");
+        let text =
+            DEFAULT_CONFIG.replace("max_headers = 128", "max_headers = 128\nmax_hedaers = 3");
+        let err = Config::parse(&text, "edge.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        let line = DEFAULT_CONFIG
+            .lines()
+            .position(|l| l.starts_with("max_headers"))
+            .unwrap()
+            + 2;
+        assert!(
+            err.starts_with(&format!("edge.toml:{line}: unknown field `max_hedaers`")),
+            "{err}"
+        );
         assert!(err.contains("fix: remove the key"), "{err}");
         let text = DEFAULT_CONFIG.replace("\"0.0.0.0:5061\"", "\"0.0.0.0\"");
-        let err = Config::parse(&text, "edge.toml", Path::new(".")).unwrap_err().to_string();
+        let err = Config::parse(&text, "edge.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("IP:PORT"), "{err}");
         let text = DEFAULT_CONFIG.replace("t2_ms = 4000", "t2_ms = 10");
-        let err = Config::parse(&text, "edge.toml", Path::new(".")).unwrap_err().to_string();
+        let err = Config::parse(&text, "edge.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("t2_ms must be"), "{err}");
     }
 }

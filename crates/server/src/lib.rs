@@ -2,8 +2,8 @@
 //! the event loop that joins transport and transaction layer.
 
 pub mod config;
-pub mod uas;
 mod node;
+pub mod uas;
 
 pub use config::{Config, ConfigError, DEFAULT_CONFIG};
 pub use node::{Node, StartError};

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use porchlight_sip::{response_to, via_with_received, Limits, Message};
 use porchlight_transaction::{Output, RequestMatch, TimerConfig, TransactionLayer};
 use porchlight_transport::pki::{AltName, CertificateAuthority};
-use porchlight_transport::{ClientAuth, Origin, Protocol, Received, Target, TlsSettings, Transport, TransportConfig};
+use porchlight_transport::{
+    ClientAuth, Origin, Protocol, Received, Target, TlsSettings, Transport, TransportConfig,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -65,7 +67,9 @@ impl Node {
             queue_depth: config.limits.receive_queue_depth,
             connection_queue_depth: config.limits.connection_queue_depth,
         };
-        let (transport, received) = Transport::bind(transport_config).await.map_err(StartError::Bind)?;
+        let (transport, received) = Transport::bind(transport_config)
+            .await
+            .map_err(StartError::Bind)?;
         let local = LocalNames {
             hosts: config
                 .node
@@ -74,7 +78,11 @@ impl Node {
                 .chain(&config.node.aliases)
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
-            addresses: transport.local_addrs().iter().map(|(_, a)| a.ip()).collect(),
+            addresses: transport
+                .local_addrs()
+                .iter()
+                .map(|(_, a)| a.ip())
+                .collect(),
         };
         let timers = TimerConfig {
             t1: std::time::Duration::from_millis(config.timers.t1_ms),
@@ -183,7 +191,11 @@ impl EventLoop {
                 Output::Timeout(id) => tracing::debug!(?id, "transaction timed out"),
                 Output::TransportError(id) => tracing::debug!(?id, "transaction transport error"),
                 Output::Response { id, response } => {
-                    tracing::debug!(?id, status = response.status(), "response for client transaction")
+                    tracing::debug!(
+                        ?id,
+                        status = response.status(),
+                        "response for client transaction"
+                    )
                 }
             }
         }
@@ -197,13 +209,19 @@ impl EventLoop {
 
     fn on_received(&mut self, received: Received) {
         match received {
-            Received::Message(message, origin) if message.is_request() => self.on_request(message, origin),
+            Received::Message(message, origin) if message.is_request() => {
+                self.on_request(message, origin)
+            }
             Received::Message(response, _) => {
                 if response.validate_response().is_ok() {
                     self.layer.receive_response(response, Instant::now());
                 }
             }
-            Received::Malformed { error, head, origin } => {
+            Received::Malformed {
+                error,
+                head,
+                origin,
+            } => {
                 tracing::debug!(source = %origin.source, "malformed message: {error}");
                 if let Some(answer) = head.as_ref().and_then(|h| answer_malformed(&error, h)) {
                     let head = head.expect("answer implies head");
@@ -221,7 +239,10 @@ impl EventLoop {
         let target = response_target(&request, &origin);
         let disposition = answer_request(&request, &self.local);
         let reliable = origin.protocol.is_reliable();
-        match self.layer.receive_request(&request, target.clone(), reliable, now) {
+        match self
+            .layer
+            .receive_request(&request, target.clone(), reliable, now)
+        {
             Ok(RequestMatch::New(key)) => {
                 if let Disposition::Respond(answer) = disposition {
                     let bytes = self.render(&request, &origin, &answer);
@@ -247,7 +268,13 @@ impl EventLoop {
             .and_then(|via| via_with_received(&via, origin.source.ip(), origin.source.port()));
         self.tag_counter += 1;
         let tag = format!("{:x}{:x}", self.tag_seed & 0xffff_ffff, self.tag_counter);
-        let mut w = response_to(request, answer.code, &answer.reason, top_via.as_deref(), Some(&tag));
+        let mut w = response_to(
+            request,
+            answer.code,
+            &answer.reason,
+            top_via.as_deref(),
+            Some(&tag),
+        );
         for (name, value) in &answer.headers {
             w.header(name, value);
         }

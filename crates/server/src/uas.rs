@@ -29,9 +29,12 @@ pub struct LocalNames {
 impl LocalNames {
     fn is_local(&self, uri: &porchlight_sip::SipUri<'_>) -> bool {
         match uri.host.ip() {
-            Some(ip) => self.addresses.iter().any(|a| {
-                *a == ip || (a.is_unspecified() && a.is_ipv4() == ip.is_ipv4())
-            }) || self.hosts.iter().any(|h| uri.host.matches(h)),
+            Some(ip) => {
+                self.addresses
+                    .iter()
+                    .any(|a| *a == ip || (a.is_unspecified() && a.is_ipv4() == ip.is_ipv4()))
+                    || self.hosts.iter().any(|h| uri.host.matches(h))
+            }
             None => self.hosts.iter().any(|h| uri.host.matches(h)),
         }
     }
@@ -65,7 +68,10 @@ impl Answer {
 
 /// A reason phrase must not break the status line.
 fn printable(reason: &str) -> String {
-    reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// What to do with a received request.
@@ -103,9 +109,13 @@ pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
     }
     match method {
         "OPTIONS" => {}
-        "CANCEL" => return Disposition::Respond(Answer::new(481, "Call/Transaction Does Not Exist")),
+        "CANCEL" => {
+            return Disposition::Respond(Answer::new(481, "Call/Transaction Does Not Exist"))
+        }
         _ => {
-            return Disposition::Respond(Answer::new(501, "Not Implemented").with("Allow", ALLOWED_METHODS));
+            return Disposition::Respond(
+                Answer::new(501, "Not Implemented").with("Allow", ALLOWED_METHODS),
+            );
         }
     }
     let unsupported: Vec<&str> = request
@@ -114,16 +124,20 @@ pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
         .filter(|t| !SUPPORTED_OPTIONS.iter().any(|s| s.eq_ignore_ascii_case(t)))
         .collect();
     if !unsupported.is_empty() {
-        return Disposition::Respond(Answer::new(420, "Bad Extension").with("Unsupported", unsupported.join(", ")));
+        return Disposition::Respond(
+            Answer::new(420, "Bad Extension").with("Unsupported", unsupported.join(", ")),
+        );
     }
     if !request.body().is_empty() {
-        let accepted = request
-            .content_type()
-            .ok()
-            .flatten()
-            .is_some_and(|ct| ACCEPTED_BODIES.split(", ").any(|a| !a.is_empty() && ct.is(a)));
+        let accepted = request.content_type().ok().flatten().is_some_and(|ct| {
+            ACCEPTED_BODIES
+                .split(", ")
+                .any(|a| !a.is_empty() && ct.is(a))
+        });
         if !accepted {
-            return Disposition::Respond(Answer::new(415, "Unsupported Media Type").with("Accept", ACCEPTED_BODIES));
+            return Disposition::Respond(
+                Answer::new(415, "Unsupported Media Type").with("Accept", ACCEPTED_BODIES),
+            );
         }
     }
     Disposition::Respond(

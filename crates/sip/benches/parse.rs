@@ -16,7 +16,11 @@ fn porchlight(buf: &Bytes, limits: &Limits) -> usize {
     let to = m.to().unwrap();
     let call_id = m.call_id().unwrap();
     let cseq = m.cseq().unwrap();
-    via.branch().unwrap().len() + from.tag().unwrap().len() + to.uri.as_str().len() + call_id.len() + cseq.seq as usize
+    via.branch().unwrap().len()
+        + from.tag().unwrap().len()
+        + to.uri.as_str().len()
+        + call_id.len()
+        + cseq.seq as usize
 }
 
 fn ezk(buf: &Bytes) -> usize {
@@ -54,7 +58,9 @@ fn bench(c: &mut Criterion) {
     assert_eq!(porchlight(&buf, &limits) > 0, ezk(&buf) > 0);
     let mut group = c.benchmark_group("parse_federated_subscribe");
     group.throughput(Throughput::Bytes(SUBSCRIBE.len() as u64));
-    group.bench_function("porchlight-sip", |b| b.iter(|| porchlight(black_box(&buf), &limits)));
+    group.bench_function("porchlight-sip", |b| {
+        b.iter(|| porchlight(black_box(&buf), &limits))
+    });
     group.bench_function("ezk-sip-types", |b| b.iter(|| ezk(black_box(&buf))));
     group.finish();
 }

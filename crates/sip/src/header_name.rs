@@ -145,7 +145,10 @@ mod tests {
         assert_eq!(HeaderName::from_bytes(b"v"), HeaderName::Via);
         assert_eq!(HeaderName::from_bytes(b"VIA"), HeaderName::Via);
         assert_eq!(HeaderName::from_bytes(b"I"), HeaderName::CallId);
-        assert_eq!(HeaderName::from_bytes(b"MaX-fOrWaRdS"), HeaderName::MaxForwards);
+        assert_eq!(
+            HeaderName::from_bytes(b"MaX-fOrWaRdS"),
+            HeaderName::MaxForwards
+        );
         assert_eq!(HeaderName::from_bytes(b"C%6Fntact"), HeaderName::Other);
         assert_eq!(HeaderName::from_bytes(&[b'x'; 40]), HeaderName::Other);
     }

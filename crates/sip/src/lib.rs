@@ -19,8 +19,8 @@ pub use header_name::HeaderName;
 pub use message::{Frame, Framing, HeaderField, Limits, Message, ParseError, ParseErrorKind};
 pub use params::Params;
 pub use typed::{
-    AuthValue, CSeq, Contacts, HeaderError, Items, MediaType, NameAddr, RetryAfter, TokenWithParams, Via, Warning,
-    BRANCH_MAGIC_COOKIE,
+    AuthValue, CSeq, Contacts, HeaderError, Items, MediaType, NameAddr, RetryAfter,
+    TokenWithParams, Via, Warning, BRANCH_MAGIC_COOKIE,
 };
 pub use uri::{Host, SipUri, Uri, UriError};
 pub use validate::RequestError;

@@ -356,7 +356,9 @@ impl Message {
 }
 
 fn leading_breaks(buf: &[u8]) -> usize {
-    buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count()
+    buf.iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()
 }
 
 /// Offset just past the empty line ending the head (CRLFCRLF, or bare LFs).
@@ -423,7 +425,12 @@ fn parse_head(buf: &[u8], limits: &Limits, base: usize) -> Result<ParsedHead, Pa
     parse_head_with(buf, limits, base, false)
 }
 
-fn parse_head_with(buf: &[u8], limits: &Limits, base: usize, lenient_request_line: bool) -> Result<ParsedHead, ParseError> {
+fn parse_head_with(
+    buf: &[u8],
+    limits: &Limits,
+    base: usize,
+    lenient_request_line: bool,
+) -> Result<ParsedHead, ParseError> {
     let first = next_line(buf, 0, limits, base)?;
     let (start, version) = match parse_start_line(&buf[..first.end]) {
         Ok(parsed) => parsed,
@@ -542,9 +549,9 @@ fn parse_content_length(value: &[u8]) -> Option<usize> {
     if value.is_empty() || value.len() > 10 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    value
-        .iter()
-        .try_fold(0usize, |n, &d| n.checked_mul(10)?.checked_add((d - b'0') as usize))
+    value.iter().try_fold(0usize, |n, &d| {
+        n.checked_mul(10)?.checked_add((d - b'0') as usize)
+    })
 }
 
 /// RFC 3261 `token` characters, as a table: this test runs for nearly every
@@ -555,7 +562,10 @@ static TOKEN_CHARS: [bool; 256] = {
     while i < 256 {
         let b = i as u8;
         table[i] = b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
         i += 1;
     }
     table
@@ -594,7 +604,9 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine, Span), ParseErrorKind> {
     }
     let uri_start = method_len + 1;
     let Some(uri_len) = line[uri_start..].iter().position(|&b| b == b' ') else {
-        return Err(Bad("expected Request-URI and version separated by one space"));
+        return Err(Bad(
+            "expected Request-URI and version separated by one space",
+        ));
     };
     let uri_end = uri_start + uri_len;
     let uri = &line[uri_start..uri_end];

@@ -92,7 +92,8 @@ mod tests {
 
     #[test]
     fn reads_flags_tokens_quoted_and_ipv6_values() {
-        let mut c = Cursor::new(" ; tag = 1918 ;lr; q=0.33;x=\"a;b\";received=2001:db8::9:255 rest");
+        let mut c =
+            Cursor::new(" ; tag = 1918 ;lr; q=0.33;x=\"a;b\";received=2001:db8::9:255 rest");
         let p = Params::parse(&mut c).unwrap();
         assert_eq!(p.value("TAG"), Some("1918"));
         assert_eq!(p.get("lr"), Some(None));

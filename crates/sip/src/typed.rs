@@ -176,8 +176,9 @@ impl<'a> Via<'a> {
     /// Whether the branch carries the RFC 3261 magic cookie, so it alone
     /// identifies the transaction (§17.2.3).
     pub fn has_rfc3261_branch(&self) -> bool {
-        self.branch()
-            .is_some_and(|b| b.starts_with(BRANCH_MAGIC_COOKIE) && b.len() > BRANCH_MAGIC_COOKIE.len())
+        self.branch().is_some_and(|b| {
+            b.starts_with(BRANCH_MAGIC_COOKIE) && b.len() > BRANCH_MAGIC_COOKIE.len()
+        })
     }
 
     /// The `received` address added by the next hop.
@@ -216,7 +217,10 @@ impl<'a> CSeq<'a> {
         }
         let before = c.pos;
         c.skip_lws();
-        let method = c.token().filter(|_| c.pos > before).ok_or("missing method")?;
+        let method = c
+            .token()
+            .filter(|_| c.pos > before)
+            .ok_or("missing method")?;
         c.skip_lws();
         if !c.at_end() {
             return Err("unexpected text after method");
@@ -272,9 +276,9 @@ impl<'a> MediaType<'a> {
 
     /// Whether this is exactly `type/subtype` (case-insensitive).
     pub fn is(&self, essence: &str) -> bool {
-        essence
-            .split_once('/')
-            .is_some_and(|(k, s)| self.kind.eq_ignore_ascii_case(k) && self.subtype.eq_ignore_ascii_case(s))
+        essence.split_once('/').is_some_and(|(k, s)| {
+            self.kind.eq_ignore_ascii_case(k) && self.subtype.eq_ignore_ascii_case(s)
+        })
     }
 }
 
@@ -484,7 +488,9 @@ impl Message {
         name: HeaderName,
         parse: impl FnOnce(&'a str) -> Result<T, &'static str>,
     ) -> Result<Option<T>, HeaderError> {
-        self.text(name)?.map(|s| parse(s).map_err(malformed(name))).transpose()
+        self.text(name)?
+            .map(|s| parse(s).map_err(malformed(name)))
+            .transpose()
     }
 
     fn typed_items<'a, T: 'a>(
@@ -503,7 +509,9 @@ impl Message {
 
     /// The topmost Via, which identifies the transaction and the response path.
     pub fn top_via(&self) -> Result<Via<'_>, HeaderError> {
-        self.vias().next().unwrap_or(Err(HeaderError::Missing(HeaderName::Via)))
+        self.vias()
+            .next()
+            .unwrap_or(Err(HeaderError::Missing(HeaderName::Via)))
     }
 
     /// The From header.
@@ -520,7 +528,9 @@ impl Message {
     pub fn call_id(&self) -> Result<&str, HeaderError> {
         let id = self.required(HeaderName::CallId)?;
         if id.is_empty() || id.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err(malformed(HeaderName::CallId)("empty or contains whitespace"));
+            return Err(malformed(HeaderName::CallId)(
+                "empty or contains whitespace",
+            ));
         }
         Ok(id)
     }
@@ -596,7 +606,11 @@ impl Message {
 
     /// Content-Length as declared (framing has already checked it).
     pub fn content_length(&self) -> Option<usize> {
-        self.text(HeaderName::ContentLength).ok().flatten()?.parse().ok()
+        self.text(HeaderName::ContentLength)
+            .ok()
+            .flatten()?
+            .parse()
+            .ok()
     }
 
     /// Tokens of a list header: Allow, Supported, Require, Proxy-Require,
@@ -630,7 +644,10 @@ impl Message {
 
     /// Challenges or credentials: WWW-Authenticate, Authorization,
     /// Proxy-Authenticate, Proxy-Authorization (one per field).
-    pub fn auth(&self, name: HeaderName) -> impl Iterator<Item = Result<AuthValue<'_>, HeaderError>> + '_ {
+    pub fn auth(
+        &self,
+        name: HeaderName,
+    ) -> impl Iterator<Item = Result<AuthValue<'_>, HeaderError>> + '_ {
         self.values(name).map(move |v| {
             let s = std::str::from_utf8(v).map_err(|_| HeaderError::NotUtf8(name))?;
             AuthValue::parse(s).map_err(malformed(name))
@@ -707,7 +724,10 @@ mod tests {
 
     #[test]
     fn name_addr_forms() {
-        let n = NameAddr::parse("\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8").unwrap();
+        let n = NameAddr::parse(
+            "\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8",
+        )
+        .unwrap();
         assert_eq!(n.display_name, Some("J Rosenberg \\\\\\\""));
         assert_eq!(n.tag(), Some("98asjd8"));
         let n = NameAddr::parse("caller<sip:caller@example.com>;tag=323").unwrap();

@@ -83,7 +83,11 @@ pub(crate) fn parse_host<'a>(c: &mut Cursor<'a>) -> Result<Host<'a>, UriError> {
 
 /// Reads `[":" port]` at the cursor.
 pub(crate) fn parse_port(c: &mut Cursor<'_>, allow_lws: bool) -> Result<Option<u16>, UriError> {
-    let found = if allow_lws { c.eat_sep(b':') } else { c.eat(b':') };
+    let found = if allow_lws {
+        c.eat_sep(b':')
+    } else {
+        c.eat(b':')
+    };
     if !found {
         return Ok(None);
     }
@@ -114,12 +118,13 @@ pub struct SipUri<'a> {
 impl<'a> SipUri<'a> {
     /// URI parameters in order; `Some(None)` for a flag like `lr`.
     pub fn params(&self) -> impl Iterator<Item = (&'a str, Option<&'a str>)> {
-        self.params.split(';').filter(|p| !p.is_empty()).map(|p| {
-            match p.split_once('=') {
+        self.params
+            .split(';')
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.split_once('=') {
                 Some((n, v)) => (n, Some(v)),
                 None => (p, None),
-            }
-        })
+            })
     }
 
     /// A URI parameter by (case-insensitive) name.
@@ -155,7 +160,10 @@ impl<'a> Uri<'a> {
         let Some((scheme, rest)) = raw.split_once(':') else {
             return Err(UriError("no scheme"));
         };
-        let valid_scheme = scheme.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
+        let valid_scheme = scheme
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphabetic)
             && scheme
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
@@ -246,7 +254,9 @@ mod tests {
 
     #[test]
     fn takes_sip_uris_apart() {
-        let u = Uri::parse("sip:user;par=u%40example.net@example.com:5070;lr;transport=tcp?subject=x").unwrap();
+        let u =
+            Uri::parse("sip:user;par=u%40example.net@example.com:5070;lr;transport=tcp?subject=x")
+                .unwrap();
         let s = u.sip().unwrap();
         assert_eq!(s.user, Some("user;par=u%40example.net"));
         assert_eq!(s.host, Host::Name("example.com"));
@@ -269,7 +279,13 @@ mod tests {
     #[test]
     fn other_schemes_stay_opaque() {
         let u = Uri::parse("soap.beep://192.0.2.103:3002").unwrap();
-        assert!(matches!(u, Uri::Other { scheme: "soap.beep", .. }));
+        assert!(matches!(
+            u,
+            Uri::Other {
+                scheme: "soap.beep",
+                ..
+            }
+        ));
         assert!(Uri::parse("nodelimiter").is_err());
         assert!(Uri::parse("sip:a b@example.com").is_err());
     }

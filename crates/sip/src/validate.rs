@@ -80,7 +80,9 @@ impl Message {
 
     /// Validates a request before a transaction is created for it.
     pub fn validate_request(&self) -> Result<(), RequestError> {
-        let method = self.method().ok_or(RequestError::RequestUri("not a request"))?;
+        let method = self
+            .method()
+            .ok_or(RequestError::RequestUri("not a request"))?;
         if !self.version().eq_ignore_ascii_case("SIP/2.0") {
             return Err(RequestError::VersionNotSupported(self.version().to_owned()));
         }
@@ -88,9 +90,12 @@ impl Message {
         if self.cseq()?.method != method {
             return Err(RequestError::MethodMismatch);
         }
-        let uri = Uri::parse(self.request_uri().unwrap_or("")).map_err(|e| RequestError::RequestUri(e.0))?;
+        let uri = Uri::parse(self.request_uri().unwrap_or(""))
+            .map_err(|e| RequestError::RequestUri(e.0))?;
         if uri.sip().is_some_and(|u| u.headers().is_some()) {
-            return Err(RequestError::RequestUri("headers are not allowed in a Request-URI"));
+            return Err(RequestError::RequestUri(
+                "headers are not allowed in a Request-URI",
+            ));
         }
         self.max_forwards()?;
         self.contacts()?;

@@ -57,7 +57,11 @@ impl MessageWriter {
 
     /// Ends the head with Content-Length and appends the body.
     pub fn finish(mut self, body: &[u8]) -> Bytes {
-        let _ = write!(Wrapper(&mut self.buf), "Content-Length: {}\r\n\r\n", body.len());
+        let _ = write!(
+            Wrapper(&mut self.buf),
+            "Content-Length: {}\r\n\r\n",
+            body.len()
+        );
         self.buf.put_slice(body);
         self.buf.freeze()
     }

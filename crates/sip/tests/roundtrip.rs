@@ -27,7 +27,9 @@ fn header_value() -> impl Strategy<Value = Vec<u8>> {
 fn headers() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
     proptest::collection::vec((token(), header_value()), 0..20).prop_map(|hs| {
         hs.into_iter()
-            .filter(|(n, _)| !n.eq_ignore_ascii_case("content-length") && !n.eq_ignore_ascii_case("l"))
+            .filter(|(n, _)| {
+                !n.eq_ignore_ascii_case("content-length") && !n.eq_ignore_ascii_case("l")
+            })
             .collect()
     })
 }
@@ -35,11 +37,17 @@ fn headers() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
 fn rewrite(m: &Message) -> Bytes {
     let mut w = match m.method() {
         Some(method) => MessageWriter::request(method, m.request_uri().unwrap()),
-        None => MessageWriter::response(m.status().unwrap(), std::str::from_utf8(m.reason().unwrap()).unwrap()),
+        None => MessageWriter::response(
+            m.status().unwrap(),
+            std::str::from_utf8(m.reason().unwrap()).unwrap(),
+        ),
     };
     for h in m.headers() {
         if h.name != porchlight_sip::HeaderName::ContentLength {
-            w.header(std::str::from_utf8(m.name_bytes(h)).unwrap(), m.value_bytes(h));
+            w.header(
+                std::str::from_utf8(m.name_bytes(h)).unwrap(),
+                m.value_bytes(h),
+            );
         }
     }
     w.finish(m.body())
@@ -103,7 +111,11 @@ proptest! {
 #[test]
 fn limits_are_enforced_with_typed_errors() {
     use porchlight_sip::ParseErrorKind;
-    let small = Limits { max_message_bytes: 200, max_headers: 3, max_line_bytes: 40 };
+    let small = Limits {
+        max_message_bytes: 200,
+        max_headers: 3,
+        max_line_bytes: 40,
+    };
     let mut w = MessageWriter::request("OPTIONS", "sip:a@b");
     for i in 0..4 {
         w.header("X", format!("{i}"));
@@ -122,7 +134,12 @@ fn limits_are_enforced_with_typed_errors() {
 #[test]
 fn non_utf8_header_loses_nothing_after_it() {
     let raw = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nX-Latin: caf\xe9\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
-    let m = Message::parse(Bytes::from_static(raw), Framing::Datagram, &Limits::default()).unwrap();
+    let m = Message::parse(
+        Bytes::from_static(raw),
+        Framing::Datagram,
+        &Limits::default(),
+    )
+    .unwrap();
     m.validate_request().unwrap();
     assert_eq!(m.from().unwrap().tag(), Some("1"));
     assert_eq!(m.values_named("x-latin").next(), Some(&b"caf\xe9"[..]));

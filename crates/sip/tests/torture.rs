@@ -4,7 +4,8 @@
 
 use bytes::Bytes;
 use porchlight_sip::{
-    Contacts, Framing, HeaderError, HeaderName, Host, Limits, Message, ParseErrorKind, RequestError, Uri,
+    Contacts, Framing, HeaderError, HeaderName, Host, Limits, Message, ParseErrorKind,
+    RequestError, Uri,
 };
 
 fn fixture(name: &str) -> Bytes {
@@ -13,20 +14,29 @@ fn fixture(name: &str) -> Bytes {
 }
 
 fn parse(name: &str) -> Message {
-    Message::parse(fixture(&format!("rfc4475/{name}.dat")), Framing::Datagram, &Limits::default())
-        .unwrap_or_else(|e| panic!("{name} should parse: {e}"))
+    Message::parse(
+        fixture(&format!("rfc4475/{name}.dat")),
+        Framing::Datagram,
+        &Limits::default(),
+    )
+    .unwrap_or_else(|e| panic!("{name} should parse: {e}"))
 }
 
 fn valid_request(name: &str) -> Message {
     let m = parse(name);
-    m.validate_request().unwrap_or_else(|e| panic!("{name} should be valid: {e}"));
+    m.validate_request()
+        .unwrap_or_else(|e| panic!("{name} should be valid: {e}"));
     m
 }
 
 fn parse_error(name: &str) -> ParseErrorKind {
-    Message::parse(fixture(&format!("rfc4475/{name}.dat")), Framing::Datagram, &Limits::default())
-        .expect_err(name)
-        .kind
+    Message::parse(
+        fixture(&format!("rfc4475/{name}.dat")),
+        Framing::Datagram,
+        &Limits::default(),
+    )
+    .expect_err(name)
+    .kind
 }
 
 fn request_error(name: &str) -> RequestError {
@@ -57,7 +67,17 @@ fn wsinv_short_tortuous_invite() {
     assert_eq!(m.text(HeaderName::Subject).unwrap(), Some(""));
     let folded = m.values_named("NewFangledHeader").next().unwrap();
     assert_eq!(folded, b"newfangled value\r\n continued newfangled value");
-    assert_eq!(m.routes().next().unwrap().unwrap().uri.sip().unwrap().param("lr"), Some(None));
+    assert_eq!(
+        m.routes()
+            .next()
+            .unwrap()
+            .unwrap()
+            .uri
+            .sip()
+            .unwrap()
+            .param("lr"),
+        Some(None)
+    );
     let contact = match m.contacts().unwrap() {
         Contacts::List(l) => l,
         Contacts::Star => panic!("star"),
@@ -70,16 +90,28 @@ fn wsinv_short_tortuous_invite() {
 #[test]
 fn intmeth_extension_method_and_unusual_characters() {
     let m = valid_request("intmeth");
-    assert_eq!(m.method(), Some("!interesting-Method0123456789_*+`.%indeed'~"));
+    assert_eq!(
+        m.method(),
+        Some("!interesting-Method0123456789_*+`.%indeed'~")
+    );
     assert_eq!(m.cseq().unwrap().method, m.method().unwrap());
     let uri = Uri::parse(m.request_uri().unwrap()).unwrap();
     assert_eq!(uri.sip().unwrap().host, Host::Name("example.com"));
-    assert_eq!(m.from().unwrap().display_name, Some("token1~` token2'+_ token3*%!.-"));
+    assert_eq!(
+        m.from().unwrap().display_name,
+        Some("token1~` token2'+_ token3*%!.-")
+    );
     assert_eq!(m.from().unwrap().tag(), Some("_token~1'+`*%!-."));
-    assert_eq!(m.from().unwrap().params.value("fromParam''~+*_!.-%"), Some("работающий"));
+    assert_eq!(
+        m.from().unwrap().params.value("fromParam''~+*_!.-%"),
+        Some("работающий")
+    );
     assert!(m.to().unwrap().display_name.unwrap().contains("NUL:\\\0"));
     let ext = m.values_named("extensionHeader-!.%*+_`'~").next().unwrap();
-    assert_eq!(std::str::from_utf8(ext).unwrap(), "\u{FEFF}\u{5927}\u{505C}\u{96FB}");
+    assert_eq!(
+        std::str::from_utf8(ext).unwrap(),
+        "\u{FEFF}\u{5927}\u{505C}\u{96FB}"
+    );
     assert_eq!(m.max_forwards().unwrap(), Some(255));
 }
 
@@ -88,30 +120,47 @@ fn escaping_cases() {
     let m = valid_request("esc01");
     assert_eq!(m.call_id().unwrap(), "esc01.239409asdfakjkn23onasd0-3234");
     assert_eq!(m.content_type().unwrap().unwrap().subtype, "sdp");
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!() };
-    assert_eq!(c[0].uri.sip().unwrap().param("n%61me"), Some(Some("v%61lue%25%34%31")));
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        c[0].uri.sip().unwrap().param("n%61me"),
+        Some(Some("v%61lue%25%34%31"))
+    );
 
     let m = valid_request("escnull");
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!() };
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!()
+    };
     assert_eq!(c.len(), 2);
     assert_eq!(c[1].uri.sip().unwrap().user, Some("%00%00"));
 
     let m = valid_request("esc02");
     assert_eq!(m.method(), Some("RE%47IST%45R"));
-    assert_eq!(m.count(HeaderName::Contact), 2, "C%6Fntact is an extension header");
+    assert_eq!(
+        m.count(HeaderName::Contact),
+        2,
+        "C%6Fntact is an extension header"
+    );
     assert_eq!(m.values_named("C%6Fntact").count(), 1);
     assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bK209%fzsnel234"));
 }
 
 #[test]
 fn display_name_and_uri_edge_cases() {
-    assert_eq!(valid_request("lwsdisp").from().unwrap().display_name, Some("caller"));
+    assert_eq!(
+        valid_request("lwsdisp").from().unwrap().display_name,
+        Some("caller")
+    );
     let m = valid_request("semiuri");
     let uri = Uri::parse(m.request_uri().unwrap()).unwrap();
     assert_eq!(uri.sip().unwrap().user, Some("user;par=u%40example.net"));
     assert_eq!(uri.sip().unwrap().host, Host::Name("example.com"));
     let accept: Vec<_> = m.accept().map(|a| a.unwrap().subtype).collect();
-    assert_eq!(accept, ["sdp", "pkcs7-mime", "mixed", "signed", "sip", "sipfrag"]);
+    assert_eq!(
+        accept,
+        ["sdp", "pkcs7-mime", "mixed", "signed", "sip", "sipfrag"]
+    );
 }
 
 #[test]
@@ -121,7 +170,10 @@ fn long_values_and_trailing_datagram_bytes() {
     assert!(m.vias().count() > 10);
     let m = valid_request("dblreq");
     assert_eq!(m.method(), Some("REGISTER"));
-    assert!(m.body().is_empty(), "the INVITE after the REGISTER is not its body");
+    assert!(
+        m.body().is_empty(),
+        "the INVITE after the REGISTER is not its body"
+    );
 }
 
 #[test]
@@ -141,7 +193,9 @@ fn unusual_and_empty_reason_phrases() {
     let m = parse("unreason");
     m.validate_response().unwrap();
     assert_eq!(m.status(), Some(200));
-    assert!(std::str::from_utf8(m.reason().unwrap()).unwrap().starts_with("= 2**3 * 5**2 "));
+    assert!(std::str::from_utf8(m.reason().unwrap())
+        .unwrap()
+        .starts_with("= 2**3 * 5**2 "));
     let m = parse("noreason");
     m.validate_response().unwrap();
     assert_eq!((m.status(), m.reason()), (Some(100), Some(&b""[..])));
@@ -149,19 +203,31 @@ fn unusual_and_empty_reason_phrases() {
 
 #[test]
 fn framing_errors() {
-    assert!(matches!(parse_error("clerr"), ParseErrorKind::BodyTruncated { declared: 9999, .. }));
+    assert!(matches!(
+        parse_error("clerr"),
+        ParseErrorKind::BodyTruncated { declared: 9999, .. }
+    ));
     assert_eq!(parse_error("ncl"), ParseErrorKind::BadContentLength);
     assert_eq!(parse_error("mcl01"), ParseErrorKind::DuplicateContentLength);
     assert_eq!(parse_error("baddn"), ParseErrorKind::IncompleteHead);
-    assert!(matches!(parse_error("bigcode"), ParseErrorKind::BadStatusLine(_)));
+    assert!(matches!(
+        parse_error("bigcode"),
+        ParseErrorKind::BadStatusLine(_)
+    ));
 }
 
 #[test]
 fn request_line_errors() {
     for name in ["ltgtruri", "lwsruri", "lwsstart", "trws"] {
-        assert!(matches!(parse_error(name), ParseErrorKind::BadRequestLine(_)), "{name}");
+        assert!(
+            matches!(parse_error(name), ParseErrorKind::BadRequestLine(_)),
+            "{name}"
+        );
     }
-    assert!(matches!(request_error("escruri"), RequestError::RequestUri(_)));
+    assert!(matches!(
+        request_error("escruri"),
+        RequestError::RequestUri(_)
+    ));
     assert_eq!(request_error("badvers").status(), 505);
 }
 
@@ -182,8 +248,14 @@ fn header_errors_answered_with_400() {
     }
     assert_eq!(request_error("mismatch01"), RequestError::MethodMismatch);
     assert_eq!(request_error("mismatch02"), RequestError::MethodMismatch);
-    assert_eq!(request_error("insuf"), RequestError::Header(HeaderError::Missing(HeaderName::From)));
-    assert_eq!(request_error("multi01"), RequestError::Header(HeaderError::Repeated(HeaderName::From)));
+    assert_eq!(
+        request_error("insuf"),
+        RequestError::Header(HeaderError::Missing(HeaderName::From))
+    );
+    assert_eq!(
+        request_error("multi01"),
+        RequestError::Header(HeaderError::Repeated(HeaderName::From))
+    );
 }
 
 #[test]
@@ -191,46 +263,97 @@ fn overlarge_scalars_in_a_response_discard_it() {
     let m = parse("scalarlg");
     assert!(matches!(
         m.validate_response(),
-        Err(HeaderError::Malformed { header: HeaderName::CSeq, .. })
+        Err(HeaderError::Malformed {
+            header: HeaderName::CSeq,
+            ..
+        })
     ));
 }
 
 #[test]
 fn transaction_and_application_layer_cases_parse() {
-    assert!(!valid_request("badbranch").top_via().unwrap().has_rfc3261_branch());
+    assert!(!valid_request("badbranch")
+        .top_via()
+        .unwrap()
+        .has_rfc3261_branch());
     let m = valid_request("unkscm");
-    assert!(matches!(Uri::parse(m.request_uri().unwrap()).unwrap(), Uri::Other { scheme: "nobodyKnowsThisScheme", .. }));
+    assert!(matches!(
+        Uri::parse(m.request_uri().unwrap()).unwrap(),
+        Uri::Other {
+            scheme: "nobodyKnowsThisScheme",
+            ..
+        }
+    ));
     let m = valid_request("novelsc");
-    assert!(matches!(Uri::parse(m.request_uri().unwrap()).unwrap(), Uri::Other { scheme: "soap.beep", .. }));
+    assert!(matches!(
+        Uri::parse(m.request_uri().unwrap()).unwrap(),
+        Uri::Other {
+            scheme: "soap.beep",
+            ..
+        }
+    ));
     let m = valid_request("unksm2");
-    assert!(matches!(m.to().unwrap().uri, Uri::Other { scheme: "isbn", .. }));
-    assert!(matches!(m.from().unwrap().uri, Uri::Other { scheme: "http", .. }));
+    assert!(matches!(
+        m.to().unwrap().uri,
+        Uri::Other { scheme: "isbn", .. }
+    ));
+    assert!(matches!(
+        m.from().unwrap().uri,
+        Uri::Other { scheme: "http", .. }
+    ));
     let m = valid_request("bext01");
     let require: Vec<_> = m.tokens(HeaderName::Require).map(Result::unwrap).collect();
-    assert_eq!(require, ["nothingSupportsThis", "nothingSupportsThisEither"]);
+    assert_eq!(
+        require,
+        ["nothingSupportsThis", "nothingSupportsThisEither"]
+    );
     assert_eq!(m.tokens(HeaderName::ProxyRequire).count(), 2);
     let m = valid_request("invut");
-    assert!(m.content_type().unwrap().unwrap().is("application/unknownformat"));
+    assert!(m
+        .content_type()
+        .unwrap()
+        .unwrap()
+        .is("application/unknownformat"));
     let m = valid_request("regaut01");
     let auth = m.auth(HeaderName::Authorization).next().unwrap().unwrap();
-    assert_eq!((auth.scheme, auth.param("opaque-data")), ("NoOneKnowsThisScheme", Some("here")));
+    assert_eq!(
+        (auth.scheme, auth.param("opaque-data")),
+        ("NoOneKnowsThisScheme", Some("here"))
+    );
     let m = parse("bcast");
     m.validate_response().unwrap();
-    assert_eq!(m.vias().nth(1).unwrap().unwrap().host, Host::Ipv4("255.255.255.255".parse().unwrap()));
+    assert_eq!(
+        m.vias().nth(1).unwrap().unwrap().host,
+        Host::Ipv4("255.255.255.255".parse().unwrap())
+    );
     assert_eq!(valid_request("zeromf").max_forwards().unwrap(), Some(0));
     let m = valid_request("cparam01");
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!() };
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!()
+    };
     assert!(c[0].params.has("unknownparam"));
     assert_eq!(c[0].uri.sip().unwrap().param("unknownparam"), None);
     let m = valid_request("cparam02");
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!() };
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!()
+    };
     assert!(!c[0].params.has("unknownparam"));
     assert_eq!(c[0].uri.sip().unwrap().param("unknownparam"), Some(None));
     let m = valid_request("regescrt");
-    let Contacts::List(c) = m.contacts().unwrap() else { panic!() };
-    assert_eq!(c[0].uri.sip().unwrap().headers(), Some("Route=%3Csip:sip.example.com%3E"));
+    let Contacts::List(c) = m.contacts().unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        c[0].uri.sip().unwrap().headers(),
+        Some("Route=%3Csip:sip.example.com%3E")
+    );
     let m = valid_request("sdp01");
-    assert!(m.accept().next().unwrap().unwrap().is("text/nobodyKnowsThis"));
+    assert!(m
+        .accept()
+        .next()
+        .unwrap()
+        .unwrap()
+        .is("text/nobodyKnowsThis"));
     let m = valid_request("inv2543");
     assert_eq!(m.top_via().unwrap().branch(), None);
     assert_eq!(m.max_forwards().unwrap(), None);
@@ -252,7 +375,9 @@ fn every_rfc4475_file_is_handled_without_panic() {
 
 fn rfc5118(name: &str) -> Result<Message, String> {
     let raw = fixture(&format!("rfc5118/{name}"));
-    let mut wire = String::from_utf8(raw.to_vec()).unwrap().replace('\n', "\r\n");
+    let mut wire = String::from_utf8(raw.to_vec())
+        .unwrap()
+        .replace('\n', "\r\n");
     if !wire.contains("\r\n\r\n") {
         wire.push_str("\r\n");
     }
@@ -268,7 +393,8 @@ fn rfc5118(name: &str) -> Result<Message, String> {
         })
         .collect();
     let wire = format!("{}\r\n\r\n{body}", head.join("\r\n"));
-    let m = Message::parse(Bytes::from(wire), Framing::Datagram, &Limits::default()).map_err(|e| e.to_string())?;
+    let m = Message::parse(Bytes::from(wire), Framing::Datagram, &Limits::default())
+        .map_err(|e| e.to_string())?;
     m.validate_request().map_err(|e| e.to_string())?;
     Ok(m)
 }
@@ -294,9 +420,19 @@ fn ipv6_torture_messages() {
 
     let m = rfc5118("port-ambiguous").unwrap();
     let uri = Uri::parse(m.request_uri().unwrap()).unwrap();
-    assert_eq!((uri.sip().unwrap().host, uri.sip().unwrap().port), (Host::Ipv6("2001:db8::10:5070"), None));
+    assert_eq!(
+        (uri.sip().unwrap().host, uri.sip().unwrap().port),
+        (Host::Ipv6("2001:db8::10:5070"), None)
+    );
     let m = rfc5118("port-unambiguous").unwrap();
-    assert_eq!(Uri::parse(m.request_uri().unwrap()).unwrap().sip().unwrap().port, Some(5070));
+    assert_eq!(
+        Uri::parse(m.request_uri().unwrap())
+            .unwrap()
+            .sip()
+            .unwrap()
+            .port,
+        Some(5070)
+    );
     let m = rfc5118("via-received-param-with-delim").unwrap();
     assert_eq!(m.top_via().unwrap().received(), Some("[2001:db8::9:255]"));
     let m = rfc5118("via-received-param-no-delim").unwrap();
@@ -305,5 +441,8 @@ fn ipv6_torture_messages() {
     let hosts: Vec<_> = m.vias().map(|v| v.unwrap().host.to_string()).collect();
     assert_eq!(hosts, ["[2001:db8::9:1]", "192.0.2.1", "[2001:db8::9:255]"]);
     let m = rfc5118("ipv4-mapped-ipv6").unwrap();
-    assert_eq!(m.top_via().unwrap().host.ip(), Some("::ffff:192.0.2.10".parse().unwrap()));
+    assert_eq!(
+        m.top_via().unwrap().host.ip(),
+        Some("::ffff:192.0.2.10".parse().unwrap())
+    );
 }

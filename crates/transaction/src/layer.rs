@@ -70,7 +70,9 @@ impl ServerKey {
     pub fn cancelled_invite(&self) -> ServerKey {
         let mut key = self.clone();
         match &mut key {
-            ServerKey::Branch { method, .. } | ServerKey::Legacy { method, .. } => *method = "INVITE".into(),
+            ServerKey::Branch { method, .. } | ServerKey::Legacy { method, .. } => {
+                *method = "INVITE".into()
+            }
         }
         key
     }
@@ -184,7 +186,10 @@ impl<C: Clone> TransactionLayer<C> {
             let (actions, result) = if is_ack {
                 (entry.machine.on_ack(), RequestMatch::AckAbsorbed)
             } else {
-                (entry.machine.on_retransmission(), RequestMatch::Retransmission)
+                (
+                    entry.machine.on_retransmission(),
+                    RequestMatch::Retransmission,
+                )
             };
             let is_accepted = entry.machine.state() == crate::machine::ServerState::Accepted;
             self.apply(id, actions, now);
@@ -262,8 +267,14 @@ impl<C: Clone> TransactionLayer<C> {
     /// The transport failed for this transaction.
     pub fn transport_error(&mut self, id: &TxId, now: Instant) {
         let actions = match id {
-            TxId::Server(k) => self.servers.get_mut(k).map(|e| e.machine.on_transport_error()),
-            TxId::Client(k) => self.clients.get_mut(k).map(|e| e.machine.on_transport_error()),
+            TxId::Server(k) => self
+                .servers
+                .get_mut(k)
+                .map(|e| e.machine.on_transport_error()),
+            TxId::Client(k) => self
+                .clients
+                .get_mut(k)
+                .map(|e| e.machine.on_transport_error()),
         };
         if let Some(actions) = actions {
             self.apply(id.clone(), actions, now);
@@ -333,7 +344,8 @@ impl<C: Clone> TransactionLayer<C> {
                 Action::Schedule(timer, after) => {
                     let seq = self.next_seq;
                     self.next_seq += 1;
-                    self.deadlines.insert((now + after, seq), (id.clone(), timer));
+                    self.deadlines
+                        .insert((now + after, seq), (id.clone(), timer));
                     let armed = match &id {
                         TxId::Server(k) => self.servers.get_mut(k).map(|e| &mut e.armed),
                         TxId::Client(k) => self.clients.get_mut(k).map(|e| &mut e.armed),
@@ -352,7 +364,9 @@ impl<C: Clone> TransactionLayer<C> {
                     }
                 }
                 Action::Timeout => self.outputs.push_back(Output::Timeout(id.clone())),
-                Action::TransportError => self.outputs.push_back(Output::TransportError(id.clone())),
+                Action::TransportError => {
+                    self.outputs.push_back(Output::TransportError(id.clone()))
+                }
                 Action::Terminated => match &id {
                     TxId::Server(k) => {
                         self.servers.remove(k);

@@ -6,8 +6,11 @@
 //! as arguments. The server's driver turns outputs into socket writes and
 //! sleeps until [`TransactionLayer::next_deadline`].
 
-pub mod machine;
 mod layer;
+pub mod machine;
 
 pub use layer::{ClientKey, Output, RequestMatch, ServerKey, TransactionLayer, TxId};
-pub use machine::{Action, ClientState, ClientTransaction, Kind, ServerState, ServerTransaction, Timer, TimerConfig};
+pub use machine::{
+    Action, ClientState, ClientTransaction, Kind, ServerState, ServerTransaction, Timer,
+    TimerConfig,
+};

@@ -124,7 +124,11 @@ pub struct ServerTransaction {
 impl ServerTransaction {
     /// Creates the transaction for a new request. An INVITE gets `100 Trying`
     /// at once, so the client stops retransmitting (§17.2.1).
-    pub fn new(request: &Message, reliable: bool, timers: TimerConfig) -> (ServerTransaction, Vec<Action>) {
+    pub fn new(
+        request: &Message,
+        reliable: bool,
+        timers: TimerConfig,
+    ) -> (ServerTransaction, Vec<Action>) {
         let kind = Kind::of(request.method().unwrap_or(""));
         let mut tx = ServerTransaction {
             kind,
@@ -140,7 +144,8 @@ impl ServerTransaction {
         };
         let mut actions = Vec::new();
         if kind == Kind::Invite {
-            let trying = porchlight_sip::response_to(request, 100, "Trying", None, None).finish(b"");
+            let trying =
+                porchlight_sip::response_to(request, 100, "Trying", None, None).finish(b"");
             tx.last_response = Some(trying.clone());
             actions.push(Action::Send(trying));
         }
@@ -155,7 +160,9 @@ impl ServerTransaction {
     /// The request arrived again: resend the last response, or absorb it.
     pub fn on_retransmission(&mut self) -> Vec<Action> {
         match (self.state, &self.last_response) {
-            (ServerState::Proceeding | ServerState::Completed, Some(r)) => vec![Action::Send(r.clone())],
+            (ServerState::Proceeding | ServerState::Completed, Some(r)) => {
+                vec![Action::Send(r.clone())]
+            }
             _ => Vec::new(),
         }
     }
@@ -209,7 +216,12 @@ impl ServerTransaction {
         match (timer, self.state) {
             (Timer::G, ServerState::Completed) => {
                 self.g_interval = (self.g_interval * 2).min(self.timers.t2);
-                let mut actions: Vec<Action> = self.last_response.iter().cloned().map(Action::Send).collect();
+                let mut actions: Vec<Action> = self
+                    .last_response
+                    .iter()
+                    .cloned()
+                    .map(Action::Send)
+                    .collect();
                 actions.push(Action::Schedule(Timer::G, self.g_interval));
                 actions
             }
@@ -262,7 +274,11 @@ pub struct ClientTransaction {
 
 impl ClientTransaction {
     /// Starts the transaction: sends the request and arms its timers.
-    pub fn start(request: Message, reliable: bool, timers: TimerConfig) -> (ClientTransaction, Vec<Action>) {
+    pub fn start(
+        request: Message,
+        reliable: bool,
+        timers: TimerConfig,
+    ) -> (ClientTransaction, Vec<Action>) {
         let kind = Kind::of(request.method().unwrap_or(""));
         let t64 = timers.t1 * 64;
         let mut actions = vec![Action::Send(request.as_bytes().clone())];
@@ -298,7 +314,11 @@ impl ClientTransaction {
     pub fn on_response(&mut self, response: Message) -> Vec<Action> {
         let code = response.status().unwrap_or(0);
         match (self.kind, self.state, code) {
-            (_, ClientState::Calling | ClientState::Trying | ClientState::Proceeding, 100..=199) => {
+            (
+                _,
+                ClientState::Calling | ClientState::Trying | ClientState::Proceeding,
+                100..=199,
+            ) => {
                 self.state = ClientState::Proceeding;
                 vec![Action::Deliver(response)]
             }
@@ -315,12 +335,22 @@ impl ClientTransaction {
                 } else {
                     Duration::from_secs(32)
                 };
-                vec![Action::Send(ack), Action::Deliver(response), Action::Schedule(Timer::D, wait)]
+                vec![
+                    Action::Send(ack),
+                    Action::Deliver(response),
+                    Action::Schedule(Timer::D, wait),
+                ]
             }
-            (Kind::Invite, ClientState::Completed, 300..) => self.ack.iter().cloned().map(Action::Send).collect(),
+            (Kind::Invite, ClientState::Completed, 300..) => {
+                self.ack.iter().cloned().map(Action::Send).collect()
+            }
             (Kind::NonInvite, ClientState::Trying | ClientState::Proceeding, _) => {
                 self.state = ClientState::Completed;
-                let wait = if self.reliable { Duration::ZERO } else { self.timers.t4 };
+                let wait = if self.reliable {
+                    Duration::ZERO
+                } else {
+                    self.timers.t4
+                };
                 vec![Action::Deliver(response), Action::Schedule(Timer::K, wait)]
             }
             _ => Vec::new(),
@@ -349,7 +379,9 @@ impl ClientTransaction {
                 ]
             }
             (Timer::B, ClientState::Calling | ClientState::Proceeding)
-            | (Timer::F, ClientState::Trying | ClientState::Proceeding) => self.terminate(vec![Action::Timeout]),
+            | (Timer::F, ClientState::Trying | ClientState::Proceeding) => {
+                self.terminate(vec![Action::Timeout])
+            }
             (Timer::D | Timer::K, ClientState::Completed) => self.terminate(Vec::new()),
             _ => Vec::new(),
         }

@@ -57,7 +57,11 @@ pub fn identity_from_certificate(der: &[u8]) -> Result<PeerIdentity, IdentityErr
         for name in &san.value.general_names {
             match name {
                 GeneralName::URI(uri) => {
-                    let Some(rest) = uri.get(..4).filter(|s| s.eq_ignore_ascii_case("sip:")).map(|_| &uri[4..]) else {
+                    let Some(rest) = uri
+                        .get(..4)
+                        .filter(|s| s.eq_ignore_ascii_case("sip:"))
+                        .map(|_| &uri[4..])
+                    else {
                         continue;
                     };
                     // sip:domain — no user part, no port or parameters.

@@ -205,7 +205,9 @@ pub struct Transport {
 impl Transport {
     /// Binds every configured listener and starts receiving. Messages arrive
     /// on the returned channel.
-    pub async fn bind(config: TransportConfig) -> std::io::Result<(Transport, mpsc::Receiver<Received>)> {
+    pub async fn bind(
+        config: TransportConfig,
+    ) -> std::io::Result<(Transport, mpsc::Receiver<Received>)> {
         let (tx, rx) = mpsc::channel(config.queue_depth);
         let mut udp_sockets = Vec::new();
         let mut local = Vec::new();
@@ -258,12 +260,19 @@ impl Transport {
 
     /// The first bound address of a protocol.
     pub fn local_addr(&self, protocol: Protocol) -> Option<SocketAddr> {
-        self.local.iter().find(|(p, _)| *p == protocol).map(|(_, a)| *a)
+        self.local
+            .iter()
+            .find(|(p, _)| *p == protocol)
+            .map(|(_, a)| *a)
     }
 
     /// Open stream connections.
     pub fn connection_count(&self) -> usize {
-        self.shared.registry.lock().map(|r| r.by_id.len()).unwrap_or(0)
+        self.shared
+            .registry
+            .lock()
+            .map(|r| r.by_id.len())
+            .unwrap_or(0)
     }
 
     /// The verified identity of a connection's peer.
@@ -282,7 +291,12 @@ impl Transport {
     pub async fn send(&self, target: &Target, bytes: Bytes) -> Result<(), SendError> {
         match target {
             Target::Connection(id) => {
-                let handle = self.shared.registry.lock().ok().and_then(|r| r.by_id.get(id).cloned());
+                let handle = self
+                    .shared
+                    .registry
+                    .lock()
+                    .ok()
+                    .and_then(|r| r.by_id.get(id).cloned());
                 let handle = handle.ok_or(SendError::ConnectionClosed(*id))?;
                 handle
                     .sender
@@ -304,8 +318,13 @@ impl Transport {
                 socket.send_to(&bytes, addr).await?;
                 Ok(())
             }
-            Target::Address { protocol, addr, domain } => {
-                let id = stream::connection_for(&self.shared, *protocol, *addr, domain.as_deref()).await?;
+            Target::Address {
+                protocol,
+                addr,
+                domain,
+            } => {
+                let id = stream::connection_for(&self.shared, *protocol, *addr, domain.as_deref())
+                    .await?;
                 Box::pin(self.send(&Target::Connection(id), bytes)).await
             }
         }

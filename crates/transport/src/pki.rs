@@ -3,7 +3,9 @@
 //! federation partners.
 
 pub use rcgen::Error;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 
 /// A certificate authority that can issue leaf certificates.
 pub struct CertificateAuthority {
@@ -33,7 +35,9 @@ impl CertificateAuthority {
     pub fn new(common_name: &str) -> Result<CertificateAuthority, rcgen::Error> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params.self_signed(&key)?;
@@ -45,10 +49,16 @@ impl CertificateAuthority {
 
     /// Issues a leaf usable for both TLS server and client authentication.
     /// With no alt names, the identity is only in the subject CN.
-    pub fn issue(&self, common_name: &str, alt_names: &[AltName<'_>]) -> Result<IssuedCertificate, rcgen::Error> {
+    pub fn issue(
+        &self,
+        common_name: &str,
+        alt_names: &[AltName<'_>],
+    ) -> Result<IssuedCertificate, rcgen::Error> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         for name in alt_names {
             params.subject_alt_names.push(match name {
                 AltName::Dns(d) => SanType::DnsName((*d).try_into()?),

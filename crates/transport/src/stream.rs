@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::identity::identity_from_certificate;
-use crate::{ConnectionHandle, ConnectionId, Origin, PeerIdentity, Protocol, Received, SendError, Shared};
+use crate::{
+    ConnectionHandle, ConnectionId, Origin, PeerIdentity, Protocol, Received, SendError, Shared,
+};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a framing error the connection cannot be resynchronised; it stays
@@ -43,7 +45,9 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, protocol: Protocol, listene
             let Ok(local) = tcp.local_addr() else { return };
             match protocol {
                 Protocol::Tls => {
-                    let Some(settings) = shared.config.tls_settings.clone() else { return };
+                    let Some(settings) = shared.config.tls_settings.clone() else {
+                        return;
+                    };
                     let acceptor = TlsAcceptor::from(settings.server);
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
@@ -117,7 +121,12 @@ where
     id
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(shared: &Shared, mut reader: R, origin: Origin, pongs: mpsc::Sender<Bytes>) {
+async fn read_loop<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    mut reader: R,
+    origin: Origin,
+    pongs: mpsc::Sender<Bytes>,
+) {
     let limits = &shared.config.limits;
     let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
@@ -204,11 +213,15 @@ pub(crate) async fn connection_for(
                 .clone()
                 .ok_or(SendError::NotEnabled(Protocol::Tls))?;
             let domain = domain.unwrap_or_default();
-            let name = ServerName::try_from(domain.clone()).map_err(|e| SendError::Tls(e.to_string()))?;
-            let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsConnector::from(settings.client).connect(name, tcp))
-                .await
-                .map_err(|_| SendError::Tls("handshake timed out".into()))?
-                .map_err(|e| SendError::Tls(e.to_string()))?;
+            let name =
+                ServerName::try_from(domain.clone()).map_err(|e| SendError::Tls(e.to_string()))?;
+            let tls = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                TlsConnector::from(settings.client).connect(name, tcp),
+            )
+            .await
+            .map_err(|_| SendError::Tls("handshake timed out".into()))?
+            .map_err(|e| SendError::Tls(e.to_string()))?;
             let peer = tls
                 .get_ref()
                 .1
@@ -224,6 +237,14 @@ pub(crate) async fn connection_for(
             }
             Ok(id)
         }
-        _ => Ok(start(shared.clone(), tcp, protocol, addr, local, None, permit)),
+        _ => Ok(start(
+            shared.clone(),
+            tcp,
+            protocol,
+            addr,
+            local,
+            None,
+            permit,
+        )),
     }
 }

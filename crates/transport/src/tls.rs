@@ -54,7 +54,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 impl TlsSettings {
     /// Builds both configurations from PEM: our chain and key, and the CAs
     /// whose certificates we accept from peers.
-    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8], trusted_ca_pem: &[u8], client_auth: ClientAuth) -> Result<TlsSettings, TlsError> {
+    pub fn from_pem(
+        chain_pem: &[u8],
+        key_pem: &[u8],
+        trusted_ca_pem: &[u8],
+        client_auth: ClientAuth,
+    ) -> Result<TlsSettings, TlsError> {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
             .collect::<Result<_, _>>()
             .map_err(|e| TlsError::Pem {

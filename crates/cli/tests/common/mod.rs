@@ -41,7 +41,10 @@ pub fn config(edits: &[(&str, &str)], extra: &str) -> String {
         .replace("udp = [\"0.0.0.0:5060\"]", "udp = [\"127.0.0.1:0\"]")
         .replace("tcp = [\"0.0.0.0:5060\"]", "tcp = [\"127.0.0.1:0\"]")
         .replace("tls = [\"0.0.0.0:5061\"]", "tls = [\"127.0.0.1:0\"]")
-        .replace("domains = [\"porchlight.test\"]", "domains = [\"contoso.com\"]");
+        .replace(
+            "domains = [\"porchlight.test\"]",
+            "domains = [\"contoso.com\"]",
+        );
     for (old, new) in edits {
         assert!(text.contains(old), "default config has no {old:?}");
         text = text.replace(old, new);
@@ -77,8 +80,12 @@ pub fn start_with_file(path: &std::path::Path, dir: PathBuf) -> Server {
     });
     let (mut udp, mut tcp, mut tls) = (None, None, None);
     while udp.is_none() || tcp.is_none() || tls.is_none() {
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect("server reports its listeners");
-        let Some(rest) = line.split("listening on ").nth(1) else { continue };
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("server reports its listeners");
+        let Some(rest) = line.split("listening on ").nth(1) else {
+            continue;
+        };
         let (proto, addr) = rest.trim().split_once(' ').unwrap();
         let addr: SocketAddr = addr.parse().unwrap();
         match proto {
@@ -98,8 +105,17 @@ pub fn start_with_file(path: &std::path::Path, dir: PathBuf) -> Server {
 }
 
 pub fn parse(bytes: &[u8]) -> Message {
-    Message::parse(Bytes::copy_from_slice(bytes), Framing::Stream, &Limits::default())
-        .unwrap_or_else(|e| panic!("response does not parse: {e}\n{}", String::from_utf8_lossy(bytes)))
+    Message::parse(
+        Bytes::copy_from_slice(bytes),
+        Framing::Stream,
+        &Limits::default(),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "response does not parse: {e}\n{}",
+            String::from_utf8_lossy(bytes)
+        )
+    })
 }
 
 /// Sends one datagram and returns the datagrams received within `wait`.
@@ -127,9 +143,15 @@ pub fn request(method: &str, uri: &str, extra: &str) -> Vec<u8> {
 }
 
 pub fn fixture(path: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/../sip/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!(
+        "{}/../sip/tests/fixtures/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 pub fn repo_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
 }
