@@ -42,6 +42,17 @@ impl Run {
     fn at(&self, ms: u64) -> Instant {
         self.start + Duration::from_millis(ms)
     }
+    /// Delivers a request that must open a new server transaction at t=0.
+    fn new_server(&mut self, request: &Message, reliable: bool) -> ServerKey {
+        match self
+            .layer
+            .receive_request(request, "peer", reliable, self.at(0))
+            .unwrap()
+        {
+            RequestMatch::New(key) => key,
+            other => panic!("expected a new transaction, got {other:?}"),
+        }
+    }
     fn drain(&mut self) -> Vec<Output<&'static str>> {
         std::iter::from_fn(|| self.layer.poll_output()).collect()
     }
@@ -173,13 +184,7 @@ fn invite_client_times_out_after_64_t1() {
 fn invite_server_sends_trying_retransmits_failure_until_ack() {
     let mut run = Run::new();
     let invite = request("INVITE", "z9hG4bK-s1", "INVITE");
-    let RequestMatch::New(key) = run
-        .layer
-        .receive_request(&invite, "peer", false, run.at(0))
-        .unwrap()
-    else {
-        panic!("new")
-    };
+    let key = run.new_server(&invite, false);
     let out = run.drain();
     let Output::Send { bytes, .. } = &out[0] else {
         panic!()
@@ -216,13 +221,7 @@ fn invite_server_sends_trying_retransmits_failure_until_ack() {
 fn invite_server_without_ack_times_out_with_timer_h() {
     let mut run = Run::new();
     let invite = request("INVITE", "z9hG4bK-s2", "INVITE");
-    let RequestMatch::New(key) = run
-        .layer
-        .receive_request(&invite, "peer", true, run.at(0))
-        .unwrap()
-    else {
-        panic!()
-    };
+    let key = run.new_server(&invite, true);
     run.layer
         .respond(&key, 500, Bytes::from_static(b"x"), run.at(0));
     run.drain();
@@ -238,13 +237,7 @@ fn invite_server_without_ack_times_out_with_timer_h() {
 fn invite_server_accepted_absorbs_retransmissions_and_passes_ack() {
     let mut run = Run::new();
     let invite = request("INVITE", "z9hG4bK-s3", "INVITE");
-    let RequestMatch::New(key) = run
-        .layer
-        .receive_request(&invite, "peer", false, run.at(0))
-        .unwrap()
-    else {
-        panic!()
-    };
+    let key = run.new_server(&invite, false);
     run.layer
         .respond(&key, 200, Bytes::from_static(b"ok"), run.at(0));
     run.drain();
@@ -271,13 +264,7 @@ fn invite_server_accepted_absorbs_retransmissions_and_passes_ack() {
 fn non_invite_server_absorbs_then_resends_final_and_lingers() {
     let mut run = Run::new();
     let req = request("OPTIONS", "z9hG4bK-s4", "OPTIONS");
-    let RequestMatch::New(key) = run
-        .layer
-        .receive_request(&req, "peer", false, run.at(0))
-        .unwrap()
-    else {
-        panic!()
-    };
+    let key = run.new_server(&req, false);
     assert!(run.drain().is_empty(), "no 100 for non-INVITE");
     let again = run
         .layer
@@ -302,13 +289,7 @@ fn non_invite_server_absorbs_then_resends_final_and_lingers() {
 fn legacy_branches_match_on_request_fields_and_cancel_finds_its_invite() {
     let mut run = Run::new();
     let invite = request("INVITE", "390skdjuw", "INVITE");
-    let RequestMatch::New(key) = run
-        .layer
-        .receive_request(&invite, "peer", false, run.at(0))
-        .unwrap()
-    else {
-        panic!()
-    };
+    let key = run.new_server(&invite, false);
     assert!(matches!(key, ServerKey::Legacy { .. }));
     let again = run
         .layer
