@@ -308,6 +308,6 @@ mod tests {
         let err = Config::parse(&text, "edge.toml", Path::new("."))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("t2_ms must be"), "{err}");
+        assert!(err.contains("t2_ms at least t1_ms"), "{err}");
     }
 }
