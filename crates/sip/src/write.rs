@@ -107,6 +107,63 @@ pub fn via_with_received(via: &Via<'_>, source_ip: IpAddr, source_port: u16) -> 
     Some(out)
 }
 
+/// A response a transaction user decided on, before it is written: status,
+/// reason, the headers beyond those copied from the request, the To tag of
+/// the dialog it creates, and a body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Answer {
+    /// Status code.
+    pub code: u16,
+    /// Reason phrase (control characters are replaced when written).
+    pub reason: String,
+    /// Extra header fields, in order.
+    pub headers: Vec<(&'static str, String)>,
+    /// The To tag to add when the request has none; a dialog-creating
+    /// answer names its own, others get a fresh one from the writer.
+    pub to_tag: Option<String>,
+    /// Content type and body.
+    pub body: Option<(String, Bytes)>,
+}
+
+impl Answer {
+    /// A status and reason with nothing else.
+    pub fn new(code: u16, reason: impl Into<String>) -> Answer {
+        Answer {
+            code,
+            reason: reason.into(),
+            ..Answer::default()
+        }
+    }
+
+    /// Adds a header field.
+    pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Answer {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Writes the answer to `request` (see [`response_to`]); `fallback_tag`
+    /// is used when the answer names no tag of its own.
+    pub fn write(&self, request: &Message, top_via: Option<&str>, fallback_tag: &str) -> Bytes {
+        let reason: String = self
+            .reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let tag = self.to_tag.as_deref().unwrap_or(fallback_tag);
+        let mut w = response_to(request, self.code, &reason, top_via, Some(tag));
+        for (name, value) in &self.headers {
+            w.header(name, value);
+        }
+        match &self.body {
+            Some((content_type, body)) => {
+                w.header("Content-Type", content_type);
+                w.finish(body)
+            }
+            None => w.finish(b""),
+        }
+    }
+}
+
 /// Starts a response to `request`: copies Via (the top one replaced by
 /// `top_via`, see [`via_with_received`]), From, To (adding `to_tag` when it has none), Call-ID and
 /// CSeq, as RFC 3261 §8.2.6.2 requires. Works on raw bytes, so even a request

@@ -1,0 +1,434 @@
+//! The notifier driven with virtual time: SUBSCRIBE in, answers and
+//! NOTIFYs out, responses fed back.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use porchlight_presence::{
+    Authorization, Availability, Capabilities, FlowInfo, Identity, Notifier, NotifierConfig,
+    NotifyRef, PresenceState,
+};
+use porchlight_sip::{Answer, Framing, Limits, Message};
+
+const ENDPOINT: &str = "sip:helpdesk@contoso.com";
+
+struct Harness {
+    notifier: Notifier<u32>,
+    now: Instant,
+    helpdesk: u32,
+    clock: jiff::Timestamp,
+}
+
+fn parse(bytes: Bytes) -> Message {
+    Message::parse(bytes, Framing::Datagram, &Limits::default()).expect("valid SIP")
+}
+
+impl Harness {
+    fn new(config: NotifierConfig) -> Harness {
+        let now = Instant::now();
+        let mut notifier = Notifier::new(config, now, 42);
+        let clock = jiff::Timestamp::from_second(1_777_629_600).unwrap();
+        let helpdesk = notifier.add_presentity(
+            Identity {
+                uri: ENDPOINT.into(),
+                display_name: "Contoso Help Desk".into(),
+                capabilities: Capabilities {
+                    text: true,
+                    voice: true,
+                },
+            },
+            PresenceState::new(Availability::ONLINE),
+            clock,
+        );
+        Harness {
+            notifier,
+            now,
+            helpdesk,
+            clock,
+        }
+    }
+
+    fn subscribe_with(&mut self, watcher: u32, extra: &str, body: &str) -> Answer {
+        let text = format!(
+            "SUBSCRIBE {ENDPOINT} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.{watcher};branch=z9hG4bK{watcher}\r\n\
+             From: <sip:w{watcher}@fabrikam.com>;tag=f{watcher}\r\nTo: <{ENDPOINT}>\r\n\
+             Call-ID: call-{watcher}\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:w{watcher}@10.0.0.{watcher}>\r\n\
+             Max-Forwards: 70\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.answer(&text, watcher)
+    }
+
+    fn answer(&mut self, text: &str, flow: u32) -> Answer {
+        let request = parse(Bytes::from(text.to_owned()));
+        let helpdesk = self.helpdesk;
+        self.notifier.subscribe(
+            &request,
+            FlowInfo {
+                flow,
+                reliable: false,
+                via: "SIP/2.0/UDP 192.0.2.1:5060".into(),
+                contact: "<sip:192.0.2.1:5060>".into(),
+            },
+            &move |uri| porchlight_presence::same_aor(uri, ENDPOINT).then_some(helpdesk),
+            &|_, watcher| {
+                if watcher.contains("blocked") {
+                    Authorization::Deny {
+                        code: 403,
+                        reason: "Forbidden".into(),
+                    }
+                } else {
+                    Authorization::Allow
+                }
+            },
+            self.now,
+        )
+    }
+
+    fn subscribe(&mut self, watcher: u32) -> Answer {
+        self.subscribe_with(watcher, "Event: presence\r\nExpires: 600\r\n", "")
+    }
+
+    /// Everything the notifier sends now.
+    fn drain(&mut self) -> Vec<(u32, Message)> {
+        let mut out = Vec::new();
+        while let Some(o) = self.notifier.poll(self.now) {
+            out.push((o.flow, parse(o.bytes)));
+        }
+        out
+    }
+
+    fn reply(&mut self, notify: &Message, code: u16) {
+        let branch = notify.top_via().unwrap().branch().unwrap().to_owned();
+        let r = NotifyRef::from_branch(&branch).expect("our branch");
+        self.notifier.on_notify_response(r, code, None, self.now);
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.notifier.handle_timeout(self.now);
+    }
+
+    fn set(&mut self, availability: Availability) {
+        self.clock = self.clock + jiff::SignedDuration::from_secs(1);
+        self.notifier
+            .set_state(self.helpdesk, PresenceState::new(availability), self.clock);
+    }
+}
+
+fn header<'a>(m: &'a Message, name: &'a str) -> &'a str {
+    std::str::from_utf8(m.values_named(name).next().unwrap_or_default()).unwrap()
+}
+
+fn body(m: &Message) -> &str {
+    std::str::from_utf8(m.body()).unwrap()
+}
+
+fn has(answer: &Answer, name: &str) -> Option<String> {
+    answer
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+}
+
+#[test]
+fn subscribe_notify_refresh_unsubscribe() {
+    let mut h = Harness::new(NotifierConfig::default());
+    let answer = h.subscribe(1);
+    assert_eq!(answer.code, 200);
+    assert_eq!(has(&answer, "Expires").as_deref(), Some("600"));
+    let tag = answer.to_tag.clone().unwrap();
+    let sent = h.drain();
+    assert_eq!(sent.len(), 1, "one NOTIFY at once");
+    let notify = &sent[0].1;
+    assert_eq!(notify.method(), Some("NOTIFY"));
+    assert_eq!(notify.request_uri(), Some("sip:w1@10.0.0.1"));
+    assert_eq!(header(notify, "Subscription-State"), "active;expires=600");
+    assert_eq!(header(notify, "Content-Type"), "application/pidf+xml");
+    assert_eq!(notify.call_id().unwrap(), "call-1");
+    assert_eq!(notify.from().unwrap().tag(), Some(tag.as_str()));
+    assert_eq!(notify.to().unwrap().tag(), Some("f1"));
+    assert!(body(notify).contains("<basic>open</basic>"));
+    h.reply(&sent[0].1.clone(), 200);
+
+    // Refresh in the dialog: 200 and the state again.
+    let refresh = format!(
+        "SUBSCRIBE sip:192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKr\r\n\
+         From: <sip:w1@fabrikam.com>;tag=f1\r\nTo: <{ENDPOINT}>;tag={tag}\r\nCall-ID: call-1\r\n\
+         CSeq: 2 SUBSCRIBE\r\nContact: <sip:w1@10.0.0.1>\r\nEvent: presence\r\nExpires: 300\r\nContent-Length: 0\r\n\r\n"
+    );
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.answer(&refresh, 1).code, 200);
+    let sent = h.drain();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        header(&sent[0].1, "Subscription-State"),
+        "active;expires=300"
+    );
+    assert_eq!(sent[0].1.cseq().unwrap().seq, 2);
+    h.reply(&sent[0].1.clone(), 200);
+    // The same CSeq again is out of order.
+    assert_eq!(h.answer(&refresh, 1).code, 500);
+    // A wrong tag is an unknown dialog.
+    let stranger = refresh.replace(&tag, "0.0.0").replace("CSeq: 2", "CSeq: 3");
+    assert_eq!(h.answer(&stranger, 1).code, 481);
+
+    // Unsubscribe: 200, a final NOTIFY, then the dialog is gone.
+    let bye = refresh
+        .replace("CSeq: 2", "CSeq: 4")
+        .replace("Expires: 300", "Expires: 0");
+    let answer = h.answer(&bye, 1);
+    assert_eq!(answer.code, 200);
+    let sent = h.drain();
+    assert_eq!(
+        header(&sent[0].1, "Subscription-State"),
+        "terminated;reason=timeout"
+    );
+    h.reply(&sent[0].1.clone(), 200);
+    assert_eq!(h.notifier.stats().active, 0);
+    assert_eq!(h.answer(&bye.replace("CSeq: 4", "CSeq: 5"), 1).code, 481);
+}
+
+#[test]
+fn refusals() {
+    let mut h = Harness::new(NotifierConfig::default());
+    let a = h.subscribe_with(1, "Event: dialog\r\n", "");
+    assert_eq!(
+        (a.code, has(&a, "Allow-Events").as_deref()),
+        (489, Some("presence, presence.winfo"))
+    );
+    assert_eq!(h.subscribe_with(1, "", "").code, 489);
+    let a = h.subscribe_with(1, "Event: presence\r\nExpires: 5\r\n", "");
+    assert_eq!(
+        (a.code, has(&a, "Min-Expires").as_deref()),
+        (423, Some("60"))
+    );
+    let a = h.subscribe_with(1, "Event: presence\r\nAccept: text/plain\r\n", "");
+    assert_eq!(a.code, 406);
+    let text = "SUBSCRIBE sip:nobody@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP x;branch=z9hG4bKn\r\n\
+        From: <sip:a@b>;tag=1\r\nTo: <sip:nobody@contoso.com>\r\nCall-ID: n\r\nCSeq: 1 SUBSCRIBE\r\n\
+        Contact: <sip:a@x>\r\nEvent: presence\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(h.answer(text, 1).code, 404);
+    let text = text
+        .replace("sip:nobody@", "sip:helpdesk@")
+        .replace("sip:a@b", "sip:blocked@b");
+    assert_eq!(h.answer(&text, 1).code, 403);
+    // Expiry beyond the maximum is shortened.
+    let a = h.subscribe_with(2, "Event: presence\r\nExpires: 999999\r\n", "");
+    assert_eq!(has(&a, "Expires").as_deref(), Some("3600"));
+    assert!(h.drain().iter().all(|(_, m)| m.method() == Some("NOTIFY")));
+}
+
+#[test]
+fn fetch_notifies_once_and_ends() {
+    let mut h = Harness::new(NotifierConfig::default());
+    let a = h.subscribe_with(1, "Event: presence\r\nExpires: 0\r\n", "");
+    assert_eq!((a.code, has(&a, "Expires").as_deref()), (200, Some("0")));
+    let sent = h.drain();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        header(&sent[0].1, "Subscription-State"),
+        "terminated;reason=timeout"
+    );
+    assert!(body(&sent[0].1).contains("open"));
+    h.reply(&sent[0].1.clone(), 200);
+    assert_eq!(h.notifier.stats().active, 0);
+}
+
+#[test]
+fn expiry_sends_a_final_notify() {
+    let mut h = Harness::new(NotifierConfig::default());
+    h.subscribe_with(1, "Event: presence\r\nExpires: 60\r\n", "");
+    let first = h.drain();
+    h.reply(&first[0].1, 200);
+    h.advance(Duration::from_secs(59));
+    assert!(h.drain().is_empty());
+    h.advance(Duration::from_secs(2));
+    let last = h.drain();
+    assert_eq!(
+        header(&last[0].1, "Subscription-State"),
+        "terminated;reason=timeout"
+    );
+    assert_eq!(h.notifier.stats().expired, 1);
+}
+
+#[test]
+fn fan_out_coalesces_and_respects_the_watcher_interval() {
+    let config = NotifierConfig {
+        min_notify_interval: Duration::from_secs(5),
+        ..NotifierConfig::default()
+    };
+    let mut h = Harness::new(config);
+    for w in 1..=50 {
+        h.subscribe(w);
+    }
+    for (_, n) in h.drain() {
+        h.reply(&n, 200);
+    }
+    // Two changes in a row: each watcher gets only the newest, after the interval.
+    h.set(Availability::BUSY);
+    h.set(Availability::AWAY);
+    assert!(
+        h.drain().is_empty(),
+        "held back by the per-watcher interval"
+    );
+    h.advance(Duration::from_secs(5));
+    let sent = h.drain();
+    assert_eq!(sent.len(), 50);
+    assert!(sent.iter().all(|(_, n)| body(n).contains("<rpid:away/>")));
+    let mut flows: Vec<u32> = sent.iter().map(|(f, _)| *f).collect();
+    flows.sort_unstable();
+    flows.dedup();
+    assert_eq!(flows.len(), 50, "every watcher once");
+    // A change while NOTIFYs are unanswered: sent when each is answered.
+    h.advance(Duration::from_secs(5));
+    h.set(Availability::OFFLINE);
+    assert!(h.drain().is_empty(), "previous NOTIFYs still in flight");
+    for (_, n) in &sent {
+        h.reply(n, 200);
+    }
+    let sent = h.drain();
+    assert_eq!(sent.len(), 50);
+    assert!(sent
+        .iter()
+        .all(|(_, n)| body(n).contains("<basic>closed</basic>")));
+}
+
+#[test]
+fn global_pacing_spreads_a_fan_out() {
+    let config = NotifierConfig {
+        notify_rate: 100,
+        min_notify_interval: Duration::ZERO,
+        ..NotifierConfig::default()
+    };
+    let mut h = Harness::new(config);
+    for w in 1..=60 {
+        h.subscribe(w);
+    }
+    for (_, n) in h.drain() {
+        h.reply(&n, 200);
+    }
+    h.advance(Duration::from_secs(1));
+    h.set(Availability::BUSY);
+    let burst = h.drain().len();
+    assert_eq!(burst, 10, "a tenth of a second's worth of tokens");
+    let mut total = burst;
+    for _ in 0..10 {
+        h.advance(Duration::from_millis(100));
+        total += h.drain().len();
+    }
+    assert_eq!(total, 60);
+}
+
+#[test]
+fn notify_failures_end_or_retry() {
+    let config = NotifierConfig {
+        min_notify_interval: Duration::ZERO,
+        retry_base: Duration::from_secs(1),
+        ..NotifierConfig::default()
+    };
+    let mut h = Harness::new(config);
+    h.subscribe(1);
+    h.subscribe(2);
+    let sent = h.drain();
+    h.reply(&sent[0].1, 481);
+    h.reply(&sent[1].1, 503);
+    assert_eq!(h.notifier.stats().active, 1, "481 ends the subscription");
+    assert!(h.drain().is_empty());
+    h.advance(Duration::from_millis(1100));
+    let retry = h.drain();
+    assert_eq!(retry.len(), 1, "503 is retried after the backoff");
+    assert_eq!(retry[0].0, 2);
+    h.reply(&retry[0].1, 408);
+    assert_eq!(h.notifier.stats().active, 0);
+    assert_eq!(h.notifier.stats().notifies_failed, 2);
+}
+
+#[test]
+fn microsoft_dialect_benotify_and_piggyback() {
+    let mut h = Harness::new(NotifierConfig {
+        min_notify_interval: Duration::ZERO,
+        ..NotifierConfig::default()
+    });
+    let extra = "Event: presence\r\nAccept: application/msrtc-event-categories+xml, application/rlmi+xml, multipart/related\r\n\
+                 Supported: ms-benotify\r\nProxy-Require: ms-benotify\r\nSupported: ms-piggyback-first-notify\r\nExpires: 600\r\n";
+    let a = h.subscribe_with(1, extra, "");
+    assert_eq!(a.code, 200);
+    let supported = has(&a, "Supported").unwrap();
+    assert!(supported.contains("ms-benotify") && supported.contains("ms-piggyback-first-notify"));
+    let (content_type, doc) = a.body.clone().expect("first document in the 200");
+    assert_eq!(content_type, "application/msrtc-event-categories+xml");
+    assert!(std::str::from_utf8(&doc)
+        .unwrap()
+        .contains("<availability>3500</availability>"));
+    assert!(has(&a, "ms-piggyback-cseq").is_some());
+    assert!(h.drain().is_empty(), "the first NOTIFY waits for a change");
+    h.set(Availability::BUSY);
+    let sent = h.drain();
+    assert_eq!(sent[0].1.method(), Some("BENOTIFY"));
+    assert!(body(&sent[0].1).contains("<availability>6500</availability>"));
+    // BENOTIFY gets no response, so the next change goes straight out.
+    h.set(Availability::ONLINE);
+    assert_eq!(h.drain()[0].1.method(), Some("BENOTIFY"));
+}
+
+#[test]
+fn batched_subscription_gets_rlmi() {
+    let mut h = Harness::new(NotifierConfig::default());
+    let list = r#"<batchSub xmlns="http://schemas.microsoft.com/2006/01/sip/batch-subscribe" uri="sip:w1@fabrikam.com" name=""><action name="subscribe" id="1"><adhocList><resource uri="sip:helpdesk@contoso.com"/><resource uri="sip:bob@elsewhere.com"/></adhocList><categoryList xmlns="http://schemas.microsoft.com/2006/09/sip/categorylist"><category name="state"/></categoryList></action></batchSub>"#;
+    let extra = "Event: presence\r\nRequire: adhoclist, categoryList\r\nSupported: eventlist\r\n\
+                 Accept: application/msrtc-event-categories+xml, application/rlmi+xml, multipart/related\r\n\
+                 Content-Type: application/msrtc-adrl-categorylist+xml\r\n";
+    let a = h.subscribe_with(1, extra, list);
+    assert_eq!(a.code, 200);
+    let sent = h.drain();
+    let notify = &sent[0].1;
+    assert!(header(notify, "Content-Type")
+        .starts_with("multipart/related;type=\"application/rlmi+xml\""));
+    let doc = body(notify);
+    assert!(doc.contains(
+        "<resource uri=\"sip:helpdesk@contoso.com\"><instance id=\"0\" state=\"active\""
+    ));
+    assert!(doc.contains(
+        "<resource uri=\"sip:bob@elsewhere.com\"><instance id=\"1\" state=\"resubscribe\"/>"
+    ));
+    assert!(doc.contains("<availability>3500</availability>"));
+    assert_eq!(h.notifier.watcher_count(h.helpdesk), 1);
+    h.reply(&sent[0].1.clone(), 200);
+    h.advance(Duration::from_secs(6));
+    h.set(Availability::AWAY);
+    let sent = h.drain();
+    assert_eq!(sent.len(), 1);
+    assert!(body(&sent[0].1).contains("<availability>15500</availability>"));
+}
+
+#[test]
+fn watcher_info_for_the_endpoint_itself() {
+    let mut h = Harness::new(NotifierConfig {
+        min_notify_interval: Duration::ZERO,
+        ..NotifierConfig::default()
+    });
+    let owner = format!(
+        "SUBSCRIBE {ENDPOINT} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKo\r\n\
+         From: <{ENDPOINT}>;tag=o\r\nTo: <{ENDPOINT}>\r\nCall-ID: winfo\r\nCSeq: 1 SUBSCRIBE\r\n\
+         Contact: <sip:owner@10.0.0.9>\r\nEvent: presence.winfo\r\nAccept: application/watcherinfo+xml\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(h.answer(&owner, 9).code, 200);
+    let first = h.drain();
+    assert_eq!(header(&first[0].1, "Event"), "presence.winfo");
+    assert!(!body(&first[0].1).contains("<watcher "));
+    h.reply(&first[0].1, 200);
+    h.subscribe(1);
+    let sent = h.drain();
+    let winfo = sent.iter().find(|(f, _)| *f == 9).expect("winfo NOTIFY");
+    assert!(body(&winfo.1).contains("status=\"active\">sip:w1@fabrikam.com</watcher>"));
+    // Somebody else may not watch the watchers.
+    let stranger = owner
+        .replace(
+            &format!("From: <{ENDPOINT}>"),
+            "From: <sip:eve@fabrikam.com>",
+        )
+        .replace("Call-ID: winfo", "Call-ID: w2");
+    assert_eq!(h.answer(&stranger, 8).code, 403);
+}
