@@ -1,1 +1,423 @@
-//! placeholder
+//! Application endpoints: what an admin declares, how a request finds one,
+//! and how the presence sources combine into the one state watchers see.
+//!
+//! Sources, weakest to strongest:
+//! 1. **static** state from the configuration;
+//! 2. **liveness** — registration (with keepalive OPTIONS) and the HTTP
+//!    health probe. When any is configured, the endpoint shows its static
+//!    state while at least one says it is up, and offline when none does;
+//! 3. **schedule** — outside business hours the endpoint shows the
+//!    schedule's closed availability, whatever liveness says;
+//! 4. **publication** — a live PUBLISH or `SERVICE` publication wins.
+
+pub mod digest;
+pub mod registrar;
+pub mod schedule;
+
+use std::collections::HashMap;
+
+use porchlight_presence::{aor, Availability, Capabilities, Identity, PresenceState};
+use serde::Deserialize;
+
+pub use registrar::{Binding, Credentials, Registrar, RegistrarConfig};
+pub use schedule::{Schedule, ScheduleConfig, ScheduleError};
+
+/// An endpoint as written in the configuration (`[[endpoint]]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// The SIP URI watchers add as a contact.
+    pub uri: String,
+    /// The name clients show.
+    pub display_name: String,
+    /// `im`, `audio`.
+    #[serde(default = "default_capabilities")]
+    pub capabilities: Vec<String>,
+    /// The static state: `online`, `away`, `busy`, `offline`, … or a number.
+    #[serde(default = "default_availability")]
+    pub availability: String,
+    /// A static note.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// Online while registered.
+    #[serde(default)]
+    pub registration: Option<RegistrationConfig>,
+    /// Online while the app's health URL answers 2xx.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    /// Business hours.
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
+    /// Where IM and calls go when the endpoint is not registered: a SIP URI.
+    #[serde(default)]
+    pub sip_target: Option<String>,
+    /// Where IM goes for apps that speak only HTTP.
+    #[serde(default)]
+    pub webhook: Option<String>,
+}
+
+fn default_capabilities() -> Vec<String> {
+    vec!["im".into(), "audio".into()]
+}
+
+fn default_availability() -> String {
+    "online".into()
+}
+
+/// How an endpoint registers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// Digest user name (defaults to the URI's user part).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Digest password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A mutual-TLS identity (the certificate's SIP domain) trusted without a password.
+    #[serde(default)]
+    pub tls_identity: Option<String>,
+}
+
+/// The HTTP health probe of an app.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// `http://host:port/path`.
+    pub url: String,
+    /// Seconds between probes.
+    #[serde(default = "default_health_interval")]
+    pub interval_secs: u64,
+    /// Milliseconds before a probe counts as failed.
+    #[serde(default = "default_health_timeout")]
+    pub timeout_ms: u64,
+    /// Consecutive failures before the app counts as down.
+    #[serde(default = "default_health_failures")]
+    pub failures: u32,
+}
+
+fn default_health_interval() -> u64 {
+    10
+}
+fn default_health_timeout() -> u64 {
+    2000
+}
+fn default_health_failures() -> u32 {
+    2
+}
+
+/// Why an endpoint declaration cannot be used; the text says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// The URI is not a SIP URI with a user part.
+    #[error("endpoint uri {0:?} is not a SIP URI like \"sip:helpdesk@contoso.com\"")]
+    Uri(String),
+    /// Declared twice.
+    #[error("endpoint {0:?} is declared twice; keep one [[endpoint]] entry per URI")]
+    Duplicate(String),
+    /// Unknown capability.
+    #[error("capability {0:?} is unknown: use \"im\" and/or \"audio\"")]
+    Capability(String),
+    /// Unknown availability.
+    #[error(
+        "availability {0:?} is unknown: use online, busy, dnd, brb, away, offline, or a number"
+    )]
+    Availability(String),
+    /// Registration without a way to authenticate.
+    #[error("endpoint {0:?}: [registration] needs a password or a tls_identity")]
+    Credentials(String),
+    /// A health URL we cannot probe.
+    #[error("endpoint {0:?}: health url must be http://host:port/path")]
+    HealthUrl(String),
+    /// A bad schedule.
+    #[error("endpoint {uri:?}: schedule: {source}")]
+    Schedule {
+        /// Which endpoint.
+        uri: String,
+        /// What is wrong.
+        source: ScheduleError,
+    },
+}
+
+/// A validated endpoint.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// Who it is, for presence documents.
+    pub identity: Identity,
+    /// Its static state.
+    pub static_state: PresenceState,
+    /// Its address of record (`user@host`).
+    pub aor: String,
+    /// How it authenticates when it registers; None if it does not register.
+    pub credentials: Option<Credentials>,
+    /// Its health probe.
+    pub health: Option<HealthConfig>,
+    /// Its business hours.
+    pub schedule: Option<Schedule>,
+    /// The declaration it came from.
+    pub config: EndpointConfig,
+}
+
+impl Endpoint {
+    /// Validates one declaration.
+    pub fn new(config: EndpointConfig) -> Result<Endpoint, EndpointError> {
+        let aor = aor(&config.uri)
+            .filter(|a| a.contains('@'))
+            .ok_or_else(|| EndpointError::Uri(config.uri.clone()))?;
+        let mut capabilities = Capabilities::default();
+        for c in &config.capabilities {
+            match c.to_ascii_lowercase().as_str() {
+                "im" | "text" => capabilities.text = true,
+                "audio" | "voice" => capabilities.voice = true,
+                _ => return Err(EndpointError::Capability(c.clone())),
+            }
+        }
+        let availability = Availability::from_name(&config.availability)
+            .ok_or_else(|| EndpointError::Availability(config.availability.clone()))?;
+        let credentials = match &config.registration {
+            None => None,
+            Some(r) => {
+                if r.password.is_none() && r.tls_identity.is_none() {
+                    return Err(EndpointError::Credentials(config.uri.clone()));
+                }
+                let user = r
+                    .username
+                    .clone()
+                    .unwrap_or_else(|| aor.split('@').next().unwrap_or_default().to_owned());
+                Some(Credentials {
+                    digest: r.password.clone().map(|p| (user, p)),
+                    tls_identity: r.tls_identity.clone(),
+                })
+            }
+        };
+        if let Some(h) = &config.health {
+            if !h.url.starts_with("http://") || h.interval_secs == 0 || h.failures == 0 {
+                return Err(EndpointError::HealthUrl(config.uri.clone()));
+            }
+        }
+        let schedule = match &config.schedule {
+            None => None,
+            Some(s) => Some(Schedule::new(s).map_err(|source| EndpointError::Schedule {
+                uri: config.uri.clone(),
+                source,
+            })?),
+        };
+        Ok(Endpoint {
+            identity: Identity {
+                uri: config.uri.clone(),
+                display_name: config.display_name.clone(),
+                capabilities,
+            },
+            static_state: PresenceState {
+                availability,
+                activity: None,
+                note: config.note.clone(),
+            },
+            aor,
+            credentials,
+            health: config.health.clone(),
+            schedule,
+            config,
+        })
+    }
+}
+
+/// What the dynamic sources say about an endpoint right now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// Registered (None when the endpoint does not register).
+    pub registered: Option<bool>,
+    /// Health probe verdict (None when not configured or not yet known).
+    pub healthy: Option<bool>,
+    /// The newest live publication.
+    pub published: Option<PresenceState>,
+}
+
+impl Endpoint {
+    /// The state watchers see, by the precedence in the crate docs.
+    pub fn effective_state(&self, sources: &Sources, at: jiff::Timestamp) -> PresenceState {
+        if let Some(published) = &sources.published {
+            return published.clone();
+        }
+        if let Some(schedule) = &self.schedule {
+            if !schedule.is_open(at) {
+                let mut closed = PresenceState::new(schedule.closed_availability);
+                closed.note = Some("Outside business hours".into());
+                return closed;
+            }
+        }
+        let opinions = [sources.registered, sources.healthy];
+        let configured = self.credentials.is_some() || self.health.is_some();
+        if configured && !opinions.iter().flatten().any(|up| *up) {
+            return PresenceState::new(Availability::OFFLINE);
+        }
+        self.static_state.clone()
+    }
+}
+
+/// All endpoints of a node, found by address of record.
+#[derive(Debug, Default)]
+pub struct Directory {
+    endpoints: Vec<Endpoint>,
+    by_aor: HashMap<String, usize>,
+    domains: Vec<String>,
+    local_hosts: Vec<String>,
+}
+
+impl Directory {
+    /// Validates the declarations. `domains` are the node's SIP domains and
+    /// `aliases` other names for it: `sip:helpdesk@<alias>` finds
+    /// `sip:helpdesk@<domain>`.
+    pub fn new(
+        configs: Vec<EndpointConfig>,
+        domains: &[String],
+        aliases: &[String],
+    ) -> Result<Directory, EndpointError> {
+        let mut directory = Directory {
+            domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            local_hosts: aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
+            ..Directory::default()
+        };
+        for config in configs {
+            let endpoint = Endpoint::new(config)?;
+            if directory
+                .by_aor
+                .insert(endpoint.aor.clone(), directory.endpoints.len())
+                .is_some()
+            {
+                return Err(EndpointError::Duplicate(endpoint.identity.uri));
+            }
+            directory.endpoints.push(endpoint);
+        }
+        Ok(directory)
+    }
+
+    /// Every endpoint, by index.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The endpoint a URI names, if any.
+    pub fn resolve(&self, uri: &str) -> Option<usize> {
+        let aor = aor(uri)?;
+        if let Some(&i) = self.by_aor.get(&aor) {
+            return Some(i);
+        }
+        let (user, host) = aor.split_once('@')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if !self
+            .local_hosts
+            .iter()
+            .any(|h| h.trim_start_matches('[').trim_end_matches(']') == host)
+        {
+            return None;
+        }
+        self.domains
+            .iter()
+            .find_map(|d| self.by_aor.get(&format!("{user}@{d}")).copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(uri: &str) -> EndpointConfig {
+        toml::from_str(&format!("uri = \"{uri}\"\ndisplay_name = \"Help\"\n")).unwrap()
+    }
+
+    #[test]
+    fn directory_resolves_aliases() {
+        let d = Directory::new(
+            vec![config("sip:helpdesk@contoso.com")],
+            &["contoso.com".into()],
+            &["127.0.0.1".into(), "edge.local".into()],
+        )
+        .unwrap();
+        assert_eq!(d.resolve("sip:helpdesk@CONTOSO.com;transport=tls"), Some(0));
+        assert_eq!(d.resolve("sip:helpdesk@127.0.0.1:5060"), Some(0));
+        assert_eq!(d.resolve("sip:helpdesk@edge.local"), Some(0));
+        assert_eq!(d.resolve("sip:helpdesk@fabrikam.com"), None);
+        assert_eq!(d.resolve("sip:other@contoso.com"), None);
+        let dup = Directory::new(vec![config("sip:a@x.com"), config("sip:a@X.com")], &[], &[]);
+        assert!(matches!(dup, Err(EndpointError::Duplicate(_))));
+    }
+
+    #[test]
+    fn validation_says_what_to_fix() {
+        let mut c = config("tel:+1");
+        assert!(Endpoint::new(c.clone())
+            .unwrap_err()
+            .to_string()
+            .contains("sip:helpdesk@"));
+        c = config("sip:a@b.c");
+        c.capabilities = vec!["video".into()];
+        assert!(Endpoint::new(c).unwrap_err().to_string().contains("\"im\""));
+        let mut c = config("sip:a@b.c");
+        c.registration = Some(RegistrationConfig {
+            username: None,
+            password: None,
+            tls_identity: None,
+        });
+        assert!(Endpoint::new(c)
+            .unwrap_err()
+            .to_string()
+            .contains("password or a tls_identity"));
+    }
+
+    #[test]
+    fn sources_combine_by_precedence() {
+        let mut c = config("sip:bot@contoso.com");
+        c.registration = Some(RegistrationConfig {
+            username: None,
+            password: Some("pw".into()),
+            tls_identity: None,
+        });
+        c.health = Some(HealthConfig {
+            url: "http://127.0.0.1:9/health".into(),
+            interval_secs: 5,
+            timeout_ms: 500,
+            failures: 1,
+        });
+        let e = Endpoint::new(c.clone()).unwrap();
+        let now = jiff::Timestamp::now();
+        let state = |registered, healthy| {
+            e.effective_state(
+                &Sources {
+                    registered,
+                    healthy,
+                    published: None,
+                },
+                now,
+            )
+            .availability
+        };
+        assert_eq!(state(Some(true), Some(false)), Availability::ONLINE);
+        assert_eq!(state(Some(false), Some(false)), Availability::OFFLINE);
+        assert_eq!(state(Some(false), Some(true)), Availability::ONLINE);
+        assert_eq!(state(Some(false), None), Availability::OFFLINE);
+        let published = Sources {
+            registered: Some(false),
+            healthy: None,
+            published: Some(PresenceState::new(Availability::BUSY)),
+        };
+        assert_eq!(
+            e.effective_state(&published, now).availability,
+            Availability::BUSY
+        );
+        c.registration = None;
+        c.health = None;
+        c.schedule = Some(ScheduleConfig {
+            timezone: "UTC".into(),
+            days: vec!["sat".into()],
+            open: "00:00".into(),
+            close: "00:01".into(),
+            closed_availability: Some("away".into()),
+        });
+        let e = Endpoint::new(c).unwrap();
+        let tuesday = "2026-11-24T12:00:00Z".parse().unwrap();
+        let s = e.effective_state(&Sources::default(), tuesday);
+        assert_eq!(s.availability, Availability::AWAY);
+        assert_eq!(s.note.as_deref(), Some("Outside business hours"));
+    }
+}

@@ -1,0 +1,215 @@
+//! HTTP digest authentication for endpoints that REGISTER (RFC 3261 §22,
+//! RFC 8760): SHA-256 offered first, MD5 for older stacks, `qop=auth`.
+//! Nonces are stateless — a timestamp sealed with a server secret — so a
+//! challenge costs no memory and survives nothing it should not.
+
+use md5::Md5;
+use porchlight_sip::AuthValue;
+use sha2::{Digest, Sha256};
+
+/// The digest algorithms we offer, strongest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// RFC 8760 `SHA-256`.
+    Sha256,
+    /// RFC 2617 `MD5`.
+    Md5,
+}
+
+impl Algorithm {
+    /// Both, in the order challenges are sent.
+    pub const OFFERED: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Md5];
+
+    /// The token in `algorithm=`.
+    pub fn token(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "SHA-256",
+            Algorithm::Md5 => "MD5",
+        }
+    }
+
+    fn from_token(token: Option<&str>) -> Option<Algorithm> {
+        match token {
+            None => Some(Algorithm::Md5),
+            Some(t) if t.eq_ignore_ascii_case("MD5") => Some(Algorithm::Md5),
+            Some(t) if t.eq_ignore_ascii_case("SHA-256") => Some(Algorithm::Sha256),
+            _ => None,
+        }
+    }
+
+    fn hex(self, input: &str) -> String {
+        let bytes: Vec<u8> = match self {
+            Algorithm::Sha256 => Sha256::digest(input.as_bytes()).to_vec(),
+            Algorithm::Md5 => Md5::digest(input.as_bytes()).to_vec(),
+        };
+        let mut out = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+}
+
+/// Why credentials were not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Good credentials.
+    Valid,
+    /// Right password, old nonce: challenge again with `stale=true`.
+    Stale,
+    /// Wrong, missing or malformed.
+    Invalid,
+}
+
+/// Issues and checks digest challenges for one realm.
+#[derive(Clone, Debug)]
+pub struct DigestAuth {
+    realm: String,
+    secret: u64,
+    nonce_lifetime_secs: u64,
+}
+
+impl DigestAuth {
+    /// A verifier for `realm`; `secret` seals nonces.
+    pub fn new(realm: impl Into<String>, secret: u64, nonce_lifetime_secs: u64) -> DigestAuth {
+        DigestAuth {
+            realm: realm.into(),
+            secret,
+            nonce_lifetime_secs,
+        }
+    }
+
+    fn seal(&self, issued: u64) -> String {
+        let mac = Algorithm::Sha256.hex(&format!("{}:{issued}:{}", self.secret, self.realm));
+        format!("{issued:x}.{}", &mac[..24])
+    }
+
+    /// The `WWW-Authenticate` values to send, one per algorithm.
+    pub fn challenges(&self, now_unix: u64, stale: bool) -> Vec<String> {
+        let nonce = self.seal(now_unix);
+        Algorithm::OFFERED
+            .iter()
+            .map(|a| {
+                format!(
+                    "Digest realm=\"{}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"{}",
+                    self.realm,
+                    a.token(),
+                    if stale { ", stale=true" } else { "" }
+                )
+            })
+            .collect()
+    }
+
+    /// Checks credentials for `method` against the user's password.
+    pub fn verify(
+        &self,
+        credentials: &AuthValue<'_>,
+        method: &str,
+        username: &str,
+        password: &str,
+        now_unix: u64,
+    ) -> Verdict {
+        if !credentials.scheme.eq_ignore_ascii_case("Digest") {
+            return Verdict::Invalid;
+        }
+        let p = |name| credentials.param(name);
+        let (Some(user), Some(realm), Some(nonce), Some(uri), Some(response)) = (
+            p("username"),
+            p("realm"),
+            p("nonce"),
+            p("uri"),
+            p("response"),
+        ) else {
+            return Verdict::Invalid;
+        };
+        let Some(algorithm) = Algorithm::from_token(p("algorithm")) else {
+            return Verdict::Invalid;
+        };
+        if user != username || realm != self.realm {
+            return Verdict::Invalid;
+        }
+        let Some(issued) = nonce
+            .split_once('.')
+            .and_then(|(t, _)| u64::from_str_radix(t, 16).ok())
+        else {
+            return Verdict::Invalid;
+        };
+        if self.seal(issued) != nonce {
+            return Verdict::Invalid;
+        }
+        let ha1 = algorithm.hex(&format!("{user}:{realm}:{password}"));
+        let ha2 = algorithm.hex(&format!("{method}:{uri}"));
+        let expected = match p("qop") {
+            Some(qop) if qop.eq_ignore_ascii_case("auth") => {
+                let (Some(nc), Some(cnonce)) = (p("nc"), p("cnonce")) else {
+                    return Verdict::Invalid;
+                };
+                algorithm.hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}"))
+            }
+            Some(_) => return Verdict::Invalid,
+            None => algorithm.hex(&format!("{ha1}:{nonce}:{ha2}")),
+        };
+        if !expected.eq_ignore_ascii_case(response) {
+            return Verdict::Invalid;
+        }
+        if now_unix.saturating_sub(issued) > self.nonce_lifetime_secs || issued > now_unix + 60 {
+            return Verdict::Stale;
+        }
+        Verdict::Valid
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use porchlight_sip::{Framing, HeaderName, Limits, Message};
+
+    /// Computes a client's answer as RFC 2617/8760 clients do.
+    fn answer(challenge: &str, algorithm: Algorithm, password: &str) -> String {
+        let nonce = challenge
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let ha1 = algorithm.hex(&format!("bot:contoso.com:{password}"));
+        let ha2 = algorithm.hex("REGISTER:sip:contoso.com");
+        let response = algorithm.hex(&format!("{ha1}:{nonce}:00000001:abc:auth:{ha2}"));
+        format!(
+            "Digest username=\"bot\", realm=\"contoso.com\", nonce=\"{nonce}\", uri=\"sip:contoso.com\", \
+             response=\"{response}\", algorithm={}, qop=auth, nc=00000001, cnonce=\"abc\"",
+            algorithm.token()
+        )
+    }
+
+    fn check(auth: &DigestAuth, header: &str, now: u64) -> Verdict {
+        let text = format!(
+            "REGISTER sip:contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:bot@contoso.com>;tag=1\r\n\
+             To: <sip:bot@contoso.com>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nAuthorization: {header}\r\nContent-Length: 0\r\n\r\n"
+        );
+        let m = Message::parse(Bytes::from(text), Framing::Datagram, &Limits::default()).unwrap();
+        let creds = m.auth(HeaderName::Authorization).next().unwrap().unwrap();
+        auth.verify(&creds, "REGISTER", "bot", "s3cret", now)
+    }
+
+    #[test]
+    fn sha256_and_md5_round_trip() {
+        let auth = DigestAuth::new("contoso.com", 99, 300);
+        let challenges = auth.challenges(1000, false);
+        assert!(challenges[0].contains("algorithm=SHA-256"));
+        assert!(challenges[1].contains("algorithm=MD5"));
+        for (c, a) in challenges.iter().zip(Algorithm::OFFERED) {
+            assert_eq!(check(&auth, &answer(c, a, "s3cret"), 1010), Verdict::Valid);
+            assert_eq!(check(&auth, &answer(c, a, "wrong"), 1010), Verdict::Invalid);
+            assert_eq!(check(&auth, &answer(c, a, "s3cret"), 2000), Verdict::Stale);
+        }
+        // A nonce we did not issue.
+        let forged = answer(&challenges[0], Algorithm::Sha256, "s3cret")
+            .replace("nonce=\"3e8.", "nonce=\"3e9.");
+        assert_eq!(check(&auth, &forged, 1010), Verdict::Invalid);
+        // Known answer: the MD5 of the empty string.
+        assert_eq!(Algorithm::Md5.hex(""), "d41d8cd98f00b204e9800998ecf8427e");
+    }
+}
