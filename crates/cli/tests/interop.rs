@@ -9,19 +9,29 @@ use std::process::Command;
 use common::*;
 
 fn sipp(server: std::net::SocketAddr, transport: &str, calls: u32) -> std::process::Output {
+    sipp_scenario(
+        "options-uac.xml",
+        server,
+        transport,
+        calls,
+        &["-r", "200", "-l", "50"],
+    )
+}
+
+/// Runs a scenario from `bench/sipp` against the node; `extra` are more
+/// SIPp arguments (rate, limits, service, credentials).
+fn sipp_scenario(
+    scenario: &str,
+    server: std::net::SocketAddr,
+    transport: &str,
+    calls: u32,
+    extra: &[&str],
+) -> std::process::Output {
     Command::new("sipp")
         .arg("-sf")
-        .arg(repo_path("bench/sipp/options-uac.xml"))
-        .args([
-            "-t",
-            transport,
-            "-m",
-            &calls.to_string(),
-            "-r",
-            "200",
-            "-l",
-            "50",
-        ])
+        .arg(repo_path(&format!("bench/sipp/{scenario}")))
+        .args(["-t", transport, "-m", &calls.to_string()])
+        .args(extra)
         .args([
             "-timeout",
             "30s",
@@ -47,4 +57,68 @@ fn sipp_options_pings_succeed_over_udp_and_tcp() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+fn assert_success(what: &str, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A node serving `sip:helpdesk@contoso.com` (static, online) and
+/// `sip:bot@contoso.com` (registers with a password, so offline until it
+/// registers or publishes), notifying without the per-watcher interval.
+fn presence_node(name: &str) -> Server {
+    let text = config(
+        &[
+            ("min_notify_interval_ms = 5000", "min_notify_interval_ms = 0"),
+            ("uri = \"sip:helpdesk@porchlight.test\"", "uri = \"sip:helpdesk@contoso.com\""),
+            // SIPp answers only the first digest challenge, and knows only MD5.
+            ("digest_algorithms = [\"SHA-256\", \"MD5\"]", "digest_algorithms = [\"MD5\"]"),
+        ],
+        "\n[[endpoint]]\nuri = \"sip:bot@contoso.com\"\ndisplay_name = \"Bot\"\n[endpoint.registration]\npassword = \"s3cret\"\n",
+    );
+    start(name, &text)
+}
+
+#[test]
+fn sipp_subscribe_refresh_unsubscribe_and_fetch() {
+    let server = presence_node("sipp-subscribe");
+    for (transport, addr) in [("u1", server.udp), ("t1", server.tcp)] {
+        let out = sipp_scenario(
+            "subscribe-uac.xml",
+            addr,
+            transport,
+            200,
+            &["-s", "helpdesk", "-r", "100", "-l", "50"],
+        );
+        assert_success(&format!("subscribe over {transport}"), &out);
+        let out = sipp_scenario(
+            "fetch-uac.xml",
+            addr,
+            transport,
+            100,
+            &["-s", "helpdesk", "-r", "100"],
+        );
+        assert_success(&format!("fetch over {transport}"), &out);
+    }
+}
+
+#[test]
+fn sipp_publish_drives_notify() {
+    let server = presence_node("sipp-publish");
+    // One call at a time: every call's watcher also hears the others' publications.
+    let out = sipp_scenario(
+        "publish-notify-uac.xml",
+        server.udp,
+        "u1",
+        10,
+        &[
+            "-s", "bot", "-au", "bot", "-ap", "s3cret", "-l", "1", "-r", "20",
+        ],
+    );
+    assert_success("PUBLISH to NOTIFY", &out);
 }

@@ -24,15 +24,19 @@ fn options_over_udp_gets_200_with_capabilities_and_nat_parameters() {
     assert_eq!(r.status(), Some(200));
     assert_eq!(
         r.text(HeaderName::Allow).unwrap(),
-        Some("OPTIONS, ACK, CANCEL")
+        Some("OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH, SERVICE, REGISTER")
     );
     assert!(
-        r.first_value(HeaderName::Accept).is_some(),
-        "Accept present"
+        r.accept()
+            .filter_map(Result::ok)
+            .any(|m| m.is("application/pidf+xml")),
+        "Accept lists PIDF"
     );
-    assert!(
-        r.first_value(HeaderName::Supported).is_some(),
-        "Supported present"
+    assert!(r.lists_token(HeaderName::Supported, "ms-benotify"));
+    assert!(r.lists_token(HeaderName::Supported, "eventlist"));
+    assert_eq!(
+        r.text(HeaderName::AllowEvents).unwrap(),
+        Some("presence, presence.winfo")
     );
     assert!(r.to().unwrap().tag().is_some(), "To tag added");
     let via = r.top_via().unwrap();
@@ -124,7 +128,7 @@ fn invite_gets_trying_then_not_implemented_and_foreign_targets_are_refused() {
     );
     assert_eq!(
         responses[1].text(HeaderName::Allow).unwrap(),
-        Some("OPTIONS, ACK, CANCEL")
+        Some("OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH, SERVICE, REGISTER")
     );
     let hop = request("OPTIONS", "sip:bob@elsewhere.example", "").replace_max_forwards();
     assert_eq!(only_response(server.udp, &hop).status(), Some(483));

@@ -17,8 +17,8 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    /// Both, in the order challenges are sent.
-    pub const OFFERED: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Md5];
+    /// Both, strongest first: the default offer.
+    pub const ALL: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Md5];
 
     /// The token in `algorithm=`.
     pub fn token(self) -> &'static str {
@@ -26,6 +26,11 @@ impl Algorithm {
             Algorithm::Sha256 => "SHA-256",
             Algorithm::Md5 => "MD5",
         }
+    }
+
+    /// Parses a configured algorithm name (`SHA-256`, `MD5`).
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Algorithm::from_token(Some(name))
     }
 
     fn from_token(token: Option<&str>) -> Option<Algorithm> {
@@ -67,15 +72,25 @@ pub struct DigestAuth {
     realm: String,
     secret: u64,
     nonce_lifetime_secs: u64,
+    algorithms: Vec<Algorithm>,
 }
 
 impl DigestAuth {
-    /// A verifier for `realm`; `secret` seals nonces.
-    pub fn new(realm: impl Into<String>, secret: u64, nonce_lifetime_secs: u64) -> DigestAuth {
+    /// A verifier for `realm` offering `algorithms` in that order (RFC 8760
+    /// §2.4: clients take the first they support; some take the first
+    /// whatever it is, so the order and the set are the admin's choice);
+    /// `secret` seals nonces.
+    pub fn new(
+        realm: impl Into<String>,
+        secret: u64,
+        nonce_lifetime_secs: u64,
+        algorithms: Vec<Algorithm>,
+    ) -> DigestAuth {
         DigestAuth {
             realm: realm.into(),
             secret,
             nonce_lifetime_secs,
+            algorithms,
         }
     }
 
@@ -87,7 +102,7 @@ impl DigestAuth {
     /// The `WWW-Authenticate` values to send, one per algorithm.
     pub fn challenges(&self, now_unix: u64, stale: bool) -> Vec<String> {
         let nonce = self.seal(now_unix);
-        Algorithm::OFFERED
+        self.algorithms
             .iter()
             .map(|a| {
                 format!(
@@ -122,7 +137,9 @@ impl DigestAuth {
         ) else {
             return Verdict::Invalid;
         };
-        let Some(algorithm) = Algorithm::from_token(p("algorithm")) else {
+        let Some(algorithm) =
+            Algorithm::from_token(p("algorithm")).filter(|a| self.algorithms.contains(a))
+        else {
             return Verdict::Invalid;
         };
         if user != username || realm != self.realm {
@@ -196,11 +213,11 @@ mod tests {
 
     #[test]
     fn sha256_and_md5_round_trip() {
-        let auth = DigestAuth::new("contoso.com", 99, 300);
+        let auth = DigestAuth::new("contoso.com", 99, 300, Algorithm::ALL.to_vec());
         let challenges = auth.challenges(1000, false);
         assert!(challenges[0].contains("algorithm=SHA-256"));
         assert!(challenges[1].contains("algorithm=MD5"));
-        for (c, a) in challenges.iter().zip(Algorithm::OFFERED) {
+        for (c, a) in challenges.iter().zip(Algorithm::ALL) {
             assert_eq!(check(&auth, &answer(c, a, "s3cret"), 1010), Verdict::Valid);
             assert_eq!(check(&auth, &answer(c, a, "wrong"), 1010), Verdict::Invalid);
             assert_eq!(check(&auth, &answer(c, a, "s3cret"), 2000), Verdict::Stale);
@@ -209,6 +226,11 @@ mod tests {
         let forged = answer(&challenges[0], Algorithm::Sha256, "s3cret")
             .replace("nonce=\"3e8.", "nonce=\"3e9.");
         assert_eq!(check(&auth, &forged, 1010), Verdict::Invalid);
+        // An algorithm the admin switched off is refused.
+        let md5_only = DigestAuth::new("contoso.com", 99, 300, vec![Algorithm::Md5]);
+        assert_eq!(md5_only.challenges(1000, false).len(), 1);
+        let sha = answer(&challenges[0], Algorithm::Sha256, "s3cret");
+        assert_eq!(check(&md5_only, &sha, 1010), Verdict::Invalid);
         // Known answer: the MD5 of the empty string.
         assert_eq!(Algorithm::Md5.hex(""), "d41d8cd98f00b204e9800998ecf8427e");
     }

@@ -119,33 +119,34 @@ impl<F: Clone> Registrar<F> {
         }
     }
 
-    fn authenticate(
+    /// Checks that a request comes from the endpoint itself: its trusted
+    /// mutual-TLS identity, or digest credentials (answered with a 401
+    /// challenge when missing or wrong). Used for REGISTER, PUBLISH and SERVICE.
+    pub fn authenticate(
         &self,
         request: &Message,
         credentials: &Credentials,
         peer_identity: Option<&str>,
         now_unix: u64,
-    ) -> Result<(), Answer> {
+    ) -> Result<(), Box<Answer>> {
         if let (Some(trusted), Some(peer)) = (&credentials.tls_identity, peer_identity) {
             if trusted.eq_ignore_ascii_case(peer) {
                 return Ok(());
             }
         }
         let Some((user, password)) = &credentials.digest else {
-            return Err(Answer::new(
+            return Err(Box::new(Answer::new(
                 403,
                 "Forbidden (no credentials configured for this endpoint)",
-            ));
+            )));
         };
         let mut stale = false;
+        let method = request.method().unwrap_or_default();
         for value in request
             .auth(HeaderName::Authorization)
             .filter_map(Result::ok)
         {
-            match self
-                .auth
-                .verify(&value, "REGISTER", user, password, now_unix)
-            {
+            match self.auth.verify(&value, method, user, password, now_unix) {
                 Verdict::Valid => return Ok(()),
                 Verdict::Stale => stale = true,
                 Verdict::Invalid => {}
@@ -155,7 +156,7 @@ impl<F: Clone> Registrar<F> {
         for challenge in self.auth.challenges(now_unix, stale) {
             answer = answer.with("WWW-Authenticate", challenge);
         }
-        Err(answer)
+        Err(Box::new(answer))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -170,7 +171,7 @@ impl<F: Clone> Registrar<F> {
         now_unix: u64,
     ) -> Answer {
         if let Err(challenge) = self.authenticate(request, credentials, peer_identity, now_unix) {
-            return challenge;
+            return *challenge;
         }
         let (Ok(call_id), Ok(cseq), Ok(contacts), Ok(header_expires)) = (
             request.call_id(),
@@ -347,8 +348,16 @@ mod tests {
 
     #[test]
     fn bindings_come_and_go() {
-        let mut r: Registrar<u8> =
-            Registrar::new(config(), DigestAuth::new("contoso.com", 1, 300), 1);
+        let mut r: Registrar<u8> = Registrar::new(
+            config(),
+            DigestAuth::new(
+                "contoso.com",
+                1,
+                300,
+                crate::digest::Algorithm::ALL.to_vec(),
+            ),
+            1,
+        );
         let t0 = Instant::now();
         let id = Some("apps.contoso.com");
         // Without the trusted identity or digest credentials: challenged? No digest configured: 403.
@@ -423,8 +432,16 @@ mod tests {
 
     #[test]
     fn digest_challenge_then_accept() {
-        let mut r: Registrar<u8> =
-            Registrar::new(config(), DigestAuth::new("contoso.com", 1, 300), 1);
+        let mut r: Registrar<u8> = Registrar::new(
+            config(),
+            DigestAuth::new(
+                "contoso.com",
+                1,
+                300,
+                crate::digest::Algorithm::ALL.to_vec(),
+            ),
+            1,
+        );
         let creds = Credentials {
             digest: Some(("bot".into(), "pw".into())),
             tls_identity: None,
@@ -463,8 +480,16 @@ mod tests {
 
     #[test]
     fn keepalive_misses_drop_the_binding() {
-        let mut r: Registrar<u8> =
-            Registrar::new(config(), DigestAuth::new("contoso.com", 1, 300), 1);
+        let mut r: Registrar<u8> = Registrar::new(
+            config(),
+            DigestAuth::new(
+                "contoso.com",
+                1,
+                300,
+                crate::digest::Algorithm::ALL.to_vec(),
+            ),
+            1,
+        );
         let t0 = Instant::now();
         r.register(
             0,

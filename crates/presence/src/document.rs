@@ -294,7 +294,7 @@ pub fn render_rlmi(
          <list xmlns=\"urn:ietf:params:xml:ns:rlmi\" uri=\""
     );
     escape(list_uri, &mut out);
-    let _ = write!(out, "\" version=\"{version}\" fullState=\"true\">\n");
+    let _ = writeln!(out, "\" version=\"{version}\" fullState=\"true\">");
     for (i, entry) in entries.iter().enumerate() {
         match entry {
             ListEntry::Active { uri, .. } => {

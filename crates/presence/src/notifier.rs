@@ -1052,10 +1052,8 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
                     }
                 }
                 id
-            } else if let Some(id) = self.next_fanout() {
-                id
             } else {
-                return None;
+                self.next_fanout()?
             };
             if let Some(out) = self.try_notify(id, true, now) {
                 self.tokens -= 1.0;

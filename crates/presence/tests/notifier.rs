@@ -110,7 +110,7 @@ impl Harness {
     }
 
     fn set(&mut self, availability: Availability) {
-        self.clock = self.clock + jiff::SignedDuration::from_secs(1);
+        self.clock += jiff::SignedDuration::from_secs(1);
         self.notifier
             .set_state(self.helpdesk, PresenceState::new(availability), self.clock);
     }

@@ -43,6 +43,16 @@ pub enum ConfigError {
         /// What to change.
         fix: &'static str,
     },
+    /// An `[[endpoint]]` declaration is unusable.
+    #[error("{origin}:{line}: {source}")]
+    Endpoint {
+        /// File name.
+        origin: String,
+        /// The line of the endpoint's `uri`.
+        line: usize,
+        /// What is wrong, with the fix.
+        source: porchlight_endpoints::EndpointError,
+    },
 }
 
 /// Identity of the node.
@@ -132,6 +142,74 @@ fn default_client_auth() -> ClientAuthSetting {
     ClientAuthSetting::Required
 }
 
+/// Presence subscriptions and publications.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSection {
+    /// Shortest subscription accepted (423 below).
+    pub min_expires: u32,
+    /// Longest subscription granted.
+    pub max_expires: u32,
+    /// Subscription length when the SUBSCRIBE names none.
+    pub default_expires: u32,
+    /// Least time between two notifications to one watcher (RFC 3856 §6.4).
+    pub min_notify_interval_ms: u64,
+    /// NOTIFYs per second across the node during fan-out.
+    pub notify_rate: u32,
+    /// NOTIFY transactions outstanding across the node.
+    pub max_notify_in_flight: u32,
+    /// NOTIFY transactions outstanding toward one connection or address.
+    pub max_notify_in_flight_per_flow: u32,
+    /// Subscriptions one watcher URI may hold.
+    pub max_subscriptions_per_watcher: u32,
+    /// Retries of a NOTIFY after a transient failure.
+    pub notify_retries: u8,
+    /// First retry delay; doubles each time.
+    pub notify_retry_base_ms: u64,
+    /// Watchers listed in one watcher-information document.
+    pub max_winfo_watchers: usize,
+    /// Largest XML body accepted (PIDF, category publications, batched subscriptions).
+    pub max_xml_bytes: usize,
+    /// Shortest publication accepted.
+    pub publish_min_expires: u32,
+    /// Longest publication granted.
+    pub publish_max_expires: u32,
+    /// Publication length when the PUBLISH names none.
+    pub publish_default_expires: u32,
+}
+
+/// Registration of endpoints.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrarSection {
+    /// Shortest registration accepted.
+    pub min_expires: u32,
+    /// Longest registration granted.
+    pub max_expires: u32,
+    /// Registration length when the REGISTER names none.
+    pub default_expires: u32,
+    /// Contacts one endpoint may register.
+    pub max_bindings: usize,
+    /// Seconds between keepalive OPTIONS to registered contacts; 0 disables them.
+    pub keepalive_secs: u64,
+    /// Unanswered keepalives before a binding is dropped.
+    pub keepalive_misses: u8,
+    /// How long a digest nonce stays valid.
+    pub nonce_lifetime_secs: u64,
+    /// Digest algorithms offered, in order: `SHA-256`, `MD5`.
+    pub digest_algorithms: Vec<String>,
+}
+
+impl RegistrarSection {
+    /// The configured algorithms (validated with the configuration).
+    pub fn algorithms(&self) -> Vec<porchlight_endpoints::digest::Algorithm> {
+        self.digest_algorithms
+            .iter()
+            .filter_map(|a| porchlight_endpoints::digest::Algorithm::from_name(a))
+            .collect()
+    }
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +224,13 @@ pub struct Config {
     pub timers: TimersSection,
     /// TLS files; absent means a generated throw-away certificate.
     pub tls: Option<TlsSection>,
+    /// Presence.
+    pub presence: PresenceSection,
+    /// Registrar.
+    pub registrar: RegistrarSection,
+    /// Application endpoints.
+    #[serde(default, rename = "endpoint")]
+    pub endpoints: Vec<porchlight_endpoints::EndpointConfig>,
     /// Where relative paths in this file are resolved from.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -205,6 +290,25 @@ impl Config {
         })?;
         config.base_dir = base_dir.to_owned();
         config.validate(origin)?;
+        config.directory().map_err(|source| {
+            let uri = match &source {
+                porchlight_endpoints::EndpointError::Uri(u)
+                | porchlight_endpoints::EndpointError::Duplicate(u)
+                | porchlight_endpoints::EndpointError::Credentials(u)
+                | porchlight_endpoints::EndpointError::HealthUrl(u)
+                | porchlight_endpoints::EndpointError::Schedule { uri: u, .. } => Some(u.as_str()),
+                _ => None,
+            };
+            // The line of the offending endpoint's uri (the last one for a duplicate).
+            let line = uri
+                .and_then(|u| text.rfind(&format!("\"{u}\"")))
+                .map_or(1, |offset| line_of(text, offset));
+            ConfigError::Endpoint {
+                origin: origin.to_owned(),
+                line,
+                source,
+            }
+        })?;
         Ok(config)
     }
 
@@ -244,6 +348,56 @@ impl Config {
                 "use a positive number",
             ));
         }
+        let p = &self.presence;
+        if p.min_expires > p.default_expires
+            || p.default_expires > p.max_expires
+            || p.max_expires == 0
+        {
+            return Err(invalid(
+                format!(
+                    "[presence] min_expires = {}, default_expires = {}, max_expires = {}",
+                    p.min_expires, p.default_expires, p.max_expires
+                ),
+                "keep min_expires <= default_expires <= max_expires, max_expires positive",
+            ));
+        }
+        if p.publish_min_expires > p.publish_default_expires
+            || p.publish_default_expires > p.publish_max_expires
+        {
+            return Err(invalid(
+                "[presence] publish_min_expires, publish_default_expires, publish_max_expires are out of order".into(),
+                "keep publish_min_expires <= publish_default_expires <= publish_max_expires",
+            ));
+        }
+        if p.notify_rate == 0
+            || p.max_notify_in_flight == 0
+            || p.max_notify_in_flight_per_flow == 0
+            || p.max_subscriptions_per_watcher == 0
+        {
+            return Err(invalid(
+                "[presence] a NOTIFY rate or bound is 0".into(),
+                "use positive numbers for notify_rate, max_notify_in_flight, max_notify_in_flight_per_flow and max_subscriptions_per_watcher",
+            ));
+        }
+        let r = &self.registrar;
+        if r.min_expires > r.default_expires
+            || r.default_expires > r.max_expires
+            || r.max_bindings == 0
+        {
+            return Err(invalid(
+                format!(
+                    "[registrar] min_expires = {}, default_expires = {}, max_expires = {}, max_bindings = {}",
+                    r.min_expires, r.default_expires, r.max_expires, r.max_bindings
+                ),
+                "keep min_expires <= default_expires <= max_expires and max_bindings positive",
+            ));
+        }
+        if r.digest_algorithms.is_empty() || r.algorithms().len() != r.digest_algorithms.len() {
+            return Err(invalid(
+                format!("[registrar] digest_algorithms = {:?}", r.digest_algorithms),
+                "list one or both of \"SHA-256\" and \"MD5\", preferred first",
+            ));
+        }
         if self.timers.t1_ms == 0 || self.timers.t2_ms < self.timers.t1_ms {
             return Err(invalid(
                 format!(
@@ -254,6 +408,17 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The validated endpoints.
+    pub fn directory(
+        &self,
+    ) -> Result<porchlight_endpoints::Directory, porchlight_endpoints::EndpointError> {
+        porchlight_endpoints::Directory::new(
+            self.endpoints.clone(),
+            &self.node.domains,
+            &self.node.aliases,
+        )
     }
 
     /// Resolves a path from this file's directory.

@@ -8,8 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use bytes::Bytes;
-use porchlight_sip::{response_to, via_with_received, Limits, Message};
-use porchlight_transaction::{Output, RequestMatch, TimerConfig, TransactionLayer};
+use porchlight_sip::{via_with_received, Answer, Limits, Message};
+use porchlight_transaction::{Output, RequestMatch, TimerConfig, TransactionLayer, TxId};
 use porchlight_transport::pki::{AltName, CertificateAuthority};
 use porchlight_transport::{
     ClientAuth, Origin, Protocol, Received, Target, TlsSettings, Transport, TransportConfig,
@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{ClientAuthSetting, Config};
-use crate::uas::{answer_malformed, answer_request, Answer, Disposition, LocalNames, SERVER};
+use crate::presence::{parse_own, PresenceService};
+use crate::uas::{answer_malformed, answer_request, Disposition, LocalNames, SERVER};
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -89,14 +90,29 @@ impl Node {
             t2: std::time::Duration::from_millis(config.timers.t2_ms),
             t4: std::time::Duration::from_millis(config.timers.t4_ms),
         };
+        let tag_seed = RandomState::new().hash_one(Instant::now());
+        let presence = PresenceService::new(&config, tag_seed, Instant::now());
+        let (verdicts_tx, verdicts) = mpsc::channel(64);
+        for (i, endpoint) in presence.directory().endpoints().iter().enumerate() {
+            if let Some(h) = &endpoint.health {
+                tokio::spawn(crate::health::run(
+                    i,
+                    h.url.clone(),
+                    std::time::Duration::from_secs(h.interval_secs),
+                    std::time::Duration::from_millis(h.timeout_ms),
+                    verdicts_tx.clone(),
+                ));
+            }
+        }
         let event_loop = EventLoop {
             transport: transport.clone(),
             layer: TransactionLayer::new(timers),
             local,
-            tag_seed: RandomState::new().hash_one(Instant::now()),
+            presence,
+            tag_seed,
             tag_counter: 0,
         };
-        let task = tokio::spawn(event_loop.run(received));
+        let task = tokio::spawn(event_loop.run(received, verdicts));
         for (protocol, addr) in transport.local_addrs() {
             tracing::info!("listening on {} {addr}", protocol.via_token());
         }
@@ -159,14 +175,23 @@ struct EventLoop {
     transport: Transport,
     layer: TransactionLayer<Target>,
     local: LocalNames,
+    presence: PresenceService,
     tag_seed: u64,
     tag_counter: u64,
 }
 
 impl EventLoop {
-    async fn run(mut self, mut received: mpsc::Receiver<Received>) {
+    async fn run(
+        mut self,
+        mut received: mpsc::Receiver<Received>,
+        mut verdicts: mpsc::Receiver<(usize, bool)>,
+    ) {
         loop {
-            let deadline = self.layer.next_deadline();
+            let now = Instant::now();
+            let deadline = [self.layer.next_deadline(), self.presence.next_deadline(now)]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -178,25 +203,63 @@ impl EventLoop {
                     Some(message) => self.on_received(message),
                     None => return,
                 },
-                () = sleep => self.layer.handle_timeout(Instant::now()),
+                Some((endpoint, healthy)) = verdicts.recv() => self.presence.on_health(endpoint, healthy),
+                () = sleep => {
+                    let now = Instant::now();
+                    self.layer.handle_timeout(now);
+                    self.presence.handle_timeout(now);
+                }
             }
             self.flush().await;
         }
     }
 
+    /// Sends what the transaction layer and the presence service have for
+    /// the network, feeding transaction outcomes back to the service, until
+    /// neither has more.
     async fn flush(&mut self) {
-        while let Some(output) = self.layer.poll_output() {
-            match output {
-                Output::Send { to, bytes } => self.send(&to, bytes).await,
-                Output::Timeout(id) => tracing::debug!(?id, "transaction timed out"),
-                Output::TransportError(id) => tracing::debug!(?id, "transaction transport error"),
-                Output::Response { id, response } => {
-                    tracing::debug!(
-                        ?id,
-                        status = response.status(),
-                        "response for client transaction"
-                    )
+        loop {
+            let now = Instant::now();
+            let mut progressed = false;
+            while let Some(output) = self.layer.poll_output() {
+                progressed = true;
+                match output {
+                    Output::Send { to, bytes } => self.send(&to, bytes).await,
+                    Output::Response { id, response } => {
+                        if !self.presence.on_response(&id.branch, &response, now) {
+                            tracing::debug!(?id, "stray response");
+                        }
+                    }
+                    Output::Timeout(TxId::Client(id))
+                    | Output::TransportError(TxId::Client(id)) => {
+                        self.presence.on_failure(&id.branch, now)
+                    }
+                    Output::Timeout(id) | Output::TransportError(id) => {
+                        tracing::debug!(?id, "server transaction ended without ACK or transport")
+                    }
                 }
+            }
+            while let Some(out) = self.presence.poll(now) {
+                progressed = true;
+                if !out.expects_response {
+                    self.send(&out.target, out.bytes).await;
+                    continue;
+                }
+                let Some(request) = parse_own(out.bytes) else {
+                    tracing::error!("the presence service wrote an unparsable request");
+                    continue;
+                };
+                if let Err(e) = self
+                    .layer
+                    .send_request(request, out.target, out.reliable, now)
+                {
+                    tracing::error!("cannot start a client transaction: {e}");
+                }
+                // Send what that transaction produced before taking more.
+                break;
+            }
+            if !progressed {
+                return;
             }
         }
     }
@@ -244,15 +307,25 @@ impl EventLoop {
             .receive_request(&request, target.clone(), reliable, now)
         {
             Ok(RequestMatch::New(key)) => {
-                if let Disposition::Respond(answer) = disposition {
-                    let bytes = self.render(&request, &origin, &answer);
-                    self.layer.respond(&key, answer.code, bytes, now);
-                }
+                let answer = match disposition {
+                    Disposition::Respond(answer) => answer,
+                    Disposition::Deliver => self.presence.handle(&request, &origin, now),
+                    Disposition::Absorb => return,
+                };
+                let bytes = self.render(&request, &origin, &answer);
+                self.layer.respond(&key, answer.code, bytes, now);
             }
             Ok(_) => {}
             // Too malformed for a transaction key: answer statelessly.
             Err(_) => {
-                if let Disposition::Respond(answer) = disposition {
+                let answer = match disposition {
+                    Disposition::Respond(answer) => Some(answer),
+                    Disposition::Deliver => {
+                        Some(Answer::new(400, "Bad Request (no transaction key)"))
+                    }
+                    Disposition::Absorb => None,
+                };
+                if let Some(answer) = answer {
                     let bytes = self.render(&request, &origin, &answer);
                     let transport = self.transport.clone();
                     tokio::spawn(async move { transport.send(&target, bytes).await });
@@ -268,18 +341,9 @@ impl EventLoop {
             .and_then(|via| via_with_received(&via, origin.source.ip(), origin.source.port()));
         self.tag_counter += 1;
         let tag = format!("{:x}{:x}", self.tag_seed & 0xffff_ffff, self.tag_counter);
-        let mut w = response_to(
-            request,
-            answer.code,
-            &answer.reason,
-            top_via.as_deref(),
-            Some(&tag),
-        );
-        for (name, value) in &answer.headers {
-            w.header(name, value);
-        }
-        w.header("Server", SERVER);
-        w.finish(b"")
+        let mut answer = answer.clone();
+        answer.headers.push(("Server", SERVER.to_owned()));
+        answer.write(request, top_via.as_deref(), &tag)
     }
 }
 

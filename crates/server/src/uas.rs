@@ -5,14 +5,25 @@
 
 use std::net::IpAddr;
 
-use porchlight_sip::{HeaderName, Message, ParseError, ParseErrorKind, Uri};
+use porchlight_sip::{Answer, HeaderName, Message, ParseError, ParseErrorKind, Uri};
 
 /// Methods this node implements.
-pub const ALLOWED_METHODS: &str = "OPTIONS, ACK, CANCEL";
-/// Option tags this node supports (none yet beyond the base protocol).
-pub const SUPPORTED_OPTIONS: &[&str] = &[];
-/// Body types this node accepts in requests (none yet).
-pub const ACCEPTED_BODIES: &str = "";
+pub const ALLOWED_METHODS: &str = "OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH, SERVICE, REGISTER";
+/// Methods answered by the presence service rather than here.
+const PRESENCE_METHODS: &[&str] = &["SUBSCRIBE", "PUBLISH", "SERVICE", "REGISTER"];
+/// Option tags this node supports: the Microsoft presence extensions and
+/// RFC 4662 lists (which Microsoft batched subscriptions require).
+pub const SUPPORTED_OPTIONS: &[&str] = &[
+    "eventlist",
+    "ms-benotify",
+    "ms-piggyback-first-notify",
+    "adhoclist",
+    "categoryList",
+];
+/// Body types this node accepts in requests.
+pub const ACCEPTED_BODIES: &str = "application/pidf+xml, application/msrtc-category-publish+xml, application/msrtc-adrl-categorylist+xml";
+/// Event packages this node serves.
+pub const ALLOWED_EVENTS: &str = "presence, presence.winfo";
 /// The Server header value.
 pub const SERVER: &str = concat!("Porchlight/", env!("CARGO_PKG_VERSION"));
 
@@ -40,40 +51,6 @@ impl LocalNames {
     }
 }
 
-/// A response to send: status, reason phrase and extra headers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Answer {
-    /// Status code.
-    pub code: u16,
-    /// Reason phrase.
-    pub reason: String,
-    /// Headers beyond the ones copied from the request.
-    pub headers: Vec<(&'static str, String)>,
-}
-
-impl Answer {
-    fn new(code: u16, reason: impl Into<String>) -> Answer {
-        Answer {
-            code,
-            reason: printable(&reason.into()),
-            headers: Vec::new(),
-        }
-    }
-
-    fn with(mut self, name: &'static str, value: impl Into<String>) -> Answer {
-        self.headers.push((name, value.into()));
-        self
-    }
-}
-
-/// A reason phrase must not break the status line.
-fn printable(reason: &str) -> String {
-    reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
 /// What to do with a received request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Disposition {
@@ -81,6 +58,8 @@ pub enum Disposition {
     Respond(Answer),
     /// No response (ACK).
     Absorb,
+    /// Well-formed and ours: the presence service answers it.
+    Deliver,
 }
 
 /// Decides the response to a parsed request.
@@ -109,6 +88,7 @@ pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
     }
     match method {
         "OPTIONS" => {}
+        m if PRESENCE_METHODS.contains(&m) => {}
         "CANCEL" => {
             return Disposition::Respond(Answer::new(481, "Call/Transaction Does Not Exist"))
         }
@@ -140,11 +120,15 @@ pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
             );
         }
     }
+    if method != "OPTIONS" {
+        return Disposition::Deliver;
+    }
     Disposition::Respond(
         Answer::new(200, "OK")
             .with("Allow", ALLOWED_METHODS)
             .with("Accept", ACCEPTED_BODIES)
-            .with("Supported", SUPPORTED_OPTIONS.join(", ")),
+            .with("Supported", SUPPORTED_OPTIONS.join(", "))
+            .with("Allow-Events", ALLOWED_EVENTS),
     )
 }
 

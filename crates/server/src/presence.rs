@@ -1,0 +1,571 @@
+//! The presence service of a node: joins the endpoint directory, the
+//! registrar, publications and the notifier, and speaks to the event loop
+//! in requests answered, requests to send and responses received.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use porchlight_endpoints::digest::DigestAuth;
+use porchlight_endpoints::{Directory, Registrar, RegistrarConfig, Sources};
+use porchlight_presence::xml_in::{parse_category_publish, parse_pidf};
+use porchlight_presence::{
+    Authorization, FlowInfo, Notifier, NotifierConfig, NotifyRef, Publications, PublishBounds,
+    PublishError, XmlLimits,
+};
+use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Uri};
+use porchlight_transport::{ConnectionId, Origin, Protocol, Target};
+
+use crate::config::Config;
+
+/// The path back to a watcher or an endpoint: the stream it used, or its
+/// UDP source address (RFC 3581 symmetric response routing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlowKey {
+    /// A TCP or TLS connection.
+    Connection(ConnectionId),
+    /// A UDP source address.
+    Udp(SocketAddr),
+}
+
+impl FlowKey {
+    fn of(origin: &Origin) -> FlowKey {
+        match origin.connection {
+            Some(id) => FlowKey::Connection(id),
+            None => FlowKey::Udp(origin.source),
+        }
+    }
+
+    /// Where the transport should send.
+    pub fn target(self) -> Target {
+        match self {
+            FlowKey::Connection(id) => Target::Connection(id),
+            FlowKey::Udp(addr) => Target::Address {
+                protocol: Protocol::Udp,
+                addr,
+                domain: None,
+            },
+        }
+    }
+}
+
+/// A request the service wants sent.
+#[derive(Debug)]
+pub struct OutgoingRequest {
+    /// Where.
+    pub target: Target,
+    /// Whether that is a stream.
+    pub reliable: bool,
+    /// The request.
+    pub bytes: Bytes,
+    /// False for BENOTIFY: no transaction.
+    pub expects_response: bool,
+}
+
+const KEEPALIVE_BRANCH: &str = "z9hG4bKka";
+
+/// The one place subscription decisions are made. The local default lets
+/// every watcher see every endpoint; federation policy replaces it.
+fn authorize_subscription(_endpoint: u32, _watcher: &str) -> Authorization {
+    Authorization::Allow
+}
+
+/// Presence state and protocol handling of one node.
+pub struct PresenceService {
+    directory: Directory,
+    notifier: Notifier<FlowKey>,
+    registrar: Registrar<FlowKey>,
+    publications: Publications,
+    health: Vec<(Option<bool>, u32)>,
+    xml: XmlLimits,
+    keepalives: HashMap<String, (usize, String)>,
+    keepalive_seq: u64,
+    next_schedule_check: Instant,
+    outgoing: std::collections::VecDeque<OutgoingRequest>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl PresenceService {
+    /// Builds the service from a validated configuration.
+    pub fn new(config: &Config, salt: u64, now: Instant) -> PresenceService {
+        let directory = config
+            .directory()
+            .expect("validated with the configuration");
+        let p = &config.presence;
+        let xml = XmlLimits {
+            max_bytes: p.max_xml_bytes,
+            ..XmlLimits::default()
+        };
+        let notifier = Notifier::new(
+            NotifierConfig {
+                min_expires: p.min_expires,
+                max_expires: p.max_expires,
+                default_expires: p.default_expires,
+                min_notify_interval: Duration::from_millis(p.min_notify_interval_ms),
+                notify_rate: p.notify_rate,
+                max_in_flight: p.max_notify_in_flight,
+                max_in_flight_per_flow: p.max_notify_in_flight_per_flow,
+                max_subscriptions_per_watcher: p.max_subscriptions_per_watcher,
+                max_notify_retries: p.notify_retries,
+                retry_base: Duration::from_millis(p.notify_retry_base_ms),
+                max_winfo_watchers: p.max_winfo_watchers,
+                xml,
+            },
+            now,
+            salt,
+        );
+        let r = &config.registrar;
+        let registrar = Registrar::new(
+            RegistrarConfig {
+                min_expires: r.min_expires,
+                max_expires: r.max_expires,
+                default_expires: r.default_expires,
+                max_bindings: r.max_bindings,
+                keepalive_interval: Duration::from_secs(r.keepalive_secs),
+                keepalive_misses: r.keepalive_misses,
+            },
+            DigestAuth::new(
+                config.node.domains[0].clone(),
+                salt,
+                r.nonce_lifetime_secs,
+                r.algorithms(),
+            ),
+            directory.endpoints().len(),
+        );
+        let publications = Publications::new(
+            PublishBounds {
+                min_expires: p.publish_min_expires,
+                max_expires: p.publish_max_expires,
+                default_expires: p.publish_default_expires,
+            },
+            salt,
+        );
+        let at = jiff::Timestamp::now();
+        let mut service = PresenceService {
+            health: vec![(None, 0); directory.endpoints().len()],
+            directory,
+            notifier,
+            registrar,
+            publications,
+            xml,
+            keepalives: HashMap::new(),
+            keepalive_seq: 0,
+            next_schedule_check: now,
+            outgoing: Default::default(),
+        };
+        for i in 0..service.directory.endpoints().len() {
+            let state = service.effective(i, at);
+            let identity = service.directory.endpoints()[i].identity.clone();
+            service.notifier.add_presentity(identity, state, at);
+        }
+        service
+    }
+
+    fn effective(
+        &self,
+        endpoint: usize,
+        at: jiff::Timestamp,
+    ) -> porchlight_presence::PresenceState {
+        let e = &self.directory.endpoints()[endpoint];
+        let sources = Sources {
+            registered: e
+                .credentials
+                .as_ref()
+                .map(|_| self.registrar.is_registered(endpoint)),
+            healthy: self.health[endpoint].0,
+            published: self.publications.effective(endpoint as u32, Instant::now()),
+        };
+        e.effective_state(&sources, at)
+    }
+
+    /// Recomputes an endpoint's state from its sources; watchers hear of a change.
+    fn refresh(&mut self, endpoint: usize) {
+        let at = jiff::Timestamp::now();
+        let state = self.effective(endpoint, at);
+        if *self.notifier.state(endpoint as u32) != state {
+            tracing::info!(
+                endpoint = %self.directory.endpoints()[endpoint].identity.uri,
+                availability = state.availability.0,
+                "presence changed"
+            );
+        }
+        self.notifier.set_state(endpoint as u32, state, at);
+    }
+
+    /// The endpoints, for the health probes the node starts.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Answers a SUBSCRIBE, PUBLISH, SERVICE or REGISTER.
+    pub fn handle(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
+        match request.method().unwrap_or_default() {
+            "SUBSCRIBE" => {
+                let flow = flow_info(origin, request);
+                let directory = &self.directory;
+                self.notifier.subscribe(
+                    request,
+                    flow,
+                    &|uri| directory.resolve(uri).map(|i| i as u32),
+                    &authorize_subscription,
+                    now,
+                )
+            }
+            "REGISTER" => self.register(request, origin, now),
+            "PUBLISH" => self.publish(request, origin, now),
+            "SERVICE" => self.service(request, origin, now),
+            _ => Answer::new(501, "Not Implemented"),
+        }
+    }
+
+    /// Finds the endpoint a request speaks for and checks it is really that
+    /// endpoint talking.
+    fn authenticated_endpoint(
+        &self,
+        request: &Message,
+        origin: &Origin,
+        uri: &str,
+    ) -> Result<usize, Box<Answer>> {
+        let Some(endpoint) = self.directory.resolve(uri) else {
+            return Err(Box::new(Answer::new(404, "Not Found")));
+        };
+        let Some(credentials) = &self.directory.endpoints()[endpoint].credentials else {
+            return Err(Box::new(no_credentials()));
+        };
+        let peer = credentials
+            .tls_identity
+            .as_deref()
+            .filter(|trusted| origin.peer.as_ref().is_some_and(|p| p.covers(trusted)));
+        self.registrar
+            .authenticate(request, credentials, peer, unix_now())
+            .map(|()| endpoint)
+    }
+
+    fn register(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
+        let Ok(to) = request.to() else {
+            return Answer::new(400, "Bad Request (To)");
+        };
+        let Some(endpoint) = self.directory.resolve(to.uri.as_str()) else {
+            return Answer::new(404, "Not Found");
+        };
+        let Some(credentials) = self.directory.endpoints()[endpoint].credentials.clone() else {
+            return no_credentials();
+        };
+        let peer = credentials
+            .tls_identity
+            .as_deref()
+            .filter(|trusted| origin.peer.as_ref().is_some_and(|p| p.covers(trusted)));
+        let outcome = self.registrar.register(
+            endpoint,
+            request,
+            &credentials,
+            peer,
+            FlowKey::of(origin),
+            now,
+            unix_now(),
+        );
+        if outcome.liveness_changed {
+            self.refresh(endpoint);
+        }
+        let date = httpdate(SystemTime::now());
+        outcome.answer.with("Date", date)
+    }
+
+    fn publish(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
+        let uri = request.request_uri().unwrap_or_default().to_owned();
+        let endpoint = match self.authenticated_endpoint(request, origin, &uri) {
+            Ok(e) => e,
+            Err(answer) => return *answer,
+        };
+        match request.event() {
+            Ok(Some(e)) if e.value.eq_ignore_ascii_case("presence") => {}
+            _ => return Answer::new(489, "Bad Event").with("Allow-Events", "presence"),
+        }
+        let (Ok(if_match), Ok(expires)) = (
+            request.entity_tag(HeaderName::SipIfMatch),
+            request.expires(),
+        ) else {
+            return Answer::new(400, "Bad Request (SIP-If-Match or Expires)");
+        };
+        let body = if request.body().is_empty() {
+            None
+        } else {
+            let is_pidf = request
+                .content_type()
+                .ok()
+                .flatten()
+                .is_some_and(|ct| ct.is("application/pidf+xml"));
+            if !is_pidf {
+                return Answer::new(415, "Unsupported Media Type")
+                    .with("Accept", "application/pidf+xml");
+            }
+            match parse_pidf(request.body(), self.xml) {
+                Ok(state) => Some(state),
+                Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
+            }
+        };
+        match self
+            .publications
+            .publish(endpoint as u32, if_match, body, expires, now)
+        {
+            Ok(published) => {
+                self.refresh(endpoint);
+                let mut answer =
+                    Answer::new(200, "OK").with("Expires", published.expires.to_string());
+                if let Some(tag) = published.etag {
+                    answer = answer.with("SIP-ETag", tag);
+                }
+                answer
+            }
+            Err(e) => publish_refusal(&e),
+        }
+    }
+
+    fn service(&mut self, request: &Message, origin: &Origin, _now: Instant) -> Answer {
+        let uri = request.request_uri().unwrap_or_default().to_owned();
+        let endpoint = match self.authenticated_endpoint(request, origin, &uri) {
+            Ok(e) => e,
+            Err(answer) => return *answer,
+        };
+        let is_publish = request
+            .content_type()
+            .ok()
+            .flatten()
+            .is_some_and(|ct| ct.is("application/msrtc-category-publish+xml"));
+        if !is_publish {
+            return Answer::new(415, "Unsupported Media Type")
+                .with("Accept", "application/msrtc-category-publish+xml");
+        }
+        let publications = match parse_category_publish(request.body(), self.xml) {
+            Ok(p) => p,
+            Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
+        };
+        match self
+            .publications
+            .publish_categories(endpoint as u32, publications)
+        {
+            Ok(()) => {
+                self.refresh(endpoint);
+                Answer::new(200, "OK")
+            }
+            Err(e) => publish_refusal(&e),
+        }
+    }
+
+    /// A health probe's verdict for an endpoint.
+    pub fn on_health(&mut self, endpoint: usize, healthy: bool) {
+        let threshold = self.directory.endpoints()[endpoint]
+            .health
+            .as_ref()
+            .map_or(1, |h| h.failures);
+        let (verdict, failures) = &mut self.health[endpoint];
+        if healthy {
+            *failures = 0;
+            *verdict = Some(true);
+        } else {
+            *failures += 1;
+            if *failures >= threshold {
+                *verdict = Some(false);
+            }
+        }
+        self.refresh(endpoint);
+    }
+
+    /// Feeds a response to a request this service sent. False when it was
+    /// not ours.
+    pub fn on_response(&mut self, branch: &str, response: &Message, now: Instant) -> bool {
+        let code = response.status().unwrap_or(500);
+        if let Some(notify) = NotifyRef::from_branch(branch) {
+            let retry_after = response.retry_after().ok().flatten().map(|r| r.seconds);
+            self.notifier
+                .on_notify_response(notify, code, retry_after, now);
+            return true;
+        }
+        if let Some((endpoint, contact)) = self.keepalives.remove(branch) {
+            self.registrar.keepalive_answered(endpoint, &contact);
+            return true;
+        }
+        false
+    }
+
+    /// A request this service sent got no response (timeout or transport error).
+    pub fn on_failure(&mut self, branch: &str, now: Instant) {
+        if let Some(notify) = NotifyRef::from_branch(branch) {
+            self.notifier.on_notify_response(notify, 408, None, now);
+        }
+        self.keepalives.remove(branch);
+    }
+
+    /// Runs what is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.notifier.handle_timeout(now);
+        for endpoint in self.registrar.expire(now) {
+            self.refresh(endpoint);
+        }
+        let (due, lost) = self.registrar.due_keepalives(now);
+        for endpoint in lost {
+            self.refresh(endpoint);
+        }
+        for (endpoint, contact, flow) in due {
+            self.keepalive(endpoint, contact, flow);
+        }
+        for endpoint in self.publications.expire(now) {
+            self.refresh(endpoint as usize);
+        }
+        if now >= self.next_schedule_check {
+            self.next_schedule_check = now + Duration::from_secs(15);
+            for i in 0..self.directory.endpoints().len() {
+                if self.directory.endpoints()[i].schedule.is_some() {
+                    self.refresh(i);
+                }
+            }
+        }
+    }
+
+    fn keepalive(&mut self, endpoint: usize, contact: String, flow: FlowKey) {
+        self.keepalive_seq += 1;
+        let branch = format!("{KEEPALIVE_BRANCH}{:x}", self.keepalive_seq);
+        let uri = &self.directory.endpoints()[endpoint].identity.uri;
+        let (protocol, reliable) = match flow {
+            FlowKey::Connection(_) => ("TCP", true),
+            FlowKey::Udp(_) => ("UDP", false),
+        };
+        let host = self.directory.endpoints()[endpoint]
+            .aor
+            .split('@')
+            .nth(1)
+            .unwrap_or("invalid");
+        let mut w = MessageWriter::request("OPTIONS", &contact);
+        w.header_fmt(
+            "Via",
+            format_args!("SIP/2.0/{protocol} {host};branch={branch};rport"),
+        );
+        w.header("Max-Forwards", "70");
+        w.header_fmt(
+            "From",
+            format_args!("<{uri}>;tag=ka{:x}", self.keepalive_seq),
+        );
+        w.header_fmt("To", format_args!("<{contact}>"));
+        w.header_fmt(
+            "Call-ID",
+            format_args!("keepalive-{:x}-{endpoint}", self.keepalive_seq),
+        );
+        w.header("CSeq", "1 OPTIONS");
+        self.keepalives.insert(branch, (endpoint, contact));
+        self.outgoing.push_back(OutgoingRequest {
+            target: flow.target(),
+            reliable,
+            bytes: w.finish(b""),
+            expects_response: true,
+        });
+    }
+
+    /// The next request to send.
+    pub fn poll(&mut self, now: Instant) -> Option<OutgoingRequest> {
+        if let Some(out) = self.outgoing.pop_front() {
+            return Some(out);
+        }
+        self.notifier.poll(now).map(|o| OutgoingRequest {
+            target: o.flow.target(),
+            reliable: o.reliable,
+            bytes: o.bytes,
+            expects_response: o.expects_response,
+        })
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) or [`poll`](Self::poll) next has work.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        [
+            self.notifier.next_deadline(now),
+            self.registrar.next_deadline(),
+            self.publications.next_expiry(),
+            self.directory
+                .endpoints()
+                .iter()
+                .any(|e| e.schedule.is_some())
+                .then_some(self.next_schedule_check),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+fn no_credentials() -> Answer {
+    Answer::new(
+        403,
+        "Forbidden (this endpoint has no [endpoint.registration] credentials)",
+    )
+}
+
+fn publish_refusal(e: &PublishError) -> Answer {
+    match e {
+        PublishError::IntervalTooBrief(min) => {
+            Answer::new(423, "Interval Too Brief").with("Min-Expires", min.to_string())
+        }
+        PublishError::ConditionalFailed => Answer::new(412, "Conditional Request Failed"),
+        PublishError::MissingBody => {
+            Answer::new(400, "Bad Request (an initial PUBLISH needs a body)")
+        }
+        PublishError::VersionConflict {
+            category,
+            instance,
+            current,
+        } => {
+            let mut answer = Answer::new(409, "Conflict");
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Fault xmlns=\"http://schemas.microsoft.com/2006/09/sip/service-fault\">\
+                 <Faultcode>Client.BadCall.WrongDelta</Faultcode><details><operation index=\"0\" categoryName=\"{category}\" \
+                 instance=\"{instance}\"><curVersion>{current}</curVersion></operation></details></Fault>\n"
+            );
+            answer.body = Some(("application/msrtc-fault+xml".into(), Bytes::from(body)));
+            answer
+        }
+    }
+}
+
+/// Our Via and Contact on the flow a request came in on. A listener bound
+/// to a wildcard address does not know which of its addresses the peer
+/// used, so it names the host the peer put in the Request-URI.
+fn flow_info(origin: &Origin, request: &Message) -> FlowInfo<FlowKey> {
+    let port = origin.local.port();
+    let host = if origin.local.ip().is_unspecified() {
+        request
+            .request_uri()
+            .and_then(|u| Uri::parse(u).ok())
+            .and_then(|u| u.sip().map(|s| s.host.to_string()))
+            .unwrap_or_else(|| "localhost".into())
+    } else {
+        match origin.local {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        }
+    };
+    let token = origin.protocol.via_token();
+    FlowInfo {
+        flow: FlowKey::of(origin),
+        reliable: origin.protocol.is_reliable(),
+        via: format!("SIP/2.0/{token} {host}:{port}"),
+        contact: format!(
+            "<sip:{host}:{port};transport={}>",
+            token.to_ascii_lowercase()
+        ),
+    }
+}
+
+/// RFC 7231 IMF-fixdate, for the Date header of REGISTER responses.
+fn httpdate(at: SystemTime) -> String {
+    let ts = jiff::Timestamp::try_from(at).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    ts.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+/// Parses bytes this service wrote, for the transaction layer.
+pub fn parse_own(bytes: Bytes) -> Option<Message> {
+    Message::parse(bytes, Framing::Datagram, &Limits::default()).ok()
+}
