@@ -64,6 +64,12 @@ enum ConfigCommand {
     },
 }
 
+/// mimalloc hands freed memory back to the system: the transactions of a
+/// subscription burst are short-lived, and with the system allocator their
+/// memory stayed resident long after they ended (see bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A slab index plus the generation that was live when it was handed out,
 /// so a stale reference (a late NOTIFY response, an old To tag) never
@@ -168,6 +169,10 @@ pub struct ExpiryWheel {
     buckets: Vec<Vec<u32>>,
     /// The second the wheel has processed up to (exclusive).
     cursor: u32,
+    /// No bucket before this second has entries: lets [`next_due`](Self::next_due)
+    /// skip empty seconds once instead of scanning the wheel on every call.
+    /// Atomic only so a shared reference can move it forward.
+    first_maybe_due: AtomicU32,
 }
 
 impl ExpiryWheel {
@@ -176,6 +181,7 @@ impl ExpiryWheel {
         ExpiryWheel {
             buckets: vec![Vec::new(); horizon_secs as usize + 2],
             cursor: 0,
+            first_maybe_due: AtomicU32::new(0),
         }
     }
 
@@ -185,6 +191,7 @@ impl ExpiryWheel {
         let at = at.clamp(self.cursor, self.cursor + span - 1);
         let n = self.buckets.len();
         self.buckets[at as usize % n].push(index);
+        self.first_maybe_due.fetch_min(at, Ordering::Relaxed);
     }
 
     /// Takes every entry filed under seconds before `now`.
@@ -194,14 +201,21 @@ impl ExpiryWheel {
             out.append(&mut self.buckets[self.cursor as usize % n]);
             self.cursor += 1;
         }
+        self.first_maybe_due
+            .fetch_max(self.cursor, Ordering::Relaxed);
     }
 
     /// The first second with entries, if any, not earlier than the cursor.
     pub fn next_due(&self) -> Option<u32> {
         let n = self.buckets.len() as u32;
-        (0..n)
-            .map(|i| self.cursor + i)
-            .find(|&s| !self.buckets[(s % n) as usize].is_empty())
+        let start = self
+            .first_maybe_due
+            .load(Ordering::Relaxed)
+            .max(self.cursor);
+        let found = (start..self.cursor + n).find(|&s| !self.buckets[(s % n) as usize].is_empty());
+        self.first_maybe_due
+            .store(found.unwrap_or(self.cursor + n - 1), Ordering::Relaxed);
+        found
     }
 }
 

@@ -99,6 +99,8 @@ pub struct LimitsSection {
     pub receive_queue_depth: usize,
     /// Messages queued per connection toward the network.
     pub connection_queue_depth: usize,
+    /// Kernel buffer of each UDP socket, each way, so bursts queue instead of dropping.
+    pub udp_buffer_bytes: usize,
 }
 
 /// RFC 3261 timer bases.

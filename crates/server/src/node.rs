@@ -67,6 +67,7 @@ impl Node {
             idle_timeout: config.idle_timeout(),
             queue_depth: config.limits.receive_queue_depth,
             connection_queue_depth: config.limits.connection_queue_depth,
+            udp_buffer_bytes: config.limits.udp_buffer_bytes,
         };
         let (transport, received) = Transport::bind(transport_config)
             .await

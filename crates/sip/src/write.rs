@@ -203,7 +203,9 @@ pub fn response_to(
                 w.header("Via", value);
             }
             HeaderName::To => {
-                let has_tag = request.to().is_ok_and(|to| to.tag().is_some());
+                // A To that does not parse is echoed untouched: appending
+                // to it could double a tag we cannot see.
+                let has_tag = request.to().map_or(true, |to| to.tag().is_some());
                 match to_tag {
                     Some(tag) if !has_tag && code > 100 => {
                         let mut v = BytesMut::from(value);

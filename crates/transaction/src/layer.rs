@@ -148,6 +148,12 @@ struct Entry<T, C> {
     armed: Vec<(Timer, u64)>,
 }
 
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 4096 && map.len() * 8 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 /// All live transactions of one node.
 pub struct TransactionLayer<C> {
     timers: TimerConfig,
@@ -309,6 +315,10 @@ impl<C: Clone> TransactionLayer<C> {
                 self.apply(id, actions, now);
             }
         }
+        // A burst leaves the maps with room for it; hand that back once
+        // they are mostly empty, so memory follows the live load.
+        shrink_if_sparse(&mut self.servers);
+        shrink_if_sparse(&mut self.clients);
     }
 
     /// The next thing to do, in order.

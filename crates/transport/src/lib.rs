@@ -153,6 +153,8 @@ pub struct TransportConfig {
     pub queue_depth: usize,
     /// Depth of each connection's outbound queue.
     pub connection_queue_depth: usize,
+    /// Kernel buffer of each UDP socket, each way.
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for TransportConfig {
@@ -167,6 +169,7 @@ impl Default for TransportConfig {
             idle_timeout: Duration::from_secs(300),
             queue_depth: 65_536,
             connection_queue_depth: 1_024,
+            udp_buffer_bytes: 4 << 20,
         }
     }
 }
@@ -212,7 +215,7 @@ impl Transport {
         let mut udp_sockets = Vec::new();
         let mut local = Vec::new();
         for addr in &config.udp {
-            let socket = Arc::new(udp::bind(*addr)?);
+            let socket = Arc::new(udp::bind(*addr, config.udp_buffer_bytes)?);
             local.push((Protocol::Udp, socket.local_addr()?));
             udp_sockets.push(socket);
         }

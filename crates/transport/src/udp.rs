@@ -9,10 +9,27 @@ use tokio::net::UdpSocket;
 
 use crate::{Origin, Protocol, Received, Shared};
 
-pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let std_socket = std::net::UdpSocket::bind(addr)?;
-    std_socket.set_nonblocking(true)?;
-    UdpSocket::from_std(std_socket)
+/// Binds with `buffer_bytes` of kernel buffer each way: a burst of
+/// requests (or of answers to a fan-out) must queue in the kernel rather
+/// than be dropped while the core is busy. The kernel may grant less
+/// (`net.core.rmem_max`); that is logged with the fix.
+pub(crate) fn bind(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    socket.set_recv_buffer_size(buffer_bytes)?;
+    socket.set_send_buffer_size(buffer_bytes)?;
+    // Linux reports twice the size it grants.
+    let granted = socket.recv_buffer_size()? / 2;
+    if granted < buffer_bytes {
+        tracing::warn!(
+            %addr,
+            "UDP receive buffer is {granted} bytes, not the {buffer_bytes} configured: \
+             raise net.core.rmem_max and net.core.wmem_max (sysctl) to allow it"
+        );
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 pub(crate) async fn receive_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
