@@ -40,11 +40,8 @@ target/release/porchlight config defaults | sed \
   -e "s|udp = \[\"0.0.0.0:5060\"\]|udp = [\"127.0.0.1:$pl_port\"]|" \
   -e "s|tcp = \[\"0.0.0.0:5060\"\]|tcp = []|; s|tls = \[\"0.0.0.0:5061\"\]|tls = []|" \
   -e 's|porchlight.test|contoso.com|g' \
-  -e 's|^receive_queue_depth = .*|receive_queue_depth = 262144|' \
+  -e 's|^worker_threads = .*|worker_threads = 1|' \
   -e 's|^min_notify_interval_ms = .*|min_notify_interval_ms = 0|' \
-  -e 's|^notify_rate = .*|notify_rate = 1000000|' \
-  -e 's|^max_notify_in_flight = .*|max_notify_in_flight = 1000000|' \
-  -e 's|^max_notify_in_flight_per_flow = .*|max_notify_in_flight_per_flow = 1000000|' \
   -e 's|^max_subscriptions_per_watcher = .*|max_subscriptions_per_watcher = 100000000|' \
   -e 's|^digest_algorithms = .*|digest_algorithms = ["MD5"]|' > "$pl_config"
 printf '[endpoint.registration]\npassword = "bench"\n' >> "$pl_config"
@@ -57,27 +54,34 @@ start_porchlight() {
   server=$!; sleep 1; pids=$server; port=$pl_port
 }
 start_kamailio() {
-  kamailio -f "$PWD/bench/kamailio/presence.cfg" -DD -E -m 4096 -M 64 \
+  kamailio -f "$PWD/bench/kamailio/presence.cfg" -DD -E -m 4096 -M 1024 \
     >"$out/kamailio.log" 2>&1 &
   server=$!; sleep 2; pids=$(pgrep -d, -f "kamailio -f $PWD/bench/kamailio"); port=$km_port
 }
 
+# CPU seconds (user + system) of a comma-separated list of processes.
+ticks=$(getconf CLK_TCK)
+cpu() { local t=0; for p in ${1//,/ }; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+
 echo "## new subscriptions per second (SIPp, ${seconds} s per step)"
-printf "%-10s %-8s %-8s %-8s %-8s %-10s\n" server offered sent ok failed achieved
+printf "%-10s %-8s %-8s %-8s %-8s %-10s %-12s\n" server offered sent ok failed achieved "cpu_us/sub"
 for name in porchlight kamailio; do
   for rate in "${rates[@]}"; do
     "start_$name"
     calls=$((rate * seconds))
+    before=$(cpu "$pids")
     start=$(date +%s.%N)
     sipp -sf bench/sipp/subscribe-rate-uac.xml -s helpdesk -key domain contoso.com -t u1 \
          -r "$rate" -m "$calls" -l $((rate * 3)) -buff_size 33554432 -timeout $((seconds * 4))s \
          -nostdin -i 127.0.0.1 -trace_stat -stf "$out/sub-$name-$rate.csv" \
          127.0.0.1:$port >"$out/sipp-$name-$rate.log" 2>&1 || true
     end=$(date +%s.%N)
+    after=$(cpu "$pids")
     ok=$(tail -1 "$out/sub-$name-$rate.csv" | awk -F';' '{print $16}')
     failed=$(tail -1 "$out/sub-$name-$rate.csv" | awk -F';' '{print $18}')
     achieved=$(awk -v ok="$ok" -v s="$start" -v e="$end" 'BEGIN { printf "%.0f", ok / (e - s) }')
-    printf "%-10s %-8s %-8s %-8s %-8s %-10s\n" "$name" "$rate" "$calls" "$ok" "$failed" "$achieved"
+    cpu_us=$(awk -v b="$before" -v a="$after" -v t="$ticks" -v ok="$ok" 'BEGIN { printf "%.1f", (a - b) * 1000000 / t / (ok + 0.0001) }')
+    printf "%-10s %-8s %-8s %-8s %-8s %-10s %-12s\n" "$name" "$rate" "$calls" "$ok" "$failed" "$achieved" "$cpu_us"
     stop
   done
 done

@@ -88,7 +88,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(path) => Config::load(path)?,
                 None => Config::embedded(),
             };
-            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if config.node.worker_threads > 0 {
+                builder.worker_threads(config.node.worker_threads);
+            }
+            let runtime = builder
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
             runtime.block_on(async {
                 let node = Node::start(config).await?;
                 tokio::select! {

@@ -229,3 +229,132 @@ fn batched_subscription_gets_a_valid_rlmi_multipart() {
     assert!(doc_head.contains("Content-Type: application/msrtc-event-categories+xml"));
     assert!(doc.contains("<availability>3500</availability>"));
 }
+
+/// Receives datagrams until one satisfies `want`, answering NOTIFYs with 200.
+fn udp_until(socket: &std::net::UdpSocket, want: impl Fn(&Message) -> bool) -> Message {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf).expect("a datagram in time");
+        let m = Message::parse(
+            Bytes::copy_from_slice(&buf[..n]),
+            Framing::Datagram,
+            &Limits::default(),
+        )
+        .unwrap();
+        if m.method() == Some("NOTIFY") {
+            let ok = porchlight_sip::response_to(&m, 200, "OK", None, None).finish(b"");
+            socket.send_to(&ok, from).unwrap();
+        }
+        if want(&m) {
+            return m;
+        }
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn registration_with_sha256_digest_and_keepalive_loss() {
+    let server = start(
+        "keepalive",
+        &config(
+            &[
+                (
+                    "uri = \"sip:helpdesk@porchlight.test\"",
+                    "uri = \"sip:helpdesk@contoso.com\"",
+                ),
+                (
+                    "min_notify_interval_ms = 5000",
+                    "min_notify_interval_ms = 0",
+                ),
+                ("keepalive_secs = 30", "keepalive_secs = 1"),
+                ("keepalive_misses = 3", "keepalive_misses = 2"),
+                (
+                    "note = \"Ask me anything\"\n",
+                    "note = \"Ask me anything\"\n[endpoint.registration]\npassword = \"pw\"\n",
+                ),
+            ],
+            "",
+        ),
+    );
+    let watcher = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    watcher
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let w = watcher.local_addr().unwrap();
+    let subscribe = format!(
+        "SUBSCRIBE sip:helpdesk@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {w};branch=z9hG4bKw1;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:alice@fabrikam.com>;tag=w1\r\nTo: <sip:helpdesk@contoso.com>\r\nCall-ID: ka-watch\r\nCSeq: 1 SUBSCRIBE\r\n\
+         Contact: <sip:alice@{w}>\r\nEvent: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    );
+    watcher.send_to(subscribe.as_bytes(), server.udp).unwrap();
+    let basic = |m: &Message| {
+        std::str::from_utf8(m.body())
+            .unwrap()
+            .contains("<basic>closed</basic>")
+    };
+    udp_until(&watcher, |m| m.method() == Some("NOTIFY") && basic(m));
+
+    // The app registers; the first answer is a challenge, SHA-256 first (RFC 8760).
+    let app = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let a = app.local_addr().unwrap();
+    let register = |cseq: u32, auth: &str| {
+        format!(
+            "REGISTER sip:contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKr{cseq};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:helpdesk@contoso.com>;tag=app\r\nTo: <sip:helpdesk@contoso.com>\r\nCall-ID: ka-reg\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:helpdesk@{a}>\r\nExpires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    app.send_to(register(1, "").as_bytes(), server.udp).unwrap();
+    let challenge = udp_until(&app, |m| m.status() == Some(401));
+    let offered: Vec<String> = challenge
+        .auth(HeaderName::WwwAuthenticate)
+        .map(|c| c.unwrap().param("algorithm").unwrap().to_owned())
+        .collect();
+    assert_eq!(offered, ["SHA-256", "MD5"]);
+    let first = challenge
+        .auth(HeaderName::WwwAuthenticate)
+        .next()
+        .unwrap()
+        .unwrap();
+    let (realm, nonce) = (first.param("realm").unwrap(), first.param("nonce").unwrap());
+    let ha1 = sha256_hex(&format!("helpdesk:{realm}:pw"));
+    let ha2 = sha256_hex("REGISTER:sip:contoso.com");
+    let response = sha256_hex(&format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
+    let auth = format!(
+        "Authorization: Digest username=\"helpdesk\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"sip:contoso.com\", \
+         response=\"{response}\", algorithm=SHA-256, qop=auth, nc=00000001, cnonce=\"c0ffee\"\r\n"
+    );
+    app.send_to(register(2, &auth).as_bytes(), server.udp)
+        .unwrap();
+    let ok = udp_until(&app, |m| m.status().is_some_and(|s| s >= 200));
+    assert_eq!(ok.status(), Some(200));
+    assert!(ok
+        .text(HeaderName::Contact)
+        .unwrap()
+        .unwrap()
+        .contains(";expires="));
+    udp_until(&watcher, |m| {
+        m.method() == Some("NOTIFY")
+            && std::str::from_utf8(m.body())
+                .unwrap()
+                .contains("<basic>open</basic>")
+    });
+
+    // The first keepalive is answered; then the app goes silent and is dropped.
+    let options = udp_until(&app, |m| m.method() == Some("OPTIONS"));
+    let pong = porchlight_sip::response_to(&options, 200, "OK", None, Some("app")).finish(b"");
+    app.send_to(&pong, server.udp).unwrap();
+    let offline = udp_until(&watcher, |m| m.method() == Some("NOTIFY") && basic(m));
+    assert!(
+        text(&offline, HeaderName::SubscriptionState).starts_with("active"),
+        "the watcher stays subscribed and sees the endpoint offline"
+    );
+}

@@ -64,6 +64,9 @@ pub struct NodeSection {
     /// Other host names or literal addresses that mean this node.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Runtime threads; 0 means one per core.
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 /// Listener addresses.

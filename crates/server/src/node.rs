@@ -172,6 +172,9 @@ fn tls_settings(config: &Config) -> Result<TlsSettings, StartError> {
     )?)
 }
 
+/// Most messages handled between two flushes.
+const RECEIVE_BATCH: usize = 256;
+
 struct EventLoop {
     transport: Transport,
     layer: TransactionLayer<Target>,
@@ -201,7 +204,18 @@ impl EventLoop {
             };
             tokio::select! {
                 message = received.recv() => match message {
-                    Some(message) => self.on_received(message),
+                    Some(message) => {
+                        self.on_received(message);
+                        // Take what else is already queued before sending:
+                        // under load this turns one wake-up per message
+                        // into one per batch.
+                        for _ in 0..RECEIVE_BATCH {
+                            match received.try_recv() {
+                                Ok(message) => self.on_received(message),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => return,
                 },
                 Some((endpoint, healthy)) = verdicts.recv() => self.presence.on_health(endpoint, healthy),

@@ -75,7 +75,7 @@ fn authorize_subscription(_endpoint: u32, _watcher: &str) -> Authorization {
 pub struct PresenceService {
     directory: Directory,
     notifier: Notifier<FlowKey>,
-    registrar: Registrar<FlowKey>,
+    registrar: Registrar<FlowInfo<FlowKey>>,
     publications: Publications,
     health: Vec<(Option<bool>, u32)>,
     xml: XmlLimits,
@@ -266,7 +266,7 @@ impl PresenceService {
             request,
             &credentials,
             peer,
-            FlowKey::of(origin),
+            flow_info(origin, request),
             now,
             unix_now(),
         );
@@ -428,24 +428,13 @@ impl PresenceService {
         }
     }
 
-    fn keepalive(&mut self, endpoint: usize, contact: String, flow: FlowKey) {
+    /// An OPTIONS to a registered contact, over the flow it registered on.
+    fn keepalive(&mut self, endpoint: usize, contact: String, flow: FlowInfo<FlowKey>) {
         self.keepalive_seq += 1;
         let branch = format!("{KEEPALIVE_BRANCH}{:x}", self.keepalive_seq);
         let uri = &self.directory.endpoints()[endpoint].identity.uri;
-        let (protocol, reliable) = match flow {
-            FlowKey::Connection(_) => ("TCP", true),
-            FlowKey::Udp(_) => ("UDP", false),
-        };
-        let host = self.directory.endpoints()[endpoint]
-            .aor
-            .split('@')
-            .nth(1)
-            .unwrap_or("invalid");
         let mut w = MessageWriter::request("OPTIONS", &contact);
-        w.header_fmt(
-            "Via",
-            format_args!("SIP/2.0/{protocol} {host};branch={branch};rport"),
-        );
+        w.header_fmt("Via", format_args!("{};branch={branch};rport", flow.via));
         w.header("Max-Forwards", "70");
         w.header_fmt(
             "From",
@@ -459,8 +448,8 @@ impl PresenceService {
         w.header("CSeq", "1 OPTIONS");
         self.keepalives.insert(branch, (endpoint, contact));
         self.outgoing.push_back(OutgoingRequest {
-            target: flow.target(),
-            reliable,
+            target: flow.flow.target(),
+            reliable: flow.reliable,
             bytes: w.finish(b""),
             expects_response: true,
         });
