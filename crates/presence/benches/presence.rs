@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use porchlight_presence::document::{render, Snapshot};
 use porchlight_presence::{
     Authorization, Availability, Capabilities, FlowInfo, Format, Identity, Notifier,
-    NotifierConfig, PresenceState,
+    NotifierConfig, NotifyRef, PresenceState,
 };
 use porchlight_sip::{Framing, Limits, Message};
 
@@ -67,7 +67,12 @@ fn notifier(watchers: u32) -> (Notifier<u32>, Instant) {
             now,
         );
     }
-    while n.poll(now).is_some() {}
+    // Answer the first NOTIFYs, as watchers do, so none is left in flight.
+    while let Some(out) = n.poll(now) {
+        let sent = Message::parse(out.bytes, Framing::Datagram, &Limits::default()).unwrap();
+        let branch = sent.top_via().unwrap().branch().unwrap().to_owned();
+        n.on_notify_response(NotifyRef::from_branch(&branch).unwrap(), 200, None, now);
+    }
     (n, now)
 }
 
