@@ -27,10 +27,14 @@ fn sipp_scenario(
     calls: u32,
     extra: &[&str],
 ) -> std::process::Output {
-    Command::new("sipp")
+    let errors = temp_dir(&format!("sipp-{scenario}-{transport}")).join("errors.log");
+    let mut out = Command::new("sipp")
         .arg("-sf")
         .arg(repo_path(&format!("bench/sipp/{scenario}")))
         .args(["-t", transport, "-m", &calls.to_string()])
+        // Loopback bursts must not be lost in SIPp's own socket buffer.
+        .args(["-buff_size", "4194304", "-trace_err", "-error_file"])
+        .arg(&errors)
         .args(extra)
         .args([
             "-timeout",
@@ -42,7 +46,13 @@ fn sipp_scenario(
         ])
         .arg(server.to_string())
         .output()
-        .expect("sipp is installed (scripts/test.sh installs sip-tester)")
+        .expect("sipp is installed (scripts/test.sh installs sip-tester)");
+    // Keep what SIPp says about failed calls for the assertion message.
+    if let Ok(log) = std::fs::read_to_string(&errors) {
+        out.stderr
+            .extend_from_slice(log.chars().take(4000).collect::<String>().as_bytes());
+    }
+    out
 }
 
 #[test]

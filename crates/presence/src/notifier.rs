@@ -993,8 +993,8 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
     fn try_notify(&mut self, id: SubscriptionId, paced: bool, now: Instant) -> Option<Outgoing<F>> {
         let record = self.live(id)?;
         if record.flags & IN_FLIGHT != 0 {
-            // The response will send the newest state.
-            self.records[id.index as usize].flags |= DIRTY;
+            // One NOTIFY at a time: its answer sends whatever is owed then
+            // (a newer version, or DIRTY set by whoever queued this).
             return None;
         }
         if !self.needs_notify(record) {
@@ -1117,8 +1117,13 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         let record = &mut self.records[notify.id.index as usize];
         if (200..300).contains(&code) {
             record.attempts = 0;
-            if terminating {
+            // Writing the final NOTIFY clears DIRTY; still set means this
+            // answer is for an earlier NOTIFY and the final one is owed.
+            let final_answered = record.flags & DIRTY == 0;
+            if terminating && final_answered {
                 self.remove(notify.id);
+            } else if terminating {
+                self.queue_urgent(notify.id);
             } else if self.needs_notify(&self.records[notify.id.index as usize]) {
                 self.queue_ready(notify.id.index);
             }

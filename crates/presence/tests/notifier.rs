@@ -432,3 +432,30 @@ fn watcher_info_for_the_endpoint_itself() {
         .replace("Call-ID: winfo", "Call-ID: w2");
     assert_eq!(h.answer(&stranger, 8).code, 403);
 }
+
+#[test]
+fn unsubscribe_while_a_notify_is_unanswered_still_gets_the_final_notify() {
+    let mut h = Harness::new(NotifierConfig::default());
+    let tag = h.subscribe(1).to_tag.unwrap();
+    let first = h.drain();
+    let in_dialog = |cseq: u32, expires: u32| {
+        format!(
+            "SUBSCRIBE sip:192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKu{cseq}\r\n\
+             From: <sip:w1@fabrikam.com>;tag=f1\r\nTo: <{ENDPOINT}>;tag={tag}\r\nCall-ID: call-1\r\n\
+             CSeq: {cseq} SUBSCRIBE\r\nContact: <sip:w1@10.0.0.1>\r\nEvent: presence\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    // The first NOTIFY is still unanswered when the watcher unsubscribes.
+    assert_eq!(h.answer(&in_dialog(2, 0), 1).code, 200);
+    assert!(h.drain().is_empty(), "one NOTIFY at a time");
+    h.reply(&first[0].1, 200);
+    let last = h.drain();
+    assert_eq!(last.len(), 1, "the final NOTIFY follows");
+    assert_eq!(
+        header(&last[0].1, "Subscription-State"),
+        "terminated;reason=timeout"
+    );
+    assert_eq!(h.notifier.stats().active, 1);
+    h.reply(&last[0].1, 200);
+    assert_eq!(h.notifier.stats().active, 0);
+}

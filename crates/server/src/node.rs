@@ -239,7 +239,14 @@ impl EventLoop {
             while let Some(output) = self.layer.poll_output() {
                 progressed = true;
                 match output {
-                    Output::Send { to, bytes } => self.send(&to, bytes).await,
+                    Output::Send { id, to, bytes } => {
+                        // A send that cannot happen (the connection is gone)
+                        // ends the transaction now rather than at its timeout.
+                        if let Err(e) = self.transport.send(&to, bytes).await {
+                            tracing::debug!(?to, "send failed: {e}");
+                            self.layer.transport_error(&id, now);
+                        }
+                    }
                     Output::Response { id, response } => {
                         if !self.presence.on_response(&id.branch, &response, now) {
                             tracing::debug!(?id, "stray response");

@@ -111,6 +111,9 @@ pub enum TxId {
 pub enum Output<C> {
     /// Transmit to the peer described by the transaction's context.
     Send {
+        /// Which transaction, to report a failed send with
+        /// [`TransactionLayer::transport_error`].
+        id: TxId,
         /// Where.
         to: C,
         /// What.
@@ -350,7 +353,11 @@ impl<C: Clone> TransactionLayer<C> {
                 return;
             };
             match action {
-                Action::Send(bytes) => self.outputs.push_back(Output::Send { to: context, bytes }),
+                Action::Send(bytes) => self.outputs.push_back(Output::Send {
+                    id: id.clone(),
+                    to: context,
+                    bytes,
+                }),
                 Action::Schedule(timer, after) => {
                     let seq = self.next_seq;
                     self.next_seq += 1;
