@@ -1,0 +1,400 @@
+//! Who may see, message and call an endpoint, and why.
+//!
+//! The model mirrors the provisioning steps UC admins know: edge access
+//! switches, allowed and blocked domains, public providers, and external
+//! access policies (global, per site, named and granted to endpoints).
+//! [`decide`] is the one decision function: pure, and it returns every step
+//! it took, so the same call answers a request and `porchlight explain`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+/// Edge access switches (`[edge]`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeAccess {
+    /// Let users of allowed partner domains in at all.
+    #[serde(default = "yes")]
+    pub allow_federated_users: bool,
+    /// Let domains found through DNS (not listed as allowed) in.
+    #[serde(default)]
+    pub enable_partner_discovery: bool,
+    /// Let users of enabled public providers in.
+    #[serde(default)]
+    pub allow_public_providers: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for EdgeAccess {
+    fn default() -> Self {
+        EdgeAccess {
+            allow_federated_users: true,
+            enable_partner_discovery: false,
+            allow_public_providers: false,
+        }
+    }
+}
+
+/// An allowed partner domain.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedDomain {
+    /// The domain.
+    pub domain: String,
+    /// A proxy to use instead of DNS discovery.
+    #[serde(default)]
+    pub proxy_fqdn: Option<String>,
+}
+
+/// A public provider (`[[provider]]`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PublicProvider {
+    /// Its name, for logs and explanations.
+    pub name: String,
+    /// Its edge.
+    #[serde(default)]
+    pub proxy_fqdn: Option<String>,
+    /// The user domains it serves.
+    pub domains: Vec<String>,
+    /// Switched on.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+/// An external access policy: what outsiders may do with an endpoint.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessPolicy {
+    /// Partners (allowed or discovered) may reach the endpoint.
+    #[serde(default)]
+    pub federation: bool,
+    /// Public-provider users may reach the endpoint.
+    #[serde(default)]
+    pub public_providers: bool,
+    /// Public-provider users may call it (audio is its own switch).
+    #[serde(default)]
+    pub public_provider_audio: bool,
+    /// Presence may be shown.
+    #[serde(default = "yes")]
+    pub presence: bool,
+    /// IM may be delivered.
+    #[serde(default = "yes")]
+    pub im: bool,
+    /// Calls may be put through.
+    #[serde(default = "yes")]
+    pub audio: bool,
+}
+
+/// The whole policy configuration.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Edge switches.
+    #[serde(default)]
+    pub edge: EdgeAccess,
+    /// Allowed partner domains.
+    #[serde(default)]
+    pub allowed_domains: Vec<AllowedDomain>,
+    /// Blocked domains (a suffix match: `example.com` blocks `sub.example.com`).
+    #[serde(default)]
+    pub blocked_domains: Vec<String>,
+    /// Public providers.
+    #[serde(default, rename = "provider")]
+    pub providers: Vec<PublicProvider>,
+    /// The global external access policy.
+    #[serde(default)]
+    pub global_policy: AccessPolicy,
+    /// Per-site policies, by site name.
+    #[serde(default)]
+    pub site_policies: BTreeMap<String, AccessPolicy>,
+    /// Named policies, granted to endpoints by name.
+    #[serde(default)]
+    pub policies: BTreeMap<String, AccessPolicy>,
+}
+
+/// Why a policy configuration cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// A domain is both allowed and blocked.
+    #[error("{0} is both allowed and blocked: remove it from one of allowed_domains and blocked_domains")]
+    AllowedAndBlocked(String),
+    /// A grant names no policy.
+    #[error("endpoint {endpoint} is granted policy {policy:?}, which is not defined: add [policies.{policy}] or fix the name")]
+    UnknownGrant {
+        /// The endpoint.
+        endpoint: String,
+        /// The missing policy.
+        policy: String,
+    },
+}
+
+impl PolicyConfig {
+    /// Checks the configuration as a whole; `grants` are (endpoint, policy name).
+    pub fn validate<'a>(
+        &self,
+        grants: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), PolicyError> {
+        for allowed in &self.allowed_domains {
+            if self.blocked_by(&allowed.domain).is_some() {
+                return Err(PolicyError::AllowedAndBlocked(allowed.domain.clone()));
+            }
+        }
+        for (endpoint, policy) in grants {
+            if !self.policies.contains_key(policy) {
+                return Err(PolicyError::UnknownGrant {
+                    endpoint: endpoint.to_owned(),
+                    policy: policy.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn blocked_by(&self, domain: &str) -> Option<&str> {
+        self.blocked_domains
+            .iter()
+            .find(|b| domain_matches(domain, b))
+            .map(String::as_str)
+    }
+}
+
+/// `domain` is `pattern` or a subdomain of it (case-insensitive).
+fn domain_matches(domain: &str, pattern: &str) -> bool {
+    let (d, p) = (domain.trim_end_matches('.'), pattern.trim_end_matches('.'));
+    d.eq_ignore_ascii_case(p)
+        || (d.len() > p.len()
+            && d.as_bytes()[d.len() - p.len() - 1] == b'.'
+            && d[d.len() - p.len()..].eq_ignore_ascii_case(p))
+}
+
+/// What the request wants to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Modality {
+    /// Subscribe to presence.
+    Presence,
+    /// Send IM.
+    Im,
+    /// Call.
+    Audio,
+}
+
+impl Modality {
+    /// Parses `presence`, `im`, `audio`.
+    pub fn from_name(name: &str) -> Option<Modality> {
+        match name.to_ascii_lowercase().as_str() {
+            "presence" => Some(Modality::Presence),
+            "im" | "message" => Some(Modality::Im),
+            "audio" | "call" => Some(Modality::Audio),
+            _ => None,
+        }
+    }
+}
+
+/// The target endpoint's place in the policy.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Target<'a> {
+    /// The endpoint's URI, for explanations.
+    pub uri: &'a str,
+    /// The policy granted to it, if any.
+    pub grant: Option<&'a str>,
+    /// Its site, if any.
+    pub site: Option<&'a str>,
+}
+
+/// One request crossing the boundary.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The sender's domain (From).
+    pub from_domain: &'a str,
+    /// The domains the peer's certificate proves (RFC 5922); None when the
+    /// request did not come over mutual TLS.
+    pub peer_domains: Option<&'a [String]>,
+    /// The target.
+    pub target: Target<'a>,
+    /// What it wants.
+    pub modality: Modality,
+}
+
+/// How the sender's domain is classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Listed in allowed_domains.
+    AllowedPartner,
+    /// Not listed, reached through discovery.
+    DiscoveredPartner,
+    /// A user of this public provider.
+    PublicProvider(String),
+    /// Matched this blocked entry.
+    Blocked(String),
+}
+
+/// The outcome, with every step that led to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Let in or not.
+    pub allowed: bool,
+    /// The classification, when one was reached.
+    pub class: Option<Class>,
+    /// Each check in order, as a sentence an admin can read.
+    pub steps: Vec<String>,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, step) in self.steps.iter().enumerate() {
+            writeln!(f, "{}. {step}", i + 1)?;
+        }
+        write!(f, "=> {}", if self.allowed { "ALLOW" } else { "DENY" })
+    }
+}
+
+/// Decides whether `request` may cross the edge. A request is allowed only
+/// when the sender's identity holds, its domain's classification and the
+/// edge switch for that class allow it, and the target's effective policy
+/// (endpoint grant, else site, else global) allows that class and modality.
+pub fn decide(config: &PolicyConfig, request: &Request<'_>) -> Decision {
+    let mut steps = Vec::new();
+    let deny = |steps: Vec<String>, class| Decision {
+        allowed: false,
+        class,
+        steps,
+    };
+    let from = request.from_domain;
+
+    // 1. Identity: the From domain must be one the TLS peer speaks for.
+    let provider_of_peer = |peer: &[String]| {
+        config.providers.iter().find(|p| {
+            p.domains.iter().any(|d| d.eq_ignore_ascii_case(from))
+                && peer.iter().any(|pd| {
+                    p.proxy_fqdn
+                        .as_deref()
+                        .is_some_and(|fqdn| pd.eq_ignore_ascii_case(fqdn))
+                        || p.domains.iter().any(|d| d.eq_ignore_ascii_case(pd))
+                })
+        })
+    };
+    match request.peer_domains {
+        Some(peer) if peer.iter().any(|d| d.eq_ignore_ascii_case(from)) => {
+            steps.push(format!("peer certificate proves {from}: identity verified"));
+        }
+        Some(peer) if provider_of_peer(peer).is_some() => {
+            let p = provider_of_peer(peer).expect("checked");
+            steps.push(format!(
+                "peer certificate ({}) is public provider {}, which serves {from}: identity verified",
+                peer.join(", "),
+                p.name
+            ));
+        }
+        Some(peer) => {
+            steps.push(format!(
+                "From domain {from} does not match the peer certificate ({}): refused as spoofed",
+                peer.join(", ")
+            ));
+            return deny(steps, None);
+        }
+        None => {
+            steps.push(format!(
+                "no mutual-TLS identity: {from} is not verified, so it cannot be a partner or provider"
+            ));
+            return deny(steps, None);
+        }
+    }
+
+    // 2. Classification, blocked first.
+    let class = if let Some(entry) = config.blocked_by(from) {
+        steps.push(format!("{from} matches blocked domain {entry}"));
+        return deny(steps, Some(Class::Blocked(entry.to_owned())));
+    } else if config
+        .allowed_domains
+        .iter()
+        .any(|a| a.domain.eq_ignore_ascii_case(from))
+    {
+        steps.push(format!("{from} is an allowed partner domain"));
+        Class::AllowedPartner
+    } else if let Some(p) = config
+        .providers
+        .iter()
+        .find(|p| p.domains.iter().any(|d| d.eq_ignore_ascii_case(from)))
+    {
+        if !p.enabled {
+            steps.push(format!(
+                "{from} belongs to public provider {}, which is disabled",
+                p.name
+            ));
+            return deny(steps, Some(Class::PublicProvider(p.name.clone())));
+        }
+        steps.push(format!("{from} belongs to public provider {}", p.name));
+        Class::PublicProvider(p.name.clone())
+    } else {
+        steps.push(format!(
+            "{from} is neither allowed, blocked nor a provider: a discovered partner"
+        ));
+        Class::DiscoveredPartner
+    };
+
+    // 3. The edge switch for that class.
+    let (switch, on) = match class {
+        Class::AllowedPartner => ("allow_federated_users", config.edge.allow_federated_users),
+        Class::DiscoveredPartner => (
+            "enable_partner_discovery",
+            config.edge.allow_federated_users && config.edge.enable_partner_discovery,
+        ),
+        Class::PublicProvider(_) => ("allow_public_providers", config.edge.allow_public_providers),
+        Class::Blocked(_) => unreachable!("returned above"),
+    };
+    steps.push(format!(
+        "edge: {switch} is {}",
+        if on { "on" } else { "off" }
+    ));
+    if !on {
+        return deny(steps, Some(class));
+    }
+
+    // 4. The target's effective policy.
+    let t = request.target;
+    let (scope, policy) = match (
+        t.grant.and_then(|g| config.policies.get(g).map(|p| (g, p))),
+        t.site
+            .and_then(|s| config.site_policies.get(s).map(|p| (s, p))),
+    ) {
+        (Some((name, p)), _) => (format!("policy {name} granted to {}", t.uri), p),
+        (None, Some((site, p))) => (format!("site policy {site}"), p),
+        (None, None) => ("the global policy".to_owned(), &config.global_policy),
+    };
+    let (access, access_name) = match class {
+        Class::PublicProvider(_) => (policy.public_providers, "public_providers"),
+        _ => (policy.federation, "federation"),
+    };
+    steps.push(format!(
+        "{} applies: {access_name} access is {}",
+        scope,
+        if access { "on" } else { "off" }
+    ));
+    if !access {
+        return deny(steps, Some(class));
+    }
+    let (modality_on, modality_name) = match request.modality {
+        Modality::Presence => (policy.presence, "presence"),
+        Modality::Im => (policy.im, "im"),
+        Modality::Audio if matches!(class, Class::PublicProvider(_)) => (
+            policy.audio && policy.public_provider_audio,
+            "audio (public_provider_audio)",
+        ),
+        Modality::Audio => (policy.audio, "audio"),
+    };
+    steps.push(format!(
+        "{modality_name} is {}",
+        if modality_on { "on" } else { "off" }
+    ));
+    Decision {
+        allowed: modality_on,
+        class: Some(class),
+        steps,
+    }
+}

@@ -1,0 +1,359 @@
+//! Table-driven tests of the decision function: every switch and every
+//! precedence rule, each with the step that explains it.
+
+use porchlight_policy::{decide, Class, Modality, PolicyConfig, PolicyError, Request, Target};
+
+const BASE: &str = r#"
+edge = { allow_federated_users = true, enable_partner_discovery = true, allow_public_providers = true }
+allowed_domains = [{ domain = "fabrikam.com" }, { domain = "partner.example", proxy_fqdn = "sip.partner.example" }]
+blocked_domains = ["evil.example", "spam.test"]
+global_policy = { federation = true, public_providers = true, public_provider_audio = false }
+
+[[provider]]
+name = "PublicIM"
+proxy_fqdn = "federation.publicim.example"
+domains = ["publicim.example", "chat.example"]
+
+[[provider]]
+name = "Retired"
+domains = ["retired.example"]
+enabled = false
+
+[site_policies.berlin]
+federation = true
+public_providers = false
+
+[policies.partners-only]
+federation = true
+public_providers = false
+audio = false
+
+[policies.open]
+federation = true
+public_providers = true
+public_provider_audio = true
+"#;
+
+struct Case {
+    name: &'static str,
+    edit: fn(&mut PolicyConfig),
+    from: &'static str,
+    peer: &'static [&'static str],
+    grant: Option<&'static str>,
+    site: Option<&'static str>,
+    modality: Modality,
+    allowed: bool,
+    class: Option<Class>,
+    explains: &'static str,
+}
+
+fn keep(_: &mut PolicyConfig) {}
+
+fn cases() -> Vec<Case> {
+    use Modality::*;
+    let base = |name, from, peer, modality, allowed, class, explains| Case {
+        name,
+        edit: keep,
+        from,
+        peer,
+        grant: None,
+        site: None,
+        modality,
+        allowed,
+        class,
+        explains,
+    };
+    vec![
+        base(
+            "allowed partner, presence",
+            "fabrikam.com",
+            &["fabrikam.com"],
+            Presence,
+            true,
+            Some(Class::AllowedPartner),
+            "allowed partner domain",
+        ),
+        base(
+            "case-insensitive domains",
+            "Fabrikam.COM",
+            &["fabrikam.com"],
+            Im,
+            true,
+            Some(Class::AllowedPartner),
+            "identity verified",
+        ),
+        base(
+            "spoofed From domain",
+            "fabrikam.com",
+            &["evil.example"],
+            Presence,
+            false,
+            None,
+            "refused as spoofed",
+        ),
+        base(
+            "no mutual TLS",
+            "fabrikam.com",
+            &[],
+            Presence,
+            false,
+            None,
+            "no mutual-TLS identity",
+        ),
+        base(
+            "blocked domain",
+            "evil.example",
+            &["evil.example"],
+            Presence,
+            false,
+            Some(Class::Blocked("evil.example".into())),
+            "matches blocked domain evil.example",
+        ),
+        base(
+            "blocked by suffix",
+            "mail.spam.test",
+            &["mail.spam.test"],
+            Presence,
+            false,
+            Some(Class::Blocked("spam.test".into())),
+            "blocked domain spam.test",
+        ),
+        base(
+            "suffix match needs a dot",
+            "notevil.example",
+            &["notevil.example"],
+            Presence,
+            true,
+            Some(Class::DiscoveredPartner),
+            "discovered partner",
+        ),
+        base(
+            "discovered partner",
+            "contoso.net",
+            &["contoso.net"],
+            Presence,
+            true,
+            Some(Class::DiscoveredPartner),
+            "enable_partner_discovery is on",
+        ),
+        Case {
+            edit: |c| c.edge.enable_partner_discovery = false,
+            ..base(
+                "discovery off",
+                "contoso.net",
+                &["contoso.net"],
+                Presence,
+                false,
+                Some(Class::DiscoveredPartner),
+                "enable_partner_discovery is off",
+            )
+        },
+        Case {
+            edit: |c| c.edge.allow_federated_users = false,
+            ..base(
+                "federation switched off at the edge",
+                "fabrikam.com",
+                &["fabrikam.com"],
+                Presence,
+                false,
+                Some(Class::AllowedPartner),
+                "allow_federated_users is off",
+            )
+        },
+        Case {
+            edit: |c| c.edge.allow_federated_users = false,
+            ..base(
+                "discovery needs federation too",
+                "contoso.net",
+                &["contoso.net"],
+                Presence,
+                false,
+                Some(Class::DiscoveredPartner),
+                "enable_partner_discovery is off",
+            )
+        },
+        base(
+            "provider user via provider edge",
+            "chat.example",
+            &["federation.publicim.example"],
+            Presence,
+            true,
+            Some(Class::PublicProvider("PublicIM".into())),
+            "public provider PublicIM, which serves chat.example",
+        ),
+        Case {
+            edit: |c| c.edge.allow_public_providers = false,
+            ..base(
+                "providers switched off",
+                "publicim.example",
+                &["publicim.example"],
+                Presence,
+                false,
+                Some(Class::PublicProvider("PublicIM".into())),
+                "allow_public_providers is off",
+            )
+        },
+        base(
+            "disabled provider",
+            "retired.example",
+            &["retired.example"],
+            Presence,
+            false,
+            Some(Class::PublicProvider("Retired".into())),
+            "which is disabled",
+        ),
+        base(
+            "provider audio is its own switch",
+            "publicim.example",
+            &["publicim.example"],
+            Audio,
+            false,
+            Some(Class::PublicProvider("PublicIM".into())),
+            "audio (public_provider_audio) is off",
+        ),
+        base(
+            "partner audio",
+            "fabrikam.com",
+            &["fabrikam.com"],
+            Audio,
+            true,
+            Some(Class::AllowedPartner),
+            "audio is on",
+        ),
+        Case {
+            edit: |c| c.global_policy.federation = false,
+            ..base(
+                "global policy without federation",
+                "fabrikam.com",
+                &["fabrikam.com"],
+                Presence,
+                false,
+                Some(Class::AllowedPartner),
+                "the global policy applies: federation access is off",
+            )
+        },
+        Case {
+            edit: |c| c.global_policy.presence = false,
+            ..base(
+                "presence switched off",
+                "fabrikam.com",
+                &["fabrikam.com"],
+                Presence,
+                false,
+                Some(Class::AllowedPartner),
+                "presence is off",
+            )
+        },
+        Case {
+            edit: |c| c.global_policy.im = false,
+            ..base(
+                "IM switched off, presence still on",
+                "fabrikam.com",
+                &["fabrikam.com"],
+                Im,
+                false,
+                Some(Class::AllowedPartner),
+                "im is off",
+            )
+        },
+        Case {
+            site: Some("berlin"),
+            ..base(
+                "site policy beats global",
+                "publicim.example",
+                &["publicim.example"],
+                Presence,
+                false,
+                Some(Class::PublicProvider("PublicIM".into())),
+                "site policy berlin applies: public_providers access is off",
+            )
+        },
+        Case {
+            site: Some("berlin"),
+            grant: Some("open"),
+            ..base(
+                "endpoint grant beats site",
+                "publicim.example",
+                &["publicim.example"],
+                Audio,
+                true,
+                Some(Class::PublicProvider("PublicIM".into())),
+                "policy open granted to sip:helpdesk@contoso.com",
+            )
+        },
+        Case {
+            grant: Some("partners-only"),
+            ..base(
+                "grant turns audio off",
+                "fabrikam.com",
+                &["fabrikam.com"],
+                Audio,
+                false,
+                Some(Class::AllowedPartner),
+                "audio is off",
+            )
+        },
+        Case {
+            site: Some("nowhere"),
+            ..base(
+                "unknown site falls back to global",
+                "fabrikam.com",
+                &["fabrikam.com"],
+                Presence,
+                true,
+                Some(Class::AllowedPartner),
+                "the global policy applies",
+            )
+        },
+    ]
+}
+
+#[test]
+fn every_switch_and_precedence_rule() {
+    let base: PolicyConfig = toml::from_str(BASE).unwrap();
+    for case in cases() {
+        let mut config = base.clone();
+        (case.edit)(&mut config);
+        let peer: Vec<String> = case.peer.iter().map(|s| s.to_string()).collect();
+        let decision = decide(
+            &config,
+            &Request {
+                from_domain: case.from,
+                peer_domains: (!peer.is_empty()).then_some(peer.as_slice()),
+                target: Target {
+                    uri: "sip:helpdesk@contoso.com",
+                    grant: case.grant,
+                    site: case.site,
+                },
+                modality: case.modality,
+            },
+        );
+        assert_eq!(decision.allowed, case.allowed, "{}:\n{decision}", case.name);
+        assert_eq!(decision.class, case.class, "{}:\n{decision}", case.name);
+        assert!(
+            decision.steps.iter().any(|s| s.contains(case.explains)),
+            "{}: no step says {:?}:\n{decision}",
+            case.name,
+            case.explains
+        );
+    }
+}
+
+#[test]
+fn configuration_errors_say_what_to_fix() {
+    let mut config: PolicyConfig = toml::from_str(BASE).unwrap();
+    assert_eq!(
+        config.validate([("sip:helpdesk@contoso.com", "open")]),
+        Ok(())
+    );
+    let err = config
+        .validate([("sip:helpdesk@contoso.com", "missing")])
+        .unwrap_err();
+    assert!(err.to_string().contains("add [policies.missing]"));
+    config.blocked_domains.push("partner.example".into());
+    assert_eq!(
+        config.validate([]),
+        Err(PolicyError::AllowedAndBlocked("partner.example".into()))
+    );
+    assert!(toml::from_str::<PolicyConfig>("edge = { allow_everything = true }").is_err());
+}
