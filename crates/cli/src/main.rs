@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use porchlight_policy::Modality;
 use porchlight_server::{Config, Node, DEFAULT_CONFIG};
 
 #[derive(Parser)]
@@ -40,6 +41,25 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Show each step of the policy decision for a request from outside.
+    Explain {
+        /// The sender, e.g. sip:alice@fabrikam.com.
+        #[arg(long)]
+        from: String,
+        /// The endpoint, e.g. sip:helpdesk@contoso.com.
+        #[arg(long)]
+        to: String,
+        /// presence, im or audio.
+        #[arg(long, default_value = "presence")]
+        kind: String,
+        /// A domain the peer's TLS certificate proves (repeat for several);
+        /// without it the request is taken as not over mutual TLS.
+        #[arg(long)]
+        peer: Vec<String>,
+        /// Configuration file (TOML); embedded defaults otherwise.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -126,6 +146,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             print!("{DEFAULT_CONFIG}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain {
+            from,
+            to,
+            kind,
+            peer,
+            config,
+        } => {
+            let config = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::embedded(),
+            };
+            let modality = Modality::from_name(&kind)
+                .with_context(|| format!("--kind {kind:?}: use presence, im or audio"))?;
+            let peer = (!peer.is_empty()).then_some(peer.as_slice());
+            let Some(decision) = porchlight_server::explain(&config, &from, &to, modality, peer)
+            else {
+                println!("{to} is not an endpoint of this node: the request is answered 404");
+                return Ok(ExitCode::FAILURE);
+            };
+            println!("{from} -> {to} ({kind})\n{decision}");
+            Ok(if decision.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Config {
             command: ConfigCommand::Check { file },

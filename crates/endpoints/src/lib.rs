@@ -54,6 +54,12 @@ pub struct EndpointConfig {
     /// Where IM goes for apps that speak only HTTP.
     #[serde(default)]
     pub webhook: Option<String>,
+    /// The named external access policy granted to this endpoint.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// The site whose policy applies when no policy is granted.
+    #[serde(default)]
+    pub site: Option<String>,
 }
 
 fn default_capabilities() -> Vec<String> {

@@ -24,6 +24,14 @@ pub struct EdgeAccess {
     /// Let users of enabled public providers in.
     #[serde(default)]
     pub allow_public_providers: bool,
+    /// Internal networks (CIDR): requests from them are the inside of the
+    /// edge and are not subject to federation policy.
+    #[serde(default = "loopback")]
+    pub trusted_networks: Vec<String>,
+}
+
+fn loopback() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1/128".into()]
 }
 
 fn yes() -> bool {
@@ -36,7 +44,52 @@ impl Default for EdgeAccess {
             allow_federated_users: true,
             enable_partner_discovery: false,
             allow_public_providers: false,
+            trusted_networks: loopback(),
         }
+    }
+}
+
+/// An IP network in CIDR notation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    address: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// Parses `10.0.0.0/8`, `::1/128`, or a bare address.
+    pub fn parse(text: &str) -> Option<Network> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, p.parse().ok()?),
+            None => {
+                let address: std::net::IpAddr = text.parse().ok()?;
+                (address, if address.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if matches!(address, std::net::IpAddr::V4(_)) {
+            32
+        } else {
+            128
+        };
+        (prefix <= max).then_some(Network { address, prefix })
+    }
+
+    /// Whether `ip` is inside.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let bits = |ip: std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(a) => (u128::from(u32::from(a)) << 96, 32u32),
+            std::net::IpAddr::V6(a) => (u128::from(a), 128),
+        };
+        let ((net, width), (addr, addr_width)) = (bits(self.address), bits(ip));
+        if width != addr_width {
+            return false;
+        }
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        net & mask == addr & mask
     }
 }
 
@@ -124,6 +177,9 @@ pub enum PolicyError {
     /// A domain is both allowed and blocked.
     #[error("{0} is both allowed and blocked: remove it from one of allowed_domains and blocked_domains")]
     AllowedAndBlocked(String),
+    /// A trusted network that is not CIDR.
+    #[error("trusted network {0:?} is not an address or CIDR network like \"10.0.0.0/8\"")]
+    Network(String),
     /// A grant names no policy.
     #[error("endpoint {endpoint} is granted policy {policy:?}, which is not defined: add [policies.{policy}] or fix the name")]
     UnknownGrant {
@@ -140,6 +196,11 @@ impl PolicyConfig {
         &self,
         grants: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<(), PolicyError> {
+        for network in &self.edge.trusted_networks {
+            if Network::parse(network).is_none() {
+                return Err(PolicyError::Network(network.clone()));
+            }
+        }
         for allowed in &self.allowed_domains {
             if self.blocked_by(&allowed.domain).is_some() {
                 return Err(PolicyError::AllowedAndBlocked(allowed.domain.clone()));
@@ -154,6 +215,15 @@ impl PolicyConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether a source address is on the trusted inside of the edge.
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.edge
+            .trusted_networks
+            .iter()
+            .filter_map(|n| Network::parse(n))
+            .any(|n| n.contains(ip))
     }
 
     fn blocked_by(&self, domain: &str) -> Option<&str> {

@@ -357,3 +357,27 @@ fn configuration_errors_say_what_to_fix() {
     );
     assert!(toml::from_str::<PolicyConfig>("edge = { allow_everything = true }").is_err());
 }
+
+#[test]
+fn trusted_networks() {
+    let mut config = PolicyConfig::default();
+    assert!(config.is_trusted("127.0.0.1".parse().unwrap()));
+    assert!(config.is_trusted("::1".parse().unwrap()));
+    assert!(!config.is_trusted("192.0.2.1".parse().unwrap()));
+    config.edge.trusted_networks = vec![
+        "10.1.0.0/16".into(),
+        "2001:db8::/32".into(),
+        "192.0.2.7".into(),
+    ];
+    assert!(config.is_trusted("10.1.255.3".parse().unwrap()));
+    assert!(!config.is_trusted("10.2.0.1".parse().unwrap()));
+    assert!(config.is_trusted("2001:db8::5".parse().unwrap()));
+    assert!(config.is_trusted("192.0.2.7".parse().unwrap()));
+    assert!(!config.is_trusted("192.0.2.8".parse().unwrap()));
+    config.edge.trusted_networks.push("10.0.0.0/33".into());
+    assert!(config
+        .validate([])
+        .unwrap_err()
+        .to_string()
+        .contains("CIDR"));
+}

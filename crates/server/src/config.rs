@@ -43,6 +43,14 @@ pub enum ConfigError {
         /// What to change.
         fix: &'static str,
     },
+    /// The `[policy]` section is inconsistent.
+    #[error("{origin}: [policy]: {source}")]
+    Policy {
+        /// File name.
+        origin: String,
+        /// What is wrong, with the fix.
+        source: porchlight_policy::PolicyError,
+    },
     /// An `[[endpoint]]` declaration is unusable.
     #[error("{origin}:{line}: {source}")]
     Endpoint {
@@ -233,6 +241,9 @@ pub struct Config {
     pub presence: PresenceSection,
     /// Registrar.
     pub registrar: RegistrarSection,
+    /// Federation and external-access policy.
+    #[serde(default)]
+    pub policy: porchlight_policy::PolicyConfig,
     /// Application endpoints.
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<porchlight_endpoints::EndpointConfig>,
@@ -314,6 +325,17 @@ impl Config {
                 source,
             }
         })?;
+        let grants = config
+            .endpoints
+            .iter()
+            .filter_map(|e| e.policy.as_deref().map(|p| (e.uri.as_str(), p)));
+        config
+            .policy
+            .validate(grants)
+            .map_err(|source| ConfigError::Policy {
+                origin: origin.to_owned(),
+                source,
+            })?;
         Ok(config)
     }
 

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use porchlight_endpoints::digest::DigestAuth;
 use porchlight_endpoints::{Directory, Registrar, RegistrarConfig, Sources};
+use porchlight_policy::{
+    decide, Decision, Modality, PolicyConfig, Request as PolicyRequest, Target as PolicyTarget,
+};
 use porchlight_presence::xml_in::{parse_category_publish, parse_pidf};
 use porchlight_presence::{
     Authorization, FlowInfo, Notifier, NotifierConfig, NotifyRef, Publications, PublishBounds,
@@ -65,15 +68,75 @@ pub struct OutgoingRequest {
 
 const KEEPALIVE_BRANCH: &str = "z9hG4bKka";
 
-/// The one place subscription decisions are made. The local default lets
-/// every watcher see every endpoint; federation policy replaces it.
-fn authorize_subscription(_endpoint: u32, _watcher: &str) -> Authorization {
-    Authorization::Allow
+/// The one place subscription decisions are made: requests from trusted
+/// networks are the inside of the edge; any other goes through the
+/// federation policy. Refusals are a plain 403 outside and every step in
+/// the log.
+fn authorize_subscription(
+    policy: &PolicyConfig,
+    directory: &Directory,
+    origin: &Origin,
+    endpoint: u32,
+    watcher: &str,
+) -> Authorization {
+    if policy.is_trusted(origin.source.ip()) {
+        return Authorization::Allow;
+    }
+    let decision = explain(
+        policy,
+        directory,
+        origin.peer.as_deref().map(|p| p.domains.as_slice()),
+        watcher,
+        endpoint as usize,
+        Modality::Presence,
+    );
+    if decision.allowed {
+        return Authorization::Allow;
+    }
+    tracing::info!(
+        watcher,
+        endpoint = %directory.endpoints()[endpoint as usize].identity.uri,
+        source = %origin.source,
+        "subscription refused:\n{decision}"
+    );
+    Authorization::Deny {
+        code: 403,
+        reason: "Forbidden".into(),
+    }
+}
+
+/// Runs the policy decision for `from` (a SIP URI) reaching an endpoint.
+pub fn explain(
+    policy: &PolicyConfig,
+    directory: &Directory,
+    peer_domains: Option<&[String]>,
+    from: &str,
+    endpoint: usize,
+    modality: Modality,
+) -> Decision {
+    let from_domain = porchlight_presence::aor(from)
+        .map(|a| a.rsplit('@').next().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    let e = &directory.endpoints()[endpoint];
+    decide(
+        policy,
+        &PolicyRequest {
+            from_domain: &from_domain,
+            peer_domains,
+            target: PolicyTarget {
+                uri: &e.identity.uri,
+                grant: e.config.policy.as_deref(),
+                site: e.config.site.as_deref(),
+            },
+            modality,
+        },
+    )
 }
 
 /// Presence state and protocol handling of one node.
 pub struct PresenceService {
     directory: Directory,
+    policy: PolicyConfig,
     notifier: Notifier<FlowKey>,
     registrar: Registrar<FlowInfo<FlowKey>>,
     publications: Publications,
@@ -150,6 +213,7 @@ impl PresenceService {
         let mut service = PresenceService {
             health: vec![(None, 0); directory.endpoints().len()],
             directory,
+            policy: config.policy.clone(),
             notifier,
             registrar,
             publications,
@@ -208,12 +272,14 @@ impl PresenceService {
         match request.method().unwrap_or_default() {
             "SUBSCRIBE" => {
                 let flow = flow_info(origin, request);
-                let directory = &self.directory;
+                let (directory, policy) = (&self.directory, &self.policy);
                 self.notifier.subscribe(
                     request,
                     flow,
                     &|uri| directory.resolve(uri).map(|i| i as u32),
-                    &authorize_subscription,
+                    &|endpoint, watcher| {
+                        authorize_subscription(policy, directory, origin, endpoint, watcher)
+                    },
                     now,
                 )
             }

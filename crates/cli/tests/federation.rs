@@ -1,0 +1,221 @@
+//! Federation policy on the real binary over mutual TLS, with certificates
+//! issued in the test: a partner's SUBSCRIBE is let in or refused by the
+//! policy, a spoofed From domain is refused, and `porchlight explain` gives
+//! the same verdict with its reasons.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use porchlight_sip::MessageWriter;
+use porchlight_transport::pki::{AltName, CertificateAuthority};
+use porchlight_transport::{
+    ClientAuth, Protocol, Received, Target, TlsSettings, Transport, TransportConfig,
+};
+
+struct Pki {
+    ca: CertificateAuthority,
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = temp_dir(name);
+        let ca = CertificateAuthority::new("federation CA").unwrap();
+        let edge = ca
+            .issue(
+                "contoso.com",
+                &[AltName::Uri("sip:contoso.com"), AltName::Dns("contoso.com")],
+            )
+            .unwrap();
+        std::fs::write(dir.join("edge.crt"), &edge.chain_pem).unwrap();
+        std::fs::write(dir.join("edge.key"), &edge.key_pem).unwrap();
+        std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
+        Pki { ca, dir }
+    }
+
+    /// A node config for contoso.com whose loopback is not trusted, so the
+    /// test's TLS peer is an outsider; `policy` replaces parts of [policy].
+    fn config(&self, policy: &[(&str, &str)]) -> String {
+        let mut edits = vec![
+            (
+                "uri = \"sip:helpdesk@porchlight.test\"",
+                "uri = \"sip:helpdesk@contoso.com\"",
+            ),
+            (
+                "trusted_networks = [\"127.0.0.0/8\", \"::1/128\"]",
+                "trusted_networks = []",
+            ),
+        ];
+        edits.extend_from_slice(policy);
+        config(
+            &edits,
+            &format!(
+                "\n[tls]\ncertificate = \"{0}/edge.crt\"\nprivate_key = \"{0}/edge.key\"\ntrusted_cas = \"{0}/ca.pem\"\n",
+                self.dir.display()
+            ),
+        )
+    }
+
+    async fn partner(&self, domain: &str) -> (Transport, tokio::sync::mpsc::Receiver<Received>) {
+        let leaf = self
+            .ca
+            .issue(
+                domain,
+                &[AltName::Uri(&format!("sip:{domain}")), AltName::Dns(domain)],
+            )
+            .unwrap();
+        let tls = TlsSettings::from_pem(
+            leaf.chain_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            self.ca.cert_pem.as_bytes(),
+            ClientAuth::Required,
+        )
+        .unwrap();
+        Transport::bind(TransportConfig {
+            tls_settings: Some(tls),
+            ..TransportConfig::default()
+        })
+        .await
+        .unwrap()
+    }
+}
+
+/// Sends a SUBSCRIBE from `from` over mutual TLS with `partner_domain`'s certificate; returns the status.
+async fn subscribe(pki: &Pki, server: &Server, partner_domain: &str, from: &str) -> u16 {
+    let (transport, mut rx) = pki.partner(partner_domain).await;
+    let mut w = MessageWriter::request("SUBSCRIBE", "sip:helpdesk@contoso.com");
+    w.header(
+        "Via",
+        format!("SIP/2.0/TLS edge.{partner_domain};branch=z9hG4bK-fed"),
+    )
+    .header("Max-Forwards", "70")
+    .header("From", format!("<{from}>;tag=f"))
+    .header("To", "<sip:helpdesk@contoso.com>")
+    .header("Call-ID", format!("fed-{partner_domain}-{from}"))
+    .header("CSeq", "1 SUBSCRIBE")
+    .header(
+        "Contact",
+        format!("<sip:edge.{partner_domain};transport=tls>"),
+    )
+    .header("Event", "presence")
+    .header("Expires", "600");
+    let target = Target::Address {
+        protocol: Protocol::Tls,
+        addr: server.tls,
+        domain: Some("contoso.com".into()),
+    };
+    transport.send(&target, w.finish(b"")).await.unwrap();
+    loop {
+        let received = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an answer")
+            .unwrap();
+        if let Received::Message(m, _) = received {
+            if let Some(status) = m.status().filter(|s| *s >= 200) {
+                return status;
+            }
+        }
+    }
+}
+
+fn explain(server: &Server, from: &str, peer: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args([
+            "explain",
+            "--from",
+            from,
+            "--to",
+            "sip:helpdesk@contoso.com",
+            "--kind",
+            "presence",
+            "--peer",
+            peer,
+            "--config",
+        ])
+        .arg(server.dir.join("porchlight.toml"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partner_subscriptions_follow_the_policy_and_explain_says_why() {
+    let pki = Pki::new("federation");
+    let allowed = "allowed_domains = []                 # e.g.";
+    let fabrikam = "allowed_domains = [{ domain = \"fabrikam.com\" }] #";
+
+    // An allowed partner sees the endpoint.
+    let server = start("fed-allowed", &pki.config(&[(allowed, fabrikam)]));
+    assert_eq!(
+        subscribe(&pki, &server, "fabrikam.com", "sip:alice@fabrikam.com").await,
+        200
+    );
+    let (ok, text) = explain(&server, "sip:alice@fabrikam.com", "fabrikam.com");
+    assert!(
+        ok && text.contains("fabrikam.com is an allowed partner domain")
+            && text.ends_with("=> ALLOW\n"),
+        "{text}"
+    );
+
+    // The same partner claiming another domain is refused as spoofed.
+    assert_eq!(
+        subscribe(
+            &pki,
+            &server,
+            "fabrikam.com",
+            "sip:mallory@contoso-partner.example"
+        )
+        .await,
+        403
+    );
+    let (ok, text) = explain(
+        &server,
+        "sip:mallory@contoso-partner.example",
+        "fabrikam.com",
+    );
+    assert!(!ok && text.contains("refused as spoofed"), "{text}");
+    drop(server);
+
+    // Its domain blocked: refused.
+    let server = start(
+        "fed-blocked",
+        &pki.config(&[(
+            "blocked_domains = []",
+            "blocked_domains = [\"fabrikam.com\"]",
+        )]),
+    );
+    assert_eq!(
+        subscribe(&pki, &server, "fabrikam.com", "sip:alice@fabrikam.com").await,
+        403
+    );
+    let (ok, text) = explain(&server, "sip:alice@fabrikam.com", "fabrikam.com");
+    assert!(
+        !ok && text.contains("matches blocked domain fabrikam.com"),
+        "{text}"
+    );
+    drop(server);
+
+    // An access policy without federation: refused even for an allowed partner.
+    let server = start(
+        "fed-nofederation",
+        &pki.config(&[
+            (allowed, fabrikam),
+            (
+                "[policy.global_policy]\nfederation = true",
+                "[policy.global_policy]\nfederation = false",
+            ),
+        ]),
+    );
+    assert_eq!(
+        subscribe(&pki, &server, "fabrikam.com", "sip:alice@fabrikam.com").await,
+        403
+    );
+    let (ok, text) = explain(&server, "sip:alice@fabrikam.com", "fabrikam.com");
+    assert!(!ok && text.contains("federation access is off"), "{text}");
+}
