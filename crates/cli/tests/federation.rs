@@ -85,8 +85,25 @@ impl Pki {
 
 /// Sends a SUBSCRIBE from `from` over mutual TLS with `partner_domain`'s certificate; returns the status.
 async fn subscribe(pki: &Pki, server: &Server, partner_domain: &str, from: &str) -> u16 {
+    subscribe_to(
+        pki,
+        server,
+        partner_domain,
+        from,
+        "sip:helpdesk@contoso.com",
+    )
+    .await
+}
+
+async fn subscribe_to(
+    pki: &Pki,
+    server: &Server,
+    partner_domain: &str,
+    from: &str,
+    to: &str,
+) -> u16 {
     let (transport, mut rx) = pki.partner(partner_domain).await;
-    let mut w = MessageWriter::request("SUBSCRIBE", "sip:helpdesk@contoso.com");
+    let mut w = MessageWriter::request("SUBSCRIBE", to);
     w.header(
         "Via",
         format!("SIP/2.0/TLS edge.{partner_domain};branch=z9hG4bK-fed"),
@@ -218,4 +235,75 @@ async fn partner_subscriptions_follow_the_policy_and_explain_says_why() {
     );
     let (ok, text) = explain(&server, "sip:alice@fabrikam.com", "fabrikam.com");
     assert!(!ok && text.contains("federation access is off"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovered_partners_are_limited_and_missing_endpoints_can_be_hidden() {
+    let pki = Pki::new("federation-discovered");
+    let server = start(
+        "fed-discovered",
+        &pki.config(&[
+            (
+                "enable_partner_discovery = false",
+                "enable_partner_discovery = true",
+            ),
+            (
+                "discovered_partner_rate = 20",
+                "discovered_partner_rate = 1",
+            ),
+        ]),
+    );
+    // Not listed anywhere: a discovered partner, let in, then held to its rate.
+    assert_eq!(
+        subscribe(
+            &pki,
+            &server,
+            "northwind.example",
+            "sip:ann@northwind.example"
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        subscribe(
+            &pki,
+            &server,
+            "northwind.example",
+            "sip:bob@northwind.example"
+        )
+        .await,
+        403
+    );
+    // An endpoint that does not exist: 404 by default.
+    assert_eq!(
+        subscribe_to(
+            &pki,
+            &server,
+            "fabrikam.com",
+            "sip:a@fabrikam.com",
+            "sip:nobody@contoso.com"
+        )
+        .await,
+        404
+    );
+    drop(server);
+
+    let server = start(
+        "fed-hidden",
+        &pki.config(&[(
+            "hide_missing_endpoints = false",
+            "hide_missing_endpoints = true",
+        )]),
+    );
+    assert_eq!(
+        subscribe_to(
+            &pki,
+            &server,
+            "fabrikam.com",
+            "sip:a@fabrikam.com",
+            "sip:nobody@contoso.com"
+        )
+        .await,
+        403
+    );
 }

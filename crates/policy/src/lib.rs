@@ -28,6 +28,25 @@ pub struct EdgeAccess {
     /// edge and are not subject to federation policy.
     #[serde(default = "loopback")]
     pub trusted_networks: Vec<String>,
+    /// Requests per second one discovered partner domain may make.
+    #[serde(default = "discovered_rate")]
+    pub discovered_partner_rate: u32,
+    /// Distinct local endpoints one discovered partner domain may reach
+    /// (anti-enumeration); 0 means no limit.
+    #[serde(default = "discovered_contacts")]
+    pub discovered_partner_max_contacts: u32,
+    /// Answer 403, not 404, for endpoints that do not exist, so outsiders
+    /// cannot learn which exist.
+    #[serde(default)]
+    pub hide_missing_endpoints: bool,
+}
+
+fn discovered_rate() -> u32 {
+    20
+}
+
+fn discovered_contacts() -> u32 {
+    1000
 }
 
 fn loopback() -> Vec<String> {
@@ -45,7 +64,71 @@ impl Default for EdgeAccess {
             enable_partner_discovery: false,
             allow_public_providers: false,
             trusted_networks: loopback(),
+            discovered_partner_rate: discovered_rate(),
+            discovered_partner_max_contacts: discovered_contacts(),
+            hide_missing_endpoints: false,
         }
+    }
+}
+
+/// Why a discovered partner was held back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitExceeded {
+    /// More requests per second than `discovered_partner_rate`.
+    Rate(u32),
+    /// More distinct endpoints than `discovered_partner_max_contacts`.
+    Contacts(u32),
+}
+
+impl fmt::Display for LimitExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitExceeded::Rate(r) => {
+                write!(f, "discovered partner exceeds {r} requests per second")
+            }
+            LimitExceeded::Contacts(c) => {
+                write!(
+                    f,
+                    "discovered partner would reach more than {c} distinct endpoints"
+                )
+            }
+        }
+    }
+}
+
+/// The state behind the discovered-partner limits: a token bucket and the
+/// set of endpoints reached, per partner domain. Time comes in as seconds.
+#[derive(Debug, Default)]
+pub struct DiscoveredLimits {
+    partners: std::collections::HashMap<String, (f64, f64, std::collections::HashSet<u32>)>,
+}
+
+impl DiscoveredLimits {
+    /// Counts one request from `domain` to `endpoint` at `now_secs`.
+    pub fn admit(
+        &mut self,
+        edge: &EdgeAccess,
+        domain: &str,
+        endpoint: u32,
+        now_secs: f64,
+    ) -> Result<(), LimitExceeded> {
+        let rate = f64::from(edge.discovered_partner_rate);
+        let (tokens, at, reached) = self
+            .partners
+            .entry(domain.to_ascii_lowercase())
+            .or_insert_with(|| (rate, now_secs, Default::default()));
+        *tokens = (*tokens + (now_secs - *at).max(0.0) * rate).min(rate.max(1.0));
+        *at = now_secs;
+        if *tokens < 1.0 {
+            return Err(LimitExceeded::Rate(edge.discovered_partner_rate));
+        }
+        let max = edge.discovered_partner_max_contacts;
+        if max > 0 && !reached.contains(&endpoint) && reached.len() as u32 >= max {
+            return Err(LimitExceeded::Contacts(max));
+        }
+        *tokens -= 1.0;
+        reached.insert(endpoint);
+        Ok(())
     }
 }
 

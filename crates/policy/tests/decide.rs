@@ -1,7 +1,10 @@
 //! Table-driven tests of the decision function: every switch and every
 //! precedence rule, each with the step that explains it.
 
-use porchlight_policy::{decide, Class, Modality, PolicyConfig, PolicyError, Request, Target};
+use porchlight_policy::{
+    decide, Class, DiscoveredLimits, EdgeAccess, LimitExceeded, Modality, PolicyConfig,
+    PolicyError, Request, Target,
+};
 
 const BASE: &str = r#"
 edge = { allow_federated_users = true, enable_partner_discovery = true, allow_public_providers = true }
@@ -380,4 +383,35 @@ fn trusted_networks() {
         .unwrap_err()
         .to_string()
         .contains("CIDR"));
+}
+
+#[test]
+fn discovered_partner_limits() {
+    let edge = EdgeAccess {
+        discovered_partner_rate: 2,
+        discovered_partner_max_contacts: 3,
+        ..EdgeAccess::default()
+    };
+    let mut limits = DiscoveredLimits::default();
+    assert_eq!(limits.admit(&edge, "contoso.net", 1, 0.0), Ok(()));
+    assert_eq!(limits.admit(&edge, "contoso.net", 2, 0.0), Ok(()));
+    assert_eq!(
+        limits.admit(&edge, "contoso.net", 3, 0.0),
+        Err(LimitExceeded::Rate(2))
+    );
+    assert_eq!(
+        limits.admit(&edge, "other.net", 1, 0.0),
+        Ok(()),
+        "each domain has its own bucket"
+    );
+    assert_eq!(limits.admit(&edge, "Contoso.NET", 3, 1.0), Ok(()));
+    assert_eq!(
+        limits.admit(&edge, "contoso.net", 4, 2.0),
+        Err(LimitExceeded::Contacts(3))
+    );
+    assert_eq!(
+        limits.admit(&edge, "contoso.net", 1, 3.0),
+        Ok(()),
+        "endpoints already reached stay reachable"
+    );
 }

@@ -4,13 +4,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use porchlight_endpoints::digest::DigestAuth;
 use porchlight_endpoints::{Directory, Registrar, RegistrarConfig, Sources};
 use porchlight_policy::{
-    decide, Decision, Modality, PolicyConfig, Request as PolicyRequest, Target as PolicyTarget,
+    decide, Class, Decision, DiscoveredLimits, Modality, PolicyConfig, Request as PolicyRequest,
+    Target as PolicyTarget,
 };
 use porchlight_presence::xml_in::{parse_category_publish, parse_pidf};
 use porchlight_presence::{
@@ -75,6 +77,7 @@ const KEEPALIVE_BRANCH: &str = "z9hG4bKka";
 fn authorize_subscription(
     policy: &PolicyConfig,
     directory: &Directory,
+    discovered: &Mutex<DiscoveredLimits>,
     origin: &Origin,
     endpoint: u32,
     watcher: &str,
@@ -82,7 +85,7 @@ fn authorize_subscription(
     if policy.is_trusted(origin.source.ip()) {
         return Authorization::Allow;
     }
-    let decision = explain(
+    let mut decision = explain(
         policy,
         directory,
         origin.peer.as_deref().map(|p| p.domains.as_slice()),
@@ -90,6 +93,21 @@ fn authorize_subscription(
         endpoint as usize,
         Modality::Presence,
     );
+    if decision.allowed && decision.class == Some(Class::DiscoveredPartner) {
+        let domain = porchlight_presence::aor(watcher)
+            .and_then(|a| a.rsplit('@').next().map(str::to_owned))
+            .unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut limits = discovered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(exceeded) = limits.admit(&policy.edge, &domain, endpoint, now) {
+            decision.steps.push(exceeded.to_string());
+            decision.allowed = false;
+        }
+    }
     if decision.allowed {
         return Authorization::Allow;
     }
@@ -137,6 +155,9 @@ pub fn explain(
 pub struct PresenceService {
     directory: Directory,
     policy: PolicyConfig,
+    /// Rate and contact counts of discovered partners; a mutex only because
+    /// the authorization callback borrows the service immutably.
+    discovered: Mutex<DiscoveredLimits>,
     notifier: Notifier<FlowKey>,
     registrar: Registrar<FlowInfo<FlowKey>>,
     publications: Publications,
@@ -214,6 +235,7 @@ impl PresenceService {
             health: vec![(None, 0); directory.endpoints().len()],
             directory,
             policy: config.policy.clone(),
+            discovered: Mutex::new(DiscoveredLimits::default()),
             notifier,
             registrar,
             publications,
@@ -271,14 +293,20 @@ impl PresenceService {
     pub fn handle(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
         match request.method().unwrap_or_default() {
             "SUBSCRIBE" => {
+                if self.hides_missing_endpoint(request, origin) {
+                    return Answer::new(403, "Forbidden");
+                }
                 let flow = flow_info(origin, request);
-                let (directory, policy) = (&self.directory, &self.policy);
+                let (directory, policy, discovered) =
+                    (&self.directory, &self.policy, &self.discovered);
                 self.notifier.subscribe(
                     request,
                     flow,
                     &|uri| directory.resolve(uri).map(|i| i as u32),
                     &|endpoint, watcher| {
-                        authorize_subscription(policy, directory, origin, endpoint, watcher)
+                        authorize_subscription(
+                            policy, directory, discovered, origin, endpoint, watcher,
+                        )
                     },
                     now,
                 )
@@ -288,6 +316,25 @@ impl PresenceService {
             "SERVICE" => self.service(request, origin, now),
             _ => Answer::new(501, "Not Implemented"),
         }
+    }
+
+    /// Whether an outsider's new subscription to an endpoint that does not
+    /// exist should get 403 rather than 404 (`hide_missing_endpoints`).
+    fn hides_missing_endpoint(&self, request: &Message, origin: &Origin) -> bool {
+        let in_dialog = request.to().is_ok_and(|to| to.tag().is_some());
+        let batched = request
+            .content_type()
+            .ok()
+            .flatten()
+            .is_some_and(|ct| ct.is("application/msrtc-adrl-categorylist+xml"));
+        self.policy.edge.hide_missing_endpoints
+            && !in_dialog
+            && !batched
+            && !self.policy.is_trusted(origin.source.ip())
+            && self
+                .directory
+                .resolve(request.request_uri().unwrap_or_default())
+                .is_none()
     }
 
     /// Finds the endpoint a request speaks for and checks it is really that
