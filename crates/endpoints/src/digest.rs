@@ -67,12 +67,16 @@ pub enum Verdict {
 }
 
 /// Issues and checks digest challenges for one realm.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct DigestAuth {
     realm: String,
     secret: u64,
     nonce_lifetime_secs: u64,
     algorithms: Vec<Algorithm>,
+    /// The highest nonce count seen per live nonce, so a captured answer
+    /// cannot be replayed. A mutex because checking borrows immutably.
+    counts: std::sync::Mutex<std::collections::HashMap<String, (u64, u32)>>,
+    serial: std::sync::atomic::AtomicU64,
 }
 
 impl DigestAuth {
@@ -91,17 +95,25 @@ impl DigestAuth {
             secret,
             nonce_lifetime_secs,
             algorithms,
+            counts: Default::default(),
+            serial: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    fn seal(&self, issued: u64) -> String {
-        let mac = Algorithm::Sha256.hex(&format!("{}:{issued}:{}", self.secret, self.realm));
-        format!("{issued:x}.{}", &mac[..24])
+    /// A nonce: issue time and a serial (unique per challenge, so each
+    /// client's nonce counts start afresh), sealed with the secret.
+    fn seal(&self, issued: u64, serial: u64) -> String {
+        let mac =
+            Algorithm::Sha256.hex(&format!("{}:{issued}:{serial}:{}", self.secret, self.realm));
+        format!("{issued:x}.{serial:x}.{}", &mac[..24])
     }
 
     /// The `WWW-Authenticate` values to send, one per algorithm.
     pub fn challenges(&self, now_unix: u64, stale: bool) -> Vec<String> {
-        let nonce = self.seal(now_unix);
+        let serial = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nonce = self.seal(now_unix, serial);
         self.algorithms
             .iter()
             .map(|a| {
@@ -145,33 +157,44 @@ impl DigestAuth {
         if user != username || realm != self.realm {
             return Verdict::Invalid;
         }
-        let Some(issued) = nonce
-            .split_once('.')
-            .and_then(|(t, _)| u64::from_str_radix(t, 16).ok())
-        else {
+        let mut parts = nonce.split('.');
+        let mut field = || parts.next().and_then(|t| u64::from_str_radix(t, 16).ok());
+        let (Some(issued), Some(serial)) = (field(), field()) else {
             return Verdict::Invalid;
         };
-        if self.seal(issued) != nonce {
+        if self.seal(issued, serial) != nonce {
             return Verdict::Invalid;
         }
         let ha1 = algorithm.hex(&format!("{user}:{realm}:{password}"));
         let ha2 = algorithm.hex(&format!("{method}:{uri}"));
-        let expected = match p("qop") {
-            Some(qop) if qop.eq_ignore_ascii_case("auth") => {
-                let (Some(nc), Some(cnonce)) = (p("nc"), p("cnonce")) else {
-                    return Verdict::Invalid;
-                };
-                algorithm.hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}"))
-            }
-            Some(_) => return Verdict::Invalid,
-            None => algorithm.hex(&format!("{ha1}:{nonce}:{ha2}")),
+        // We always offer qop=auth; answers without it (RFC 2069) carry no
+        // nonce count, so their replays could not be told apart.
+        let (Some(qop), Some(nc), Some(cnonce)) = (p("qop"), p("nc"), p("cnonce")) else {
+            return Verdict::Invalid;
         };
+        let Ok(count) = u32::from_str_radix(nc, 16) else {
+            return Verdict::Invalid;
+        };
+        if !qop.eq_ignore_ascii_case("auth") {
+            return Verdict::Invalid;
+        }
+        let expected = algorithm.hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}"));
         if !expected.eq_ignore_ascii_case(response) {
             return Verdict::Invalid;
         }
         if now_unix.saturating_sub(issued) > self.nonce_lifetime_secs || issued > now_unix + 60 {
             return Verdict::Stale;
         }
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let lifetime = self.nonce_lifetime_secs;
+        if counts.len() > 4096 {
+            counts.retain(|_, (issued, _)| now_unix.saturating_sub(*issued) <= lifetime);
+        }
+        let last = counts.entry(nonce.to_owned()).or_insert((issued, 0));
+        if count <= last.1 {
+            return Verdict::Invalid;
+        }
+        last.1 = count;
         Verdict::Valid
     }
 }
@@ -218,13 +241,19 @@ mod tests {
         assert!(challenges[0].contains("algorithm=SHA-256"));
         assert!(challenges[1].contains("algorithm=MD5"));
         for (c, a) in challenges.iter().zip(Algorithm::ALL) {
-            assert_eq!(check(&auth, &answer(c, a, "s3cret"), 1010), Verdict::Valid);
+            let fresh = DigestAuth::new("contoso.com", 99, 300, Algorithm::ALL.to_vec());
+            assert_eq!(check(&fresh, &answer(c, a, "s3cret"), 1010), Verdict::Valid);
+            assert_eq!(
+                check(&fresh, &answer(c, a, "s3cret"), 1011),
+                Verdict::Invalid,
+                "the same nonce count again is a replay"
+            );
             assert_eq!(check(&auth, &answer(c, a, "wrong"), 1010), Verdict::Invalid);
             assert_eq!(check(&auth, &answer(c, a, "s3cret"), 2000), Verdict::Stale);
         }
         // A nonce we did not issue.
         let forged = answer(&challenges[0], Algorithm::Sha256, "s3cret")
-            .replace("nonce=\"3e8.", "nonce=\"3e9.");
+            .replace("nonce=\"3e8.0.", "nonce=\"3e9.0.");
         assert_eq!(check(&auth, &forged, 1010), Verdict::Invalid);
         // An algorithm the admin switched off is refused.
         let md5_only = DigestAuth::new("contoso.com", 99, 300, vec![Algorithm::Md5]);
