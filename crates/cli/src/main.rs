@@ -42,6 +42,18 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Show where requests to a partner domain would go (pinned proxy,
+    /// federation SRV, RFC 3263).
+    Resolve {
+        /// The partner's SIP domain.
+        domain: String,
+        /// Ask this DNS server (IP:PORT, repeatable) instead of the system's.
+        #[arg(long)]
+        nameserver: Vec<std::net::SocketAddr>,
+        /// Configuration file, for allowed domains' pinned proxies.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Show each step of the policy decision for a request from outside.
     Explain {
         /// The sender, e.g. sip:alice@fabrikam.com.
@@ -145,6 +157,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ConfigCommand::Defaults,
         } => {
             print!("{DEFAULT_CONFIG}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resolve {
+            domain,
+            nameserver,
+            config,
+        } => {
+            let config = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::embedded(),
+            };
+            let pinned = config
+                .policy
+                .allowed_domains
+                .iter()
+                .find(|a| a.domain.eq_ignore_ascii_case(&domain))
+                .and_then(|a| a.proxy_fqdn.clone());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            let hops = runtime.block_on(async {
+                let resolver = if nameserver.is_empty() {
+                    porchlight_resolve::Resolver::system()
+                        .context("reading the system resolver configuration")?
+                } else {
+                    porchlight_resolve::Resolver::with_nameservers(&nameserver)
+                };
+                anyhow::Ok(resolver.federation_hops(&domain, pinned.as_deref()).await?)
+            })?;
+            for hop in hops {
+                println!(
+                    "{} ({}) via {}; TLS identity checked: {domain}",
+                    hop.addr, hop.host, hop.source
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain {
