@@ -227,8 +227,10 @@ pub struct AccessPolicy {
     pub audio: bool,
 }
 
-/// The whole policy configuration.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+/// The whole policy configuration. Lookups go through an index built on
+/// first use, so a configuration is read-only once decisions are made:
+/// change policy by building a new one.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Edge switches.
@@ -252,6 +254,34 @@ pub struct PolicyConfig {
     /// Named policies, granted to endpoints by name.
     #[serde(default)]
     pub policies: BTreeMap<String, AccessPolicy>,
+    #[serde(skip)]
+    index: std::sync::OnceLock<Index>,
+}
+
+/// Domain lookups in constant time per label, whatever the list sizes.
+#[derive(Clone, Debug, Default)]
+struct Index {
+    /// Blocked entries, lower case, without a trailing dot.
+    blocked: std::collections::HashSet<String>,
+    allowed: std::collections::HashSet<String>,
+    /// User domain -> provider position.
+    provider_of: std::collections::HashMap<String, usize>,
+}
+
+/// The entry of `blocked` that `domain` falls under: itself or a parent.
+fn blocked_entry(blocked: &std::collections::HashSet<String>, domain: &str) -> Option<String> {
+    let domain = normalized(domain);
+    let mut rest = domain.as_str();
+    loop {
+        if blocked.contains(rest) {
+            return Some(rest.to_owned());
+        }
+        rest = rest.split_once('.')?.1;
+    }
+}
+
+fn normalized(domain: &str) -> String {
+    domain.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// Why a policy configuration cannot be used.
@@ -284,8 +314,10 @@ impl PolicyConfig {
                 return Err(PolicyError::Network(network.clone()));
             }
         }
+        // Not through the index: validation comes before the configuration is final.
+        let blocked = self.blocked_domains.iter().map(|d| normalized(d)).collect();
         for allowed in &self.allowed_domains {
-            if self.blocked_by(&allowed.domain).is_some() {
+            if blocked_entry(&blocked, &allowed.domain).is_some() {
                 return Err(PolicyError::AllowedAndBlocked(allowed.domain.clone()));
             }
         }
@@ -309,21 +341,37 @@ impl PolicyConfig {
             .any(|n| n.contains(ip))
     }
 
-    fn blocked_by(&self, domain: &str) -> Option<&str> {
-        self.blocked_domains
-            .iter()
-            .find(|b| domain_matches(domain, b))
-            .map(String::as_str)
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| Index {
+            blocked: self.blocked_domains.iter().map(|d| normalized(d)).collect(),
+            allowed: self
+                .allowed_domains
+                .iter()
+                .map(|a| normalized(&a.domain))
+                .collect(),
+            provider_of: self
+                .providers
+                .iter()
+                .enumerate()
+                .flat_map(|(i, p)| p.domains.iter().map(move |d| (normalized(d), i)))
+                .collect(),
+        })
     }
-}
 
-/// `domain` is `pattern` or a subdomain of it (case-insensitive).
-fn domain_matches(domain: &str, pattern: &str) -> bool {
-    let (d, p) = (domain.trim_end_matches('.'), pattern.trim_end_matches('.'));
-    d.eq_ignore_ascii_case(p)
-        || (d.len() > p.len()
-            && d.as_bytes()[d.len() - p.len() - 1] == b'.'
-            && d[d.len() - p.len()..].eq_ignore_ascii_case(p))
+    fn blocked_by(&self, domain: &str) -> Option<String> {
+        blocked_entry(&self.index().blocked, domain)
+    }
+
+    fn is_allowed(&self, domain: &str) -> bool {
+        self.index().allowed.contains(&normalized(domain))
+    }
+
+    fn provider_serving(&self, domain: &str) -> Option<&PublicProvider> {
+        self.index()
+            .provider_of
+            .get(&normalized(domain))
+            .map(|&i| &self.providers[i])
+    }
 }
 
 /// What the request wants to do.
@@ -422,14 +470,13 @@ pub fn decide(config: &PolicyConfig, request: &Request<'_>) -> Decision {
 
     // 1. Identity: the From domain must be one the TLS peer speaks for.
     let provider_of_peer = |peer: &[String]| {
-        config.providers.iter().find(|p| {
-            p.domains.iter().any(|d| d.eq_ignore_ascii_case(from))
-                && peer.iter().any(|pd| {
-                    p.proxy_fqdn
-                        .as_deref()
-                        .is_some_and(|fqdn| pd.eq_ignore_ascii_case(fqdn))
-                        || p.domains.iter().any(|d| d.eq_ignore_ascii_case(pd))
-                })
+        config.provider_serving(from).filter(|p| {
+            peer.iter().any(|pd| {
+                p.proxy_fqdn
+                    .as_deref()
+                    .is_some_and(|fqdn| pd.eq_ignore_ascii_case(fqdn))
+                    || p.domains.iter().any(|d| d.eq_ignore_ascii_case(pd))
+            })
         })
     };
     match request.peer_domains {
@@ -462,19 +509,11 @@ pub fn decide(config: &PolicyConfig, request: &Request<'_>) -> Decision {
     // 2. Classification, blocked first.
     let class = if let Some(entry) = config.blocked_by(from) {
         steps.push(format!("{from} matches blocked domain {entry}"));
-        return deny(steps, Some(Class::Blocked(entry.to_owned())));
-    } else if config
-        .allowed_domains
-        .iter()
-        .any(|a| a.domain.eq_ignore_ascii_case(from))
-    {
+        return deny(steps, Some(Class::Blocked(entry)));
+    } else if config.is_allowed(from) {
         steps.push(format!("{from} is an allowed partner domain"));
         Class::AllowedPartner
-    } else if let Some(p) = config
-        .providers
-        .iter()
-        .find(|p| p.domains.iter().any(|d| d.eq_ignore_ascii_case(from)))
-    {
+    } else if let Some(p) = config.provider_serving(from) {
         if !p.enabled {
             steps.push(format!(
                 "{from} belongs to public provider {}, which is disabled",
