@@ -191,27 +191,28 @@ impl<F: Clone> Registrar<F> {
                 bindings.retain(|b| b.call_id == call_id && b.cseq >= cseq.seq);
             }
             Contacts::List(list) => {
-                for contact in &list {
-                    let expires = contact
-                        .params
-                        .value("expires")
-                        .and_then(|v| v.parse().ok())
-                        .or(header_expires)
-                        .unwrap_or(self.config.default_expires);
-                    if expires != 0 && expires < self.config.min_expires {
-                        return Answer::new(423, "Interval Too Brief")
-                            .with("Min-Expires", self.config.min_expires.to_string());
-                    }
+                // Every interval is checked before any binding changes.
+                let asked: Vec<(&str, u32)> = list
+                    .iter()
+                    .map(|contact| {
+                        let expires = contact
+                            .params
+                            .value("expires")
+                            .and_then(|v| v.parse().ok())
+                            .or(header_expires)
+                            .unwrap_or(self.config.default_expires);
+                        (contact.uri.as_str(), expires)
+                    })
+                    .collect();
+                if asked
+                    .iter()
+                    .any(|&(_, e)| e != 0 && e < self.config.min_expires)
+                {
+                    return Answer::new(423, "Interval Too Brief")
+                        .with("Min-Expires", self.config.min_expires.to_string());
                 }
-                for contact in list {
-                    let uri = contact.uri.as_str();
-                    let expires = contact
-                        .params
-                        .value("expires")
-                        .and_then(|v| v.parse().ok())
-                        .or(header_expires)
-                        .unwrap_or(self.config.default_expires)
-                        .min(self.config.max_expires);
+                for (uri, expires) in asked {
+                    let expires = expires.min(self.config.max_expires);
                     let existing = bindings.iter().position(|b| b.contact == uri);
                     if let Some(i) = existing {
                         let b = &bindings[i];

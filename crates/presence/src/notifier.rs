@@ -444,18 +444,15 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
                 now,
             );
         }
-        let expires = expires.unwrap_or(self.config.default_expires);
-        if expires != 0 && expires < self.config.min_expires {
-            return Answer::new(423, "Interval Too Brief")
-                .with("Min-Expires", self.config.min_expires.to_string());
-        }
-        let expires = expires.min(self.config.max_expires);
+        let expires = match self.granted_expires(expires) {
+            Ok(e) => e,
+            Err(answer) => return *answer,
+        };
         let Some(remote_tag) = from.tag() else {
             return Answer::new(400, "Bad Request (From without a tag)");
         };
-        let remote_target = match request.contacts() {
-            Ok(porchlight_sip::Contacts::List(list)) if list.len() == 1 => list[0].uri.as_str(),
-            _ => return Answer::new(400, "Bad Request (SUBSCRIBE needs exactly one Contact)"),
+        let Some(remote_target) = only_contact(request) else {
+            return Answer::new(400, "Bad Request (SUBSCRIBE needs exactly one Contact)");
         };
         let watcher = from.uri.as_str();
         let is_batch = request
@@ -616,6 +613,20 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         answer
     }
 
+    /// The subscription length to grant (RFC 6665 §4.2.1.1): the default
+    /// when none is asked, 423 below the minimum, shortened to the maximum;
+    /// 0 stays 0 (fetch or unsubscribe).
+    fn granted_expires(&self, asked: Option<u32>) -> Result<u32, Box<Answer>> {
+        let expires = asked.unwrap_or(self.config.default_expires);
+        if expires != 0 && expires < self.config.min_expires {
+            return Err(Box::new(
+                Answer::new(423, "Interval Too Brief")
+                    .with("Min-Expires", self.config.min_expires.to_string()),
+            ));
+        }
+        Ok(expires.min(self.config.max_expires))
+    }
+
     fn may_watch_watchers(&self, presentity: u32, watcher: &str) -> bool {
         let own = &self.presentities[presentity as usize].identity.uri;
         crate::same_aor(own, watcher)
@@ -646,19 +657,12 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             return Answer::new(500, "Server Internal Error (CSeq out of order)")
                 .with("Retry-After", "1");
         }
-        let expires = expires.unwrap_or(self.config.default_expires);
-        if expires != 0 && expires < self.config.min_expires {
-            return Answer::new(423, "Interval Too Brief")
-                .with("Min-Expires", self.config.min_expires.to_string());
-        }
-        let expires = expires.min(self.config.max_expires);
-        let contact = self.flows.get(record.flow).contact.clone();
-        let new_target = match request.contacts() {
-            Ok(porchlight_sip::Contacts::List(list)) if list.len() == 1 => {
-                Some(list[0].uri.as_str())
-            }
-            _ => None,
+        let expires = match self.granted_expires(expires) {
+            Ok(e) => e,
+            Err(answer) => return *answer,
         };
+        let contact = self.flows.get(record.flow).contact.clone();
+        let new_target = only_contact(request);
         let now_secs = self.now_secs(now);
         let record = &mut self.records[id.index as usize];
         record.remote_cseq = seq;
@@ -1248,6 +1252,14 @@ fn keyed_hash(salt: u64, feed: impl FnOnce(&mut std::hash::DefaultHasher)) -> u3
     h.write_u64(salt);
     feed(&mut h);
     h.finish() as u32
+}
+
+/// The single Contact URI of a request, when it has exactly one.
+fn only_contact(request: &Message) -> Option<&str> {
+    match request.contacts() {
+        Ok(porchlight_sip::Contacts::List(list)) if list.len() == 1 => Some(list[0].uri.as_str()),
+        _ => None,
+    }
 }
 
 fn bad_event() -> Answer {

@@ -242,8 +242,7 @@ impl EventLoop {
                     Output::Send { id, to, bytes } => {
                         // A send that cannot happen (the connection is gone)
                         // ends the transaction now rather than at its timeout.
-                        if let Err(e) = self.transport.send(&to, bytes).await {
-                            tracing::debug!(?to, "send failed: {e}");
+                        if !self.send(&to, bytes).await {
                             self.layer.transport_error(&id, now);
                         }
                     }
@@ -286,9 +285,14 @@ impl EventLoop {
         }
     }
 
-    async fn send(&self, to: &Target, bytes: Bytes) {
-        if let Err(e) = self.transport.send(to, bytes).await {
-            tracing::debug!(?to, "send failed: {e}");
+    /// Sends, logging a failure; false when the bytes could not go.
+    async fn send(&self, to: &Target, bytes: Bytes) -> bool {
+        match self.transport.send(to, bytes).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(?to, "send failed: {e}");
+                false
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use porchlight_endpoints::digest::DigestAuth;
-use porchlight_endpoints::{Directory, Registrar, RegistrarConfig, Sources};
+use porchlight_endpoints::{Credentials, Directory, Registrar, RegistrarConfig, Sources};
 use porchlight_policy::{
     decide, Class, Decision, DiscoveredLimits, Modality, PolicyConfig, Request as PolicyRequest,
     Target as PolicyTarget,
@@ -94,9 +94,7 @@ fn authorize_subscription(
         Modality::Presence,
     );
     if decision.allowed && decision.class == Some(Class::DiscoveredPartner) {
-        let domain = porchlight_presence::aor(watcher)
-            .and_then(|a| a.rsplit('@').next().map(str::to_owned))
-            .unwrap_or_default();
+        let domain = domain_of(watcher);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -132,9 +130,7 @@ pub fn explain(
     endpoint: usize,
     modality: Modality,
 ) -> Decision {
-    let from_domain = porchlight_presence::aor(from)
-        .map(|a| a.rsplit('@').next().unwrap_or_default().to_owned())
-        .unwrap_or_default();
+    let from_domain = domain_of(from);
     let e = &directory.endpoints()[endpoint];
     decide(
         policy,
@@ -351,10 +347,7 @@ impl PresenceService {
         let Some(credentials) = &self.directory.endpoints()[endpoint].credentials else {
             return Err(Box::new(no_credentials()));
         };
-        let peer = credentials
-            .tls_identity
-            .as_deref()
-            .filter(|trusted| origin.peer.as_ref().is_some_and(|p| p.covers(trusted)));
+        let peer = trusted_peer(credentials, origin);
         self.registrar
             .authenticate(request, credentials, peer, unix_now())
             .map(|()| endpoint)
@@ -370,10 +363,7 @@ impl PresenceService {
         let Some(credentials) = self.directory.endpoints()[endpoint].credentials.clone() else {
             return no_credentials();
         };
-        let peer = credentials
-            .tls_identity
-            .as_deref()
-            .filter(|trusted| origin.peer.as_ref().is_some_and(|p| p.covers(trusted)));
+        let peer = trusted_peer(&credentials, origin);
         let outcome = self.registrar.register(
             endpoint,
             request,
@@ -597,6 +587,22 @@ impl PresenceService {
         .flatten()
         .min()
     }
+}
+
+/// The endpoint's trusted mutual-TLS identity, when the request's peer
+/// certificate proves it.
+fn trusted_peer<'a>(credentials: &'a Credentials, origin: &Origin) -> Option<&'a str> {
+    credentials
+        .tls_identity
+        .as_deref()
+        .filter(|trusted| origin.peer.as_ref().is_some_and(|p| p.covers(trusted)))
+}
+
+/// The host part of a SIP URI's address of record (empty when it has none).
+fn domain_of(uri: &str) -> String {
+    porchlight_presence::aor(uri)
+        .and_then(|a| a.rsplit('@').next().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn no_credentials() -> Answer {
