@@ -6,100 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, UdpSocket};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
-
-struct Baresip {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Baresip {
-    /// Starts baresip with a config directory holding `config`, `accounts`
-    /// and `contacts`.
-    fn start(
-        dir: &Path,
-        listen_port: u16,
-        modules: &[&str],
-        account: &str,
-        contacts: &str,
-    ) -> Baresip {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut config =
-            format!("sip_listen 127.0.0.1:{listen_port}\nmodule_path /usr/lib/baresip/modules\n");
-        for m in modules {
-            config.push_str(&format!("module_app {m}.so\n"));
-        }
-        std::fs::write(dir.join("config"), config).unwrap();
-        std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
-        std::fs::write(dir.join("contacts"), format!("{contacts}\n")).unwrap();
-        let mut child = Command::new("baresip")
-            .arg("-f")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("baresip is installed (scripts/test.sh installs baresip-core)");
-        let (tx, lines) = mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    // Drop the colour escapes baresip puts around status words.
-                    let plain: String = line
-                        .replace("\u{1b}[32m", "")
-                        .replace("\u{1b}[31m", "")
-                        .replace("\u{1b}[;m", "");
-                    if tx.send(plain).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Baresip { child, lines }
-    }
-
-    /// Waits for a line containing `needle`, returning every line seen.
-    fn expect(&self, needle: &str, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(needle);
-                    seen.push(line);
-                    if found {
-                        return seen;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "baresip never printed {needle:?}; it printed:\n{}",
-            seen.join("\n")
-        );
-    }
-}
 
 /// An app health URL that answers 200 or 503 as the test decides.
 fn health_server(healthy: Arc<AtomicBool>) -> u16 {
@@ -122,14 +35,6 @@ fn health_server(healthy: Arc<AtomicBool>) -> u16 {
         }
     });
     port
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -10,78 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use porchlight_sip::MessageWriter;
-use porchlight_transport::pki::{AltName, CertificateAuthority};
-use porchlight_transport::{
-    ClientAuth, Protocol, Received, Target, TlsSettings, Transport, TransportConfig,
-};
-
-struct Pki {
-    ca: CertificateAuthority,
-    dir: std::path::PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = temp_dir(name);
-        let ca = CertificateAuthority::new("federation CA").unwrap();
-        let edge = ca
-            .issue(
-                "contoso.com",
-                &[AltName::Uri("sip:contoso.com"), AltName::Dns("contoso.com")],
-            )
-            .unwrap();
-        std::fs::write(dir.join("edge.crt"), &edge.chain_pem).unwrap();
-        std::fs::write(dir.join("edge.key"), &edge.key_pem).unwrap();
-        std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
-        Pki { ca, dir }
-    }
-
-    /// A node config for contoso.com whose loopback is not trusted, so the
-    /// test's TLS peer is an outsider; `policy` replaces parts of [policy].
-    fn config(&self, policy: &[(&str, &str)]) -> String {
-        let mut edits = vec![
-            (
-                "uri = \"sip:helpdesk@porchlight.test\"",
-                "uri = \"sip:helpdesk@contoso.com\"",
-            ),
-            (
-                "trusted_networks = [\"127.0.0.0/8\", \"::1/128\"]",
-                "trusted_networks = []",
-            ),
-        ];
-        edits.extend_from_slice(policy);
-        config(
-            &edits,
-            &format!(
-                "\n[tls]\ncertificate = \"{0}/edge.crt\"\nprivate_key = \"{0}/edge.key\"\ntrusted_cas = \"{0}/ca.pem\"\n",
-                self.dir.display()
-            ),
-        )
-    }
-
-    async fn partner(&self, domain: &str) -> (Transport, tokio::sync::mpsc::Receiver<Received>) {
-        let leaf = self
-            .ca
-            .issue(
-                domain,
-                &[AltName::Uri(&format!("sip:{domain}")), AltName::Dns(domain)],
-            )
-            .unwrap();
-        let tls = TlsSettings::from_pem(
-            leaf.chain_pem.as_bytes(),
-            leaf.key_pem.as_bytes(),
-            self.ca.cert_pem.as_bytes(),
-            ClientAuth::Required,
-        )
-        .unwrap();
-        Transport::bind(TransportConfig {
-            tls_settings: Some(tls),
-            ..TransportConfig::default()
-        })
-        .await
-        .unwrap()
-    }
-}
+use porchlight_transport::{Protocol, Received, Target};
 
 /// Sends a SUBSCRIBE from `from` over mutual TLS with `partner_domain`'s certificate; returns the status.
 async fn subscribe(pki: &Pki, server: &Server, partner_domain: &str, from: &str) -> u16 {

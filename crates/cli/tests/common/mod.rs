@@ -3,14 +3,17 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use porchlight_sip::{Framing, Limits, Message};
+use porchlight_transport::pki::{AltName, CertificateAuthority};
+use porchlight_transport::{ClientAuth, Received, TlsSettings, Transport, TransportConfig};
 
 pub struct Server {
     child: Child,
@@ -94,7 +97,14 @@ pub fn start_with_file(path: &std::path::Path, dir: PathBuf) -> Server {
             _ => tls = Some(addr),
         }
     }
-    std::thread::spawn(move || while rx.recv().is_ok() {});
+    // Keep the rest of the log next to the configuration, for diagnosis.
+    let mut log = std::fs::File::create(dir.join("server.log")).unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        while let Ok(line) = rx.recv() {
+            let _ = writeln!(log, "{line}");
+        }
+    });
     Server {
         child,
         udp: udp.unwrap(),
@@ -154,4 +164,229 @@ pub fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .join(rel)
+}
+
+/// A CA for one test, with the edge certificate for contoso.com written
+/// to `dir` as edge.crt, edge.key and ca.pem.
+pub struct Pki {
+    pub ca: CertificateAuthority,
+    pub dir: std::path::PathBuf,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let dir = temp_dir(name);
+        let ca = CertificateAuthority::new("federation CA").unwrap();
+        let pki = Pki { ca, dir };
+        pki.write_leaf(&pki.dir, "edge", "contoso.com");
+        pki
+    }
+
+    /// A node config for contoso.com whose loopback is not trusted, so the
+    /// test's TLS peer is an outsider; `policy` replaces parts of [policy].
+    pub fn config(&self, policy: &[(&str, &str)]) -> String {
+        let mut edits = vec![
+            (
+                "uri = \"sip:helpdesk@porchlight.test\"",
+                "uri = \"sip:helpdesk@contoso.com\"",
+            ),
+            (
+                "trusted_networks = [\"127.0.0.0/8\", \"::1/128\"]",
+                "trusted_networks = []",
+            ),
+        ];
+        edits.extend_from_slice(policy);
+        config(
+            &edits,
+            &format!(
+                "\n[tls]\ncertificate = \"{0}/edge.crt\"\nprivate_key = \"{0}/edge.key\"\ntrusted_cas = \"{0}/ca.pem\"\n",
+                self.dir.display()
+            ),
+        )
+    }
+
+    /// Issues a certificate proving `domain` (SAN `sip:` URI and dNSName)
+    /// and writes it to `dir` as `<stem>.crt` and `<stem>.key`.
+    pub fn write_leaf(&self, dir: &std::path::Path, stem: &str, domain: &str) {
+        let leaf = self
+            .ca
+            .issue(
+                domain,
+                &[AltName::Uri(&format!("sip:{domain}")), AltName::Dns(domain)],
+            )
+            .unwrap();
+        std::fs::write(dir.join(format!("{stem}.crt")), &leaf.chain_pem).unwrap();
+        std::fs::write(dir.join(format!("{stem}.key")), &leaf.key_pem).unwrap();
+        std::fs::write(dir.join("ca.pem"), &self.ca.cert_pem).unwrap();
+    }
+
+    pub async fn partner(
+        &self,
+        domain: &str,
+    ) -> (Transport, tokio::sync::mpsc::Receiver<Received>) {
+        let leaf = self
+            .ca
+            .issue(
+                domain,
+                &[AltName::Uri(&format!("sip:{domain}")), AltName::Dns(domain)],
+            )
+            .unwrap();
+        let tls = TlsSettings::from_pem(
+            leaf.chain_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            self.ca.cert_pem.as_bytes(),
+            ClientAuth::Required,
+        )
+        .unwrap();
+        Transport::bind(TransportConfig {
+            tls_settings: Some(tls),
+            ..TransportConfig::default()
+        })
+        .await
+        .unwrap()
+    }
+}
+
+/// A baresip process whose output lines the test reads.
+pub struct Baresip {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Its UDP console (the `cons` module), for commands like `/contacts`.
+    console: SocketAddr,
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Baresip {
+    /// Starts baresip with a config directory holding `config`, `accounts`
+    /// and `contacts`, and a UDP console for commands.
+    pub fn start(
+        dir: &Path,
+        listen_port: u16,
+        modules: &[&str],
+        account: &str,
+        contacts: &str,
+    ) -> Baresip {
+        std::fs::create_dir_all(dir).unwrap();
+        let console = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let mut config = format!(
+            "sip_listen 127.0.0.1:{listen_port}\nmodule_path /usr/lib/baresip/modules\n\
+             module cons.so\ncons_listen {console}\nmodule_app menu.so\n"
+        );
+        for m in modules {
+            config.push_str(&format!("module_app {m}.so\n"));
+        }
+        std::fs::write(dir.join("config"), config).unwrap();
+        std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
+        std::fs::write(dir.join("contacts"), format!("{contacts}\n")).unwrap();
+        let mut child = Command::new("baresip")
+            .arg("-f")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("baresip is installed (scripts/test.sh installs baresip-core)");
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    // Drop the colour escapes baresip puts around status words.
+                    if tx.send(plain(&line)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Baresip {
+            child,
+            lines,
+            console,
+        }
+    }
+
+    /// The contact list as `/contacts` prints it, with each contact's
+    /// presence status.
+    pub fn contacts(&self) -> String {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        socket.send_to(b"/contacts\n", self.console).unwrap();
+        let mut text = String::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = socket.recv(&mut buf) {
+            text.push_str(&plain(&String::from_utf8_lossy(&buf[..n])));
+            if text.contains("--- Contacts") && text.ends_with("\n\n") {
+                break;
+            }
+        }
+        text
+    }
+
+    /// Waits until `/contacts` shows `contact` with `status`.
+    pub fn expect_status(&self, contact: &str, status: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let list = self.contacts();
+            if list
+                .lines()
+                .any(|l| l.contains(contact) && l.contains(&format!(" {status} ")))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "baresip never showed {contact} {status}; its contacts:\n{list}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits for a line containing `needle`, returning every line seen.
+    pub fn expect(&self, needle: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "baresip never printed {needle:?}; it printed:\n{}",
+            seen.join("\n")
+        );
+    }
+}
+
+/// Drops the colour escapes baresip puts around status words.
+fn plain(text: &str) -> String {
+    text.replace("\u{1b}[32m", "")
+        .replace("\u{1b}[31m", "")
+        .replace("\u{1b}[;m", "")
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,0 +1,262 @@
+//! Two domains federating over mutual TLS with real peers: Porchlight is the
+//! edge of contoso.com serving `sip:helpdesk@contoso.com`; Kamailio (Debian
+//! `kamailio`, `kamailio-tls-modules`) is the edge of a partner domain, and
+//! a baresip user behind it watches the endpoint across the federation.
+//! Certificates are issued in the test. The policy decides each outcome,
+//! and `porchlight explain` gives the same verdict for every refusal.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A Kamailio instance acting as a partner domain's edge proxy.
+struct Kamailio {
+    child: Child,
+    udp_port: u16,
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        // SIGTERM lets the main process stop its children; SIGKILL would
+        // leave them holding the ports.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Kamailio {
+    /// Starts Kamailio as the edge of `domain`, with a certificate for
+    /// `domain` from the test CA, relaying requests for contoso.com to
+    /// Porchlight's TLS listener `edge`.
+    fn start(pki: &Pki, name: &str, domain: &str, edge: SocketAddr) -> Kamailio {
+        let dir = temp_dir(&format!("kamailio-{name}"));
+        pki.write_leaf(&dir, "partner", domain);
+        let d = dir.display();
+        let profile = format!(
+            "method = TLSv1.2+\nverify_certificate = yes\nrequire_certificate = yes\n\
+             private_key = {d}/partner.key\ncertificate = {d}/partner.crt\nca_list = {d}/ca.pem\n"
+        );
+        std::fs::write(
+            dir.join("tls.cfg"),
+            format!("[server:default]\n{profile}\n[client:default]\n{profile}"),
+        )
+        .unwrap();
+        let udp_port = free_udp_port();
+        let template = include_str!("kamailio/partner.cfg");
+        let config = template
+            .replace("@DOMAIN@", domain)
+            .replace("@UDP_PORT@", &udp_port.to_string())
+            .replace("@TLS_PORT@", &free_tcp_port().to_string())
+            .replace("@DIR@", &d.to_string())
+            .replace("@FEDERATED_DOMAIN@", "contoso.com")
+            .replace("@EDGE_PORT@", &edge.port().to_string());
+        std::fs::write(dir.join("kamailio.cfg"), config).unwrap();
+        let log = std::fs::File::create(dir.join("kamailio.log")).unwrap();
+        let child = Command::new("kamailio")
+            .arg("-f")
+            .arg(dir.join("kamailio.cfg"))
+            .args(["-DD", "-E", "-m", "64", "-M", "8", "-Y"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("kamailio is installed (scripts/test.sh installs it)");
+        let mut kamailio = Kamailio { child, udp_port };
+        // Ready once it answers over UDP (its 404 for a stranger's OPTIONS).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = kamailio.child.try_wait() {
+                panic!(
+                    "kamailio exited with {status}:\n{}",
+                    std::fs::read_to_string(dir.join("kamailio.log")).unwrap_or_default()
+                );
+            }
+            let answers = udp_exchange(
+                kamailio.udp(),
+                &request("OPTIONS", "sip:nobody@nowhere.invalid", ""),
+                Duration::from_millis(300),
+            );
+            if !answers.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "kamailio never answered");
+        }
+        kamailio
+    }
+
+    fn udp(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.udp_port))
+    }
+}
+
+/// A baresip user `user` behind `proxy` watching the help desk.
+fn watcher(name: &str, user: &str, proxy: &Kamailio) -> Baresip {
+    let dir = temp_dir(&format!("baresip-{name}"));
+    let watcher = Baresip::start(
+        &dir,
+        free_udp_port(),
+        &["account", "contact", "presence"],
+        &format!("<{user}>;outbound=\"sip:{}\";regint=0", proxy.udp()),
+        "\"Help Desk\" <sip:helpdesk@contoso.com>;presence=p2p",
+    );
+    watcher.expect("Subscribing to 1 contacts", Duration::from_secs(10));
+    watcher
+}
+
+/// `porchlight explain` for a presence request against the server's
+/// configuration, with the peer certificate proving `peer`.
+fn explain(server: &Server, from: &str, peer: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args([
+            "explain",
+            "--from",
+            from,
+            "--to",
+            "sip:helpdesk@contoso.com",
+            "--kind",
+            "presence",
+            "--peer",
+            peer,
+            "--config",
+        ])
+        .arg(server.dir.join("porchlight.toml"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+const NO_PARTNERS: &str = "allowed_domains = []                 # e.g.";
+const FABRIKAM: &str = "allowed_domains = [{ domain = \"fabrikam.com\" }] #";
+
+#[test]
+fn a_partner_user_behind_kamailio_sees_the_endpoint_and_refusals_are_explained() {
+    let pki = Pki::new("kamailio-federation");
+
+    // An allowed partner: the baresip user sees the help desk Online.
+    let server = start("kam-allowed", &pki.config(&[(NO_PARTNERS, FABRIKAM)]));
+    let fabrikam = Kamailio::start(&pki, "fabrikam", "fabrikam.com", server.tls);
+    let alice = watcher("alice", "sip:alice@fabrikam.com", &fabrikam);
+    alice.expect_status(
+        "sip:helpdesk@contoso.com",
+        "Online",
+        Duration::from_secs(10),
+    );
+    drop(alice);
+    let (ok, text) = explain(&server, "sip:alice@fabrikam.com", "fabrikam.com");
+    assert!(ok && text.ends_with("=> ALLOW\n"), "{text}");
+
+    // A user claiming another domain through fabrikam's edge: spoofed.
+    let mallory = watcher("mallory", "sip:mallory@contoso-partner.example", &fabrikam);
+    mallory.expect("403 Forbidden", Duration::from_secs(10));
+    let (ok, text) = explain(
+        &server,
+        "sip:mallory@contoso-partner.example",
+        "fabrikam.com",
+    );
+    assert!(!ok && text.contains("refused as spoofed"), "{text}");
+    drop((mallory, fabrikam, server));
+
+    // The partner's domain blocked: refused.
+    let server = start(
+        "kam-blocked",
+        &pki.config(&[(
+            "blocked_domains = []",
+            "blocked_domains = [\"fabrikam.com\"]",
+        )]),
+    );
+    let fabrikam = Kamailio::start(&pki, "fabrikam-blocked", "fabrikam.com", server.tls);
+    let alice = watcher("alice-blocked", "sip:alice@fabrikam.com", &fabrikam);
+    alice.expect("403 Forbidden", Duration::from_secs(10));
+    let (ok, text) = explain(&server, "sip:alice@fabrikam.com", "fabrikam.com");
+    assert!(
+        !ok && text.contains("matches blocked domain fabrikam.com"),
+        "{text}"
+    );
+    drop((alice, fabrikam, server));
+
+    // An external access policy without federation: refused.
+    let server = start(
+        "kam-nofederation",
+        &pki.config(&[
+            (NO_PARTNERS, FABRIKAM),
+            (
+                "[policy.global_policy]\nfederation = true",
+                "[policy.global_policy]\nfederation = false",
+            ),
+        ]),
+    );
+    let fabrikam = Kamailio::start(&pki, "fabrikam-nofed", "fabrikam.com", server.tls);
+    let alice = watcher("alice-nofed", "sip:alice@fabrikam.com", &fabrikam);
+    alice.expect("403 Forbidden", Duration::from_secs(10));
+    let (ok, text) = explain(&server, "sip:alice@fabrikam.com", "fabrikam.com");
+    assert!(!ok && text.contains("federation access is off"), "{text}");
+    drop((alice, fabrikam, server));
+
+    // A public provider's edge (its certificate proves its proxy FQDN) with a
+    // user in a domain it serves: refused while public-provider access is
+    // off, let in once the edge switch and the access policy allow it.
+    let provider = "\n[[policy.provider]]\nname = \"PublicIM\"\nproxy_fqdn = \"federation.publicim.example\"\ndomains = [\"publicim.example\"]\n";
+    for enabled in [false, true] {
+        let switch = enabled.to_string();
+        let mut text = pki.config(&[
+            (
+                "allow_public_providers = false",
+                &format!("allow_public_providers = {switch}"),
+            ),
+            (
+                "public_providers = false\npublic_provider_audio",
+                &format!("public_providers = {switch}\npublic_provider_audio"),
+            ),
+        ]);
+        text = text.replace("\n[policy.edge]", &format!("{provider}\n[policy.edge]"));
+        let server = start(&format!("kam-provider-{switch}"), &text);
+        let edge = Kamailio::start(
+            &pki,
+            &format!("publicim-{switch}"),
+            "federation.publicim.example",
+            server.tls,
+        );
+        let bob = watcher(&format!("bob-{switch}"), "sip:bob@publicim.example", &edge);
+        if enabled {
+            bob.expect_status(
+                "sip:helpdesk@contoso.com",
+                "Online",
+                Duration::from_secs(10),
+            );
+        } else {
+            bob.expect("403 Forbidden", Duration::from_secs(10));
+        }
+        let (ok, text) = explain(
+            &server,
+            "sip:bob@publicim.example",
+            "federation.publicim.example",
+        );
+        assert_eq!(ok, enabled, "{text}");
+        assert!(text.contains("public provider PublicIM"), "{text}");
+    }
+}
