@@ -3,7 +3,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use porchlight_policy::{
-    decide, AccessPolicy, AllowedDomain, Modality, PolicyConfig, PublicProvider, Request, Target,
+    decide, verdict, AccessPolicy, AllowedDomain, Modality, PolicyConfig, PublicProvider, Request,
+    Target,
 };
 
 fn realistic() -> PolicyConfig {
@@ -46,9 +47,10 @@ fn realistic() -> PolicyConfig {
 
 fn benches(c: &mut Criterion) {
     let config = realistic();
-    let run = |from: &'static str, peer: &'static str| {
+    let run = |from: &'static str, peer: &'static str, explain: bool| {
         let peer = vec![peer.to_owned()];
         let config = config.clone();
+        let decide = if explain { decide } else { verdict };
         move || {
             decide(
                 &config,
@@ -65,14 +67,19 @@ fn benches(c: &mut Criterion) {
             )
         }
     };
-    let allowed = run("partner57.example", "partner57.example");
-    c.bench_function("decide/allowed-partner", |b| b.iter(&allowed));
-    let discovered = run("sub.unknown.example", "sub.unknown.example");
-    c.bench_function("decide/discovered-partner", |b| b.iter(&discovered));
-    let blocked = run("mail.blocked999.test", "mail.blocked999.test");
-    c.bench_function("decide/blocked", |b| b.iter(&blocked));
-    let provider = run("chat3.example", "edge.provider3.example");
-    c.bench_function("decide/public-provider", |b| b.iter(&provider));
+    // `decide` writes the explanation; `verdict` is the hot path's call.
+    for (name, explain) in [("decide", true), ("verdict", false)] {
+        let allowed = run("partner57.example", "partner57.example", explain);
+        c.bench_function(&format!("{name}/allowed-partner"), |b| b.iter(&allowed));
+        let discovered = run("sub.unknown.example", "sub.unknown.example", explain);
+        c.bench_function(&format!("{name}/discovered-partner"), |b| {
+            b.iter(&discovered)
+        });
+        let blocked = run("mail.blocked999.test", "mail.blocked999.test", explain);
+        c.bench_function(&format!("{name}/blocked"), |b| b.iter(&blocked));
+        let provider = run("chat3.example", "edge.provider3.example", explain);
+        c.bench_function(&format!("{name}/public-provider"), |b| b.iter(&provider));
+    }
 }
 
 criterion_group!(policy, benches);

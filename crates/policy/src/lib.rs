@@ -460,11 +460,50 @@ impl fmt::Display for Decision {
 /// edge switch for that class allow it, and the target's effective policy
 /// (endpoint grant, else site, else global) allows that class and modality.
 pub fn decide(config: &PolicyConfig, request: &Request<'_>) -> Decision {
-    let mut steps = Vec::new();
-    let deny = |steps: Vec<String>, class| Decision {
+    decide_with(config, request, Steps::recording())
+}
+
+/// [`decide`] without the explanation: the same verdict and class, with no
+/// steps written, for the hot path where only the outcome is needed (run
+/// [`decide`] again to log why a request was refused).
+pub fn verdict(config: &PolicyConfig, request: &Request<'_>) -> Decision {
+    decide_with(config, request, Steps::quiet())
+}
+
+/// The explanation being written, or not.
+struct Steps {
+    record: bool,
+    list: Vec<String>,
+}
+
+impl Steps {
+    fn recording() -> Steps {
+        Steps {
+            record: true,
+            list: Vec::new(),
+        }
+    }
+
+    fn quiet() -> Steps {
+        Steps {
+            record: false,
+            list: Vec::new(),
+        }
+    }
+
+    /// Adds a step; the sentence is only formatted when recording.
+    fn note(&mut self, sentence: impl FnOnce() -> String) {
+        if self.record {
+            self.list.push(sentence());
+        }
+    }
+}
+
+fn decide_with(config: &PolicyConfig, request: &Request<'_>, mut steps: Steps) -> Decision {
+    let deny = |steps: Steps, class| Decision {
         allowed: false,
         class,
-        steps,
+        steps: steps.list,
     };
     let from = request.from_domain;
 
@@ -481,25 +520,27 @@ pub fn decide(config: &PolicyConfig, request: &Request<'_>) -> Decision {
     };
     match request.peer_domains {
         Some(peer) if peer.iter().any(|d| d.eq_ignore_ascii_case(from)) => {
-            steps.push(format!("peer certificate proves {from}: identity verified"));
+            steps.note(|| format!("peer certificate proves {from}: identity verified"));
         }
         Some(peer) if provider_of_peer(peer).is_some() => {
             let p = provider_of_peer(peer).expect("checked");
-            steps.push(format!(
+            steps.note(|| format!(
                 "peer certificate ({}) is public provider {}, which serves {from}: identity verified",
                 peer.join(", "),
                 p.name
             ));
         }
         Some(peer) => {
-            steps.push(format!(
+            steps.note(|| {
+                format!(
                 "From domain {from} does not match the peer certificate ({}): refused as spoofed",
                 peer.join(", ")
-            ));
+            )
+            });
             return deny(steps, None);
         }
         None => {
-            steps.push(format!(
+            steps.note(|| format!(
                 "no mutual-TLS identity: {from} is not verified, so it cannot be a partner or provider"
             ));
             return deny(steps, None);
@@ -508,25 +549,27 @@ pub fn decide(config: &PolicyConfig, request: &Request<'_>) -> Decision {
 
     // 2. Classification, blocked first.
     let class = if let Some(entry) = config.blocked_by(from) {
-        steps.push(format!("{from} matches blocked domain {entry}"));
+        steps.note(|| format!("{from} matches blocked domain {entry}"));
         return deny(steps, Some(Class::Blocked(entry)));
     } else if config.is_allowed(from) {
-        steps.push(format!("{from} is an allowed partner domain"));
+        steps.note(|| format!("{from} is an allowed partner domain"));
         Class::AllowedPartner
     } else if let Some(p) = config.provider_serving(from) {
         if !p.enabled {
-            steps.push(format!(
-                "{from} belongs to public provider {}, which is disabled",
-                p.name
-            ));
+            steps.note(|| {
+                format!(
+                    "{from} belongs to public provider {}, which is disabled",
+                    p.name
+                )
+            });
             return deny(steps, Some(Class::PublicProvider(p.name.clone())));
         }
-        steps.push(format!("{from} belongs to public provider {}", p.name));
+        steps.note(|| format!("{from} belongs to public provider {}", p.name));
         Class::PublicProvider(p.name.clone())
     } else {
-        steps.push(format!(
-            "{from} is neither allowed, blocked nor a provider: a discovered partner"
-        ));
+        steps.note(|| {
+            format!("{from} is neither allowed, blocked nor a provider: a discovered partner")
+        });
         Class::DiscoveredPartner
     };
 
@@ -540,34 +583,37 @@ pub fn decide(config: &PolicyConfig, request: &Request<'_>) -> Decision {
         Class::PublicProvider(_) => ("allow_public_providers", config.edge.allow_public_providers),
         Class::Blocked(_) => unreachable!("returned above"),
     };
-    steps.push(format!(
-        "edge: {switch} is {}",
-        if on { "on" } else { "off" }
-    ));
+    steps.note(|| format!("edge: {switch} is {}", if on { "on" } else { "off" }));
     if !on {
         return deny(steps, Some(class));
     }
 
     // 4. The target's effective policy.
     let t = request.target;
-    let (scope, policy) = match (
-        t.grant.and_then(|g| config.policies.get(g).map(|p| (g, p))),
-        t.site
-            .and_then(|s| config.site_policies.get(s).map(|p| (s, p))),
-    ) {
-        (Some((name, p)), _) => (format!("policy {name} granted to {}", t.uri), p),
-        (None, Some((site, p))) => (format!("site policy {site}"), p),
-        (None, None) => ("the global policy".to_owned(), &config.global_policy),
+    let grant = t.grant.and_then(|g| config.policies.get(g).map(|p| (g, p)));
+    let site = t
+        .site
+        .and_then(|s| config.site_policies.get(s).map(|p| (s, p)));
+    let policy = match (grant, site) {
+        (Some((_, p)), _) | (None, Some((_, p))) => p,
+        (None, None) => &config.global_policy,
+    };
+    let scope = || match (grant, site) {
+        (Some((name, _)), _) => format!("policy {name} granted to {}", t.uri),
+        (None, Some((site, _))) => format!("site policy {site}"),
+        (None, None) => "the global policy".to_owned(),
     };
     let (access, access_name) = match class {
         Class::PublicProvider(_) => (policy.public_providers, "public_providers"),
         _ => (policy.federation, "federation"),
     };
-    steps.push(format!(
-        "{} applies: {access_name} access is {}",
-        scope,
-        if access { "on" } else { "off" }
-    ));
+    steps.note(|| {
+        format!(
+            "{} applies: {access_name} access is {}",
+            scope(),
+            if access { "on" } else { "off" }
+        )
+    });
     if !access {
         return deny(steps, Some(class));
     }
@@ -580,13 +626,15 @@ pub fn decide(config: &PolicyConfig, request: &Request<'_>) -> Decision {
         ),
         Modality::Audio => (policy.audio, "audio"),
     };
-    steps.push(format!(
-        "{modality_name} is {}",
-        if modality_on { "on" } else { "off" }
-    ));
+    steps.note(|| {
+        format!(
+            "{modality_name} is {}",
+            if modality_on { "on" } else { "off" }
+        )
+    });
     Decision {
         allowed: modality_on,
         class: Some(class),
-        steps,
+        steps: steps.list,
     }
 }

@@ -2,7 +2,7 @@
 //! precedence rule, each with the step that explains it.
 
 use porchlight_policy::{
-    decide, Class, DiscoveredLimits, EdgeAccess, LimitExceeded, Modality, PolicyConfig,
+    decide, verdict, Class, DiscoveredLimits, EdgeAccess, LimitExceeded, Modality, PolicyConfig,
     PolicyError, Request, Target,
 };
 
@@ -318,20 +318,27 @@ fn every_switch_and_precedence_rule() {
         let mut config = base.clone();
         (case.edit)(&mut config);
         let peer: Vec<String> = case.peer.iter().map(|s| s.to_string()).collect();
-        let decision = decide(
-            &config,
-            &Request {
-                from_domain: case.from,
-                peer_domains: (!peer.is_empty()).then_some(peer.as_slice()),
-                target: Target {
-                    uri: "sip:helpdesk@contoso.com",
-                    grant: case.grant,
-                    site: case.site,
-                },
-                modality: case.modality,
+        let request = Request {
+            from_domain: case.from,
+            peer_domains: (!peer.is_empty()).then_some(peer.as_slice()),
+            target: Target {
+                uri: "sip:helpdesk@contoso.com",
+                grant: case.grant,
+                site: case.site,
             },
-        );
+            modality: case.modality,
+        };
+        let decision = decide(&config, &request);
         assert_eq!(decision.allowed, case.allowed, "{}:\n{decision}", case.name);
+        // The quiet verdict reaches the same outcome and writes nothing.
+        let quiet = verdict(&config, &request);
+        assert_eq!(
+            (quiet.allowed, &quiet.class),
+            (decision.allowed, &decision.class),
+            "{}",
+            case.name
+        );
+        assert!(quiet.steps.is_empty(), "{}", case.name);
         assert_eq!(decision.class, case.class, "{}:\n{decision}", case.name);
         assert!(
             decision.steps.iter().any(|s| s.contains(case.explains)),

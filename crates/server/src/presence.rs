@@ -11,8 +11,8 @@ use bytes::Bytes;
 use porchlight_endpoints::digest::DigestAuth;
 use porchlight_endpoints::{Credentials, Directory, Registrar, RegistrarConfig, Sources};
 use porchlight_policy::{
-    decide, Class, Decision, DiscoveredLimits, Modality, PolicyConfig, Request as PolicyRequest,
-    Target as PolicyTarget,
+    decide, verdict, Class, Decision, DiscoveredLimits, Modality, PolicyConfig,
+    Request as PolicyRequest, Target as PolicyTarget,
 };
 use porchlight_presence::xml_in::{parse_category_publish, parse_pidf};
 use porchlight_presence::{
@@ -85,15 +85,21 @@ fn authorize_subscription(
     if policy.is_trusted(origin.source.ip()) {
         return Authorization::Allow;
     }
-    let mut decision = explain(
-        policy,
-        directory,
-        origin.peer.as_deref().map(|p| p.domains.as_slice()),
-        watcher,
-        endpoint as usize,
-        Modality::Presence,
-    );
-    if decision.allowed && decision.class == Some(Class::DiscoveredPartner) {
+    let peer = origin.peer.as_deref().map(|p| p.domains.as_slice());
+    let request = |explained| {
+        judge(
+            policy,
+            directory,
+            peer,
+            watcher,
+            endpoint as usize,
+            Modality::Presence,
+            explained,
+        )
+    };
+    let outcome = request(false);
+    let mut exceeded = None;
+    if outcome.allowed && outcome.class == Some(Class::DiscoveredPartner) {
         let domain = domain_of(watcher);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -101,13 +107,16 @@ fn authorize_subscription(
         let mut limits = discovered
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Err(exceeded) = limits.admit(&policy.edge, &domain, endpoint, now) {
-            decision.steps.push(exceeded.to_string());
-            decision.allowed = false;
-        }
+        exceeded = limits.admit(&policy.edge, &domain, endpoint, now).err();
     }
-    if decision.allowed {
+    if outcome.allowed && exceeded.is_none() {
         return Authorization::Allow;
+    }
+    // Refused: decide again, this time writing down why, for the log.
+    let mut decision = request(true);
+    if let Some(exceeded) = exceeded {
+        decision.steps.push(exceeded.to_string());
+        decision.allowed = false;
     }
     tracing::info!(
         watcher,
@@ -121,7 +130,8 @@ fn authorize_subscription(
     }
 }
 
-/// Runs the policy decision for `from` (a SIP URI) reaching an endpoint.
+/// Runs the policy decision for `from` (a SIP URI) reaching an endpoint,
+/// with every step written down.
 pub fn explain(
     policy: &PolicyConfig,
     directory: &Directory,
@@ -130,21 +140,44 @@ pub fn explain(
     endpoint: usize,
     modality: Modality,
 ) -> Decision {
+    judge(
+        policy,
+        directory,
+        peer_domains,
+        from,
+        endpoint,
+        modality,
+        true,
+    )
+}
+
+/// The policy decision, explained or (on the hot path) only the verdict.
+fn judge(
+    policy: &PolicyConfig,
+    directory: &Directory,
+    peer_domains: Option<&[String]>,
+    from: &str,
+    endpoint: usize,
+    modality: Modality,
+    explained: bool,
+) -> Decision {
     let from_domain = domain_of(from);
     let e = &directory.endpoints()[endpoint];
-    decide(
-        policy,
-        &PolicyRequest {
-            from_domain: &from_domain,
-            peer_domains,
-            target: PolicyTarget {
-                uri: &e.identity.uri,
-                grant: e.config.policy.as_deref(),
-                site: e.config.site.as_deref(),
-            },
-            modality,
+    let request = PolicyRequest {
+        from_domain: &from_domain,
+        peer_domains,
+        target: PolicyTarget {
+            uri: &e.identity.uri,
+            grant: e.config.policy.as_deref(),
+            site: e.config.site.as_deref(),
         },
-    )
+        modality,
+    };
+    if explained {
+        decide(policy, &request)
+    } else {
+        verdict(policy, &request)
+    }
 }
 
 /// Presence state and protocol handling of one node.

@@ -8,6 +8,7 @@
 
 mod layer;
 pub mod machine;
+pub mod proxy;
 
 pub use layer::{ClientKey, Output, RequestMatch, ServerKey, TransactionLayer, TxId};
 pub use machine::{

@@ -378,7 +378,10 @@ impl ClientTransaction {
                     Action::Schedule(Timer::E, self.interval),
                 ]
             }
-            (Timer::B, ClientState::Calling | ClientState::Proceeding)
+            // Timer B guards only the Calling state: once a provisional
+            // response arrived, a call may ring for as long as the callee
+            // lets it (§17.1.1.2).
+            (Timer::B, ClientState::Calling)
             | (Timer::F, ClientState::Trying | ClientState::Proceeding) => {
                 self.terminate(vec![Action::Timeout])
             }
@@ -403,15 +406,22 @@ impl ClientTransaction {
 /// (§17.1.1.3): same Request-URI, Call-ID, From, CSeq number and top Via as
 /// the INVITE, To from the response, and the INVITE's Route set.
 pub fn ack_for_non_2xx(invite: &Message, response: &Message) -> Bytes {
+    derived_request(invite, "ACK", response)
+}
+
+/// A request that belongs to an INVITE's transaction (ACK for non-2xx,
+/// CANCEL): the INVITE's Request-URI, top Via, From, Call-ID, CSeq number
+/// and Route set, with To from `to_source`.
+pub(crate) fn derived_request(invite: &Message, method: &str, to_source: &Message) -> Bytes {
     use porchlight_sip::HeaderName;
-    let mut w = MessageWriter::request("ACK", invite.request_uri().unwrap_or(""));
+    let mut w = MessageWriter::request(method, invite.request_uri().unwrap_or(""));
     if let Some(via) = invite.items(HeaderName::Via).next().and_then(Result::ok) {
         w.header("Via", via);
     }
     w.header("Max-Forwards", "70");
     for (name, source) in [
         (HeaderName::From, invite),
-        (HeaderName::To, response),
+        (HeaderName::To, to_source),
         (HeaderName::CallId, invite),
     ] {
         if let Some(v) = source.first_value(name) {
@@ -419,7 +429,7 @@ pub fn ack_for_non_2xx(invite: &Message, response: &Message) -> Bytes {
         }
     }
     let seq = invite.cseq().map(|c| c.seq).unwrap_or(0);
-    w.header_fmt("CSeq", format_args!("{seq} ACK"));
+    w.header_fmt("CSeq", format_args!("{seq} {method}"));
     for route in invite.values(HeaderName::Route) {
         w.header("Route", route);
     }
