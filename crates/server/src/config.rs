@@ -126,6 +126,34 @@ pub struct TimersSection {
     pub t4_ms: u64,
 }
 
+/// Edge mode: proxying for the SIP infrastructure behind the node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSection {
+    /// Where requests for our domains that no endpoint serves are proxied
+    /// (a SIP URI with an IP address, e.g. `sip:10.0.0.5:5060;transport=tcp`);
+    /// empty answers them here (404).
+    #[serde(default)]
+    pub internal_next_hop: String,
+    /// The header stamped on requests let in from outside when they are
+    /// forwarded inside (and removed from whatever arrives from outside).
+    #[serde(default = "default_trust_header")]
+    pub trust_header: String,
+}
+
+fn default_trust_header() -> String {
+    "X-Porchlight-Trust".into()
+}
+
+impl Default for EdgeSection {
+    fn default() -> Self {
+        EdgeSection {
+            internal_next_hop: String::new(),
+            trust_header: default_trust_header(),
+        }
+    }
+}
+
 /// Certificate files for TLS.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,6 +272,9 @@ pub struct Config {
     /// Federation and external-access policy.
     #[serde(default)]
     pub policy: porchlight_policy::PolicyConfig,
+    /// Edge mode.
+    #[serde(default)]
+    pub edge: EdgeSection,
     /// Application endpoints.
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<porchlight_endpoints::EndpointConfig>,
@@ -423,6 +454,28 @@ impl Config {
             return Err(invalid(
                 format!("[registrar] digest_algorithms = {:?}", r.digest_algorithms),
                 "list one or both of \"SHA-256\" and \"MD5\", preferred first",
+            ));
+        }
+        if !self.edge.internal_next_hop.is_empty()
+            && crate::edge::address_of(&self.edge.internal_next_hop).is_none()
+        {
+            return Err(invalid(
+                format!(
+                    "[edge] internal_next_hop = {:?} is not a SIP URI with an IP address",
+                    self.edge.internal_next_hop
+                ),
+                "write it like \"sip:10.0.0.5:5060;transport=tcp\", or leave it empty",
+            ));
+        }
+        let header = &self.edge.trust_header;
+        if header.is_empty()
+            || !header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(invalid(
+                format!("[edge] trust_header = {header:?}"),
+                "use a header name of letters, digits and dashes, e.g. \"X-Porchlight-Trust\"",
             ));
         }
         if self.timers.t1_ms == 0 || self.timers.t2_ms < self.timers.t1_ms {

@@ -2,6 +2,7 @@
 //! the event loop that joins transport and transaction layer.
 
 pub mod config;
+mod edge;
 mod health;
 mod node;
 mod presence;

@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use porchlight_sip::{via_with_received, Answer, Limits, Message};
-use porchlight_transaction::{Output, RequestMatch, TimerConfig, TransactionLayer, TxId};
+use porchlight_transaction::proxy::{forward, Forwarding, ProxyAction, ProxyTable};
+use porchlight_transaction::{
+    Output, RequestMatch, ServerKey, TimerConfig, TransactionLayer, TxId,
+};
 use porchlight_transport::pki::{AltName, CertificateAuthority};
 use porchlight_transport::{
     ClientAuth, Origin, Protocol, Received, Target, TlsSettings, Transport, TransportConfig,
@@ -18,7 +21,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{ClientAuthSetting, Config};
-use crate::presence::{parse_own, PresenceService};
+use crate::edge::{self, Route};
+use crate::presence::{authorize_relay, parse_own, PresenceService};
 use crate::uas::{answer_malformed, answer_request, Disposition, LocalNames, SERVER};
 
 /// Why the node could not start.
@@ -105,6 +109,14 @@ impl Node {
                 ));
             }
         }
+        let mut secret = [0u8; 32];
+        for (i, chunk) in secret.chunks_mut(8).enumerate() {
+            chunk.copy_from_slice(
+                &RandomState::new()
+                    .hash_one((i, Instant::now()))
+                    .to_be_bytes(),
+            );
+        }
         let event_loop = EventLoop {
             transport: transport.clone(),
             layer: TransactionLayer::new(timers),
@@ -112,6 +124,12 @@ impl Node {
             presence,
             tag_seed,
             tag_counter: 0,
+            proxy: ProxyTable::default(),
+            internal_hop: edge::address_of(&config.edge.internal_next_hop),
+            trust_header: config.edge.trust_header.clone(),
+            route_secret: secret,
+            domain: config.node.domains[0].clone(),
+            branch_counter: 0,
         };
         let task = tokio::spawn(event_loop.run(received, verdicts));
         for (protocol, addr) in transport.local_addrs() {
@@ -182,6 +200,20 @@ struct EventLoop {
     presence: PresenceService,
     tag_seed: u64,
     tag_counter: u64,
+    /// Proxied requests in progress (edge mode).
+    proxy: ProxyTable<Upstream>,
+    internal_hop: Option<(Protocol, SocketAddr)>,
+    trust_header: String,
+    /// Keys the Record-Route tokens of dialogs this node proxies.
+    route_secret: [u8; 32],
+    domain: String,
+    branch_counter: u64,
+}
+
+/// What a proxied request needs kept to answer upstream itself.
+struct Upstream {
+    request: Message,
+    origin: Origin,
 }
 
 impl EventLoop {
@@ -247,9 +279,21 @@ impl EventLoop {
                         }
                     }
                     Output::Response { id, response } => {
-                        if !self.presence.on_response(&id.branch, &response, now) {
+                        if self.proxy.contains(&id) {
+                            for action in self.proxy.on_response(&id, &response) {
+                                self.apply(action, now);
+                            }
+                        } else if !self.presence.on_response(&id.branch, &response, now) {
                             tracing::debug!(?id, "stray response");
                         }
+                    }
+                    Output::Timeout(TxId::Client(id)) if self.proxy.contains(&id) => {
+                        let action = self.proxy.on_failure(&id, true);
+                        action.into_iter().for_each(|a| self.apply(a, now));
+                    }
+                    Output::TransportError(TxId::Client(id)) if self.proxy.contains(&id) => {
+                        let action = self.proxy.on_failure(&id, false);
+                        action.into_iter().for_each(|a| self.apply(a, now));
                     }
                     Output::Timeout(TxId::Client(id))
                     | Output::TransportError(TxId::Client(id)) => {
@@ -326,8 +370,31 @@ impl EventLoop {
     fn on_request(&mut self, request: Message, origin: Origin) {
         let now = Instant::now();
         let target = response_target(&request, &origin);
-        let disposition = answer_request(&request, &self.local);
         let reliable = origin.protocol.is_reliable();
+        let mut disposition = None;
+        if request.validate_request().is_ok() {
+            if request.method() == Some("CANCEL") && self.cancel(&request, &origin, &target, now) {
+                return;
+            }
+            let is_endpoint = request
+                .request_uri()
+                .is_some_and(|uri| self.presence.directory().resolve(uri).is_some());
+            match edge::route(
+                &request,
+                &self.local,
+                self.internal_hop,
+                self.presence.policy().is_trusted(origin.source.ip()),
+                &self.route_secret,
+                is_endpoint,
+            ) {
+                Route::Local => {}
+                Route::Refuse(answer) => disposition = Some(Disposition::Respond(answer)),
+                Route::Forward(hop) => {
+                    return self.proxy_request(request, origin, target, hop, now)
+                }
+            }
+        }
+        let disposition = disposition.unwrap_or_else(|| answer_request(&request, &self.local));
         match self
             .layer
             .receive_request(&request, target.clone(), reliable, now)
@@ -360,6 +427,190 @@ impl EventLoop {
         }
     }
 
+    /// A CANCEL for an INVITE this node proxies (§16.10): 200 for the
+    /// CANCEL, and the CANCEL goes on downstream. False when no proxied
+    /// INVITE matches (the node answers it as its own).
+    fn cancel(
+        &mut self,
+        request: &Message,
+        origin: &Origin,
+        target: &Target,
+        now: Instant,
+    ) -> bool {
+        let Ok(key) = ServerKey::of(request) else {
+            return false;
+        };
+        let Some(downstream) = self.proxy.cancel(&key.cancelled_invite()) else {
+            return false;
+        };
+        let reliable = origin.protocol.is_reliable();
+        if let Ok(RequestMatch::New(own)) =
+            self.layer
+                .receive_request(request, target.clone(), reliable, now)
+        {
+            let bytes = self.render(request, origin, &Answer::new(200, "OK"));
+            self.layer.respond(&own, 200, bytes, now);
+        }
+        if let Some(action) = downstream {
+            self.apply(action, now);
+        }
+        true
+    }
+
+    /// Forwards a request edge mode routes elsewhere: a new one through a
+    /// server and a client transaction, an ACK for a 2xx statelessly.
+    fn proxy_request(
+        &mut self,
+        request: Message,
+        origin: Origin,
+        response_target: Target,
+        hop: edge::Forward,
+        now: Instant,
+    ) {
+        let reliable = origin.protocol.is_reliable();
+        let key = match self
+            .layer
+            .receive_request(&request, response_target.clone(), reliable, now)
+        {
+            Ok(RequestMatch::New(key)) => key,
+            Ok(RequestMatch::DialogAck) => {
+                if let Ok(bytes) = self.forwarded(&request, &origin, &hop, None) {
+                    let transport = self.transport.clone();
+                    tokio::spawn(async move { transport.send(&hop.target, bytes).await });
+                }
+                return;
+            }
+            Ok(_) => return,
+            Err(_) => {
+                let answer = Answer::new(400, "Bad Request (no transaction key)");
+                let bytes = self.render(&request, &origin, &answer);
+                let transport = self.transport.clone();
+                tokio::spawn(async move { transport.send(&response_target, bytes).await });
+                return;
+            }
+        };
+        let trust = if hop.entering {
+            match authorize_relay(self.presence.policy(), &request, &origin) {
+                Ok(trust) => trust,
+                Err(answer) => {
+                    let bytes = self.render(&request, &origin, &answer);
+                    self.layer.respond(&key, answer.code, bytes, now);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let forwarded = match self.forwarded(&request, &origin, &hop, trust) {
+            Ok(bytes) => parse_own(bytes),
+            Err(e) => {
+                tracing::debug!("not forwarded: {e}");
+                None
+            }
+        };
+        let Some(forwarded) = forwarded else {
+            let answer = Answer::new(483, "Too Many Hops");
+            let bytes = self.render(&request, &origin, &answer);
+            self.layer.respond(&key, answer.code, bytes, now);
+            return;
+        };
+        let reliable_out = is_stream(&hop.target);
+        match self
+            .layer
+            .send_request(forwarded.clone(), hop.target, reliable_out, now)
+        {
+            Ok(client) => self
+                .proxy
+                .insert(key, client, forwarded, Upstream { request, origin }),
+            Err(e) => tracing::error!("cannot start a client transaction: {e}"),
+        }
+    }
+
+    /// The copy of `request` for `hop`: our Via, and for a request entering
+    /// from outside our two Record-Route entries and the trust header.
+    fn forwarded(
+        &mut self,
+        request: &Message,
+        origin: &Origin,
+        hop: &edge::Forward,
+        trust: Option<String>,
+    ) -> Result<Bytes, porchlight_transaction::proxy::ProxyError> {
+        let (protocol, local) = match &hop.target {
+            Target::Address { protocol, .. } => (*protocol, self.transport.local_addr(*protocol)),
+            Target::Connection(_) => (Protocol::Tls, self.transport.local_addr(Protocol::Tls)),
+        };
+        let sent_by = local.map_or_else(|| self.domain.clone(), |a| a.to_string());
+        let via = format!("SIP/2.0/{} {sent_by}", protocol.via_token());
+        let mut record_route = Vec::new();
+        if hop.entering {
+            let token = edge::route_token(
+                &self.route_secret,
+                request.call_id().unwrap_or_default(),
+                origin.connection,
+            );
+            let inside = protocol.via_token().to_ascii_lowercase();
+            let outside = origin.protocol.via_token().to_ascii_lowercase();
+            record_route.push(format!("<sip:{token}@{sent_by};transport={inside};lr>"));
+            record_route.push(format!(
+                "<sip:{token}@{};transport={outside};lr>",
+                origin.local
+            ));
+        }
+        let trust_header = self.trust_header.as_str();
+        let add: Vec<(&str, String)> = trust.into_iter().map(|t| (trust_header, t)).collect();
+        // Only what this node vouches for reaches the inside.
+        let strip: &[&str] = if hop.entering { &[trust_header] } else { &[] };
+        self.branch_counter += 1;
+        let branch = format!(
+            "z9hG4bKpx{:x}.{}",
+            self.tag_seed & 0xffff,
+            self.branch_counter
+        );
+        forward(
+            request,
+            &Forwarding {
+                request_uri: None,
+                consumed_routes: hop.consumed_routes,
+                record_route: &record_route,
+                via: &via,
+                strip,
+                add: &add,
+            },
+            &branch,
+        )
+    }
+
+    /// Carries out what the proxy table asks for.
+    fn apply(&mut self, action: ProxyAction<Upstream>, now: Instant) {
+        match action {
+            ProxyAction::Respond {
+                server,
+                code,
+                bytes,
+            } => {
+                self.layer.respond(&server, code, bytes, now);
+            }
+            ProxyAction::Fail { server, code, user } => {
+                let reason = if code == 408 {
+                    "Request Timeout (the next hop did not answer)"
+                } else {
+                    "Service Unavailable (the next hop cannot be reached)"
+                };
+                let bytes = self.render(&user.request, &user.origin, &Answer::new(code, reason));
+                self.layer.respond(&server, code, bytes, now);
+            }
+            ProxyAction::Cancel { client, bytes } => {
+                let target = self.layer.context(&TxId::Client(client)).cloned();
+                if let (Some(target), Some(cancel)) = (target, parse_own(bytes)) {
+                    let reliable = is_stream(&target);
+                    if let Err(e) = self.layer.send_request(cancel, target, reliable, now) {
+                        tracing::error!("cannot send CANCEL: {e}");
+                    }
+                }
+            }
+        }
+    }
+
     fn render(&mut self, request: &Message, origin: &Origin, answer: &Answer) -> Bytes {
         let top_via = request
             .top_via()
@@ -371,6 +622,17 @@ impl EventLoop {
         answer.headers.push(("Server", SERVER.to_owned()));
         answer.write(request, top_via.as_deref(), &tag)
     }
+}
+
+/// Whether sending to `target` goes over a stream (no retransmissions).
+fn is_stream(target: &Target) -> bool {
+    !matches!(
+        target,
+        Target::Address {
+            protocol: Protocol::Udp,
+            ..
+        }
+    )
 }
 
 /// Where a response goes (RFC 3261 §18.2.2, RFC 3581): back on the stream

@@ -180,6 +180,61 @@ fn judge(
     }
 }
 
+/// The policy check for a request proxied into the edge (calls, IM and
+/// subscriptions for people behind it): the request's modality against the
+/// global policy. Ok carries the trust header value describing the peer;
+/// None when the request came from a trusted network.
+pub fn authorize_relay(
+    policy: &PolicyConfig,
+    request: &Message,
+    origin: &Origin,
+) -> Result<Option<String>, Box<Answer>> {
+    if policy.is_trusted(origin.source.ip()) {
+        return Ok(None);
+    }
+    let from = request
+        .from()
+        .map(|f| f.uri.as_str().to_owned())
+        .unwrap_or_default();
+    let from_domain = domain_of(&from);
+    let peer = origin.peer.as_deref().map(|p| p.domains.as_slice());
+    let modality = match request.method() {
+        Some("INVITE") => Modality::Audio,
+        Some("SUBSCRIBE" | "NOTIFY") => Modality::Presence,
+        _ => Modality::Im,
+    };
+    let to = request.request_uri().unwrap_or_default();
+    let policy_request = PolicyRequest {
+        from_domain: &from_domain,
+        peer_domains: peer,
+        target: PolicyTarget {
+            uri: to,
+            grant: None,
+            site: None,
+        },
+        modality,
+    };
+    let outcome = verdict(policy, &policy_request);
+    if !outcome.allowed {
+        tracing::info!(
+            from,
+            to,
+            source = %origin.source,
+            "request refused:\n{}",
+            decide(policy, &policy_request)
+        );
+        return Err(Box::new(Answer::new(403, "Forbidden")));
+    }
+    let class = match &outcome.class {
+        Some(Class::PublicProvider(name)) => format!("public-provider;provider=\"{name}\""),
+        _ => "federation".to_owned(),
+    };
+    Ok(Some(format!(
+        "peer=\"{}\";verified=yes;class={class}",
+        peer.map(|p| p.join(",")).unwrap_or_default()
+    )))
+}
+
 /// Presence state and protocol handling of one node.
 pub struct PresenceService {
     directory: Directory,
@@ -311,6 +366,11 @@ impl PresenceService {
             );
         }
         self.notifier.set_state(endpoint as u32, state, at);
+    }
+
+    /// The federation and access policy in force.
+    pub fn policy(&self) -> &PolicyConfig {
+        &self.policy
     }
 
     /// The endpoints, for the health probes the node starts.

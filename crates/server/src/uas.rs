@@ -38,7 +38,8 @@ pub struct LocalNames {
 }
 
 impl LocalNames {
-    fn is_local(&self, uri: &porchlight_sip::SipUri<'_>) -> bool {
+    /// Whether a URI names this node (one of its domains or addresses).
+    pub fn is_local(&self, uri: &porchlight_sip::SipUri<'_>) -> bool {
         match uri.host.ip() {
             Some(ip) => {
                 self.addresses

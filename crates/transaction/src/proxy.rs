@@ -155,8 +155,14 @@ pub enum ProxyAction<U> {
         /// What the driver stored with the branch.
         user: U,
     },
-    /// Send this CANCEL for the branch (a new non-INVITE client transaction).
-    Cancel(Bytes),
+    /// Send this CANCEL for the branch `client` (a new non-INVITE client
+    /// transaction, to where that branch went).
+    Cancel {
+        /// The INVITE's client transaction.
+        client: ClientKey,
+        /// The CANCEL.
+        bytes: Bytes,
+    },
 }
 
 struct Branch<U> {
@@ -226,7 +232,10 @@ impl<U> ProxyTable<U> {
         let mut actions = Vec::new();
         if code < 200 {
             if !branch.provisional && branch.cancel_wanted {
-                actions.push(ProxyAction::Cancel(cancel_for(&branch.forwarded)));
+                actions.push(ProxyAction::Cancel {
+                    client: client.clone(),
+                    bytes: cancel_for(&branch.forwarded),
+                });
             }
             branch.provisional = true;
             if code == 100 {
@@ -269,14 +278,17 @@ impl<U> ProxyTable<U> {
     /// None when no branch serves it (the driver answers 481); otherwise
     /// the CANCEL to send now, or nothing yet when no provisional response
     /// has arrived (it is sent with the first one).
-    pub fn cancel(&mut self, invite: &ServerKey) -> Option<Option<Bytes>> {
+    pub fn cancel(&mut self, invite: &ServerKey) -> Option<Option<ProxyAction<U>>> {
         let client = self.by_server.get(invite)?;
         let branch = self.branches.get_mut(client)?;
         if branch.cancel_wanted {
             return Some(None);
         }
         branch.cancel_wanted = true;
-        Some(branch.provisional.then(|| cancel_for(&branch.forwarded)))
+        Some(branch.provisional.then(|| ProxyAction::Cancel {
+            client: client.clone(),
+            bytes: cancel_for(&branch.forwarded),
+        }))
     }
 
     fn remove(&mut self, client: &ClientKey) -> Option<Branch<U>> {
