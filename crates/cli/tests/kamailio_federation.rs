@@ -260,3 +260,84 @@ fn a_partner_user_behind_kamailio_sees_the_endpoint_and_refusals_are_explained()
         assert!(text.contains("public provider PublicIM"), "{text}");
     }
 }
+
+fn sipp(args: &[&str]) -> Child {
+    Command::new("sipp")
+        .args(args)
+        .args(["-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sipp is installed (scripts/test.sh installs sip-tester)")
+}
+
+fn finished_ok(mut child: Child, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            assert!(status.success(), "{name} failed ({status}): {err}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_call_from_behind_kamailio_reaches_the_inside_through_the_edge() {
+    let pki = Pki::new("kamailio-call");
+    // The inside: a SIPp callee on 127.0.0.2, the only trusted network, so
+    // Kamailio on 127.0.0.1 stays an outsider that must prove itself.
+    let inside = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    let inside_port = inside.local_addr().unwrap().port();
+    drop(inside);
+    let text = pki.config(&[(NO_PARTNERS, FABRIKAM)]).replace(
+        "trusted_networks = []",
+        "trusted_networks = [\"127.0.0.2/32\"]",
+    );
+    let text = text.replace(
+        "internal_next_hop = \"\"",
+        &format!("internal_next_hop = \"sip:127.0.0.2:{inside_port}\""),
+    );
+    let server = start("kam-call", &text);
+    let fabrikam = Kamailio::start(&pki, "call", "fabrikam.com", server.tls);
+    let scenarios = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/sipp");
+    let callee = sipp(&[
+        "-sf",
+        &format!("{scenarios}/call-uas.xml"),
+        "-i",
+        "127.0.0.2",
+        "-p",
+        &inside_port.to_string(),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = sipp(&[
+        &fabrikam.udp().to_string(),
+        "-sf",
+        &format!("{scenarios}/call-uac.xml"),
+        "-s",
+        "bob",
+        "-key",
+        "domain",
+        "contoso.com",
+        "-key",
+        "caller",
+        "sip:carol@fabrikam.com",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_udp_port().to_string(),
+    ]);
+    finished_ok(
+        caller,
+        "the caller (INVITE, ACK and BYE through Kamailio and the edge)",
+    );
+    finished_ok(
+        callee,
+        "the callee (trust header, ACK and BYE through the edge)",
+    );
+}
