@@ -113,10 +113,17 @@ pub fn route(
         }
         consumed += 1;
         if token.is_none() {
-            token = sip.user.map(str::to_owned);
+            token = sip.user.filter(|u| u.starts_with("pl-")).map(str::to_owned);
         }
     }
-    if consumed > 0 {
+    // Our entry without a token is a preloaded route (a client using this
+    // node as its outbound proxy): consumed, then the request is judged as
+    // if it named no route — relaying onward is for the inside only.
+    if consumed > 0 && token.is_none() {
+        if request.routes().nth(consumed).is_some() && !trusted {
+            return Route::Refuse(Answer::new(403, "Forbidden (relaying is not permitted)"));
+        }
+    } else if consumed > 0 {
         let call_id = request.call_id().unwrap_or_default();
         let Some(flow) = token
             .as_deref()
@@ -182,7 +189,7 @@ pub fn route(
             addr,
             domain: None,
         },
-        consumed_routes: 0,
+        consumed_routes: consumed,
         entering: true,
     })
 }
