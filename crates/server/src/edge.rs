@@ -193,3 +193,131 @@ pub fn route(
         entering: true,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use porchlight_sip::{Framing, Limits};
+
+    const SECRET: [u8; 32] = [7; 32];
+
+    fn local() -> LocalNames {
+        LocalNames {
+            hosts: vec!["contoso.com".into()],
+            addresses: vec!["10.0.0.2".parse().unwrap()],
+        }
+    }
+
+    fn request(method: &str, uri: &str, extra: &str) -> Message {
+        let text = format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/TLS edge.fabrikam.com;branch=z9hG4bK1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@fabrikam.com>;tag=a\r\nTo: <{uri}>\r\n\
+             Call-ID: dialog-1\r\nCSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        Message::parse(Bytes::from(text), Framing::Stream, &Limits::default()).unwrap()
+    }
+
+    const INSIDE: Option<(Protocol, SocketAddr)> = Some((
+        Protocol::Udp,
+        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 5)), 5060),
+    ));
+
+    #[test]
+    fn new_requests_for_people_behind_the_edge_go_inside_and_endpoints_stay() {
+        let invite = request("INVITE", "sip:bob@contoso.com", "");
+        let Route::Forward(hop) = route(&invite, &local(), INSIDE, false, &SECRET, false) else {
+            panic!("not forwarded");
+        };
+        assert!(hop.entering);
+        assert_eq!(hop.consumed_routes, 0);
+        assert_eq!(
+            route(&invite, &local(), INSIDE, false, &SECRET, true),
+            Route::Local
+        );
+        assert_eq!(
+            route(&invite, &local(), None, false, &SECRET, false),
+            Route::Local
+        );
+        let register = request("REGISTER", "sip:contoso.com", "");
+        assert_eq!(
+            route(&register, &local(), INSIDE, false, &SECRET, false),
+            Route::Local
+        );
+        let foreign = request("INVITE", "sip:carol@fabrikam.com", "");
+        assert_eq!(
+            route(&foreign, &local(), INSIDE, true, &SECRET, false),
+            Route::Local
+        );
+    }
+
+    #[test]
+    fn dialog_requests_need_a_token_this_node_issued() {
+        let token = route_token(&SECRET, "dialog-1", Some(ConnectionId(42)));
+        let routes = format!(
+            "Route: <sip:{token}@10.0.0.2;transport=udp;lr>, <sip:{token}@10.0.0.2:5061;transport=tls;lr>\r\n"
+        );
+        // From the inside: over the outside peer's own connection.
+        let bye = request("BYE", "sip:alice@192.0.2.9:5061;transport=tls", &routes);
+        assert_eq!(
+            route(&bye, &local(), INSIDE, true, &SECRET, false),
+            Route::Forward(Forward {
+                target: Target::Connection(ConnectionId(42)),
+                consumed_routes: 2,
+                entering: false,
+            })
+        );
+        // From outside: to the Request-URI's address.
+        let bye = request("BYE", "sip:bob@10.0.0.5:5070", &routes);
+        let Route::Forward(hop) = route(&bye, &local(), INSIDE, false, &SECRET, false) else {
+            panic!("not forwarded");
+        };
+        assert_eq!(
+            hop.target,
+            Target::Address {
+                protocol: Protocol::Udp,
+                addr: "10.0.0.5:5070".parse().unwrap(),
+                domain: None
+            }
+        );
+        // Another Call-ID, or a forged token: refused.
+        let forged = routes.replace(&token[token.len() - 4..], "0000");
+        let bye = request("BYE", "sip:bob@10.0.0.5:5070", &forged);
+        assert!(matches!(
+            route(&bye, &local(), INSIDE, false, &SECRET, false),
+            Route::Refuse(a) if a.code == 403
+        ));
+        let other = route_token(&SECRET, "another-dialog", Some(ConnectionId(42)));
+        let bye = request(
+            "BYE",
+            "sip:bob@10.0.0.5:5070",
+            &format!("Route: <sip:{other}@10.0.0.2;lr>\r\n"),
+        );
+        assert!(matches!(
+            route(&bye, &local(), INSIDE, false, &SECRET, false),
+            Route::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn a_preloaded_route_to_this_node_is_consumed_and_relaying_on_stays_inside() {
+        let register = request(
+            "REGISTER",
+            "sip:contoso.com",
+            "Route: <sip:10.0.0.2;lr>\r\n",
+        );
+        assert_eq!(
+            route(&register, &local(), INSIDE, false, &SECRET, false),
+            Route::Local
+        );
+        let onward = request(
+            "INVITE",
+            "sip:bob@contoso.com",
+            "Route: <sip:10.0.0.2;lr>, <sip:192.0.2.50;lr>\r\n",
+        );
+        assert!(matches!(
+            route(&onward, &local(), INSIDE, false, &SECRET, false),
+            Route::Refuse(a) if a.code == 403
+        ));
+    }
+}
