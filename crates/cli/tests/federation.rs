@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -65,29 +64,6 @@ async fn subscribe_to(
             }
         }
     }
-}
-
-fn explain(server: &Server, from: &str, peer: &str) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
-        .args([
-            "explain",
-            "--from",
-            from,
-            "--to",
-            "sip:helpdesk@contoso.com",
-            "--kind",
-            "presence",
-            "--peer",
-            peer,
-            "--config",
-        ])
-        .arg(server.dir.join("porchlight.toml"))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -125,31 +125,6 @@ fn watcher(name: &str, user: &str, proxy: &Kamailio) -> Baresip {
     watcher
 }
 
-/// `porchlight explain` for a presence request against the server's
-/// configuration, with the peer certificate proving `peer`.
-fn explain(server: &Server, from: &str, peer: &str) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
-        .args([
-            "explain",
-            "--from",
-            from,
-            "--to",
-            "sip:helpdesk@contoso.com",
-            "--kind",
-            "presence",
-            "--peer",
-            peer,
-            "--config",
-        ])
-        .arg(server.dir.join("porchlight.toml"))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 const NO_PARTNERS: &str = "allowed_domains = []                 # e.g.";
 const FABRIKAM: &str = "allowed_domains = [{ domain = \"fabrikam.com\" }] #";
 

@@ -329,6 +329,17 @@ impl EventLoop {
         }
     }
 
+    /// Sends without waiting, for what no transaction follows (stateless
+    /// answers, a forwarded ACK for a 2xx).
+    fn send_detached(&self, target: Target, bytes: Bytes) {
+        let transport = self.transport.clone();
+        tokio::spawn(async move {
+            if let Err(e) = transport.send(&target, bytes).await {
+                tracing::debug!(?target, "send failed: {e}");
+            }
+        });
+    }
+
     /// Sends, logging a failure; false when the bytes could not go.
     async fn send(&self, to: &Target, bytes: Bytes) -> bool {
         match self.transport.send(to, bytes).await {
@@ -360,8 +371,7 @@ impl EventLoop {
                     let head = head.expect("answer implies head");
                     let target = response_target(&head, &origin);
                     let bytes = self.render(&head, &origin, &answer);
-                    let transport = self.transport.clone();
-                    tokio::spawn(async move { transport.send(&target, bytes).await });
+                    self.send_detached(target, bytes);
                 }
             }
         }
@@ -376,9 +386,11 @@ impl EventLoop {
             if request.method() == Some("CANCEL") && self.cancel(&request, &origin, &target, now) {
                 return;
             }
-            let is_endpoint = request
-                .request_uri()
-                .is_some_and(|uri| self.presence.directory().resolve(uri).is_some());
+            // Only edge mode asks whether the target is an endpoint.
+            let is_endpoint = self.internal_hop.is_some()
+                && request
+                    .request_uri()
+                    .is_some_and(|uri| self.presence.directory().resolve(uri).is_some());
             match edge::route(
                 &request,
                 &self.local,
@@ -420,8 +432,7 @@ impl EventLoop {
                 };
                 if let Some(answer) = answer {
                     let bytes = self.render(&request, &origin, &answer);
-                    let transport = self.transport.clone();
-                    tokio::spawn(async move { transport.send(&target, bytes).await });
+                    self.send_detached(target, bytes);
                 }
             }
         }
@@ -475,8 +486,7 @@ impl EventLoop {
             Ok(RequestMatch::New(key)) => key,
             Ok(RequestMatch::DialogAck) => {
                 if let Ok(bytes) = self.forwarded(&request, &origin, &hop, None) {
-                    let transport = self.transport.clone();
-                    tokio::spawn(async move { transport.send(&hop.target, bytes).await });
+                    self.send_detached(hop.target, bytes);
                 }
                 return;
             }
@@ -484,8 +494,7 @@ impl EventLoop {
             Err(_) => {
                 let answer = Answer::new(400, "Bad Request (no transaction key)");
                 let bytes = self.render(&request, &origin, &answer);
-                let transport = self.transport.clone();
-                tokio::spawn(async move { transport.send(&response_target, bytes).await });
+                self.send_detached(response_target, bytes);
                 return;
             }
         };

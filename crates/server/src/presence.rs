@@ -85,22 +85,16 @@ fn authorize_subscription(
     if policy.is_trusted(origin.source.ip()) {
         return Authorization::Allow;
     }
-    let peer = origin.peer.as_deref().map(|p| p.domains.as_slice());
-    let request = |explained| {
-        judge(
-            policy,
-            directory,
-            peer,
-            watcher,
-            endpoint as usize,
-            Modality::Presence,
-            explained,
-        )
+    let domain = domain_of(watcher);
+    let request = PolicyRequest {
+        from_domain: &domain,
+        peer_domains: origin.peer.as_deref().map(|p| p.domains.as_slice()),
+        target: policy_target(directory, endpoint as usize),
+        modality: Modality::Presence,
     };
-    let outcome = request(false);
+    let outcome = verdict(policy, &request);
     let mut exceeded = None;
     if outcome.allowed && outcome.class == Some(Class::DiscoveredPartner) {
-        let domain = domain_of(watcher);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -113,7 +107,7 @@ fn authorize_subscription(
         return Authorization::Allow;
     }
     // Refused: decide again, this time writing down why, for the log.
-    let mut decision = request(true);
+    let mut decision = decide(policy, &request);
     if let Some(exceeded) = exceeded {
         decision.steps.push(exceeded.to_string());
         decision.allowed = false;
@@ -140,43 +134,25 @@ pub fn explain(
     endpoint: usize,
     modality: Modality,
 ) -> Decision {
-    judge(
+    let from_domain = domain_of(from);
+    decide(
         policy,
-        directory,
-        peer_domains,
-        from,
-        endpoint,
-        modality,
-        true,
+        &PolicyRequest {
+            from_domain: &from_domain,
+            peer_domains,
+            target: policy_target(directory, endpoint),
+            modality,
+        },
     )
 }
 
-/// The policy decision, explained or (on the hot path) only the verdict.
-fn judge(
-    policy: &PolicyConfig,
-    directory: &Directory,
-    peer_domains: Option<&[String]>,
-    from: &str,
-    endpoint: usize,
-    modality: Modality,
-    explained: bool,
-) -> Decision {
-    let from_domain = domain_of(from);
+/// An endpoint as the policy sees it: its URI, granted policy and site.
+fn policy_target(directory: &Directory, endpoint: usize) -> PolicyTarget<'_> {
     let e = &directory.endpoints()[endpoint];
-    let request = PolicyRequest {
-        from_domain: &from_domain,
-        peer_domains,
-        target: PolicyTarget {
-            uri: &e.identity.uri,
-            grant: e.config.policy.as_deref(),
-            site: e.config.site.as_deref(),
-        },
-        modality,
-    };
-    if explained {
-        decide(policy, &request)
-    } else {
-        verdict(policy, &request)
+    PolicyTarget {
+        uri: &e.identity.uri,
+        grant: e.config.policy.as_deref(),
+        site: e.config.site.as_deref(),
     }
 }
 

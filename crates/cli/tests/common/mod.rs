@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use porchlight_sip::{Framing, Limits, Message};
-use porchlight_transport::pki::{AltName, CertificateAuthority};
+use porchlight_transport::pki::{AltName, CertificateAuthority, IssuedCertificate};
 use porchlight_transport::{ClientAuth, Received, TlsSettings, Transport, TransportConfig};
 
 pub struct Server {
@@ -152,6 +152,32 @@ pub fn request(method: &str, uri: &str, extra: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `porchlight explain` for a presence request to the help desk against
+/// the server's configuration, with the peer certificate proving `peer`:
+/// (allowed, the printed steps).
+pub fn explain(server: &Server, from: &str, peer: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args([
+            "explain",
+            "--from",
+            from,
+            "--to",
+            "sip:helpdesk@contoso.com",
+            "--kind",
+            "presence",
+            "--peer",
+            peer,
+            "--config",
+        ])
+        .arg(server.dir.join("porchlight.toml"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 pub fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(format!(
         "{}/../sip/tests/fixtures/{path}",
@@ -205,16 +231,19 @@ impl Pki {
         )
     }
 
-    /// Issues a certificate proving `domain` (SAN `sip:` URI and dNSName)
-    /// and writes it to `dir` as `<stem>.crt` and `<stem>.key`.
-    pub fn write_leaf(&self, dir: &std::path::Path, stem: &str, domain: &str) {
-        let leaf = self
-            .ca
+    /// A certificate proving `domain` (SAN `sip:` URI and dNSName).
+    fn leaf(&self, domain: &str) -> IssuedCertificate {
+        self.ca
             .issue(
                 domain,
                 &[AltName::Uri(&format!("sip:{domain}")), AltName::Dns(domain)],
             )
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Issues a certificate proving `domain` and writes it to `dir` as `<stem>.crt` and `<stem>.key`.
+    pub fn write_leaf(&self, dir: &std::path::Path, stem: &str, domain: &str) {
+        let leaf = self.leaf(domain);
         std::fs::write(dir.join(format!("{stem}.crt")), &leaf.chain_pem).unwrap();
         std::fs::write(dir.join(format!("{stem}.key")), &leaf.key_pem).unwrap();
         std::fs::write(dir.join("ca.pem"), &self.ca.cert_pem).unwrap();
@@ -224,13 +253,7 @@ impl Pki {
         &self,
         domain: &str,
     ) -> (Transport, tokio::sync::mpsc::Receiver<Received>) {
-        let leaf = self
-            .ca
-            .issue(
-                domain,
-                &[AltName::Uri(&format!("sip:{domain}")), AltName::Dns(domain)],
-            )
-            .unwrap();
+        let leaf = self.leaf(domain);
         let tls = TlsSettings::from_pem(
             leaf.chain_pem.as_bytes(),
             leaf.key_pem.as_bytes(),
