@@ -168,29 +168,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(path) => Config::load(path)?,
                 None => Config::embedded(),
             };
-            let pinned = config
-                .policy
-                .allowed_domains
-                .iter()
-                .find(|a| a.domain.eq_ignore_ascii_case(&domain))
-                .and_then(|a| a.proxy_fqdn.clone());
+            let route = config.policy.route_to(&domain);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
             let hops = runtime.block_on(async {
                 let resolver = if nameserver.is_empty() {
-                    porchlight_resolve::Resolver::system()
+                    config
+                        .resolver()
                         .context("reading the system resolver configuration")?
                 } else {
                     porchlight_resolve::Resolver::with_nameservers(&nameserver)
                 };
-                anyhow::Ok(resolver.federation_hops(&domain, pinned.as_deref()).await?)
+                anyhow::Ok(
+                    resolver
+                        .federation_hops(&route.verify, route.pinned.as_deref())
+                        .await?,
+                )
             })?;
             for hop in hops {
                 println!(
-                    "{} ({}) via {}; TLS identity checked: {domain}",
-                    hop.addr, hop.host, hop.source
+                    "{} ({}) via {}; TLS identity checked: {}",
+                    hop.addr, hop.host, hop.source, route.verify
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -211,7 +211,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let peer = (!peer.is_empty()).then_some(peer.as_slice());
             let Some(decision) = porchlight_server::explain(&config, &from, &to, modality, peer)
             else {
-                println!("{to} is not an endpoint of this node: the request is answered 404");
+                println!(
+                    "no policy decision: {to} is not an endpoint here (without edge mode: 404), \
+                     or neither side is in this node's domains (403, relaying is not permitted)"
+                );
                 return Ok(ExitCode::FAILURE);
             };
             println!("{from} -> {to} ({kind})\n{decision}");

@@ -3,8 +3,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use porchlight_policy::{
-    decide, verdict, AccessPolicy, AllowedDomain, Modality, PolicyConfig, PublicProvider, Request,
-    Target,
+    decide, verdict, AccessPolicy, AllowedDomain, LocalParty, Modality, PolicyConfig,
+    PublicProvider, Remote, Request,
 };
 
 fn realistic() -> PolicyConfig {
@@ -55,9 +55,9 @@ fn benches(c: &mut Criterion) {
             decide(
                 &config,
                 &Request {
-                    from_domain: from,
-                    peer_domains: Some(&peer),
-                    target: Target {
+                    remote_domain: from,
+                    remote: Remote::Certified(&peer),
+                    local: LocalParty {
                         uri: "sip:ep500@contoso.com",
                         grant: Some("grant500"),
                         site: None,

@@ -266,6 +266,8 @@ struct Index {
     allowed: std::collections::HashSet<String>,
     /// User domain -> provider position.
     provider_of: std::collections::HashMap<String, usize>,
+    /// Parsed once: the check runs for every request.
+    trusted: Vec<Network>,
 }
 
 /// The entry of `blocked` that `domain` falls under: itself or a parent.
@@ -334,15 +336,17 @@ impl PolicyConfig {
 
     /// Whether a source address is on the trusted inside of the edge.
     pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
-        self.edge
-            .trusted_networks
-            .iter()
-            .filter_map(|n| Network::parse(n))
-            .any(|n| n.contains(ip))
+        self.index().trusted.iter().any(|n| n.contains(ip))
     }
 
     fn index(&self) -> &Index {
         self.index.get_or_init(|| Index {
+            trusted: self
+                .edge
+                .trusted_networks
+                .iter()
+                .filter_map(|n| Network::parse(n))
+                .collect(),
             blocked: self.blocked_domains.iter().map(|d| normalized(d)).collect(),
             allowed: self
                 .allowed_domains
@@ -356,6 +360,37 @@ impl PolicyConfig {
                 .flat_map(|(i, p)| p.domains.iter().map(move |d| (normalized(d), i)))
                 .collect(),
         })
+    }
+
+    /// How to reach `domain`'s edge. A public provider's users are reached
+    /// through the provider's edge, whose certificate names that edge; an
+    /// allowed partner's pinned proxy replaces DNS discovery, but the
+    /// connection must still prove the partner's domain (RFC 5922).
+    pub fn route_to(&self, domain: &str) -> PartnerRoute {
+        let domain = normalized(domain);
+        let provider_edge = self
+            .providers
+            .iter()
+            .filter_map(|p| p.proxy_fqdn.as_deref())
+            .find(|fqdn| normalized(fqdn) == domain);
+        if let Some(fqdn) = provider_edge.or_else(|| {
+            self.provider_serving(&domain)
+                .and_then(|p| p.proxy_fqdn.as_deref())
+        }) {
+            return PartnerRoute {
+                verify: normalized(fqdn),
+                pinned: Some(normalized(fqdn)),
+            };
+        }
+        let pinned = self
+            .allowed_domains
+            .iter()
+            .find(|a| normalized(&a.domain) == domain)
+            .and_then(|a| a.proxy_fqdn.as_deref().map(normalized));
+        PartnerRoute {
+            verify: domain,
+            pinned,
+        }
     }
 
     fn blocked_by(&self, domain: &str) -> Option<String> {
@@ -372,6 +407,16 @@ impl PolicyConfig {
             .get(&normalized(domain))
             .map(|&i| &self.providers[i])
     }
+}
+
+/// Where a remote domain's edge is, as configuration says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartnerRoute {
+    /// The name the edge's certificate must prove, and under which a
+    /// verified connection is reused (RFC 5923).
+    pub verify: String,
+    /// The host to connect to instead of discovering it in DNS.
+    pub pinned: Option<String>,
 }
 
 /// What the request wants to do.
@@ -397,10 +442,11 @@ impl Modality {
     }
 }
 
-/// The target endpoint's place in the policy.
+/// The local party's place in the policy: the endpoint (or person behind
+/// the edge) a request from outside reaches, or the one sending out.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Target<'a> {
-    /// The endpoint's URI, for explanations.
+pub struct LocalParty<'a> {
+    /// Its URI, for explanations.
     pub uri: &'a str,
     /// The policy granted to it, if any.
     pub grant: Option<&'a str>,
@@ -408,16 +454,29 @@ pub struct Target<'a> {
     pub site: Option<&'a str>,
 }
 
-/// One request crossing the boundary.
+/// What is known of the other side's identity.
+#[derive(Clone, Copy, Debug)]
+pub enum Remote<'a> {
+    /// An inbound request over mutual TLS: the domains the peer's
+    /// certificate proves (RFC 5922).
+    Certified(&'a [String]),
+    /// An inbound request that did not come over mutual TLS.
+    Unverified,
+    /// An outbound request: nothing is sent until the connection has
+    /// verified the remote domain, so its identity is not in question.
+    Destination,
+}
+
+/// One request crossing the boundary, in either direction.
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
-    /// The sender's domain (From).
-    pub from_domain: &'a str,
-    /// The domains the peer's certificate proves (RFC 5922); None when the
-    /// request did not come over mutual TLS.
-    pub peer_domains: Option<&'a [String]>,
-    /// The target.
-    pub target: Target<'a>,
+    /// The other side's domain: the From domain of an inbound request, the
+    /// Request-URI domain of an outbound one.
+    pub remote_domain: &'a str,
+    /// How that domain is vouched for.
+    pub remote: Remote<'a>,
+    /// Our side: the target of an inbound request, the sender of an outbound one.
+    pub local: LocalParty<'a>,
     /// What it wants.
     pub modality: Modality,
 }
@@ -455,10 +514,11 @@ impl fmt::Display for Decision {
     }
 }
 
-/// Decides whether `request` may cross the edge. A request is allowed only
-/// when the sender's identity holds, its domain's classification and the
-/// edge switch for that class allow it, and the target's effective policy
-/// (endpoint grant, else site, else global) allows that class and modality.
+/// Decides whether `request` may cross the edge, either way. A request is
+/// allowed only when an inbound sender's identity holds, the remote
+/// domain's classification and the edge switch for that class allow it,
+/// and the local party's effective policy (endpoint grant, else site, else
+/// global) allows that class and modality.
 pub fn decide(config: &PolicyConfig, request: &Request<'_>) -> Decision {
     decide_with(config, request, Steps::recording())
 }
@@ -505,9 +565,9 @@ fn decide_with(config: &PolicyConfig, request: &Request<'_>, mut steps: Steps) -
         class,
         steps: steps.list,
     };
-    let from = request.from_domain;
+    let from = request.remote_domain;
 
-    // 1. Identity: the From domain must be one the TLS peer speaks for.
+    // 1. Identity: an inbound From domain must be one the TLS peer speaks for.
     let provider_of_peer = |peer: &[String]| {
         config.provider_serving(from).filter(|p| {
             peer.iter().any(|pd| {
@@ -518,11 +578,16 @@ fn decide_with(config: &PolicyConfig, request: &Request<'_>, mut steps: Steps) -
             })
         })
     };
-    match request.peer_domains {
-        Some(peer) if peer.iter().any(|d| d.eq_ignore_ascii_case(from)) => {
+    match request.remote {
+        Remote::Destination => {
+            steps.note(|| {
+                format!("outbound to {from}: the connection must verify {from}'s certificate")
+            });
+        }
+        Remote::Certified(peer) if peer.iter().any(|d| d.eq_ignore_ascii_case(from)) => {
             steps.note(|| format!("peer certificate proves {from}: identity verified"));
         }
-        Some(peer) if provider_of_peer(peer).is_some() => {
+        Remote::Certified(peer) if provider_of_peer(peer).is_some() => {
             let p = provider_of_peer(peer).expect("checked");
             steps.note(|| format!(
                 "peer certificate ({}) is public provider {}, which serves {from}: identity verified",
@@ -530,7 +595,7 @@ fn decide_with(config: &PolicyConfig, request: &Request<'_>, mut steps: Steps) -
                 p.name
             ));
         }
-        Some(peer) => {
+        Remote::Certified(peer) => {
             steps.note(|| {
                 format!(
                 "From domain {from} does not match the peer certificate ({}): refused as spoofed",
@@ -539,7 +604,7 @@ fn decide_with(config: &PolicyConfig, request: &Request<'_>, mut steps: Steps) -
             });
             return deny(steps, None);
         }
-        None => {
+        Remote::Unverified => {
             steps.note(|| format!(
                 "no mutual-TLS identity: {from} is not verified, so it cannot be a partner or provider"
             ));
@@ -588,8 +653,8 @@ fn decide_with(config: &PolicyConfig, request: &Request<'_>, mut steps: Steps) -
         return deny(steps, Some(class));
     }
 
-    // 4. The target's effective policy.
-    let t = request.target;
+    // 4. The local party's effective policy.
+    let t = request.local;
     let grant = t.grant.and_then(|g| config.policies.get(g).map(|p| (g, p)));
     let site = t
         .site

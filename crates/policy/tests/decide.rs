@@ -2,8 +2,8 @@
 //! precedence rule, each with the step that explains it.
 
 use porchlight_policy::{
-    decide, verdict, Class, DiscoveredLimits, EdgeAccess, LimitExceeded, Modality, PolicyConfig,
-    PolicyError, Request, Target,
+    decide, verdict, Class, DiscoveredLimits, EdgeAccess, LimitExceeded, LocalParty, Modality,
+    PolicyConfig, PolicyError, Remote, Request,
 };
 
 const BASE: &str = r#"
@@ -319,9 +319,13 @@ fn every_switch_and_precedence_rule() {
         (case.edit)(&mut config);
         let peer: Vec<String> = case.peer.iter().map(|s| s.to_string()).collect();
         let request = Request {
-            from_domain: case.from,
-            peer_domains: (!peer.is_empty()).then_some(peer.as_slice()),
-            target: Target {
+            remote_domain: case.from,
+            remote: if peer.is_empty() {
+                Remote::Unverified
+            } else {
+                Remote::Certified(&peer)
+            },
+            local: LocalParty {
                 uri: "sip:helpdesk@contoso.com",
                 grant: case.grant,
                 site: case.site,
@@ -420,5 +424,143 @@ fn discovered_partner_limits() {
         limits.admit(&edge, "contoso.net", 1, 3.0),
         Ok(()),
         "endpoints already reached stay reachable"
+    );
+}
+
+/// Requests from the inside toward other domains pass the same
+/// classification, edge switches and local policy; identity is the
+/// connection's business, checked before anything is sent.
+#[test]
+fn outbound_requests() {
+    let base: PolicyConfig = toml::from_str(BASE).unwrap();
+    let outbound = |config: &PolicyConfig, to: &str, grant, modality| {
+        decide(
+            config,
+            &Request {
+                remote_domain: to,
+                remote: Remote::Destination,
+                local: LocalParty {
+                    uri: "sip:helpdesk@contoso.com",
+                    grant,
+                    site: None,
+                },
+                modality,
+            },
+        )
+    };
+    let cases: [(&str, Option<&str>, Modality, bool, &str); 7] = [
+        (
+            "fabrikam.com",
+            None,
+            Modality::Im,
+            true,
+            "allowed partner domain",
+        ),
+        (
+            "evil.example",
+            None,
+            Modality::Im,
+            false,
+            "matches blocked domain evil.example",
+        ),
+        (
+            "unknown.example",
+            None,
+            Modality::Audio,
+            true,
+            "a discovered partner",
+        ),
+        (
+            "publicim.example",
+            None,
+            Modality::Im,
+            true,
+            "belongs to public provider PublicIM",
+        ),
+        (
+            "publicim.example",
+            None,
+            Modality::Audio,
+            false,
+            "audio (public_provider_audio) is off",
+        ),
+        (
+            "retired.example",
+            None,
+            Modality::Im,
+            false,
+            "which is disabled",
+        ),
+        (
+            "fabrikam.com",
+            Some("partners-only"),
+            Modality::Audio,
+            false,
+            "audio is off",
+        ),
+    ];
+    for (to, grant, modality, allowed, explains) in cases {
+        let decision = outbound(&base, to, grant, modality);
+        assert_eq!(decision.allowed, allowed, "{to} {modality:?}:\n{decision}");
+        assert!(decision.steps[0].contains("outbound to"), "{decision}");
+        assert!(
+            decision.steps.iter().any(|s| s.contains(explains)),
+            "{to}: expected {explains:?} in\n{decision}"
+        );
+        assert_eq!(
+            verdict(
+                &base,
+                &Request {
+                    remote_domain: to,
+                    remote: Remote::Destination,
+                    local: LocalParty {
+                        uri: "sip:helpdesk@contoso.com",
+                        grant,
+                        site: None
+                    },
+                    modality,
+                }
+            )
+            .allowed,
+            allowed
+        );
+    }
+    let mut no_discovery = base.clone();
+    no_discovery.edge.enable_partner_discovery = false;
+    let decision = outbound(&no_discovery, "unknown.example", None, Modality::Im);
+    assert!(!decision.allowed, "{decision}");
+    assert!(decision
+        .to_string()
+        .contains("enable_partner_discovery is off"));
+}
+
+/// Where each kind of remote domain is reached, and what it must prove.
+#[test]
+fn routes_to_partners_and_providers() {
+    let config: PolicyConfig = toml::from_str(BASE).unwrap();
+    let route = |d| {
+        let r = config.route_to(d);
+        (r.verify, r.pinned)
+    };
+    assert_eq!(route("Fabrikam.com"), ("fabrikam.com".into(), None));
+    assert_eq!(
+        route("partner.example"),
+        ("partner.example".into(), Some("sip.partner.example".into())),
+        "a pinned proxy still proves the partner's own domain"
+    );
+    let provider_edge = (
+        "federation.publicim.example".to_owned(),
+        Some("federation.publicim.example".to_owned()),
+    );
+    assert_eq!(
+        route("chat.example"),
+        provider_edge,
+        "a provider's users go through its edge"
+    );
+    assert_eq!(route("federation.publicim.example"), provider_edge);
+    assert_eq!(
+        route("retired.example"),
+        ("retired.example".into(), None),
+        "no proxy_fqdn: discovery"
     );
 }

@@ -112,6 +112,14 @@ pub struct LimitsSection {
     pub connection_queue_depth: usize,
     /// Kernel buffer of each UDP socket, each way, so bursts queue instead of dropping.
     pub udp_buffer_bytes: usize,
+    /// Messages held for one destination while its edge is looked up and
+    /// dialled; beyond it they fail at once (503 upstream).
+    #[serde(default = "default_max_parked")]
+    pub max_parked_per_destination: usize,
+}
+
+fn default_max_parked() -> usize {
+    1024
 }
 
 /// RFC 3261 timer bases.
@@ -139,6 +147,20 @@ pub struct EdgeSection {
     /// forwarded inside (and removed from whatever arrives from outside).
     #[serde(default = "default_trust_header")]
     pub trust_header: String,
+    /// The host name put in the Record-Route entries that face the
+    /// outside, so partners reach in-dialog requests back by name; empty
+    /// uses the address the dialog's first request arrived on.
+    #[serde(default)]
+    pub record_route_host: String,
+}
+
+/// Name servers for finding partners' edges and named next hops.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// Name servers (`"IP:port"`); empty uses the system's resolv.conf.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
 }
 
 fn default_trust_header() -> String {
@@ -150,6 +172,7 @@ impl Default for EdgeSection {
         EdgeSection {
             internal_next_hop: String::new(),
             trust_header: default_trust_header(),
+            record_route_host: String::new(),
         }
     }
 }
@@ -275,6 +298,9 @@ pub struct Config {
     /// Edge mode.
     #[serde(default)]
     pub edge: EdgeSection,
+    /// DNS.
+    #[serde(default)]
+    pub dns: DnsSection,
     /// Application endpoints.
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<porchlight_endpoints::EndpointConfig>,
@@ -307,6 +333,17 @@ fn fix_for(message: &str) -> String {
 }
 
 impl Config {
+    /// The DNS resolver the configuration asks for.
+    pub fn resolver(&self) -> std::io::Result<porchlight_resolve::Resolver> {
+        if self.dns.nameservers.is_empty() {
+            porchlight_resolve::Resolver::system()
+        } else {
+            Ok(porchlight_resolve::Resolver::with_nameservers(
+                &self.dns.nameservers,
+            ))
+        }
+    }
+
     /// The embedded defaults.
     pub fn embedded() -> Config {
         Config::parse(DEFAULT_CONFIG, "<embedded defaults>", Path::new("."))
@@ -465,6 +502,21 @@ impl Config {
                     self.edge.internal_next_hop
                 ),
                 "write it like \"sip:10.0.0.5:5060;transport=tcp\", or leave it empty",
+            ));
+        }
+        let rr_host = &self.edge.record_route_host;
+        if !rr_host.is_empty()
+            && porchlight_sip::Uri::parse(&format!("sip:{rr_host}")).is_err()
+        {
+            return Err(invalid(
+                format!("[edge] record_route_host = {rr_host:?} is not a host name"),
+                "write a host name like \"edge.contoso.com\", or leave it empty",
+            ));
+        }
+        if self.limits.max_parked_per_destination == 0 {
+            return Err(invalid(
+                "[limits] max_parked_per_destination = 0".into(),
+                "allow at least one message to wait while a destination is dialled (default 1024)",
             ));
         }
         let header = &self.edge.trust_header;

@@ -1,21 +1,26 @@
-//! Edge mode: which requests this node proxies rather than answers, and
-//! where they go — as pure functions of the request, how it arrived and the
-//! node's names.
+//! The edge's routing: which requests this node proxies rather than
+//! answers, and where they go — as pure functions of the request, how it
+//! arrived and the node's configuration.
 //!
 //! Requests for our domains that no endpoint serves are proxied statefully
-//! to the internal next hop (RFC 3261 §16) with this node record-routed
-//! twice, once facing each side, so the dialog's later requests pass here
-//! too. Each Record-Route entry carries a token: the connection the dialog's
-//! outside peer used (so requests from the inside reuse that mutual-TLS
-//! connection) and a keyed hash of the Call-ID, so only dialogs this node
-//! set up can be routed through it — nothing is relayed for strangers.
+//! to the internal next hop (RFC 3261 §16); requests from the trusted
+//! inside for other domains go out to that domain's edge over mutual TLS.
+//! Either way this node record-routes twice, once facing each side, so the
+//! dialog's later requests pass here too. Each Record-Route entry carries a
+//! token naming the dialog's outside partner (the name its certificate
+//! proves) and a keyed hash binding it to the Call-ID: later requests from
+//! the inside go to that partner, and only dialogs this node set up can be
+//! routed through it — nothing is relayed for strangers.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
+use porchlight_policy::PolicyConfig;
 use porchlight_sip::{Answer, Message, NameAddr, Uri};
-use porchlight_transport::{ConnectionId, Protocol, Target};
+use porchlight_transport::{Origin, Protocol};
 use sha2::{Digest, Sha256};
 
+use crate::outbound::NextHop;
 use crate::uas::LocalNames;
 
 /// Where a request that this node will not answer itself goes.
@@ -33,12 +38,29 @@ pub enum Route {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Forward {
     /// Where the forwarded request goes.
-    pub target: Target,
+    pub next: NextHop,
     /// Our Route entries removed from the top (§16.4).
     pub consumed_routes: usize,
-    /// True for a new request entering from outside: policy decides it,
-    /// and the node record-routes and stamps the trust header.
-    pub entering: bool,
+    /// Which way it crosses the edge.
+    pub direction: Direction,
+}
+
+/// Which way a proxied request crosses the edge; it decides the policy
+/// check, the Record-Route entries and the trust header.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// A new request from outside for someone behind the edge.
+    Entering,
+    /// A new request from the inside for another domain, whose edge
+    /// certificate must prove `partner`.
+    Leaving {
+        /// The Request-URI's domain, for the policy.
+        domain: String,
+        /// The name the partner's edge proves.
+        partner: Arc<str>,
+    },
+    /// A later request of a dialog this node record-routed.
+    InDialog,
 }
 
 /// Parses a SIP URI naming an address (the internal next hop, a Route
@@ -48,150 +70,188 @@ pub fn address_of(uri: &str) -> Option<(Protocol, SocketAddr)> {
         return None;
     };
     let ip: IpAddr = sip.host.ip()?;
-    let protocol = match sip.param("transport").flatten() {
+    let protocol = protocol_of(&sip);
+    Some((
+        protocol,
+        SocketAddr::new(ip, sip.port.unwrap_or(default_port(protocol))),
+    ))
+}
+
+/// The transport a SIP URI asks for: its `transport` parameter, TLS for
+/// `sips:`, else UDP (RFC 3263 §4.1 with the transport fixed).
+fn protocol_of(sip: &porchlight_sip::SipUri<'_>) -> Protocol {
+    match sip.param("transport").flatten() {
         Some(t) if t.eq_ignore_ascii_case("tcp") => Protocol::Tcp,
         Some(t) if t.eq_ignore_ascii_case("tls") => Protocol::Tls,
         _ if sip.secure => Protocol::Tls,
         _ => Protocol::Udp,
-    };
-    let default_port = if protocol == Protocol::Tls {
+    }
+}
+
+fn default_port(protocol: Protocol) -> u16 {
+    if protocol == Protocol::Tls {
         5061
     } else {
         5060
+    }
+}
+
+/// The next hop a SIP URI names: its address when the host is an IP
+/// literal, else the host name to resolve (RFC 3263).
+fn hop_of(uri: &str) -> Option<NextHop> {
+    if let Some((protocol, addr)) = address_of(uri) {
+        return Some(NextHop::address(protocol, addr));
+    }
+    let Ok(Uri::Sip(sip, _)) = Uri::parse(uri) else {
+        return None;
     };
-    Some((
-        protocol,
-        SocketAddr::new(ip, sip.port.unwrap_or(default_port)),
-    ))
+    Some(NextHop::Host {
+        protocol: protocol_of(&sip),
+        uri: uri.into(),
+    })
+}
+
+/// The edge's routing configuration.
+pub struct Edge {
+    /// Where requests for people behind the edge go; None: not in edge mode.
+    pub internal: Option<(Protocol, SocketAddr)>,
+    /// Keys the Record-Route tokens.
+    pub secret: [u8; 32],
 }
 
 /// The keyed hash that binds a Record-Route token to one dialog.
-fn mac(secret: &[u8; 32], call_id: &str, connection: u64) -> String {
+fn mac(secret: &[u8; 32], call_id: &str, partner: &str) -> String {
     let mut h = Sha256::new();
     h.update(secret);
     h.update(call_id.as_bytes());
-    h.update(connection.to_be_bytes());
+    h.update([0]);
+    h.update(partner.as_bytes());
     let digest = h.finalize();
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The user part of our Record-Route entries for a dialog whose outside
-/// peer is on `connection` (0 for none).
-pub fn route_token(secret: &[u8; 32], call_id: &str, connection: Option<ConnectionId>) -> String {
-    let c = connection.map_or(0, |c| c.0);
-    format!("pl-{c}-{}", mac(secret, call_id, c))
+/// The name a request's outside peer is reached by: the domain (or, for a
+/// public provider's users, the provider's edge) its certificate proves.
+/// None when the certificate does not prove it.
+pub fn partner_of(policy: &PolicyConfig, origin: &Origin, from_domain: &str) -> Option<Arc<str>> {
+    let peer = origin.peer.as_ref()?;
+    let route = policy.route_to(from_domain);
+    peer.covers(&route.verify).then(|| route.verify.into())
 }
 
-/// Checks a token from a Route entry; the connection it names, if valid.
-fn check_token(secret: &[u8; 32], call_id: &str, token: &str) -> Option<Option<ConnectionId>> {
-    let rest = token.strip_prefix("pl-")?;
-    let (c, m) = rest.split_once('-')?;
-    let c: u64 = c.parse().ok()?;
-    (mac(secret, call_id, c) == m).then_some((c != 0).then_some(ConnectionId(c)))
-}
-
-/// Decides whether `request` is proxied and where to (the caller has
-/// validated it). `trusted`: it came from a trusted network (the inside);
-/// `is_endpoint`: its Request-URI is one of our endpoints.
-pub fn route(
-    request: &Message,
-    local: &LocalNames,
-    internal: Option<(Protocol, SocketAddr)>,
-    trusted: bool,
-    secret: &[u8; 32],
-    is_endpoint: bool,
-) -> Route {
-    let method = request.method().unwrap_or_default();
-    // Our own Route entries on top: a dialog this node record-routed.
-    let mut consumed = 0;
-    let mut token = None;
-    for entry in request.routes() {
-        let Ok(entry) = entry else { break };
-        let Uri::Sip(sip, _) = &entry.uri else { break };
-        if !local.is_local(sip) || sip.param("lr").is_none() {
-            break;
-        }
-        consumed += 1;
-        if token.is_none() {
-            token = sip.user.filter(|u| u.starts_with("pl-")).map(str::to_owned);
-        }
+impl Edge {
+    /// The user part of our Record-Route entries for a dialog whose outside
+    /// side is `partner`.
+    pub fn route_token(&self, call_id: &str, partner: &str) -> String {
+        format!("rr-{partner}-{}", mac(&self.secret, call_id, partner))
     }
-    // Our entry without a token is a preloaded route (a client using this
-    // node as its outbound proxy): consumed, then the request is judged as
-    // if it named no route — relaying onward is for the inside only.
-    if consumed > 0 && token.is_none() {
-        if request.routes().nth(consumed).is_some() && !trusted {
+
+    /// Checks a token from a Route entry; the partner it names, if valid.
+    fn check_token<'t>(&self, call_id: &str, token: &'t str) -> Option<&'t str> {
+        let (partner, m) = token.strip_prefix("rr-")?.rsplit_once('-')?;
+        (mac(&self.secret, call_id, partner) == m).then_some(partner)
+    }
+
+    /// Decides whether `request` is proxied and where to (the caller has
+    /// validated it). `is_endpoint`: its Request-URI is one of our endpoints.
+    pub fn route(
+        &self,
+        request: &Message,
+        origin: &Origin,
+        local: &LocalNames,
+        policy: &PolicyConfig,
+        is_endpoint: bool,
+    ) -> Route {
+        let trusted = policy.is_trusted(origin.source.ip());
+        let method = request.method().unwrap_or_default();
+        // Our own Route entries on top: a dialog this node record-routed.
+        let mut consumed = 0;
+        let mut token = None;
+        for entry in request.routes() {
+            let Ok(entry) = entry else { break };
+            let Uri::Sip(sip, _) = &entry.uri else { break };
+            if !local.is_local(sip) || sip.param("lr").is_none() {
+                break;
+            }
+            consumed += 1;
+            if token.is_none() {
+                token = sip.user.filter(|u| u.starts_with("rr-")).map(str::to_owned);
+            }
+        }
+        let next_route = || request.routes().nth(consumed).and_then(Result::ok);
+        if let Some(token) = token {
+            let call_id = request.call_id().unwrap_or_default();
+            let Some(partner) = self.check_token(call_id, &token) else {
+                return Route::Refuse(Answer::new(403, "Forbidden (not a dialog of this edge)"));
+            };
+            let next = if trusted {
+                // From the inside: to the dialog's partner.
+                Some(NextHop::Partner(partner.into()))
+            } else if origin.peer.as_ref().is_some_and(|p| p.covers(partner)) {
+                // From the partner: the next Route entry, else the Request-URI.
+                next_route()
+                    .map(|n: NameAddr<'_>| n.uri.as_str().to_owned())
+                    .or_else(|| request.request_uri().map(str::to_owned))
+                    .and_then(|uri| hop_of(&uri))
+            } else {
+                return Route::Refuse(Answer::new(403, "Forbidden (not a dialog of this peer)"));
+            };
+            return match next {
+                Some(next) => Route::Forward(Forward {
+                    next,
+                    consumed_routes: consumed,
+                    direction: Direction::InDialog,
+                }),
+                None => Route::Refuse(Answer::new(416, "Unsupported URI Scheme")),
+            };
+        }
+        // Our entry without a token is a preloaded route (a client using
+        // this node as its outbound proxy): consumed, then the request is
+        // judged as if it named no route — relaying onward is for the
+        // inside only.
+        if consumed > 0 && next_route().is_some() && !trusted {
             return Route::Refuse(Answer::new(403, "Forbidden (relaying is not permitted)"));
         }
-    } else if consumed > 0 {
-        let call_id = request.call_id().unwrap_or_default();
-        let Some(flow) = token
-            .as_deref()
-            .and_then(|t| check_token(secret, call_id, t))
-        else {
-            return Route::Refuse(Answer::new(403, "Forbidden (not a dialog of this edge)"));
+        let Ok(Uri::Sip(uri, _)) = Uri::parse(request.request_uri().unwrap_or_default()) else {
+            return Route::Local;
         };
-        // The next hop: the next Route entry, else the Request-URI.
-        let next = request
-            .routes()
-            .nth(consumed)
-            .and_then(Result::ok)
-            .map(|n: NameAddr<'_>| n.uri.as_str().to_owned())
-            .or_else(|| request.request_uri().map(str::to_owned))
-            .unwrap_or_default();
-        // From the inside toward the outside peer: its own connection.
-        if let (true, Some(connection)) = (trusted, flow) {
+        let in_dialog = request.to().is_ok_and(|to| to.tag().is_some());
+        // ACK and CANCEL follow their INVITE; a request with a To tag but
+        // no token is not a dialog this node routes.
+        if in_dialog || matches!(method, "ACK" | "CANCEL") {
+            return Route::Local;
+        }
+        if !local.is_local(&uri) {
+            // Only the inside may send out through the edge; the node's
+            // own services are not federated.
+            if !trusted || matches!(method, "REGISTER" | "PUBLISH" | "SERVICE") {
+                return Route::Local;
+            }
+            let domain = uri.host.to_string().to_ascii_lowercase();
+            let partner: Arc<str> = policy.route_to(&domain).verify.into();
             return Route::Forward(Forward {
-                target: Target::Connection(connection),
+                next: NextHop::Partner(partner.clone()),
                 consumed_routes: consumed,
-                entering: false,
+                direction: Direction::Leaving { domain, partner },
             });
         }
-        return match address_of(&next) {
-            Some((protocol, addr)) => Route::Forward(Forward {
-                target: Target::Address {
-                    protocol,
-                    addr,
-                    domain: None,
-                },
-                consumed_routes: consumed,
-                entering: false,
-            }),
-            None => Route::Refuse(Answer::new(
-                404,
-                "Not Found (the dialog's next hop is not an address)",
-            )),
+        let Some((protocol, addr)) = self.internal else {
+            return Route::Local;
         };
+        // New requests for our domains that no endpoint serves go inside;
+        // the node's own methods (presence, registration, OPTIONS to the
+        // node itself) stay here.
+        let stays = matches!(method, "REGISTER" | "PUBLISH" | "SERVICE")
+            || (method == "OPTIONS" && uri.user.is_none());
+        if is_endpoint || stays {
+            return Route::Local;
+        }
+        Route::Forward(Forward {
+            next: NextHop::address(protocol, addr),
+            consumed_routes: consumed,
+            direction: Direction::Entering,
+        })
     }
-    let Some((protocol, addr)) = internal else {
-        return Route::Local;
-    };
-    let Ok(Uri::Sip(uri, _)) = Uri::parse(request.request_uri().unwrap_or_default()) else {
-        return Route::Local;
-    };
-    // New requests for our domains that no endpoint serves go inside; the
-    // node's own methods (presence, registration, OPTIONS to the node
-    // itself) stay here. ACK and CANCEL follow their INVITE elsewhere.
-    let stays = matches!(
-        method,
-        "REGISTER" | "PUBLISH" | "SERVICE" | "ACK" | "CANCEL"
-    ) || (method == "OPTIONS" && uri.user.is_none());
-    if !local.is_local(&uri)
-        || is_endpoint
-        || stays
-        || request.to().is_ok_and(|to| to.tag().is_some())
-    {
-        return Route::Local;
-    }
-    Route::Forward(Forward {
-        target: Target::Address {
-            protocol,
-            addr,
-            domain: None,
-        },
-        consumed_routes: consumed,
-        entering: true,
-    })
 }
 
 #[cfg(test)]
@@ -199,13 +259,51 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use porchlight_sip::{Framing, Limits};
+    use porchlight_transport::{IdentitySource, PeerIdentity};
 
-    const SECRET: [u8; 32] = [7; 32];
+    fn edge(internal: bool) -> Edge {
+        Edge {
+            internal: internal.then(|| (Protocol::Udp, "10.0.0.5:5060".parse().unwrap())),
+            secret: [7; 32],
+        }
+    }
 
     fn local() -> LocalNames {
         LocalNames {
             hosts: vec!["contoso.com".into()],
             addresses: vec!["10.0.0.2".parse().unwrap()],
+        }
+    }
+
+    fn policy() -> PolicyConfig {
+        toml::from_str(
+            r#"
+            edge = { trusted_networks = ["10.0.0.0/8"] }
+            [[provider]]
+            name = "PublicIM"
+            proxy_fqdn = "federation.publicim.example"
+            domains = ["publicim.example"]
+            "#,
+        )
+        .unwrap()
+    }
+
+    /// A request from the inside (10.0.0.5) or over mutual TLS from a
+    /// peer whose certificate proves `peer`.
+    fn origin(peer: Option<&str>) -> Origin {
+        Origin {
+            protocol: if peer.is_some() { Protocol::Tls } else { Protocol::Udp },
+            source: if peer.is_some() { "192.0.2.9:40000" } else { "10.0.0.5:5060" }
+                .parse()
+                .unwrap(),
+            local: "10.0.0.2:5061".parse().unwrap(),
+            connection: None,
+            peer: peer.map(|d| {
+                Arc::new(PeerIdentity {
+                    domains: vec![d.to_owned()],
+                    source: IdentitySource::SanDns,
+                })
+            }),
         }
     }
 
@@ -218,105 +316,131 @@ mod tests {
         Message::parse(Bytes::from(text), Framing::Stream, &Limits::default()).unwrap()
     }
 
-    const INSIDE: Option<(Protocol, SocketAddr)> = Some((
-        Protocol::Udp,
-        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 5)), 5060),
-    ));
-
-    #[test]
-    fn new_requests_for_people_behind_the_edge_go_inside_and_endpoints_stay() {
-        let invite = request("INVITE", "sip:bob@contoso.com", "");
-        let Route::Forward(hop) = route(&invite, &local(), INSIDE, false, &SECRET, false) else {
-            panic!("not forwarded");
-        };
-        assert!(hop.entering);
-        assert_eq!(hop.consumed_routes, 0);
-        assert_eq!(
-            route(&invite, &local(), INSIDE, false, &SECRET, true),
-            Route::Local
-        );
-        assert_eq!(
-            route(&invite, &local(), None, false, &SECRET, false),
-            Route::Local
-        );
-        let register = request("REGISTER", "sip:contoso.com", "");
-        assert_eq!(
-            route(&register, &local(), INSIDE, false, &SECRET, false),
-            Route::Local
-        );
-        let foreign = request("INVITE", "sip:carol@fabrikam.com", "");
-        assert_eq!(
-            route(&foreign, &local(), INSIDE, true, &SECRET, false),
-            Route::Local
-        );
+    fn route(edge: &Edge, request: &Message, origin: &Origin, is_endpoint: bool) -> Route {
+        edge.route(request, origin, &local(), &policy(), is_endpoint)
     }
 
     #[test]
-    fn dialog_requests_need_a_token_this_node_issued() {
-        let token = route_token(&SECRET, "dialog-1", Some(ConnectionId(42)));
+    fn new_requests_for_people_behind_the_edge_go_inside_and_endpoints_stay() {
+        let partner = origin(Some("fabrikam.com"));
+        let invite = request("INVITE", "sip:bob@contoso.com", "");
+        assert_eq!(
+            route(&edge(true), &invite, &partner, false),
+            Route::Forward(Forward {
+                next: NextHop::address(Protocol::Udp, "10.0.0.5:5060".parse().unwrap()),
+                consumed_routes: 0,
+                direction: Direction::Entering,
+            })
+        );
+        assert_eq!(route(&edge(true), &invite, &partner, true), Route::Local);
+        assert_eq!(route(&edge(false), &invite, &partner, false), Route::Local);
+        let register = request("REGISTER", "sip:contoso.com", "");
+        assert_eq!(route(&edge(true), &register, &partner, false), Route::Local);
+    }
+
+    #[test]
+    fn requests_from_the_inside_for_other_domains_leave_through_their_edge() {
+        let inside = origin(None);
+        let leaving = |uri: &str, partner: &str| {
+            let domain = uri.rsplit('@').next().unwrap().to_owned();
+            Route::Forward(Forward {
+                next: NextHop::Partner(partner.into()),
+                consumed_routes: 0,
+                direction: Direction::Leaving {
+                    domain,
+                    partner: partner.into(),
+                },
+            })
+        };
+        let invite = request("INVITE", "sip:carol@fabrikam.com", "");
+        assert_eq!(
+            route(&edge(false), &invite, &inside, false),
+            leaving("sip:carol@fabrikam.com", "fabrikam.com"),
+            "edge mode is not needed to send out"
+        );
+        let message = request("MESSAGE", "sip:dave@publicim.example", "");
+        assert_eq!(
+            route(&edge(true), &message, &inside, false),
+            leaving("sip:dave@publicim.example", "federation.publicim.example"),
+            "a provider's users are reached through the provider's edge"
+        );
+        // Not for outsiders, and not the node's own services.
+        let outsider = origin(Some("fabrikam.com"));
+        assert_eq!(route(&edge(true), &invite, &outsider, false), Route::Local);
+        let register = request("REGISTER", "sip:fabrikam.com", "");
+        assert_eq!(route(&edge(true), &register, &inside, false), Route::Local);
+    }
+
+    #[test]
+    fn dialog_requests_need_a_token_this_node_issued_and_follow_its_partner() {
+        let edge = edge(true);
+        let token = edge.route_token("dialog-1", "fabrikam.com");
         let routes = format!(
             "Route: <sip:{token}@10.0.0.2;transport=udp;lr>, <sip:{token}@10.0.0.2:5061;transport=tls;lr>\r\n"
         );
-        // From the inside: over the outside peer's own connection.
+        // From the inside: to the partner, by name.
         let bye = request("BYE", "sip:alice@192.0.2.9:5061;transport=tls", &routes);
         assert_eq!(
-            route(&bye, &local(), INSIDE, true, &SECRET, false),
+            route(&edge, &bye, &origin(None), false),
             Route::Forward(Forward {
-                target: Target::Connection(ConnectionId(42)),
+                next: NextHop::Partner("fabrikam.com".into()),
                 consumed_routes: 2,
-                entering: false,
+                direction: Direction::InDialog,
             })
         );
-        // From outside: to the Request-URI's address.
+        // From the partner: to the Request-URI's address, or its host name.
+        let partner = origin(Some("fabrikam.com"));
         let bye = request("BYE", "sip:bob@10.0.0.5:5070", &routes);
-        let Route::Forward(hop) = route(&bye, &local(), INSIDE, false, &SECRET, false) else {
+        let Route::Forward(hop) = route(&edge, &bye, &partner, false) else {
             panic!("not forwarded");
         };
         assert_eq!(
-            hop.target,
-            Target::Address {
-                protocol: Protocol::Udp,
-                addr: "10.0.0.5:5070".parse().unwrap(),
-                domain: None
+            hop.next,
+            NextHop::address(Protocol::Udp, "10.0.0.5:5070".parse().unwrap())
+        );
+        let bye = request("BYE", "sip:bob@pc7.corp.example;transport=tcp", &routes);
+        let Route::Forward(hop) = route(&edge, &bye, &partner, false) else {
+            panic!("not forwarded");
+        };
+        assert_eq!(
+            hop.next,
+            NextHop::Host {
+                protocol: Protocol::Tcp,
+                uri: "sip:bob@pc7.corp.example;transport=tcp".into()
             }
         );
-        // Another Call-ID, or a forged token: refused.
+        // Another peer, a forged token, another Call-ID: refused.
+        let refused = |r: Route| matches!(r, Route::Refuse(a) if a.code == 403);
+        let stranger = origin(Some("other.example"));
+        assert!(refused(route(&edge, &bye, &stranger, false)));
         let forged = routes.replace(&token[token.len() - 4..], "0000");
         let bye = request("BYE", "sip:bob@10.0.0.5:5070", &forged);
-        assert!(matches!(
-            route(&bye, &local(), INSIDE, false, &SECRET, false),
-            Route::Refuse(a) if a.code == 403
-        ));
-        let other = route_token(&SECRET, "another-dialog", Some(ConnectionId(42)));
+        assert!(refused(route(&edge, &bye, &partner, false)));
+        let other = edge.route_token("another-dialog", "fabrikam.com");
         let bye = request(
             "BYE",
             "sip:bob@10.0.0.5:5070",
             &format!("Route: <sip:{other}@10.0.0.2;lr>\r\n"),
         );
-        assert!(matches!(
-            route(&bye, &local(), INSIDE, false, &SECRET, false),
-            Route::Refuse(_)
-        ));
+        assert!(refused(route(&edge, &bye, &partner, false)));
     }
 
     #[test]
     fn a_preloaded_route_to_this_node_is_consumed_and_relaying_on_stays_inside() {
+        let outsider = origin(Some("fabrikam.com"));
         let register = request(
             "REGISTER",
             "sip:contoso.com",
             "Route: <sip:10.0.0.2;lr>\r\n",
         );
-        assert_eq!(
-            route(&register, &local(), INSIDE, false, &SECRET, false),
-            Route::Local
-        );
+        assert_eq!(route(&edge(true), &register, &outsider, false), Route::Local);
         let onward = request(
             "INVITE",
             "sip:bob@contoso.com",
             "Route: <sip:10.0.0.2;lr>, <sip:192.0.2.50;lr>\r\n",
         );
         assert!(matches!(
-            route(&onward, &local(), INSIDE, false, &SECRET, false),
+            route(&edge(true), &onward, &outsider, false),
             Route::Refuse(a) if a.code == 403
         ));
     }

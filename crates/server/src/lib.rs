@@ -5,15 +5,18 @@ pub mod config;
 mod edge;
 mod health;
 mod node;
+mod outbound;
 mod presence;
 pub mod uas;
 
 pub use config::{Config, ConfigError, DEFAULT_CONFIG};
 pub use node::{Node, StartError};
 
-/// The policy decision for `from` reaching the endpoint `to`, as the node
-/// with `config` would make it for a request from outside its trusted
-/// networks; None when `to` is not an endpoint.
+/// The policy decision the node with `config` would make, every step
+/// written down: for `from` outside reaching `to` (an endpoint, or someone
+/// else in our domains behind the edge, in edge mode) with a certificate proving
+/// `peer_domains`, or for `from` in our domains sending out to `to` in
+/// another domain. None when neither side is ours.
 pub fn explain(
     config: &Config,
     from: &str,
@@ -21,14 +24,42 @@ pub fn explain(
     modality: porchlight_policy::Modality,
     peer_domains: Option<&[String]>,
 ) -> Option<porchlight_policy::Decision> {
+    use porchlight_policy::{decide, LocalParty, Remote, Request};
     let directory = config.directory().ok()?;
-    let endpoint = directory.resolve(to)?;
-    Some(presence::explain(
+    let ours = |uri: &str| {
+        let domain = presence::domain_of(uri);
+        config
+            .node
+            .domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(&domain))
+    };
+    let anyone = |uri| LocalParty {
+        uri,
+        grant: None,
+        site: None,
+    };
+    let (remote_domain, remote, local) = if let Some(endpoint) = directory.resolve(to) {
+        let remote = peer_domains.map_or(Remote::Unverified, Remote::Certified);
+        (presence::domain_of(from), remote, presence::local_party(&directory, endpoint))
+    } else if ours(to) && !config.edge.internal_next_hop.is_empty() {
+        let remote = peer_domains.map_or(Remote::Unverified, Remote::Certified);
+        (presence::domain_of(from), remote, anyone(to))
+    } else if ours(from) {
+        let local = directory
+            .resolve(from)
+            .map_or_else(|| anyone(from), |e| presence::local_party(&directory, e));
+        (presence::domain_of(to), Remote::Destination, local)
+    } else {
+        return None;
+    };
+    Some(decide(
         &config.policy,
-        &directory,
-        peer_domains,
-        from,
-        endpoint,
-        modality,
+        &Request {
+            remote_domain: &remote_domain,
+            remote,
+            local,
+            modality,
+        },
     ))
 }

@@ -5,11 +5,12 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use porchlight_sip::{via_with_received, Answer, Limits, Message};
-use porchlight_transaction::proxy::{forward, Forwarding, ProxyAction, ProxyTable};
+use porchlight_transaction::proxy::{forward, Forwarding, ProxyAction, ProxyError, ProxyTable};
 use porchlight_transaction::{
     Output, RequestMatch, ServerKey, TimerConfig, TransactionLayer, TxId,
 };
@@ -17,12 +18,16 @@ use porchlight_transport::pki::{AltName, CertificateAuthority};
 use porchlight_transport::{
     ClientAuth, Origin, Protocol, Received, Target, TlsSettings, Transport, TransportConfig,
 };
+use porchlight_resolve::Resolver;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{ClientAuthSetting, Config};
-use crate::edge::{self, Route};
-use crate::presence::{authorize_relay, parse_own, PresenceService};
+use crate::edge::{self, partner_of, Direction, Edge, Route};
+use crate::outbound::{dial, DialError, Dialer, Dispatch, NextHop, Parked};
+use crate::presence::{
+    authorize_entering, authorize_leaving, domain_of, parse_own, PresenceService,
+};
 use crate::uas::{answer_malformed, answer_request, Disposition, LocalNames, SERVER};
 
 /// Why the node could not start.
@@ -45,6 +50,9 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error("binding listeners: {0}")]
     Bind(std::io::Error),
+    /// The system's DNS configuration could not be read.
+    #[error("reading the DNS configuration (set [dns] nameservers instead): {0}")]
+    Resolver(std::io::Error),
 }
 
 /// A started node.
@@ -82,6 +90,7 @@ impl Node {
                 .domains
                 .iter()
                 .chain(&config.node.aliases)
+                .chain(std::iter::once(&config.edge.record_route_host).filter(|h| !h.is_empty()))
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             addresses: transport
@@ -117,6 +126,9 @@ impl Node {
                     .to_be_bytes(),
             );
         }
+        let resolver = Arc::new(config.resolver().map_err(StartError::Resolver)?);
+        let (dials_tx, dials) = mpsc::channel(64);
+        let record_route_host = &config.edge.record_route_host;
         let event_loop = EventLoop {
             transport: transport.clone(),
             layer: TransactionLayer::new(timers),
@@ -125,13 +137,19 @@ impl Node {
             tag_seed,
             tag_counter: 0,
             proxy: ProxyTable::default(),
-            internal_hop: edge::address_of(&config.edge.internal_next_hop),
+            edge: Edge {
+                internal: edge::address_of(&config.edge.internal_next_hop),
+                secret,
+            },
             trust_header: config.edge.trust_header.clone(),
-            route_secret: secret,
-            domain: config.node.domains[0].clone(),
+            record_route_host: (!record_route_host.is_empty()).then(|| record_route_host.clone()),
+            domains: config.node.domains.clone(),
             branch_counter: 0,
+            dialer: Dialer::new(config.limits.max_parked_per_destination),
+            resolver,
+            dials_tx,
         };
-        let task = tokio::spawn(event_loop.run(received, verdicts));
+        let task = tokio::spawn(event_loop.run(received, verdicts, dials));
         for (protocol, addr) in transport.local_addrs() {
             tracing::info!("listening on {} {addr}", protocol.via_token());
         }
@@ -193,21 +211,28 @@ fn tls_settings(config: &Config) -> Result<TlsSettings, StartError> {
 /// Most messages handled between two flushes.
 const RECEIVE_BATCH: usize = 256;
 
+/// A dial task's report: the next hop it looked for, and what it found.
+type Dialed = (NextHop, Result<Target, DialError>);
+
 struct EventLoop {
     transport: Transport,
-    layer: TransactionLayer<Target>,
+    layer: TransactionLayer<NextHop>,
     local: LocalNames,
     presence: PresenceService,
     tag_seed: u64,
     tag_counter: u64,
     /// Proxied requests in progress (edge mode).
     proxy: ProxyTable<Upstream>,
-    internal_hop: Option<(Protocol, SocketAddr)>,
+    edge: Edge,
     trust_header: String,
-    /// Keys the Record-Route tokens of dialogs this node proxies.
-    route_secret: [u8; 32],
-    domain: String,
+    record_route_host: Option<String>,
+    /// Our domains: the only From domains sent out to partners.
+    domains: Vec<String>,
     branch_counter: u64,
+    /// Messages waiting for a partner's edge or a host name to be found.
+    dialer: Dialer,
+    resolver: Arc<Resolver>,
+    dials_tx: mpsc::Sender<Dialed>,
 }
 
 /// What a proxied request needs kept to answer upstream itself.
@@ -221,6 +246,7 @@ impl EventLoop {
         mut self,
         mut received: mpsc::Receiver<Received>,
         mut verdicts: mpsc::Receiver<(usize, bool)>,
+        mut dials: mpsc::Receiver<Dialed>,
     ) {
         loop {
             let now = Instant::now();
@@ -251,6 +277,7 @@ impl EventLoop {
                     None => return,
                 },
                 Some((endpoint, healthy)) = verdicts.recv() => self.presence.on_health(endpoint, healthy),
+                Some((hop, result)) = dials.recv() => self.on_dialed(hop, result).await,
                 () = sleep => {
                     let now = Instant::now();
                     self.layer.handle_timeout(now);
@@ -272,11 +299,11 @@ impl EventLoop {
                 progressed = true;
                 match output {
                     Output::Send { id, to, bytes } => {
-                        // A send that cannot happen (the connection is gone)
-                        // ends the transaction now rather than at its timeout.
-                        if !self.send(&to, bytes).await {
-                            self.layer.transport_error(&id, now);
-                        }
+                        let parked = Parked {
+                            transaction: Some(id),
+                            bytes,
+                        };
+                        self.send(&to, parked, now).await;
                     }
                     Output::Response { id, response } => {
                         if self.proxy.contains(&id) {
@@ -307,7 +334,11 @@ impl EventLoop {
             while let Some(out) = self.presence.poll(now) {
                 progressed = true;
                 if !out.expects_response {
-                    self.send(&out.target, out.bytes).await;
+                    let parked = Parked {
+                        transaction: None,
+                        bytes: out.bytes,
+                    };
+                    self.send(&out.target, parked, now).await;
                     continue;
                 }
                 let Some(request) = parse_own(out.bytes) else {
@@ -329,8 +360,90 @@ impl EventLoop {
         }
     }
 
+    /// Sends a message to its next hop, or parks it while the hop is found.
+    /// A message that cannot go ends its transaction now rather than at
+    /// its timeout.
+    async fn send(&mut self, hop: &NextHop, message: Parked, now: Instant) {
+        if let Some((target, message)) = self.dispatch(hop, message, now) {
+            self.send_now(&target, message, now).await;
+        }
+    }
+
+    /// Where a message can go now; otherwise parks it (starting a dial for
+    /// the first one) or, beyond the bound, fails it.
+    fn dispatch(
+        &mut self,
+        hop: &NextHop,
+        message: Parked,
+        now: Instant,
+    ) -> Option<(Target, Parked)> {
+        let transport = &self.transport;
+        let dispatch = self.dialer.dispatch(hop, message, now, |name| {
+            transport.verified_connection(name).map(Target::Connection)
+        });
+        match dispatch {
+            Dispatch::Send(target, message) => return Some((target, message)),
+            Dispatch::Dial => self.start_dial(hop.clone()),
+            Dispatch::Wait => {}
+            Dispatch::Full(message) => {
+                tracing::warn!(?hop, "too many messages wait for this destination");
+                self.fail(message, now);
+            }
+        }
+        None
+    }
+
+    async fn send_now(&mut self, target: &Target, message: Parked, now: Instant) {
+        if let Err(e) = self.transport.send(target, message.bytes.clone()).await {
+            tracing::debug!(?target, "send failed: {e}");
+            self.fail(message, now);
+        }
+    }
+
+    fn fail(&mut self, message: Parked, now: Instant) {
+        if let Some(id) = message.transaction {
+            self.layer.transport_error(&id, now);
+        }
+    }
+
+    /// Looks for a next hop in a task of its own; the event loop goes on.
+    fn start_dial(&self, hop: NextHop) {
+        let pinned = match &hop {
+            NextHop::Partner(name) => self.presence.policy().route_to(name).pinned,
+            _ => None,
+        };
+        let (resolver, transport, report) = (
+            self.resolver.clone(),
+            self.transport.clone(),
+            self.dials_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let result = dial(&hop, pinned.as_deref(), &resolver, &transport).await;
+            let _ = report.send((hop, result)).await;
+        });
+    }
+
+    /// A dial finished: what waited for it goes, or fails.
+    async fn on_dialed(&mut self, hop: NextHop, result: Result<Target, DialError>) {
+        let now = Instant::now();
+        let waiting = self.dialer.finished(&hop, result.as_ref().ok(), now);
+        match result {
+            Ok(target) => {
+                for message in waiting {
+                    self.send_now(&target, message, now).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(?hop, waiting = waiting.len(), "destination unreachable: {e}");
+                for message in waiting {
+                    self.fail(message, now);
+                }
+            }
+        }
+    }
+
     /// Sends without waiting, for what no transaction follows (stateless
-    /// answers, a forwarded ACK for a 2xx).
+    /// answers).
     fn send_detached(&self, target: Target, bytes: Bytes) {
         let transport = self.transport.clone();
         tokio::spawn(async move {
@@ -338,17 +451,6 @@ impl EventLoop {
                 tracing::debug!(?target, "send failed: {e}");
             }
         });
-    }
-
-    /// Sends, logging a failure; false when the bytes could not go.
-    async fn send(&self, to: &Target, bytes: Bytes) -> bool {
-        match self.transport.send(to, bytes).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!(?to, "send failed: {e}");
-                false
-            }
-        }
     }
 
     fn on_received(&mut self, received: Received) {
@@ -387,16 +489,15 @@ impl EventLoop {
                 return;
             }
             // Only edge mode asks whether the target is an endpoint.
-            let is_endpoint = self.internal_hop.is_some()
+            let is_endpoint = self.edge.internal.is_some()
                 && request
                     .request_uri()
                     .is_some_and(|uri| self.presence.directory().resolve(uri).is_some());
-            match edge::route(
+            match self.edge.route(
                 &request,
+                &origin,
                 &self.local,
-                self.internal_hop,
-                self.presence.policy().is_trusted(origin.source.ip()),
-                &self.route_secret,
+                self.presence.policy(),
                 is_endpoint,
             ) {
                 Route::Local => {}
@@ -407,18 +508,19 @@ impl EventLoop {
             }
         }
         let disposition = disposition.unwrap_or_else(|| answer_request(&request, &self.local));
-        match self
-            .layer
-            .receive_request(&request, target.clone(), reliable, now)
-        {
+        match self.layer.receive_request(
+            &request,
+            NextHop::Direct(target.clone()),
+            reliable,
+            now,
+        ) {
             Ok(RequestMatch::New(key)) => {
                 let answer = match disposition {
                     Disposition::Respond(answer) => answer,
                     Disposition::Deliver => self.presence.handle(&request, &origin, now),
                     Disposition::Absorb => return,
                 };
-                let bytes = self.render(&request, &origin, &answer);
-                self.layer.respond(&key, answer.code, bytes, now);
+                self.respond(&key, &request, &origin, &answer, now);
             }
             Ok(_) => {}
             // Too malformed for a transaction key: answer statelessly.
@@ -457,10 +559,9 @@ impl EventLoop {
         let reliable = origin.protocol.is_reliable();
         if let Ok(RequestMatch::New(own)) =
             self.layer
-                .receive_request(request, target.clone(), reliable, now)
+                .receive_request(request, NextHop::Direct(target.clone()), reliable, now)
         {
-            let bytes = self.render(request, origin, &Answer::new(200, "OK"));
-            self.layer.respond(&own, 200, bytes, now);
+            self.respond(&own, request, origin, &Answer::new(200, "OK"), now);
         }
         if let Some(action) = downstream {
             self.apply(action, now);
@@ -468,7 +569,7 @@ impl EventLoop {
         true
     }
 
-    /// Forwards a request edge mode routes elsewhere: a new one through a
+    /// Forwards a request the edge routes elsewhere: a new one through a
     /// server and a client transaction, an ACK for a 2xx statelessly.
     fn proxy_request(
         &mut self,
@@ -479,14 +580,22 @@ impl EventLoop {
         now: Instant,
     ) {
         let reliable = origin.protocol.is_reliable();
-        let key = match self
-            .layer
-            .receive_request(&request, response_target.clone(), reliable, now)
-        {
+        let key = match self.layer.receive_request(
+            &request,
+            NextHop::Direct(response_target.clone()),
+            reliable,
+            now,
+        ) {
             Ok(RequestMatch::New(key)) => key,
             Ok(RequestMatch::DialogAck) => {
                 if let Ok(bytes) = self.forwarded(&request, &origin, &hop, None) {
-                    self.send_detached(hop.target, bytes);
+                    let ack = Parked {
+                        transaction: None,
+                        bytes,
+                    };
+                    if let Some((target, ack)) = self.dispatch(&hop.next, ack, now) {
+                        self.send_detached(target, ack.bytes);
+                    }
                 }
                 return;
             }
@@ -498,35 +607,49 @@ impl EventLoop {
                 return;
             }
         };
-        let trust = if hop.entering {
-            match authorize_relay(self.presence.policy(), &request, &origin) {
-                Ok(trust) => trust,
-                Err(answer) => {
-                    let bytes = self.render(&request, &origin, &answer);
-                    self.layer.respond(&key, answer.code, bytes, now);
-                    return;
-                }
+        // Hop count before policy (§16.3 step 3): a looping request gets
+        // 483 whoever sent it.
+        if request.max_forwards().ok().flatten() == Some(0) {
+            let answer = Answer::new(483, "Too Many Hops");
+            self.respond(&key, &request, &origin, &answer, now);
+            return;
+        }
+        let policy = self.presence.policy();
+        let admitted = match &hop.direction {
+            Direction::Entering => authorize_entering(policy, &request, &origin).map(Some),
+            Direction::Leaving { domain, .. } => authorize_leaving(
+                policy,
+                self.presence.directory(),
+                &self.domains,
+                &request,
+                domain,
+            )
+            .map(|()| None),
+            Direction::InDialog => Ok(None),
+        };
+        let trust = match admitted {
+            Ok(trust) => trust,
+            Err(answer) => {
+                self.respond(&key, &request, &origin, &answer, now);
+                return;
             }
-        } else {
-            None
         };
         let forwarded = match self.forwarded(&request, &origin, &hop, trust) {
-            Ok(bytes) => parse_own(bytes),
-            Err(e) => {
-                tracing::debug!("not forwarded: {e}");
-                None
+            Ok(bytes) => parse_own(bytes).ok_or_else(|| Answer::new(500, "Server Internal Error")),
+            Err(ProxyError::TooManyHops) => Err(Answer::new(483, "Too Many Hops")),
+            Err(e) => Err(Answer::new(400, format!("Bad Request ({e})"))),
+        };
+        let forwarded = match forwarded {
+            Ok(forwarded) => forwarded,
+            Err(answer) => {
+                self.respond(&key, &request, &origin, &answer, now);
+                return;
             }
         };
-        let Some(forwarded) = forwarded else {
-            let answer = Answer::new(483, "Too Many Hops");
-            let bytes = self.render(&request, &origin, &answer);
-            self.layer.respond(&key, answer.code, bytes, now);
-            return;
-        };
-        let reliable_out = is_stream(&hop.target);
+        let reliable_out = hop.next.is_reliable();
         match self
             .layer
-            .send_request(forwarded.clone(), hop.target, reliable_out, now)
+            .send_request(forwarded.clone(), hop.next, reliable_out, now)
         {
             Ok(client) => self
                 .proxy
@@ -535,40 +658,60 @@ impl EventLoop {
         }
     }
 
-    /// The copy of `request` for `hop`: our Via, and for a request entering
-    /// from outside our two Record-Route entries and the trust header.
+    /// The copy of `request` for `hop`: our Via, for a new request crossing
+    /// the edge our two Record-Route entries (the one facing the next hop
+    /// on top), and the trust header only when this node vouches for it.
     fn forwarded(
         &mut self,
         request: &Message,
         origin: &Origin,
         hop: &edge::Forward,
         trust: Option<String>,
-    ) -> Result<Bytes, porchlight_transaction::proxy::ProxyError> {
-        let (protocol, local) = match &hop.target {
-            Target::Address { protocol, .. } => (*protocol, self.transport.local_addr(*protocol)),
-            Target::Connection(_) => (Protocol::Tls, self.transport.local_addr(Protocol::Tls)),
+    ) -> Result<Bytes, ProxyError> {
+        let protocol = hop.next.protocol();
+        let sent_by = |p: Protocol| {
+            self.transport
+                .local_addr(p)
+                .map_or_else(|| self.domains[0].clone(), |a| a.to_string())
         };
-        let sent_by = local.map_or_else(|| self.domain.clone(), |a| a.to_string());
-        let via = format!("SIP/2.0/{} {sent_by}", protocol.via_token());
+        let via = format!("SIP/2.0/{} {}", protocol.via_token(), sent_by(protocol));
         let mut record_route = Vec::new();
-        if hop.entering {
-            let token = edge::route_token(
-                &self.route_secret,
-                request.call_id().unwrap_or_default(),
-                origin.connection,
-            );
-            let inside = protocol.via_token().to_ascii_lowercase();
-            let outside = origin.protocol.via_token().to_ascii_lowercase();
-            record_route.push(format!("<sip:{token}@{sent_by};transport={inside};lr>"));
-            record_route.push(format!(
-                "<sip:{token}@{};transport={outside};lr>",
-                origin.local
-            ));
+        let call_id = request.call_id().unwrap_or_default();
+        let entry = |token: &str, host: &str, p: Protocol| {
+            let t = p.via_token().to_ascii_lowercase();
+            format!("<sip:{token}@{host};transport={t};lr>")
+        };
+        match &hop.direction {
+            Direction::Entering => {
+                let from = request.from().map(|f| domain_of(f.uri.as_str()));
+                let partner = from
+                    .ok()
+                    .and_then(|d| partner_of(self.presence.policy(), origin, &d))
+                    .unwrap_or_else(|| "-".into());
+                let token = self.edge.route_token(call_id, &partner);
+                let outside = self
+                    .record_route_host
+                    .clone()
+                    .unwrap_or_else(|| origin.local.to_string());
+                record_route.push(entry(&token, &sent_by(protocol), protocol));
+                record_route.push(entry(&token, &outside, origin.protocol));
+            }
+            Direction::Leaving { partner, .. } => {
+                let token = self.edge.route_token(call_id, partner);
+                let outside = self
+                    .record_route_host
+                    .clone()
+                    .unwrap_or_else(|| sent_by(Protocol::Tls));
+                record_route.push(entry(&token, &outside, Protocol::Tls));
+                record_route.push(entry(&token, &origin.local.to_string(), origin.protocol));
+            }
+            Direction::InDialog => {}
         }
         let trust_header = self.trust_header.as_str();
         let add: Vec<(&str, String)> = trust.into_iter().map(|t| (trust_header, t)).collect();
-        // Only what this node vouches for reaches the inside.
-        let strip: &[&str] = if hop.entering { &[trust_header] } else { &[] };
+        // Only what this node vouches for reaches the inside, and nothing
+        // of it leaves: the header is removed from whatever passes.
+        let strip: &[&str] = &[trust_header];
         self.branch_counter += 1;
         let branch = format!(
             "z9hG4bKpx{:x}.{}",
@@ -605,19 +748,35 @@ impl EventLoop {
                 } else {
                     "Service Unavailable (the next hop cannot be reached)"
                 };
-                let bytes = self.render(&user.request, &user.origin, &Answer::new(code, reason));
-                self.layer.respond(&server, code, bytes, now);
+                let mut answer = Answer::new(code, reason);
+                if code == 503 {
+                    answer = answer.with("Retry-After", "30".to_owned());
+                }
+                self.respond(&server, &user.request, &user.origin, &answer, now);
             }
             ProxyAction::Cancel { client, bytes } => {
                 let target = self.layer.context(&TxId::Client(client)).cloned();
                 if let (Some(target), Some(cancel)) = (target, parse_own(bytes)) {
-                    let reliable = is_stream(&target);
+                    let reliable = target.is_reliable();
                     if let Err(e) = self.layer.send_request(cancel, target, reliable, now) {
                         tracing::error!("cannot send CANCEL: {e}");
                     }
                 }
             }
         }
+    }
+
+    /// Answers a request through its server transaction.
+    fn respond(
+        &mut self,
+        key: &ServerKey,
+        request: &Message,
+        origin: &Origin,
+        answer: &Answer,
+        now: Instant,
+    ) {
+        let bytes = self.render(request, origin, answer);
+        self.layer.respond(key, answer.code, bytes, now);
     }
 
     fn render(&mut self, request: &Message, origin: &Origin, answer: &Answer) -> Bytes {
@@ -631,17 +790,6 @@ impl EventLoop {
         answer.headers.push(("Server", SERVER.to_owned()));
         answer.write(request, top_via.as_deref(), &tag)
     }
-}
-
-/// Whether sending to `target` goes over a stream (no retransmissions).
-fn is_stream(target: &Target) -> bool {
-    !matches!(
-        target,
-        Target::Address {
-            protocol: Protocol::Udp,
-            ..
-        }
-    )
 }
 
 /// Where a response goes (RFC 3261 §18.2.2, RFC 3581): back on the stream

@@ -12,7 +12,7 @@ use porchlight_endpoints::digest::DigestAuth;
 use porchlight_endpoints::{Credentials, Directory, Registrar, RegistrarConfig, Sources};
 use porchlight_policy::{
     decide, verdict, Class, Decision, DiscoveredLimits, Modality, PolicyConfig,
-    Request as PolicyRequest, Target as PolicyTarget,
+    LocalParty, Remote, Request as PolicyRequest,
 };
 use porchlight_presence::xml_in::{parse_category_publish, parse_pidf};
 use porchlight_presence::{
@@ -20,46 +20,30 @@ use porchlight_presence::{
     PublishError, XmlLimits,
 };
 use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Uri};
-use porchlight_transport::{ConnectionId, Origin, Protocol, Target};
+use porchlight_transport::{Origin, Protocol, Target};
 
 use crate::config::Config;
+use crate::edge;
+use crate::outbound::NextHop;
 
 /// The path back to a watcher or an endpoint: the stream it used, or its
 /// UDP source address (RFC 3581 symmetric response routing).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FlowKey {
-    /// A TCP or TLS connection.
-    Connection(ConnectionId),
-    /// A UDP source address.
-    Udp(SocketAddr),
-}
-
-impl FlowKey {
-    fn of(origin: &Origin) -> FlowKey {
-        match origin.connection {
-            Some(id) => FlowKey::Connection(id),
-            None => FlowKey::Udp(origin.source),
-        }
-    }
-
-    /// Where the transport should send.
-    pub fn target(self) -> Target {
-        match self {
-            FlowKey::Connection(id) => Target::Connection(id),
-            FlowKey::Udp(addr) => Target::Address {
-                protocol: Protocol::Udp,
-                addr,
-                domain: None,
-            },
-        }
-    }
+fn flow_of(origin: &Origin) -> NextHop {
+    NextHop::Direct(match origin.connection {
+        Some(id) => Target::Connection(id),
+        None => Target::Address {
+            protocol: Protocol::Udp,
+            addr: origin.source,
+            domain: None,
+        },
+    })
 }
 
 /// A request the service wants sent.
 #[derive(Debug)]
 pub struct OutgoingRequest {
     /// Where.
-    pub target: Target,
+    pub target: NextHop,
     /// Whether that is a stream.
     pub reliable: bool,
     /// The request.
@@ -87,9 +71,9 @@ fn authorize_subscription(
     }
     let domain = domain_of(watcher);
     let request = PolicyRequest {
-        from_domain: &domain,
-        peer_domains: origin.peer.as_deref().map(|p| p.domains.as_slice()),
-        target: policy_target(directory, endpoint as usize),
+        remote_domain: &domain,
+        remote: remote_of(origin),
+        local: local_party(directory, endpoint as usize),
         modality: Modality::Presence,
     };
     let outcome = verdict(policy, &request);
@@ -124,91 +108,124 @@ fn authorize_subscription(
     }
 }
 
-/// Runs the policy decision for `from` (a SIP URI) reaching an endpoint,
-/// with every step written down.
-pub fn explain(
-    policy: &PolicyConfig,
-    directory: &Directory,
-    peer_domains: Option<&[String]>,
-    from: &str,
-    endpoint: usize,
-    modality: Modality,
-) -> Decision {
-    let from_domain = domain_of(from);
-    decide(
-        policy,
-        &PolicyRequest {
-            from_domain: &from_domain,
-            peer_domains,
-            target: policy_target(directory, endpoint),
-            modality,
-        },
-    )
+/// What the policy knows of an inbound request's sender.
+fn remote_of(origin: &Origin) -> Remote<'_> {
+    match origin.peer.as_deref() {
+        Some(peer) => Remote::Certified(&peer.domains),
+        None => Remote::Unverified,
+    }
 }
 
 /// An endpoint as the policy sees it: its URI, granted policy and site.
-fn policy_target(directory: &Directory, endpoint: usize) -> PolicyTarget<'_> {
+pub fn local_party(directory: &Directory, endpoint: usize) -> LocalParty<'_> {
     let e = &directory.endpoints()[endpoint];
-    PolicyTarget {
+    LocalParty {
         uri: &e.identity.uri,
         grant: e.config.policy.as_deref(),
         site: e.config.site.as_deref(),
     }
 }
 
-/// The policy check for a request proxied into the edge (calls, IM and
-/// subscriptions for people behind it): the request's modality against the
-/// global policy. Ok carries the trust header value describing the peer;
-/// None when the request came from a trusted network.
-pub fn authorize_relay(
-    policy: &PolicyConfig,
-    request: &Message,
-    origin: &Origin,
-) -> Result<Option<String>, Box<Answer>> {
-    if policy.is_trusted(origin.source.ip()) {
-        return Ok(None);
-    }
-    let from = request
-        .from()
-        .map(|f| f.uri.as_str().to_owned())
-        .unwrap_or_default();
-    let from_domain = domain_of(&from);
-    let peer = origin.peer.as_deref().map(|p| p.domains.as_slice());
-    let modality = match request.method() {
+/// The policy's name for what a request wants.
+fn modality_of(request: &Message) -> Modality {
+    match request.method() {
         Some("INVITE") => Modality::Audio,
         Some("SUBSCRIBE" | "NOTIFY") => Modality::Presence,
         _ => Modality::Im,
-    };
+    }
+}
+
+/// Decides a policy request on the hot path; a refusal is decided again
+/// with every step written down, and logged.
+fn check(policy: &PolicyConfig, request: &PolicyRequest<'_>, what: std::fmt::Arguments<'_>) -> Decision {
+    let outcome = verdict(policy, request);
+    if !outcome.allowed {
+        tracing::info!("{what} refused:\n{}", decide(policy, request));
+    }
+    outcome
+}
+
+/// The policy check for a request proxied into the edge (calls, IM and
+/// subscriptions for people behind it): the request's modality against the
+/// global policy. Ok carries the trust header value describing the peer.
+pub fn authorize_entering(
+    policy: &PolicyConfig,
+    request: &Message,
+    origin: &Origin,
+) -> Result<String, Box<Answer>> {
+    let from = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
     let to = request.request_uri().unwrap_or_default();
+    let from_domain = domain_of(from);
     let policy_request = PolicyRequest {
-        from_domain: &from_domain,
-        peer_domains: peer,
-        target: PolicyTarget {
+        remote_domain: &from_domain,
+        remote: remote_of(origin),
+        local: LocalParty {
             uri: to,
             grant: None,
             site: None,
         },
-        modality,
+        modality: modality_of(request),
     };
-    let outcome = verdict(policy, &policy_request);
+    let outcome = check(
+        policy,
+        &policy_request,
+        format_args!("request from {from} ({}) to {to}", origin.source),
+    );
     if !outcome.allowed {
-        tracing::info!(
-            from,
-            to,
-            source = %origin.source,
-            "request refused:\n{}",
-            decide(policy, &policy_request)
-        );
         return Err(Box::new(Answer::new(403, "Forbidden")));
     }
     let class = match &outcome.class {
         Some(Class::PublicProvider(name)) => format!("public-provider;provider=\"{name}\""),
         _ => "federation".to_owned(),
     };
-    Ok(Some(format!(
-        "peer=\"{}\";verified=yes;class={class}",
-        peer.map(|p| p.join(",")).unwrap_or_default()
-    )))
+    let peer = origin
+        .peer
+        .as_deref()
+        .map(|p| p.domains.join(","))
+        .unwrap_or_default();
+    Ok(format!("peer=\"{peer}\";verified=yes;class={class}"))
+}
+
+/// The policy check for a request from the inside to another domain: the
+/// sender must be one of ours (our certificate speaks only for our
+/// domains), and the remote domain's class and the sender's policy (its
+/// endpoint grant or site, else the global policy) must allow the modality.
+pub fn authorize_leaving(
+    policy: &PolicyConfig,
+    directory: &Directory,
+    our_domains: &[String],
+    request: &Message,
+    remote_domain: &str,
+) -> Result<(), Box<Answer>> {
+    let from = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
+    let from_domain = domain_of(from);
+    if !our_domains.iter().any(|d| d.eq_ignore_ascii_case(&from_domain)) {
+        tracing::info!(from, "outbound request refused: the From domain is not one of ours");
+        return Err(Box::new(Answer::new(
+            403,
+            "Forbidden (the From domain is not served here)",
+        )));
+    }
+    let local = match directory.resolve(from) {
+        Some(endpoint) => local_party(directory, endpoint),
+        None => LocalParty {
+            uri: from,
+            grant: None,
+            site: None,
+        },
+    };
+    let policy_request = PolicyRequest {
+        remote_domain,
+        remote: Remote::Destination,
+        local,
+        modality: modality_of(request),
+    };
+    let to = request.request_uri().unwrap_or_default();
+    if check(policy, &policy_request, format_args!("outbound request from {from} to {to}")).allowed {
+        Ok(())
+    } else {
+        Err(Box::new(Answer::new(403, "Forbidden")))
+    }
 }
 
 /// Presence state and protocol handling of one node.
@@ -218,8 +235,8 @@ pub struct PresenceService {
     /// Rate and contact counts of discovered partners; a mutex only because
     /// the authorization callback borrows the service immutably.
     discovered: Mutex<DiscoveredLimits>,
-    notifier: Notifier<FlowKey>,
-    registrar: Registrar<FlowInfo<FlowKey>>,
+    notifier: Notifier<NextHop>,
+    registrar: Registrar<FlowInfo<NextHop>>,
     publications: Publications,
     health: Vec<(Option<bool>, u32)>,
     xml: XmlLimits,
@@ -361,7 +378,18 @@ impl PresenceService {
                 if self.hides_missing_endpoint(request, origin) {
                     return Answer::new(403, "Forbidden");
                 }
-                let flow = flow_info(origin, request);
+                let mut flow = flow_info(origin, request);
+                // A federated watcher is reached through its partner's
+                // edge, by name: NOTIFYs survive the connection closing.
+                if !self.policy.is_trusted(origin.source.ip()) {
+                    let from = request.from().map(|f| domain_of(f.uri.as_str()));
+                    if let Some(partner) = from
+                        .ok()
+                        .and_then(|d| edge::partner_of(&self.policy, origin, &d))
+                    {
+                        flow.flow = NextHop::Partner(partner);
+                    }
+                }
                 let (directory, policy, discovered) =
                     (&self.directory, &self.policy, &self.discovered);
                 self.notifier.subscribe(
@@ -601,7 +629,7 @@ impl PresenceService {
     }
 
     /// An OPTIONS to a registered contact, over the flow it registered on.
-    fn keepalive(&mut self, endpoint: usize, contact: String, flow: FlowInfo<FlowKey>) {
+    fn keepalive(&mut self, endpoint: usize, contact: String, flow: FlowInfo<NextHop>) {
         self.keepalive_seq += 1;
         let branch = format!("{KEEPALIVE_BRANCH}{:x}", self.keepalive_seq);
         let uri = &self.directory.endpoints()[endpoint].identity.uri;
@@ -620,7 +648,7 @@ impl PresenceService {
         w.header("CSeq", "1 OPTIONS");
         self.keepalives.insert(branch, (endpoint, contact));
         self.outgoing.push_back(OutgoingRequest {
-            target: flow.flow.target(),
+            target: flow.flow,
             reliable: flow.reliable,
             bytes: w.finish(b""),
             expects_response: true,
@@ -633,7 +661,7 @@ impl PresenceService {
             return Some(out);
         }
         self.notifier.poll(now).map(|o| OutgoingRequest {
-            target: o.flow.target(),
+            target: o.flow,
             reliable: o.reliable,
             bytes: o.bytes,
             expects_response: o.expects_response,
@@ -668,7 +696,7 @@ fn trusted_peer<'a>(credentials: &'a Credentials, origin: &Origin) -> Option<&'a
 }
 
 /// The host part of a SIP URI's address of record (empty when it has none).
-fn domain_of(uri: &str) -> String {
+pub fn domain_of(uri: &str) -> String {
     porchlight_presence::aor(uri)
         .and_then(|a| a.rsplit('@').next().map(str::to_owned))
         .unwrap_or_default()
@@ -710,7 +738,7 @@ fn publish_refusal(e: &PublishError) -> Answer {
 /// Our Via and Contact on the flow a request came in on. A listener bound
 /// to a wildcard address does not know which of its addresses the peer
 /// used, so it names the host the peer put in the Request-URI.
-fn flow_info(origin: &Origin, request: &Message) -> FlowInfo<FlowKey> {
+fn flow_info(origin: &Origin, request: &Message) -> FlowInfo<NextHop> {
     let port = origin.local.port();
     let host = if origin.local.ip().is_unspecified() {
         request
@@ -726,7 +754,7 @@ fn flow_info(origin: &Origin, request: &Message) -> FlowInfo<FlowKey> {
     };
     let token = origin.protocol.via_token();
     FlowInfo {
-        flow: FlowKey::of(origin),
+        flow: flow_of(origin),
         reliable: origin.protocol.is_reliable(),
         via: format!("SIP/2.0/{token} {host}:{port}"),
         contact: format!(

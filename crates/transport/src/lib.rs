@@ -91,7 +91,7 @@ pub enum Received {
 }
 
 /// Where to send bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
     /// Over an existing stream connection (responses on streams, §18.2.2).
     Connection(ConnectionId),
@@ -129,6 +129,9 @@ pub enum SendError {
     /// The connection limit is reached.
     #[error("connection limit reached")]
     TooManyConnections,
+    /// UDP has no connections to open.
+    #[error("UDP is not a stream transport")]
+    NotAStream,
 }
 
 /// Listener addresses and bounds.
@@ -287,6 +290,29 @@ impl Transport {
             .by_id
             .get(&id)
             .and_then(|c| c.peer.clone())
+    }
+
+    /// An open connection whose peer proved `domain`, by certificate either
+    /// way (RFC 5923 reuse): requests for a partner go over it rather than
+    /// a new one.
+    pub fn verified_connection(&self, domain: &str) -> Option<ConnectionId> {
+        let r = self.shared.registry.lock().ok()?;
+        r.by_domain.get(&domain.to_ascii_lowercase()).copied()
+    }
+
+    /// Opens (or reuses) a stream connection to `addr`; for TLS the server
+    /// must prove `domain`. Dialing is separate from sending so a caller can
+    /// try several addresses for one destination.
+    pub async fn connect(
+        &self,
+        protocol: Protocol,
+        addr: SocketAddr,
+        domain: Option<&str>,
+    ) -> Result<ConnectionId, SendError> {
+        if protocol == Protocol::Udp {
+            return Err(SendError::NotAStream);
+        }
+        stream::connection_for(&self.shared, protocol, addr, domain).await
     }
 
     /// Sends bytes. UDP goes out from the first UDP socket of the address

@@ -1,0 +1,313 @@
+//! Sending toward names rather than addresses: a federated partner's edge
+//! (found through its pinned proxy or DNS, reached over mutual TLS with its
+//! domain verified, the connection reused) and next hops inside the edge
+//! given by host name (RFC 3263).
+//!
+//! The event loop never waits for DNS. A request for a name with no usable
+//! connection is parked here, one dial task per name runs the lookups and
+//! handshakes, and its result releases everything parked for that name.
+//! [`Dialer`] is that bookkeeping, without I/O; [`dial`] is the task.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use porchlight_resolve::{Resolver, SipTransport, UriTarget};
+use porchlight_sip::Uri;
+use porchlight_transaction::TxId;
+use porchlight_transport::{Protocol, Target, Transport};
+
+/// Where a request goes, as the node knows it before any lookup.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum NextHop {
+    /// A connection or address: nothing to look up.
+    Direct(Target),
+    /// A federated partner's edge, by the name its certificate must prove.
+    Partner(Arc<str>),
+    /// A SIP URI whose host is a name, over the transport it asks for.
+    Host {
+        /// The transport (the URI's `transport` parameter, TLS for `sips:`, else UDP).
+        protocol: Protocol,
+        /// The URI.
+        uri: Arc<str>,
+    },
+}
+
+impl NextHop {
+    /// A plain address.
+    pub fn address(protocol: Protocol, addr: SocketAddr) -> NextHop {
+        NextHop::Direct(Target::Address {
+            protocol,
+            addr,
+            domain: None,
+        })
+    }
+
+    /// The transport the request travels on. A connection is one a partner
+    /// or endpoint opened to us; the proxy only ever sends to partners' by name.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            NextHop::Direct(Target::Address { protocol, .. }) | NextHop::Host { protocol, .. } => {
+                *protocol
+            }
+            NextHop::Direct(Target::Connection(_)) | NextHop::Partner(_) => Protocol::Tls,
+        }
+    }
+
+    /// Whether it is a stream (no retransmissions, §17.1.1.2).
+    pub fn is_reliable(&self) -> bool {
+        match self {
+            NextHop::Direct(Target::Connection(_)) => true,
+            other => other.protocol().is_reliable(),
+        }
+    }
+}
+
+/// A message waiting for its next hop to be found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parked {
+    /// The client transaction that sent it, told when it cannot go.
+    pub transaction: Option<TxId>,
+    /// The bytes.
+    pub bytes: Bytes,
+}
+
+/// What to do with a message for a next hop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dispatch {
+    /// Send it there now.
+    Send(Target, Parked),
+    /// Parked; start a dial task for the hop (the first message for it).
+    Dial,
+    /// Parked behind a dial already under way.
+    Wait,
+    /// Too many messages wait for this hop: it fails now.
+    Full(Parked),
+}
+
+/// How long a host name's resolution is reused before it is looked up
+/// again (the resolver's own cache follows the records' TTLs below it).
+const HOST_REUSE: Duration = Duration::from_secs(30);
+
+/// Messages parked per name, and the host names already resolved.
+pub struct Dialer {
+    parked: HashMap<NextHop, Vec<Parked>>,
+    hosts: HashMap<Arc<str>, (Target, Instant)>,
+    max_parked: usize,
+}
+
+impl Dialer {
+    /// At most `max_parked` messages wait for any one name.
+    pub fn new(max_parked: usize) -> Dialer {
+        Dialer {
+            parked: HashMap::new(),
+            hosts: HashMap::new(),
+            max_parked,
+        }
+    }
+
+    /// Where `message` goes now, or that it waits. `verified` finds an open
+    /// connection whose peer proved a name.
+    pub fn dispatch(
+        &mut self,
+        hop: &NextHop,
+        message: Parked,
+        now: Instant,
+        verified: impl FnOnce(&str) -> Option<Target>,
+    ) -> Dispatch {
+        let ready = match hop {
+            NextHop::Direct(target) => Some(target.clone()),
+            NextHop::Partner(name) => verified(name),
+            NextHop::Host { uri, .. } => self
+                .hosts
+                .get(uri)
+                .filter(|(_, at)| now.duration_since(*at) < HOST_REUSE)
+                .map(|(target, _)| target.clone()),
+        };
+        if let Some(target) = ready {
+            return Dispatch::Send(target, message);
+        }
+        let waiting = self.parked.entry(hop.clone()).or_default();
+        if waiting.len() >= self.max_parked {
+            return Dispatch::Full(message);
+        }
+        waiting.push(message);
+        let first = waiting.len() == 1;
+        if first {
+            Dispatch::Dial
+        } else {
+            Dispatch::Wait
+        }
+    }
+
+    /// A dial finished: what was parked for `hop`, to send to the target
+    /// found or to fail.
+    pub fn finished(
+        &mut self,
+        hop: &NextHop,
+        found: Option<&Target>,
+        now: Instant,
+    ) -> Vec<Parked> {
+        if let (NextHop::Host { uri, .. }, Some(target)) = (hop, found) {
+            self.hosts.insert(uri.clone(), (target.clone(), now));
+        }
+        self.parked.remove(hop).unwrap_or_default()
+    }
+}
+
+/// Why a next hop could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// DNS gave nothing.
+    #[error(transparent)]
+    Resolve(#[from] porchlight_resolve::ResolveError),
+    /// Every address failed; the last reason.
+    #[error("{name}: no address answered ({last})")]
+    Unreachable {
+        /// What was dialled.
+        name: String,
+        /// The last address's failure.
+        last: porchlight_transport::SendError,
+    },
+    /// Not a SIP URI.
+    #[error("{0} is not a SIP URI")]
+    NotSip(String),
+}
+
+/// Finds and opens the way to `hop`. A partner is found through `pinned`
+/// or DNS and must prove its name in the TLS handshake; each address is
+/// tried in order. A host name is resolved for the URI's transport, and a
+/// stream is opened to the first address that accepts.
+pub async fn dial(
+    hop: &NextHop,
+    pinned: Option<&str>,
+    resolver: &Resolver,
+    transport: &Transport,
+) -> Result<Target, DialError> {
+    match hop {
+        NextHop::Direct(target) => Ok(target.clone()),
+        NextHop::Partner(name) => {
+            let hops = resolver.federation_hops(name, pinned).await?;
+            let mut last = None;
+            for h in hops {
+                match transport.connect(Protocol::Tls, h.addr, Some(name)).await {
+                    Ok(id) => {
+                        tracing::info!(partner = %name, addr = %h.addr, rule = %h.source, "connected to partner edge");
+                        return Ok(Target::Connection(id));
+                    }
+                    Err(e) => {
+                        tracing::info!(partner = %name, addr = %h.addr, "partner edge address failed: {e}");
+                        last = Some(e);
+                    }
+                }
+            }
+            Err(DialError::Unreachable {
+                name: name.to_string(),
+                last: last.expect("federation_hops returns at least one hop"),
+            })
+        }
+        NextHop::Host { protocol, uri } => {
+            let Ok(Uri::Sip(sip, _)) = Uri::parse(uri) else {
+                return Err(DialError::NotSip(uri.to_string()));
+            };
+            let host = sip.host.to_string();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let transport_of = |p: Protocol| match p {
+                Protocol::Udp => SipTransport::Udp,
+                Protocol::Tcp => SipTransport::Tcp,
+                Protocol::Tls => SipTransport::Tls,
+            };
+            let target = UriTarget {
+                host,
+                port: sip.port,
+                transport: Some(transport_of(*protocol)),
+                secure: sip.secure,
+            };
+            let addrs = resolver.uri_hops(&target).await?;
+            let domain = (*protocol == Protocol::Tls).then(|| host.to_owned());
+            let mut last = None;
+            for (_, addr) in addrs {
+                let target = Target::Address {
+                    protocol: *protocol,
+                    addr,
+                    domain: domain.clone(),
+                };
+                if *protocol == Protocol::Udp {
+                    return Ok(target);
+                }
+                match transport.connect(*protocol, addr, domain.as_deref()).await {
+                    Ok(_) => return Ok(target),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(DialError::Unreachable {
+                name: uri.to_string(),
+                last: last.expect("uri_hops returns at least one address"),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parked(n: u8) -> Parked {
+        Parked {
+            transaction: None,
+            bytes: Bytes::from(vec![n]),
+        }
+    }
+
+    #[test]
+    fn one_dial_per_name_and_bounded_waiting() {
+        let mut dialer = Dialer::new(2);
+        let partner = NextHop::Partner("fabrikam.com".into());
+        let now = Instant::now();
+        let none = |_: &str| None;
+        assert_eq!(dialer.dispatch(&partner, parked(1), now, none), Dispatch::Dial);
+        assert_eq!(dialer.dispatch(&partner, parked(2), now, none), Dispatch::Wait);
+        assert_eq!(
+            dialer.dispatch(&partner, parked(3), now, none),
+            Dispatch::Full(parked(3)),
+            "a refused message is handed back"
+        );
+        let released = dialer.finished(&partner, None, now);
+        assert_eq!(released.iter().map(|p| p.bytes[0]).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            dialer.dispatch(&partner, parked(4), now, none),
+            Dispatch::Dial,
+            "a failed dial leaves nothing behind: the next message dials again"
+        );
+    }
+
+    #[test]
+    fn verified_connections_and_resolved_hosts_need_no_dial() {
+        let mut dialer = Dialer::new(8);
+        let now = Instant::now();
+        let partner = NextHop::Partner("fabrikam.com".into());
+        let connection = Target::Connection(porchlight_transport::ConnectionId(9));
+        let d = dialer.dispatch(&partner, parked(1), now, |name| {
+            (name == "fabrikam.com").then(|| connection.clone())
+        });
+        assert_eq!(d, Dispatch::Send(connection, parked(1)));
+
+        let host = NextHop::Host {
+            protocol: Protocol::Udp,
+            uri: "sip:bob@pc1.corp.example".into(),
+        };
+        assert_eq!(dialer.dispatch(&host, parked(2), now, |_| None), Dispatch::Dial);
+        let found = Target::Address {
+            protocol: Protocol::Udp,
+            addr: "10.0.0.7:5060".parse().unwrap(),
+            domain: None,
+        };
+        assert_eq!(dialer.finished(&host, Some(&found), now).len(), 1);
+        let d = dialer.dispatch(&host, parked(3), now, |_| None);
+        assert_eq!(d, Dispatch::Send(found, parked(3)), "reused while fresh");
+        let later = now + HOST_REUSE;
+        assert_eq!(dialer.dispatch(&host, parked(4), later, |_| None), Dispatch::Dial);
+    }
+}
