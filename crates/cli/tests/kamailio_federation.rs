@@ -9,7 +9,11 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use porchlight_sip::Message;
 
 use common::*;
 
@@ -17,6 +21,8 @@ use common::*;
 struct Kamailio {
     child: Child,
     udp_port: u16,
+    tls_port: u16,
+    log: std::path::PathBuf,
 }
 
 impl Drop for Kamailio {
@@ -64,11 +70,12 @@ impl Kamailio {
         )
         .unwrap();
         let udp_port = free_udp_port();
+        let tls_port = free_tcp_port();
         let template = include_str!("kamailio/partner.cfg");
         let config = template
             .replace("@DOMAIN@", domain)
             .replace("@UDP_PORT@", &udp_port.to_string())
-            .replace("@TLS_PORT@", &free_tcp_port().to_string())
+            .replace("@TLS_PORT@", &tls_port.to_string())
             .replace("@DIR@", &d.to_string())
             .replace("@FEDERATED_DOMAIN@", "contoso.com")
             .replace("@EDGE_PORT@", &edge.port().to_string());
@@ -83,7 +90,12 @@ impl Kamailio {
             .stderr(log)
             .spawn()
             .expect("kamailio is installed (scripts/test.sh installs it)");
-        let mut kamailio = Kamailio { child, udp_port };
+        let mut kamailio = Kamailio {
+            child,
+            udp_port,
+            tls_port,
+            log: dir.join("kamailio.log"),
+        };
         // Ready once it answers over UDP (its 404 for a stranger's OPTIONS).
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -315,4 +327,173 @@ fn a_call_from_behind_kamailio_reaches_the_inside_through_the_edge() {
         callee,
         "the callee (trust header, ACK and BYE through the edge)",
     );
+}
+
+/// A MESSAGE from the trusted inside (127.0.0.2), with its final response.
+fn message_from_inside(server: &Server, from: &str, to: &str, text: &str) -> Message {
+    let socket = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let local = socket.local_addr().unwrap();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let bytes = format!(
+        "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-im{n};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <{from}>;tag=im{n}\r\nTo: <{to}>\r\n\
+         Call-ID: im-{n}@inside.invalid\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{text}",
+        text.len()
+    );
+    socket.send_to(bytes.as_bytes(), server.udp).unwrap();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no final response to the MESSAGE for {to}: {e}"));
+        let response = parse(&buf[..n]);
+        if response.status().is_some_and(|s| s >= 200) {
+            return response;
+        }
+    }
+}
+
+#[test]
+fn the_inside_reaches_a_partner_found_in_dns_and_notifies_survive_a_lost_connection() {
+    let pki = Pki::new("kamailio-outbound");
+    let dns_port = free_udp_port();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let health_port = health_server(healthy.clone());
+    let text = pki
+        .config(&[
+            (
+                NO_PARTNERS,
+                "allowed_domains = [{ domain = \"partner.test\" }, { domain = \"nowhere.test\" }] #",
+            ),
+            ("blocked_domains = []", "blocked_domains = [\"evil.test\"]"),
+            // The partner's idle connection closes, so the next NOTIFY
+            // must find the partner again.
+            ("idle_timeout_secs = 300", "idle_timeout_secs = 2"),
+            (
+                "min_notify_interval_ms = 5000",
+                "min_notify_interval_ms = 500",
+            ),
+            ("nameservers = []", &format!("nameservers = [\"127.0.0.1:{dns_port}\"]")),
+            ("note = \"Ask me anything\"\n", &format!(
+                "note = \"Ask me anything\"\n[endpoint.health]\nurl = \"http://127.0.0.1:{health_port}/health\"\n\
+                 interval_secs = 1\ntimeout_ms = 500\nfailures = 1\n"
+            )),
+        ])
+        // The inside is 127.0.0.2; Kamailio on 127.0.0.1 is an outsider.
+        .replace("trusted_networks = []", "trusted_networks = [\"127.0.0.2/32\"]");
+    let server = start("kam-outbound", &text);
+    let partner = Kamailio::start(&pki, "outbound", "partner.test", server.tls);
+    let _dns = Dnsmasq::start(
+        dns_port,
+        &[
+            format!(
+                "--srv-host=_sipfederationtls._tcp.partner.test,edge.partner.test,{},1,1",
+                partner.tls_port
+            ),
+            "--host-record=edge.partner.test,127.0.0.1".to_owned(),
+        ],
+    );
+
+    // alice registers with her domain's edge and watches the help desk.
+    let dir = temp_dir("baresip-outbound-alice");
+    let alice = Baresip::start(
+        &dir,
+        free_udp_port(),
+        &["account", "contact", "presence"],
+        &format!(
+            "<sip:alice@partner.test>;outbound=\"sip:{}\";regint=600",
+            partner.udp()
+        ),
+        "\"Help Desk\" <sip:helpdesk@contoso.com>;presence=p2p",
+    );
+    alice.expect_status(
+        "sip:helpdesk@contoso.com",
+        "Online",
+        Duration::from_secs(15),
+    );
+
+    // The partner's connection idles out; the endpoint goes down; the
+    // NOTIFY finds the partner's edge through DNS and a new mutual-TLS
+    // connection that proves partner.test.
+    std::thread::sleep(Duration::from_secs(4));
+    healthy.store(false, Ordering::SeqCst);
+    alice.expect_status(
+        "sip:helpdesk@contoso.com",
+        "Offline",
+        Duration::from_secs(15),
+    );
+    let log = std::fs::read_to_string(server.dir.join("server.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("connected to partner edge")
+            && l.contains("partner=partner.test")
+            && l.contains("SRV _sipfederationtls._tcp")),
+        "the NOTIFY did not dial the partner through DNS:\n{log}"
+    );
+
+    // An IM from someone inside reaches alice through her domain's edge.
+    let ok = message_from_inside(
+        &server,
+        "sip:bob@contoso.com",
+        "sip:alice@partner.test",
+        "hello from the inside",
+    );
+    // baresip answers 200 only once its text handler has taken the message
+    // (RFC 3428; anything but text/plain gets 415).
+    assert_eq!(ok.status(), Some(200));
+    let kamailio_log = std::fs::read_to_string(&partner.log).unwrap();
+    assert!(
+        kamailio_log.contains("delivering MESSAGE from sip:bob@contoso.com to sip:alice-"),
+        "{kamailio_log}"
+    );
+
+    // Refused: a sender not in our domains, a blocked domain; an allowed
+    // domain no DNS knows is unreachable (503 with Retry-After).
+    let spoofed = message_from_inside(
+        &server,
+        "sip:mallory@elsewhere.example",
+        "sip:alice@partner.test",
+        "x",
+    );
+    assert_eq!(spoofed.status(), Some(403));
+    let blocked = message_from_inside(&server, "sip:bob@contoso.com", "sip:eve@evil.test", "x");
+    assert_eq!(blocked.status(), Some(403));
+    let (ok, steps) = explain_with(
+        &server,
+        &[
+            "--from",
+            "sip:bob@contoso.com",
+            "--to",
+            "sip:eve@evil.test",
+            "--kind",
+            "im",
+        ],
+    );
+    assert!(
+        !ok && steps.contains("outbound to evil.test")
+            && steps.contains("blocked domain evil.test"),
+        "{steps}"
+    );
+    let unreachable = message_from_inside(
+        &server,
+        "sip:bob@contoso.com",
+        "sip:nobody@nowhere.test",
+        "x",
+    );
+    assert_eq!(unreachable.status(), Some(503));
+    assert!(unreachable.retry_after().ok().flatten().is_some());
+
+    // Outsiders cannot send out through the edge.
+    let relay = udp_exchange(
+        server.udp,
+        &request("MESSAGE", "sip:alice@partner.test", ""),
+        Duration::from_millis(500),
+    );
+    assert_eq!(relay.last().and_then(|r| r.status()), Some(403));
 }

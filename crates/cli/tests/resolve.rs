@@ -1,67 +1,35 @@
 //! Partner discovery against a real DNS server: dnsmasq on loopback serves
-//! the federation SRV records, RFC 3263 `_sips._tcp` records and plain
-//! addresses, and `porchlight resolve` must find the edge each rule gives,
+//! the federation SRV records, RFC 3263 NAPTR and `_sips._tcp` records and
+//! plain addresses, and `porchlight resolve` must find the edge each rule gives,
 //! in RFC 2782 order, with a pinned proxy overriding DNS.
 
 mod common;
 
 use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::*;
 
-struct Dnsmasq(Child);
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn dnsmasq(port: u16) -> Dnsmasq {
-    let records = [
-        "--srv-host=_sipfederationtls._tcp.fabrikam.test,edge1.fabrikam.test,5061,10,100",
-        "--srv-host=_sipfederationtls._tcp.fabrikam.test,edge2.fabrikam.test,5071,20,100",
-        "--host-record=edge1.fabrikam.test,127.0.0.11",
-        "--host-record=edge2.fabrikam.test,127.0.0.12",
-        "--srv-host=_sips._tcp.rfc3263.test,sip.rfc3263.test,5062,1,1",
-        "--host-record=sip.rfc3263.test,127.0.0.13",
-        "--host-record=plain.test,127.0.0.14",
-        "--host-record=proxy.partner.test,127.0.0.15",
-        "--host-record=partner.test,127.0.0.16",
-        "--srv-host=_sipfederationtls._tcp.partner.test,edge.partner.test,5061,1,1",
-        "--host-record=edge.partner.test,127.0.0.17",
-    ];
-    // Debian installs it in /usr/sbin, which is not on every user's PATH.
-    let program = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("dnsmasq");
-    let child = Command::new(program)
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-        ])
-        .args([
-            "--listen-address=127.0.0.1",
-            "--local=/test/",
-            "--pid-file=",
-            "--user=root",
-            "--log-facility=-",
-        ])
-        .arg(format!("--port={port}"))
-        .args(records)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dnsmasq is installed (scripts/test.sh installs dnsmasq-base)");
-    Dnsmasq(child)
-}
+/// The records every resolution case below reads.
+const RECORDS: [&str; 15] = [
+    "--srv-host=_sipfederationtls._tcp.fabrikam.test,edge1.fabrikam.test,5061,10,100",
+    "--srv-host=_sipfederationtls._tcp.fabrikam.test,edge2.fabrikam.test,5071,20,100",
+    "--host-record=edge1.fabrikam.test,127.0.0.11",
+    "--host-record=edge2.fabrikam.test,127.0.0.12",
+    "--srv-host=_sips._tcp.rfc3263.test,sip.rfc3263.test,5062,1,1",
+    "--host-record=sip.rfc3263.test,127.0.0.13",
+    "--host-record=plain.test,127.0.0.14",
+    "--host-record=proxy.partner.test,127.0.0.15",
+    "--host-record=partner.test,127.0.0.16",
+    "--srv-host=_sipfederationtls._tcp.partner.test,edge.partner.test,5061,1,1",
+    "--host-record=edge.partner.test,127.0.0.17",
+    // NAPTR: a UDP record first in order (not for federation), then TLS
+    // pointing at an SRV name no fixed rule would guess.
+    "--naptr-record=naptr.test,5,10,S,SIP+D2U,,_sip._udp.naptr.test",
+    "--naptr-record=naptr.test,10,10,S,SIPS+D2T,,_sips._tcp.pool.naptr.test",
+    "--srv-host=_sips._tcp.pool.naptr.test,sip.naptr.test,5063,1,1",
+    "--host-record=sip.naptr.test,127.0.0.18",
+];
 
 fn resolve(port: u16, domain: &str, config: Option<&std::path::Path>) -> (bool, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_porchlight"));
@@ -92,16 +60,8 @@ fn partners_are_found_through_a_real_dns_server() {
         .local_addr()
         .unwrap()
         .port();
-    let _dns = dnsmasq(port);
-    // Wait until dnsmasq answers.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (ok, text) = loop {
-        let answer = resolve(port, "fabrikam.test", None);
-        if answer.0 || Instant::now() > deadline {
-            break answer;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let _dns = Dnsmasq::start(port, &RECORDS);
+    let (ok, text) = resolve(port, "fabrikam.test", None);
     assert!(ok, "{text}");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
@@ -122,6 +82,12 @@ fn partners_are_found_through_a_real_dns_server() {
     let (ok, text) = resolve(port, "rfc3263.test", None);
     assert!(
         ok && text.starts_with("127.0.0.13:5062 (sip.rfc3263.test) via SRV _sips._tcp"),
+        "{text}"
+    );
+
+    let (ok, text) = resolve(port, "naptr.test", None);
+    assert!(
+        ok && text.starts_with("127.0.0.18:5063 (sip.naptr.test) via NAPTR SIPS+D2T"),
         "{text}"
     );
 

@@ -505,9 +505,7 @@ impl Config {
             ));
         }
         let rr_host = &self.edge.record_route_host;
-        if !rr_host.is_empty()
-            && porchlight_sip::Uri::parse(&format!("sip:{rr_host}")).is_err()
-        {
+        if !rr_host.is_empty() && porchlight_sip::Uri::parse(&format!("sip:{rr_host}")).is_err() {
             return Err(invalid(
                 format!("[edge] record_route_host = {rr_host:?} is not a host name"),
                 "write a host name like \"edge.contoso.com\", or leave it empty",

@@ -292,10 +292,18 @@ mod tests {
     /// peer whose certificate proves `peer`.
     fn origin(peer: Option<&str>) -> Origin {
         Origin {
-            protocol: if peer.is_some() { Protocol::Tls } else { Protocol::Udp },
-            source: if peer.is_some() { "192.0.2.9:40000" } else { "10.0.0.5:5060" }
-                .parse()
-                .unwrap(),
+            protocol: if peer.is_some() {
+                Protocol::Tls
+            } else {
+                Protocol::Udp
+            },
+            source: if peer.is_some() {
+                "192.0.2.9:40000"
+            } else {
+                "10.0.0.5:5060"
+            }
+            .parse()
+            .unwrap(),
             local: "10.0.0.2:5061".parse().unwrap(),
             connection: None,
             peer: peer.map(|d| {
@@ -433,7 +441,10 @@ mod tests {
             "sip:contoso.com",
             "Route: <sip:10.0.0.2;lr>\r\n",
         );
-        assert_eq!(route(&edge(true), &register, &outsider, false), Route::Local);
+        assert_eq!(
+            route(&edge(true), &register, &outsider, false),
+            Route::Local
+        );
         let onward = request(
             "INVITE",
             "sip:bob@contoso.com",

@@ -41,7 +41,11 @@ pub fn explain(
     };
     let (remote_domain, remote, local) = if let Some(endpoint) = directory.resolve(to) {
         let remote = peer_domains.map_or(Remote::Unverified, Remote::Certified);
-        (presence::domain_of(from), remote, presence::local_party(&directory, endpoint))
+        (
+            presence::domain_of(from),
+            remote,
+            presence::local_party(&directory, endpoint),
+        )
     } else if ours(to) && !config.edge.internal_next_hop.is_empty() {
         let remote = peer_domains.map_or(Remote::Unverified, Remote::Certified);
         (presence::domain_of(from), remote, anyone(to))

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use porchlight_resolve::Resolver;
 use porchlight_sip::{via_with_received, Answer, Limits, Message};
 use porchlight_transaction::proxy::{forward, Forwarding, ProxyAction, ProxyError, ProxyTable};
 use porchlight_transaction::{
@@ -18,7 +19,6 @@ use porchlight_transport::pki::{AltName, CertificateAuthority};
 use porchlight_transport::{
     ClientAuth, Origin, Protocol, Received, Target, TlsSettings, Transport, TransportConfig,
 };
-use porchlight_resolve::Resolver;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -434,7 +434,11 @@ impl EventLoop {
                 }
             }
             Err(e) => {
-                tracing::warn!(?hop, waiting = waiting.len(), "destination unreachable: {e}");
+                tracing::warn!(
+                    ?hop,
+                    waiting = waiting.len(),
+                    "destination unreachable: {e}"
+                );
                 for message in waiting {
                     self.fail(message, now);
                 }
@@ -508,12 +512,10 @@ impl EventLoop {
             }
         }
         let disposition = disposition.unwrap_or_else(|| answer_request(&request, &self.local));
-        match self.layer.receive_request(
-            &request,
-            NextHop::Direct(target.clone()),
-            reliable,
-            now,
-        ) {
+        match self
+            .layer
+            .receive_request(&request, NextHop::Direct(target.clone()), reliable, now)
+        {
             Ok(RequestMatch::New(key)) => {
                 let answer = match disposition {
                     Disposition::Respond(answer) => answer,

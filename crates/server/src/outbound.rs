@@ -144,12 +144,7 @@ impl Dialer {
 
     /// A dial finished: what was parked for `hop`, to send to the target
     /// found or to fail.
-    pub fn finished(
-        &mut self,
-        hop: &NextHop,
-        found: Option<&Target>,
-        now: Instant,
-    ) -> Vec<Parked> {
+    pub fn finished(&mut self, hop: &NextHop, found: Option<&Target>, now: Instant) -> Vec<Parked> {
         if let (NextHop::Host { uri, .. }, Some(target)) = (hop, found) {
             self.hosts.insert(uri.clone(), (target.clone(), now));
         }
@@ -267,15 +262,24 @@ mod tests {
         let partner = NextHop::Partner("fabrikam.com".into());
         let now = Instant::now();
         let none = |_: &str| None;
-        assert_eq!(dialer.dispatch(&partner, parked(1), now, none), Dispatch::Dial);
-        assert_eq!(dialer.dispatch(&partner, parked(2), now, none), Dispatch::Wait);
+        assert_eq!(
+            dialer.dispatch(&partner, parked(1), now, none),
+            Dispatch::Dial
+        );
+        assert_eq!(
+            dialer.dispatch(&partner, parked(2), now, none),
+            Dispatch::Wait
+        );
         assert_eq!(
             dialer.dispatch(&partner, parked(3), now, none),
             Dispatch::Full(parked(3)),
             "a refused message is handed back"
         );
         let released = dialer.finished(&partner, None, now);
-        assert_eq!(released.iter().map(|p| p.bytes[0]).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            released.iter().map(|p| p.bytes[0]).collect::<Vec<_>>(),
+            [1, 2]
+        );
         assert_eq!(
             dialer.dispatch(&partner, parked(4), now, none),
             Dispatch::Dial,
@@ -298,7 +302,10 @@ mod tests {
             protocol: Protocol::Udp,
             uri: "sip:bob@pc1.corp.example".into(),
         };
-        assert_eq!(dialer.dispatch(&host, parked(2), now, |_| None), Dispatch::Dial);
+        assert_eq!(
+            dialer.dispatch(&host, parked(2), now, |_| None),
+            Dispatch::Dial
+        );
         let found = Target::Address {
             protocol: Protocol::Udp,
             addr: "10.0.0.7:5060".parse().unwrap(),
@@ -308,6 +315,9 @@ mod tests {
         let d = dialer.dispatch(&host, parked(3), now, |_| None);
         assert_eq!(d, Dispatch::Send(found, parked(3)), "reused while fresh");
         let later = now + HOST_REUSE;
-        assert_eq!(dialer.dispatch(&host, parked(4), later, |_| None), Dispatch::Dial);
+        assert_eq!(
+            dialer.dispatch(&host, parked(4), later, |_| None),
+            Dispatch::Dial
+        );
     }
 }

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use porchlight_endpoints::digest::DigestAuth;
 use porchlight_endpoints::{Credentials, Directory, Registrar, RegistrarConfig, Sources};
 use porchlight_policy::{
-    decide, verdict, Class, Decision, DiscoveredLimits, Modality, PolicyConfig,
-    LocalParty, Remote, Request as PolicyRequest,
+    decide, verdict, Class, Decision, DiscoveredLimits, LocalParty, Modality, PolicyConfig, Remote,
+    Request as PolicyRequest,
 };
 use porchlight_presence::xml_in::{parse_category_publish, parse_pidf};
 use porchlight_presence::{
@@ -137,7 +137,11 @@ fn modality_of(request: &Message) -> Modality {
 
 /// Decides a policy request on the hot path; a refusal is decided again
 /// with every step written down, and logged.
-fn check(policy: &PolicyConfig, request: &PolicyRequest<'_>, what: std::fmt::Arguments<'_>) -> Decision {
+fn check(
+    policy: &PolicyConfig,
+    request: &PolicyRequest<'_>,
+    what: std::fmt::Arguments<'_>,
+) -> Decision {
     let outcome = verdict(policy, request);
     if !outcome.allowed {
         tracing::info!("{what} refused:\n{}", decide(policy, request));
@@ -199,8 +203,14 @@ pub fn authorize_leaving(
 ) -> Result<(), Box<Answer>> {
     let from = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
     let from_domain = domain_of(from);
-    if !our_domains.iter().any(|d| d.eq_ignore_ascii_case(&from_domain)) {
-        tracing::info!(from, "outbound request refused: the From domain is not one of ours");
+    if !our_domains
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(&from_domain))
+    {
+        tracing::info!(
+            from,
+            "outbound request refused: the From domain is not one of ours"
+        );
         return Err(Box::new(Answer::new(
             403,
             "Forbidden (the From domain is not served here)",
@@ -221,7 +231,13 @@ pub fn authorize_leaving(
         modality: modality_of(request),
     };
     let to = request.request_uri().unwrap_or_default();
-    if check(policy, &policy_request, format_args!("outbound request from {from} to {to}")).allowed {
+    if check(
+        policy,
+        &policy_request,
+        format_args!("outbound request from {from} to {to}"),
+    )
+    .allowed
+    {
         Ok(())
     } else {
         Err(Box::new(Answer::new(403, "Forbidden")))

@@ -3,11 +3,13 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -156,9 +158,9 @@ pub fn request(method: &str, uri: &str, extra: &str) -> Vec<u8> {
 /// the server's configuration, with the peer certificate proving `peer`:
 /// (allowed, the printed steps).
 pub fn explain(server: &Server, from: &str, peer: &str) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
-        .args([
-            "explain",
+    explain_with(
+        server,
+        &[
             "--from",
             from,
             "--to",
@@ -167,8 +169,17 @@ pub fn explain(server: &Server, from: &str, peer: &str) -> (bool, String) {
             "presence",
             "--peer",
             peer,
-            "--config",
-        ])
+        ],
+    )
+}
+
+/// `porchlight explain` with these arguments against the server's
+/// configuration: (allowed, the printed steps).
+pub fn explain_with(server: &Server, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .arg("explain")
+        .args(args)
+        .arg("--config")
         .arg(server.dir.join("porchlight.toml"))
         .output()
         .unwrap();
@@ -412,4 +423,86 @@ pub fn free_udp_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A dnsmasq serving only the records given (`--srv-host=…`,
+/// `--host-record=…`, `--naptr-record=…`) for names under `.test`, on
+/// loopback at `port`.
+pub struct Dnsmasq(Child);
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Dnsmasq {
+    /// Starts it and waits until it answers.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(port: u16, records: &[S]) -> Dnsmasq {
+        // Debian installs it in /usr/sbin, which is not on every user's PATH.
+        let program = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("dnsmasq");
+        let child = Command::new(program)
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--local=/test/",
+                "--pid-file=",
+                "--user=root",
+                "--log-facility=-",
+            ])
+            .arg(format!("--port={port}"))
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq is installed (scripts/test.sh installs dnsmasq-base)");
+        // Owned from here on, so it is stopped whatever happens next.
+        let dnsmasq = Dnsmasq(child);
+        // Ready once a query (A ready.test) gets any answer.
+        let query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05ready\x04test\x00\x00\x01\x00\x01";
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 512];
+        loop {
+            let _ = socket.send_to(query, ("127.0.0.1", port));
+            if socket.recv(&mut buf).is_ok() {
+                return dnsmasq;
+            }
+            assert!(Instant::now() < deadline, "dnsmasq never answered");
+        }
+    }
+}
+
+/// An app health URL that answers 200 or 503 as the test decides.
+pub fn health_server(healthy: Arc<AtomicBool>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let status = if healthy.load(Ordering::SeqCst) {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    port
 }
