@@ -263,9 +263,12 @@ pub struct PolicyConfig {
 struct Index {
     /// Blocked entries, lower case, without a trailing dot.
     blocked: std::collections::HashSet<String>,
-    allowed: std::collections::HashSet<String>,
+    /// Allowed domain -> its pinned proxy, both lower case.
+    allowed: std::collections::HashMap<String, Option<String>>,
     /// User domain -> provider position.
     provider_of: std::collections::HashMap<String, usize>,
+    /// A provider's edge (proxy FQDN) -> provider position.
+    provider_edge: std::collections::HashMap<String, usize>,
     /// Parsed once: the check runs for every request.
     trusted: Vec<Network>,
 }
@@ -351,7 +354,18 @@ impl PolicyConfig {
             allowed: self
                 .allowed_domains
                 .iter()
-                .map(|a| normalized(&a.domain))
+                .map(|a| {
+                    (
+                        normalized(&a.domain),
+                        a.proxy_fqdn.as_deref().map(normalized),
+                    )
+                })
+                .collect(),
+            provider_edge: self
+                .providers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| Some((normalized(p.proxy_fqdn.as_deref()?), i)))
                 .collect(),
             provider_of: self
                 .providers
@@ -368,25 +382,20 @@ impl PolicyConfig {
     /// connection must still prove the partner's domain (RFC 5922).
     pub fn route_to(&self, domain: &str) -> PartnerRoute {
         let domain = normalized(domain);
-        let provider_edge = self
-            .providers
-            .iter()
-            .filter_map(|p| p.proxy_fqdn.as_deref())
-            .find(|fqdn| normalized(fqdn) == domain);
-        if let Some(fqdn) = provider_edge.or_else(|| {
-            self.provider_serving(&domain)
-                .and_then(|p| p.proxy_fqdn.as_deref())
-        }) {
+        let index = self.index();
+        let provider_edge = index
+            .provider_edge
+            .get(&domain)
+            .or_else(|| index.provider_of.get(&domain))
+            .and_then(|&i| self.providers[i].proxy_fqdn.as_deref());
+        if let Some(edge) = provider_edge {
+            let edge = normalized(edge);
             return PartnerRoute {
-                verify: normalized(fqdn),
-                pinned: Some(normalized(fqdn)),
+                verify: edge.clone(),
+                pinned: Some(edge),
             };
         }
-        let pinned = self
-            .allowed_domains
-            .iter()
-            .find(|a| normalized(&a.domain) == domain)
-            .and_then(|a| a.proxy_fqdn.as_deref().map(normalized));
+        let pinned = index.allowed.get(&domain).cloned().flatten();
         PartnerRoute {
             verify: domain,
             pinned,
@@ -398,7 +407,7 @@ impl PolicyConfig {
     }
 
     fn is_allowed(&self, domain: &str) -> bool {
-        self.index().allowed.contains(&normalized(domain))
+        self.index().allowed.contains_key(&normalized(domain))
     }
 
     fn provider_serving(&self, domain: &str) -> Option<&PublicProvider> {

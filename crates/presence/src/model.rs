@@ -30,6 +30,23 @@ pub enum Band {
     Offline,
 }
 
+impl Band {
+    /// The name admins and the console use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Band::Unknown => "unknown",
+            Band::Available => "online",
+            Band::AvailableIdle => "online-idle",
+            Band::Busy => "busy",
+            Band::BusyIdle => "busy-idle",
+            Band::DoNotDisturb => "do-not-disturb",
+            Band::BeRightBack => "be-right-back",
+            Band::Away => "away",
+            Band::Offline => "offline",
+        }
+    }
+}
+
 impl Availability {
     /// Online, the state of a healthy application endpoint.
     pub const ONLINE: Availability = Availability(3500);

@@ -1,16 +1,19 @@
 //! The Porchlight node: configuration, the rules for answering requests, and
 //! the event loop that joins transport and transaction layer.
 
+mod admission;
 pub mod config;
 mod edge;
 mod health;
 mod node;
 mod outbound;
 mod presence;
+pub mod status;
 pub mod uas;
 
 pub use config::{Config, ConfigError, DEFAULT_CONFIG};
 pub use node::{Node, StartError};
+pub use status::NodeHandle;
 
 /// The policy decision the node with `config` would make, every step
 /// written down: for `from` outside reaching `to` (an endpoint, or someone

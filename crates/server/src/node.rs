@@ -25,9 +25,8 @@ use tokio::task::JoinHandle;
 use crate::config::{ClientAuthSetting, Config};
 use crate::edge::{self, partner_of, Direction, Edge, Route};
 use crate::outbound::{dial, DialError, Dialer, Dispatch, NextHop, Parked};
-use crate::presence::{
-    authorize_entering, authorize_leaving, domain_of, parse_own, PresenceService,
-};
+use crate::presence::{domain_of, parse_own, PresenceService};
+use crate::status::{NodeHandle, PartnerCounts, Query, Status};
 use crate::uas::{answer_malformed, answer_request, Disposition, LocalNames, SERVER};
 
 /// Why the node could not start.
@@ -59,6 +58,7 @@ pub enum StartError {
 pub struct Node {
     transport: Transport,
     task: JoinHandle<()>,
+    handle: NodeHandle,
 }
 
 impl Node {
@@ -127,6 +127,7 @@ impl Node {
             );
         }
         let resolver = Arc::new(config.resolver().map_err(StartError::Resolver)?);
+        let (queries_tx, queries) = mpsc::channel(16);
         let (dials_tx, dials) = mpsc::channel(64);
         let record_route_host = &config.edge.record_route_host;
         let event_loop = EventLoop {
@@ -148,17 +149,34 @@ impl Node {
             dialer: Dialer::new(config.limits.max_parked_per_destination),
             resolver,
             dials_tx,
+            started: Instant::now(),
+            partners: PartnerCounts::default(),
+            dials_succeeded: 0,
+            dials_failed: 0,
         };
-        let task = tokio::spawn(event_loop.run(received, verdicts, dials));
+        let task = tokio::spawn(event_loop.run(received, verdicts, dials, queries));
         for (protocol, addr) in transport.local_addrs() {
             tracing::info!("listening on {} {addr}", protocol.via_token());
         }
-        Ok(Node { transport, task })
+        let handle = NodeHandle {
+            queries: queries_tx,
+            config: Arc::new(config),
+        };
+        Ok(Node {
+            transport,
+            task,
+            handle,
+        })
     }
 
     /// The bound address of a protocol.
     pub fn local_addr(&self, protocol: Protocol) -> Option<SocketAddr> {
         self.transport.local_addr(protocol)
+    }
+
+    /// Asks the running node about itself (the admin surface).
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
     }
 
     /// Runs until the event loop ends.
@@ -233,6 +251,11 @@ struct EventLoop {
     dialer: Dialer,
     resolver: Arc<Resolver>,
     dials_tx: mpsc::Sender<Dialed>,
+    started: Instant,
+    /// Requests exchanged with each partner.
+    partners: PartnerCounts,
+    dials_succeeded: u64,
+    dials_failed: u64,
 }
 
 /// What a proxied request needs kept to answer upstream itself.
@@ -247,6 +270,7 @@ impl EventLoop {
         mut received: mpsc::Receiver<Received>,
         mut verdicts: mpsc::Receiver<(usize, bool)>,
         mut dials: mpsc::Receiver<Dialed>,
+        mut queries: mpsc::Receiver<Query>,
     ) {
         loop {
             let now = Instant::now();
@@ -278,6 +302,7 @@ impl EventLoop {
                 },
                 Some((endpoint, healthy)) = verdicts.recv() => self.presence.on_health(endpoint, healthy),
                 Some((hop, result)) = dials.recv() => self.on_dialed(hop, result).await,
+                Some(query) = queries.recv() => self.answer_query(query),
                 () = sleep => {
                     let now = Instant::now();
                     self.layer.handle_timeout(now);
@@ -285,6 +310,45 @@ impl EventLoop {
                 }
             }
             self.flush().await;
+        }
+    }
+
+    /// Answers the admin surface from the state the loop owns.
+    fn answer_query(&self, query: Query) {
+        match query {
+            Query::Status(reply) => {
+                let (stats, in_flight) = self.presence.notifier_stats();
+                let (servers, clients) = self.layer.len();
+                let (decisions, _) = self.presence.decisions();
+                let _ = reply.send(Status {
+                    version: env!("CARGO_PKG_VERSION"),
+                    domains: self.domains.clone(),
+                    uptime_secs: self.started.elapsed().as_secs(),
+                    subscriptions_active: stats.active,
+                    subscriptions_created: stats.created,
+                    subscriptions_refreshed: stats.refreshed,
+                    subscriptions_expired: stats.expired,
+                    notifies_sent: stats.notifies_sent,
+                    notifies_failed: stats.notifies_failed,
+                    notifies_in_flight: in_flight,
+                    connections: self.transport.connection_count(),
+                    server_transactions: servers,
+                    client_transactions: clients,
+                    proxied_in_progress: self.proxy.len(),
+                    parked: self.dialer.parked(),
+                    dials_succeeded: self.dials_succeeded,
+                    dials_failed: self.dials_failed,
+                    decisions,
+                    partners: self.partners.list(),
+                    endpoints: self.presence.endpoint_views(),
+                });
+            }
+            Query::Endpoint(uri, reply) => {
+                let _ = reply.send(self.presence.endpoint_detail(&uri));
+            }
+            Query::Refusals(reply) => {
+                let _ = reply.send(self.presence.decisions().1);
+            }
         }
     }
 
@@ -364,6 +428,9 @@ impl EventLoop {
     /// A message that cannot go ends its transaction now rather than at
     /// its timeout.
     async fn send(&mut self, hop: &NextHop, message: Parked, now: Instant) {
+        if let NextHop::Partner(partner) = hop {
+            self.partners.count(partner, true);
+        }
         if let Some((target, message)) = self.dispatch(hop, message, now) {
             self.send_now(&target, message, now).await;
         }
@@ -429,6 +496,7 @@ impl EventLoop {
         let waiting = self.dialer.finished(&hop, result.as_ref().ok(), now);
         match result {
             Ok(target) => {
+                self.dials_succeeded += 1;
                 for message in waiting {
                     self.send_now(&target, message, now).await;
                 }
@@ -485,6 +553,9 @@ impl EventLoop {
 
     fn on_request(&mut self, request: Message, origin: Origin) {
         let now = Instant::now();
+        if let Some(partner) = origin.peer.as_ref().and_then(|p| p.domains.first()) {
+            self.partners.count(partner, false);
+        }
         let target = response_target(&request, &origin);
         let reliable = origin.protocol.is_reliable();
         let mut disposition = None;
@@ -616,17 +687,15 @@ impl EventLoop {
             self.respond(&key, &request, &origin, &answer, now);
             return;
         }
-        let policy = self.presence.policy();
         let admitted = match &hop.direction {
-            Direction::Entering => authorize_entering(policy, &request, &origin).map(Some),
-            Direction::Leaving { domain, .. } => authorize_leaving(
-                policy,
-                self.presence.directory(),
-                &self.domains,
-                &request,
-                domain,
-            )
-            .map(|()| None),
+            Direction::Entering => self
+                .presence
+                .authorize_entering(&request, &origin)
+                .map(Some),
+            Direction::Leaving { domain, .. } => self
+                .presence
+                .authorize_leaving(&self.domains, &request, domain)
+                .map(|()| None),
             Direction::InDialog => Ok(None),
         };
         let trust = match admitted {

@@ -150,6 +150,11 @@ impl Dialer {
         }
         self.parked.remove(hop).unwrap_or_default()
     }
+
+    /// Messages waiting, over all destinations.
+    pub fn parked(&self) -> usize {
+        self.parked.values().map(Vec::len).sum()
+    }
 }
 
 /// Why a next hop could not be reached.

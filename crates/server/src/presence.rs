@@ -11,20 +11,22 @@ use bytes::Bytes;
 use porchlight_endpoints::digest::DigestAuth;
 use porchlight_endpoints::{Credentials, Directory, Registrar, RegistrarConfig, Sources};
 use porchlight_policy::{
-    decide, verdict, Class, Decision, DiscoveredLimits, LocalParty, Modality, PolicyConfig, Remote,
+    decide, verdict, Class, Decision, LocalParty, Modality, PolicyConfig, Remote,
     Request as PolicyRequest,
 };
 use porchlight_presence::xml_in::{parse_category_publish, parse_pidf};
 use porchlight_presence::{
-    Authorization, FlowInfo, Notifier, NotifierConfig, NotifyRef, Publications, PublishBounds,
-    PublishError, XmlLimits,
+    Authorization, FlowInfo, Notifier, NotifierConfig, NotifierStats, NotifyRef, Publications,
+    PublishBounds, PublishError, XmlLimits,
 };
 use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Uri};
 use porchlight_transport::{Origin, Protocol, Target};
 
+use crate::admission::{Admission, DecisionCount, DecisionRecord, Way};
 use crate::config::Config;
 use crate::edge;
 use crate::outbound::NextHop;
+use crate::status::{EndpointDetail, EndpointView, MAX_LISTED_WATCHERS};
 
 /// The path back to a watcher or an endpoint: the stream it used, or its
 /// UDP source address (RFC 3581 symmetric response routing).
@@ -61,7 +63,7 @@ const KEEPALIVE_BRANCH: &str = "z9hG4bKka";
 fn authorize_subscription(
     policy: &PolicyConfig,
     directory: &Directory,
-    discovered: &Mutex<DiscoveredLimits>,
+    admission: &Mutex<Admission>,
     origin: &Origin,
     endpoint: u32,
     watcher: &str,
@@ -77,17 +79,22 @@ fn authorize_subscription(
         modality: Modality::Presence,
     };
     let outcome = verdict(policy, &request);
+    let mut admission = admission
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut exceeded = None;
     if outcome.allowed && outcome.class == Some(Class::DiscoveredPartner) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let mut limits = discovered
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        exceeded = limits.admit(&policy.edge, &domain, endpoint, now).err();
+        exceeded = admission
+            .limits
+            .admit(&policy.edge, &domain, endpoint, now)
+            .err();
     }
+    let to = &directory.endpoints()[endpoint as usize].identity.uri;
     if outcome.allowed && exceeded.is_none() {
+        admission.record(Way::Inbound, Modality::Presence, watcher, to, &outcome);
         return Authorization::Allow;
     }
     // Refused: decide again, this time writing down why, for the log.
@@ -96,9 +103,10 @@ fn authorize_subscription(
         decision.steps.push(exceeded.to_string());
         decision.allowed = false;
     }
+    admission.record(Way::Inbound, Modality::Presence, watcher, to, &decision);
     tracing::info!(
         watcher,
-        endpoint = %directory.endpoints()[endpoint as usize].identity.uri,
+        endpoint = %to,
         source = %origin.source,
         "subscription refused:\n{decision}"
     );
@@ -135,122 +143,13 @@ fn modality_of(request: &Message) -> Modality {
     }
 }
 
-/// Decides a policy request on the hot path; a refusal is decided again
-/// with every step written down, and logged.
-fn check(
-    policy: &PolicyConfig,
-    request: &PolicyRequest<'_>,
-    what: std::fmt::Arguments<'_>,
-) -> Decision {
-    let outcome = verdict(policy, request);
-    if !outcome.allowed {
-        tracing::info!("{what} refused:\n{}", decide(policy, request));
-    }
-    outcome
-}
-
-/// The policy check for a request proxied into the edge (calls, IM and
-/// subscriptions for people behind it): the request's modality against the
-/// global policy. Ok carries the trust header value describing the peer.
-pub fn authorize_entering(
-    policy: &PolicyConfig,
-    request: &Message,
-    origin: &Origin,
-) -> Result<String, Box<Answer>> {
-    let from = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
-    let to = request.request_uri().unwrap_or_default();
-    let from_domain = domain_of(from);
-    let policy_request = PolicyRequest {
-        remote_domain: &from_domain,
-        remote: remote_of(origin),
-        local: LocalParty {
-            uri: to,
-            grant: None,
-            site: None,
-        },
-        modality: modality_of(request),
-    };
-    let outcome = check(
-        policy,
-        &policy_request,
-        format_args!("request from {from} ({}) to {to}", origin.source),
-    );
-    if !outcome.allowed {
-        return Err(Box::new(Answer::new(403, "Forbidden")));
-    }
-    let class = match &outcome.class {
-        Some(Class::PublicProvider(name)) => format!("public-provider;provider=\"{name}\""),
-        _ => "federation".to_owned(),
-    };
-    let peer = origin
-        .peer
-        .as_deref()
-        .map(|p| p.domains.join(","))
-        .unwrap_or_default();
-    Ok(format!("peer=\"{peer}\";verified=yes;class={class}"))
-}
-
-/// The policy check for a request from the inside to another domain: the
-/// sender must be one of ours (our certificate speaks only for our
-/// domains), and the remote domain's class and the sender's policy (its
-/// endpoint grant or site, else the global policy) must allow the modality.
-pub fn authorize_leaving(
-    policy: &PolicyConfig,
-    directory: &Directory,
-    our_domains: &[String],
-    request: &Message,
-    remote_domain: &str,
-) -> Result<(), Box<Answer>> {
-    let from = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
-    let from_domain = domain_of(from);
-    if !our_domains
-        .iter()
-        .any(|d| d.eq_ignore_ascii_case(&from_domain))
-    {
-        tracing::info!(
-            from,
-            "outbound request refused: the From domain is not one of ours"
-        );
-        return Err(Box::new(Answer::new(
-            403,
-            "Forbidden (the From domain is not served here)",
-        )));
-    }
-    let local = match directory.resolve(from) {
-        Some(endpoint) => local_party(directory, endpoint),
-        None => LocalParty {
-            uri: from,
-            grant: None,
-            site: None,
-        },
-    };
-    let policy_request = PolicyRequest {
-        remote_domain,
-        remote: Remote::Destination,
-        local,
-        modality: modality_of(request),
-    };
-    let to = request.request_uri().unwrap_or_default();
-    if check(
-        policy,
-        &policy_request,
-        format_args!("outbound request from {from} to {to}"),
-    )
-    .allowed
-    {
-        Ok(())
-    } else {
-        Err(Box::new(Answer::new(403, "Forbidden")))
-    }
-}
-
 /// Presence state and protocol handling of one node.
 pub struct PresenceService {
     directory: Directory,
     policy: PolicyConfig,
-    /// Rate and contact counts of discovered partners; a mutex only because
-    /// the authorization callback borrows the service immutably.
-    discovered: Mutex<DiscoveredLimits>,
+    /// Discovered partners' limits and the decisions made; a mutex only
+    /// because the authorization callback borrows the service immutably.
+    admission: Mutex<Admission>,
     notifier: Notifier<NextHop>,
     registrar: Registrar<FlowInfo<NextHop>>,
     publications: Publications,
@@ -328,7 +227,7 @@ impl PresenceService {
             health: vec![(None, 0); directory.endpoints().len()],
             directory,
             policy: config.policy.clone(),
-            discovered: Mutex::new(DiscoveredLimits::default()),
+            admission: Mutex::default(),
             notifier,
             registrar,
             publications,
@@ -382,6 +281,163 @@ impl PresenceService {
         &self.policy
     }
 
+    /// Decides a policy request on the hot path and records the decision;
+    /// a refusal is decided again with every step written down, and logged.
+    fn admit(&self, way: Way, request: &PolicyRequest<'_>, from: &str, to: &str) -> Decision {
+        let mut decision = verdict(&self.policy, request);
+        if !decision.allowed {
+            decision = decide(&self.policy, request);
+            tracing::info!(from, to, "{way:?} request refused:\n{decision}");
+        }
+        self.admission
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .record(way, request.modality, from, to, &decision);
+        decision
+    }
+
+    /// The policy check for a request proxied into the edge (calls, IM and
+    /// subscriptions for people behind it): the request's modality against
+    /// the global policy. Ok carries the trust header value describing the
+    /// peer.
+    pub fn authorize_entering(
+        &self,
+        request: &Message,
+        origin: &Origin,
+    ) -> Result<String, Box<Answer>> {
+        let from = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
+        let to = request.request_uri().unwrap_or_default();
+        let from_domain = domain_of(from);
+        let policy_request = PolicyRequest {
+            remote_domain: &from_domain,
+            remote: remote_of(origin),
+            local: LocalParty {
+                uri: to,
+                grant: None,
+                site: None,
+            },
+            modality: modality_of(request),
+        };
+        let outcome = self.admit(Way::Inbound, &policy_request, from, to);
+        if !outcome.allowed {
+            return Err(Box::new(Answer::new(403, "Forbidden")));
+        }
+        let class = match &outcome.class {
+            Some(Class::PublicProvider(name)) => format!("public-provider;provider=\"{name}\""),
+            _ => "federation".to_owned(),
+        };
+        let peer = origin
+            .peer
+            .as_deref()
+            .map(|p| p.domains.join(","))
+            .unwrap_or_default();
+        Ok(format!("peer=\"{peer}\";verified=yes;class={class}"))
+    }
+
+    /// The policy check for a request from the inside to another domain:
+    /// the sender must be one of ours (our certificate speaks only for our
+    /// domains), and the remote domain's class and the sender's policy (its
+    /// endpoint grant or site, else the global policy) must allow the
+    /// modality.
+    pub fn authorize_leaving(
+        &self,
+        our_domains: &[String],
+        request: &Message,
+        remote_domain: &str,
+    ) -> Result<(), Box<Answer>> {
+        let from = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
+        let from_domain = domain_of(from);
+        if !our_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(&from_domain))
+        {
+            tracing::info!(
+                from,
+                "outbound request refused: the From domain is not one of ours"
+            );
+            return Err(Box::new(Answer::new(
+                403,
+                "Forbidden (the From domain is not served here)",
+            )));
+        }
+        let directory = &self.directory;
+        let local = match directory.resolve(from) {
+            Some(endpoint) => local_party(directory, endpoint),
+            None => LocalParty {
+                uri: from,
+                grant: None,
+                site: None,
+            },
+        };
+        let policy_request = PolicyRequest {
+            remote_domain,
+            remote: Remote::Destination,
+            local,
+            modality: modality_of(request),
+        };
+        let to = request.request_uri().unwrap_or_default();
+        if self.admit(Way::Outbound, &policy_request, from, to).allowed {
+            Ok(())
+        } else {
+            Err(Box::new(Answer::new(403, "Forbidden")))
+        }
+    }
+
+    /// An endpoint with its live presence, for the admin.
+    fn endpoint_view(&self, endpoint: usize) -> EndpointView {
+        let e = &self.directory.endpoints()[endpoint];
+        let state = self.notifier.state(endpoint as u32);
+        EndpointView {
+            uri: e.identity.uri.clone(),
+            display_name: e.config.display_name.clone(),
+            availability: state.availability.band().name(),
+            availability_value: state.availability.0,
+            activity: state.activity.clone(),
+            note: state.note.clone(),
+            watchers: self.notifier.watcher_count(endpoint as u32),
+            registered: e
+                .credentials
+                .as_ref()
+                .map(|_| self.registrar.is_registered(endpoint)),
+            healthy: self.health[endpoint].0,
+        }
+    }
+
+    /// Every endpoint with its live presence.
+    pub fn endpoint_views(&self) -> Vec<EndpointView> {
+        (0..self.directory.endpoints().len())
+            .map(|i| self.endpoint_view(i))
+            .collect()
+    }
+
+    /// One endpoint with who watches it.
+    pub fn endpoint_detail(&self, uri: &str) -> Option<EndpointDetail> {
+        let endpoint = self.directory.resolve(uri)?;
+        Some(EndpointDetail {
+            endpoint: self.endpoint_view(endpoint),
+            watcher_uris: self
+                .notifier
+                .watchers(endpoint as u32)
+                .take(MAX_LISTED_WATCHERS)
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+
+    /// Subscription and NOTIFY counters, and NOTIFYs outstanding.
+    pub fn notifier_stats(&self) -> (NotifierStats, u32) {
+        (self.notifier.stats(), self.notifier.in_flight())
+    }
+
+    /// Policy decisions by way, kind and outcome, and the recent refusals.
+    pub fn decisions(&self) -> (Vec<DecisionCount>, Vec<DecisionRecord>) {
+        let admission = self
+            .admission
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (admission.counts(), admission.recent())
+    }
+
     /// The endpoints, for the health probes the node starts.
     pub fn directory(&self) -> &Directory {
         &self.directory
@@ -406,15 +462,15 @@ impl PresenceService {
                         flow.flow = NextHop::Partner(partner);
                     }
                 }
-                let (directory, policy, discovered) =
-                    (&self.directory, &self.policy, &self.discovered);
+                let (directory, policy, admission) =
+                    (&self.directory, &self.policy, &self.admission);
                 self.notifier.subscribe(
                     request,
                     flow,
                     &|uri| directory.resolve(uri).map(|i| i as u32),
                     &|endpoint, watcher| {
                         authorize_subscription(
-                            policy, directory, discovered, origin, endpoint, watcher,
+                            policy, directory, admission, origin, endpoint, watcher,
                         )
                     },
                     now,

@@ -1,0 +1,135 @@
+//! What admission control remembers between requests: the discovered
+//! partners' limits it enforces, and for the admin how many decisions went
+//! which way and the most recent refusals with their reasons.
+
+use std::collections::VecDeque;
+
+use porchlight_policy::{Decision, DiscoveredLimits, Modality};
+use serde::Serialize;
+
+/// How many recent decisions are kept for the admin.
+const RECENT: usize = 200;
+
+/// Which way a decided request was crossing the edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Way {
+    /// From outside in.
+    Inbound = 0,
+    /// From the inside out.
+    Outbound = 1,
+}
+
+/// One policy decision, as the admin sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DecisionRecord {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// Which way.
+    pub way: Way,
+    /// `presence`, `im` or `audio`.
+    pub kind: &'static str,
+    /// The sender's URI.
+    pub from: String,
+    /// The target's URI.
+    pub to: String,
+    /// Let through or not.
+    pub allowed: bool,
+    /// Each step of the decision.
+    pub steps: Vec<String>,
+}
+
+/// How many decisions of one kind went one way.
+#[derive(Clone, Debug, Serialize)]
+pub struct DecisionCount {
+    /// Which way.
+    pub way: Way,
+    /// `presence`, `im` or `audio`.
+    pub kind: &'static str,
+    /// The outcome.
+    pub allowed: bool,
+    /// How many.
+    pub count: u64,
+}
+
+/// The policy's name for a modality, as metrics and the admin show it.
+pub fn kind_name(modality: Modality) -> &'static str {
+    match modality {
+        Modality::Presence => "presence",
+        Modality::Im => "im",
+        Modality::Audio => "audio",
+    }
+}
+
+fn modality_index(modality: Modality) -> usize {
+    match modality {
+        Modality::Presence => 0,
+        Modality::Im => 1,
+        Modality::Audio => 2,
+    }
+}
+
+/// Admission state of one node.
+#[derive(Default)]
+pub struct Admission {
+    /// Rate and contact counts of discovered partners.
+    pub limits: DiscoveredLimits,
+    /// By way, modality and outcome: a fixed table, so counting is free.
+    counts: [[[u64; 2]; 3]; 2],
+    recent: VecDeque<DecisionRecord>,
+}
+
+impl Admission {
+    /// Notes a decision.
+    pub fn record(
+        &mut self,
+        way: Way,
+        modality: Modality,
+        from: &str,
+        to: &str,
+        decision: &Decision,
+    ) {
+        self.counts[way as usize][modality_index(modality)][usize::from(decision.allowed)] += 1;
+        // Only refusals are kept: they carry their reasons, and admitting a
+        // request stays free of allocations.
+        if decision.allowed {
+            return;
+        }
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(DecisionRecord {
+            at: jiff::Timestamp::now().as_second().max(0) as u64,
+            way,
+            kind: kind_name(modality),
+            from: from.to_owned(),
+            to: to.to_owned(),
+            allowed: decision.allowed,
+            steps: decision.steps.clone(),
+        });
+    }
+
+    /// Decisions so far, by way, kind and outcome.
+    pub fn counts(&self) -> Vec<DecisionCount> {
+        let mut list = Vec::new();
+        for way in [Way::Inbound, Way::Outbound] {
+            for modality in [Modality::Presence, Modality::Im, Modality::Audio] {
+                for allowed in [false, true] {
+                    list.push(DecisionCount {
+                        way,
+                        kind: kind_name(modality),
+                        allowed,
+                        count: self.counts[way as usize][modality_index(modality)]
+                            [usize::from(allowed)],
+                    });
+                }
+            }
+        }
+        list
+    }
+
+    /// The most recent refusals, newest first.
+    pub fn recent(&self) -> Vec<DecisionRecord> {
+        self.recent.iter().rev().cloned().collect()
+    }
+}

@@ -1,0 +1,196 @@
+//! What the running node shows its admin: a snapshot of its counters, its
+//! endpoints with live presence and watchers, partner traffic and recent
+//! refusals. The event loop owns the state, so the admin surface asks it
+//! through a [`NodeHandle`] and gets a copy back; nothing is shared or
+//! locked on the SIP path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+pub use crate::admission::{DecisionCount, DecisionRecord, Way};
+
+/// The node's counters and gauges at one moment.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// The software version.
+    pub version: &'static str,
+    /// The domains served.
+    pub domains: Vec<String>,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Subscriptions alive now.
+    pub subscriptions_active: u64,
+    /// New subscriptions accepted since start.
+    pub subscriptions_created: u64,
+    /// Refreshes accepted since start.
+    pub subscriptions_refreshed: u64,
+    /// Subscriptions that ran out since start.
+    pub subscriptions_expired: u64,
+    /// NOTIFY and BENOTIFY requests sent since start.
+    pub notifies_sent: u64,
+    /// NOTIFYs that failed for good since start.
+    pub notifies_failed: u64,
+    /// NOTIFY transactions outstanding now.
+    pub notifies_in_flight: u32,
+    /// Open TCP and TLS connections.
+    pub connections: usize,
+    /// Live server transactions.
+    pub server_transactions: usize,
+    /// Live client transactions.
+    pub client_transactions: usize,
+    /// Requests being proxied now.
+    pub proxied_in_progress: usize,
+    /// Messages waiting for a destination to be found.
+    pub parked: usize,
+    /// Destinations found and connected since start.
+    pub dials_succeeded: u64,
+    /// Destinations that could not be reached since start.
+    pub dials_failed: u64,
+    /// Policy decisions by way, kind and outcome.
+    pub decisions: Vec<DecisionCount>,
+    /// Requests exchanged with each federated partner.
+    pub partners: Vec<PartnerTraffic>,
+    /// The endpoints.
+    pub endpoints: Vec<EndpointView>,
+}
+
+/// Traffic with one partner, named as its certificate proves it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartnerTraffic {
+    /// The partner.
+    pub partner: String,
+    /// Requests received from it.
+    pub requests_in: u64,
+    /// Requests sent to it.
+    pub requests_out: u64,
+}
+
+/// An endpoint with its live presence.
+#[derive(Clone, Debug, Serialize)]
+pub struct EndpointView {
+    /// Its URI.
+    pub uri: String,
+    /// The name clients show.
+    pub display_name: String,
+    /// The availability band, as admins name it (`online`, `away`, …).
+    pub availability: &'static str,
+    /// The availability number (the Microsoft scale).
+    pub availability_value: u32,
+    /// The activity token, if any.
+    pub activity: Option<String>,
+    /// The note, if any.
+    pub note: Option<String>,
+    /// Subscriptions watching it.
+    pub watchers: usize,
+    /// Whether its app is registered, when it registers at all.
+    pub registered: Option<bool>,
+    /// Its health probe's verdict, when it has one.
+    pub healthy: Option<bool>,
+}
+
+/// One endpoint in full: its presence and who watches it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EndpointDetail {
+    /// The endpoint.
+    #[serde(flatten)]
+    pub endpoint: EndpointView,
+    /// The watchers' URIs (at most [`MAX_LISTED_WATCHERS`]).
+    pub watcher_uris: Vec<String>,
+}
+
+/// The most watchers one endpoint detail lists.
+pub const MAX_LISTED_WATCHERS: usize = 1000;
+
+/// A question for the event loop.
+pub(crate) enum Query {
+    Status(oneshot::Sender<Status>),
+    Endpoint(String, oneshot::Sender<Option<EndpointDetail>>),
+    Refusals(oneshot::Sender<Vec<DecisionRecord>>),
+}
+
+/// Asks the running node about itself. Cloning shares it.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(crate) queries: mpsc::Sender<Query>,
+    pub(crate) config: Arc<crate::Config>,
+}
+
+/// The node is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("the node has stopped")]
+pub struct Stopped;
+
+impl NodeHandle {
+    async fn ask<T>(&self, query: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.queries.send(query(tx)).await.map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// The counters, gauges and endpoints now.
+    pub async fn status(&self) -> Result<Status, Stopped> {
+        self.ask(Query::Status).await
+    }
+
+    /// One endpoint with its watchers; None when the URI is not an endpoint.
+    pub async fn endpoint(&self, uri: &str) -> Result<Option<EndpointDetail>, Stopped> {
+        let uri = uri.to_owned();
+        self.ask(|tx| Query::Endpoint(uri, tx)).await
+    }
+
+    /// The most recent refusals, newest first, with their reasons.
+    pub async fn refusals(&self) -> Result<Vec<DecisionRecord>, Stopped> {
+        self.ask(Query::Refusals).await
+    }
+
+    /// The configuration the node runs with, for offline-style questions
+    /// such as `explain`.
+    pub fn config(&self) -> &crate::Config {
+        &self.config
+    }
+}
+
+/// Per-partner request counts, bounded so a flood of names cannot grow it.
+#[derive(Default)]
+pub(crate) struct PartnerCounts {
+    counts: HashMap<Arc<str>, (u64, u64)>,
+}
+
+/// The most partners counted one by one; the rest are not listed.
+const MAX_COUNTED_PARTNERS: usize = 1024;
+
+impl PartnerCounts {
+    pub fn count(&mut self, partner: &str, outbound: bool) {
+        if !self.counts.contains_key(partner) {
+            if self.counts.len() >= MAX_COUNTED_PARTNERS {
+                return;
+            }
+            self.counts.insert(partner.into(), (0, 0));
+        }
+        let Some(entry) = self.counts.get_mut(partner) else {
+            return;
+        };
+        if outbound {
+            entry.1 += 1;
+        } else {
+            entry.0 += 1;
+        }
+    }
+
+    pub fn list(&self) -> Vec<PartnerTraffic> {
+        let mut list: Vec<PartnerTraffic> = self
+            .counts
+            .iter()
+            .map(|(partner, &(requests_in, requests_out))| PartnerTraffic {
+                partner: partner.to_string(),
+                requests_in,
+                requests_out,
+            })
+            .collect();
+        list.sort_by(|a, b| a.partner.cmp(&b.partner));
+        list
+    }
+}
