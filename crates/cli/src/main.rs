@@ -1,5 +1,6 @@
 //! `porchlight`: one binary for running the node and working with SIP.
 
+mod admin;
 mod check;
 
 use std::path::PathBuf;
@@ -54,6 +55,16 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// The running node's counters, gauges and endpoints (admin API).
+    Status {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// The running node's endpoints (admin API).
+    Endpoint {
+        #[command(subcommand)]
+        command: EndpointCommand,
+    },
     /// Show each step of the policy decision for a request from outside.
     Explain {
         /// The sender, e.g. sip:alice@fabrikam.com.
@@ -72,6 +83,37 @@ enum Command {
         /// Configuration file (TOML); embedded defaults otherwise.
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+/// Where the running node's admin API is and how to get in.
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// The node's configuration (for [admin] listen and token_file);
+    /// embedded defaults otherwise.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The admin API's base URL, instead of the configuration's.
+    #[arg(long)]
+    admin: Option<String>,
+    /// The token file, instead of the configuration's.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum EndpointCommand {
+    /// Every endpoint with its live presence and watcher count.
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// One endpoint with its presence and who watches it.
+    Show {
+        /// The endpoint's SIP URI.
+        uri: String,
+        #[command(flatten)]
+        target: AdminTarget,
     },
 }
 
@@ -129,7 +171,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()
                 .context("starting the runtime")?;
             runtime.block_on(async {
+                // The admin listener is bound first, so a bad address stops
+                // the start before any SIP traffic is taken.
+                let admin = match config.admin.address() {
+                    Some(addr) => {
+                        let token = porchlight_admin::load_or_create_token(
+                            &config.resolve(&config.admin.token_file),
+                        )?;
+                        let listener = tokio::net::TcpListener::bind(addr)
+                            .await
+                            .with_context(|| format!("binding the admin API to {addr}"))?;
+                        tracing::info!("admin API at http://{}", listener.local_addr()?);
+                        Some((listener, token))
+                    }
+                    None => None,
+                };
                 let node = Node::start(config).await?;
+                if let Some((listener, token)) = admin {
+                    let router = porchlight_admin::router(node.handle(), &token);
+                    tokio::spawn(async move {
+                        if let Err(e) = porchlight_admin::serve(listener, router).await {
+                            tracing::error!("admin API stopped: {e}");
+                        }
+                    });
+                }
                 tokio::select! {
                     () = node.wait() => {}
                     _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
@@ -223,6 +288,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Status { target } => {
+            let status = admin::get(&target, "/api/v1/status")?;
+            print!("{}", admin::status_text(&status));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Endpoint {
+            command: EndpointCommand::List { target },
+        } => {
+            let list = admin::get(&target, "/api/v1/endpoints")?;
+            for endpoint in list.as_array().into_iter().flatten() {
+                println!("{}", admin::endpoint_line(endpoint));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Endpoint {
+            command: EndpointCommand::Show { uri, target },
+        } => {
+            let detail = admin::get(&target, &format!("/api/v1/endpoints/{uri}"))?;
+            print!("{}", admin::endpoint_text(&detail));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config {
             command: ConfigCommand::Check { file },

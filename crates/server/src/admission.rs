@@ -11,7 +11,7 @@ use serde::Serialize;
 const RECENT: usize = 200;
 
 /// Which way a decided request was crossing the edge.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Way {
     /// From outside in.
@@ -21,7 +21,7 @@ pub enum Way {
 }
 
 /// One policy decision, as the admin sees it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct DecisionRecord {
     /// Seconds since the Unix epoch.
     pub at: u64,
@@ -40,7 +40,7 @@ pub struct DecisionRecord {
 }
 
 /// How many decisions of one kind went one way.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct DecisionCount {
     /// Which way.
     pub way: Way,

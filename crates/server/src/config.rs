@@ -154,6 +154,43 @@ pub struct EdgeSection {
     pub record_route_host: String,
 }
 
+/// The admin surface: HTTP API, metrics and console.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Where the admin API listens; empty turns it off. Loopback by default:
+    /// put it behind a TLS reverse proxy to reach it from elsewhere.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// The file holding the bearer token, made on first start when missing.
+    #[serde(default = "default_token_file")]
+    pub token_file: PathBuf,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:8088".into()
+}
+
+fn default_token_file() -> PathBuf {
+    "porchlight-admin.token".into()
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: default_admin_listen(),
+            token_file: default_token_file(),
+        }
+    }
+}
+
+impl AdminSection {
+    /// The listen address; None when the admin surface is off.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
 /// Name servers for finding partners' edges and named next hops.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -301,6 +338,9 @@ pub struct Config {
     /// DNS.
     #[serde(default)]
     pub dns: DnsSection,
+    /// Admin surface.
+    #[serde(default)]
+    pub admin: AdminSection,
     /// Application endpoints.
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<porchlight_endpoints::EndpointConfig>,
@@ -509,6 +549,12 @@ impl Config {
             return Err(invalid(
                 format!("[edge] record_route_host = {rr_host:?} is not a host name"),
                 "write a host name like \"edge.contoso.com\", or leave it empty",
+            ));
+        }
+        if !self.admin.listen.is_empty() && self.admin.address().is_none() {
+            return Err(invalid(
+                format!("[admin] listen = {:?} is not an address", self.admin.listen),
+                "write it like \"127.0.0.1:8088\", or \"\" to turn the admin API off",
             ));
         }
         if self.limits.max_parked_per_destination == 0 {

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use crate::admission::{DecisionCount, DecisionRecord, Way};
 
 /// The node's counters and gauges at one moment.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Status {
     /// The software version.
     pub version: &'static str,
@@ -58,7 +58,7 @@ pub struct Status {
 }
 
 /// Traffic with one partner, named as its certificate proves it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct PartnerTraffic {
     /// The partner.
     pub partner: String,
@@ -69,7 +69,7 @@ pub struct PartnerTraffic {
 }
 
 /// An endpoint with its live presence.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct EndpointView {
     /// Its URI.
     pub uri: String,
@@ -92,7 +92,7 @@ pub struct EndpointView {
 }
 
 /// One endpoint in full: its presence and who watches it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct EndpointDetail {
     /// The endpoint.
     #[serde(flatten)]

@@ -22,6 +22,8 @@ pub struct Server {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
     pub tls: SocketAddr,
+    /// The admin API, when the configuration turns it on.
+    pub admin: Option<SocketAddr>,
     pub dir: PathBuf,
 }
 
@@ -46,6 +48,7 @@ pub fn config(edits: &[(&str, &str)], extra: &str) -> String {
         .replace("udp = [\"0.0.0.0:5060\"]", "udp = [\"127.0.0.1:0\"]")
         .replace("tcp = [\"0.0.0.0:5060\"]", "tcp = [\"127.0.0.1:0\"]")
         .replace("tls = [\"0.0.0.0:5061\"]", "tls = [\"127.0.0.1:0\"]")
+        .replace("listen = \"127.0.0.1:8088\"", "listen = \"127.0.0.1:0\"")
         .replace(
             "domains = [\"porchlight.test\"]",
             "domains = [\"contoso.com\"]",
@@ -83,11 +86,16 @@ pub fn start_with_file(path: &std::path::Path, dir: PathBuf) -> Server {
             let _ = tx.send(line);
         }
     });
-    let (mut udp, mut tcp, mut tls) = (None, None, None);
+    let (mut udp, mut tcp, mut tls, mut admin) = (None, None, None, None);
     while udp.is_none() || tcp.is_none() || tls.is_none() {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("server reports its listeners");
+        // The admin API is bound, and reported, before the SIP listeners.
+        if let Some(url) = line.split("admin API at http://").nth(1) {
+            admin = Some(url.trim().parse().unwrap());
+            continue;
+        }
         let Some(rest) = line.split("listening on ").nth(1) else {
             continue;
         };
@@ -112,6 +120,7 @@ pub fn start_with_file(path: &std::path::Path, dir: PathBuf) -> Server {
         udp: udp.unwrap(),
         tcp: tcp.unwrap(),
         tls: tls.unwrap(),
+        admin,
         dir,
     }
 }

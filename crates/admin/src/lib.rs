@@ -1,0 +1,233 @@
+//! The admin surface of a running node: a JSON API described by an OpenAPI
+//! document, Prometheus metrics, and the web console, all behind one
+//! bearer token and bound to loopback unless configured otherwise.
+//!
+//! Every answer comes from the node's own snapshot ([`NodeHandle`]), so
+//! the admin surface never touches SIP state directly.
+
+mod metrics;
+mod token;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use porchlight_policy::Modality;
+use porchlight_server::status::{DecisionRecord, EndpointDetail, EndpointView, Status};
+use porchlight_server::NodeHandle;
+use serde::{Deserialize, Serialize};
+use utoipa::OpenApi;
+
+pub use token::{load_or_create_token, TokenError};
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Admin {
+    node: NodeHandle,
+    token: Arc<str>,
+}
+
+/// The API's routes, each requiring `Authorization: Bearer <token>`.
+pub fn router(node: NodeHandle, token: &str) -> Router {
+    let admin = Admin {
+        node,
+        token: token.into(),
+    };
+    Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/endpoints", get(endpoints))
+        .route("/api/v1/endpoints/{uri}", get(endpoint))
+        .route("/api/v1/decisions", get(decisions))
+        .route("/api/v1/explain", get(explain))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(admin.clone(), authorize))
+        .with_state(admin)
+}
+
+/// Serves `router` on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(listener, router).await
+}
+
+/// Lets a request through only with the right bearer token; the check
+/// takes the same time whatever the mismatch.
+async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if token::same(presented.as_bytes(), admin.token.as_bytes()) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer realm=\"porchlight\"")],
+        "a bearer token is required (see [admin] token_file)\n",
+    )
+        .into_response()
+}
+
+/// The node has stopped: the API cannot answer.
+fn stopped() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "the node has stopped\n").into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/status", tag = "node",
+    responses((status = 200, description = "Counters, gauges and endpoints now", body = Status)),
+    security(("token" = [])))]
+async fn status(State(admin): State<Admin>) -> Response {
+    match admin.node.status().await {
+        Ok(status) => Json(status).into_response(),
+        Err(_) => stopped(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/endpoints", tag = "endpoints",
+    responses((status = 200, description = "Every endpoint with its live presence", body = [EndpointView])),
+    security(("token" = [])))]
+async fn endpoints(State(admin): State<Admin>) -> Response {
+    match admin.node.status().await {
+        Ok(status) => Json(status.endpoints).into_response(),
+        Err(_) => stopped(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/endpoints/{uri}", tag = "endpoints",
+    params(("uri" = String, Path, description = "The endpoint's SIP URI")),
+    responses(
+        (status = 200, description = "The endpoint with its watchers", body = EndpointDetail),
+        (status = 404, description = "Not an endpoint of this node")),
+    security(("token" = [])))]
+async fn endpoint(State(admin): State<Admin>, Path(uri): Path<String>) -> Response {
+    match admin.node.endpoint(&uri).await {
+        Ok(Some(detail)) => Json(detail).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, format!("{uri} is not an endpoint\n")).into_response(),
+        Err(_) => stopped(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/decisions", tag = "policy",
+    responses((status = 200, description = "The most recent refusals, newest first, with every step", body = [DecisionRecord])),
+    security(("token" = [])))]
+async fn decisions(State(admin): State<Admin>) -> Response {
+    match admin.node.refusals().await {
+        Ok(list) => Json(list).into_response(),
+        Err(_) => stopped(),
+    }
+}
+
+/// The question `explain` answers.
+#[derive(Deserialize, utoipa::IntoParams)]
+struct ExplainQuery {
+    /// The sender, e.g. `sip:alice@fabrikam.com`.
+    from: String,
+    /// The target, e.g. `sip:helpdesk@contoso.com`.
+    to: String,
+    /// `presence`, `im` or `audio`.
+    #[serde(default = "presence")]
+    kind: String,
+    /// Domains the peer's certificate proves, comma-separated; none means
+    /// the request did not come over mutual TLS. Not used for requests
+    /// going out.
+    #[serde(default)]
+    peer: String,
+}
+
+fn presence() -> String {
+    "presence".into()
+}
+
+/// A policy decision with its reasons.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Explanation {
+    /// Let through or not.
+    allowed: bool,
+    /// How the remote domain was classified, when it was.
+    class: Option<String>,
+    /// Each step, in order.
+    steps: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/explain", tag = "policy", params(ExplainQuery),
+    responses(
+        (status = 200, description = "The decision the running configuration makes", body = Explanation),
+        (status = 400, description = "Unknown kind"),
+        (status = 404, description = "Neither side is this node's")),
+    security(("token" = [])))]
+async fn explain(State(admin): State<Admin>, Query(q): Query<ExplainQuery>) -> Response {
+    let Some(modality) = Modality::from_name(&q.kind) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("kind {:?}: use presence, im or audio\n", q.kind),
+        )
+            .into_response();
+    };
+    let peer: Vec<String> = q
+        .peer
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let peer = (!peer.is_empty()).then_some(peer.as_slice());
+    match porchlight_server::explain(admin.node.config(), &q.from, &q.to, modality, peer) {
+        Some(decision) => Json(Explanation {
+            allowed: decision.allowed,
+            class: decision.class.map(|c| format!("{c:?}")),
+            steps: decision.steps,
+        })
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "no policy decision: the target is not an endpoint here, or neither side is this node's\n",
+        )
+            .into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")),
+    security(("token" = [])))]
+async fn metrics(State(admin): State<Admin>) -> Response {
+    match admin.node.status().await {
+        Ok(status) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            metrics::render(&status),
+        )
+            .into_response(),
+        Err(_) => stopped(),
+    }
+}
+
+/// The OpenAPI document of this API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Porchlight admin API", description = "The running node: status, endpoints, policy decisions, metrics."),
+    paths(status, endpoints, endpoint, decisions, explain, metrics),
+    modifiers(&BearerToken)
+)]
+struct ApiDoc;
+
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+async fn openapi() -> Response {
+    Json(ApiDoc::openapi()).into_response()
+}
