@@ -4,7 +4,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use porchlight_policy::{
     decide, verdict, AccessPolicy, AllowedDomain, LocalParty, Modality, PolicyConfig,
-    PublicProvider, Remote, Request,
+    PublicProvider, Remote, Request, Verification,
 };
 
 fn realistic() -> PolicyConfig {
@@ -20,6 +20,7 @@ fn realistic() -> PolicyConfig {
         .map(|i| AllowedDomain {
             domain: format!("partner{i}.example"),
             proxy_fqdn: None,
+            verification: Verification::Verified,
         })
         .collect();
     config.blocked_domains = (0..1000).map(|i| format!("blocked{i}.test")).collect();
@@ -29,6 +30,7 @@ fn realistic() -> PolicyConfig {
             proxy_fqdn: Some(format!("edge.provider{i}.example")),
             domains: vec![format!("provider{i}.example"), format!("chat{i}.example")],
             enabled: true,
+            verification: Verification::Verified,
         })
         .collect();
     config.policies = (0..1000)

@@ -176,6 +176,21 @@ impl Network {
     }
 }
 
+/// Whether a federated edge vouches for its users' identities. Its own
+/// identity is always proven by its certificate; this says whether the
+/// users it sends on behalf of were authenticated by it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Verification {
+    /// The edge authenticates its users: requests are passed on as verified.
+    #[default]
+    Verified,
+    /// The edge does not vouch for its users (an open public service):
+    /// requests are let in by the same policy but passed on marked
+    /// unverified, for the inside to treat with care.
+    Unverified,
+}
+
 /// An allowed partner domain.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -185,6 +200,9 @@ pub struct AllowedDomain {
     /// A proxy to use instead of DNS discovery.
     #[serde(default)]
     pub proxy_fqdn: Option<String>,
+    /// Whether its edge vouches for its users.
+    #[serde(default)]
+    pub verification: Verification,
 }
 
 /// A public provider (`[[provider]]`).
@@ -201,6 +219,9 @@ pub struct PublicProvider {
     /// Switched on.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Whether its edge vouches for its users.
+    #[serde(default)]
+    pub verification: Verification,
 }
 
 /// An external access policy: what outsiders may do with an endpoint.
@@ -263,8 +284,8 @@ pub struct PolicyConfig {
 struct Index {
     /// Blocked entries, lower case, without a trailing dot.
     blocked: std::collections::HashSet<String>,
-    /// Allowed domain -> its pinned proxy, both lower case.
-    allowed: std::collections::HashMap<String, Option<String>>,
+    /// Allowed domain -> its position in `allowed_domains`.
+    allowed: std::collections::HashMap<String, usize>,
     /// User domain -> provider position.
     provider_of: std::collections::HashMap<String, usize>,
     /// A provider's edge (proxy FQDN) -> provider position.
@@ -354,12 +375,8 @@ impl PolicyConfig {
             allowed: self
                 .allowed_domains
                 .iter()
-                .map(|a| {
-                    (
-                        normalized(&a.domain),
-                        a.proxy_fqdn.as_deref().map(normalized),
-                    )
-                })
+                .enumerate()
+                .map(|(i, a)| (normalized(&a.domain), i))
                 .collect(),
             provider_edge: self
                 .providers
@@ -395,10 +412,33 @@ impl PolicyConfig {
                 pinned: Some(edge),
             };
         }
-        let pinned = index.allowed.get(&domain).cloned().flatten();
+        let pinned = index
+            .allowed
+            .get(&domain)
+            .and_then(|&i| self.allowed_domains[i].proxy_fqdn.as_deref())
+            .map(normalized);
         PartnerRoute {
             verify: domain,
             pinned,
+        }
+    }
+
+    /// Whether the edge sending for `class` vouches for its users (see
+    /// [`Verification`]); discovered partners' edges are taken at their
+    /// certificate's word.
+    pub fn verification(&self, class: &Class, domain: &str) -> Verification {
+        let index = self.index();
+        match class {
+            Class::AllowedPartner => index
+                .allowed
+                .get(&normalized(domain))
+                .map_or(Verification::Verified, |&i| {
+                    self.allowed_domains[i].verification
+                }),
+            Class::PublicProvider(_) => self
+                .provider_serving(domain)
+                .map_or(Verification::Verified, |p| p.verification),
+            Class::DiscoveredPartner | Class::Blocked(_) => Verification::Verified,
         }
     }
 
@@ -660,6 +700,13 @@ fn decide_with(config: &PolicyConfig, request: &Request<'_>, mut steps: Steps) -
     steps.note(|| format!("edge: {switch} is {}", if on { "on" } else { "off" }));
     if !on {
         return deny(steps, Some(class));
+    }
+    if matches!(request.remote, Remote::Certified(_))
+        && config.verification(&class, from) == Verification::Unverified
+    {
+        steps.note(|| {
+            format!("{from}'s edge does not vouch for its users: passed on marked verified=no")
+        });
     }
 
     // 4. The local party's effective policy.

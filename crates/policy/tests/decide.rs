@@ -3,7 +3,7 @@
 
 use porchlight_policy::{
     decide, verdict, Class, DiscoveredLimits, EdgeAccess, LimitExceeded, LocalParty, Modality,
-    PolicyConfig, PolicyError, Remote, Request,
+    PolicyConfig, PolicyError, Remote, Request, Verification,
 };
 
 const BASE: &str = r#"
@@ -564,5 +564,43 @@ fn routes_to_partners_and_providers() {
         route("retired.example"),
         ("retired.example".into(), None),
         "no proxy_fqdn: discovery"
+    );
+}
+
+/// An edge that does not vouch for its users is let in by the same rules,
+/// and the decision says its requests go on marked unverified.
+#[test]
+fn verification_levels() {
+    let text = BASE.replace(
+        "domains = [\"publicim.example\", \"chat.example\"]",
+        "domains = [\"publicim.example\", \"chat.example\"]\nverification = \"unverified\"",
+    );
+    let config: PolicyConfig = toml::from_str(&text).unwrap();
+    let peer = vec!["federation.publicim.example".to_owned()];
+    let decision = decide(
+        &config,
+        &Request {
+            remote_domain: "chat.example",
+            remote: Remote::Certified(&peer),
+            local: LocalParty::default(),
+            modality: Modality::Im,
+        },
+    );
+    assert!(decision.allowed, "{decision}");
+    assert!(
+        decision
+            .to_string()
+            .contains("does not vouch for its users"),
+        "{decision}"
+    );
+    let class = decision.class.unwrap();
+    assert_eq!(
+        config.verification(&class, "chat.example"),
+        Verification::Unverified
+    );
+    assert_eq!(
+        config.verification(&Class::AllowedPartner, "fabrikam.com"),
+        Verification::Verified,
+        "verified unless the entry says otherwise"
     );
 }

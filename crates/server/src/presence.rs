@@ -12,7 +12,7 @@ use porchlight_endpoints::digest::DigestAuth;
 use porchlight_endpoints::{Credentials, Directory, Registrar, RegistrarConfig, Sources};
 use porchlight_policy::{
     decide, verdict, Class, Decision, LocalParty, Modality, PolicyConfig, Remote,
-    Request as PolicyRequest,
+    Request as PolicyRequest, Verification,
 };
 use porchlight_presence::xml_in::{parse_category_publish, parse_pidf};
 use porchlight_presence::{
@@ -331,7 +331,15 @@ impl PresenceService {
             .as_deref()
             .map(|p| p.domains.join(","))
             .unwrap_or_default();
-        Ok(format!("peer=\"{peer}\";verified=yes;class={class}"))
+        let verified = match outcome
+            .class
+            .as_ref()
+            .map(|c| self.policy.verification(c, &from_domain))
+        {
+            Some(Verification::Unverified) => "no",
+            _ => "yes",
+        };
+        Ok(format!("peer=\"{peer}\";verified={verified};class={class}"))
     }
 
     /// The policy check for a request from the inside to another domain:
