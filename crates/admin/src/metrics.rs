@@ -4,21 +4,22 @@
 
 use std::fmt::Write;
 
-use porchlight_server::status::{Status, Way};
+use porchlight_server::status::Status;
 
 /// One metric family: its help line, type and samples.
 struct Family<'a> {
     out: &'a mut String,
+    name: &'a str,
 }
 
 impl Family<'_> {
-    fn start<'a>(out: &'a mut String, name: &str, kind: &str, help: &str) -> Family<'a> {
+    fn start<'a>(out: &'a mut String, name: &'a str, kind: &str, help: &str) -> Family<'a> {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        Family { out }
+        Family { out, name }
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.out.push_str(name);
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(self.name);
         if !labels.is_empty() {
             self.out.push('{');
             for (i, (key, val)) in labels.iter().enumerate() {
@@ -45,7 +46,7 @@ fn escape(value: &str) -> String {
 pub fn render(status: &Status) -> String {
     let mut out = String::new();
     let mut single = |name: &str, kind: &str, help: &str, value: u64| {
-        Family::start(&mut out, name, kind, help).sample(name, &[], value);
+        Family::start(&mut out, name, kind, help).sample(&[], value);
     };
     single(
         "porchlight_uptime_seconds",
@@ -114,81 +115,73 @@ pub fn render(status: &Status) -> String {
         status.parked as u64,
     );
 
-    let name = "porchlight_transactions";
-    let mut family = Family::start(&mut out, name, "gauge", "Live SIP transactions.");
-    family.sample(name, &[("side", "server")], status.server_transactions);
-    family.sample(name, &[("side", "client")], status.client_transactions);
-
-    let name = "porchlight_dials_total";
     let mut family = Family::start(
         &mut out,
-        name,
+        "porchlight_transactions",
+        "gauge",
+        "Live SIP transactions.",
+    );
+    family.sample(&[("side", "server")], status.server_transactions);
+    family.sample(&[("side", "client")], status.client_transactions);
+
+    let mut family = Family::start(
+        &mut out,
+        "porchlight_dials_total",
         "counter",
         "Destinations looked up and connected.",
     );
-    family.sample(name, &[("outcome", "succeeded")], status.dials_succeeded);
-    family.sample(name, &[("outcome", "failed")], status.dials_failed);
+    family.sample(&[("outcome", "succeeded")], status.dials_succeeded);
+    family.sample(&[("outcome", "failed")], status.dials_failed);
 
-    let name = "porchlight_policy_decisions_total";
     let mut family = Family::start(
         &mut out,
-        name,
+        "porchlight_policy_decisions_total",
         "counter",
         "Policy decisions by direction, kind and outcome.",
     );
     for d in &status.decisions {
-        let way = match d.way {
-            Way::Inbound => "inbound",
-            Way::Outbound => "outbound",
-        };
+        let way = d.way.name();
         let outcome = if d.allowed { "allow" } else { "deny" };
         family.sample(
-            name,
             &[("way", way), ("kind", d.kind), ("outcome", outcome)],
             d.count,
         );
     }
 
-    let name = "porchlight_partner_requests_total";
     let mut family = Family::start(
         &mut out,
-        name,
+        "porchlight_partner_requests_total",
         "counter",
         "Requests exchanged with each federated partner.",
     );
     for p in &status.partners {
         family.sample(
-            name,
             &[("partner", &p.partner), ("direction", "in")],
             p.requests_in,
         );
         family.sample(
-            name,
             &[("partner", &p.partner), ("direction", "out")],
             p.requests_out,
         );
     }
 
-    let name = "porchlight_endpoint_watchers";
     let mut family = Family::start(
         &mut out,
-        name,
+        "porchlight_endpoint_watchers",
         "gauge",
         "Subscriptions watching each endpoint.",
     );
     for e in &status.endpoints {
-        family.sample(name, &[("endpoint", &e.uri)], e.watchers);
+        family.sample(&[("endpoint", &e.uri)], e.watchers);
     }
-    let name = "porchlight_endpoint_availability";
     let mut family = Family::start(
         &mut out,
-        name,
+        "porchlight_endpoint_availability",
         "gauge",
         "Each endpoint's availability on the Microsoft scale (3500 online, 18500 offline).",
     );
     for e in &status.endpoints {
         family.sample(
-            name,
             &[("endpoint", &e.uri), ("band", e.availability)],
             e.availability_value,
         );

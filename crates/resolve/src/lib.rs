@@ -360,66 +360,63 @@ impl Resolver {
         domain: &str,
         pinned_proxy: Option<&str>,
     ) -> Result<Vec<Hop>, ResolveError> {
-        let mut hops = Vec::new();
         if let Some(proxy) = pinned_proxy {
-            for ip in self.addresses(proxy).await {
-                hops.push(Hop {
-                    addr: SocketAddr::new(ip, SIPS_PORT),
-                    host: proxy.to_owned(),
-                    source: HopSource::PinnedProxy,
-                });
-            }
-            return if hops.is_empty() {
-                Err(ResolveError::NotFound(domain.to_owned()))
-            } else {
-                Ok(hops)
-            };
+            return found(
+                self.address_hops(proxy, HopSource::PinnedProxy).await,
+                domain,
+            );
         }
         let federation = format!("_sipfederationtls._tcp.{domain}");
-        for (host, addr) in self.srv_addresses(&federation).await {
-            hops.push(Hop {
-                addr,
-                host,
-                source: HopSource::FederationSrv,
-            });
-        }
+        let hops = self.srv_hops(&federation, HopSource::FederationSrv).await;
         if !hops.is_empty() {
             return Ok(hops);
         }
         for (_, name) in order_naptr(self.naptr(domain).await, &[SipTransport::Tls]) {
-            for (host, addr) in self.srv_addresses(&name).await {
-                hops.push(Hop {
-                    addr,
-                    host,
-                    source: HopSource::Naptr,
-                });
-            }
+            let hops = self.srv_hops(&name, HopSource::Naptr).await;
             if !hops.is_empty() {
                 return Ok(hops);
             }
         }
-        for (host, addr) in self.srv_addresses(&format!("_sips._tcp.{domain}")).await {
-            hops.push(Hop {
-                addr,
-                host,
-                source: HopSource::SipsSrv,
-            });
-        }
+        let sips = format!("_sips._tcp.{domain}");
+        let hops = self.srv_hops(&sips, HopSource::SipsSrv).await;
         if !hops.is_empty() {
             return Ok(hops);
         }
-        for ip in self.addresses(domain).await {
-            hops.push(Hop {
+        found(
+            self.address_hops(domain, HopSource::DomainAddress).await,
+            domain,
+        )
+    }
+
+    /// The hops an SRV name leads to, found by `source`.
+    async fn srv_hops(&self, name: &str, source: HopSource) -> Vec<Hop> {
+        self.srv_addresses(name)
+            .await
+            .into_iter()
+            .map(|(host, addr)| Hop { addr, host, source })
+            .collect()
+    }
+
+    /// A host's addresses on the SIP-over-TLS port, found by `source`.
+    async fn address_hops(&self, host: &str, source: HopSource) -> Vec<Hop> {
+        self.addresses(host)
+            .await
+            .into_iter()
+            .map(|ip| Hop {
                 addr: SocketAddr::new(ip, SIPS_PORT),
-                host: domain.to_owned(),
-                source: HopSource::DomainAddress,
-            });
-        }
-        if hops.is_empty() {
-            Err(ResolveError::NotFound(domain.to_owned()))
-        } else {
-            Ok(hops)
-        }
+                host: host.to_owned(),
+                source,
+            })
+            .collect()
+    }
+}
+
+/// The hops, or that none was found for `domain`.
+fn found(hops: Vec<Hop>, domain: &str) -> Result<Vec<Hop>, ResolveError> {
+    if hops.is_empty() {
+        Err(ResolveError::NotFound(domain.to_owned()))
+    } else {
+        Ok(hops)
     }
 }
 

@@ -20,6 +20,16 @@ pub enum Way {
     Outbound = 1,
 }
 
+impl Way {
+    /// The name metrics and the API use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Way::Inbound => "inbound",
+            Way::Outbound => "outbound",
+        }
+    }
+}
+
 /// One policy decision, as the admin sees it.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct DecisionRecord {

@@ -69,8 +69,12 @@ pub fn address_of(uri: &str) -> Option<(Protocol, SocketAddr)> {
     let Ok(Uri::Sip(sip, _)) = Uri::parse(uri) else {
         return None;
     };
+    sip_address(&sip)
+}
+
+fn sip_address(sip: &porchlight_sip::SipUri<'_>) -> Option<(Protocol, SocketAddr)> {
     let ip: IpAddr = sip.host.ip()?;
-    let protocol = protocol_of(&sip);
+    let protocol = protocol_of(sip);
     Some((
         protocol,
         SocketAddr::new(ip, sip.port.unwrap_or(default_port(protocol))),
@@ -99,12 +103,12 @@ fn default_port(protocol: Protocol) -> u16 {
 /// The next hop a SIP URI names: its address when the host is an IP
 /// literal, else the host name to resolve (RFC 3263).
 fn hop_of(uri: &str) -> Option<NextHop> {
-    if let Some((protocol, addr)) = address_of(uri) {
-        return Some(NextHop::address(protocol, addr));
-    }
     let Ok(Uri::Sip(sip, _)) = Uri::parse(uri) else {
         return None;
     };
+    if let Some((protocol, addr)) = sip_address(&sip) {
+        return Some(NextHop::address(protocol, addr));
+    }
     Some(NextHop::Host {
         protocol: protocol_of(&sip),
         uri: uri.into(),

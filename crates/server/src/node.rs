@@ -319,7 +319,6 @@ impl EventLoop {
             Query::Status(reply) => {
                 let (stats, in_flight) = self.presence.notifier_stats();
                 let (servers, clients) = self.layer.len();
-                let (decisions, _) = self.presence.decisions();
                 let _ = reply.send(Status {
                     version: env!("CARGO_PKG_VERSION"),
                     domains: self.domains.clone(),
@@ -338,7 +337,7 @@ impl EventLoop {
                     parked: self.dialer.parked(),
                     dials_succeeded: self.dials_succeeded,
                     dials_failed: self.dials_failed,
-                    decisions,
+                    decisions: self.presence.decision_counts(),
                     partners: self.partners.list(),
                     endpoints: self.presence.endpoint_views(),
                 });
@@ -347,7 +346,7 @@ impl EventLoop {
                 let _ = reply.send(self.presence.endpoint_detail(&uri));
             }
             Query::Refusals(reply) => {
-                let _ = reply.send(self.presence.decisions().1);
+                let _ = reply.send(self.presence.refusals());
             }
         }
     }

@@ -289,9 +289,7 @@ impl PresenceService {
             decision = decide(&self.policy, request);
             tracing::info!(from, to, "{way:?} request refused:\n{decision}");
         }
-        self.admission
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.admission()
             .record(way, request.modality, from, to, &decision);
         decision
     }
@@ -437,13 +435,20 @@ impl PresenceService {
         (self.notifier.stats(), self.notifier.in_flight())
     }
 
-    /// Policy decisions by way, kind and outcome, and the recent refusals.
-    pub fn decisions(&self) -> (Vec<DecisionCount>, Vec<DecisionRecord>) {
-        let admission = self
-            .admission
+    fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
+        self.admission
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        (admission.counts(), admission.recent())
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Policy decisions by way, kind and outcome.
+    pub fn decision_counts(&self) -> Vec<DecisionCount> {
+        self.admission().counts()
+    }
+
+    /// The most recent refusals, newest first.
+    pub fn refusals(&self) -> Vec<DecisionRecord> {
+        self.admission().recent()
     }
 
     /// The endpoints, for the health probes the node starts.

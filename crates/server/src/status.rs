@@ -164,19 +164,20 @@ const MAX_COUNTED_PARTNERS: usize = 1024;
 
 impl PartnerCounts {
     pub fn count(&mut self, partner: &str, outbound: bool) {
-        if !self.counts.contains_key(partner) {
-            if self.counts.len() >= MAX_COUNTED_PARTNERS {
-                return;
+        let bump = |entry: &mut (u64, u64)| {
+            if outbound {
+                entry.1 += 1;
+            } else {
+                entry.0 += 1;
             }
-            self.counts.insert(partner.into(), (0, 0));
-        }
-        let Some(entry) = self.counts.get_mut(partner) else {
-            return;
         };
-        if outbound {
-            entry.1 += 1;
-        } else {
-            entry.0 += 1;
+        if let Some(entry) = self.counts.get_mut(partner) {
+            return bump(entry);
+        }
+        if self.counts.len() < MAX_COUNTED_PARTNERS {
+            let mut entry = (0, 0);
+            bump(&mut entry);
+            self.counts.insert(partner.into(), entry);
         }
     }
 
