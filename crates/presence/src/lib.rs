@@ -18,7 +18,8 @@ pub mod xml_in;
 pub use document::Format;
 pub use model::{Availability, Band, Capabilities, Identity, PresenceState};
 pub use notifier::{
-    Authorization, FlowInfo, Notifier, NotifierConfig, NotifierStats, NotifyRef, Outgoing,
+    Authorization, FlowInfo, ListMember, Notifier, NotifierConfig, NotifierStats, NotifyRef,
+    Outgoing, RestoreError, SavedSubscription, SavedTarget,
 };
 pub use publication::{Publications, PublishBounds, PublishError, Published};
 pub use table::SubscriptionId;

@@ -21,6 +21,9 @@ use crate::model::{Identity, PresenceState};
 use crate::table::{DialogStrings, ExpiryWheel, Interner, SubscriptionId};
 use crate::xml_in::{parse_batch_subscribe, XmlLimits};
 
+mod persist;
+pub use persist::{ListMember, RestoreError, SavedSubscription, SavedTarget};
+
 /// Where and how NOTIFYs for a subscription leave this node: the
 /// transport's handle for the path back to the watcher, and the Via and
 /// Contact this node writes on it. Interned, so subscriptions arriving over
@@ -258,6 +261,10 @@ pub struct Notifier<F> {
     in_flight: u32,
     stats: NotifierStats,
     scratch: Vec<u32>,
+    /// Records changed since the store last took them.
+    journal: persist::Journal,
+    /// Restored subscriptions waiting for their first NOTIFY, paced.
+    recovery: persist::Recovery,
 }
 
 impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
@@ -288,6 +295,8 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             in_flight: 0,
             stats: NotifierStats::default(),
             scratch: Vec::new(),
+            journal: persist::Journal::default(),
+            recovery: persist::Recovery::default(),
         }
     }
 
@@ -550,28 +559,8 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             flags,
             attempts: 0,
         });
-        *self.per_watcher.entry(watcher_hash).or_insert(0) += 1;
         self.stats.created += 1;
-        self.stats.active += 1;
-        match (kind, members) {
-            (Kind::Presence, _) => {
-                let p = &mut self.presentities[target as usize];
-                self.records[id.index as usize].position = p.watchers.len() as u32;
-                p.watchers.push(id.index);
-                self.watchers_changed(target);
-            }
-            (Kind::List, Some(members)) => {
-                for m in &members {
-                    if let Member::Known(p) = m {
-                        self.presentities[*p as usize].list_watchers.push(id.index);
-                    }
-                }
-                self.lists.insert(id.index, members);
-            }
-            _ => self.presentities[target as usize]
-                .winfo_watchers
-                .push(id.index),
-        }
+        self.attach(id, members);
         let mut answer = Answer::new(200, "OK")
             .with("Expires", expires.to_string())
             .with("Contact", flow.contact.clone());
@@ -681,6 +670,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             self.stats.refreshed += 1;
             self.queue_urgent(id);
         }
+        self.changed(id.index);
         Answer::new(200, "OK")
             .with("Expires", expires.to_string())
             .with("Contact", contact)
@@ -697,6 +687,42 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
                 self.records.push(record);
                 self.id_of((self.records.len() - 1) as u32)
             }
+        }
+    }
+
+    /// Lists a new record where fan-outs and counts find it.
+    fn attach(&mut self, id: SubscriptionId, members: Option<Vec<Member>>) {
+        let record = &self.records[id.index as usize];
+        let (kind, target) = (record.kind, record.target);
+        *self.per_watcher.entry(record.watcher_hash).or_insert(0) += 1;
+        self.stats.active += 1;
+        self.changed(id.index);
+        match kind {
+            Kind::Presence => {
+                let p = &mut self.presentities[target as usize];
+                self.records[id.index as usize].position = p.watchers.len() as u32;
+                p.watchers.push(id.index);
+                self.watchers_changed(target);
+            }
+            Kind::List => {
+                let members = members.unwrap_or_default();
+                for m in &members {
+                    if let Member::Known(p) = m {
+                        self.presentities[*p as usize].list_watchers.push(id.index);
+                    }
+                }
+                self.lists.insert(id.index, members);
+            }
+            Kind::WatcherInfo => self.presentities[target as usize]
+                .winfo_watchers
+                .push(id.index),
+        }
+    }
+
+    /// Notes a record whose saved copy is out of date (when saving is on).
+    fn changed(&mut self, index: u32) {
+        if self.journal.enabled {
+            self.journal.changed.push(index);
         }
     }
 
@@ -801,6 +827,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         record.dialog = DialogStrings::default();
         self.free.push(id.index);
         self.stats.active -= 1;
+        self.changed(id.index);
     }
 
     /// The document for a subscription: content type and body.
@@ -980,6 +1007,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             self.flow_counter(flow_id, 1);
         }
         self.stats.notifies_sent += 1;
+        self.changed(id.index);
         out
     }
 
@@ -1055,6 +1083,8 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
                         r.flags &= !QUEUED;
                     }
                 }
+                id
+            } else if let Some(id) = self.recovery.next(now) {
                 id
             } else {
                 self.next_fanout()?
@@ -1223,12 +1253,18 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             };
             consider(now + wait);
         }
+        if let Some(at) = self.recovery.next_due(now) {
+            consider(at);
+        }
         next
     }
 
     /// Whether anything is waiting to be sent.
     pub fn has_pending(&self) -> bool {
-        !self.urgent.is_empty() || !self.ready.is_empty() || !self.fanouts.is_empty()
+        !self.urgent.is_empty()
+            || !self.ready.is_empty()
+            || !self.fanouts.is_empty()
+            || !self.recovery.is_empty()
     }
 
     /// NOTIFY transactions outstanding.

@@ -459,3 +459,102 @@ fn unsubscribe_while_a_notify_is_unanswered_still_gets_the_final_notify() {
     h.reply(&last[0].1, 200);
     assert_eq!(h.notifier.stats().active, 0);
 }
+
+#[test]
+fn saved_subscriptions_come_back_with_their_dialogs_and_are_renotified_paced() {
+    let mut h = Harness::new(NotifierConfig::default());
+    h.notifier.save_changes(true);
+    let mut tags = Vec::new();
+    for w in 1..=40 {
+        tags.push(h.subscribe(w).to_tag.unwrap());
+    }
+    for (_, n) in h.drain() {
+        h.reply(&n, 200);
+    }
+    // One unsubscribes; its final NOTIFY is answered, so its slot is free.
+    let bye = format!(
+        "SUBSCRIBE sip:192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.3;branch=z9hG4bKu\r\n\
+         From: <sip:w3@fabrikam.com>;tag=f3\r\nTo: <{ENDPOINT}>;tag={}\r\nCall-ID: call-3\r\n\
+         CSeq: 2 SUBSCRIBE\r\nContact: <sip:w3@10.0.0.3>\r\nEvent: presence\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n",
+        tags[2]
+    );
+    assert_eq!(h.answer(&bye, 3).code, 200);
+    for (_, n) in h.drain() {
+        h.reply(&n, 200);
+    }
+    let mut changed = Vec::new();
+    h.notifier.take_changed(&mut changed);
+    assert_eq!(
+        changed.len(),
+        40,
+        "each slot once, however often it changed"
+    );
+    let unix_now = 1_800_000_000;
+    let saved: Vec<_> = changed
+        .iter()
+        .filter_map(|&i| h.notifier.saved(i, h.now, unix_now))
+        .collect();
+    assert_eq!(saved.len(), 39, "the ended one is deleted, not saved");
+    assert!(saved
+        .iter()
+        .all(|s| s.local_cseq == 1 && s.remote_cseq == 1));
+
+    // A new notifier with the same salt, ten seconds later.
+    let mut restarted = Harness::new(NotifierConfig::default());
+    restarted.now += Duration::from_secs(10);
+    let helpdesk = restarted.helpdesk;
+    for s in saved.iter().cloned() {
+        restarted
+            .notifier
+            .restore(
+                s,
+                &|uri| porchlight_presence::same_aor(uri, ENDPOINT).then_some(helpdesk),
+                restarted.now,
+                unix_now + 10,
+            )
+            .expect("restored");
+    }
+    let expired = saved[0].clone();
+    assert_eq!(
+        restarted
+            .notifier
+            .restore(expired, &|_| Some(0), restarted.now, unix_now + 601)
+            .unwrap_err(),
+        porchlight_presence::RestoreError::Expired
+    );
+    assert_eq!(restarted.notifier.stats().active, 39);
+    restarted.notifier.pace_recovery(Duration::from_secs(2));
+    // About 19.5 a second: one at once, the rest over the window.
+    let first = restarted.drain();
+    assert_eq!(first.len(), 1, "no storm");
+    let mut notified = first;
+    for _ in 0..25 {
+        restarted.advance(Duration::from_millis(100));
+        notified.extend(restarted.drain());
+    }
+    assert_eq!(notified.len(), 39, "everyone within the window and a bit");
+    for (_, n) in &notified {
+        assert_eq!(
+            n.cseq().unwrap().seq,
+            2,
+            "CSeq carries on from the saved one"
+        );
+        let left: u32 = header(n, "Subscription-State")["active;expires=".len()..]
+            .parse()
+            .unwrap();
+        assert!((587..=590).contains(&left), "the expiry carries on: {left}");
+        let w: u32 = n.call_id().unwrap()["call-".len()..].parse().unwrap();
+        assert_eq!(n.from().unwrap().tag(), Some(tags[w as usize - 1].as_str()));
+    }
+    // The watcher's refresh with its old To tag finds its dialog.
+    let refresh = format!(
+        "SUBSCRIBE sip:192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.7;branch=z9hG4bKr\r\n\
+         From: <sip:w7@fabrikam.com>;tag=f7\r\nTo: <{ENDPOINT}>;tag={}\r\nCall-ID: call-7\r\n\
+         CSeq: 2 SUBSCRIBE\r\nContact: <sip:w7@10.0.0.7>\r\nEvent: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
+        tags[6]
+    );
+    assert_eq!(restarted.answer(&refresh, 7).code, 200);
+    // The freed slot stays free for newcomers, and the next is not a clash.
+    assert_eq!(restarted.subscribe(99).code, 200);
+    assert_eq!(restarted.notifier.stats().active, 40);
+}
