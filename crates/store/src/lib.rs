@@ -1,0 +1,370 @@
+//! Persistence for Porchlight.
+//!
+//! Memory is the primary copy of hot state; a node writes what changed
+//! behind, in batches, through the [`Store`] interface, and reads it all
+//! back once at start. [`EmbeddedStore`] keeps it in a fjall database in
+//! one directory; a Redis Cluster backend for several nodes implements the
+//! same interface.
+//!
+//! A store from another schema version, or one whose records do not read
+//! back, is an error that stops the node, never data silently dropped.
+
+pub mod codec;
+
+use std::path::{Path, PathBuf};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use porchlight_presence::SavedSubscription;
+
+/// The schema this build reads and writes. A store written with another
+/// refuses to open rather than be misread.
+pub const SCHEMA: u32 = 1;
+
+/// Keys a node must keep across restarts for the dialogs it made to carry
+/// on: the salt its subscription tags and entity tags are keyed with, and
+/// the secret that signs its Record-Route tokens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct NodeSecrets {
+    /// Keys subscription tags, nonces and entity tags.
+    pub salt: u64,
+    /// Keys Record-Route tokens.
+    pub edge_secret: [u8; 32],
+}
+
+impl std::fmt::Debug for NodeSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeSecrets(..)")
+    }
+}
+
+impl NodeSecrets {
+    /// Fresh random secrets, for a node without a store or a new store.
+    pub fn generate() -> Result<NodeSecrets, StoreError> {
+        let mut bytes = [0u8; 40];
+        getrandom::getrandom(&mut bytes).map_err(|e| StoreError::Random(e.to_string()))?;
+        Ok(NodeSecrets::from_bytes(&bytes))
+    }
+
+    fn from_bytes(bytes: &[u8; 40]) -> NodeSecrets {
+        let mut salt = [0u8; 8];
+        salt.copy_from_slice(&bytes[..8]);
+        let mut edge_secret = [0u8; 32];
+        edge_secret.copy_from_slice(&bytes[8..]);
+        NodeSecrets {
+            salt: u64::from_le_bytes(salt),
+            edge_secret,
+        }
+    }
+
+    fn to_bytes(self) -> [u8; 40] {
+        let mut out = [0u8; 40];
+        out[..8].copy_from_slice(&self.salt.to_le_bytes());
+        out[8..].copy_from_slice(&self.edge_secret);
+        out
+    }
+}
+
+/// One write-behind batch: subscriptions to save (their flows put in
+/// words by the node) and slots whose subscription ended.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Saved or updated.
+    pub saved: Vec<SavedSubscription<String>>,
+    /// Slots to delete.
+    pub deleted: Vec<u32>,
+}
+
+impl Batch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.saved.is_empty() && self.deleted.is_empty()
+    }
+}
+
+/// How far a written batch must have gone before the write returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Handed to the operating system: survives the process being killed.
+    Process,
+    /// On the disk (fsync): survives the machine losing power.
+    Disk,
+}
+
+/// Why the store cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened.
+    #[error("cannot open the store at {path}: {reason}. If another Porchlight is running on it, stop that one; if the directory is damaged, move it aside (the node then starts empty) or restore it from a backup")]
+    Open {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Written by a build with another schema.
+    #[error("the store at {path} has schema {found}, and this build reads schema {SCHEMA}. Run the version that wrote it, or move the directory aside to start empty")]
+    Schema {
+        /// The directory.
+        path: PathBuf,
+        /// The schema found.
+        found: u32,
+    },
+    /// A record does not read back.
+    #[error("the store at {path} holds a damaged {what} record (key {key}): {reason}. Move the directory aside to start empty, or restore it from a backup")]
+    Corrupt {
+        /// The directory.
+        path: PathBuf,
+        /// Which kind of record.
+        what: &'static str,
+        /// Its key, in hex.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or writing failed.
+    #[error("store I/O at {path}: {reason}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The system's random source failed.
+    #[error("no random source for the node's secrets: {0}")]
+    Random(String),
+}
+
+/// What a node keeps across restarts. Implemented by the embedded store
+/// and, for several nodes, by the Redis Cluster backend.
+pub trait Store: Send + Sync {
+    /// The node's keys, made once and kept.
+    fn secrets(&self) -> NodeSecrets;
+    /// Every saved subscription, to restore at start.
+    fn subscriptions(&self) -> Result<Vec<SavedSubscription<String>>, StoreError>;
+    /// Writes one batch, atomically.
+    fn write(&self, batch: &Batch) -> Result<(), StoreError>;
+}
+
+/// The embedded store: a fjall database in one directory, locked while a
+/// node has it open.
+pub struct EmbeddedStore {
+    path: PathBuf,
+    db: Database,
+    subscriptions: Keyspace,
+    secrets: NodeSecrets,
+    durability: Durability,
+}
+
+const SCHEMA_KEY: &str = "schema";
+const SECRETS_KEY: &str = "secrets";
+
+impl EmbeddedStore {
+    /// Opens the store in `path`, creating it when the directory is new,
+    /// and checks its schema.
+    pub fn open(path: &Path, durability: Durability) -> Result<EmbeddedStore, StoreError> {
+        let path = path.to_path_buf();
+        let open = |e: fjall::Error| StoreError::Open {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let db = Database::builder(&path).open().map_err(open)?;
+        let meta = db
+            .keyspace("meta", KeyspaceCreateOptions::default)
+            .map_err(open)?;
+        let subscriptions = db
+            .keyspace("subscriptions", KeyspaceCreateOptions::default)
+            .map_err(open)?;
+        let io = |e: fjall::Error| StoreError::Io {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let corrupt = |key: &str, reason: &str| StoreError::Corrupt {
+            path: path.clone(),
+            what: "meta",
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+        };
+        match meta.get(SCHEMA_KEY).map_err(io)? {
+            Some(found) => {
+                let found = <[u8; 4]>::try_from(&*found)
+                    .map_err(|_| corrupt(SCHEMA_KEY, "not a 4-byte number"))?;
+                let found = u32::from_le_bytes(found);
+                if found != SCHEMA {
+                    return Err(StoreError::Schema { path, found });
+                }
+            }
+            None if !subscriptions.is_empty().map_err(io)? => {
+                return Err(corrupt(SCHEMA_KEY, "missing, yet records are present"));
+            }
+            None => meta.insert(SCHEMA_KEY, SCHEMA.to_le_bytes()).map_err(io)?,
+        }
+        let secrets = match meta.get(SECRETS_KEY).map_err(io)? {
+            Some(bytes) => NodeSecrets::from_bytes(
+                &<[u8; 40]>::try_from(&*bytes).map_err(|_| corrupt(SECRETS_KEY, "not 40 bytes"))?,
+            ),
+            None => {
+                let secrets = NodeSecrets::generate()?;
+                meta.insert(SECRETS_KEY, secrets.to_bytes()).map_err(io)?;
+                secrets
+            }
+        };
+        db.persist(PersistMode::SyncAll).map_err(io)?;
+        Ok(EmbeddedStore {
+            path,
+            db,
+            subscriptions,
+            secrets,
+            durability,
+        })
+    }
+
+    fn io(&self, e: fjall::Error) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn secrets(&self) -> NodeSecrets {
+        self.secrets
+    }
+
+    fn subscriptions(&self) -> Result<Vec<SavedSubscription<String>>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.subscriptions.iter() {
+            let (key, value) = guard.into_inner().map_err(|e| self.io(e))?;
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            let corrupt = |reason: String| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: "subscription",
+                key: hex.clone(),
+                reason,
+            };
+            let saved = codec::decode_subscription(&value).map_err(|e| corrupt(e.to_string()))?;
+            if *key != saved.id.index.to_be_bytes() {
+                return Err(corrupt(format!("it names slot {}", saved.id.index)));
+            }
+            out.push(saved);
+        }
+        Ok(out)
+    }
+
+    fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut write = self.db.batch().durability(Some(match self.durability {
+            Durability::Process => PersistMode::Buffer,
+            Durability::Disk => PersistMode::SyncData,
+        }));
+        for saved in &batch.saved {
+            write.insert(
+                &self.subscriptions,
+                saved.id.index.to_be_bytes(),
+                codec::encode_subscription(saved),
+            );
+        }
+        for slot in &batch.deleted {
+            write.remove(&self.subscriptions, slot.to_be_bytes());
+        }
+        write.commit().map_err(|e| self.io(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("porchlight-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn batches_and_secrets_survive_reopening() {
+        let path = dir("reopen");
+        let secrets;
+        {
+            let store = EmbeddedStore::open(&path, Durability::Process).unwrap();
+            secrets = store.secrets();
+            let batch = Batch {
+                saved: (0..3).map(codec::tests::sample).collect(),
+                deleted: Vec::new(),
+            };
+            store.write(&batch).unwrap();
+            store
+                .write(&Batch {
+                    saved: vec![codec::tests::sample(7)],
+                    deleted: vec![1],
+                })
+                .unwrap();
+        }
+        let store = EmbeddedStore::open(&path, Durability::Process).unwrap();
+        assert_eq!(store.secrets(), secrets, "the node keeps its keys");
+        let slots: Vec<u32> = store
+            .subscriptions()
+            .unwrap()
+            .iter()
+            .map(|s| s.id.index)
+            .collect();
+        assert_eq!(slots, [0, 2, 7]);
+        let _ = std::fs::remove_dir_all(&path);
+    }
+
+    #[test]
+    fn another_schema_or_a_damaged_record_stops_the_open() {
+        let path = dir("schema");
+        {
+            let store = EmbeddedStore::open(&path, Durability::Process).unwrap();
+            store
+                .write(&Batch {
+                    saved: vec![codec::tests::sample(4)],
+                    deleted: Vec::new(),
+                })
+                .unwrap();
+            // Damage one record the way a foreign writer would.
+            store
+                .subscriptions
+                .insert(5u32.to_be_bytes(), [1u8, 2, 3])
+                .unwrap();
+        }
+        let store = EmbeddedStore::open(&path, Durability::Process).unwrap();
+        let err = store.subscriptions().unwrap_err().to_string();
+        assert!(
+            err.contains("damaged subscription record (key 00000005)"),
+            "{err}"
+        );
+        assert!(err.contains("Move the directory aside"), "{err}");
+        // A newer schema.
+        {
+            let meta = store
+                .db
+                .keyspace("meta", KeyspaceCreateOptions::default)
+                .unwrap();
+            meta.insert(SCHEMA_KEY, 2u32.to_le_bytes()).unwrap();
+        }
+        drop(store);
+        let err = EmbeddedStore::open(&path, Durability::Process)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("has schema 2, and this build reads schema 1"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&path);
+    }
+
+    #[test]
+    fn a_store_in_use_is_refused() {
+        let path = dir("locked");
+        let _first = EmbeddedStore::open(&path, Durability::Process).unwrap();
+        let err = EmbeddedStore::open(&path, Durability::Process)
+            .err()
+            .expect("locked")
+            .to_string();
+        assert!(err.contains("another Porchlight"), "{err}");
+        let _ = std::fs::remove_dir_all(&path);
+    }
+}
