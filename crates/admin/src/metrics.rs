@@ -115,6 +115,53 @@ pub fn render(status: &Status) -> String {
         status.parked as u64,
     );
 
+    if let Some(store) = &status.store {
+        single(
+            "porchlight_store_flushes_total",
+            "counter",
+            "Write-behind batches committed to the store.",
+            store.flushes,
+        );
+        single(
+            "porchlight_store_records_written_total",
+            "counter",
+            "Subscription records saved or deleted in the store.",
+            store.records_written,
+        );
+        single(
+            "porchlight_store_flush_failures_total",
+            "counter",
+            "Write-behind batches that failed to commit.",
+            store.failures,
+        );
+        single(
+            "porchlight_store_pending_changes",
+            "gauge",
+            "Changed subscriptions not yet handed to the store writer (queue depth).",
+            store.pending_changes as u64,
+        );
+        single(
+            "porchlight_subscriptions_recovering",
+            "gauge",
+            "Subscriptions restored at start still owed their first NOTIFY.",
+            store.recovering as u64,
+        );
+        Family::start(
+            &mut out,
+            "porchlight_store_flush_seconds_total",
+            "counter",
+            "Time spent committing write-behind batches; divide by flushes for the mean.",
+        )
+        .sample(&[], store.flush_seconds_total);
+        Family::start(
+            &mut out,
+            "porchlight_store_flush_seconds_max",
+            "gauge",
+            "The longest write-behind commit since start.",
+        )
+        .sample(&[], store.flush_seconds_max);
+    }
+
     let mut family = Family::start(
         &mut out,
         "porchlight_transactions",

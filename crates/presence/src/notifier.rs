@@ -1087,7 +1087,16 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             } else if let Some(id) = self.recovery.next(now) {
                 id
             } else {
-                self.next_fanout()?
+                let id = self.next_fanout()?;
+                // Never notified by this process: a new subscription about
+                // to get its first NOTIFY, or a restored one waiting for its
+                // turn in the recovery window. Either will be sent the
+                // newest state from its own queue; a fan-out must not turn
+                // recovery into a storm.
+                if self.live(id).is_some_and(|r| r.flags & NOTIFIED == 0) {
+                    continue;
+                }
+                id
             };
             if let Some(out) = self.try_notify(id, true, now) {
                 self.tokens -= 1.0;

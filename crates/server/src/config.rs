@@ -184,10 +184,76 @@ impl Default for AdminSection {
     }
 }
 
+impl StoreSection {
+    /// The write-behind interval.
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+}
+
 impl AdminSection {
     /// The listen address; None when the admin surface is off.
     pub fn address(&self) -> Option<SocketAddr> {
         self.listen.parse().ok()
+    }
+}
+
+/// Where the node keeps what must survive a restart, and how it writes it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// The store's directory, relative to the configuration file; empty
+    /// keeps everything in memory only.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// Changes are written behind at most this long after they happen:
+    /// what was acknowledged more than this before a crash is kept.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// `process` survives the process being killed; `disk` (fsync on each
+    /// flush) also survives the machine losing power, at a cost per flush.
+    #[serde(default = "default_durability")]
+    pub durability: DurabilitySetting,
+    /// After a restart, restored watchers get their first NOTIFY spread
+    /// over this many seconds rather than all at once.
+    #[serde(default = "default_renotify_window_secs")]
+    pub renotify_window_secs: u64,
+}
+
+/// How far each flush must reach.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilitySetting {
+    /// The operating system's buffers.
+    Process,
+    /// The disk.
+    Disk,
+}
+
+fn default_store_path() -> PathBuf {
+    "porchlight-data".into()
+}
+
+fn default_flush_interval_ms() -> u64 {
+    100
+}
+
+fn default_durability() -> DurabilitySetting {
+    DurabilitySetting::Process
+}
+
+fn default_renotify_window_secs() -> u64 {
+    30
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            path: default_store_path(),
+            flush_interval_ms: default_flush_interval_ms(),
+            durability: default_durability(),
+            renotify_window_secs: default_renotify_window_secs(),
+        }
     }
 }
 
@@ -341,6 +407,9 @@ pub struct Config {
     /// Admin surface.
     #[serde(default)]
     pub admin: AdminSection,
+    /// Persistence.
+    #[serde(default)]
+    pub store: StoreSection,
     /// Application endpoints.
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<porchlight_endpoints::EndpointConfig>,
@@ -555,6 +624,15 @@ impl Config {
             return Err(invalid(
                 format!("[admin] listen = {:?} is not an address", self.admin.listen),
                 "write it like \"127.0.0.1:8088\", or \"\" to turn the admin API off",
+            ));
+        }
+        if self.store.flush_interval_ms == 0 || self.store.flush_interval_ms > 60_000 {
+            return Err(invalid(
+                format!(
+                    "[store] flush_interval_ms = {}",
+                    self.store.flush_interval_ms
+                ),
+                "use 1 to 60000 milliseconds (default 100); set path = \"\" to keep state in memory only",
             ));
         }
         if self.limits.max_parked_per_destination == 0 {

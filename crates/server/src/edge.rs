@@ -102,7 +102,7 @@ fn default_port(protocol: Protocol) -> u16 {
 
 /// The next hop a SIP URI names: its address when the host is an IP
 /// literal, else the host name to resolve (RFC 3263).
-fn hop_of(uri: &str) -> Option<NextHop> {
+pub(crate) fn hop_of(uri: &str) -> Option<NextHop> {
     let Ok(Uri::Sip(sip, _)) = Uri::parse(uri) else {
         return None;
     };

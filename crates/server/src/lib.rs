@@ -7,6 +7,7 @@ mod edge;
 mod health;
 mod node;
 mod outbound;
+mod persistence;
 mod presence;
 pub mod status;
 pub mod uas;

@@ -2,8 +2,6 @@
 //! one event loop that feeds received messages and timer deadlines into the
 //! transaction layer and writes what comes out.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use porchlight_resolve::Resolver;
 use porchlight_sip::{via_with_received, Answer, Limits, Message};
+use porchlight_store::{Batch, Durability, EmbeddedStore, NodeSecrets, Store};
 use porchlight_transaction::proxy::{forward, Forwarding, ProxyAction, ProxyError, ProxyTable};
 use porchlight_transaction::{
     Output, RequestMatch, ServerKey, TimerConfig, TransactionLayer, TxId,
@@ -19,14 +18,16 @@ use porchlight_transport::pki::{AltName, CertificateAuthority};
 use porchlight_transport::{
     ClientAuth, Origin, Protocol, Received, Target, TlsSettings, Transport, TransportConfig,
 };
+use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::{ClientAuthSetting, Config};
+use crate::config::{ClientAuthSetting, Config, DurabilitySetting};
 use crate::edge::{self, partner_of, Direction, Edge, Route};
 use crate::outbound::{dial, DialError, Dialer, Dispatch, NextHop, Parked};
+use crate::persistence::WriteBehind;
 use crate::presence::{domain_of, parse_own, PresenceService};
-use crate::status::{NodeHandle, PartnerCounts, Query, Status};
+use crate::status::{NodeHandle, PartnerCounts, Query, Status, StoreStatus};
 use crate::uas::{answer_malformed, answer_request, Disposition, LocalNames, SERVER};
 
 /// Why the node could not start.
@@ -52,6 +53,13 @@ pub enum StartError {
     /// The system's DNS configuration could not be read.
     #[error("reading the DNS configuration (set [dns] nameservers instead): {0}")]
     Resolver(std::io::Error),
+    /// The store cannot be opened or read; the node does not start rather
+    /// than lose what it holds.
+    #[error(transparent)]
+    Store(#[from] porchlight_store::StoreError),
+    /// The store's writer thread could not be started.
+    #[error("starting the store writer: {0}")]
+    Writer(std::io::Error),
 }
 
 /// A started node.
@@ -104,8 +112,17 @@ impl Node {
             t2: std::time::Duration::from_millis(config.timers.t2_ms),
             t4: std::time::Duration::from_millis(config.timers.t4_ms),
         };
-        let tag_seed = RandomState::new().hash_one(Instant::now());
-        let presence = PresenceService::new(&config, tag_seed, Instant::now());
+        let store = open_store(&config)?;
+        let secrets = match &store {
+            Some(store) => store.secrets(),
+            None => NodeSecrets::generate()?,
+        };
+        let tag_seed = secrets.salt;
+        let mut presence = PresenceService::new(&config, tag_seed, Instant::now());
+        let (write_behind, restored) = match store {
+            Some(store) => restore(&config, store, &mut presence)?,
+            None => (None, 0),
+        };
         let (verdicts_tx, verdicts) = mpsc::channel(64);
         for (i, endpoint) in presence.directory().endpoints().iter().enumerate() {
             if let Some(h) = &endpoint.health {
@@ -117,14 +134,6 @@ impl Node {
                     verdicts_tx.clone(),
                 ));
             }
-        }
-        let mut secret = [0u8; 32];
-        for (i, chunk) in secret.chunks_mut(8).enumerate() {
-            chunk.copy_from_slice(
-                &RandomState::new()
-                    .hash_one((i, Instant::now()))
-                    .to_be_bytes(),
-            );
         }
         let resolver = Arc::new(config.resolver().map_err(StartError::Resolver)?);
         let (queries_tx, queries) = mpsc::channel(16);
@@ -140,7 +149,7 @@ impl Node {
             proxy: ProxyTable::default(),
             edge: Edge {
                 internal: edge::address_of(&config.edge.internal_next_hop),
-                secret,
+                secret: secrets.edge_secret,
             },
             trust_header: config.edge.trust_header.clone(),
             record_route_host: (!record_route_host.is_empty()).then(|| record_route_host.clone()),
@@ -153,8 +162,11 @@ impl Node {
             partners: PartnerCounts::default(),
             dials_succeeded: 0,
             dials_failed: 0,
+            write_behind,
+            restored,
         };
-        let task = tokio::spawn(event_loop.run(received, verdicts, dials, queries));
+        let flush_interval = config.store.flush_interval();
+        let task = tokio::spawn(event_loop.run(received, verdicts, dials, queries, flush_interval));
         for (protocol, addr) in transport.local_addrs() {
             tracing::info!("listening on {} {addr}", protocol.via_token());
         }
@@ -183,6 +195,55 @@ impl Node {
     pub async fn wait(self) {
         let _ = self.task.await;
     }
+}
+
+/// Opens the configured store; None when state is kept in memory only.
+fn open_store(config: &Config) -> Result<Option<Arc<dyn Store>>, StartError> {
+    if config.store.path.as_os_str().is_empty() {
+        tracing::warn!("[store] path is empty: subscriptions will not survive a restart");
+        return Ok(None);
+    }
+    let path = config.resolve(&config.store.path);
+    let durability = match config.store.durability {
+        DurabilitySetting::Process => Durability::Process,
+        DurabilitySetting::Disk => Durability::Disk,
+    };
+    let store = EmbeddedStore::open(&path, durability)?;
+    tracing::info!("store at {}", path.display());
+    Ok(Some(Arc::new(store)))
+}
+
+/// Brings back the saved subscriptions, deletes those that cannot come
+/// back, and starts writing changes behind.
+fn restore(
+    config: &Config,
+    store: Arc<dyn Store>,
+    presence: &mut PresenceService,
+) -> Result<(Option<WriteBehind>, usize), StartError> {
+    let started = Instant::now();
+    let saved = store.subscriptions()?;
+    let found = saved.len();
+    let window = std::time::Duration::from_secs(config.store.renotify_window_secs);
+    let report = presence.restore(saved, window, Instant::now());
+    for (slot, reason) in report.dropped.iter().take(20) {
+        tracing::info!(slot, "saved subscription not restored: {reason}");
+    }
+    if !report.dropped.is_empty() {
+        store.write(&Batch {
+            saved: Vec::new(),
+            deleted: report.dropped.iter().map(|(slot, _)| *slot).collect(),
+        })?;
+    }
+    if found > 0 {
+        tracing::info!(
+            "restored {} of {found} saved subscriptions in {:.2?}; their NOTIFYs are spread over {}s",
+            report.restored,
+            started.elapsed(),
+            window.as_secs()
+        );
+    }
+    let writer = WriteBehind::start(store).map_err(StartError::Writer)?;
+    Ok((Some(writer), report.restored))
 }
 
 fn limits(config: &Config) -> Limits {
@@ -256,6 +317,10 @@ struct EventLoop {
     partners: PartnerCounts,
     dials_succeeded: u64,
     dials_failed: u64,
+    /// Hands changed subscriptions to the store; None: memory only.
+    write_behind: Option<WriteBehind>,
+    /// Subscriptions brought back from the store at start.
+    restored: usize,
 }
 
 /// What a proxied request needs kept to answer upstream itself.
@@ -271,7 +336,10 @@ impl EventLoop {
         mut verdicts: mpsc::Receiver<(usize, bool)>,
         mut dials: mpsc::Receiver<Dialed>,
         mut queries: mpsc::Receiver<Query>,
+        flush_interval: std::time::Duration,
     ) {
+        let mut flush_tick = tokio::time::interval(flush_interval);
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = Instant::now();
             let deadline = [self.layer.next_deadline(), self.presence.next_deadline(now)]
@@ -303,6 +371,11 @@ impl EventLoop {
                 Some((endpoint, healthy)) = verdicts.recv() => self.presence.on_health(endpoint, healthy),
                 Some((hop, result)) = dials.recv() => self.on_dialed(hop, result).await,
                 Some(query) = queries.recv() => self.answer_query(query),
+                _ = flush_tick.tick(), if self.write_behind.is_some() => {
+                    if let Some(writer) = &mut self.write_behind {
+                        writer.tick(&mut self.presence, Instant::now());
+                    }
+                }
                 () = sleep => {
                     let now = Instant::now();
                     self.layer.handle_timeout(now);
@@ -310,6 +383,22 @@ impl EventLoop {
                 }
             }
             self.flush().await;
+        }
+    }
+
+    fn store_status(&self, writer: &WriteBehind) -> StoreStatus {
+        let c = writer.counters();
+        let micros = |v: u64| v as f64 / 1e6;
+        StoreStatus {
+            flushes: c.flushes.load(Ordering::Relaxed),
+            records_written: c.records.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            flush_seconds_total: micros(c.flush_micros.load(Ordering::Relaxed)),
+            flush_seconds_max: micros(c.max_flush_micros.load(Ordering::Relaxed)),
+            pending_changes: self.presence.changes_pending(),
+            queued_batches: c.queued.load(Ordering::Relaxed),
+            restored: self.restored,
+            recovering: self.presence.recovering(),
         }
     }
 
@@ -340,6 +429,7 @@ impl EventLoop {
                     decisions: self.presence.decision_counts(),
                     partners: self.partners.list(),
                     endpoints: self.presence.endpoint_views(),
+                    store: self.write_behind.as_ref().map(|w| self.store_status(w)),
                 });
             }
             Query::Endpoint(uri, reply) => {

@@ -17,7 +17,7 @@ use porchlight_policy::{
 use porchlight_presence::xml_in::{parse_category_publish, parse_pidf};
 use porchlight_presence::{
     Authorization, FlowInfo, Notifier, NotifierConfig, NotifierStats, NotifyRef, Publications,
-    PublishBounds, PublishError, XmlLimits,
+    PublishBounds, PublishError, SavedSubscription, SavedTarget, XmlLimits,
 };
 use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Uri};
 use porchlight_transport::{Origin, Protocol, Target};
@@ -143,6 +143,19 @@ fn modality_of(request: &Message) -> Modality {
     }
 }
 
+/// What came of restoring saved subscriptions.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    /// Back in service.
+    pub restored: usize,
+    /// Left out, by slot, with the reason.
+    pub dropped: Vec<(u32, String)>,
+}
+
+/// Longest a restarted node waits for its endpoints' health probes before
+/// re-notifying restored watchers anyway.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
 /// Presence state and protocol handling of one node.
 pub struct PresenceService {
     directory: Directory,
@@ -159,6 +172,9 @@ pub struct PresenceService {
     keepalive_seq: u64,
     next_schedule_check: Instant,
     outgoing: std::collections::VecDeque<OutgoingRequest>,
+    /// Restored watchers wait for this window's pace until the endpoints'
+    /// sources have reported, or the deadline.
+    recovery: Option<(Duration, Instant)>,
 }
 
 fn unix_now() -> u64 {
@@ -236,6 +252,7 @@ impl PresenceService {
             keepalive_seq: 0,
             next_schedule_check: now,
             outgoing: Default::default(),
+            recovery: None,
         };
         for i in 0..service.directory.endpoints().len() {
             let state = service.effective(i, at);
@@ -451,6 +468,110 @@ impl PresenceService {
         self.admission().recent()
     }
 
+    /// Moves the subscription slots changed since the last call into `out`.
+    pub fn take_changed(&mut self, out: &mut Vec<u32>) {
+        self.notifier.take_changed(out);
+    }
+
+    /// The saved form of a subscription slot; None: delete it.
+    pub fn saved(&self, slot: u32, now: Instant, unix: u64) -> Option<SavedSubscription<NextHop>> {
+        self.notifier.saved(slot, now, unix)
+    }
+
+    /// Puts saved subscriptions back, drops those that cannot come back
+    /// (expired, endpoint gone, now refused by the policy), paces their
+    /// first NOTIFYs over `window`, and starts noting changes for the store.
+    pub fn restore(
+        &mut self,
+        saved: Vec<SavedSubscription<String>>,
+        window: Duration,
+        now: Instant,
+    ) -> RestoreReport {
+        let unix = crate::persistence::unix_now();
+        let mut report = RestoreReport::default();
+        for s in saved {
+            let Some(hop) = crate::persistence::flow_from_text(&s.flow.flow, &s) else {
+                report
+                    .dropped
+                    .push((s.id.index, "its path back is unreadable".into()));
+                continue;
+            };
+            if let Some(reason) = self.refused_now(&s, &hop) {
+                report.dropped.push((s.id.index, reason));
+                continue;
+            }
+            let slot = s.id.index;
+            let directory = &self.directory;
+            match self.notifier.restore(
+                s.with_flow(hop),
+                &|uri| directory.resolve(uri).map(|i| i as u32),
+                now,
+                unix,
+            ) {
+                Ok(_) => report.restored += 1,
+                Err(e) => report.dropped.push((slot, e.to_string())),
+            }
+        }
+        self.recovery = Some((window, now + SETTLE_LIMIT));
+        self.begin_recovery_when_settled(now);
+        self.notifier.save_changes(true);
+        report
+    }
+
+    /// Starts re-notifying restored watchers once every endpoint's health
+    /// probe has reported (or [`SETTLE_LIMIT`] has passed), so the first
+    /// NOTIFY after a restart carries the endpoint's real state, not the
+    /// "unknown yet" of a node that just started.
+    fn begin_recovery_when_settled(&mut self, now: Instant) {
+        let Some((window, deadline)) = self.recovery else {
+            return;
+        };
+        let settled = self
+            .directory
+            .endpoints()
+            .iter()
+            .zip(&self.health)
+            .all(|(e, (verdict, _))| e.health.is_none() || verdict.is_some());
+        if settled || now >= deadline {
+            self.notifier.pace_recovery(window);
+            self.recovery = None;
+        }
+    }
+
+    /// Why the policy in force now refuses a federated watcher's saved
+    /// subscription (the configuration may have changed while the node
+    /// was down), by the partner identity it was accepted under.
+    fn refused_now(&self, saved: &SavedSubscription<String>, hop: &NextHop) -> Option<String> {
+        let (NextHop::Partner(partner), SavedTarget::Presence(uri)) = (hop, &saved.target) else {
+            return None;
+        };
+        let endpoint = self.directory.resolve(uri)?;
+        let domain = domain_of(&saved.remote_uri);
+        let partners = [partner.to_string()];
+        let request = PolicyRequest {
+            remote_domain: &domain,
+            remote: Remote::Certified(&partners),
+            local: local_party(&self.directory, endpoint),
+            modality: Modality::Presence,
+        };
+        (!verdict(&self.policy, &request).allowed).then(|| {
+            format!(
+                "the policy now refuses {domain}: {}",
+                decide(&self.policy, &request)
+            )
+        })
+    }
+
+    /// Changed subscriptions not yet taken for the store.
+    pub fn changes_pending(&self) -> usize {
+        self.notifier.changes_pending()
+    }
+
+    /// Restored subscriptions still owed their first NOTIFY.
+    pub fn recovering(&self) -> usize {
+        self.notifier.recovering()
+    }
+
     /// The endpoints, for the health probes the node starts.
     pub fn directory(&self) -> &Directory {
         &self.directory
@@ -660,6 +781,7 @@ impl PresenceService {
             }
         }
         self.refresh(endpoint);
+        self.begin_recovery_when_settled(Instant::now());
     }
 
     /// Feeds a response to a request this service sent. False when it was
@@ -690,6 +812,7 @@ impl PresenceService {
     /// Runs what is due.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.notifier.handle_timeout(now);
+        self.begin_recovery_when_settled(now);
         for endpoint in self.registrar.expire(now) {
             self.refresh(endpoint);
         }
@@ -764,6 +887,7 @@ impl PresenceService {
                 .iter()
                 .any(|e| e.schedule.is_some())
                 .then_some(self.next_schedule_check),
+            self.recovery.map(|(_, deadline)| deadline),
         ]
         .into_iter()
         .flatten()

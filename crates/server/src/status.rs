@@ -55,6 +55,31 @@ pub struct Status {
     pub partners: Vec<PartnerTraffic>,
     /// The endpoints.
     pub endpoints: Vec<EndpointView>,
+    /// Write-behind to the store; None when state is kept in memory only.
+    pub store: Option<StoreStatus>,
+}
+
+/// How write-behind to the store is keeping up.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct StoreStatus {
+    /// Batches committed since start.
+    pub flushes: u64,
+    /// Records saved or deleted since start.
+    pub records_written: u64,
+    /// Batches that failed to commit since start.
+    pub failures: u64,
+    /// Time spent committing since start, in seconds.
+    pub flush_seconds_total: f64,
+    /// The longest commit since start, in seconds.
+    pub flush_seconds_max: f64,
+    /// Changed subscriptions not yet handed to the writer.
+    pub pending_changes: usize,
+    /// Batches waiting for the writer.
+    pub queued_batches: usize,
+    /// Subscriptions brought back at start.
+    pub restored: usize,
+    /// Restored subscriptions still owed their first NOTIFY.
+    pub recovering: usize,
 }
 
 /// Traffic with one partner, named as its certificate proves it.

@@ -27,6 +27,15 @@ pub struct Server {
     pub dir: PathBuf,
 }
 
+impl Server {
+    /// Ends the process with SIGKILL, as a crash would: nothing is flushed
+    /// or closed by the server itself.
+    pub fn kill_9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

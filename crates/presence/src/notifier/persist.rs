@@ -39,7 +39,7 @@ pub(super) struct Recovery {
 impl Recovery {
     /// The next restored subscription whose turn has come.
     pub(super) fn next(&mut self, now: Instant) -> Option<SubscriptionId> {
-        if self.queue.is_empty() {
+        if self.queue.is_empty() || self.rate <= 0.0 {
             return None;
         }
         let at = *self.at.get_or_insert(now);
@@ -57,10 +57,11 @@ impl Recovery {
 
     /// When the next one may go.
     pub(super) fn next_due(&self, now: Instant) -> Option<Instant> {
-        if self.queue.is_empty() {
+        if self.queue.is_empty() || self.rate <= 0.0 {
+            // Nothing waiting, or the pace not set yet.
             return None;
         }
-        if self.tokens >= 1.0 || self.rate <= 0.0 {
+        if self.tokens >= 1.0 {
             return Some(now);
         }
         Some(now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate))

@@ -1,0 +1,284 @@
+//! State that survives `kill -9`: subscriptions acknowledged before the
+//! last write-behind flush come back after a restart with their dialogs
+//! (tags, CSeq, expiry), are re-notified paced over the recovery window,
+//! keep receiving NOTIFYs (a real baresip watcher among them) and can be
+//! refreshed. A damaged store stops the start with a clear error.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::UdpSocket;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use porchlight_sip::{Framing, Limits, Message};
+
+const WATCHERS: usize = 100;
+
+/// The node's configuration: a fixed UDP port (watchers keep sending
+/// refreshes to the Contact they were given), a short recovery window, and
+/// the help desk's presence following a health URL the test controls.
+fn persistent_config(udp_port: u16, health_port: u16) -> String {
+    config(
+        &[
+            (
+                "udp = [\"127.0.0.1:0\"]",
+                &format!("udp = [\"127.0.0.1:{udp_port}\"]"),
+            ),
+            (
+                "uri = \"sip:helpdesk@porchlight.test\"",
+                "uri = \"sip:helpdesk@contoso.com\"",
+            ),
+            (
+                "min_notify_interval_ms = 5000",
+                "min_notify_interval_ms = 0",
+            ),
+            ("renotify_window_secs = 30", "renotify_window_secs = 2"),
+            (
+                "note = \"Ask me anything\"\n",
+                &format!(
+                    "note = \"Ask me anything\"\n[endpoint.health]\nurl = \"http://127.0.0.1:{health_port}/health\"\n\
+                     interval_secs = 1\ntimeout_ms = 500\nfailures = 1\n"
+                ),
+            ),
+        ],
+        "",
+    )
+}
+
+fn receive(socket: &UdpSocket) -> Option<Message> {
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = socket.recv_from(&mut buf).ok()?;
+    let m = Message::parse(
+        Bytes::copy_from_slice(&buf[..n]),
+        Framing::Datagram,
+        &Limits::default(),
+    )
+    .unwrap();
+    if m.method() == Some("NOTIFY") {
+        let ok = porchlight_sip::response_to(&m, 200, "OK", None, None).finish(b"");
+        socket.send_to(&ok, from).unwrap();
+    }
+    Some(m)
+}
+
+/// One NOTIFY per watcher (by Call-ID) that satisfies `want`, with when it came.
+fn notifies_until_all(
+    socket: &UdpSocket,
+    within: Duration,
+    want: impl Fn(&Message) -> bool,
+) -> HashMap<String, (Message, Instant)> {
+    let deadline = Instant::now() + within;
+    let mut seen = HashMap::new();
+    while seen.len() < WATCHERS && Instant::now() < deadline {
+        let Some(m) = receive(socket) else { continue };
+        if m.method() == Some("NOTIFY") && want(&m) {
+            let call_id = m.call_id().unwrap().to_owned();
+            seen.entry(call_id).or_insert((m, Instant::now()));
+        }
+    }
+    seen
+}
+
+fn body(m: &Message) -> &str {
+    std::str::from_utf8(m.body()).unwrap()
+}
+
+fn subscribe(w: std::net::SocketAddr, i: usize, cseq: u32, to_tag: Option<&str>) -> String {
+    let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+    format!(
+        "SUBSCRIBE sip:helpdesk@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {w};branch=z9hG4bKp{i}c{cseq};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:watcher{i}@fabrikam.com>;tag=w{i}\r\nTo: <sip:helpdesk@contoso.com>{to_tag}\r\n\
+         Call-ID: persist-{i}\r\nCSeq: {cseq} SUBSCRIBE\r\nContact: <sip:watcher{i}@{w}>\r\nEvent: presence\r\n\
+         Expires: 3600\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+fn status(server: &Server) -> serde_json::Value {
+    let token = std::fs::read_to_string(server.dir.join("porchlight-admin.token")).unwrap();
+    let response = ureq::get(&format!("http://{}/api/v1/status", server.admin.unwrap()))
+        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .call()
+        .unwrap();
+    serde_json::from_str(&response.into_string().unwrap()).unwrap()
+}
+
+#[test]
+fn subscriptions_survive_kill_9_and_keep_receiving_notifies() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let health_port = health_server(healthy.clone());
+    let udp_port = free_udp_port();
+    let mut server = start("persist", &persistent_config(udp_port, health_port));
+    let config_path = server.dir.join("porchlight.toml");
+
+    // A hundred watchers on one socket, each its own dialog.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let w = socket.local_addr().unwrap();
+    for i in 0..WATCHERS {
+        socket
+            .send_to(subscribe(w, i, 1, None).as_bytes(), server.udp)
+            .unwrap();
+    }
+    let mut tags = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut first = HashMap::new();
+    // Until every watcher has seen the first health probe's Online.
+    let online =
+        |first: &HashMap<String, (u32, bool)>| first.values().filter(|(_, open)| *open).count();
+    while (tags.len() < WATCHERS || online(&first) < WATCHERS) && Instant::now() < deadline {
+        let Some(m) = receive(&socket) else { continue };
+        let call_id = m.call_id().unwrap().to_owned();
+        if m.status() == Some(200) {
+            tags.insert(call_id, m.to().unwrap().tag().unwrap().to_owned());
+        } else if m.method() == Some("NOTIFY") {
+            let open = body(&m).contains("<basic>open</basic>");
+            first.insert(call_id, (m.cseq().unwrap().seq, open));
+        }
+    }
+    assert_eq!(tags.len(), WATCHERS, "every subscription accepted");
+    assert_eq!(online(&first), WATCHERS, "every watcher sees Online");
+    let first: HashMap<String, u32> = first.into_iter().map(|(k, (cseq, _))| (k, cseq)).collect();
+
+    // A real client watching too: baresip's presence module.
+    let peers = temp_dir("persist-peers");
+    let watcher = Baresip::start(
+        &peers.join("watcher"),
+        free_udp_port(),
+        &["account", "contact", "presence"],
+        "<sip:alice@127.0.0.1>;regint=0",
+        &format!("\"Help Desk\" <sip:helpdesk@127.0.0.1:{udp_port}>;presence=p2p"),
+    );
+    watcher.expect_status("Help Desk", "Online", Duration::from_secs(10));
+
+    // Well past one flush interval (100 ms), then kill -9.
+    std::thread::sleep(Duration::from_millis(500));
+    server.kill_9();
+    let restarted_at = Instant::now();
+    let server = start_with_file(&config_path, server.dir.clone());
+    let status = status(&server);
+    assert_eq!(
+        status["store"]["restored"],
+        WATCHERS + 1,
+        "all subscriptions back: {status}"
+    );
+    assert_eq!(status["subscriptions_active"], WATCHERS + 1);
+
+    // Each dialog is re-notified once, its CSeq carrying on, spread over
+    // the two-second window rather than in one burst.
+    let renotified = notifies_until_all(&socket, Duration::from_secs(10), |_| true);
+    assert_eq!(renotified.len(), WATCHERS, "every watcher re-notified");
+    for (call_id, (m, _)) in &renotified {
+        assert_eq!(m.cseq().unwrap().seq, first[call_id] + 1);
+        assert!(
+            body(m).contains("<basic>open</basic>"),
+            "the endpoint's real state once its probe reported, not a start-up Offline"
+        );
+        assert_eq!(m.from().unwrap().tag(), Some(tags[call_id].as_str()));
+        let state = std::str::from_utf8(m.values_named("Subscription-State").next().unwrap())
+            .unwrap()
+            .to_owned();
+        let left: u64 = state.trim_start_matches("active;expires=").parse().unwrap();
+        assert!(
+            (3500..3600).contains(&left),
+            "the expiry carries on: {state}"
+        );
+    }
+    let times: Vec<Instant> = renotified.values().map(|(_, at)| *at).collect();
+    let spread = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+    assert!(
+        spread >= Duration::from_millis(1200),
+        "re-notifies paced over the window, not a storm: all within {spread:?}"
+    );
+    assert!(restarted_at.elapsed() < Duration::from_secs(15));
+
+    // Presence changes reach every restored dialog, baresip's included.
+    healthy.store(false, Ordering::SeqCst);
+    let offline = notifies_until_all(&socket, Duration::from_secs(10), |m| {
+        body(m).contains("<basic>closed</basic>")
+    });
+    assert_eq!(offline.len(), WATCHERS, "every watcher hears the change");
+    for (call_id, (m, _)) in &offline {
+        assert_eq!(m.cseq().unwrap().seq, first[call_id] + 2);
+    }
+    watcher.expect_status("Help Desk", "Offline", Duration::from_secs(10));
+
+    // A watcher refreshes with the To tag it was given before the crash.
+    socket
+        .send_to(
+            subscribe(w, 7, 2, Some(&tags["persist-7"])).as_bytes(),
+            server.udp,
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        assert!(Instant::now() < deadline, "no answer to the refresh");
+        let Some(m) = receive(&socket) else { continue };
+        if m.status().is_some() && m.call_id().unwrap() == "persist-7" {
+            break m;
+        }
+    };
+    assert_eq!(
+        answer.status(),
+        Some(200),
+        "the dialog is known after the restart"
+    );
+}
+
+#[test]
+fn a_damaged_store_stops_the_start_with_a_clear_error() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let health_port = health_server(healthy);
+    let server = start(
+        "persist-damaged",
+        &persistent_config(free_udp_port(), health_port),
+    );
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let w = socket.local_addr().unwrap();
+    socket
+        .send_to(subscribe(w, 1, 1, None).as_bytes(), server.udp)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = server.dir.clone();
+    drop(server);
+
+    // Overwrite every file of the store with garbage of the same length.
+    let store = dir.join("porchlight-data");
+    let mut damaged = 0;
+    let mut stack = vec![store.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().unwrap() != "lock" {
+                let len = std::fs::metadata(&path).unwrap().len() as usize;
+                std::fs::write(&path, vec![0xA5u8; len.max(16)]).unwrap();
+                damaged += 1;
+            }
+        }
+    }
+    assert!(damaged > 0, "the store has files");
+    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(["serve", "--config"])
+        .arg(dir.join("porchlight.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it must not start");
+    assert!(
+        stderr.contains(&store.display().to_string()) && stderr.contains("store"),
+        "the error names the store: {stderr}"
+    );
+    assert!(
+        stderr.contains("move it aside") || stderr.contains("Move the directory aside"),
+        "the error says what to do: {stderr}"
+    );
+    assert!(store.exists(), "nothing is deleted");
+}
