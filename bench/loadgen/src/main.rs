@@ -51,6 +51,18 @@ struct Args {
     /// Give up waiting after this many seconds in any phase.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// What follows the build-up: `publish` (one change, time to the last
+    /// NOTIFY) or `restart` (print "ready for restart", then wait while
+    /// the server is killed and restarted, and report how the watchers'
+    /// re-notifies arrive).
+    #[arg(long, default_value = "publish")]
+    then: Then,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Then {
+    Publish,
+    Restart,
 }
 
 /// Per-watcher progress: bit 0 = 2xx to SUBSCRIBE, then NOTIFY count in the upper bits.
@@ -61,6 +73,7 @@ struct Shared {
     later_notifies: AtomicU32,
     failures: AtomicU32,
     publish_sent_ns: AtomicU64,
+    first_later_ns: AtomicU64,
     last_notify_ns: AtomicU64,
     epoch: Instant,
 }
@@ -129,6 +142,7 @@ fn receive_loop(socket: UdpSocket, shared: Arc<Shared>) {
                 }
                 1 => {
                     let now = shared.epoch.elapsed().as_nanos() as u64;
+                    shared.first_later_ns.fetch_min(now, Ordering::Relaxed);
                     shared.last_notify_ns.fetch_max(now, Ordering::Relaxed);
                     shared.later_notifies.fetch_add(1, Ordering::Relaxed);
                 }
@@ -253,6 +267,7 @@ fn main() -> anyhow::Result<()> {
         later_notifies: AtomicU32::new(0),
         failures: AtomicU32::new(0),
         publish_sent_ns: AtomicU64::new(0),
+        first_later_ns: AtomicU64::new(u64::MAX),
         last_notify_ns: AtomicU64::new(0),
         epoch: Instant::now(),
     });
@@ -335,6 +350,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    if let Then::Restart = args.then {
+        return await_renotifies(&args, &shared, subscribed);
+    }
+
     // One change, every watcher notified.
     let publisher = bind(1 << 20)?;
     let sent_at = publish(&args, &publisher)?;
@@ -353,6 +372,29 @@ fn main() -> anyhow::Result<()> {
     println!(
         "fan-out: {got} of {subscribed} watchers notified; last NOTIFY {:.3} s after the PUBLISH",
         spread.as_secs_f64()
+    );
+    result
+}
+
+/// Waits, while the server is killed and restarted, for every watcher's
+/// next NOTIFY (the restored subscription's re-notify), and reports how
+/// many came and how fast.
+fn await_renotifies(args: &Args, shared: &Shared, subscribed: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    println!("ready for restart");
+    std::io::stdout().flush()?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let result = wait_for("the re-notifies after the restart", deadline, || {
+        shared.later_notifies.load(Ordering::Relaxed) >= subscribed
+    });
+    let got = shared.later_notifies.load(Ordering::Relaxed);
+    let first = shared.first_later_ns.load(Ordering::Relaxed);
+    let last = shared.last_notify_ns.load(Ordering::Relaxed);
+    let span = Duration::from_nanos(last.saturating_sub(first)).as_secs_f64();
+    println!(
+        "re-notified {got} of {subscribed} watchers over {span:.2} s ({:.0}/s); lost {}",
+        f64::from(got) / span.max(1e-9),
+        subscribed - got.min(subscribed)
     );
     result
 }
