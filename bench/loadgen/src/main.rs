@@ -65,7 +65,9 @@ enum Then {
     Restart,
 }
 
-/// Per-watcher progress: bit 0 = 2xx to SUBSCRIBE, then NOTIFY count in the upper bits.
+/// Per-watcher progress: bit 0 = 2xx to SUBSCRIBE, then in the upper bits
+/// the highest NOTIFY CSeq seen (capped at 127), so a retransmitted NOTIFY
+/// is not mistaken for the next one.
 struct Shared {
     state: Vec<AtomicU8>,
     subscribed: AtomicU32,
@@ -135,12 +137,17 @@ fn receive_loop(socket: UdpSocket, shared: Arc<Shared>) {
             if message.method() != Some("NOTIFY") {
                 continue;
             }
-            let before = state.fetch_add(2, Ordering::SeqCst) >> 1;
-            match before {
-                0 => {
+            let cseq = message.cseq().map_or(0, |c| c.seq.min(127)) as u8;
+            let Ok(previous) = state.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                (cseq > s >> 1).then_some((s & 1) | (cseq << 1))
+            }) else {
+                continue; // a retransmission, or older than one seen
+            };
+            match (previous >> 1, cseq) {
+                (0, _) => {
                     shared.first_notifies.fetch_add(1, Ordering::Relaxed);
                 }
-                1 => {
+                (1, 2..) => {
                     let now = shared.epoch.elapsed().as_nanos() as u64;
                     shared.first_later_ns.fetch_min(now, Ordering::Relaxed);
                     shared.last_notify_ns.fetch_max(now, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 //! Every answer comes from the node's own snapshot ([`NodeHandle`]), so
 //! the admin surface never touches SIP state directly.
 
+mod console;
 mod metrics;
 mod token;
 
@@ -14,9 +15,10 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use porchlight_policy::Modality;
+use porchlight_presence::{Availability, PresenceState};
 use porchlight_server::status::{DecisionRecord, EndpointDetail, EndpointView, Status};
 use porchlight_server::NodeHandle;
 use serde::{Deserialize, Serialize};
@@ -37,16 +39,23 @@ pub fn router(node: NodeHandle, token: &str) -> Router {
         node,
         token: token.into(),
     };
-    Router::new()
+    let api = Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/endpoints", get(endpoints))
         .route("/api/v1/endpoints/{uri}", get(endpoint))
+        .route(
+            "/api/v1/endpoints/{uri}/presence",
+            put(set_presence).delete(clear_presence),
+        )
         .route("/api/v1/decisions", get(decisions))
         .route("/api/v1/explain", get(explain))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(admin.clone(), authorize))
-        .with_state(admin)
+        .with_state(admin);
+    // The console's files carry no data: the page asks the API, with the
+    // token, for everything it shows.
+    console::routes().merge(api)
 }
 
 /// Serves `router` on `listener` until the task is dropped.
@@ -119,6 +128,65 @@ async fn endpoint(State(admin): State<Admin>, Path(uri): Path<String>) -> Respon
 async fn decisions(State(admin): State<Admin>) -> Response {
     match admin.node.refusals().await {
         Ok(list) => Json(list).into_response(),
+        Err(_) => stopped(),
+    }
+}
+
+/// Presence an admin sets for an endpoint.
+#[derive(Deserialize, utoipa::ToSchema)]
+struct PresenceSetting {
+    /// `online`, `busy`, `dnd`, `brb`, `away`, `offline`, or a number on the Microsoft scale.
+    availability: String,
+    /// Free text shown under the name.
+    #[serde(default)]
+    note: Option<String>,
+}
+
+#[utoipa::path(put, path = "/api/v1/endpoints/{uri}/presence", tag = "endpoints",
+    params(("uri" = String, Path, description = "The endpoint's SIP URI")),
+    request_body = PresenceSetting,
+    responses(
+        (status = 200, description = "Set; it wins over every source until cleared, and watchers are notified", body = EndpointView),
+        (status = 400, description = "Unknown availability"),
+        (status = 404, description = "Not an endpoint of this node")),
+    security(("token" = [])))]
+async fn set_presence(
+    State(admin): State<Admin>,
+    Path(uri): Path<String>,
+    Json(setting): Json<PresenceSetting>,
+) -> Response {
+    let Some(availability) = Availability::from_name(&setting.availability) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "availability {:?}: use online, busy, dnd, brb, away, offline, or a number\n",
+                setting.availability
+            ),
+        )
+            .into_response();
+    };
+    let mut state = PresenceState::new(availability);
+    state.note = setting.note.filter(|n| !n.trim().is_empty());
+    presence_answer(&uri, admin.node.set_presence(&uri, Some(state)).await)
+}
+
+#[utoipa::path(delete, path = "/api/v1/endpoints/{uri}/presence", tag = "endpoints",
+    params(("uri" = String, Path, description = "The endpoint's SIP URI")),
+    responses(
+        (status = 200, description = "Cleared: the endpoint's own sources decide again", body = EndpointView),
+        (status = 404, description = "Not an endpoint of this node")),
+    security(("token" = [])))]
+async fn clear_presence(State(admin): State<Admin>, Path(uri): Path<String>) -> Response {
+    presence_answer(&uri, admin.node.set_presence(&uri, None).await)
+}
+
+fn presence_answer(
+    uri: &str,
+    result: Result<Option<EndpointView>, porchlight_server::status::Stopped>,
+) -> Response {
+    match result {
+        Ok(Some(view)) => Json(view).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, format!("{uri} is not an endpoint\n")).into_response(),
         Err(_) => stopped(),
     }
 }
@@ -210,7 +278,7 @@ async fn metrics(State(admin): State<Admin>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Porchlight admin API", description = "The running node: status, endpoints, policy decisions, metrics."),
-    paths(status, endpoints, endpoint, decisions, explain, metrics),
+    paths(status, endpoints, endpoint, set_presence, clear_presence, decisions, explain, metrics),
     modifiers(&BearerToken)
 )]
 struct ApiDoc;

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use crate::AdminTarget;
 
-/// GETs `path` from the node's admin API.
-pub fn get(target: &AdminTarget, path: &str) -> anyhow::Result<Value> {
+/// The node's admin API base URL and its token.
+pub fn locate(target: &AdminTarget) -> anyhow::Result<(String, String)> {
     let config = match &target.config {
         Some(path) => Config::load(path)?,
         None => Config::embedded(),
@@ -31,9 +31,15 @@ pub fn get(target: &AdminTarget, path: &str) -> anyhow::Result<Value> {
         .unwrap_or_else(|| config.resolve(&config.admin.token_file));
     let token = std::fs::read_to_string(&token_file)
         .with_context(|| format!("reading the admin token from {}", token_file.display()))?;
+    Ok((base, token.trim().to_owned()))
+}
+
+/// GETs `path` from the node's admin API.
+pub fn get(target: &AdminTarget, path: &str) -> anyhow::Result<Value> {
+    let (base, token) = locate(target)?;
     let url = format!("{base}{path}");
     let response = ureq::get(&url)
-        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .set("Authorization", &format!("Bearer {token}"))
         .timeout(std::time::Duration::from_secs(10))
         .call();
     match response {

@@ -60,6 +60,11 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Print the web console's address, with the token it opens with.
+    Console {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// The running node's endpoints (admin API).
     Endpoint {
         #[command(subcommand)]
@@ -292,6 +297,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { target } => {
             let status = admin::get(&target, "/api/v1/status")?;
             print!("{}", admin::status_text(&status));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Console { target } => {
+            let (base, token) = admin::locate(&target)?;
+            println!("{base}/#token={token}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Endpoint {

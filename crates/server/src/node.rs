@@ -403,7 +403,7 @@ impl EventLoop {
     }
 
     /// Answers the admin surface from the state the loop owns.
-    fn answer_query(&self, query: Query) {
+    fn answer_query(&mut self, query: Query) {
         match query {
             Query::Status(reply) => {
                 let (stats, in_flight) = self.presence.notifier_stats();
@@ -437,6 +437,9 @@ impl EventLoop {
             }
             Query::Refusals(reply) => {
                 let _ = reply.send(self.presence.refusals());
+            }
+            Query::SetPresence(uri, state, reply) => {
+                let _ = reply.send(self.presence.set_override(&uri, state));
             }
         }
     }

@@ -167,6 +167,8 @@ pub struct PresenceService {
     registrar: Registrar<FlowInfo<NextHop>>,
     publications: Publications,
     health: Vec<(Option<bool>, u32)>,
+    /// Presence an admin set through the API, per endpoint.
+    overrides: Vec<Option<porchlight_presence::PresenceState>>,
     xml: XmlLimits,
     keepalives: HashMap<String, (usize, String)>,
     keepalive_seq: u64,
@@ -241,6 +243,7 @@ impl PresenceService {
         let at = jiff::Timestamp::now();
         let mut service = PresenceService {
             health: vec![(None, 0); directory.endpoints().len()],
+            overrides: vec![None; directory.endpoints().len()],
             directory,
             policy: config.policy.clone(),
             admission: Mutex::default(),
@@ -274,7 +277,10 @@ impl PresenceService {
                 .as_ref()
                 .map(|_| self.registrar.is_registered(endpoint)),
             healthy: self.health[endpoint].0,
-            published: self.publications.effective(endpoint as u32, Instant::now()),
+            // An admin's setting wins over the app's own publications.
+            published: self.overrides[endpoint]
+                .clone()
+                .or_else(|| self.publications.effective(endpoint as u32, Instant::now())),
         };
         e.effective_state(&sources, at)
     }
@@ -423,7 +429,31 @@ impl PresenceService {
                 .as_ref()
                 .map(|_| self.registrar.is_registered(endpoint)),
             healthy: self.health[endpoint].0,
+            set_by_admin: self.overrides[endpoint].is_some(),
         }
+    }
+
+    /// Sets (or, with None, clears) an admin's presence for an endpoint:
+    /// it wins over every source until cleared. None when the URI is not
+    /// an endpoint.
+    pub fn set_override(
+        &mut self,
+        uri: &str,
+        state: Option<porchlight_presence::PresenceState>,
+    ) -> Option<EndpointView> {
+        let endpoint = self.directory.resolve(uri)?;
+        if let Some(state) = &state {
+            tracing::info!(
+                endpoint = uri,
+                availability = state.availability.0,
+                "presence set by the admin"
+            );
+        } else {
+            tracing::info!(endpoint = uri, "the admin's presence cleared");
+        }
+        self.overrides[endpoint] = state;
+        self.refresh(endpoint);
+        Some(self.endpoint_view(endpoint))
     }
 
     /// Every endpoint with its live presence.

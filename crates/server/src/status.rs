@@ -114,6 +114,8 @@ pub struct EndpointView {
     pub registered: Option<bool>,
     /// Its health probe's verdict, when it has one.
     pub healthy: Option<bool>,
+    /// Whether an admin's setting decides its presence now.
+    pub set_by_admin: bool,
 }
 
 /// One endpoint in full: its presence and who watches it.
@@ -134,6 +136,11 @@ pub(crate) enum Query {
     Status(oneshot::Sender<Status>),
     Endpoint(String, oneshot::Sender<Option<EndpointDetail>>),
     Refusals(oneshot::Sender<Vec<DecisionRecord>>),
+    SetPresence(
+        String,
+        Option<porchlight_presence::PresenceState>,
+        oneshot::Sender<Option<EndpointView>>,
+    ),
 }
 
 /// Asks the running node about itself. Cloning shares it.
@@ -169,6 +176,17 @@ impl NodeHandle {
     /// The most recent refusals, newest first, with their reasons.
     pub async fn refusals(&self) -> Result<Vec<DecisionRecord>, Stopped> {
         self.ask(Query::Refusals).await
+    }
+
+    /// Sets an endpoint's presence as the admin says (None clears it);
+    /// watchers are notified. None when the URI is not an endpoint.
+    pub async fn set_presence(
+        &self,
+        uri: &str,
+        state: Option<porchlight_presence::PresenceState>,
+    ) -> Result<Option<EndpointView>, Stopped> {
+        let uri = uri.to_owned();
+        self.ask(|tx| Query::SetPresence(uri, state, tx)).await
     }
 
     /// The configuration the node runs with, for offline-style questions

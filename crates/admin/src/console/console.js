@@ -1,0 +1,180 @@
+// The Porchlight console: polls the admin API every two seconds and shows
+// endpoints with live presence, partners with their traffic, and policy
+// decisions; one form sets an endpoint's presence. The token stays in this
+// tab's session storage and travels only in the Authorization header.
+"use strict";
+
+const REFRESH_MS = 2000;
+const LABELS = {
+  "online": "Online", "online-idle": "Online (idle)", "busy": "Busy", "busy-idle": "Busy (idle)",
+  "do-not-disturb": "Do not disturb", "be-right-back": "Be right back", "away": "Away",
+  "offline": "Offline", "unknown": "Unknown",
+};
+
+let token = null;
+let timer = null;
+
+function $(selector) { return document.querySelector(selector); }
+
+function element(tag, attributes, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes || {})) {
+    if (key === "class") node.className = value; else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(child ?? ""));
+  }
+  return node;
+}
+
+async function api(method, path, body) {
+  const response = await fetch(path, {
+    method,
+    headers: Object.assign({ "Authorization": "Bearer " + token },
+      body ? { "Content-Type": "application/json" } : {}),
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  if (response.status === 401) {
+    sessionStorage.removeItem("porchlight-token");
+    showLogin("That token was refused.");
+    throw new Error("unauthorized");
+  }
+  const text = await response.text();
+  if (!response.ok) throw new Error(text.trim() || response.statusText);
+  return text ? JSON.parse(text) : null;
+}
+
+function showLogin(message) {
+  clearInterval(timer);
+  $("#main").hidden = true;
+  $("#login").hidden = false;
+  $("#connection").textContent = message || "";
+}
+
+function duration(seconds) {
+  const d = Math.floor(seconds / 86400), h = Math.floor(seconds / 3600) % 24, m = Math.floor(seconds / 60) % 60;
+  return (d ? d + "d " : "") + (d || h ? h + "h " : "") + m + "m";
+}
+
+function renderCounters(status) {
+  const store = status.store;
+  const items = [
+    ["Subscriptions", status.subscriptions_active],
+    ["New", status.subscriptions_created],
+    ["Refreshed", status.subscriptions_refreshed],
+    ["Expired", status.subscriptions_expired],
+    ["NOTIFYs sent", status.notifies_sent],
+    ["NOTIFYs failed", status.notifies_failed],
+    ["Connections", status.connections],
+    ["Transactions", status.server_transactions + status.client_transactions],
+    ["Proxied now", status.proxied_in_progress],
+    ["Waiting for DNS", status.parked],
+    ["Store", store ? store.records_written + " written" : "memory only"],
+    ["Uptime", duration(status.uptime_secs)],
+  ];
+  $("#counters").replaceChildren(...items.map(([name, value]) =>
+    element("div", {}, element("dt", {}, name), element("dd", {}, String(value)))));
+}
+
+function sources(e) {
+  const parts = [];
+  if (e.set_by_admin) parts.push("set by admin");
+  if (e.registered !== null) parts.push(e.registered ? "registered" : "not registered");
+  if (e.healthy !== null) parts.push(e.healthy ? "healthy" : "unhealthy");
+  return parts.join(", ") || "static";
+}
+
+function renderEndpoints(endpoints) {
+  $("#endpoints tbody").replaceChildren(...endpoints.map((e) => element("tr", { "data-endpoint": e.uri },
+    element("td", {}, e.uri),
+    element("td", {}, e.display_name),
+    element("td", {}, element("span", { class: "availability band-" + e.availability, title: String(e.availability_value) },
+      LABELS[e.availability] || e.availability)),
+    element("td", {}, e.note || ""),
+    element("td", { class: "number watchers" }, String(e.watchers)),
+    element("td", { class: "muted" }, sources(e)))));
+  const select = $("#presence-form select[name=endpoint]");
+  const chosen = select.value;
+  const uris = endpoints.map((e) => e.uri);
+  if (select.options.length !== uris.length || uris.some((u, i) => select.options[i].value !== u)) {
+    select.replaceChildren(...uris.map((u) => element("option", { value: u }, u)));
+    if (uris.includes(chosen)) select.value = chosen;
+  }
+}
+
+function renderPartners(partners) {
+  const rows = partners.length ? partners.map((p) => element("tr", {},
+    element("td", {}, p.partner),
+    element("td", { class: "number" }, String(p.requests_in)),
+    element("td", { class: "number" }, String(p.requests_out))))
+    : [element("tr", {}, element("td", { colspan: "3", class: "muted" }, "No federated traffic yet."))];
+  $("#partners tbody").replaceChildren(...rows);
+}
+
+function renderDecisions(counts, refusals) {
+  const rows = counts.filter((d) => d.count > 0).map((d) => element("tr", {},
+    element("td", {}, d.way), element("td", {}, d.kind),
+    element("td", {}, d.allowed ? "allowed" : "refused"),
+    element("td", { class: "number" }, String(d.count))));
+  $("#decision-counts tbody").replaceChildren(...(rows.length ? rows
+    : [element("tr", {}, element("td", { colspan: "4", class: "muted" }, "No decisions yet."))]));
+  $("#refusals").replaceChildren(...refusals.slice(0, 20).map((r) => element("li", {},
+    element("strong", {}, r.kind + " " + r.from + " \u2192 " + r.to),
+    " ", element("span", { class: "muted" }, new Date(r.at * 1000).toLocaleString()),
+    element("pre", {}, r.steps.join("\n")))));
+}
+
+async function refresh() {
+  try {
+    const [status, refusals] = await Promise.all([api("GET", "/api/v1/status"), api("GET", "/api/v1/decisions")]);
+    $("#node").textContent = status.domains.join(", ") + " \u00b7 Porchlight " + status.version;
+    renderCounters(status);
+    renderEndpoints(status.endpoints);
+    renderPartners(status.partners);
+    renderDecisions(status.decisions, refusals);
+    $("#connection").textContent = "updated " + new Date().toLocaleTimeString();
+  } catch (error) {
+    if (error.message !== "unauthorized") $("#connection").textContent = "cannot reach the node: " + error.message;
+  }
+}
+
+function start(newToken) {
+  token = newToken;
+  sessionStorage.setItem("porchlight-token", token);
+  $("#login").hidden = true;
+  $("#main").hidden = false;
+  refresh();
+  clearInterval(timer);
+  timer = setInterval(refresh, REFRESH_MS);
+}
+
+async function setPresence(clear) {
+  const form = $("#presence-form");
+  const uri = form.endpoint.value;
+  const path = "/api/v1/endpoints/" + encodeURIComponent(uri) + "/presence";
+  try {
+    const view = clear ? await api("DELETE", path)
+      : await api("PUT", path, { availability: form.availability.value, note: form.note.value });
+    $("#presence-result").textContent = uri + " is now " + (LABELS[view.availability] || view.availability);
+    refresh();
+  } catch (error) {
+    $("#presence-result").textContent = error.message;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    start($("#token").value.trim());
+  });
+  $("#presence-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    setPresence(false);
+  });
+  $("#presence-form button[name=clear]").addEventListener("click", () => setPresence(true));
+  // A token in the address (#token=...) is taken once and removed from it.
+  const fromAddress = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromAddress) history.replaceState(null, "", location.pathname);
+  const saved = fromAddress || sessionStorage.getItem("porchlight-token");
+  if (saved) start(saved); else showLogin();
+});
