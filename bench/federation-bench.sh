@@ -38,8 +38,8 @@ for mode in on off; do
     store) policy=on; store=$([ "$mode" = on ] && echo "$PWD/$out/data" || echo "");;
     *) echo "COMPARE is policy or store" >&2; exit 2;;
   esac
-  printf '%s\n%s\n' "$(echo "$base" | sed "s|^path = \"porchlight-data\"|path = \"$store\"|")" \
-    "$(cat "$out/policy-$policy.toml")" > "$out/porchlight-$mode.toml"
+  printf '%s\n%s\n\n[store]\npath = "%s"\n' "$base" "$(cat "$out/policy-$policy.toml")" "$store" \
+    > "$out/porchlight-$mode.toml"
   target/release/porchlight config check "$out/porchlight-$mode.toml" >/dev/null
 done
 
