@@ -2,7 +2,9 @@
 //! last write-behind flush come back after a restart with their dialogs
 //! (tags, CSeq, expiry), are re-notified paced over the recovery window,
 //! keep receiving NOTIFYs (a real baresip watcher among them) and can be
-//! refreshed. A damaged store stops the start with a clear error.
+//! refreshed; a registered app's binding survives too, so its endpoint is
+//! Online from the first moment. A damaged store stops the start with a
+//! clear error.
 
 mod common;
 
@@ -38,6 +40,11 @@ fn persistent_config(udp_port: u16, health_port: u16) -> String {
                 "min_notify_interval_ms = 0",
             ),
             ("renotify_window_secs = 30", "renotify_window_secs = 2"),
+            // libre 1.0 answers only MD5 challenges.
+            (
+                "digest_algorithms = [\"SHA-256\", \"MD5\"]",
+                "digest_algorithms = [\"MD5\"]",
+            ),
             (
                 "note = \"Ask me anything\"\n",
                 &format!(
@@ -46,7 +53,9 @@ fn persistent_config(udp_port: u16, health_port: u16) -> String {
                 ),
             ),
         ],
-        "",
+        // An IVR whose app registers: its registration must survive too.
+        "\n[[endpoint]]\nuri = \"sip:ivr@contoso.com\"\ndisplay_name = \"IVR\"\n\
+         [endpoint.registration]\npassword = \"s3cret\"\n",
     )
 }
 
@@ -157,6 +166,18 @@ fn subscriptions_survive_kill_9_and_keep_receiving_notifies() {
     );
     watcher.expect_status("Help Desk", "Online", Duration::from_secs(10));
 
+    // The IVR's app registers (and would not again for ten minutes).
+    let app = Baresip::start(
+        &peers.join("app"),
+        free_udp_port(),
+        &["account"],
+        &format!(
+            "<sip:ivr@contoso.com>;auth_pass=s3cret;outbound=\"sip:127.0.0.1:{udp_port}\";regint=600"
+        ),
+        "",
+    );
+    app.expect("200 OK", Duration::from_secs(10));
+
     // Well past one flush interval (100 ms), then kill -9.
     std::thread::sleep(Duration::from_millis(500));
     server.kill_9();
@@ -169,6 +190,17 @@ fn subscriptions_survive_kill_9_and_keep_receiving_notifies() {
         "all subscriptions back: {status}"
     );
     assert_eq!(status["subscriptions_active"], WATCHERS + 1);
+    let ivr = status["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["uri"] == "sip:ivr@contoso.com")
+        .unwrap();
+    assert_eq!(
+        ivr["registered"], true,
+        "the app's registration is back: {ivr}"
+    );
+    assert_eq!(ivr["availability"], "online");
 
     // Each dialog is re-notified once, its CSeq carrying on, spread over
     // the two-second window rather than in one burst.

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use porchlight_presence::{aor, Availability, Capabilities, Identity, PresenceState};
 use serde::Deserialize;
 
-pub use registrar::{Binding, Credentials, Registrar, RegistrarConfig};
+pub use registrar::{Binding, Credentials, Registrar, RegistrarConfig, SavedBinding};
 pub use schedule::{Schedule, ScheduleConfig, ScheduleError};
 
 /// An endpoint as written in the configuration (`[[endpoint]]`).

@@ -27,6 +27,35 @@ pub struct Binding<F> {
     pub next_keepalive: Instant,
 }
 
+/// A binding as the store keeps it: what a restarted node needs to go on
+/// counting the endpoint as registered and keep probing its contact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedBinding<F> {
+    /// The Contact URI.
+    pub contact: String,
+    /// When it lapses, in seconds since the Unix epoch.
+    pub expires_at: u64,
+    /// Call-ID of the REGISTERs that maintain it.
+    pub call_id: String,
+    /// Their last CSeq.
+    pub cseq: u32,
+    /// The path back to the contact.
+    pub flow: F,
+}
+
+impl<F> SavedBinding<F> {
+    /// The same binding with its flow in another form.
+    pub fn with_flow<G>(self, flow: G) -> SavedBinding<G> {
+        SavedBinding {
+            contact: self.contact,
+            expires_at: self.expires_at,
+            call_id: self.call_id,
+            cseq: self.cseq,
+            flow,
+        }
+    }
+}
+
 /// How an endpoint may prove it is itself.
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
@@ -298,6 +327,50 @@ impl<F: Clone> Registrar<F> {
             .find(|b| b.contact == contact)
         {
             b.misses = 0;
+        }
+    }
+
+    /// An endpoint's bindings in the form the store keeps.
+    pub fn saved(&self, endpoint: usize, now: Instant, now_unix: u64) -> Vec<SavedBinding<F>> {
+        self.bindings[endpoint]
+            .iter()
+            .filter(|b| b.expires_at > now)
+            .map(|b| SavedBinding {
+                contact: b.contact.clone(),
+                expires_at: now_unix + b.expires_at.saturating_duration_since(now).as_secs(),
+                call_id: b.call_id.clone(),
+                cseq: b.cseq,
+                flow: b.flow.clone(),
+            })
+            .collect()
+    }
+
+    /// Puts an endpoint's saved bindings back after a restart (those not
+    /// lapsed, within the binding limit); the first keepalive goes out one
+    /// interval later, as after a REGISTER.
+    pub fn restore(
+        &mut self,
+        endpoint: usize,
+        saved: Vec<SavedBinding<F>>,
+        now: Instant,
+        now_unix: u64,
+    ) {
+        let max = self.config.max_bindings;
+        let bindings = &mut self.bindings[endpoint];
+        for b in saved.into_iter().filter(|b| b.expires_at > now_unix) {
+            if bindings.len() >= max {
+                break;
+            }
+            let left = (b.expires_at - now_unix).min(self.config.max_expires.into());
+            bindings.push(Binding {
+                contact: b.contact,
+                expires_at: now + Duration::from_secs(left),
+                call_id: b.call_id,
+                cseq: b.cseq,
+                flow: b.flow,
+                misses: 0,
+                next_keepalive: now + self.config.keepalive_interval,
+            });
         }
     }
 

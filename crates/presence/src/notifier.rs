@@ -40,6 +40,19 @@ pub struct FlowInfo<F> {
     pub contact: String,
 }
 
+impl<F> FlowInfo<F> {
+    /// The same path with its handle in another form (the node's next hop
+    /// in memory, words in the store).
+    pub fn with_flow<G>(self, flow: G) -> FlowInfo<G> {
+        FlowInfo {
+            flow,
+            reliable: self.reliable,
+            via: self.via,
+            contact: self.contact,
+        }
+    }
+}
+
 /// The answer of the authorization function.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Authorization {

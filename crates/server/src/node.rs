@@ -221,6 +221,10 @@ fn restore(
     presence: &mut PresenceService,
 ) -> Result<(Option<WriteBehind>, usize), StartError> {
     let started = Instant::now();
+    let contacts = presence.restore_registrations(store.registrations()?, Instant::now());
+    if contacts > 0 {
+        tracing::info!("restored {contacts} registered contacts");
+    }
     let saved = store.subscriptions()?;
     let found = saved.len();
     let window = std::time::Duration::from_secs(config.store.renotify_window_secs);
@@ -230,8 +234,8 @@ fn restore(
     }
     if !report.dropped.is_empty() {
         store.write(&Batch {
-            saved: Vec::new(),
             deleted: report.dropped.iter().map(|(slot, _)| *slot).collect(),
+            ..Batch::default()
         })?;
     }
     if found > 0 {

@@ -100,12 +100,29 @@ impl WriteBehind {
         if self.counters.queued.load(Ordering::Relaxed) >= MAX_QUEUED_BATCHES {
             return;
         }
+        let unix = unix_now();
         presence.take_changed(&mut self.changed);
-        if self.changed.is_empty() {
+        let registrations = presence.take_registration_changes(now, unix);
+        if self.changed.is_empty() && registrations.is_empty() {
             return;
         }
-        let unix = unix_now();
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            registrations: registrations
+                .into_iter()
+                .map(|(endpoint, bindings)| {
+                    let bindings = bindings
+                        .into_iter()
+                        .map(|b| {
+                            let text = flow_to_text(&b.flow.flow);
+                            let flow = b.flow.clone().with_flow(text);
+                            b.with_flow(flow)
+                        })
+                        .collect();
+                    (endpoint, bindings)
+                })
+                .collect(),
+            ..Batch::default()
+        };
         for &slot in &self.changed {
             match presence.saved(slot, now, unix) {
                 Some(saved) => {
@@ -143,9 +160,22 @@ pub fn flow_to_text(hop: &NextHop) -> String {
     }
 }
 
-/// Reads back [`flow_to_text`]; a saved connection becomes the first hop
-/// of the dialog's route set, else its remote target.
-pub fn flow_from_text(text: &str, saved: &SavedSubscription<String>) -> Option<NextHop> {
+/// Where a saved subscription's lost connection is reached again: the
+/// first hop of the dialog's route set, else its remote target (RFC 3261
+/// §12.2.1.1).
+pub fn reconnect_to(saved: &SavedSubscription<String>) -> &str {
+    saved
+        .route_set
+        .as_deref()
+        .and_then(|r| r.split(',').next())
+        .map(|r| r.trim().trim_start_matches('<'))
+        .and_then(|r| r.split('>').next())
+        .unwrap_or(&saved.remote_target)
+}
+
+/// Reads back [`flow_to_text`]; a saved connection becomes the next hop
+/// `reconnect_to` names.
+pub fn flow_from_text(text: &str, reconnect_to: &str) -> Option<NextHop> {
     let mut words = text.split(' ');
     let kind = words.next()?;
     let protocol = |token: &str| match token {
@@ -160,13 +190,7 @@ pub fn flow_from_text(text: &str, saved: &SavedSubscription<String>) -> Option<N
             protocol: protocol(words.next()?)?,
             uri: words.next()?.into(),
         }),
-        "reconnect" => {
-            let first_route = saved.route_set.as_deref().and_then(|r| {
-                let r = r.split(',').next()?.trim();
-                Some(r.trim_start_matches('<').split('>').next()?.to_owned())
-            });
-            crate::edge::hop_of(first_route.as_deref().unwrap_or(&saved.remote_target))
-        }
+        "reconnect" => crate::edge::hop_of(reconnect_to),
         token => {
             let protocol = protocol(token)?;
             let addr: SocketAddr = words.next()?.parse().ok()?;
@@ -226,7 +250,10 @@ mod tests {
                 uri: "sip:pc7.corp.example;transport=tcp".into(),
             },
         ] {
-            assert_eq!(flow_from_text(&flow_to_text(&hop), &s), Some(hop));
+            assert_eq!(
+                flow_from_text(&flow_to_text(&hop), reconnect_to(&s)),
+                Some(hop)
+            );
         }
     }
 
@@ -235,7 +262,7 @@ mod tests {
         let connection = NextHop::Direct(Target::Connection(porchlight_transport::ConnectionId(4)));
         let text = flow_to_text(&connection);
         assert_eq!(
-            flow_from_text(&text, &saved(None)),
+            flow_from_text(&text, reconnect_to(&saved(None))),
             Some(NextHop::address(
                 Protocol::Tcp,
                 "10.0.0.9:5070".parse().unwrap()
@@ -245,9 +272,9 @@ mod tests {
         assert_eq!(
             flow_from_text(
                 &text,
-                &saved(Some(
+                reconnect_to(&saved(Some(
                     "<sip:10.0.0.1:5061;transport=tls;lr>, <sip:10.0.0.2;lr>"
-                ))
+                )))
             ),
             Some(NextHop::address(
                 Protocol::Tls,
@@ -255,6 +282,6 @@ mod tests {
             )),
             "the first hop of the route set"
         );
-        assert_eq!(flow_from_text("carrier pigeon", &saved(None)), None);
+        assert_eq!(flow_from_text("carrier pigeon", "sip:a@b"), None);
     }
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use porchlight_endpoints::digest::DigestAuth;
-use porchlight_endpoints::{Credentials, Directory, Registrar, RegistrarConfig, Sources};
+use porchlight_endpoints::{
+    Credentials, Directory, Registrar, RegistrarConfig, SavedBinding, Sources,
+};
 use porchlight_policy::{
     decide, verdict, Class, Decision, LocalParty, Modality, PolicyConfig, Remote,
     Request as PolicyRequest, Verification,
@@ -20,12 +22,14 @@ use porchlight_presence::{
     PublishBounds, PublishError, SavedSubscription, SavedTarget, XmlLimits,
 };
 use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Uri};
+use porchlight_store::SavedRegistration;
 use porchlight_transport::{Origin, Protocol, Target};
 
 use crate::admission::{Admission, DecisionCount, DecisionRecord, Way};
 use crate::config::Config;
 use crate::edge;
 use crate::outbound::NextHop;
+use crate::persistence::reconnect_to;
 use crate::status::{EndpointDetail, EndpointView, MAX_LISTED_WATCHERS};
 
 /// The path back to a watcher or an endpoint: the stream it used, or its
@@ -167,6 +171,9 @@ pub struct PresenceService {
     registrar: Registrar<FlowInfo<NextHop>>,
     publications: Publications,
     health: Vec<(Option<bool>, u32)>,
+    /// Endpoints whose registered contacts changed since the store last
+    /// took them.
+    registrations_changed: Vec<usize>,
     /// Presence an admin set through the API, per endpoint.
     overrides: Vec<Option<porchlight_presence::PresenceState>>,
     xml: XmlLimits,
@@ -244,6 +251,7 @@ impl PresenceService {
         let mut service = PresenceService {
             health: vec![(None, 0); directory.endpoints().len()],
             overrides: vec![None; directory.endpoints().len()],
+            registrations_changed: Vec::new(),
             directory,
             policy: config.policy.clone(),
             admission: Mutex::default(),
@@ -508,6 +516,58 @@ impl PresenceService {
         self.notifier.saved(slot, now, unix)
     }
 
+    /// Each endpoint whose registered contacts changed since the last
+    /// call, with its contacts now (an empty list: none left).
+    pub fn take_registration_changes(
+        &mut self,
+        now: Instant,
+        unix: u64,
+    ) -> Vec<(String, Vec<SavedBinding<FlowInfo<NextHop>>>)> {
+        let mut changed = std::mem::take(&mut self.registrations_changed);
+        changed.sort_unstable();
+        changed.dedup();
+        changed
+            .into_iter()
+            .map(|endpoint| {
+                (
+                    self.directory.endpoints()[endpoint].identity.uri.clone(),
+                    self.registrar.saved(endpoint, now, unix),
+                )
+            })
+            .collect()
+    }
+
+    /// Puts saved registered contacts back, so endpoints whose apps were
+    /// registered are online again from the first moment; contacts of
+    /// endpoints no longer configured are left out.
+    pub fn restore_registrations(
+        &mut self,
+        saved: Vec<(String, Vec<SavedRegistration>)>,
+        now: Instant,
+    ) -> usize {
+        let unix = crate::persistence::unix_now();
+        let mut restored = 0;
+        for (uri, bindings) in saved {
+            let Some(endpoint) = self.directory.resolve(&uri) else {
+                self.registrations_changed.push(usize::MAX);
+                continue;
+            };
+            let bindings: Vec<_> = bindings
+                .into_iter()
+                .filter_map(|b| {
+                    let hop = crate::persistence::flow_from_text(&b.flow.flow, &b.contact)?;
+                    let flow = b.flow.clone().with_flow(hop);
+                    Some(b.with_flow(flow))
+                })
+                .collect();
+            restored += bindings.len();
+            self.registrar.restore(endpoint, bindings, now, unix);
+            self.refresh(endpoint);
+        }
+        self.registrations_changed.retain(|&e| e != usize::MAX);
+        restored
+    }
+
     /// Puts saved subscriptions back, drops those that cannot come back
     /// (expired, endpoint gone, now refused by the policy), paces their
     /// first NOTIFYs over `window`, and starts noting changes for the store.
@@ -520,7 +580,8 @@ impl PresenceService {
         let unix = crate::persistence::unix_now();
         let mut report = RestoreReport::default();
         for s in saved {
-            let Some(hop) = crate::persistence::flow_from_text(&s.flow.flow, &s) else {
+            let Some(hop) = crate::persistence::flow_from_text(&s.flow.flow, reconnect_to(&s))
+            else {
                 report
                     .dropped
                     .push((s.id.index, "its path back is unreadable".into()));
@@ -709,6 +770,9 @@ impl PresenceService {
         if outcome.liveness_changed {
             self.refresh(endpoint);
         }
+        if outcome.answer.code == 200 {
+            self.registrations_changed.push(endpoint);
+        }
         let date = httpdate(SystemTime::now());
         outcome.answer.with("Date", date)
     }
@@ -844,10 +908,12 @@ impl PresenceService {
         self.notifier.handle_timeout(now);
         self.begin_recovery_when_settled(now);
         for endpoint in self.registrar.expire(now) {
+            self.registrations_changed.push(endpoint);
             self.refresh(endpoint);
         }
         let (due, lost) = self.registrar.due_keepalives(now);
         for endpoint in lost {
+            self.registrations_changed.push(endpoint);
             self.refresh(endpoint);
         }
         for (endpoint, contact, flow) in due {

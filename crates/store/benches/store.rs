@@ -67,7 +67,7 @@ fn write_behind(c: &mut Criterion) {
             || {
                 let batch = Batch {
                     saved: (next..next + BATCH).map(subscription).collect(),
-                    deleted: Vec::new(),
+                    ..Batch::default()
                 };
                 next += BATCH;
                 batch
@@ -90,7 +90,7 @@ fn load(c: &mut Criterion) {
             store
                 .write(&Batch {
                     saved: (start..start + 10_000).map(subscription).collect(),
-                    deleted: Vec::new(),
+                    ..Batch::default()
                 })
                 .unwrap();
         }

@@ -3,12 +3,18 @@
 //! subscriptions decode in well under a second, which is what bounds the
 //! restart time; a self-describing format would cost several times that.
 
+use porchlight_endpoints::SavedBinding;
 use porchlight_presence::{
     FlowInfo, Format, ListMember, SavedSubscription, SavedTarget, SubscriptionId,
 };
 
 /// The layout version written first in every subscription value.
 const SUBSCRIPTION_LAYOUT: u8 = 1;
+/// The layout version written first in every registration value.
+const REGISTRATION_LAYOUT: u8 = 1;
+
+/// A registered contact as saved: its flow in words, as for subscriptions.
+pub type SavedRegistration = SavedBinding<FlowInfo<String>>;
 
 /// Why a stored value could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -149,11 +155,61 @@ pub fn encode_subscription(s: &SavedSubscription<String>) -> Vec<u8> {
         }
         None => w.u8(0),
     }
-    w.str(&s.flow.flow);
-    w.u8(u8::from(s.flow.reliable));
-    w.str(&s.flow.via);
-    w.str(&s.flow.contact);
+    write_flow(&mut w, &s.flow);
     w.0
+}
+
+fn write_flow(w: &mut Writer, flow: &FlowInfo<String>) {
+    w.str(&flow.flow);
+    w.u8(u8::from(flow.reliable));
+    w.str(&flow.via);
+    w.str(&flow.contact);
+}
+
+fn read_flow(r: &mut Reader<'_>) -> Result<FlowInfo<String>, DecodeError> {
+    Ok(FlowInfo {
+        flow: r.string()?,
+        reliable: r.u8()? != 0,
+        via: r.string()?,
+        contact: r.string()?,
+    })
+}
+
+/// Writes one endpoint's registered contacts.
+pub fn encode_registrations(bindings: &[SavedRegistration]) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(128 * bindings.len() + 5));
+    w.u8(REGISTRATION_LAYOUT);
+    w.u32(bindings.len() as u32);
+    for b in bindings {
+        w.str(&b.contact);
+        w.u64(b.expires_at);
+        w.str(&b.call_id);
+        w.u32(b.cseq);
+        write_flow(&mut w, &b.flow);
+    }
+    w.0
+}
+
+/// Reads back what [`encode_registrations`] wrote.
+pub fn decode_registrations(bytes: &[u8]) -> Result<Vec<SavedRegistration>, DecodeError> {
+    let mut r = Reader { bytes, at: 0 };
+    let layout = r.u8()?;
+    if layout != REGISTRATION_LAYOUT {
+        return Err(DecodeError::Layout(layout));
+    }
+    let count = r.u32()?;
+    let mut out = Vec::new();
+    for _ in 0..count {
+        out.push(SavedBinding {
+            contact: r.string()?,
+            expires_at: r.u64()?,
+            call_id: r.string()?,
+            cseq: r.u32()?,
+            flow: read_flow(&mut r)?,
+        });
+    }
+    r.finish()?;
+    Ok(out)
 }
 
 /// Reads back what [`encode_subscription`] wrote.
@@ -216,12 +272,7 @@ pub fn decode_subscription(bytes: &[u8]) -> Result<SavedSubscription<String>, De
         0 => None,
         _ => Some(r.string()?),
     };
-    let flow = FlowInfo {
-        flow: r.string()?,
-        reliable: r.u8()? != 0,
-        via: r.string()?,
-        contact: r.string()?,
-    };
+    let flow = read_flow(&mut r)?;
     r.finish()?;
     Ok(SavedSubscription {
         id,
@@ -288,6 +339,23 @@ pub(crate) mod tests {
             decode_subscription(&encode_subscription(&plain)).unwrap(),
             plain
         );
+    }
+
+    #[test]
+    fn registrations_round_trip() {
+        let bindings = vec![SavedBinding {
+            contact: "sip:ivr@10.0.0.7:5080".into(),
+            expires_at: 1_800_000_300,
+            call_id: "reg-1".into(),
+            cseq: 12,
+            flow: sample(0).flow,
+        }];
+        let bytes = encode_registrations(&bindings);
+        assert_eq!(decode_registrations(&bytes).unwrap(), bindings);
+        assert!(matches!(
+            decode_registrations(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Truncated(_))
+        ));
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod codec;
 
 use std::path::{Path, PathBuf};
 
+pub use codec::SavedRegistration;
+
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use porchlight_presence::SavedSubscription;
 
@@ -65,20 +67,17 @@ impl NodeSecrets {
 }
 
 /// One write-behind batch: subscriptions to save (their flows put in
-/// words by the node) and slots whose subscription ended.
+/// words by the node), slots whose subscription ended, and endpoints whose
+/// registered contacts changed.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Saved or updated.
     pub saved: Vec<SavedSubscription<String>>,
     /// Slots to delete.
     pub deleted: Vec<u32>,
-}
-
-impl Batch {
-    /// Whether there is nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.saved.is_empty() && self.deleted.is_empty()
-    }
+    /// Each endpoint's registered contacts now, by URI; an empty list
+    /// deletes the entry.
+    pub registrations: Vec<(String, Vec<SavedRegistration>)>,
 }
 
 /// How far a written batch must have gone before the write returns.
@@ -141,6 +140,8 @@ pub trait Store: Send + Sync {
     fn secrets(&self) -> NodeSecrets;
     /// Every saved subscription, to restore at start.
     fn subscriptions(&self) -> Result<Vec<SavedSubscription<String>>, StoreError>;
+    /// Every endpoint's saved registered contacts, by endpoint URI.
+    fn registrations(&self) -> Result<Vec<(String, Vec<SavedRegistration>)>, StoreError>;
     /// Writes one batch, atomically.
     fn write(&self, batch: &Batch) -> Result<(), StoreError>;
 }
@@ -151,6 +152,7 @@ pub struct EmbeddedStore {
     path: PathBuf,
     db: Database,
     subscriptions: Keyspace,
+    registrations: Keyspace,
     secrets: NodeSecrets,
     durability: Durability,
 }
@@ -173,6 +175,9 @@ impl EmbeddedStore {
             .map_err(open)?;
         let subscriptions = db
             .keyspace("subscriptions", KeyspaceCreateOptions::default)
+            .map_err(open)?;
+        let registrations = db
+            .keyspace("registrations", KeyspaceCreateOptions::default)
             .map_err(open)?;
         let io = |e: fjall::Error| StoreError::Io {
             path: path.clone(),
@@ -213,6 +218,7 @@ impl EmbeddedStore {
             path,
             db,
             subscriptions,
+            registrations,
             secrets,
             durability,
         })
@@ -251,6 +257,23 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
+    fn registrations(&self) -> Result<Vec<(String, Vec<SavedRegistration>)>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.registrations.iter() {
+            let (key, value) = guard.into_inner().map_err(|e| self.io(e))?;
+            let endpoint = String::from_utf8_lossy(&key).into_owned();
+            let bindings =
+                codec::decode_registrations(&value).map_err(|e| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    what: "registration",
+                    key: endpoint.clone(),
+                    reason: e.to_string(),
+                })?;
+            out.push((endpoint, bindings));
+        }
+        Ok(out)
+    }
+
     fn write(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut write = self.db.batch().durability(Some(match self.durability {
             Durability::Process => PersistMode::Buffer,
@@ -265,6 +288,17 @@ impl Store for EmbeddedStore {
         }
         for slot in &batch.deleted {
             write.remove(&self.subscriptions, slot.to_be_bytes());
+        }
+        for (endpoint, bindings) in &batch.registrations {
+            if bindings.is_empty() {
+                write.remove(&self.registrations, endpoint.as_bytes());
+            } else {
+                write.insert(
+                    &self.registrations,
+                    endpoint.as_bytes(),
+                    codec::encode_registrations(bindings),
+                );
+            }
         }
         write.commit().map_err(|e| self.io(e))
     }
@@ -281,6 +315,16 @@ mod tests {
         d
     }
 
+    fn registration() -> SavedRegistration {
+        porchlight_endpoints::SavedBinding {
+            contact: "sip:ivr@10.0.0.7:5080".into(),
+            expires_at: 1_800_000_300,
+            call_id: "reg-1".into(),
+            cseq: 3,
+            flow: codec::tests::sample(0).flow,
+        }
+    }
+
     #[test]
     fn batches_and_secrets_survive_reopening() {
         let path = dir("reopen");
@@ -290,13 +334,23 @@ mod tests {
             secrets = store.secrets();
             let batch = Batch {
                 saved: (0..3).map(codec::tests::sample).collect(),
-                deleted: Vec::new(),
+                ..Batch::default()
             };
             store.write(&batch).unwrap();
             store
                 .write(&Batch {
                     saved: vec![codec::tests::sample(7)],
                     deleted: vec![1],
+                    registrations: vec![
+                        ("sip:ivr@contoso.com".into(), vec![registration()]),
+                        ("sip:gone@contoso.com".into(), vec![registration()]),
+                    ],
+                })
+                .unwrap();
+            store
+                .write(&Batch {
+                    registrations: vec![("sip:gone@contoso.com".into(), Vec::new())],
+                    ..Batch::default()
                 })
                 .unwrap();
         }
@@ -309,6 +363,11 @@ mod tests {
             .map(|s| s.id.index)
             .collect();
         assert_eq!(slots, [0, 2, 7]);
+        assert_eq!(
+            store.registrations().unwrap(),
+            [("sip:ivr@contoso.com".to_owned(), vec![registration()])],
+            "an empty list deletes"
+        );
         let _ = std::fs::remove_dir_all(&path);
     }
 
@@ -320,7 +379,7 @@ mod tests {
             store
                 .write(&Batch {
                     saved: vec![codec::tests::sample(4)],
-                    deleted: Vec::new(),
+                    ..Batch::default()
                 })
                 .unwrap();
             // Damage one record the way a foreign writer would.

@@ -142,12 +142,7 @@ impl<F> SavedSubscription<F> {
             local_cseq: self.local_cseq,
             remote_cseq: self.remote_cseq,
             route_set: self.route_set,
-            flow: FlowInfo {
-                flow,
-                reliable: self.flow.reliable,
-                via: self.flow.via,
-                contact: self.flow.contact,
-            },
+            flow: self.flow.with_flow(flow),
         }
     }
 }
