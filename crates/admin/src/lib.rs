@@ -19,7 +19,9 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use porchlight_policy::Modality;
 use porchlight_presence::{Availability, PresenceState};
-use porchlight_server::status::{DecisionRecord, EndpointDetail, EndpointView, Status};
+use porchlight_server::status::{
+    DecisionRecord, EndpointDetail, EndpointView, ImportError, Imported, Status,
+};
 use porchlight_server::NodeHandle;
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
@@ -47,6 +49,7 @@ pub fn router(node: NodeHandle, token: &str) -> Router {
             "/api/v1/endpoints/{uri}/presence",
             put(set_presence).delete(clear_presence),
         )
+        .route("/api/v1/config", get(export_config).put(import_config))
         .route("/api/v1/decisions", get(decisions))
         .route("/api/v1/explain", get(explain))
         .route("/api/v1/openapi.json", get(openapi))
@@ -129,6 +132,35 @@ async fn decisions(State(admin): State<Admin>) -> Response {
     match admin.node.refusals().await {
         Ok(list) => Json(list).into_response(),
         Err(_) => stopped(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/config", tag = "configuration",
+    responses((status = 200, description = "The policy and endpoints in force, as one TOML document", content_type = "application/toml")),
+    security(("token" = [])))]
+async fn export_config(State(admin): State<Admin>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/toml")],
+        admin.node.config().provisioned().to_toml(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(put, path = "/api/v1/config", tag = "configuration",
+    request_body(content = String, content_type = "application/toml",
+        description = "The whole policy and endpoints, as `GET` gives them"),
+    responses(
+        (status = 200, description = "Saved; the policy is in force, endpoint changes after the next start", body = Imported),
+        (status = 400, description = "The document fails a check: the text names the line and the fix"),
+        (status = 409, description = "The node has no store to keep it in")),
+    security(("token" = [])))]
+async fn import_config(State(admin): State<Admin>, body: String) -> Response {
+    match admin.node.import(&body).await {
+        Ok(outcome) => Json(outcome).into_response(),
+        Err(ImportError::Invalid(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Err(e @ ImportError::NoStore) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+        Err(ImportError::Stopped(_)) => stopped(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 
@@ -245,7 +277,7 @@ async fn explain(State(admin): State<Admin>, Query(q): Query<ExplainQuery>) -> R
         .map(str::to_owned)
         .collect();
     let peer = (!peer.is_empty()).then_some(peer.as_slice());
-    match porchlight_server::explain(admin.node.config(), &q.from, &q.to, modality, peer) {
+    match porchlight_server::explain(&admin.node.config(), &q.from, &q.to, modality, peer) {
         Some(decision) => Json(Explanation {
             allowed: decision.allowed,
             class: decision.class.map(|c| format!("{c:?}")),
@@ -278,7 +310,7 @@ async fn metrics(State(admin): State<Admin>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Porchlight admin API", description = "The running node: status, endpoints, policy decisions, metrics."),
-    paths(status, endpoints, endpoint, set_presence, clear_presence, decisions, explain, metrics),
+    paths(status, endpoints, endpoint, set_presence, clear_presence, export_config, import_config, decisions, explain, metrics),
     modifiers(&BearerToken)
 )]
 struct ApiDoc;

@@ -9,12 +9,17 @@ use serde_json::Value;
 
 use crate::AdminTarget;
 
-/// The node's admin API base URL and its token.
-pub fn locate(target: &AdminTarget) -> anyhow::Result<(String, String)> {
-    let config = match &target.config {
+/// The node's configuration file named by `--config`, else the embedded defaults.
+pub fn config_of(target: &AdminTarget) -> anyhow::Result<Config> {
+    Ok(match &target.config {
         Some(path) => Config::load(path)?,
         None => Config::embedded(),
-    };
+    })
+}
+
+/// The node's admin API base URL and its token.
+pub fn locate(target: &AdminTarget) -> anyhow::Result<(String, String)> {
+    let config = config_of(target)?;
     let base = match &target.admin {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod check;
+mod provision;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,12 @@ enum Command {
     Status {
         #[command(flatten)]
         target: AdminTarget,
+    },
+    /// Allowed and blocked partner domains, on the running node or offline
+    /// in its store.
+    Federation {
+        #[command(subcommand)]
+        command: FederationCommand,
     },
     /// Print the web console's address, with the token it opens with.
     Console {
@@ -140,6 +147,57 @@ enum ConfigCommand {
     Check {
         /// The file.
         file: PathBuf,
+    },
+    /// Print the policy and endpoints as one TOML document (from the
+    /// running node, else from its store).
+    Export {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Replace the policy and endpoints with a TOML document (as `export`
+    /// writes it): checked first, then in force on the running node, else
+    /// saved in its store. Importing the same document again changes nothing.
+    Import {
+        /// The document.
+        file: PathBuf,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum FederationCommand {
+    /// The allowed and blocked domains.
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Allow a partner domain.
+    Allow {
+        /// The partner's SIP domain.
+        domain: String,
+        /// Its edge, instead of finding it in DNS.
+        #[arg(long)]
+        proxy: Option<String>,
+        /// Its edge does not vouch for its users: let them in marked verified=no.
+        #[arg(long)]
+        unverified: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Block a domain and its subdomains.
+    Block {
+        /// The domain.
+        domain: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Take a domain off the allowed or blocked list.
+    Remove {
+        /// The domain.
+        domain: String,
+        #[command(flatten)]
+        target: AdminTarget,
     },
 }
 
@@ -325,6 +383,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             Config::load(&file)?;
             println!("{}: valid", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Export { target },
+        } => {
+            print!("{}", provision::export(&target)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Import { file, target },
+        } => {
+            let document = provision::read(&file)?;
+            let origin = file.display().to_string();
+            println!("{}", provision::import(&target, &document, &origin)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Federation { command } => {
+            use provision::FederationChange;
+            let (target, change) = match command {
+                FederationCommand::List { target } => {
+                    print!("{}", provision::federation_list(&target)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                FederationCommand::Allow {
+                    domain,
+                    proxy,
+                    unverified,
+                    target,
+                } => (
+                    target,
+                    FederationChange::Allow {
+                        domain,
+                        proxy,
+                        unverified,
+                    },
+                ),
+                FederationCommand::Block { domain, target } => {
+                    (target, FederationChange::Block(domain))
+                }
+                FederationCommand::Remove { domain, target } => {
+                    (target, FederationChange::Remove(domain))
+                }
+            };
+            println!("{}", provision::federation_change(&target, change)?);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -17,13 +17,13 @@ pub mod schedule;
 use std::collections::HashMap;
 
 use porchlight_presence::{aor, Availability, Capabilities, Identity, PresenceState};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use registrar::{Binding, Credentials, Registrar, RegistrarConfig, SavedBinding};
 pub use schedule::{Schedule, ScheduleConfig, ScheduleError};
 
 /// An endpoint as written in the configuration (`[[endpoint]]`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// The SIP URI watchers add as a contact.
@@ -71,7 +71,7 @@ fn default_availability() -> String {
 }
 
 /// How an endpoint registers.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationConfig {
     /// Digest user name (defaults to the URI's user part).
@@ -86,7 +86,7 @@ pub struct RegistrationConfig {
 }
 
 /// The HTTP health probe of an app.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// `http://host:port/path`.

@@ -4,10 +4,10 @@
 use jiff::civil::{Time, Weekday};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Opening hours as written in the configuration.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     /// An IANA time zone, e.g. `Europe/Berlin`.

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Edge access switches (`[edge]`).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeAccess {
     /// Let users of allowed partner domains in at all.
@@ -179,7 +179,7 @@ impl Network {
 /// Whether a federated edge vouches for its users' identities. Its own
 /// identity is always proven by its certificate; this says whether the
 /// users it sends on behalf of were authenticated by it.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Verification {
     /// The edge authenticates its users: requests are passed on as verified.
@@ -192,7 +192,7 @@ pub enum Verification {
 }
 
 /// An allowed partner domain.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AllowedDomain {
     /// The domain.
@@ -206,7 +206,7 @@ pub struct AllowedDomain {
 }
 
 /// A public provider (`[[provider]]`).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PublicProvider {
     /// Its name, for logs and explanations.
@@ -225,7 +225,7 @@ pub struct PublicProvider {
 }
 
 /// An external access policy: what outsiders may do with an endpoint.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AccessPolicy {
     /// Partners (allowed or discovered) may reach the endpoint.
@@ -251,7 +251,7 @@ pub struct AccessPolicy {
 /// The whole policy configuration. Lookups go through an index built on
 /// first use, so a configuration is read-only once decisions are made:
 /// change policy by building a new one.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Edge switches.

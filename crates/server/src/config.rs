@@ -418,6 +418,42 @@ pub struct Config {
     pub base_dir: PathBuf,
 }
 
+/// The federation policy and the endpoints as one declarative document:
+/// what `config export` writes, `config import` reads, the provisioning
+/// commands change and the store keeps.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provisioned {
+    /// Federation and external-access policy.
+    #[serde(default)]
+    pub policy: porchlight_policy::PolicyConfig,
+    /// Application endpoints.
+    #[serde(default, rename = "endpoint")]
+    pub endpoints: Vec<porchlight_endpoints::EndpointConfig>,
+}
+
+impl Provisioned {
+    /// The document as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("policy and endpoints are plain data")
+    }
+}
+
+/// Parses TOML, turning a syntax or type error into one that names the
+/// line and the fix.
+fn from_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+        let message = e.message().to_owned();
+        ConfigError::Syntax {
+            origin: origin.to_owned(),
+            line,
+            fix: fix_for(&message),
+            message,
+        }
+    })
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
         .bytes()
@@ -471,17 +507,33 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
-            let message = e.message().to_owned();
-            ConfigError::Syntax {
-                origin: origin.to_owned(),
-                line,
-                fix: fix_for(&message),
-                message,
-            }
-        })?;
+        let mut config: Config = from_toml(text, origin)?;
         config.base_dir = base_dir.to_owned();
+        config.checked(text, origin)
+    }
+
+    /// The federation policy and endpoints: what the provisioning commands
+    /// change and `config export` writes.
+    pub fn provisioned(&self) -> Provisioned {
+        Provisioned {
+            policy: self.policy.clone(),
+            endpoints: self.endpoints.clone(),
+        }
+    }
+
+    /// This configuration with its policy and endpoints taken from a
+    /// provisioned document (`config import`), checked like a file.
+    pub fn with_provisioned(&self, text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let provisioned: Provisioned = from_toml(text, origin)?;
+        let mut config = self.clone();
+        config.policy = provisioned.policy;
+        config.endpoints = provisioned.endpoints;
+        config.checked(text, origin)
+    }
+
+    /// Every check beyond the syntax; `text` locates the offending line.
+    fn checked(self, text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config = self;
         config.validate(origin)?;
         config.directory().map_err(|source| {
             let uri = match &source {
@@ -728,5 +780,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("t2_ms at least t1_ms"), "{err}");
+    }
+
+    #[test]
+    fn the_provisioned_document_round_trips_and_is_checked_like_a_file() {
+        let config = Config::embedded();
+        let exported = config.provisioned().to_toml();
+        let imported = config
+            .with_provisioned(&exported, "export.toml")
+            .expect("an export imports");
+        assert_eq!(imported.provisioned().to_toml(), exported, "idempotent");
+
+        let changed = exported.replace(
+            "blocked_domains = []",
+            "blocked_domains = [\"spam.example\"]",
+        );
+        let imported = config.with_provisioned(&changed, "changed.toml").unwrap();
+        assert_eq!(imported.policy.blocked_domains, ["spam.example"]);
+        assert_eq!(config.policy.blocked_domains, Vec::<String>::new());
+
+        let typo = exported.replace("blocked_domains", "blocked_domain");
+        let err = config
+            .with_provisioned(&typo, "typo.toml")
+            .unwrap_err()
+            .to_string();
+        let line = exported
+            .lines()
+            .position(|l| l.starts_with("blocked_domains"))
+            .unwrap()
+            + 1;
+        assert!(
+            err.starts_with(&format!("typo.toml:{line}: unknown field `blocked_domain`")),
+            "{err}"
+        );
+        let twice = format!(
+            "{exported}\n[[endpoint]]\nuri = \"sip:helpdesk@porchlight.test\"\ndisplay_name = \"Again\"\n"
+        );
+        let err = config
+            .with_provisioned(&twice, "twice.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("twice.toml:"), "{err}");
     }
 }

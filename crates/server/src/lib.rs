@@ -12,7 +12,7 @@ mod presence;
 pub mod status;
 pub mod uas;
 
-pub use config::{Config, ConfigError, DEFAULT_CONFIG};
+pub use config::{Config, ConfigError, Provisioned, DEFAULT_CONFIG};
 pub use node::{Node, StartError};
 pub use status::NodeHandle;
 

@@ -57,6 +57,9 @@ pub enum StartError {
     /// than lose what it holds.
     #[error(transparent)]
     Store(#[from] porchlight_store::StoreError),
+    /// The store's provisioned configuration does not pass the checks.
+    #[error(transparent)]
+    Provisioned(#[from] crate::ConfigError),
     /// The store's writer thread could not be started.
     #[error("starting the store writer: {0}")]
     Writer(std::io::Error),
@@ -71,7 +74,7 @@ pub struct Node {
 
 impl Node {
     /// Binds every listener and starts the event loop.
-    pub async fn start(config: Config) -> Result<Node, StartError> {
+    pub async fn start(mut config: Config) -> Result<Node, StartError> {
         let tls_settings = if config.listen.tls.is_empty() {
             None
         } else {
@@ -113,6 +116,19 @@ impl Node {
             t4: std::time::Duration::from_millis(config.timers.t4_ms),
         };
         let store = open_store(&config)?;
+        let store_handle = store.clone();
+        if let Some(document) = store
+            .as_ref()
+            .map(|s| s.provisioned())
+            .transpose()?
+            .flatten()
+        {
+            config = config.with_provisioned(&document, "the store's provisioned configuration")?;
+            tracing::info!(
+                "policy and endpoints from the store (set by `porchlight config import` or the \
+                 provisioning commands); the configuration file's [policy] and [[endpoint]] are not used"
+            );
+        }
         let secrets = match &store {
             Some(store) => store.secrets(),
             None => NodeSecrets::generate()?,
@@ -172,7 +188,8 @@ impl Node {
         }
         let handle = NodeHandle {
             queries: queries_tx,
-            config: Arc::new(config),
+            config: Arc::new(std::sync::RwLock::new(Arc::new(config))),
+            store: store_handle,
         };
         Ok(Node {
             transport,
@@ -444,6 +461,10 @@ impl EventLoop {
             }
             Query::SetPresence(uri, state, reply) => {
                 let _ = reply.send(self.presence.set_override(&uri, state));
+            }
+            Query::ApplyPolicy(policy, reply) => {
+                self.presence.set_policy(*policy);
+                let _ = reply.send(());
             }
         }
     }

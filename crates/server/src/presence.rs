@@ -312,6 +312,12 @@ impl PresenceService {
         &self.policy
     }
 
+    /// Puts a new policy in force for every request from now on;
+    /// subscriptions already accepted stay.
+    pub fn set_policy(&mut self, policy: PolicyConfig) {
+        self.policy = policy;
+    }
+
     /// Decides a policy request on the hot path and records the decision;
     /// a refusal is decided again with every step written down, and logged.
     fn admit(&self, way: Way, request: &PolicyRequest<'_>, from: &str, to: &str) -> Decision {

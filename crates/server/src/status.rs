@@ -141,13 +141,43 @@ pub(crate) enum Query {
         Option<porchlight_presence::PresenceState>,
         oneshot::Sender<Option<EndpointView>>,
     ),
+    ApplyPolicy(Box<porchlight_policy::PolicyConfig>, oneshot::Sender<()>),
 }
 
 /// Asks the running node about itself. Cloning shares it.
 #[derive(Clone)]
 pub struct NodeHandle {
     pub(crate) queries: mpsc::Sender<Query>,
-    pub(crate) config: Arc<crate::Config>,
+    /// The configuration in force; replaced by an import.
+    pub(crate) config: Arc<std::sync::RwLock<Arc<crate::Config>>>,
+    /// Where an imported configuration is kept; None: memory only.
+    pub(crate) store: Option<Arc<dyn porchlight_store::Store>>,
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Imported {
+    /// The policy is in force now.
+    pub policy_applied: bool,
+    /// Endpoints changed: saved, and in force after the next start.
+    pub restart_needed: bool,
+}
+
+/// Why an import was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The document does not pass the checks a configuration file must.
+    #[error(transparent)]
+    Invalid(#[from] crate::ConfigError),
+    /// The node keeps nothing: an import would not survive a restart.
+    #[error("this node has no store ([store] path = \"\"): change the configuration file instead")]
+    NoStore,
+    /// Saving failed; nothing was applied.
+    #[error(transparent)]
+    Store(#[from] porchlight_store::StoreError),
+    /// The node has stopped.
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
 }
 
 /// The node is gone.
@@ -191,8 +221,41 @@ impl NodeHandle {
 
     /// The configuration the node runs with, for offline-style questions
     /// such as `explain`.
-    pub fn config(&self) -> &crate::Config {
-        &self.config
+    pub fn config(&self) -> Arc<crate::Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the policy and endpoints with a provisioned document
+    /// (`config import`): checked like a file, saved in the store, then
+    /// the policy put in force at once; endpoint changes take effect at
+    /// the next start.
+    pub async fn import(&self, document: &str) -> Result<Imported, ImportError> {
+        let current = self.config();
+        let next = current.with_provisioned(document, "the imported document")?;
+        let store = self.store.clone().ok_or(ImportError::NoStore)?;
+        let text = next.provisioned().to_toml();
+        tokio::task::spawn_blocking(move || store.save_provisioned(&text))
+            .await
+            .map_err(|_| Stopped)??;
+        let policy = Box::new(next.policy.clone());
+        self.ask(|tx| Query::ApplyPolicy(policy, tx)).await?;
+        let restart_needed = toml::to_string(&next.provisioned().endpoints).ok()
+            != toml::to_string(&current.provisioned().endpoints).ok();
+        *self
+            .config
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(next);
+        tracing::info!(
+            restart_needed,
+            "configuration imported; the new policy is in force"
+        );
+        Ok(Imported {
+            policy_applied: true,
+            restart_needed,
+        })
     }
 }
 

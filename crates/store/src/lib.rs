@@ -144,6 +144,11 @@ pub trait Store: Send + Sync {
     fn registrations(&self) -> Result<Vec<(String, Vec<SavedRegistration>)>, StoreError>;
     /// Writes one batch, atomically.
     fn write(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// The provisioned configuration (policy and endpoints as one TOML
+    /// document), once an admin has changed it through the node.
+    fn provisioned(&self) -> Result<Option<String>, StoreError>;
+    /// Replaces the provisioned configuration, on the disk before returning.
+    fn save_provisioned(&self, document: &str) -> Result<(), StoreError>;
 }
 
 /// The embedded store: a fjall database in one directory, locked while a
@@ -153,12 +158,14 @@ pub struct EmbeddedStore {
     db: Database,
     subscriptions: Keyspace,
     registrations: Keyspace,
+    meta: Keyspace,
     secrets: NodeSecrets,
     durability: Durability,
 }
 
 const SCHEMA_KEY: &str = "schema";
 const SECRETS_KEY: &str = "secrets";
+const PROVISIONED_KEY: &str = "provisioned";
 
 impl EmbeddedStore {
     /// Opens the store in `path`, creating it when the directory is new,
@@ -219,6 +226,7 @@ impl EmbeddedStore {
             db,
             subscriptions,
             registrations,
+            meta,
             secrets,
             durability,
         })
@@ -272,6 +280,29 @@ impl Store for EmbeddedStore {
             out.push((endpoint, bindings));
         }
         Ok(out)
+    }
+
+    fn provisioned(&self) -> Result<Option<String>, StoreError> {
+        let Some(bytes) = self.meta.get(PROVISIONED_KEY).map_err(|e| self.io(e))? else {
+            return Ok(None);
+        };
+        String::from_utf8(bytes.to_vec())
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: "configuration",
+                key: PROVISIONED_KEY.into(),
+                reason: "not UTF-8".into(),
+            })
+    }
+
+    fn save_provisioned(&self, document: &str) -> Result<(), StoreError> {
+        self.meta
+            .insert(PROVISIONED_KEY, document.as_bytes())
+            .map_err(|e| self.io(e))?;
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.io(e))
     }
 
     fn write(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -356,6 +387,9 @@ mod tests {
         }
         let store = EmbeddedStore::open(&path, Durability::Process).unwrap();
         assert_eq!(store.secrets(), secrets, "the node keeps its keys");
+        assert_eq!(store.provisioned().unwrap(), None);
+        store.save_provisioned("[policy]\n").unwrap();
+        assert_eq!(store.provisioned().unwrap().as_deref(), Some("[policy]\n"));
         let slots: Vec<u32> = store
             .subscriptions()
             .unwrap()

@@ -1,0 +1,166 @@
+//! The provisioning commands against a running node and offline: the
+//! federation lists change through the admin API and are in force at once
+//! (the API's explain says so), `config export` and `config import` carry
+//! the whole policy and endpoints as one document (importing it again
+//! changes nothing, a bad one is refused with its line and fix), and with
+//! the node stopped the same commands work on its store, which the next
+//! start uses.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// Runs `porchlight ARGS --config <the server's file>`: (success, stdout + stderr).
+fn porchlight(server_dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(args)
+        .arg("--config")
+        .arg(server_dir.join("porchlight.toml"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn ok(server_dir: &std::path::Path, args: &[&str]) -> String {
+    let (success, text) = porchlight(server_dir, args);
+    assert!(success, "{args:?}: {text}");
+    text
+}
+
+/// The running node's decision for a presence request from `domain`,
+/// proven by its certificate: (allowed, class).
+fn decision(server: &Server, domain: &str) -> (bool, String) {
+    let token = std::fs::read_to_string(server.dir.join("porchlight-admin.token")).unwrap();
+    let url = format!(
+        "http://{}/api/v1/explain?from=sip:alice@{domain}&to=sip:helpdesk@contoso.com&kind=presence&peer={domain}",
+        server.admin.unwrap()
+    );
+    let v: serde_json::Value = ureq::get(&url)
+        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    (
+        v["allowed"].as_bool().unwrap(),
+        v["class"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[test]
+fn federation_and_config_commands_online_and_offline() {
+    // A fixed admin port, so the commands find the node from its file.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = config(
+        &[
+            (
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            ),
+            (
+                "uri = \"sip:helpdesk@porchlight.test\"",
+                "uri = \"sip:helpdesk@contoso.com\"",
+            ),
+            (
+                "enable_partner_discovery = false",
+                "enable_partner_discovery = true",
+            ),
+        ],
+        "",
+    );
+    let mut server = start("provisioning", &text);
+    let dir = server.dir.clone();
+    assert!(decision(&server, "spam.example").0, "discovery lets it in");
+
+    // Block it on the running node: in force at once.
+    let said = ok(&dir, &["federation", "block", "spam.example"]);
+    assert!(said.contains("saved and in force"), "{said}");
+    assert!(!decision(&server, "spam.example").0);
+    assert!(!decision(&server, "mail.spam.example").0, "subdomains too");
+    ok(
+        &dir,
+        &[
+            "federation",
+            "allow",
+            "fabrikam.com",
+            "--proxy",
+            "sip.fabrikam.com",
+        ],
+    );
+    assert_eq!(
+        decision(&server, "fabrikam.com"),
+        (true, "AllowedPartner".into())
+    );
+    let list = ok(&dir, &["federation", "list"]);
+    assert!(
+        list.contains("allowed  fabrikam.com  proxy sip.fabrikam.com"),
+        "{list}"
+    );
+    assert!(list.contains("blocked  spam.example"), "{list}");
+    let (refused, said) = porchlight(&dir, &["federation", "allow", "spam.example"]);
+    assert!(!refused && said.contains("is blocked"), "{said}");
+
+    // Export, import the same: nothing changes.
+    let exported = ok(&dir, &["config", "export"]);
+    assert!(exported.contains("spam.example"), "{exported}");
+    let file = dir.join("export.toml");
+    std::fs::write(&file, &exported).unwrap();
+    ok(&dir, &["config", "import", file.to_str().unwrap()]);
+    assert_eq!(ok(&dir, &["config", "export"]), exported, "idempotent");
+
+    // A bad document names the file, the line and the fix, and changes nothing.
+    let bad = exported.replace("blocked_domains", "blocked_domainz");
+    std::fs::write(&file, &bad).unwrap();
+    let line = bad
+        .lines()
+        .position(|l| l.contains("blocked_domainz"))
+        .unwrap()
+        + 1;
+    let (imported, said) = porchlight(&dir, &["config", "import", file.to_str().unwrap()]);
+    assert!(!imported);
+    assert!(
+        said.contains(&format!(
+            "export.toml:{line}: unknown field `blocked_domainz`"
+        )) && said.contains("fix:"),
+        "{said}"
+    );
+    assert_eq!(ok(&dir, &["config", "export"]), exported);
+
+    // Offline: the node is stopped; the commands work on its store.
+    server.kill_9();
+    let list = ok(&dir, &["federation", "list"]);
+    assert!(list.contains("blocked  spam.example"), "{list}");
+    ok(&dir, &["federation", "remove", "spam.example"]);
+    ok(
+        &dir,
+        &["federation", "allow", "partner.example", "--unverified"],
+    );
+    let config_path = dir.join("porchlight.toml");
+    let server = start_with_file(&config_path, dir.clone());
+    assert!(
+        decision(&server, "spam.example").0,
+        "unblocked while stopped"
+    );
+    assert_eq!(
+        decision(&server, "partner.example"),
+        (true, "AllowedPartner".into())
+    );
+    let list = ok(&dir, &["federation", "list"]);
+    assert!(
+        list.contains("allowed  partner.example  unverified"),
+        "{list}"
+    );
+}
