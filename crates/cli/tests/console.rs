@@ -189,13 +189,7 @@ fn the_console_shows_live_presence_and_sets_it() {
                     "uri = \"sip:helpdesk@porchlight.test\"",
                     "uri = \"sip:helpdesk@contoso.com\"",
                 ),
-                (
-                    "note = \"Ask me anything\"\n",
-                    &format!(
-                        "note = \"Ask me anything\"\n[endpoint.health]\nurl = \"http://127.0.0.1:{health_port}/health\"\n\
-                         interval_secs = 1\ntimeout_ms = 500\nfailures = 1\n"
-                    ),
-                ),
+                (HELPDESK_NOTE, &with_health_probe(health_port)),
             ],
             more_endpoints,
         ),
@@ -206,11 +200,7 @@ fn the_console_shows_live_presence_and_sets_it() {
     // A watcher, so the console has a count to show.
     let watcher = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let w = watcher.local_addr().unwrap();
-    let subscribe = format!(
-        "SUBSCRIBE sip:helpdesk@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {w};branch=z9hG4bKc1;rport\r\nMax-Forwards: 70\r\n\
-         From: <sip:alice@fabrikam.com>;tag=c1\r\nTo: <sip:helpdesk@contoso.com>\r\nCall-ID: console-watch\r\nCSeq: 1 SUBSCRIBE\r\n\
-         Contact: <sip:alice@{w}>\r\nEvent: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
-    );
+    let subscribe = subscribe_to_helpdesk(w, "console-watch", "c1");
     watcher.send_to(subscribe.as_bytes(), server.udp).unwrap();
 
     let browser = Browser::start();

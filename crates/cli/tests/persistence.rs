@@ -15,9 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
-use porchlight_sip::{Framing, Limits, Message};
+use porchlight_sip::Message;
 
 const WATCHERS: usize = 100;
 
@@ -45,34 +44,12 @@ fn persistent_config(udp_port: u16, health_port: u16) -> String {
                 "digest_algorithms = [\"SHA-256\", \"MD5\"]",
                 "digest_algorithms = [\"MD5\"]",
             ),
-            (
-                "note = \"Ask me anything\"\n",
-                &format!(
-                    "note = \"Ask me anything\"\n[endpoint.health]\nurl = \"http://127.0.0.1:{health_port}/health\"\n\
-                     interval_secs = 1\ntimeout_ms = 500\nfailures = 1\n"
-                ),
-            ),
+            (HELPDESK_NOTE, &with_health_probe(health_port)),
         ],
         // An IVR whose app registers: its registration must survive too.
         "\n[[endpoint]]\nuri = \"sip:ivr@contoso.com\"\ndisplay_name = \"IVR\"\n\
          [endpoint.registration]\npassword = \"s3cret\"\n",
     )
-}
-
-fn receive(socket: &UdpSocket) -> Option<Message> {
-    let mut buf = vec![0u8; 65536];
-    let (n, from) = socket.recv_from(&mut buf).ok()?;
-    let m = Message::parse(
-        Bytes::copy_from_slice(&buf[..n]),
-        Framing::Datagram,
-        &Limits::default(),
-    )
-    .unwrap();
-    if m.method() == Some("NOTIFY") {
-        let ok = porchlight_sip::response_to(&m, 200, "OK", None, None).finish(b"");
-        socket.send_to(&ok, from).unwrap();
-    }
-    Some(m)
 }
 
 /// One NOTIFY per watcher (by Call-ID) that satisfies `want`, with when it came.
@@ -84,7 +61,9 @@ fn notifies_until_all(
     let deadline = Instant::now() + within;
     let mut seen = HashMap::new();
     while seen.len() < WATCHERS && Instant::now() < deadline {
-        let Some(m) = receive(socket) else { continue };
+        let Some(m) = receive_answering(socket) else {
+            continue;
+        };
         if m.method() == Some("NOTIFY") && want(&m) {
             let call_id = m.call_id().unwrap().to_owned();
             seen.entry(call_id).or_insert((m, Instant::now()));
@@ -142,7 +121,9 @@ fn subscriptions_survive_kill_9_and_keep_receiving_notifies() {
     let online =
         |first: &HashMap<String, (u32, bool)>| first.values().filter(|(_, open)| *open).count();
     while (tags.len() < WATCHERS || online(&first) < WATCHERS) && Instant::now() < deadline {
-        let Some(m) = receive(&socket) else { continue };
+        let Some(m) = receive_answering(&socket) else {
+            continue;
+        };
         let call_id = m.call_id().unwrap().to_owned();
         if m.status() == Some(200) {
             tags.insert(call_id, m.to().unwrap().tag().unwrap().to_owned());
@@ -251,7 +232,9 @@ fn subscriptions_survive_kill_9_and_keep_receiving_notifies() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let answer = loop {
         assert!(Instant::now() < deadline, "no answer to the refresh");
-        let Some(m) = receive(&socket) else { continue };
+        let Some(m) = receive_answering(&socket) else {
+            continue;
+        };
         if m.status().is_some() && m.call_id().unwrap() == "persist-7" {
             break m;
         }

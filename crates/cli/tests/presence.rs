@@ -232,19 +232,8 @@ fn batched_subscription_gets_a_valid_rlmi_multipart() {
 
 /// Receives datagrams until one satisfies `want`, answering NOTIFYs with 200.
 fn udp_until(socket: &std::net::UdpSocket, want: impl Fn(&Message) -> bool) -> Message {
-    let mut buf = vec![0u8; 65536];
     loop {
-        let (n, from) = socket.recv_from(&mut buf).expect("a datagram in time");
-        let m = Message::parse(
-            Bytes::copy_from_slice(&buf[..n]),
-            Framing::Datagram,
-            &Limits::default(),
-        )
-        .unwrap();
-        if m.method() == Some("NOTIFY") {
-            let ok = porchlight_sip::response_to(&m, 200, "OK", None, None).finish(b"");
-            socket.send_to(&ok, from).unwrap();
-        }
+        let m = receive_answering(socket).expect("a datagram in time");
         if want(&m) {
             return m;
         }
@@ -288,11 +277,7 @@ fn registration_with_sha256_digest_and_keepalive_loss() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let w = watcher.local_addr().unwrap();
-    let subscribe = format!(
-        "SUBSCRIBE sip:helpdesk@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {w};branch=z9hG4bKw1;rport\r\nMax-Forwards: 70\r\n\
-         From: <sip:alice@fabrikam.com>;tag=w1\r\nTo: <sip:helpdesk@contoso.com>\r\nCall-ID: ka-watch\r\nCSeq: 1 SUBSCRIBE\r\n\
-         Contact: <sip:alice@{w}>\r\nEvent: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
-    );
+    let subscribe = subscribe_to_helpdesk(w, "ka-watch", "w1");
     watcher.send_to(subscribe.as_bytes(), server.udp).unwrap();
     let basic = |m: &Message| {
         std::str::from_utf8(m.body())

@@ -148,6 +148,45 @@ pub fn parse(bytes: &[u8]) -> Message {
     })
 }
 
+/// Receives one datagram (None on the socket's timeout), answering a
+/// NOTIFY with 200 as a watcher must.
+pub fn receive_answering(socket: &UdpSocket) -> Option<Message> {
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = socket.recv_from(&mut buf).ok()?;
+    let m = Message::parse(
+        Bytes::copy_from_slice(&buf[..n]),
+        Framing::Datagram,
+        &Limits::default(),
+    )
+    .unwrap();
+    if m.method() == Some("NOTIFY") {
+        let ok = porchlight_sip::response_to(&m, 200, "OK", None, None).finish(b"");
+        socket.send_to(&ok, from).unwrap();
+    }
+    Some(m)
+}
+
+/// A SUBSCRIBE from alice@fabrikam.com at `watcher` to the help desk.
+pub fn subscribe_to_helpdesk(watcher: SocketAddr, call_id: &str, tag: &str) -> String {
+    format!(
+        "SUBSCRIBE sip:helpdesk@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {watcher};branch=z9hG4bK{tag};rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:alice@fabrikam.com>;tag={tag}\r\nTo: <sip:helpdesk@contoso.com>\r\nCall-ID: {call_id}\r\nCSeq: 1 SUBSCRIBE\r\n\
+         Contact: <sip:alice@{watcher}>\r\nEvent: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// The embedded help desk's note line, after which its sub-tables go.
+pub const HELPDESK_NOTE: &str = "note = \"Ask me anything\"\n";
+
+/// The help desk's note line followed by a health probe of
+/// `127.0.0.1:port` every second, one failure counting as down.
+pub fn with_health_probe(port: u16) -> String {
+    format!(
+        "{HELPDESK_NOTE}[endpoint.health]\nurl = \"http://127.0.0.1:{port}/health\"\n\
+         interval_secs = 1\ntimeout_ms = 500\nfailures = 1\n"
+    )
+}
+
 /// Sends one datagram and returns the datagrams received within `wait`.
 pub fn udp_exchange(server: SocketAddr, request: &[u8], wait: Duration) -> Vec<Message> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
