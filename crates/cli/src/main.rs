@@ -61,6 +61,21 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// The edge access switches, on the running node or offline.
+    Edge {
+        #[command(subcommand)]
+        command: provision::EdgeCommand,
+    },
+    /// Public IM providers, on the running node or offline.
+    Provider {
+        #[command(subcommand)]
+        command: provision::ProviderCommand,
+    },
+    /// External access policies and their grants, on the running node or offline.
+    Policy {
+        #[command(subcommand)]
+        command: provision::PolicyCommand,
+    },
     /// Allowed and blocked partner domains, on the running node or offline
     /// in its store.
     Federation {
@@ -123,6 +138,35 @@ enum EndpointCommand {
     /// One endpoint with its presence and who watches it.
     Show {
         /// The endpoint's SIP URI.
+        uri: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Add an endpoint: `endpoint add sip:bot@contoso.com --name "Bot" health.url=http://…`.
+    Add {
+        /// Its SIP URI.
+        uri: String,
+        /// The name clients show.
+        #[arg(long)]
+        name: String,
+        /// More fields as `key=value` (as in an [[endpoint]] entry).
+        assignments: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Change an endpoint's fields: `availability=away`, `note="Back soon"`.
+    Set {
+        /// Its SIP URI.
+        uri: String,
+        /// `key=value` pairs.
+        #[arg(required = true)]
+        assignments: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Remove an endpoint.
+    Remove {
+        /// Its SIP URI.
         uri: String,
         #[command(flatten)]
         target: AdminTarget,
@@ -399,6 +443,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", provision::import(&target, &document, &origin)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Edge { command } => {
+            print_line(&provision::edge(command)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Provider { command } => {
+            print_line(&provision::provider(command)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy { command } => {
+            print_line(&provision::policy(command)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Endpoint {
+            command:
+                EndpointCommand::Add {
+                    uri,
+                    name,
+                    assignments,
+                    target,
+                },
+        } => {
+            print_line(&provision::endpoint_add(&target, uri, name, &assignments)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Endpoint {
+            command:
+                EndpointCommand::Set {
+                    uri,
+                    assignments,
+                    target,
+                },
+        } => {
+            print_line(&provision::endpoint_set(&target, &uri, &assignments)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Endpoint {
+            command: EndpointCommand::Remove { uri, target },
+        } => {
+            print_line(&provision::endpoint_remove(&target, &uri)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Federation { command } => {
             use provision::FederationChange;
             let (target, change) = match command {
@@ -430,6 +515,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints command output, ending it with one newline whatever it ends
+/// with; a reader that went away (`| head`) is not an error.
+fn print_line(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{}", text.trim_end());
 }
 
 fn init_logging(json: bool) {

@@ -141,7 +141,7 @@ pub enum FederationChange {
 
 /// The federation lists, one domain a line.
 pub fn federation_list(target: &AdminTarget) -> anyhow::Result<String> {
-    let provisioned: Provisioned = toml::from_str(&export(target)?)?;
+    let provisioned = current(target)?;
     let mut out = String::new();
     for d in &provisioned.policy.allowed_domains {
         out.push_str(&format!("allowed  {}", d.domain));
@@ -159,9 +159,73 @@ pub fn federation_list(target: &AdminTarget) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The document in force, as data.
+pub fn current(target: &AdminTarget) -> anyhow::Result<Provisioned> {
+    Ok(toml::from_str(&export(target)?)?)
+}
+
+/// Reads the document, lets `edit` change it, and imports the result
+/// whole: every command is one checked replacement.
+pub fn change(
+    target: &AdminTarget,
+    what: &str,
+    edit: impl FnOnce(&mut Provisioned) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    let mut provisioned = current(target)?;
+    edit(&mut provisioned)?;
+    import(target, &provisioned.to_toml(), what)
+}
+
+/// Sets fields of `value` from `key=value` words, as TOML values (a bare
+/// word that is not one is taken as a string, so `proxy_fqdn=sip.x.com`
+/// needs no quotes); a dotted key reaches into a table
+/// (`health.url=http://…`). Unknown keys and wrong types are refused with
+/// the key named.
+pub fn set_fields<T: serde::Serialize + serde::de::DeserializeOwned>(
+    value: &T,
+    assignments: &[String],
+    what: &str,
+) -> anyhow::Result<T> {
+    apply_fields(toml::Value::try_from(value)?, assignments, what)
+}
+
+/// [`set_fields`] starting from a table rather than a value.
+fn apply_fields<T: serde::de::DeserializeOwned>(
+    mut table: toml::Value,
+    assignments: &[String],
+    what: &str,
+) -> anyhow::Result<T> {
+    for assignment in assignments {
+        let Some((key, raw)) = assignment.split_once('=') else {
+            bail!("{what}: {assignment:?} is not key=value");
+        };
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+        let mut slot = &mut table;
+        let path: Vec<&str> = key.trim().split('.').collect();
+        for (i, part) in path.iter().enumerate() {
+            let map = slot
+                .as_table_mut()
+                .with_context(|| format!("{what}: {key} does not name a table"))?;
+            if i + 1 == path.len() {
+                map.insert((*part).to_owned(), parsed.clone());
+                break;
+            }
+            slot = map
+                .entry((*part).to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        }
+    }
+    table
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{what}: {}", e.message()))
+}
+
 /// Applies one change to the federation lists as a whole-document import.
 pub fn federation_change(target: &AdminTarget, change: FederationChange) -> anyhow::Result<String> {
-    let mut provisioned: Provisioned = toml::from_str(&export(target)?)?;
+    let mut provisioned = current(target)?;
     let policy = &mut provisioned.policy;
     let same = |a: &str, b: &str| {
         a.trim_end_matches('.')
@@ -213,4 +277,343 @@ pub fn federation_change(target: &AdminTarget, change: FederationChange) -> anyh
         &provisioned.to_toml(),
         "the changed federation lists",
     )
+}
+
+/// `porchlight edge …`: the edge access switches.
+#[derive(clap::Subcommand)]
+pub enum EdgeCommand {
+    /// The switches and limits in force.
+    Show {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Change switches: `enable_partner_discovery=true discovered_partner_rate=50`.
+    Set {
+        /// `key=value` pairs.
+        #[arg(required = true)]
+        assignments: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+/// Runs an `edge` command; returns what to print.
+pub fn edge(command: EdgeCommand) -> anyhow::Result<String> {
+    match command {
+        EdgeCommand::Show { target } => Ok(toml::to_string(&current(&target)?.policy.edge)?),
+        EdgeCommand::Set {
+            assignments,
+            target,
+        } => change(&target, "edge set", |p| {
+            p.policy.edge = set_fields(&p.policy.edge, &assignments, "edge")?;
+            Ok(())
+        }),
+    }
+}
+
+/// `porchlight provider …`: public IM providers.
+#[derive(clap::Subcommand)]
+pub enum ProviderCommand {
+    /// The providers.
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Add a provider.
+    Add {
+        /// Its name.
+        name: String,
+        /// Its edge.
+        #[arg(long)]
+        proxy: Option<String>,
+        /// A user domain it serves (repeat for several).
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+        /// Its edge does not vouch for its users.
+        #[arg(long)]
+        unverified: bool,
+        /// Add it switched off.
+        #[arg(long)]
+        disabled: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Change a provider: `enabled=false`, `proxy_fqdn=…`, `domains=["a.example"]`.
+    Set {
+        /// Its name.
+        name: String,
+        /// `key=value` pairs.
+        #[arg(required = true)]
+        assignments: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Remove a provider.
+    Remove {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+fn provider_index(p: &Provisioned, name: &str) -> anyhow::Result<usize> {
+    p.policy
+        .providers
+        .iter()
+        .position(|x| x.name.eq_ignore_ascii_case(name))
+        .with_context(|| {
+            format!("no provider named {name:?}; `porchlight provider list` shows them")
+        })
+}
+
+/// Runs a `provider` command; returns what to print.
+pub fn provider(command: ProviderCommand) -> anyhow::Result<String> {
+    match command {
+        ProviderCommand::List { target } => {
+            let mut out = String::new();
+            for p in current(&target)?.policy.providers {
+                out.push_str(&format!(
+                    "{}  {}  proxy {}  domains {}{}\n",
+                    p.name,
+                    if p.enabled { "enabled" } else { "disabled" },
+                    p.proxy_fqdn.as_deref().unwrap_or("(DNS)"),
+                    p.domains.join(","),
+                    if p.verification == Verification::Unverified {
+                        "  unverified"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            Ok(out)
+        }
+        ProviderCommand::Add {
+            name,
+            proxy,
+            domains,
+            unverified,
+            disabled,
+            target,
+        } => change(&target, "provider add", |p| {
+            if provider_index(p, &name).is_ok() {
+                bail!("a provider named {name:?} exists; `porchlight provider set` changes it");
+            }
+            p.policy.providers.push(porchlight_policy::PublicProvider {
+                name,
+                proxy_fqdn: proxy,
+                domains,
+                enabled: !disabled,
+                verification: if unverified {
+                    Verification::Unverified
+                } else {
+                    Verification::Verified
+                },
+            });
+            Ok(())
+        }),
+        ProviderCommand::Set {
+            name,
+            assignments,
+            target,
+        } => change(&target, "provider set", |p| {
+            let i = provider_index(p, &name)?;
+            p.policy.providers[i] = set_fields(&p.policy.providers[i], &assignments, "provider")?;
+            Ok(())
+        }),
+        ProviderCommand::Remove { name, target } => change(&target, "provider remove", |p| {
+            let i = provider_index(p, &name)?;
+            p.policy.providers.remove(i);
+            Ok(())
+        }),
+    }
+}
+
+/// `porchlight policy …`: external access policies.
+#[derive(clap::Subcommand)]
+pub enum PolicyCommand {
+    /// The global, site and named policies.
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// A new named policy: `partners-only federation=true audio=false`
+    /// (presence, IM and audio start on, the rest off, as in a file).
+    New {
+        /// Its name.
+        name: String,
+        /// `key=value` pairs (unset switches take their defaults).
+        assignments: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Change a policy: NAME is a named policy, `global`, or `site:NAME`.
+    Set {
+        /// Which policy.
+        name: String,
+        /// `key=value` pairs.
+        #[arg(required = true)]
+        assignments: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Grant a named policy to an endpoint (`global`: none, so its site's
+    /// or the global policy applies).
+    Grant {
+        /// The policy.
+        name: String,
+        /// The endpoint's URI.
+        endpoint: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Remove a named policy (refused while an endpoint holds it).
+    Remove {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+/// Runs a `policy` command; returns what to print.
+pub fn policy(command: PolicyCommand) -> anyhow::Result<String> {
+    match command {
+        PolicyCommand::List { target } => {
+            let p = current(&target)?.policy;
+            let line = |name: &str, a: &porchlight_policy::AccessPolicy| {
+                let on = |b: bool| if b { "on" } else { "off" };
+                format!(
+                    "{name}  federation {}  public_providers {}  public_provider_audio {}  presence {}  im {}  audio {}\n",
+                    on(a.federation),
+                    on(a.public_providers),
+                    on(a.public_provider_audio),
+                    on(a.presence),
+                    on(a.im),
+                    on(a.audio)
+                )
+            };
+            let mut out = line("global", &p.global_policy);
+            for (site, a) in &p.site_policies {
+                out.push_str(&line(&format!("site:{site}"), a));
+            }
+            for (name, a) in &p.policies {
+                out.push_str(&line(name, a));
+            }
+            Ok(out)
+        }
+        PolicyCommand::New {
+            name,
+            assignments,
+            target,
+        } => change(&target, "policy new", |p| {
+            if name == "global"
+                || name.starts_with("site:")
+                || p.policy.policies.contains_key(&name)
+            {
+                bail!("a policy named {name:?} exists; `porchlight policy set` changes it");
+            }
+            let policy = apply_fields(
+                toml::Value::Table(toml::Table::new()),
+                &assignments,
+                "policy",
+            )?;
+            p.policy.policies.insert(name, policy);
+            Ok(())
+        }),
+        PolicyCommand::Set {
+            name,
+            assignments,
+            target,
+        } => change(&target, "policy set", |p| {
+            let policy = match (name.as_str(), name.strip_prefix("site:")) {
+                ("global", _) => &mut p.policy.global_policy,
+                (_, Some(site)) => match p.policy.site_policies.entry(site.to_owned()) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    // A new site policy starts from the defaults a file would give it.
+                    std::collections::btree_map::Entry::Vacant(e) => e.insert(toml::from_str("")?),
+                },
+                _ => p.policy.policies.get_mut(&name).with_context(|| {
+                    format!("no policy named {name:?}; `porchlight policy new {name}` makes it")
+                })?,
+            };
+            *policy = set_fields(&*policy, &assignments, "policy")?;
+            Ok(())
+        }),
+        PolicyCommand::Grant {
+            name,
+            endpoint,
+            target,
+        } => change(&target, "policy grant", |p| {
+            let e = endpoint_mut(p, &endpoint)?;
+            e.policy = (name != "global").then_some(name);
+            Ok(())
+        }),
+        PolicyCommand::Remove { name, target } => change(&target, "policy remove", |p| {
+            if p.policy.policies.remove(&name).is_none() {
+                bail!("no policy named {name:?}");
+            }
+            Ok(())
+        }),
+    }
+}
+
+fn endpoint_mut<'a>(
+    p: &'a mut Provisioned,
+    uri: &str,
+) -> anyhow::Result<&'a mut porchlight_endpoints::EndpointConfig> {
+    p.endpoints
+        .iter_mut()
+        .find(|e| porchlight_presence::same_aor(&e.uri, uri))
+        .with_context(|| format!("no endpoint {uri}; `porchlight endpoint list` shows them"))
+}
+
+/// Adds an endpoint: its URI, display name and `key=value` fields
+/// (`availability=away`, `health.url=http://…`, `registration.password=…`).
+pub fn endpoint_add(
+    target: &AdminTarget,
+    uri: String,
+    name: String,
+    assignments: &[String],
+) -> anyhow::Result<String> {
+    change(target, "endpoint add", |p| {
+        if endpoint_mut(p, &uri).is_ok() {
+            bail!("{uri} exists; `porchlight endpoint set` changes it");
+        }
+        let mut base = toml::Table::new();
+        base.insert("uri".into(), uri.into());
+        base.insert("display_name".into(), name.into());
+        p.endpoints.push(apply_fields(
+            toml::Value::Table(base),
+            assignments,
+            "endpoint",
+        )?);
+        Ok(())
+    })
+}
+
+/// Changes an endpoint's fields.
+pub fn endpoint_set(
+    target: &AdminTarget,
+    uri: &str,
+    assignments: &[String],
+) -> anyhow::Result<String> {
+    change(target, "endpoint set", |p| {
+        let e = endpoint_mut(p, uri)?;
+        *e = set_fields(&*e, assignments, "endpoint")?;
+        Ok(())
+    })
+}
+
+/// Removes an endpoint.
+pub fn endpoint_remove(target: &AdminTarget, uri: &str) -> anyhow::Result<String> {
+    change(target, "endpoint remove", |p| {
+        let before = p.endpoints.len();
+        p.endpoints
+            .retain(|e| !porchlight_presence::same_aor(&e.uri, uri));
+        if p.endpoints.len() == before {
+            bail!("no endpoint {uri}");
+        }
+        Ok(())
+    })
 }

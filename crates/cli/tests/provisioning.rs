@@ -36,12 +36,18 @@ fn ok(server_dir: &std::path::Path, args: &[&str]) -> String {
     text
 }
 
-/// The running node's decision for a presence request from `domain`,
-/// proven by its certificate: (allowed, class).
+/// The running node's decision for a presence request from a user of
+/// `domain`, its edge's certificate proving the same domain: (allowed, class).
 fn decision(server: &Server, domain: &str) -> (bool, String) {
+    decision_via(server, domain, domain)
+}
+
+/// The same with the user's domain and the edge's (`peer`) apart, as for
+/// a public provider.
+fn decision_via(server: &Server, domain: &str, peer: &str) -> (bool, String) {
     let token = std::fs::read_to_string(server.dir.join("porchlight-admin.token")).unwrap();
     let url = format!(
-        "http://{}/api/v1/explain?from=sip:alice@{domain}&to=sip:helpdesk@contoso.com&kind=presence&peer={domain}",
+        "http://{}/api/v1/explain?from=sip:alice@{domain}&to=sip:helpdesk@contoso.com&kind=presence&peer={peer}",
         server.admin.unwrap()
     );
     let v: serde_json::Value = ureq::get(&url)
@@ -163,4 +169,129 @@ fn federation_and_config_commands_online_and_offline() {
         list.contains("allowed  partner.example  unverified"),
         "{list}"
     );
+}
+
+#[test]
+fn edge_provider_policy_and_endpoint_commands() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = config(
+        &[
+            (
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            ),
+            (
+                "uri = \"sip:helpdesk@porchlight.test\"",
+                "uri = \"sip:helpdesk@contoso.com\"",
+            ),
+        ],
+        "",
+    );
+    let mut server = start("provisioning-commands", &text);
+    let dir = server.dir.clone();
+
+    // A provider whose users may reach the help desk once the edge and the
+    // global policy let them.
+    ok(
+        &dir,
+        &[
+            "provider",
+            "add",
+            "PublicIM",
+            "--proxy",
+            "fed.publicim.example",
+            "--domain",
+            "publicim.example",
+        ],
+    );
+    assert!(
+        !decision_via(&server, "publicim.example", "fed.publicim.example").0,
+        "the edge switch is off"
+    );
+    ok(&dir, &["edge", "set", "allow_public_providers=true"]);
+    ok(&dir, &["policy", "set", "global", "public_providers=true"]);
+    let (allowed, class) = decision_via(&server, "publicim.example", "fed.publicim.example");
+    assert!(allowed && class.contains("PublicProvider"), "{class}");
+    assert!(ok(&dir, &["edge", "show"]).contains("allow_public_providers = true"));
+    assert!(ok(&dir, &["provider", "list"])
+        .contains("PublicIM  enabled  proxy fed.publicim.example  domains publicim.example"));
+    ok(&dir, &["provider", "set", "PublicIM", "enabled=false"]);
+    assert!(
+        !decision_via(&server, "publicim.example", "fed.publicim.example").0,
+        "switched off"
+    );
+
+    // A named policy granted to the help desk takes federation away from it.
+    ok(&dir, &["federation", "allow", "fabrikam.com"]);
+    assert!(decision(&server, "fabrikam.com").0);
+    ok(
+        &dir,
+        &["policy", "new", "no-federation", "federation=false"],
+    );
+    ok(
+        &dir,
+        &[
+            "policy",
+            "grant",
+            "no-federation",
+            "sip:helpdesk@contoso.com",
+        ],
+    );
+    assert!(!decision(&server, "fabrikam.com").0, "the grant decides");
+    let (removed, said) = porchlight(&dir, &["policy", "remove", "no-federation"]);
+    assert!(
+        !removed && said.contains("not defined"),
+        "a granted policy stays: {said}"
+    );
+    ok(
+        &dir,
+        &["policy", "grant", "global", "sip:helpdesk@contoso.com"],
+    );
+    ok(&dir, &["policy", "remove", "no-federation"]);
+    assert!(decision(&server, "fabrikam.com").0);
+    let (set, said) = porchlight(&dir, &["edge", "set", "allow_public_provider=true"]);
+    assert!(
+        !set && said.contains("unknown field `allow_public_provider`"),
+        "{said}"
+    );
+
+    // Endpoints: saved at once, served from the next start.
+    let said = ok(
+        &dir,
+        &[
+            "endpoint",
+            "add",
+            "sip:bot@contoso.com",
+            "--name",
+            "Bot",
+            "availability=away",
+            "note=Back soon",
+        ],
+    );
+    assert!(said.contains("after the next start"), "{said}");
+    let (added, said) = porchlight(
+        &dir,
+        &["endpoint", "add", "sip:bot@contoso.com", "--name", "Bot"],
+    );
+    assert!(!added && said.contains("exists"), "{said}");
+    server.kill_9();
+    ok(
+        &dir,
+        &[
+            "endpoint",
+            "set",
+            "sip:bot@contoso.com",
+            "availability=busy",
+        ],
+    );
+    let server = start_with_file(&dir.join("porchlight.toml"), dir.clone());
+    let list = ok(&dir, &["endpoint", "list"]);
+    assert!(list.contains("sip:bot@contoso.com  busy"), "{list}");
+    ok(&dir, &["endpoint", "remove", "sip:bot@contoso.com"]);
+    assert!(!ok(&dir, &["config", "export"]).contains("sip:bot@contoso.com"));
+    drop(server);
 }

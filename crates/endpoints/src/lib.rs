@@ -23,7 +23,7 @@ pub use registrar::{Binding, Credentials, Registrar, RegistrarConfig, SavedBindi
 pub use schedule::{Schedule, ScheduleConfig, ScheduleError};
 
 /// An endpoint as written in the configuration (`[[endpoint]]`).
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// The SIP URI watchers add as a contact.
@@ -71,7 +71,7 @@ fn default_availability() -> String {
 }
 
 /// How an endpoint registers.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationConfig {
     /// Digest user name (defaults to the URI's user part).
@@ -86,7 +86,7 @@ pub struct RegistrationConfig {
 }
 
 /// The HTTP health probe of an app.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// `http://host:port/path`.

@@ -44,22 +44,22 @@ pub enum ConfigError {
         fix: &'static str,
     },
     /// The `[policy]` section is inconsistent.
-    #[error("{origin}: [policy]: {source}")]
+    #[error("{origin}: [policy]: {problem}")]
     Policy {
         /// File name.
         origin: String,
-        /// What is wrong, with the fix.
-        source: porchlight_policy::PolicyError,
+        /// What is wrong, with the fix (in the message, so not a separate cause).
+        problem: porchlight_policy::PolicyError,
     },
     /// An `[[endpoint]]` declaration is unusable.
-    #[error("{origin}:{line}: {source}")]
+    #[error("{origin}:{line}: {problem}")]
     Endpoint {
         /// File name.
         origin: String,
         /// The line of the endpoint's `uri`.
         line: usize,
-        /// What is wrong, with the fix.
-        source: porchlight_endpoints::EndpointError,
+        /// What is wrong, with the fix (in the message, so not a separate cause).
+        problem: porchlight_endpoints::EndpointError,
     },
 }
 
@@ -535,8 +535,8 @@ impl Config {
     fn checked(self, text: &str, origin: &str) -> Result<Config, ConfigError> {
         let config = self;
         config.validate(origin)?;
-        config.directory().map_err(|source| {
-            let uri = match &source {
+        config.directory().map_err(|problem| {
+            let uri = match &problem {
                 porchlight_endpoints::EndpointError::Uri(u)
                 | porchlight_endpoints::EndpointError::Duplicate(u)
                 | porchlight_endpoints::EndpointError::Credentials(u)
@@ -551,7 +551,7 @@ impl Config {
             ConfigError::Endpoint {
                 origin: origin.to_owned(),
                 line,
-                source,
+                problem,
             }
         })?;
         let grants = config
@@ -561,9 +561,9 @@ impl Config {
         config
             .policy
             .validate(grants)
-            .map_err(|source| ConfigError::Policy {
+            .map_err(|problem| ConfigError::Policy {
                 origin: origin.to_owned(),
-                source,
+                problem,
             })?;
         Ok(config)
     }

@@ -242,8 +242,7 @@ impl NodeHandle {
             .map_err(|_| Stopped)??;
         let policy = Box::new(next.policy.clone());
         self.ask(|tx| Query::ApplyPolicy(policy, tx)).await?;
-        let restart_needed = toml::to_string(&next.provisioned().endpoints).ok()
-            != toml::to_string(&current.provisioned().endpoints).ok();
+        let restart_needed = next.endpoints != current.endpoints;
         *self
             .config
             .write()
