@@ -62,32 +62,35 @@ fn decision_via(server: &Server, domain: &str, peer: &str) -> (bool, String) {
     )
 }
 
-#[test]
-fn federation_and_config_commands_online_and_offline() {
-    // A fixed admin port, so the commands find the node from its file.
+/// A node for contoso.com with `edits`, its admin API on a fixed port so
+/// the commands find it from its file alone.
+fn node(name: &str, edits: &[(&str, &str)]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let text = config(
-        &[
-            (
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{port}\""),
-            ),
-            (
-                "uri = \"sip:helpdesk@porchlight.test\"",
-                "uri = \"sip:helpdesk@contoso.com\"",
-            ),
-            (
-                "enable_partner_discovery = false",
-                "enable_partner_discovery = true",
-            ),
-        ],
-        "",
+    let listen = format!("listen = \"127.0.0.1:{port}\"");
+    let mut all = vec![
+        ("listen = \"127.0.0.1:0\"", listen.as_str()),
+        (
+            "uri = \"sip:helpdesk@porchlight.test\"",
+            "uri = \"sip:helpdesk@contoso.com\"",
+        ),
+    ];
+    all.extend_from_slice(edits);
+    start(name, &config(&all, ""))
+}
+
+#[test]
+fn federation_and_config_commands_online_and_offline() {
+    let mut server = node(
+        "provisioning",
+        &[(
+            "enable_partner_discovery = false",
+            "enable_partner_discovery = true",
+        )],
     );
-    let mut server = start("provisioning", &text);
     let dir = server.dir.clone();
     assert!(decision(&server, "spam.example").0, "discovery lets it in");
 
@@ -173,25 +176,7 @@ fn federation_and_config_commands_online_and_offline() {
 
 #[test]
 fn edge_provider_policy_and_endpoint_commands() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = config(
-        &[
-            (
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{port}\""),
-            ),
-            (
-                "uri = \"sip:helpdesk@porchlight.test\"",
-                "uri = \"sip:helpdesk@contoso.com\"",
-            ),
-        ],
-        "",
-    );
-    let mut server = start("provisioning-commands", &text);
+    let mut server = node("provisioning-commands", &[]);
     let dir = server.dir.clone();
 
     // A provider whose users may reach the help desk once the edge and the
