@@ -130,7 +130,8 @@ struct AdminTarget {
 
 #[derive(Subcommand)]
 enum EndpointCommand {
-    /// Every endpoint with its live presence and watcher count.
+    /// Every endpoint with its live presence and watcher count (as
+    /// configured, when the node is not running).
     List {
         #[command(flatten)]
         target: AdminTarget,
@@ -409,10 +410,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Endpoint {
             command: EndpointCommand::List { target },
         } => {
-            let list = admin::get(&target, "/api/v1/endpoints")?;
-            for endpoint in list.as_array().into_iter().flatten() {
-                println!("{}", admin::endpoint_line(endpoint));
-            }
+            print_line(&provision::endpoint_list(&target)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Endpoint {

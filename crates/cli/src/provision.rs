@@ -617,3 +617,24 @@ pub fn endpoint_remove(target: &AdminTarget, uri: &str) -> anyhow::Result<String
         Ok(())
     })
 }
+
+/// Every endpoint: with live presence and watchers from a running node,
+/// else as configured in its store (or file), marked so.
+pub fn endpoint_list(target: &AdminTarget) -> anyhow::Result<String> {
+    let mut out = String::new();
+    if let Place::Node { .. } = place(target)? {
+        let list = admin::get(target, "/api/v1/endpoints")?;
+        for endpoint in list.as_array().into_iter().flatten() {
+            out.push_str(&admin::endpoint_line(endpoint));
+            out.push('\n');
+        }
+        return Ok(out);
+    }
+    for e in current(target)?.endpoints {
+        out.push_str(&format!(
+            "{}  {} (configured; the node is not running)\n",
+            e.uri, e.availability
+        ));
+    }
+    Ok(out)
+}

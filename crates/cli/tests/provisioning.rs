@@ -273,6 +273,11 @@ fn edge_provider_policy_and_endpoint_commands() {
             "availability=busy",
         ],
     );
+    let offline = ok(&dir, &["endpoint", "list"]);
+    assert!(
+        offline.contains("sip:bot@contoso.com  busy (configured; the node is not running)"),
+        "{offline}"
+    );
     let server = start_with_file(&dir.join("porchlight.toml"), dir.clone());
     let list = ok(&dir, &["endpoint", "list"]);
     assert!(list.contains("sip:bot@contoso.com  busy"), "{list}");
