@@ -297,3 +297,56 @@ fn a_damaged_store_stops_the_start_with_a_clear_error() {
     );
     assert!(store.exists(), "nothing is deleted");
 }
+
+#[test]
+fn an_admins_presence_setting_survives_a_restart() {
+    let server = start(
+        "persist-admin",
+        &config(
+            &[(
+                "uri = \"sip:helpdesk@porchlight.test\"",
+                "uri = \"sip:helpdesk@contoso.com\"",
+            )],
+            "",
+        ),
+    );
+    let token = std::fs::read_to_string(server.dir.join("porchlight-admin.token")).unwrap();
+    let url = |s: &Server| {
+        format!(
+            "http://{}/api/v1/endpoints/sip:helpdesk@contoso.com/presence",
+            s.admin.unwrap()
+        )
+    };
+    ureq::put(&url(&server))
+        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .send_json(serde_json::json!({"availability": "dnd", "note": "Maintenance until 14:00"}))
+        .unwrap();
+    let mut server = server;
+    server.kill_9();
+    let server = start_with_file(&server.dir.join("porchlight.toml"), server.dir.clone());
+    let helpdesk = |status: &serde_json::Value| {
+        status["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["uri"] == "sip:helpdesk@contoso.com")
+            .unwrap()
+            .clone()
+    };
+    let view = helpdesk(&status(&server));
+    assert_eq!(view["availability"], "do-not-disturb", "{view}");
+    assert_eq!(view["note"], "Maintenance until 14:00");
+    assert_eq!(view["set_by_admin"], true);
+
+    // Cleared, it stays cleared across the next restart.
+    ureq::delete(&url(&server))
+        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .call()
+        .unwrap();
+    let mut server = server;
+    server.kill_9();
+    let server = start_with_file(&server.dir.join("porchlight.toml"), server.dir.clone());
+    let view = helpdesk(&status(&server));
+    assert_eq!(view["availability"], "online", "{view}");
+    assert_eq!(view["set_by_admin"], false);
+}

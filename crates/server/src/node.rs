@@ -238,6 +238,18 @@ fn restore(
     presence: &mut PresenceService,
 ) -> Result<(Option<WriteBehind>, usize), StartError> {
     let started = Instant::now();
+    for (endpoint, set) in store.admin_presence()? {
+        let mut state = porchlight_presence::PresenceState::new(porchlight_presence::Availability(
+            set.availability,
+        ));
+        state.note = set.note;
+        if presence.set_override(&endpoint, Some(state)).is_none() {
+            tracing::info!(
+                endpoint,
+                "an admin's saved presence names an endpoint no longer configured"
+            );
+        }
+    }
     let contacts = presence.restore_registrations(store.registrations()?, Instant::now());
     if contacts > 0 {
         tracing::info!("restored {contacts} registered contacts");

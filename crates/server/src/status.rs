@@ -215,8 +215,33 @@ impl NodeHandle {
         uri: &str,
         state: Option<porchlight_presence::PresenceState>,
     ) -> Result<Option<EndpointView>, Stopped> {
-        let uri = uri.to_owned();
-        self.ask(|tx| Query::SetPresence(uri, state, tx)).await
+        let saved = state.as_ref().map(|s| porchlight_store::AdminPresence {
+            availability: s.availability.0,
+            note: s.note.clone(),
+        });
+        let owned = uri.to_owned();
+        let view = self.ask(|tx| Query::SetPresence(owned, state, tx)).await?;
+        if let (Some(view), Some(store)) = (&view, self.store.clone()) {
+            // Kept under the endpoint's canonical URI, so it finds its
+            // endpoint after a restart whatever alias the admin used.
+            let endpoint = view.uri.clone();
+            let saving = tokio::task::spawn_blocking(move || {
+                store.save_admin_presence(&endpoint, saved.as_ref())
+            })
+            .await;
+            let failure = match saving {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = failure {
+                tracing::error!(
+                    endpoint = uri,
+                    "the admin's presence is in force but not saved: {e}"
+                );
+            }
+        }
+        Ok(view)
     }
 
     /// The configuration the node runs with, for offline-style questions

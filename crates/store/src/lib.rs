@@ -149,6 +149,25 @@ pub trait Store: Send + Sync {
     fn provisioned(&self) -> Result<Option<String>, StoreError>;
     /// Replaces the provisioned configuration, on the disk before returning.
     fn save_provisioned(&self, document: &str) -> Result<(), StoreError>;
+    /// Presence an admin set for endpoints, by endpoint URI.
+    fn admin_presence(&self) -> Result<Vec<(String, AdminPresence)>, StoreError>;
+    /// Keeps (or, with None, forgets) an admin's presence for an endpoint,
+    /// on the disk before returning.
+    fn save_admin_presence(
+        &self,
+        endpoint: &str,
+        presence: Option<&AdminPresence>,
+    ) -> Result<(), StoreError>;
+}
+
+/// Presence an admin set for an endpoint: it wins over every source until
+/// cleared, restarts included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminPresence {
+    /// On the Microsoft scale.
+    pub availability: u32,
+    /// Free text.
+    pub note: Option<String>,
 }
 
 /// The embedded store: a fjall database in one directory, locked while a
@@ -166,6 +185,7 @@ pub struct EmbeddedStore {
 const SCHEMA_KEY: &str = "schema";
 const SECRETS_KEY: &str = "secrets";
 const PROVISIONED_KEY: &str = "provisioned";
+const ADMIN_PRESENCE_PREFIX: &str = "admin-presence:";
 
 impl EmbeddedStore {
     /// Opens the store in `path`, creating it when the directory is new,
@@ -305,6 +325,55 @@ impl Store for EmbeddedStore {
             .map_err(|e| self.io(e))
     }
 
+    fn admin_presence(&self) -> Result<Vec<(String, AdminPresence)>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.meta.prefix(ADMIN_PRESENCE_PREFIX) {
+            let (key, value) = guard.into_inner().map_err(|e| self.io(e))?;
+            let endpoint =
+                String::from_utf8_lossy(&key[ADMIN_PRESENCE_PREFIX.len()..]).into_owned();
+            let corrupt = |reason: &str| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: "admin presence",
+                key: endpoint.clone(),
+                reason: reason.into(),
+            };
+            let (number, note) = value
+                .split_at_checked(4)
+                .ok_or_else(|| corrupt("too short"))?;
+            let availability =
+                u32::from_le_bytes(number.try_into().map_err(|_| corrupt("too short"))?);
+            let note = std::str::from_utf8(note).map_err(|_| corrupt("note not UTF-8"))?;
+            out.push((
+                endpoint,
+                AdminPresence {
+                    availability,
+                    note: (!note.is_empty()).then(|| note.to_owned()),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    fn save_admin_presence(
+        &self,
+        endpoint: &str,
+        presence: Option<&AdminPresence>,
+    ) -> Result<(), StoreError> {
+        let key = format!("{ADMIN_PRESENCE_PREFIX}{endpoint}");
+        match presence {
+            Some(p) => {
+                let mut value = p.availability.to_le_bytes().to_vec();
+                value.extend_from_slice(p.note.as_deref().unwrap_or_default().as_bytes());
+                self.meta.insert(key, value)
+            }
+            None => self.meta.remove(key),
+        }
+        .map_err(|e| self.io(e))?;
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.io(e))
+    }
+
     fn write(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut write = self.db.batch().durability(Some(match self.durability {
             Durability::Process => PersistMode::Buffer,
@@ -390,6 +459,23 @@ mod tests {
         assert_eq!(store.provisioned().unwrap(), None);
         store.save_provisioned("[policy]\n").unwrap();
         assert_eq!(store.provisioned().unwrap().as_deref(), Some("[policy]\n"));
+        let busy = AdminPresence {
+            availability: 6500,
+            note: Some("maintenance".into()),
+        };
+        store
+            .save_admin_presence("sip:ivr@contoso.com", Some(&busy))
+            .unwrap();
+        store
+            .save_admin_presence("sip:bot@contoso.com", Some(&busy))
+            .unwrap();
+        store
+            .save_admin_presence("sip:bot@contoso.com", None)
+            .unwrap();
+        assert_eq!(
+            store.admin_presence().unwrap(),
+            [("sip:ivr@contoso.com".to_owned(), busy)]
+        );
         let slots: Vec<u32> = store
             .subscriptions()
             .unwrap()
