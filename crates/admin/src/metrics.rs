@@ -45,74 +45,74 @@ fn escape(value: &str) -> String {
 /// Renders every metric of `status`.
 pub fn render(status: &Status) -> String {
     let mut out = String::new();
-    let mut single = |name: &str, kind: &str, help: &str, value: u64| {
+    let mut single = |name: &str, kind: &str, help: &str, value: &dyn std::fmt::Display| {
         Family::start(&mut out, name, kind, help).sample(&[], value);
     };
     single(
         "porchlight_uptime_seconds",
         "gauge",
         "Seconds since the node started.",
-        status.uptime_secs,
+        &status.uptime_secs,
     );
     single(
         "porchlight_subscriptions_active",
         "gauge",
         "Subscriptions alive now.",
-        status.subscriptions_active,
+        &status.subscriptions_active,
     );
     single(
         "porchlight_subscriptions_created_total",
         "counter",
         "New subscriptions accepted.",
-        status.subscriptions_created,
+        &status.subscriptions_created,
     );
     single(
         "porchlight_subscriptions_refreshed_total",
         "counter",
         "Subscription refreshes accepted.",
-        status.subscriptions_refreshed,
+        &status.subscriptions_refreshed,
     );
     single(
         "porchlight_subscriptions_expired_total",
         "counter",
         "Subscriptions that ran out.",
-        status.subscriptions_expired,
+        &status.subscriptions_expired,
     );
     single(
         "porchlight_notifies_sent_total",
         "counter",
         "NOTIFY and BENOTIFY requests sent.",
-        status.notifies_sent,
+        &status.notifies_sent,
     );
     single(
         "porchlight_notifies_failed_total",
         "counter",
         "NOTIFYs that failed for good.",
-        status.notifies_failed,
+        &status.notifies_failed,
     );
     single(
         "porchlight_notifies_in_flight",
         "gauge",
         "NOTIFY transactions outstanding.",
-        u64::from(status.notifies_in_flight),
+        &status.notifies_in_flight,
     );
     single(
         "porchlight_connections",
         "gauge",
         "Open TCP and TLS connections.",
-        status.connections as u64,
+        &status.connections,
     );
     single(
         "porchlight_proxied_in_progress",
         "gauge",
         "Requests being proxied.",
-        status.proxied_in_progress as u64,
+        &status.proxied_in_progress,
     );
     single(
         "porchlight_parked_messages",
         "gauge",
         "Messages waiting for a destination to be found (queue depth).",
-        status.parked as u64,
+        &status.parked,
     );
 
     if let Some(store) = &status.store {
@@ -120,46 +120,44 @@ pub fn render(status: &Status) -> String {
             "porchlight_store_flushes_total",
             "counter",
             "Write-behind batches committed to the store.",
-            store.flushes,
+            &store.flushes,
         );
         single(
             "porchlight_store_records_written_total",
             "counter",
             "Subscription records saved or deleted in the store.",
-            store.records_written,
+            &store.records_written,
         );
         single(
             "porchlight_store_flush_failures_total",
             "counter",
             "Write-behind batches that failed to commit.",
-            store.failures,
+            &store.failures,
         );
         single(
             "porchlight_store_pending_changes",
             "gauge",
             "Changed subscriptions not yet handed to the store writer (queue depth).",
-            store.pending_changes as u64,
+            &store.pending_changes,
         );
         single(
             "porchlight_subscriptions_recovering",
             "gauge",
             "Subscriptions restored at start still owed their first NOTIFY.",
-            store.recovering as u64,
+            &store.recovering,
         );
-        Family::start(
-            &mut out,
+        single(
             "porchlight_store_flush_seconds_total",
             "counter",
             "Time spent committing write-behind batches; divide by flushes for the mean.",
-        )
-        .sample(&[], store.flush_seconds_total);
-        Family::start(
-            &mut out,
+            &store.flush_seconds_total,
+        );
+        single(
             "porchlight_store_flush_seconds_max",
             "gauge",
             "The longest write-behind commit since start.",
-        )
-        .sample(&[], store.flush_seconds_max);
+            &store.flush_seconds_max,
+        );
     }
 
     let mut family = Family::start(

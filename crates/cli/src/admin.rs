@@ -19,7 +19,11 @@ pub fn config_of(target: &AdminTarget) -> anyhow::Result<Config> {
 
 /// The node's admin API base URL and its token.
 pub fn locate(target: &AdminTarget) -> anyhow::Result<(String, String)> {
-    let config = config_of(target)?;
+    locate_in(target, &config_of(target)?)
+}
+
+/// [`locate`] with the node's configuration already read.
+pub fn locate_in(target: &AdminTarget, config: &Config) -> anyhow::Result<(String, String)> {
     let base = match &target.admin {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => {
@@ -42,6 +46,11 @@ pub fn locate(target: &AdminTarget) -> anyhow::Result<(String, String)> {
 /// GETs `path` from the node's admin API.
 pub fn get(target: &AdminTarget, path: &str) -> anyhow::Result<Value> {
     let (base, token) = locate(target)?;
+    get_at(&base, &token, path)
+}
+
+/// GETs `path` from the admin API at `base` with `token`.
+pub fn get_at(base: &str, token: &str, path: &str) -> anyhow::Result<Value> {
     let url = format!("{base}{path}");
     let response = ureq::get(&url)
         .set("Authorization", &format!("Bearer {token}"))

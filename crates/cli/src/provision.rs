@@ -14,22 +14,41 @@ use porchlight_store::{Durability, EmbeddedStore, Store};
 use crate::admin;
 use crate::AdminTarget;
 
-/// Where the document lives for this command.
+/// Where the document lives for this command, found once.
 enum Place {
     /// A running node, through its API.
     Node { base: String, token: String },
-    /// The node is not running: its store (or, without one, its file).
-    Offline(Box<Config>),
+    /// The node is not running: its store, or none (memory only).
+    Offline(Option<EmbeddedStore>),
 }
 
-fn place(target: &AdminTarget) -> anyhow::Result<Place> {
-    if let Ok((base, token)) = admin::locate(target) {
+/// One command's view: the node's configuration, where the document
+/// lives, and the document as it is now.
+struct Session {
+    config: Config,
+    place: Place,
+    document: String,
+}
+
+/// Asks the node named by `target` for its document; when none answers,
+/// opens its store instead.
+fn open(target: &AdminTarget) -> anyhow::Result<Session> {
+    let config = admin::config_of(target)?;
+    if let Ok((base, token)) = admin::locate_in(target, &config) {
         let probe = ureq::get(&format!("{base}/api/v1/config"))
             .set("Authorization", &format!("Bearer {token}"))
             .timeout(std::time::Duration::from_secs(5))
             .call();
         match probe {
-            Ok(_) => return Ok(Place::Node { base, token }),
+            Ok(r) => {
+                let document = r.into_string().with_context(|| base.clone())?;
+                let place = Place::Node { base, token };
+                return Ok(Session {
+                    config,
+                    place,
+                    document,
+                });
+            }
             Err(ureq::Error::Status(code, r)) => {
                 bail!(
                     "{base}: {code} {}",
@@ -39,7 +58,18 @@ fn place(target: &AdminTarget) -> anyhow::Result<Place> {
             Err(ureq::Error::Transport(_)) => {}
         }
     }
-    Ok(Place::Offline(Box::new(admin::config_of(target)?)))
+    let store = open_store(&config)?;
+    let stored = store
+        .as_ref()
+        .map(|s| s.provisioned())
+        .transpose()?
+        .flatten();
+    let document = stored.unwrap_or_else(|| config.provisioned().to_toml());
+    Ok(Session {
+        config,
+        place: Place::Offline(store),
+        document,
+    })
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Option<EmbeddedStore>> {
@@ -54,70 +84,66 @@ fn open_store(config: &Config) -> anyhow::Result<Option<EmbeddedStore>> {
     ))
 }
 
-/// The policy and endpoints in force (running node), or that the node
-/// will start with (offline).
-pub fn export(target: &AdminTarget) -> anyhow::Result<String> {
-    match place(target)? {
-        Place::Node { base, token } => {
-            let url = format!("{base}/api/v1/config");
-            ureq::get(&url)
-                .set("Authorization", &format!("Bearer {token}"))
-                .call()
-                .with_context(|| url.clone())?
-                .into_string()
-                .with_context(|| url)
+impl Session {
+    /// Replaces the document with `document` (named `origin` in errors):
+    /// checked here first, then in force on a running node, or saved in
+    /// the store for the next start.
+    fn save(&self, document: &str, origin: &str) -> anyhow::Result<String> {
+        let checked = self.config.with_provisioned(document, origin)?;
+        let document = checked.provisioned().to_toml();
+        match &self.place {
+            Place::Node { base, token } => {
+                let url = format!("{base}/api/v1/config");
+                let response = ureq::put(&url)
+                    .set("Authorization", &format!("Bearer {token}"))
+                    .set("Content-Type", "application/toml")
+                    .send_string(&document);
+                match response {
+                    Ok(r) => {
+                        let outcome: serde_json::Value = r.into_json()?;
+                        Ok(if outcome["restart_needed"].as_bool() == Some(true) {
+                            "saved; the policy is in force now, endpoint changes after the next start"
+                        } else {
+                            "saved and in force"
+                        }
+                        .to_owned())
+                    }
+                    Err(ureq::Error::Status(code, r)) => {
+                        bail!(
+                            "{url}: {code} {}",
+                            r.into_string().unwrap_or_default().trim()
+                        )
+                    }
+                    Err(e) => Err(e).with_context(|| url),
+                }
+            }
+            Place::Offline(None) => {
+                bail!("this node has no store ([store] path = \"\"): change the configuration file instead")
+            }
+            Place::Offline(Some(store)) => {
+                store.save_provisioned(&document)?;
+                Ok("saved in the store; in force when the node starts".to_owned())
+            }
         }
-        Place::Offline(config) => {
-            let stored = open_store(&config)?
-                .map(|s| s.provisioned())
-                .transpose()?
-                .flatten();
-            Ok(stored.unwrap_or_else(|| config.provisioned().to_toml()))
-        }
+    }
+
+    /// The document as data.
+    fn provisioned(&self) -> anyhow::Result<Provisioned> {
+        Ok(toml::from_str(&self.document)?)
     }
 }
 
+/// The policy and endpoints in force (running node), or that the node
+/// will start with (offline).
+pub fn export(target: &AdminTarget) -> anyhow::Result<String> {
+    Ok(open(target)?.document)
+}
+
 /// Replaces the policy and endpoints with `document` (named `origin` in
-/// errors): checked here first, then in force on a running node, or saved
-/// in the store for the next start.
+/// errors): checked first, then in force on a running node, or saved in
+/// the store for the next start.
 pub fn import(target: &AdminTarget, document: &str, origin: &str) -> anyhow::Result<String> {
-    let local = admin::config_of(target)?;
-    let checked = local.with_provisioned(document, origin)?;
-    let document = checked.provisioned().to_toml();
-    match place(target)? {
-        Place::Node { base, token } => {
-            let url = format!("{base}/api/v1/config");
-            let response = ureq::put(&url)
-                .set("Authorization", &format!("Bearer {token}"))
-                .set("Content-Type", "application/toml")
-                .send_string(&document);
-            match response {
-                Ok(r) => {
-                    let outcome: serde_json::Value = r.into_json()?;
-                    Ok(if outcome["restart_needed"].as_bool() == Some(true) {
-                        "saved; the policy is in force now, endpoint changes after the next start"
-                    } else {
-                        "saved and in force"
-                    }
-                    .to_owned())
-                }
-                Err(ureq::Error::Status(code, r)) => {
-                    bail!(
-                        "{url}: {code} {}",
-                        r.into_string().unwrap_or_default().trim()
-                    )
-                }
-                Err(e) => Err(e).with_context(|| url),
-            }
-        }
-        Place::Offline(config) => {
-            let Some(store) = open_store(&config)? else {
-                bail!("this node has no store ([store] path = \"\"): change the configuration file instead");
-            };
-            store.save_provisioned(&document)?;
-            Ok("saved in the store; in force when the node starts".to_owned())
-        }
-    }
+    open(target)?.save(document, origin)
 }
 
 /// Reads a document from a file for `config import`.
@@ -161,19 +187,20 @@ pub fn federation_list(target: &AdminTarget) -> anyhow::Result<String> {
 
 /// The document in force, as data.
 pub fn current(target: &AdminTarget) -> anyhow::Result<Provisioned> {
-    Ok(toml::from_str(&export(target)?)?)
+    open(target)?.provisioned()
 }
 
-/// Reads the document, lets `edit` change it, and imports the result
-/// whole: every command is one checked replacement.
+/// Reads the document, lets `edit` change it, and saves the result
+/// whole to the same place: every command is one checked replacement.
 pub fn change(
     target: &AdminTarget,
     what: &str,
     edit: impl FnOnce(&mut Provisioned) -> anyhow::Result<()>,
 ) -> anyhow::Result<String> {
-    let mut provisioned = current(target)?;
+    let session = open(target)?;
+    let mut provisioned = session.provisioned()?;
     edit(&mut provisioned)?;
-    import(target, &provisioned.to_toml(), what)
+    session.save(&provisioned.to_toml(), what)
 }
 
 /// Sets fields of `value` from `key=value` words, as TOML values (a bare
@@ -224,59 +251,56 @@ fn apply_fields<T: serde::de::DeserializeOwned>(
 }
 
 /// Applies one change to the federation lists as a whole-document import.
-pub fn federation_change(target: &AdminTarget, change: FederationChange) -> anyhow::Result<String> {
-    let mut provisioned = current(target)?;
-    let policy = &mut provisioned.policy;
-    let same = |a: &str, b: &str| {
-        a.trim_end_matches('.')
-            .eq_ignore_ascii_case(b.trim_end_matches('.'))
-    };
-    match change {
-        FederationChange::Allow {
-            domain,
-            proxy,
-            unverified,
-        } => {
-            if policy.blocked_domains.iter().any(|b| same(b, &domain)) {
-                bail!("{domain} is blocked; `porchlight federation remove {domain}` first");
-            }
-            policy.allowed_domains.retain(|d| !same(&d.domain, &domain));
-            policy.allowed_domains.push(AllowedDomain {
+pub fn federation_change(target: &AdminTarget, edit: FederationChange) -> anyhow::Result<String> {
+    change(target, "the changed federation lists", |provisioned| {
+        let policy = &mut provisioned.policy;
+        let same = |a: &str, b: &str| {
+            a.trim_end_matches('.')
+                .eq_ignore_ascii_case(b.trim_end_matches('.'))
+        };
+        match edit {
+            FederationChange::Allow {
                 domain,
-                proxy_fqdn: proxy,
-                verification: if unverified {
-                    Verification::Unverified
-                } else {
-                    Verification::Verified
-                },
-            });
-        }
-        FederationChange::Block(domain) => {
-            if policy
-                .allowed_domains
-                .iter()
-                .any(|d| same(&d.domain, &domain))
-            {
-                bail!("{domain} is allowed; `porchlight federation remove {domain}` first");
+                proxy,
+                unverified,
+            } => {
+                if policy.blocked_domains.iter().any(|b| same(b, &domain)) {
+                    bail!("{domain} is blocked; `porchlight federation remove {domain}` first");
+                }
+                policy.allowed_domains.retain(|d| !same(&d.domain, &domain));
+                policy.allowed_domains.push(AllowedDomain {
+                    domain,
+                    proxy_fqdn: proxy,
+                    verification: if unverified {
+                        Verification::Unverified
+                    } else {
+                        Verification::Verified
+                    },
+                });
             }
-            if !policy.blocked_domains.iter().any(|b| same(b, &domain)) {
-                policy.blocked_domains.push(domain);
+            FederationChange::Block(domain) => {
+                if policy
+                    .allowed_domains
+                    .iter()
+                    .any(|d| same(&d.domain, &domain))
+                {
+                    bail!("{domain} is allowed; `porchlight federation remove {domain}` first");
+                }
+                if !policy.blocked_domains.iter().any(|b| same(b, &domain)) {
+                    policy.blocked_domains.push(domain);
+                }
+            }
+            FederationChange::Remove(domain) => {
+                let before = policy.allowed_domains.len() + policy.blocked_domains.len();
+                policy.allowed_domains.retain(|d| !same(&d.domain, &domain));
+                policy.blocked_domains.retain(|b| !same(b, &domain));
+                if before == policy.allowed_domains.len() + policy.blocked_domains.len() {
+                    bail!("{domain} is neither allowed nor blocked");
+                }
             }
         }
-        FederationChange::Remove(domain) => {
-            let before = policy.allowed_domains.len() + policy.blocked_domains.len();
-            policy.allowed_domains.retain(|d| !same(&d.domain, &domain));
-            policy.blocked_domains.retain(|b| !same(b, &domain));
-            if before == policy.allowed_domains.len() + policy.blocked_domains.len() {
-                bail!("{domain} is neither allowed nor blocked");
-            }
-        }
-    }
-    import(
-        target,
-        &provisioned.to_toml(),
-        "the changed federation lists",
-    )
+        Ok(())
+    })
 }
 
 /// `porchlight edge …`: the edge access switches.
@@ -622,15 +646,16 @@ pub fn endpoint_remove(target: &AdminTarget, uri: &str) -> anyhow::Result<String
 /// else as configured in its store (or file), marked so.
 pub fn endpoint_list(target: &AdminTarget) -> anyhow::Result<String> {
     let mut out = String::new();
-    if let Place::Node { .. } = place(target)? {
-        let list = admin::get(target, "/api/v1/endpoints")?;
+    let session = open(target)?;
+    if let Place::Node { base, token } = &session.place {
+        let list = admin::get_at(base, token, "/api/v1/endpoints")?;
         for endpoint in list.as_array().into_iter().flatten() {
             out.push_str(&admin::endpoint_line(endpoint));
             out.push('\n');
         }
         return Ok(out);
     }
-    for e in current(target)?.endpoints {
+    for e in session.provisioned()?.endpoints {
         out.push_str(&format!(
             "{}  {} (configured; the node is not running)\n",
             e.uri, e.availability

@@ -460,10 +460,19 @@ fn unsubscribe_while_a_notify_is_unanswered_still_gets_the_final_notify() {
     assert_eq!(h.notifier.stats().active, 0);
 }
 
+/// Watcher `w`'s SUBSCRIBE in its dialog (CSeq 2), as `Harness::subscribe_with` made it.
+fn resubscribe(w: u32, to_tag: &str, expires: u32) -> String {
+    format!(
+        "SUBSCRIBE sip:192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.{w};branch=z9hG4bKr{w}\r\n\
+         From: <sip:w{w}@fabrikam.com>;tag=f{w}\r\nTo: <{ENDPOINT}>;tag={to_tag}\r\nCall-ID: call-{w}\r\n\
+         CSeq: 2 SUBSCRIBE\r\nContact: <sip:w{w}@10.0.0.{w}>\r\nEvent: presence\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
 #[test]
 fn saved_subscriptions_come_back_with_their_dialogs_and_are_renotified_paced() {
     let mut h = Harness::new(NotifierConfig::default());
-    h.notifier.save_changes(true);
+    h.notifier.record_changes();
     let mut tags = Vec::new();
     for w in 1..=40 {
         tags.push(h.subscribe(w).to_tag.unwrap());
@@ -472,13 +481,7 @@ fn saved_subscriptions_come_back_with_their_dialogs_and_are_renotified_paced() {
         h.reply(&n, 200);
     }
     // One unsubscribes; its final NOTIFY is answered, so its slot is free.
-    let bye = format!(
-        "SUBSCRIBE sip:192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.3;branch=z9hG4bKu\r\n\
-         From: <sip:w3@fabrikam.com>;tag=f3\r\nTo: <{ENDPOINT}>;tag={}\r\nCall-ID: call-3\r\n\
-         CSeq: 2 SUBSCRIBE\r\nContact: <sip:w3@10.0.0.3>\r\nEvent: presence\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n",
-        tags[2]
-    );
-    assert_eq!(h.answer(&bye, 3).code, 200);
+    assert_eq!(h.answer(&resubscribe(3, &tags[2], 0), 3).code, 200);
     for (_, n) in h.drain() {
         h.reply(&n, 200);
     }
@@ -547,13 +550,10 @@ fn saved_subscriptions_come_back_with_their_dialogs_and_are_renotified_paced() {
         assert_eq!(n.from().unwrap().tag(), Some(tags[w as usize - 1].as_str()));
     }
     // The watcher's refresh with its old To tag finds its dialog.
-    let refresh = format!(
-        "SUBSCRIBE sip:192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.7;branch=z9hG4bKr\r\n\
-         From: <sip:w7@fabrikam.com>;tag=f7\r\nTo: <{ENDPOINT}>;tag={}\r\nCall-ID: call-7\r\n\
-         CSeq: 2 SUBSCRIBE\r\nContact: <sip:w7@10.0.0.7>\r\nEvent: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
-        tags[6]
+    assert_eq!(
+        restarted.answer(&resubscribe(7, &tags[6], 600), 7).code,
+        200
     );
-    assert_eq!(restarted.answer(&refresh, 7).code, 200);
     // The freed slot stays free for newcomers, and the next is not a clash.
     assert_eq!(restarted.subscribe(99).code, 200);
     assert_eq!(restarted.notifier.stats().active, 40);

@@ -555,7 +555,6 @@ impl PresenceService {
         let mut restored = 0;
         for (uri, bindings) in saved {
             let Some(endpoint) = self.directory.resolve(&uri) else {
-                self.registrations_changed.push(usize::MAX);
                 continue;
             };
             let bindings: Vec<_> = bindings
@@ -570,7 +569,6 @@ impl PresenceService {
             self.registrar.restore(endpoint, bindings, now, unix);
             self.refresh(endpoint);
         }
-        self.registrations_changed.retain(|&e| e != usize::MAX);
         restored
     }
 
@@ -611,7 +609,7 @@ impl PresenceService {
         }
         self.recovery = Some((window, now + SETTLE_LIMIT));
         self.begin_recovery_when_settled(now);
-        self.notifier.save_changes(true);
+        self.notifier.record_changes();
         report
     }
 

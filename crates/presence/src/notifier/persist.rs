@@ -165,12 +165,10 @@ pub enum RestoreError {
 }
 
 impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
-    /// Starts (or stops) noting changed records for the store.
-    pub fn save_changes(&mut self, on: bool) {
-        self.journal.enabled = on;
-        if !on {
-            self.journal.changed = Vec::new();
-        }
+    /// Starts noting changed records for the store (after restoring, so
+    /// the restored records are not written straight back).
+    pub fn record_changes(&mut self) {
+        self.journal.enabled = true;
     }
 
     /// Moves the slots changed since the last call into `out`, each once.
