@@ -45,7 +45,7 @@ fn cli(server: &Server, args: &[&str]) -> String {
 #[test]
 fn the_admin_api_shows_the_running_node_and_requires_its_token() {
     // A fixed port, so the CLI finds the API from the configuration alone.
-    let port = free_tcp_port();
+    let port = free_port();
     let listen = format!("listen = \"127.0.0.1:{port}\"");
     let server = start(
         "admin",

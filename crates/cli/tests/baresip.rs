@@ -53,7 +53,7 @@ fn baresip_watcher_follows_registration_and_health() {
 
     let app = Baresip::start(
         &dir.join("app"),
-        free_udp_port(),
+        free_port(),
         &["account"],
         &format!(
             "<sip:helpdesk@contoso.com>;auth_pass=s3cret;outbound=\"sip:{}\";regint=6",
@@ -65,7 +65,7 @@ fn baresip_watcher_follows_registration_and_health() {
 
     let watcher = Baresip::start(
         &dir.join("watcher"),
-        free_udp_port(),
+        free_port(),
         &["account", "contact", "presence"],
         "<sip:alice@127.0.0.1>;regint=0",
         &format!("\"Help Desk\" <sip:helpdesk@{}>;presence=p2p", server.udp),

@@ -52,7 +52,7 @@ fn webdriver(method: &str, url: &str, body: Option<Value>) -> Value {
 
 impl Browser {
     fn start() -> Browser {
-        let port = free_tcp_port();
+        let port = free_port();
         let mut driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

@@ -61,8 +61,8 @@ impl Kamailio {
             format!("[server:default]\n{profile}\n[client:default]\n{profile}"),
         )
         .unwrap();
-        let udp_port = free_udp_port();
-        let tls_port = free_tcp_port();
+        let udp_port = free_port();
+        let tls_port = free_port();
         let template = include_str!("kamailio/partner.cfg");
         let config = template
             .replace("@DOMAIN@", domain)
@@ -120,7 +120,7 @@ fn watcher(name: &str, user: &str, proxy: &Kamailio) -> Baresip {
     let dir = temp_dir(&format!("baresip-{name}"));
     let watcher = Baresip::start(
         &dir,
-        free_udp_port(),
+        free_port(),
         &["account", "contact", "presence"],
         &format!("<{user}>;outbound=\"sip:{}\";regint=0", proxy.udp()),
         "\"Help Desk\" <sip:helpdesk@contoso.com>;presence=p2p",
@@ -309,7 +309,7 @@ fn a_call_from_behind_kamailio_reaches_the_inside_through_the_edge() {
         "-i",
         "127.0.0.1",
         "-p",
-        &free_udp_port().to_string(),
+        &free_port().to_string(),
     ]);
     finished_ok(
         caller,
@@ -355,7 +355,7 @@ fn message_from_inside(server: &Server, from: &str, to: &str, text: &str) -> Mes
 #[test]
 fn the_inside_reaches_a_partner_found_in_dns_and_notifies_survive_a_lost_connection() {
     let pki = Pki::new("kamailio-outbound");
-    let dns_port = free_udp_port();
+    let dns_port = free_port();
     let healthy = Arc::new(AtomicBool::new(true));
     let health_port = health_server(healthy.clone());
     let text = pki
@@ -397,7 +397,7 @@ fn the_inside_reaches_a_partner_found_in_dns_and_notifies_survive_a_lost_connect
     let dir = temp_dir("baresip-outbound-alice");
     let alice = Baresip::start(
         &dir,
-        free_udp_port(),
+        free_port(),
         &["account", "contact", "presence"],
         &format!(
             "<sip:alice@partner.test>;outbound=\"sip:{}\";regint=600",

@@ -99,7 +99,7 @@ fn status(server: &Server) -> serde_json::Value {
 fn subscriptions_survive_kill_9_and_keep_receiving_notifies() {
     let healthy = Arc::new(AtomicBool::new(true));
     let health_port = health_server(healthy.clone());
-    let udp_port = free_udp_port();
+    let udp_port = free_port();
     let mut server = start("persist", &persistent_config(udp_port, health_port));
     let config_path = server.dir.join("porchlight.toml");
 
@@ -140,7 +140,7 @@ fn subscriptions_survive_kill_9_and_keep_receiving_notifies() {
     let peers = temp_dir("persist-peers");
     let watcher = Baresip::start(
         &peers.join("watcher"),
-        free_udp_port(),
+        free_port(),
         &["account", "contact", "presence"],
         "<sip:alice@127.0.0.1>;regint=0",
         &format!("\"Help Desk\" <sip:helpdesk@127.0.0.1:{udp_port}>;presence=p2p"),
@@ -150,7 +150,7 @@ fn subscriptions_survive_kill_9_and_keep_receiving_notifies() {
     // The IVR's app registers (and would not again for ten minutes).
     let app = Baresip::start(
         &peers.join("app"),
-        free_udp_port(),
+        free_port(),
         &["account"],
         &format!(
             "<sip:ivr@contoso.com>;auth_pass=s3cret;outbound=\"sip:127.0.0.1:{udp_port}\";regint=600"
@@ -252,7 +252,7 @@ fn a_damaged_store_stops_the_start_with_a_clear_error() {
     let health_port = health_server(healthy);
     let server = start(
         "persist-damaged",
-        &persistent_config(free_udp_port(), health_port),
+        &persistent_config(free_port(), health_port),
     );
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let w = socket.local_addr().unwrap();

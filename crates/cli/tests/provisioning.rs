@@ -65,7 +65,7 @@ fn decision_via(server: &Server, domain: &str, peer: &str) -> (bool, String) {
 /// A node for contoso.com with `edits`, its admin API on a fixed port so
 /// the commands find it from its file alone.
 fn node(name: &str, edits: &[(&str, &str)]) -> Server {
-    let port = free_tcp_port();
+    let port = free_port();
     let listen = format!("listen = \"127.0.0.1:{port}\"");
     let mut all = vec![
         ("listen = \"127.0.0.1:0\"", listen.as_str()),

@@ -364,7 +364,7 @@ impl Baresip {
         contacts: &str,
     ) -> Baresip {
         std::fs::create_dir_all(dir).unwrap();
-        let console = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let console = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut config = format!(
             "sip_listen 127.0.0.1:{listen_port}\nmodule_path /usr/lib/baresip/modules\n\
              module cons.so\ncons_listen {console}\nmodule_app menu.so\n"
@@ -474,20 +474,34 @@ fn plain(text: &str) -> String {
         .replace("\u{1b}[;m", "")
 }
 
-pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port another program (a node, baresip, Kamailio, dnsmasq)
+/// will bind, free for both UDP and TCP along with the next one, since
+/// baresip puts its TLS transport on `port + 1`.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up): a
+/// port handed out by binding port 0 can be taken by any outgoing
+/// connection between the test choosing it and the program binding it,
+/// which made runs fail now and then with "Address already in use". Each
+/// test binary starts at its own offset, so binaries running side by side
+/// rarely meet.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let offset = std::process::id() % 110 * 200;
+    let _ = NEXT.compare_exchange(u32::MAX, offset, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN / 2 {
+        let port = (FIRST + NEXT.fetch_add(2, Ordering::SeqCst) % SPAN) as u16;
+        let free = |port: u16| {
+            UdpSocket::bind(("127.0.0.1", port)).is_ok()
+                && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        };
+        if free(port) && free(port + 1) {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN);
 }
 
 /// A dnsmasq serving only the records given (`--srv-host=…`,
