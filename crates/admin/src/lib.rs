@@ -15,12 +15,13 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use porchlight_policy::Modality;
 use porchlight_presence::{Availability, PresenceState};
 use porchlight_server::status::{
-    DecisionRecord, EndpointDetail, EndpointView, ImportError, Imported, Status,
+    DecisionRecord, EndpointDetail, EndpointView, ImportError, Imported, OutgoingMessage,
+    SentMessage, Status,
 };
 use porchlight_server::NodeHandle;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,7 @@ pub fn router(node: NodeHandle, token: &str) -> Router {
             "/api/v1/endpoints/{uri}/presence",
             put(set_presence).delete(clear_presence),
         )
+        .route("/api/v1/endpoints/{uri}/messages", post(send_message))
         .route("/api/v1/config", get(export_config).put(import_config))
         .route("/api/v1/decisions", get(decisions))
         .route("/api/v1/explain", get(explain))
@@ -223,6 +225,38 @@ fn presence_answer(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/endpoints/{uri}/messages", tag = "endpoints",
+    params(("uri" = String, Path, description = "The endpoint sending, e.g. sip:helpdesk@contoso.com")),
+    request_body = OutgoingMessage,
+    responses(
+        (status = 200, description = "Delivered: the recipient answered 2xx", body = SentMessage),
+        (status = 403, description = "Refused by the policy (see /api/v1/decisions)", body = SentMessage),
+        (status = 404, description = "Not an endpoint of this node, or no such recipient", body = SentMessage),
+        (status = 502, description = "The recipient or its edge answered with a failure, or did not answer", body = SentMessage)),
+    security(("token" = [])))]
+/// An app sends IM as its endpoint: out through the edge to a federated
+/// user, under the policy, answered when the recipient's final response
+/// arrives.
+async fn send_message(
+    State(admin): State<Admin>,
+    Path(uri): Path<String>,
+    Json(mut message): Json<OutgoingMessage>,
+) -> Response {
+    message.from = uri;
+    match admin.node.send_message(message).await {
+        Ok(sent) => {
+            let status = match sent.status {
+                200..=299 => StatusCode::OK,
+                403 => StatusCode::FORBIDDEN,
+                404 => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            (status, Json(sent)).into_response()
+        }
+        Err(_) => stopped(),
+    }
+}
+
 /// The question `explain` answers.
 #[derive(Deserialize, utoipa::IntoParams)]
 struct ExplainQuery {
@@ -310,7 +344,7 @@ async fn metrics(State(admin): State<Admin>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Porchlight admin API", description = "The running node: status, endpoints, policy decisions, metrics."),
-    paths(status, endpoints, endpoint, set_presence, clear_presence, export_config, import_config, decisions, explain, metrics),
+    paths(status, endpoints, endpoint, set_presence, clear_presence, send_message, export_config, import_config, decisions, explain, metrics),
     modifiers(&BearerToken)
 )]
 struct ApiDoc;

@@ -53,7 +53,7 @@ pub struct EndpointConfig {
     pub sip_target: Option<String>,
     /// Where IM goes for apps that speak only HTTP.
     #[serde(default)]
-    pub webhook: Option<String>,
+    pub webhook: Option<WebhookConfig>,
     /// The named external access policy granted to this endpoint.
     #[serde(default)]
     pub policy: Option<String>,
@@ -102,6 +102,47 @@ pub struct HealthConfig {
     pub failures: u32,
 }
 
+/// IM delivery to an app that speaks only HTTP: each message is POSTed as
+/// JSON, signed so the app can tell it came from this node.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://host:port/path`.
+    pub url: String,
+    /// The HMAC-SHA256 key of the signature header, shared with the app.
+    pub secret: String,
+    /// Milliseconds one attempt may take.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_ms: u64,
+    /// Further attempts after a failure to connect, a timeout or a 5xx.
+    #[serde(default = "default_webhook_retries")]
+    pub retries: u32,
+}
+
+fn default_webhook_timeout() -> u64 {
+    5000
+}
+fn default_webhook_retries() -> u32 {
+    2
+}
+
+/// Longest a webhook delivery may take in all, attempts and pauses
+/// together: the sender's MESSAGE transaction gives up after 32 s (Timer F).
+pub const WEBHOOK_BUDGET_MS: u64 = 30_000;
+
+impl WebhookConfig {
+    /// The pause before retry `n` (1-based): 250 ms, doubling.
+    pub fn backoff_ms(n: u32) -> u64 {
+        250 << (n.saturating_sub(1)).min(6)
+    }
+
+    /// The longest all attempts and pauses can take.
+    pub fn worst_case_ms(&self) -> u64 {
+        let attempts = u64::from(self.retries) + 1;
+        attempts * self.timeout_ms + (1..=self.retries).map(Self::backoff_ms).sum::<u64>()
+    }
+}
+
 fn default_health_interval() -> u64 {
     10
 }
@@ -135,6 +176,17 @@ pub enum EndpointError {
     /// A health URL we cannot probe.
     #[error("endpoint {0:?}: health url must be http://host:port/path")]
     HealthUrl(String),
+    /// A static target that is not a SIP URI.
+    #[error(
+        "endpoint {0:?}: sip_target must be a SIP URI like \"sip:10.0.0.7:5060;transport=tcp\""
+    )]
+    SipTarget(String),
+    /// A webhook we cannot call.
+    #[error(
+        "endpoint {0:?}: webhook needs url = \"http://host:port/path\", a non-empty secret, \
+         and timeout_ms × (retries + 1) plus pauses within 30 s (the sender gives up at 32 s)"
+    )]
+    Webhook(String),
     /// A bad schedule.
     #[error("endpoint {uri:?}: schedule: {source}")]
     Schedule {
@@ -199,6 +251,23 @@ impl Endpoint {
         if let Some(h) = &config.health {
             if !h.url.starts_with("http://") || h.interval_secs == 0 || h.failures == 0 {
                 return Err(EndpointError::HealthUrl(config.uri.clone()));
+            }
+        }
+        if let Some(target) = &config.sip_target {
+            if !matches!(
+                porchlight_sip::Uri::parse(target),
+                Ok(porchlight_sip::Uri::Sip(..))
+            ) {
+                return Err(EndpointError::SipTarget(config.uri.clone()));
+            }
+        }
+        if let Some(w) = &config.webhook {
+            if !w.url.starts_with("http://")
+                || w.secret.is_empty()
+                || w.timeout_ms == 0
+                || w.worst_case_ms() > WEBHOOK_BUDGET_MS
+            {
+                return Err(EndpointError::Webhook(config.uri.clone()));
             }
         }
         let schedule = match &config.schedule {

@@ -132,6 +132,14 @@ pub struct TimersSection {
     pub t2_ms: u64,
     /// T4 in milliseconds.
     pub t4_ms: u64,
+    /// Timer C (§16.6): seconds a proxied INVITE may ring before this node
+    /// cancels it.
+    #[serde(default = "default_timer_c")]
+    pub timer_c_secs: u64,
+}
+
+fn default_timer_c() -> u64 {
+    porchlight_transaction::proxy::DEFAULT_TIMER_C.as_secs()
 }
 
 /// Edge mode: proxying for the SIP infrastructure behind the node.
@@ -541,6 +549,8 @@ impl Config {
                 | porchlight_endpoints::EndpointError::Duplicate(u)
                 | porchlight_endpoints::EndpointError::Credentials(u)
                 | porchlight_endpoints::EndpointError::HealthUrl(u)
+                | porchlight_endpoints::EndpointError::SipTarget(u)
+                | porchlight_endpoints::EndpointError::Webhook(u)
                 | porchlight_endpoints::EndpointError::Schedule { uri: u, .. } => Some(u.as_str()),
                 _ => None,
             };
@@ -685,6 +695,12 @@ impl Config {
                     self.store.flush_interval_ms
                 ),
                 "use 1 to 60000 milliseconds (default 100); set path = \"\" to keep state in memory only",
+            ));
+        }
+        if self.timers.timer_c_secs <= 180 {
+            return Err(invalid(
+                format!("[timers] timer_c_secs = {}", self.timers.timer_c_secs),
+                "use more than 180 seconds (RFC 3261 §16.6); the default is 181",
             ));
         }
         if self.limits.max_parked_per_destination == 0 {

@@ -2,15 +2,18 @@
 //! answers, and where they go — as pure functions of the request, how it
 //! arrived and the node's configuration.
 //!
-//! Requests for our domains that no endpoint serves are proxied statefully
-//! to the internal next hop (RFC 3261 §16); requests from the trusted
-//! inside for other domains go out to that domain's edge over mutual TLS.
-//! Either way this node record-routes twice, once facing each side, so the
-//! dialog's later requests pass here too. Each Record-Route entry carries a
-//! token naming the dialog's outside partner (the name its certificate
-//! proves) and a keyed hash binding it to the Call-ID: later requests from
-//! the inside go to that partner, and only dialogs this node set up can be
-//! routed through it — nothing is relayed for strangers.
+//! Calls and IM for an application endpoint are delivered to it (the node
+//! picks the registered contact, static target or webhook); requests for
+//! our domains that no endpoint serves are proxied statefully to the
+//! internal next hop (RFC 3261 §16); requests from the trusted inside, or
+//! from an endpoint's app, for other domains go out to that domain's edge
+//! over mutual TLS. Either way this node record-routes twice, once facing
+//! each side, so the dialog's later requests pass here too. Each
+//! Record-Route entry carries a token naming the dialog's outside partner
+//! (the name its certificate proves) and a keyed hash binding it to the
+//! Call-ID: later requests from our side go to that partner, and only
+//! dialogs this node set up can be routed through it — nothing is relayed
+//! for strangers.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -30,8 +33,25 @@ pub enum Route {
     Local,
     /// Proxy it.
     Forward(Forward),
+    /// A call or IM for one of our endpoints: the node delivers it to the
+    /// endpoint's app, after consuming this many Route entries of ours.
+    Deliver {
+        /// Our Route entries removed from the top.
+        consumed_routes: usize,
+    },
     /// Refuse it with this answer.
     Refuse(Answer),
+}
+
+/// What the node knows of a request's parties that routing depends on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Parties {
+    /// The Request-URI is one of our endpoints.
+    pub to_endpoint: bool,
+    /// The sender is one of our endpoints' apps, proven by where the
+    /// request came from (the flow it registered over, or its static
+    /// target's address): it may call and message out like the inside.
+    pub from_endpoint: bool,
 }
 
 /// A proxying decision.
@@ -58,10 +78,39 @@ pub enum Direction {
         domain: String,
         /// The name the partner's edge proves.
         partner: Arc<str>,
+        /// Sent by an endpoint's app rather than the trusted inside.
+        from_endpoint: bool,
     },
+    /// A new call or IM for our endpoint (this index in the directory),
+    /// going to its app.
+    ToEndpoint(usize),
     /// A later request of a dialog this node record-routed.
     InDialog,
 }
+
+/// Which of our parties a record-routed dialog joins, kept in its token:
+/// it decides who on our side may send the dialog's later requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DialogSide {
+    /// People behind the edge (edge mode): only the trusted networks speak
+    /// for them.
+    Inside,
+    /// An endpoint's app, wherever it runs.
+    Endpoint,
+}
+
+impl DialogSide {
+    fn prefix(self) -> &'static str {
+        match self {
+            DialogSide::Inside => "rr-",
+            DialogSide::Endpoint => "ep-",
+        }
+    }
+}
+
+/// The partner name in tokens of dialogs whose outside party proved no
+/// name (a caller from the trusted networks, or an unverified one).
+pub const NO_PARTNER: &str = "-";
 
 /// Parses a SIP URI naming an address (the internal next hop, a Route
 /// entry, a Contact): IP literal, port, `transport` parameter.
@@ -124,11 +173,12 @@ pub struct Edge {
 }
 
 /// The keyed hash that binds a Record-Route token to one dialog.
-fn mac(secret: &[u8; 32], call_id: &str, partner: &str) -> String {
+fn mac(secret: &[u8; 32], call_id: &str, side: DialogSide, partner: &str) -> String {
     let mut h = Sha256::new();
     h.update(secret);
     h.update(call_id.as_bytes());
     h.update([0]);
+    h.update(side.prefix().as_bytes());
     h.update(partner.as_bytes());
     let digest = h.finalize();
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
@@ -144,27 +194,34 @@ pub fn partner_of(policy: &PolicyConfig, origin: &Origin, from_domain: &str) -> 
 }
 
 impl Edge {
-    /// The user part of our Record-Route entries for a dialog whose outside
-    /// side is `partner`.
-    pub fn route_token(&self, call_id: &str, partner: &str) -> String {
-        format!("rr-{partner}-{}", mac(&self.secret, call_id, partner))
+    /// The user part of our Record-Route entries for a dialog joining
+    /// `side` with the outside `partner`.
+    pub fn route_token(&self, call_id: &str, side: DialogSide, partner: &str) -> String {
+        let prefix = side.prefix();
+        format!(
+            "{prefix}{partner}-{}",
+            mac(&self.secret, call_id, side, partner)
+        )
     }
 
-    /// Checks a token from a Route entry; the partner it names, if valid.
-    fn check_token<'t>(&self, call_id: &str, token: &'t str) -> Option<&'t str> {
-        let (partner, m) = token.strip_prefix("rr-")?.rsplit_once('-')?;
-        (mac(&self.secret, call_id, partner) == m).then_some(partner)
+    /// Checks a token from a Route entry; its side and partner, if valid.
+    fn check_token<'t>(&self, call_id: &str, token: &'t str) -> Option<(DialogSide, &'t str)> {
+        let (side, rest) = [DialogSide::Inside, DialogSide::Endpoint]
+            .into_iter()
+            .find_map(|side| Some((side, token.strip_prefix(side.prefix())?)))?;
+        let (partner, m) = rest.rsplit_once('-')?;
+        (mac(&self.secret, call_id, side, partner) == m).then_some((side, partner))
     }
 
     /// Decides whether `request` is proxied and where to (the caller has
-    /// validated it). `is_endpoint`: its Request-URI is one of our endpoints.
+    /// validated it).
     pub fn route(
         &self,
         request: &Message,
         origin: &Origin,
         local: &LocalNames,
         policy: &PolicyConfig,
-        is_endpoint: bool,
+        parties: Parties,
     ) -> Route {
         let trusted = policy.is_trusted(origin.source.ip());
         let method = request.method().unwrap_or_default();
@@ -179,26 +236,38 @@ impl Edge {
             }
             consumed += 1;
             if token.is_none() {
-                token = sip.user.filter(|u| u.starts_with("rr-")).map(str::to_owned);
+                token = sip
+                    .user
+                    .filter(|u| u.starts_with("rr-") || u.starts_with("ep-"))
+                    .map(str::to_owned);
             }
         }
         let next_route = || request.routes().nth(consumed).and_then(Result::ok);
         if let Some(token) = token {
             let call_id = request.call_id().unwrap_or_default();
-            let Some(partner) = self.check_token(call_id, &token) else {
+            let Some((side, partner)) = self.check_token(call_id, &token) else {
                 return Route::Refuse(Answer::new(403, "Forbidden (not a dialog of this edge)"));
             };
-            let next = if trusted {
-                // From the inside: to the dialog's partner.
-                Some(NextHop::Partner(partner.into()))
-            } else if origin.peer.as_ref().is_some_and(|p| p.covers(partner)) {
-                // From the partner: the next Route entry, else the Request-URI.
+            // Toward our side: the next Route entry, else the Request-URI.
+            let onward = || {
                 next_route()
                     .map(|n: NameAddr<'_>| n.uri.as_str().to_owned())
                     .or_else(|| request.request_uri().map(str::to_owned))
                     .and_then(|uri| hop_of(&uri))
-            } else {
-                return Route::Refuse(Answer::new(403, "Forbidden (not a dialog of this peer)"));
+            };
+            let from_partner = origin.peer.as_ref().is_some_and(|p| p.covers(partner));
+            let next = match side {
+                _ if from_partner => onward(),
+                // A partner that proved no name is reached like anyone else.
+                _ if partner == NO_PARTNER => onward(),
+                // From our side: to the dialog's partner, by name. An app
+                // may be anywhere; knowing the token bound to this Call-ID
+                // is what shows it is in the dialog.
+                DialogSide::Endpoint => Some(NextHop::Partner(partner.into())),
+                DialogSide::Inside if trusted => Some(NextHop::Partner(partner.into())),
+                DialogSide::Inside => {
+                    return Route::Refuse(Answer::new(403, "Forbidden (not a dialog of this peer)"))
+                }
             };
             return match next {
                 Some(next) => Route::Forward(Forward {
@@ -225,10 +294,16 @@ impl Edge {
         if in_dialog || matches!(method, "ACK" | "CANCEL") {
             return Route::Local;
         }
+        if parties.to_endpoint && matches!(method, "INVITE" | "MESSAGE") {
+            return Route::Deliver {
+                consumed_routes: consumed,
+            };
+        }
         if !local.is_local(&uri) {
-            // Only the inside may send out through the edge; the node's
-            // own services are not federated.
-            if !trusted || matches!(method, "REGISTER" | "PUBLISH" | "SERVICE") {
+            // Only the inside and our endpoints' apps may send out through
+            // the edge; the node's own services are not federated.
+            let from_endpoint = !trusted && parties.from_endpoint;
+            if !(trusted || from_endpoint) || matches!(method, "REGISTER" | "PUBLISH" | "SERVICE") {
                 return Route::Local;
             }
             let domain = uri.host.to_string().to_ascii_lowercase();
@@ -236,7 +311,11 @@ impl Edge {
             return Route::Forward(Forward {
                 next: NextHop::Partner(partner.clone()),
                 consumed_routes: consumed,
-                direction: Direction::Leaving { domain, partner },
+                direction: Direction::Leaving {
+                    domain,
+                    partner,
+                    from_endpoint,
+                },
             });
         }
         let Some((protocol, addr)) = self.internal else {
@@ -247,7 +326,7 @@ impl Edge {
         // node itself) stay here.
         let stays = matches!(method, "REGISTER" | "PUBLISH" | "SERVICE")
             || (method == "OPTIONS" && uri.user.is_none());
-        if is_endpoint || stays {
+        if parties.to_endpoint || stays {
             return Route::Local;
         }
         Route::Forward(Forward {
@@ -328,12 +407,16 @@ mod tests {
         Message::parse(Bytes::from(text), Framing::Stream, &Limits::default()).unwrap()
     }
 
-    fn route(edge: &Edge, request: &Message, origin: &Origin, is_endpoint: bool) -> Route {
-        edge.route(request, origin, &local(), &policy(), is_endpoint)
+    fn route(edge: &Edge, request: &Message, origin: &Origin, to_endpoint: bool) -> Route {
+        let parties = Parties {
+            to_endpoint,
+            from_endpoint: false,
+        };
+        edge.route(request, origin, &local(), &policy(), parties)
     }
 
     #[test]
-    fn new_requests_for_people_behind_the_edge_go_inside_and_endpoints_stay() {
+    fn new_requests_for_people_behind_the_edge_go_inside_and_endpoints_are_served_here() {
         let partner = origin(Some("fabrikam.com"));
         let invite = request("INVITE", "sip:bob@contoso.com", "");
         assert_eq!(
@@ -344,7 +427,12 @@ mod tests {
                 direction: Direction::Entering,
             })
         );
-        assert_eq!(route(&edge(true), &invite, &partner, true), Route::Local);
+        assert_eq!(
+            route(&edge(true), &invite, &partner, true),
+            Route::Deliver { consumed_routes: 0 }
+        );
+        let options = request("OPTIONS", "sip:bob@contoso.com", "");
+        assert_eq!(route(&edge(true), &options, &partner, true), Route::Local);
         assert_eq!(route(&edge(false), &invite, &partner, false), Route::Local);
         let register = request("REGISTER", "sip:contoso.com", "");
         assert_eq!(route(&edge(true), &register, &partner, false), Route::Local);
@@ -361,6 +449,7 @@ mod tests {
                 direction: Direction::Leaving {
                     domain,
                     partner: partner.into(),
+                    from_endpoint: false,
                 },
             })
         };
@@ -386,7 +475,7 @@ mod tests {
     #[test]
     fn dialog_requests_need_a_token_this_node_issued_and_follow_its_partner() {
         let edge = edge(true);
-        let token = edge.route_token("dialog-1", "fabrikam.com");
+        let token = edge.route_token("dialog-1", DialogSide::Inside, "fabrikam.com");
         let routes = format!(
             "Route: <sip:{token}@10.0.0.2;transport=udp;lr>, <sip:{token}@10.0.0.2:5061;transport=tls;lr>\r\n"
         );
@@ -428,13 +517,99 @@ mod tests {
         let forged = routes.replace(&token[token.len() - 4..], "0000");
         let bye = request("BYE", "sip:bob@10.0.0.5:5070", &forged);
         assert!(refused(route(&edge, &bye, &partner, false)));
-        let other = edge.route_token("another-dialog", "fabrikam.com");
+        let other = edge.route_token("another-dialog", DialogSide::Inside, "fabrikam.com");
         let bye = request(
             "BYE",
             "sip:bob@10.0.0.5:5070",
             &format!("Route: <sip:{other}@10.0.0.2;lr>\r\n"),
         );
         assert!(refused(route(&edge, &bye, &partner, false)));
+    }
+
+    #[test]
+    fn calls_and_im_for_endpoints_are_delivered_and_their_apps_may_send_out() {
+        let partner = origin(Some("fabrikam.com"));
+        for method in ["INVITE", "MESSAGE"] {
+            let request = request(method, "sip:ivr@contoso.com", "");
+            for internal in [true, false] {
+                assert_eq!(
+                    route(&edge(internal), &request, &partner, true),
+                    Route::Deliver { consumed_routes: 0 },
+                    "{method}, edge mode {internal}"
+                );
+            }
+        }
+        // The node's own services for endpoints stay here.
+        let subscribe = request("SUBSCRIBE", "sip:ivr@contoso.com", "");
+        assert_eq!(route(&edge(true), &subscribe, &partner, true), Route::Local);
+        // An app (not on a trusted network) calling out: only when the
+        // node vouches that the request comes from the endpoint.
+        let app = Origin {
+            source: "192.0.2.77:5070".parse().unwrap(),
+            ..origin(None)
+        };
+        let invite = request("INVITE", "sip:carol@fabrikam.com", "");
+        assert_eq!(route(&edge(false), &invite, &app, false), Route::Local);
+        let parties = Parties {
+            to_endpoint: false,
+            from_endpoint: true,
+        };
+        let Route::Forward(out) = edge(false).route(&invite, &app, &local(), &policy(), parties)
+        else {
+            panic!("not forwarded");
+        };
+        assert_eq!(
+            out.direction,
+            Direction::Leaving {
+                domain: "fabrikam.com".into(),
+                partner: "fabrikam.com".into(),
+                from_endpoint: true
+            }
+        );
+    }
+
+    #[test]
+    fn an_endpoint_dialog_goes_to_its_partner_from_the_app_and_to_the_app_from_the_partner() {
+        let edge = edge(false);
+        let token = edge.route_token("dialog-1", DialogSide::Endpoint, "fabrikam.com");
+        let routes = format!("Route: <sip:{token}@10.0.0.2;lr>\r\n");
+        // From the app, wherever it runs: to the partner.
+        let app = Origin {
+            source: "192.0.2.77:5070".parse().unwrap(),
+            ..origin(None)
+        };
+        let bye = request("BYE", "sip:alice@192.0.2.9:5061;transport=tls", &routes);
+        let Route::Forward(hop) = route(&edge, &bye, &app, false) else {
+            panic!("not forwarded");
+        };
+        assert_eq!(hop.next, NextHop::Partner("fabrikam.com".into()));
+        // From the partner: to the app's contact.
+        let bye = request("BYE", "sip:ivr@192.0.2.77:5070", &routes);
+        let Route::Forward(hop) = route(&edge, &bye, &origin(Some("fabrikam.com")), false) else {
+            panic!("not forwarded");
+        };
+        assert_eq!(
+            hop.next,
+            NextHop::address(Protocol::Udp, "192.0.2.77:5070".parse().unwrap())
+        );
+        // The same token read as an inside dialog's is forged.
+        let forged = routes.replace("ep-", "rr-");
+        let bye = request("BYE", "sip:ivr@192.0.2.77:5070", &forged);
+        assert!(matches!(
+            route(&edge, &bye, &origin(None), false),
+            Route::Refuse(a) if a.code == 403
+        ));
+        // A dialog whose caller proved no name: both ways by the URI.
+        let token = edge.route_token("dialog-1", DialogSide::Endpoint, NO_PARTNER);
+        let routes = format!("Route: <sip:{token}@10.0.0.2;lr>\r\n");
+        let bye = request("BYE", "sip:bob@10.0.0.5:5090", &routes);
+        let Route::Forward(hop) = route(&edge, &bye, &app, false) else {
+            panic!("not forwarded");
+        };
+        assert_eq!(
+            hop.next,
+            NextHop::address(Protocol::Udp, "10.0.0.5:5090".parse().unwrap())
+        );
     }
 
     #[test]

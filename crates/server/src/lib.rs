@@ -3,6 +3,7 @@
 
 mod admission;
 pub mod config;
+mod delivery;
 mod edge;
 mod health;
 mod node;
@@ -11,6 +12,7 @@ mod persistence;
 mod presence;
 pub mod status;
 pub mod uas;
+mod webhook;
 
 pub use config::{Config, ConfigError, Provisioned, DEFAULT_CONFIG};
 pub use node::{Node, StartError};

@@ -2,33 +2,36 @@
 //! one event loop that feeds received messages and timer deadlines into the
 //! transaction layer and writes what comes out.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use porchlight_resolve::Resolver;
-use porchlight_sip::{via_with_received, Answer, Limits, Message};
+use porchlight_sip::{via_with_received, Answer, HeaderName, Limits, Message, MessageWriter, Uri};
 use porchlight_store::{Batch, Durability, EmbeddedStore, NodeSecrets, Store};
 use porchlight_transaction::proxy::{forward, Forwarding, ProxyAction, ProxyError, ProxyTable};
 use porchlight_transaction::{
-    Output, RequestMatch, ServerKey, TimerConfig, TransactionLayer, TxId,
+    ClientKey, Output, RequestMatch, ServerKey, TimerConfig, TransactionLayer, TxId,
 };
 use porchlight_transport::pki::{AltName, CertificateAuthority};
 use porchlight_transport::{
     ClientAuth, Origin, Protocol, Received, Target, TlsSettings, Transport, TransportConfig,
 };
 use std::sync::atomic::Ordering;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::{ClientAuthSetting, Config, DurabilitySetting};
-use crate::edge::{self, partner_of, Direction, Edge, Route};
+use crate::delivery::Delivery;
+use crate::edge::{self, partner_of, DialogSide, Direction, Edge, Parties, Route, NO_PARTNER};
 use crate::outbound::{dial, DialError, Dialer, Dispatch, NextHop, Parked};
 use crate::persistence::WriteBehind;
-use crate::presence::{domain_of, parse_own, PresenceService};
-use crate::status::{NodeHandle, PartnerCounts, Query, Status, StoreStatus};
+use crate::presence::{domain_of, modality_of, parse_own, PresenceService};
+use crate::status::{NodeHandle, PartnerCounts, Query, SentMessage, Status, StoreStatus};
 use crate::uas::{answer_malformed, answer_request, Disposition, LocalNames, SERVER};
+use crate::webhook::{Outcome, WebhookMessage, Webhooks};
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +157,7 @@ impl Node {
         let resolver = Arc::new(config.resolver().map_err(StartError::Resolver)?);
         let (queries_tx, queries) = mpsc::channel(16);
         let (dials_tx, dials) = mpsc::channel(64);
+        let (webhooks_tx, webhooks_done) = mpsc::channel(256);
         let record_route_host = &config.edge.record_route_host;
         let event_loop = EventLoop {
             transport: transport.clone(),
@@ -162,7 +166,7 @@ impl Node {
             presence,
             tag_seed,
             tag_counter: 0,
-            proxy: ProxyTable::default(),
+            proxy: ProxyTable::new(std::time::Duration::from_secs(config.timers.timer_c_secs)),
             edge: Edge {
                 internal: edge::address_of(&config.edge.internal_next_hop),
                 secret: secrets.edge_secret,
@@ -180,9 +184,22 @@ impl Node {
             dials_failed: 0,
             write_behind,
             restored,
+            webhooks: Webhooks::default(),
+            webhooks_tx,
+            posting: HashMap::new(),
+            delivery_counter: 0,
+            originated: HashMap::new(),
+            call_counter: 0,
         };
         let flush_interval = config.store.flush_interval();
-        let task = tokio::spawn(event_loop.run(received, verdicts, dials, queries, flush_interval));
+        let task = tokio::spawn(event_loop.run(
+            received,
+            verdicts,
+            dials,
+            queries,
+            webhooks_done,
+            flush_interval,
+        ));
         for (protocol, addr) in transport.local_addrs() {
             tracing::info!("listening on {} {addr}", protocol.via_token());
         }
@@ -354,7 +371,28 @@ struct EventLoop {
     write_behind: Option<WriteBehind>,
     /// Subscriptions brought back from the store at start.
     restored: usize,
+    /// The HTTP client of webhook deliveries.
+    webhooks: Webhooks,
+    /// Where finished webhook deliveries report.
+    webhooks_tx: mpsc::Sender<WebhookDone>,
+    /// MESSAGEs waiting for their webhook delivery, by delivery number.
+    posting: HashMap<u64, Posting>,
+    delivery_counter: u64,
+    /// Requests this node sent on its own (IM from an endpoint), with who
+    /// waits for the final response.
+    originated: HashMap<ClientKey, Option<oneshot::Sender<SentMessage>>>,
+    call_counter: u64,
 }
+
+/// A MESSAGE whose webhook delivery is under way.
+struct Posting {
+    key: ServerKey,
+    endpoint: usize,
+    upstream: Upstream,
+}
+
+/// A webhook delivery's report: its number and how it ended.
+type WebhookDone = (u64, Outcome);
 
 /// What a proxied request needs kept to answer upstream itself.
 struct Upstream {
@@ -369,16 +407,21 @@ impl EventLoop {
         mut verdicts: mpsc::Receiver<(usize, bool)>,
         mut dials: mpsc::Receiver<Dialed>,
         mut queries: mpsc::Receiver<Query>,
+        mut webhooks_done: mpsc::Receiver<WebhookDone>,
         flush_interval: std::time::Duration,
     ) {
         let mut flush_tick = tokio::time::interval(flush_interval);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = Instant::now();
-            let deadline = [self.layer.next_deadline(), self.presence.next_deadline(now)]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.layer.next_deadline(),
+                self.presence.next_deadline(now),
+                self.proxy.next_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -404,6 +447,7 @@ impl EventLoop {
                 Some((endpoint, healthy)) = verdicts.recv() => self.presence.on_health(endpoint, healthy),
                 Some((hop, result)) = dials.recv() => self.on_dialed(hop, result).await,
                 Some(query) = queries.recv() => self.answer_query(query),
+                Some((id, outcome)) = webhooks_done.recv() => self.on_posted(id, outcome),
                 _ = flush_tick.tick(), if self.write_behind.is_some() => {
                     if let Some(writer) = &mut self.write_behind {
                         writer.tick(&mut self.presence, Instant::now());
@@ -413,6 +457,9 @@ impl EventLoop {
                     let now = Instant::now();
                     self.layer.handle_timeout(now);
                     self.presence.handle_timeout(now);
+                    for action in self.proxy.handle_timeout(now) {
+                        self.apply(action, now);
+                    }
                 }
             }
             self.flush().await;
@@ -478,6 +525,24 @@ impl EventLoop {
                 self.presence.set_policy(*policy);
                 let _ = reply.send(());
             }
+            Query::SendMessage(message, reply) => {
+                let Some(endpoint) = self.presence.directory().resolve(&message.from) else {
+                    let _ = reply.send(SentMessage {
+                        status: 404,
+                        reason: format!("{} is not an endpoint of this node", message.from),
+                    });
+                    return;
+                };
+                let content_type = message.content_type.as_deref().unwrap_or("text/plain");
+                self.send_message(
+                    endpoint,
+                    &message.to,
+                    content_type,
+                    &message.text,
+                    Some(reply),
+                    Instant::now(),
+                );
+            }
         }
     }
 
@@ -498,9 +563,29 @@ impl EventLoop {
                         };
                         self.send(&to, parked, now).await;
                     }
+                    Output::Response { id, response } if self.originated.contains_key(&id) => {
+                        let status = response.status().unwrap_or(500);
+                        if status >= 200 {
+                            let reason =
+                                String::from_utf8_lossy(response.reason().unwrap_or_default());
+                            self.originated_ended(&id, status, &reason);
+                        }
+                    }
+                    Output::Timeout(TxId::Client(id)) if self.originated.contains_key(&id) => {
+                        self.originated_ended(&id, 408, "Request Timeout (no answer)");
+                    }
+                    Output::TransportError(TxId::Client(id))
+                        if self.originated.contains_key(&id) =>
+                    {
+                        self.originated_ended(
+                            &id,
+                            503,
+                            "Service Unavailable (the next hop cannot be reached)",
+                        );
+                    }
                     Output::Response { id, response } => {
                         if self.proxy.contains(&id) {
-                            for action in self.proxy.on_response(&id, &response) {
+                            for action in self.proxy.on_response(&id, &response, now) {
                                 self.apply(action, now);
                             }
                         } else if !self.presence.on_response(&id.branch, &response, now) {
@@ -692,22 +777,35 @@ impl EventLoop {
             if request.method() == Some("CANCEL") && self.cancel(&request, &origin, &target, now) {
                 return;
             }
-            // Only edge mode asks whether the target is an endpoint.
-            let is_endpoint = self.edge.internal.is_some()
-                && request
-                    .request_uri()
-                    .is_some_and(|uri| self.presence.directory().resolve(uri).is_some());
+            let method = request.method();
+            let new_call = matches!(method, Some("INVITE" | "MESSAGE"));
+            // Edge mode asks of every request whether its target is an
+            // endpoint (endpoints stay here); otherwise only calls and IM do.
+            let to_endpoint = (new_call || self.edge.internal.is_some())
+                .then(|| request.request_uri())
+                .flatten()
+                .and_then(|uri| self.presence.directory().resolve(uri));
+            let parties = Parties {
+                to_endpoint: to_endpoint.is_some(),
+                from_endpoint: new_call
+                    && !self.presence.policy().is_trusted(origin.source.ip())
+                    && self.presence.sent_by_endpoint(&request, &origin),
+            };
             match self.edge.route(
                 &request,
                 &origin,
                 &self.local,
                 self.presence.policy(),
-                is_endpoint,
+                parties,
             ) {
                 Route::Local => {}
                 Route::Refuse(answer) => disposition = Some(Disposition::Respond(answer)),
                 Route::Forward(hop) => {
                     return self.proxy_request(request, origin, target, hop, now)
+                }
+                Route::Deliver { consumed_routes } => {
+                    let endpoint = to_endpoint.expect("delivered requests name an endpoint");
+                    return self.deliver(request, origin, target, endpoint, consumed_routes, now);
                 }
             }
         }
@@ -771,6 +869,60 @@ impl EventLoop {
         true
     }
 
+    /// Opens the server transaction of a request this node proxies or
+    /// delivers. None when nothing more is to be done: a retransmission, an
+    /// ACK for a 2xx forwarded on `hop` statelessly, or an answer already
+    /// given (400 without a transaction key, 483 with no hops left — §16.3
+    /// step 3 puts the hop count before policy, so a looping request gets
+    /// 483 whoever sent it).
+    fn server_transaction(
+        &mut self,
+        request: &Message,
+        origin: &Origin,
+        response_target: Target,
+        hop: Option<&edge::Forward>,
+        now: Instant,
+    ) -> Option<ServerKey> {
+        let reliable = origin.protocol.is_reliable();
+        let key = match self.layer.receive_request(
+            request,
+            NextHop::Direct(response_target.clone()),
+            reliable,
+            now,
+        ) {
+            Ok(RequestMatch::New(key)) => key,
+            Ok(RequestMatch::DialogAck) => {
+                let forwarded = hop.and_then(|hop| {
+                    let bytes = self.forwarded(request, origin, hop, None, None).ok()?;
+                    Some((hop, bytes))
+                });
+                if let Some((hop, bytes)) = forwarded {
+                    let ack = Parked {
+                        transaction: None,
+                        bytes,
+                    };
+                    if let Some((target, ack)) = self.dispatch(&hop.next, ack, now) {
+                        self.send_detached(target, ack.bytes);
+                    }
+                }
+                return None;
+            }
+            Ok(_) => return None,
+            Err(_) => {
+                let answer = Answer::new(400, "Bad Request (no transaction key)");
+                let bytes = self.render(request, origin, &answer);
+                self.send_detached(response_target, bytes);
+                return None;
+            }
+        };
+        if request.max_forwards().ok().flatten() == Some(0) {
+            let answer = Answer::new(483, "Too Many Hops");
+            self.respond(&key, request, origin, &answer, now);
+            return None;
+        }
+        Some(key)
+    }
+
     /// Forwards a request the edge routes elsewhere: a new one through a
     /// server and a client transaction, an ACK for a 2xx statelessly.
     fn proxy_request(
@@ -781,60 +933,287 @@ impl EventLoop {
         hop: edge::Forward,
         now: Instant,
     ) {
-        let reliable = origin.protocol.is_reliable();
-        let key = match self.layer.receive_request(
-            &request,
-            NextHop::Direct(response_target.clone()),
-            reliable,
-            now,
-        ) {
-            Ok(RequestMatch::New(key)) => key,
-            Ok(RequestMatch::DialogAck) => {
-                if let Ok(bytes) = self.forwarded(&request, &origin, &hop, None) {
-                    let ack = Parked {
-                        transaction: None,
-                        bytes,
-                    };
-                    if let Some((target, ack)) = self.dispatch(&hop.next, ack, now) {
-                        self.send_detached(target, ack.bytes);
-                    }
-                }
-                return;
-            }
-            Ok(_) => return,
-            Err(_) => {
-                let answer = Answer::new(400, "Bad Request (no transaction key)");
-                let bytes = self.render(&request, &origin, &answer);
-                self.send_detached(response_target, bytes);
-                return;
-            }
-        };
-        // Hop count before policy (§16.3 step 3): a looping request gets
-        // 483 whoever sent it.
-        if request.max_forwards().ok().flatten() == Some(0) {
-            let answer = Answer::new(483, "Too Many Hops");
-            self.respond(&key, &request, &origin, &answer, now);
+        let Some(key) =
+            self.server_transaction(&request, &origin, response_target, Some(&hop), now)
+        else {
             return;
-        }
+        };
         let admitted = match &hop.direction {
             Direction::Entering => self
                 .presence
-                .authorize_entering(&request, &origin)
+                .authorize_entering(&request, &origin, None)
                 .map(Some),
             Direction::Leaving { domain, .. } => self
                 .presence
                 .authorize_leaving(&self.domains, &request, domain)
                 .map(|()| None),
-            Direction::InDialog => Ok(None),
+            Direction::ToEndpoint(_) | Direction::InDialog => Ok(None),
         };
-        let trust = match admitted {
-            Ok(trust) => trust,
-            Err(answer) => {
-                self.respond(&key, &request, &origin, &answer, now);
-                return;
+        match admitted {
+            Ok(trust) => self.relay(key, request, origin, hop, trust, None, now),
+            Err(answer) => self.respond(&key, &request, &origin, &answer, now),
+        }
+    }
+
+    /// Delivers a call or IM to an endpoint's app, under the policy for
+    /// its modality: proxied to its registered contact or static target,
+    /// or posted to its webhook.
+    fn deliver(
+        &mut self,
+        request: Message,
+        origin: Origin,
+        response_target: Target,
+        endpoint: usize,
+        consumed_routes: usize,
+        now: Instant,
+    ) {
+        let Some(key) = self.server_transaction(&request, &origin, response_target, None, now)
+        else {
+            return;
+        };
+        let trust = if self.presence.policy().is_trusted(origin.source.ip()) {
+            None
+        } else {
+            match self
+                .presence
+                .authorize_entering(&request, &origin, Some(endpoint))
+            {
+                Ok(trust) => Some(trust),
+                Err(answer) => return self.respond(&key, &request, &origin, &answer, now),
             }
         };
-        let forwarded = match self.forwarded(&request, &origin, &hop, trust) {
+        match self.presence.delivery(endpoint, modality_of(&request)) {
+            Delivery::Sip { request_uri, next } => {
+                let hop = edge::Forward {
+                    next,
+                    consumed_routes,
+                    direction: Direction::ToEndpoint(endpoint),
+                };
+                self.relay(key, request, origin, hop, trust, Some(&request_uri), now);
+            }
+            Delivery::Webhook => self.post_to_webhook(key, request, origin, endpoint, trust, now),
+            Delivery::Refuse(answer) => self.respond(&key, &request, &origin, &answer, now),
+        }
+    }
+
+    /// Hands a MESSAGE to its endpoint's webhook in a task of its own; the
+    /// server transaction waits for the outcome.
+    fn post_to_webhook(
+        &mut self,
+        key: ServerKey,
+        request: Message,
+        origin: Origin,
+        endpoint: usize,
+        trust: Option<String>,
+        now: Instant,
+    ) {
+        let e = &self.presence.directory().endpoints()[endpoint];
+        let Some(config) = e.config.webhook.clone() else {
+            let answer = Answer::new(500, "Server Internal Error (no webhook)");
+            return self.respond(&key, &request, &origin, &answer, now);
+        };
+        self.delivery_counter += 1;
+        let id = self.delivery_counter;
+        let from = request.from().ok();
+        let message = WebhookMessage {
+            event: "message",
+            delivery_id: format!("{:x}-{id:x}", self.tag_seed & 0xffff_ffff),
+            endpoint: e.identity.uri.clone(),
+            from: from
+                .as_ref()
+                .map(|f| f.uri.as_str().to_owned())
+                .unwrap_or_default(),
+            from_name: from
+                .as_ref()
+                .and_then(|f| f.display_name)
+                .map(|n| n.trim_matches('"').to_owned())
+                .filter(|n| !n.is_empty()),
+            content_type: request.first_value(HeaderName::ContentType).map_or_else(
+                || "text/plain".to_owned(),
+                |ct| String::from_utf8_lossy(ct).trim().to_owned(),
+            ),
+            text: String::from_utf8_lossy(request.body()).into_owned(),
+            peer: origin
+                .peer
+                .as_ref()
+                .and_then(|p| p.domains.first().cloned()),
+            verified: trust.as_deref().is_none_or(|t| t.contains("verified=yes")),
+            call_id: request.call_id().unwrap_or_default().to_owned(),
+        };
+        let (webhooks, done) = (self.webhooks.clone(), self.webhooks_tx.clone());
+        tokio::spawn(async move {
+            let outcome = webhooks.deliver(&config, &message).await;
+            let _ = done.send((id, outcome)).await;
+        });
+        self.posting.insert(
+            id,
+            Posting {
+                key,
+                endpoint,
+                upstream: Upstream { request, origin },
+            },
+        );
+    }
+
+    /// A webhook delivery ended: the sender gets its answer, and the app's
+    /// reply, if any, goes back to the sender as IM.
+    fn on_posted(&mut self, id: u64, outcome: Outcome) {
+        let Some(posting) = self.posting.remove(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        let Upstream { request, origin } = &posting.upstream;
+        self.respond(&posting.key, request, origin, &outcome.answer(), now);
+        if let Outcome::Delivered {
+            reply: Some(reply), ..
+        } = &outcome
+        {
+            let sender = request.from().map(|f| f.uri.as_str().to_owned());
+            if let Ok(sender) = sender {
+                self.send_message(posting.endpoint, &sender, "text/plain", reply, None, now);
+            }
+        }
+    }
+
+    /// Sends an IM as `endpoint` to `to`, out through the edge under the
+    /// policy (or to the inside, for our own domains in edge mode).
+    /// `reply` learns the final response.
+    fn send_message(
+        &mut self,
+        endpoint: usize,
+        to: &str,
+        content_type: &str,
+        text: &str,
+        reply: Option<oneshot::Sender<SentMessage>>,
+        now: Instant,
+    ) {
+        let refuse = |reply: Option<oneshot::Sender<SentMessage>>, answer: Answer| {
+            tracing::info!(
+                to,
+                "IM from an endpoint not sent: {} {}",
+                answer.code,
+                answer.reason
+            );
+            if let Some(reply) = reply {
+                let _ = reply.send(SentMessage {
+                    status: answer.code,
+                    reason: answer.reason,
+                });
+            }
+        };
+        let Ok(Uri::Sip(uri, _)) = Uri::parse(to) else {
+            return refuse(reply, Answer::new(416, "Unsupported URI Scheme"));
+        };
+        let domain = uri.host.to_string().to_ascii_lowercase();
+        let internal = self.edge.internal;
+        let next = match (self.local.is_local(&uri), internal) {
+            (false, _) => NextHop::Partner(self.presence.policy().route_to(&domain).verify.into()),
+            (true, Some((protocol, addr))) => NextHop::address(protocol, addr),
+            (true, None) => {
+                return refuse(
+                    reply,
+                    Answer::new(404, "Not Found (no one here by that name)"),
+                )
+            }
+        };
+        self.call_counter += 1;
+        let n = self.call_counter;
+        let seed = self.tag_seed & 0xffff_ffff;
+        let from = self.presence.directory().endpoints()[endpoint]
+            .identity
+            .uri
+            .clone();
+        let via = self.via_for(&next);
+        self.branch_counter += 1;
+        let mut w = MessageWriter::request("MESSAGE", to);
+        w.header_fmt(
+            "Via",
+            format_args!("{via};branch=z9hG4bKim{seed:x}.{}", self.branch_counter),
+        );
+        w.header("Max-Forwards", "70");
+        w.header_fmt("From", format_args!("<{from}>;tag=im{seed:x}{n:x}"));
+        w.header_fmt("To", format_args!("<{to}>"));
+        w.header_fmt(
+            "Call-ID",
+            format_args!("im-{seed:x}-{n:x}@{}", self.domains[0]),
+        );
+        w.header("CSeq", "1 MESSAGE");
+        w.header("Content-Type", content_type);
+        let Some(message) = parse_own(w.finish(text.as_bytes())) else {
+            return refuse(
+                reply,
+                Answer::new(400, "Bad Request (the message cannot be written)"),
+            );
+        };
+        if !self.local.is_local(&uri) {
+            if let Err(answer) = self
+                .presence
+                .authorize_leaving(&self.domains, &message, &domain)
+            {
+                return refuse(reply, *answer);
+            }
+        }
+        let reliable = next.is_reliable();
+        match self.layer.send_request(message, next, reliable, now) {
+            Ok(client) => {
+                self.originated.insert(client, reply);
+            }
+            Err(e) => refuse(
+                reply,
+                Answer::new(500, format!("Server Internal Error ({e})")),
+            ),
+        }
+    }
+
+    /// A request this node originated got its final response.
+    fn originated_ended(&mut self, id: &ClientKey, status: u16, reason: &str) {
+        if let Some(Some(reply)) = self.originated.remove(id) {
+            let _ = reply.send(SentMessage {
+                status,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// Our Via (without branch) for a request sent to `next`.
+    fn via_for(&self, next: &NextHop) -> String {
+        let protocol = self.protocol_to(next);
+        let sent_by = self.sent_by(protocol);
+        format!("SIP/2.0/{} {sent_by}", protocol.via_token())
+    }
+
+    /// The transport a request to `next` travels on.
+    fn protocol_to(&self, next: &NextHop) -> Protocol {
+        match next {
+            NextHop::Direct(Target::Connection(id)) => self
+                .transport
+                .connection_protocol(*id)
+                .unwrap_or(Protocol::Tls),
+            next => next.protocol(),
+        }
+    }
+
+    /// This node's address for `protocol`, for Via and Record-Route.
+    fn sent_by(&self, protocol: Protocol) -> String {
+        self.transport
+            .local_addr(protocol)
+            .map_or_else(|| self.domains[0].clone(), |a| a.to_string())
+    }
+
+    /// Sends the copy of an admitted request on through a client
+    /// transaction paired with its server transaction `key`.
+    #[allow(clippy::too_many_arguments)]
+    fn relay(
+        &mut self,
+        key: ServerKey,
+        request: Message,
+        origin: Origin,
+        hop: edge::Forward,
+        trust: Option<String>,
+        request_uri: Option<&str>,
+        now: Instant,
+    ) {
+        let forwarded = match self.forwarded(&request, &origin, &hop, trust, request_uri) {
             Ok(bytes) => parse_own(bytes).ok_or_else(|| Answer::new(500, "Server Internal Error")),
             Err(ProxyError::TooManyHops) => Err(Answer::new(483, "Too Many Hops")),
             Err(e) => Err(Answer::new(400, format!("Bad Request ({e})"))),
@@ -851,9 +1230,10 @@ impl EventLoop {
             .layer
             .send_request(forwarded.clone(), hop.next, reliable_out, now)
         {
-            Ok(client) => self
-                .proxy
-                .insert(key, client, forwarded, Upstream { request, origin }),
+            Ok(client) => {
+                self.proxy
+                    .insert(key, client, forwarded, Upstream { request, origin }, now)
+            }
             Err(e) => tracing::error!("cannot start a client transaction: {e}"),
         }
     }
@@ -867,14 +1247,11 @@ impl EventLoop {
         origin: &Origin,
         hop: &edge::Forward,
         trust: Option<String>,
+        request_uri: Option<&str>,
     ) -> Result<Bytes, ProxyError> {
-        let protocol = hop.next.protocol();
-        let sent_by = |p: Protocol| {
-            self.transport
-                .local_addr(p)
-                .map_or_else(|| self.domains[0].clone(), |a| a.to_string())
-        };
-        let via = format!("SIP/2.0/{} {}", protocol.via_token(), sent_by(protocol));
+        let protocol = self.protocol_to(&hop.next);
+        let sent_by = |p: Protocol| self.sent_by(p);
+        let via = self.via_for(&hop.next);
         let mut record_route = Vec::new();
         let call_id = request.call_id().unwrap_or_default();
         let entry = |token: &str, host: &str, p: Protocol| {
@@ -882,13 +1259,17 @@ impl EventLoop {
             format!("<sip:{token}@{host};transport={t};lr>")
         };
         match &hop.direction {
-            Direction::Entering => {
+            Direction::Entering | Direction::ToEndpoint(_) => {
+                let side = match hop.direction {
+                    Direction::Entering => DialogSide::Inside,
+                    _ => DialogSide::Endpoint,
+                };
                 let from = request.from().map(|f| domain_of(f.uri.as_str()));
                 let partner = from
                     .ok()
                     .and_then(|d| partner_of(self.presence.policy(), origin, &d))
-                    .unwrap_or_else(|| "-".into());
-                let token = self.edge.route_token(call_id, &partner);
+                    .unwrap_or_else(|| NO_PARTNER.into());
+                let token = self.edge.route_token(call_id, side, &partner);
                 let outside = self
                     .record_route_host
                     .clone()
@@ -896,8 +1277,17 @@ impl EventLoop {
                 record_route.push(entry(&token, &sent_by(protocol), protocol));
                 record_route.push(entry(&token, &outside, origin.protocol));
             }
-            Direction::Leaving { partner, .. } => {
-                let token = self.edge.route_token(call_id, partner);
+            Direction::Leaving {
+                partner,
+                from_endpoint,
+                ..
+            } => {
+                let side = if *from_endpoint {
+                    DialogSide::Endpoint
+                } else {
+                    DialogSide::Inside
+                };
+                let token = self.edge.route_token(call_id, side, partner);
                 let outside = self
                     .record_route_host
                     .clone()
@@ -921,7 +1311,7 @@ impl EventLoop {
         forward(
             request,
             &Forwarding {
-                request_uri: None,
+                request_uri,
                 consumed_routes: hop.consumed_routes,
                 record_route: &record_route,
                 via: &via,

@@ -27,6 +27,7 @@ use porchlight_transport::{Origin, Protocol, Target};
 
 use crate::admission::{Admission, DecisionCount, DecisionRecord, Way};
 use crate::config::Config;
+use crate::delivery::{self, Delivery};
 use crate::edge;
 use crate::outbound::NextHop;
 use crate::persistence::reconnect_to;
@@ -138,13 +139,24 @@ pub fn local_party(directory: &Directory, endpoint: usize) -> LocalParty<'_> {
     }
 }
 
-/// The policy's name for what a request wants.
-fn modality_of(request: &Message) -> Modality {
+/// The policy's name for what a request wants. An INVITE is a call unless
+/// its offer has only `m=message` lines: a Microsoft IM session.
+pub fn modality_of(request: &Message) -> Modality {
     match request.method() {
+        Some("INVITE") if is_im_session(request.body()) => Modality::Im,
         Some("INVITE") => Modality::Audio,
         Some("SUBSCRIBE" | "NOTIFY") => Modality::Presence,
         _ => Modality::Im,
     }
+}
+
+/// Whether an SDP offer asks for text only (`m=message … sip null`).
+fn is_im_session(sdp: &[u8]) -> bool {
+    let mut media = sdp
+        .split(|b| *b == b'\n')
+        .filter(|line| line.starts_with(b"m="))
+        .peekable();
+    media.peek().is_some() && media.all(|line| line.starts_with(b"m=message "))
 }
 
 /// What came of restoring saved subscriptions.
@@ -331,26 +343,31 @@ impl PresenceService {
         decision
     }
 
-    /// The policy check for a request proxied into the edge (calls, IM and
-    /// subscriptions for people behind it): the request's modality against
-    /// the global policy. Ok carries the trust header value describing the
-    /// peer.
+    /// The policy check for a request entering from outside: calls, IM and
+    /// subscriptions for people behind the edge (against the global
+    /// policy), or calls and IM for one of our endpoints (against its grant
+    /// or site). Ok carries the trust header value describing the peer.
     pub fn authorize_entering(
         &self,
         request: &Message,
         origin: &Origin,
+        endpoint: Option<usize>,
     ) -> Result<String, Box<Answer>> {
         let from = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
         let to = request.request_uri().unwrap_or_default();
         let from_domain = domain_of(from);
-        let policy_request = PolicyRequest {
-            remote_domain: &from_domain,
-            remote: remote_of(origin),
-            local: LocalParty {
+        let local = match endpoint {
+            Some(endpoint) => local_party(&self.directory, endpoint),
+            None => LocalParty {
                 uri: to,
                 grant: None,
                 site: None,
             },
+        };
+        let policy_request = PolicyRequest {
+            remote_domain: &from_domain,
+            remote: remote_of(origin),
+            local,
             modality: modality_of(request),
         };
         let outcome = self.admit(Way::Inbound, &policy_request, from, to);
@@ -424,6 +441,29 @@ impl PresenceService {
         } else {
             Err(Box::new(Answer::new(403, "Forbidden")))
         }
+    }
+
+    /// Where a call or IM with `modality` for `endpoint` goes now.
+    pub fn delivery(&self, endpoint: usize, modality: Modality) -> Delivery {
+        delivery::choose(
+            &self.directory.endpoints()[endpoint],
+            self.registrar.bindings(endpoint),
+            modality,
+        )
+    }
+
+    /// Whether `request` comes from the app of the endpoint in its From.
+    pub fn sent_by_endpoint(&self, request: &Message, origin: &Origin) -> bool {
+        let Ok(from) = request.from() else {
+            return false;
+        };
+        self.directory.resolve(from.uri.as_str()).is_some_and(|e| {
+            delivery::sent_by(
+                &self.directory.endpoints()[e],
+                self.registrar.bindings(e),
+                origin,
+            )
+        })
     }
 
     /// An endpoint with its live presence, for the admin.

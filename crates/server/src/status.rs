@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use crate::admission::{DecisionCount, DecisionRecord, Way};
@@ -142,6 +142,32 @@ pub(crate) enum Query {
         oneshot::Sender<Option<EndpointView>>,
     ),
     ApplyPolicy(Box<porchlight_policy::PolicyConfig>, oneshot::Sender<()>),
+    SendMessage(OutgoingMessage, oneshot::Sender<SentMessage>),
+}
+
+/// An IM an endpoint's app sends through the node (admin API).
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+pub struct OutgoingMessage {
+    /// The endpoint it is sent as (filled in from the path).
+    #[serde(skip)]
+    pub from: String,
+    /// The recipient's SIP URI, e.g. `sip:alice@fabrikam.com`.
+    pub to: String,
+    /// The text.
+    pub text: String,
+    /// Its media type; `text/plain` when absent.
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+/// How an IM sent through the node ended: the recipient's final SIP
+/// response, or the node's own when it never left (policy, routing).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct SentMessage {
+    /// The SIP status code.
+    pub status: u16,
+    /// Its reason phrase.
+    pub reason: String,
 }
 
 /// Asks the running node about itself. Cloning shares it.
@@ -242,6 +268,12 @@ impl NodeHandle {
             }
         }
         Ok(view)
+    }
+
+    /// Sends an IM as one of the node's endpoints and waits for its final
+    /// response.
+    pub async fn send_message(&self, message: OutgoingMessage) -> Result<SentMessage, Stopped> {
+        self.ask(|tx| Query::SendMessage(message, tx)).await
     }
 
     /// The configuration the node runs with, for offline-style questions

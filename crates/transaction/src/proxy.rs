@@ -7,8 +7,14 @@
 //! server transaction it serves. The driver owns both transactions in its
 //! [`TransactionLayer`](crate::TransactionLayer); this table only remembers
 //! how they pair and what a later CANCEL or failure needs.
+//!
+//! An INVITE branch also runs Timer C (§16.6 step 11): a callee that rings
+//! for ever would otherwise hold the call, and the proxy's state, open.
+//! When it fires the branch is cancelled, and if even the CANCEL gets no
+//! final response in time the caller is answered 408.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use porchlight_sip::{HeaderError, HeaderName, Message, MessageWriter};
@@ -170,29 +176,60 @@ struct Branch<U> {
     forwarded: Message,
     provisional: bool,
     cancel_wanted: bool,
+    /// When Timer C fires, as its key in the table's timer index; INVITE
+    /// branches only.
+    timer_c: Option<(Instant, u64)>,
     user: U,
 }
+
+/// Timer C's default: RFC 3261 asks for more than three minutes.
+pub const DEFAULT_TIMER_C: Duration = Duration::from_secs(181);
+
+/// How long a cancelled branch waits for its final response (the 487)
+/// before the caller is answered without it: Timer B's 64·T1.
+const CANCEL_GRACE: Duration = Duration::from_secs(32);
 
 /// The proxied requests in progress, one branch each.
 pub struct ProxyTable<U> {
     branches: HashMap<ClientKey, Branch<U>>,
     by_server: HashMap<ServerKey, ClientKey>,
+    /// Running Timer Cs in firing order; the number tells equal instants apart.
+    timers: BTreeMap<(Instant, u64), ClientKey>,
+    timer_c: Duration,
+    timer_counter: u64,
 }
 
 impl<U> Default for ProxyTable<U> {
     fn default() -> Self {
-        ProxyTable {
-            branches: HashMap::new(),
-            by_server: HashMap::new(),
-        }
+        ProxyTable::new(DEFAULT_TIMER_C)
     }
 }
 
 impl<U> ProxyTable<U> {
+    /// A table whose INVITE branches give up ringing after `timer_c`.
+    pub fn new(timer_c: Duration) -> ProxyTable<U> {
+        ProxyTable {
+            branches: HashMap::new(),
+            by_server: HashMap::new(),
+            timers: BTreeMap::new(),
+            timer_c,
+            timer_counter: 0,
+        }
+    }
+
     /// Remembers that `client` (carrying `forwarded`) serves `server`;
-    /// `user` comes back if the branch fails.
-    pub fn insert(&mut self, server: ServerKey, client: ClientKey, forwarded: Message, user: U) {
+    /// `user` comes back if the branch fails. An INVITE starts Timer C.
+    pub fn insert(
+        &mut self,
+        server: ServerKey,
+        client: ClientKey,
+        forwarded: Message,
+        user: U,
+        now: Instant,
+    ) {
         self.by_server.insert(server.clone(), client.clone());
+        let timer_c = (forwarded.method() == Some("INVITE"))
+            .then(|| self.start_timer(&client, now + self.timer_c));
         self.branches.insert(
             client,
             Branch {
@@ -200,9 +237,64 @@ impl<U> ProxyTable<U> {
                 forwarded,
                 provisional: false,
                 cancel_wanted: false,
+                timer_c,
                 user,
             },
         );
+    }
+
+    fn start_timer(&mut self, client: &ClientKey, at: Instant) -> (Instant, u64) {
+        self.timer_counter += 1;
+        let key = (at, self.timer_counter);
+        self.timers.insert(key, client.clone());
+        key
+    }
+
+    /// Moves a branch's Timer C to `at`.
+    fn restart_timer(&mut self, client: &ClientKey, at: Instant) {
+        let Some(old) = self.branches.get_mut(client).and_then(|b| b.timer_c.take()) else {
+            return;
+        };
+        self.timers.remove(&old);
+        let key = self.start_timer(client, at);
+        if let Some(branch) = self.branches.get_mut(client) {
+            branch.timer_c = Some(key);
+        }
+    }
+
+    /// When the next Timer C fires.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Fires the Timer Cs due by `now` (§16.8): a branch that has rung is
+    /// cancelled, and given [`CANCEL_GRACE`] for its final response; a
+    /// branch that never answered, or whose CANCEL went unanswered, owes
+    /// the caller 408.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<ProxyAction<U>> {
+        let mut actions = Vec::new();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let client = entry.remove();
+            let Some(branch) = self.branches.get_mut(&client) else {
+                continue;
+            };
+            branch.timer_c = None;
+            if branch.provisional && !branch.cancel_wanted {
+                branch.cancel_wanted = true;
+                let bytes = cancel_for(&branch.forwarded);
+                let key = self.start_timer(&client, now + CANCEL_GRACE);
+                if let Some(branch) = self.branches.get_mut(&client) {
+                    branch.timer_c = Some(key);
+                }
+                actions.push(ProxyAction::Cancel { client, bytes });
+            } else if let Some(action) = self.on_failure(&client, true) {
+                actions.push(action);
+            }
+        }
+        actions
     }
 
     /// Whether this client transaction is a proxied branch.
@@ -223,12 +315,22 @@ impl<U> ProxyTable<U> {
     /// A response arrived on a branch (§16.7): 100 stays here, other
     /// provisional and all final responses go upstream; a final response
     /// ends the branch. A CANCEL that waited for the first provisional
-    /// response goes out now (§9.1).
-    pub fn on_response(&mut self, client: &ClientKey, response: &Message) -> Vec<ProxyAction<U>> {
+    /// response goes out now (§9.1). A provisional response other than 100
+    /// restarts Timer C (§16.7 step 2).
+    pub fn on_response(
+        &mut self,
+        client: &ClientKey,
+        response: &Message,
+        now: Instant,
+    ) -> Vec<ProxyAction<U>> {
+        let code = response.status().unwrap_or(0);
+        if (101..200).contains(&code) && self.branches.get(client).is_some_and(|b| !b.cancel_wanted)
+        {
+            self.restart_timer(client, now + self.timer_c);
+        }
         let Some(branch) = self.branches.get_mut(client) else {
             return Vec::new();
         };
-        let code = response.status().unwrap_or(0);
         let mut actions = Vec::new();
         if code < 200 {
             if !branch.provisional && branch.cancel_wanted {
@@ -294,6 +396,9 @@ impl<U> ProxyTable<U> {
     fn remove(&mut self, client: &ClientKey) -> Option<Branch<U>> {
         let branch = self.branches.remove(client)?;
         self.by_server.remove(&branch.server);
+        if let Some(key) = branch.timer_c {
+            self.timers.remove(&key);
+        }
         Some(branch)
     }
 }

@@ -2,6 +2,8 @@
 //! request is rewritten for its next hop, how responses go back, CANCEL,
 //! and the answers owed when a branch fails.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use porchlight_sip::{Framing, HeaderName, Limits, Message};
 use porchlight_transaction::proxy::{
@@ -138,7 +140,13 @@ fn table() -> (ProxyTable<&'static str>, ServerKey, ClientKey) {
     let server = ServerKey::of(&parse(INVITE)).unwrap();
     let out = forwarded();
     let client = ClientKey::of(&out).unwrap();
-    table.insert(server.clone(), client.clone(), out, "original");
+    table.insert(
+        server.clone(),
+        client.clone(),
+        out,
+        "original",
+        Instant::now(),
+    );
     (table, server, client)
 }
 
@@ -146,10 +154,14 @@ fn table() -> (ProxyTable<&'static str>, ServerKey, ClientKey) {
 fn provisional_responses_go_upstream_except_100_and_a_final_one_ends_the_branch() {
     let (mut table, server, client) = table();
     assert!(table
-        .on_response(&client, &response(100, "Trying", DOWN_VIAS))
+        .on_response(&client, &response(100, "Trying", DOWN_VIAS), Instant::now())
         .is_empty());
     match table
-        .on_response(&client, &response(180, "Ringing", DOWN_VIAS))
+        .on_response(
+            &client,
+            &response(180, "Ringing", DOWN_VIAS),
+            Instant::now(),
+        )
         .as_slice()
     {
         [ProxyAction::Respond {
@@ -160,7 +172,7 @@ fn provisional_responses_go_upstream_except_100_and_a_final_one_ends_the_branch(
         other => panic!("{other:?}"),
     }
     match table
-        .on_response(&client, &response(200, "OK", DOWN_VIAS))
+        .on_response(&client, &response(200, "OK", DOWN_VIAS), Instant::now())
         .as_slice()
     {
         [ProxyAction::Respond { code: 200, .. }] => {}
@@ -169,7 +181,7 @@ fn provisional_responses_go_upstream_except_100_and_a_final_one_ends_the_branch(
     assert!(table.is_empty());
     // A retransmitted final response finds no branch.
     assert!(table
-        .on_response(&client, &response(200, "OK", DOWN_VIAS))
+        .on_response(&client, &response(200, "OK", DOWN_VIAS), Instant::now())
         .is_empty());
 }
 
@@ -177,7 +189,11 @@ fn provisional_responses_go_upstream_except_100_and_a_final_one_ends_the_branch(
 fn a_503_from_downstream_goes_upstream_as_500() {
     let (mut table, _, client) = table();
     match table
-        .on_response(&client, &response(503, "Service Unavailable", DOWN_VIAS))
+        .on_response(
+            &client,
+            &response(503, "Service Unavailable", DOWN_VIAS),
+            Instant::now(),
+        )
         .as_slice()
     {
         [ProxyAction::Respond {
@@ -197,7 +213,7 @@ fn cancel_waits_for_a_provisional_response() {
     assert!(matches!(table.cancel(&server), Some(None)));
     // Asking twice sends nothing more.
     assert!(matches!(table.cancel(&server), Some(None)));
-    let actions = table.on_response(&client, &response(100, "Trying", DOWN_VIAS));
+    let actions = table.on_response(&client, &response(100, "Trying", DOWN_VIAS), Instant::now());
     let [ProxyAction::Cancel { client: c, bytes }] = actions.as_slice() else {
         panic!("{actions:?}");
     };
@@ -231,4 +247,55 @@ fn failed_branches_owe_408_or_503_upstream() {
         table.on_failure(&client, false),
         Some(ProxyAction::Fail { code: 503, .. })
     ));
+}
+
+#[test]
+fn timer_c_cancels_a_branch_that_rings_too_long_then_answers_408() {
+    let start = Instant::now();
+    let timer_c = Duration::from_secs(181);
+    let mut table = ProxyTable::new(timer_c);
+    let server = ServerKey::of(&parse(INVITE)).unwrap();
+    let out = forwarded();
+    let client = ClientKey::of(&out).unwrap();
+    table.insert(server.clone(), client.clone(), out, "original", start);
+    assert_eq!(table.next_deadline(), Some(start + timer_c));
+    // Ringing restarts it; 100 does not.
+    let ringing = start + Duration::from_secs(100);
+    table.on_response(&client, &response(100, "Trying", DOWN_VIAS), ringing);
+    assert_eq!(table.next_deadline(), Some(start + timer_c));
+    table.on_response(&client, &response(180, "Ringing", DOWN_VIAS), ringing);
+    assert_eq!(table.next_deadline(), Some(ringing + timer_c));
+    assert!(table.handle_timeout(start + timer_c).is_empty());
+    // It fires: the branch is cancelled, and the caller not yet answered.
+    let fired = ringing + timer_c;
+    let actions = table.handle_timeout(fired);
+    let [ProxyAction::Cancel { client: c, bytes }] = actions.as_slice() else {
+        panic!("{actions:?}");
+    };
+    assert_eq!(c, &client);
+    assert_eq!(bytes, &cancel_for(&forwarded()));
+    // The callee never answers the CANCEL either: 408 upstream.
+    let grace = table.next_deadline().expect("waits for the 487");
+    assert!(grace > fired);
+    let actions = table.handle_timeout(grace);
+    assert!(
+        matches!(actions.as_slice(), [ProxyAction::Fail { code: 408, user: "original", server: s }] if s == &server),
+        "{actions:?}"
+    );
+    assert!(table.is_empty());
+    assert_eq!(table.next_deadline(), None);
+}
+
+#[test]
+fn a_final_response_stops_timer_c_and_other_methods_never_run_it() {
+    let (mut table, _, client) = table();
+    assert!(table.next_deadline().is_some());
+    table.on_response(&client, &response(200, "OK", DOWN_VIAS), Instant::now());
+    assert_eq!(table.next_deadline(), None);
+    let mut table = ProxyTable::default();
+    let message = parse(&INVITE.replace("INVITE", "MESSAGE"));
+    let server = ServerKey::of(&message).unwrap();
+    let client = ClientKey::of(&message).unwrap();
+    table.insert(server, client, message, "m", Instant::now());
+    assert_eq!(table.next_deadline(), None);
 }

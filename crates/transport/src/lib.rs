@@ -292,6 +292,13 @@ impl Transport {
             .and_then(|c| c.peer.clone())
     }
 
+    /// The protocol of an open connection (TCP or TLS), for the Via and
+    /// Record-Route of requests sent over it.
+    pub fn connection_protocol(&self, id: ConnectionId) -> Option<Protocol> {
+        let r = self.shared.registry.lock().ok()?;
+        r.by_id.get(&id).map(|c| c.protocol)
+    }
+
     /// An open connection whose peer proved `domain`, by certificate either
     /// way (RFC 5923 reuse): requests for a partner go over it rather than
     /// a new one.
