@@ -7,113 +7,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use porchlight_sip::Message;
 
 use common::*;
-
-/// A Kamailio instance acting as a partner domain's edge proxy.
-struct Kamailio {
-    child: Child,
-    udp_port: u16,
-    tls_port: u16,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        // SIGTERM lets the main process stop its children; SIGKILL would
-        // leave them holding the ports.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Kamailio {
-    /// Starts Kamailio as the edge of `domain`, with a certificate for
-    /// `domain` from the test CA, relaying requests for contoso.com to
-    /// Porchlight's TLS listener `edge`.
-    fn start(pki: &Pki, name: &str, domain: &str, edge: SocketAddr) -> Kamailio {
-        let dir = temp_dir(&format!("kamailio-{name}"));
-        pki.write_leaf(&dir, "partner", domain);
-        let d = dir.display();
-        let profile = format!(
-            "method = TLSv1.2+\nverify_certificate = yes\nrequire_certificate = yes\n\
-             private_key = {d}/partner.key\ncertificate = {d}/partner.crt\nca_list = {d}/ca.pem\n"
-        );
-        std::fs::write(
-            dir.join("tls.cfg"),
-            format!("[server:default]\n{profile}\n[client:default]\n{profile}"),
-        )
-        .unwrap();
-        let udp_port = free_port();
-        let tls_port = free_port();
-        let template = include_str!("kamailio/partner.cfg");
-        let config = template
-            .replace("@DOMAIN@", domain)
-            .replace("@UDP_PORT@", &udp_port.to_string())
-            .replace("@TLS_PORT@", &tls_port.to_string())
-            .replace("@DIR@", &d.to_string())
-            .replace("@FEDERATED_DOMAIN@", "contoso.com")
-            .replace("@EDGE_PORT@", &edge.port().to_string());
-        std::fs::write(dir.join("kamailio.cfg"), config).unwrap();
-        let log = std::fs::File::create(dir.join("kamailio.log")).unwrap();
-        let child = Command::new("kamailio")
-            .arg("-f")
-            .arg(dir.join("kamailio.cfg"))
-            .args(["-DD", "-E", "-m", "64", "-M", "8", "-Y"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("kamailio is installed (scripts/test.sh installs it)");
-        let mut kamailio = Kamailio {
-            child,
-            udp_port,
-            tls_port,
-            log: dir.join("kamailio.log"),
-        };
-        // Ready once it answers over UDP (its 404 for a stranger's OPTIONS).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = kamailio.child.try_wait() {
-                panic!(
-                    "kamailio exited with {status}:\n{}",
-                    std::fs::read_to_string(dir.join("kamailio.log")).unwrap_or_default()
-                );
-            }
-            let answers = udp_exchange(
-                kamailio.udp(),
-                &request("OPTIONS", "sip:nobody@nowhere.invalid", ""),
-                Duration::from_millis(300),
-            );
-            if !answers.is_empty() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "kamailio never answered");
-        }
-        kamailio
-    }
-
-    fn udp(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.udp_port))
-    }
-}
 
 /// A baresip user `user` behind `proxy` watching the help desk.
 fn watcher(name: &str, user: &str, proxy: &Kamailio) -> Baresip {
@@ -237,32 +137,6 @@ fn a_partner_user_behind_kamailio_sees_the_endpoint_and_refusals_are_explained()
         );
         assert_eq!(ok, enabled, "{text}");
         assert!(text.contains("public provider PublicIM"), "{text}");
-    }
-}
-
-fn sipp(args: &[&str]) -> Child {
-    Command::new("sipp")
-        .args(args)
-        .args(["-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sipp is installed (scripts/test.sh installs sip-tester)")
-}
-
-fn finished_ok(mut child: Child, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            assert!(status.success(), "{name} failed ({status}): {err}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "{name} did not finish");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -231,7 +231,7 @@ impl Edge {
         for entry in request.routes() {
             let Ok(entry) = entry else { break };
             let Uri::Sip(sip, _) = &entry.uri else { break };
-            if !local.is_local(sip) || sip.param("lr").is_none() {
+            if !local.is_this_node(sip) || sip.param("lr").is_none() {
                 break;
             }
             consumed += 1;
@@ -355,6 +355,7 @@ mod tests {
         LocalNames {
             hosts: vec!["contoso.com".into()],
             addresses: vec!["10.0.0.2".parse().unwrap()],
+            ports: vec![5060, 5061],
         }
     }
 
@@ -583,6 +584,14 @@ mod tests {
             panic!("not forwarded");
         };
         assert_eq!(hop.next, NextHop::Partner("fabrikam.com".into()));
+        // Another proxy's entry on one of our addresses, at its own port,
+        // is not ours to consume.
+        let shared_host = routes.replace("lr>", "lr>, <sip:10.0.0.2:7000;lr>");
+        let bye = request("BYE", "sip:alice@192.0.2.9:5061", &shared_host);
+        let Route::Forward(hop) = route(&edge, &bye, &app, false) else {
+            panic!("not forwarded");
+        };
+        assert_eq!(hop.consumed_routes, 1);
         // From the partner: to the app's contact.
         let bye = request("BYE", "sip:ivr@192.0.2.77:5070", &routes);
         let Route::Forward(hop) = route(&edge, &bye, &origin(Some("fabrikam.com")), false) else {

@@ -112,6 +112,11 @@ impl Node {
                 .iter()
                 .map(|(_, a)| a.ip())
                 .collect(),
+            ports: transport
+                .local_addrs()
+                .iter()
+                .map(|(_, a)| a.port())
+                .collect(),
         };
         let timers = TimerConfig {
             t1: std::time::Duration::from_millis(config.timers.t1_ms),

@@ -35,6 +35,9 @@ pub struct LocalNames {
     /// Listen addresses; an unspecified one (0.0.0.0, ::) means every
     /// address of its family.
     pub addresses: Vec<IpAddr>,
+    /// Listen ports: a Route entry naming another port on one of our
+    /// addresses is another program's (a proxy on the same host).
+    pub ports: Vec<u16>,
 }
 
 impl LocalNames {
@@ -49,6 +52,17 @@ impl LocalNames {
             }
             None => self.hosts.iter().any(|h| uri.host.matches(h)),
         }
+    }
+}
+
+impl LocalNames {
+    /// Whether a Route entry names this node (§16.4): one of its names or
+    /// addresses, and one of its ports when it gives a port.
+    pub fn is_this_node(&self, uri: &porchlight_sip::SipUri<'_>) -> bool {
+        self.is_local(uri)
+            && uri
+                .port
+                .is_none_or(|p| self.ports.is_empty() || self.ports.contains(&p))
     }
 }
 

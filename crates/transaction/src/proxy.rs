@@ -66,7 +66,13 @@ pub fn forward(request: &Message, how: &Forwarding<'_>, branch: &str) -> Result<
         .or_else(|| request.request_uri())
         .unwrap_or_default();
     let mut w = MessageWriter::request(request.method().unwrap_or_default(), uri);
+    // Our Via on top of the others, kept together as peers expect.
     w.header_fmt("Via", format_args!("{};branch={branch}", how.via));
+    for field in request.headers() {
+        if field.name == HeaderName::Via {
+            w.header("Via", request.value_bytes(field));
+        }
+    }
     w.header_fmt("Max-Forwards", format_args!("{max_forwards}"));
     for entry in how.record_route {
         w.header("Record-Route", entry);
@@ -75,7 +81,7 @@ pub fn forward(request: &Message, how: &Forwarding<'_>, branch: &str) -> Result<
     for field in request.headers() {
         let name = request.name_bytes(field);
         match field.name {
-            HeaderName::MaxForwards | HeaderName::ContentLength => continue,
+            HeaderName::Via | HeaderName::MaxForwards | HeaderName::ContentLength => continue,
             HeaderName::Route => {
                 if !routes_written {
                     routes_written = true;

@@ -63,6 +63,9 @@ fn a_forwarded_request_is_rewritten_for_the_next_hop() {
         .map(|v| v.unwrap().branch().unwrap().to_owned())
         .collect();
     assert_eq!(vias, ["z9hG4bKdown1", "z9hG4bKup1"]);
+    // Kept together: a callee copying "the Via lines" gets all of them.
+    let names: Vec<HeaderName> = out.headers().iter().map(|f| f.name).collect();
+    assert_eq!(&names[..2], [HeaderName::Via, HeaderName::Via]);
     assert_eq!(out.max_forwards().unwrap(), Some(9));
     let routes: Vec<&[u8]> = out
         .items(HeaderName::Route)

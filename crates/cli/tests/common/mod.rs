@@ -81,7 +81,7 @@ pub fn start_with_file(path: &std::path::Path, dir: PathBuf) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_porchlight"))
         .args(["serve", "--config"])
         .arg(path)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", std::env::var("PORCHLIGHT_TEST_LOG").unwrap_or_else(|_| "info".into()))
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -92,6 +92,8 @@ pub fn start_with_file(path: &std::path::Path, dir: PathBuf) -> Server {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
+            // Shown with a failing test's output.
+            eprintln!("[node] {line}");
             let _ = tx.send(line);
         }
     });
@@ -585,3 +587,130 @@ pub fn health_server(healthy: Arc<AtomicBool>) -> u16 {
     });
     port
 }
+
+/// A Kamailio instance acting as a partner domain's edge proxy.
+pub struct Kamailio {
+    child: Child,
+    pub udp_port: u16,
+    pub tls_port: u16,
+    pub log: std::path::PathBuf,
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        // SIGTERM lets the main process stop its children; SIGKILL would
+        // leave them holding the ports.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Kamailio {
+    /// Starts Kamailio as the edge of `domain`, with a certificate for
+    /// `domain` from the test CA, relaying requests for contoso.com to
+    /// Porchlight's TLS listener `edge`.
+    pub fn start(pki: &Pki, name: &str, domain: &str, edge: SocketAddr) -> Kamailio {
+        let dir = temp_dir(&format!("kamailio-{name}"));
+        pki.write_leaf(&dir, "partner", domain);
+        let d = dir.display();
+        let profile = format!(
+            "method = TLSv1.2+\nverify_certificate = yes\nrequire_certificate = yes\n\
+             private_key = {d}/partner.key\ncertificate = {d}/partner.crt\nca_list = {d}/ca.pem\n"
+        );
+        std::fs::write(
+            dir.join("tls.cfg"),
+            format!("[server:default]\n{profile}\n[client:default]\n{profile}"),
+        )
+        .unwrap();
+        let udp_port = free_port();
+        let tls_port = free_port();
+        let template = include_str!("../kamailio/partner.cfg");
+        let config = template
+            .replace("@DOMAIN@", domain)
+            .replace("@UDP_PORT@", &udp_port.to_string())
+            .replace("@TLS_PORT@", &tls_port.to_string())
+            .replace("@DIR@", &d.to_string())
+            .replace("@FEDERATED_DOMAIN@", "contoso.com")
+            .replace("@EDGE_PORT@", &edge.port().to_string());
+        std::fs::write(dir.join("kamailio.cfg"), config).unwrap();
+        let log = std::fs::File::create(dir.join("kamailio.log")).unwrap();
+        let child = Command::new("kamailio")
+            .arg("-f")
+            .arg(dir.join("kamailio.cfg"))
+            .args(["-DD", "-E", "-m", "64", "-M", "8", "-Y"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("kamailio is installed (scripts/test.sh installs it)");
+        let mut kamailio = Kamailio {
+            child,
+            udp_port,
+            tls_port,
+            log: dir.join("kamailio.log"),
+        };
+        // Ready once it answers over UDP (its 404 for a stranger's OPTIONS).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = kamailio.child.try_wait() {
+                panic!(
+                    "kamailio exited with {status}:\n{}",
+                    std::fs::read_to_string(dir.join("kamailio.log")).unwrap_or_default()
+                );
+            }
+            let answers = udp_exchange(
+                kamailio.udp(),
+                &request("OPTIONS", "sip:nobody@nowhere.invalid", ""),
+                Duration::from_millis(300),
+            );
+            if !answers.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "kamailio never answered");
+        }
+        kamailio
+    }
+
+    pub fn udp(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.udp_port))
+    }
+}
+
+/// Runs one SIPp call (`-m 1`) with `args`, bounded to 30 s.
+pub fn sipp(args: &[&str]) -> Child {
+    Command::new("sipp")
+        .args(args)
+        .args(["-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sipp is installed (scripts/test.sh installs sip-tester)")
+}
+
+/// Waits (at most 40 s) for a SIPp run and asserts it succeeded.
+pub fn finished_ok(mut child: Child, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            assert!(status.success(), "{name} failed ({status}): {err}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+

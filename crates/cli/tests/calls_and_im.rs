@@ -1,0 +1,330 @@
+//! Calls and IM between federated users and application endpoints, with
+//! real peers: Kamailio (Debian `kamailio`, `kamailio-tls-modules`) as a
+//! partner domain's edge over mutual TLS, SIPp and baresip as the users
+//! and the apps, and a small HTTP receiver in the test as a webhook app.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use porchlight_sip::Message;
+
+use common::*;
+
+const FABRIKAM: (&str, &str) = (
+    "allowed_domains = []                 # e.g.",
+    "allowed_domains = [{ domain = \"fabrikam.com\" }] #",
+);
+
+/// Where SIPp scenarios live.
+fn scenario(name: &str) -> String {
+    format!(
+        "{}/../../bench/sipp/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// contoso.com's edge (loopback untrusted, fabrikam.com allowed) serving
+/// `sip:ivr@contoso.com`, whose calls go to `sip_target`.
+fn ivr_config(pki: &Pki, endpoint_extra: &str) -> String {
+    format!(
+        "{}\n[[endpoint]]\nuri = \"sip:ivr@contoso.com\"\ndisplay_name = \"IVR\"\n{endpoint_extra}\n",
+        pki.config(&[FABRIKAM])
+    )
+}
+
+/// A SIPp user behind fabrikam's Kamailio calling `sip:ivr@contoso.com`.
+fn sipp_caller(fabrikam: &Kamailio, scenario_file: &str) -> std::process::Child {
+    sipp(&[
+        &fabrikam.udp().to_string(),
+        "-sf",
+        &scenario(scenario_file),
+        "-s",
+        "ivr",
+        "-key",
+        "domain",
+        "contoso.com",
+        "-key",
+        "caller",
+        "sip:carol@fabrikam.com",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_port().to_string(),
+    ])
+}
+
+#[test]
+fn sipp_calls_an_ivr_through_the_edge_hang_up_either_side_and_cancel() {
+    let pki = Pki::new("calls-sipp-pki");
+    let ivr_port = free_port();
+    let server = start(
+        "calls-sipp",
+        &ivr_config(&pki, &format!("sip_target = \"sip:127.0.0.1:{ivr_port}\"")),
+    );
+    let fabrikam = Kamailio::start(&pki, "calls-sipp", "fabrikam.com", server.tls);
+    let ivr = |file: &str| {
+        sipp(&[
+            "-sf",
+            &scenario(file),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &ivr_port.to_string(),
+        ])
+    };
+    for (caller, callee, what) in [
+        (
+            "call-uac.xml",
+            "call-uas.xml",
+            "INVITE, 200, end-to-end ACK and the caller's BYE; the IVR sees the trust header",
+        ),
+        (
+            "call-uac-hung-up.xml",
+            "call-uas-hangs-up.xml",
+            "the IVR hangs up: its BYE reaches the partner through the edge",
+        ),
+        (
+            "cancel-uac.xml",
+            "cancel-uas.xml",
+            "the caller cancels while it rings: 200 for the CANCEL, 487 and its ACK",
+        ),
+    ] {
+        let callee = ivr(callee);
+        std::thread::sleep(Duration::from_millis(300));
+        let caller = sipp_caller(&fabrikam, caller);
+        finished_ok(caller, &format!("the caller ({what})"));
+        finished_ok(callee, &format!("the IVR ({what})"));
+    }
+}
+
+/// A webhook app: answers each POST as `answer` says, handing the test
+/// what it received.
+struct Received {
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+/// How the webhook app answers one POST: a delay, a status and a body.
+type Answer = (Duration, u16, &'static str);
+
+fn webhook_app(answers: Vec<Answer>) -> (u16, mpsc::Receiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut answers = answers.into_iter();
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let tx = tx.clone();
+            // One connection may carry several requests (keep-alive).
+            let mut reader = BufReader::new(stream);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    let h = h.trim_end();
+                    if h.is_empty() {
+                        break;
+                    }
+                    let (n, v) = h.split_once(':').unwrap();
+                    headers.push((n.trim().to_owned(), v.trim().to_owned()));
+                }
+                let length: usize = headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |(_, v)| v.parse().unwrap());
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let (delay, status, reply) = answers.next().unwrap_or((Duration::ZERO, 200, ""));
+                let _ = tx.send(Received {
+                    headers,
+                    body: String::from_utf8(body).unwrap(),
+                });
+                std::thread::sleep(delay);
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+                    reply.len()
+                );
+                if reader.get_mut().write_all(answer.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (port, rx)
+}
+
+/// The webhook signature an app computes to check a delivery.
+fn expected_signature(secret: &str, received: &Received) -> bool {
+    use hmac::{Hmac, Mac};
+    let header = received.header("x-porchlight-signature").unwrap();
+    let (t, v1) = header.split_once(",v1=").unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{}", received.body).as_bytes());
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    hex == v1
+}
+
+/// A MESSAGE to `to` over UDP from the trusted loopback; its final response.
+fn message(server: SocketAddr, to: &str, text: &str) -> Message {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(40)))
+        .unwrap();
+    let local = socket.local_addr().unwrap();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let bytes = format!(
+        "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-im{n};rport\r\n\
+         Max-Forwards: 70\r\nFrom: \"Dave\" <sip:dave@127.0.0.1>;tag=im{n}\r\nTo: <{to}>\r\n\
+         Call-ID: im-{n}@test.invalid\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{text}",
+        text.len()
+    );
+    socket.send_to(bytes.as_bytes(), server).unwrap();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no final response to the MESSAGE for {to}: {e}"));
+        let response = parse(&buf[..n]);
+        if response.status().is_some_and(|s| s >= 200) {
+            return response;
+        }
+    }
+}
+
+fn reason(response: &Message) -> String {
+    String::from_utf8_lossy(response.reason().unwrap_or_default()).into_owned()
+}
+
+#[test]
+fn webhook_deliveries_are_signed_retried_and_answered_as_the_app_answered() {
+    let secret = "shared-with-the-bot";
+    let ok = (Duration::ZERO, 200, "{}");
+    let slow = (Duration::from_millis(1500), 200, "{}");
+    let broken = (Duration::ZERO, 500, "");
+    let (port, posts) = webhook_app(vec![
+        ok,
+        (Duration::ZERO, 202, ""),
+        // Two slow attempts: 408.
+        slow,
+        slow,
+        // Three 500s (the first attempt and two retries): 503.
+        broken,
+        broken,
+        broken,
+        // A 500 then a success: the retry delivers it.
+        broken,
+        ok,
+        (Duration::ZERO, 404, ""),
+    ]);
+    let dead_port = free_port();
+    let endpoints = format!(
+        "[[endpoint]]\nuri = \"sip:bot@porchlight.test\"\ndisplay_name = \"Bot\"\n\
+         [endpoint.webhook]\nurl = \"http://127.0.0.1:{port}/im\"\nsecret = \"{secret}\"\n\
+         timeout_ms = 1000\nretries = 2\n\
+         [[endpoint]]\nuri = \"sip:slowbot@porchlight.test\"\ndisplay_name = \"Slow\"\n\
+         [endpoint.webhook]\nurl = \"http://127.0.0.1:{port}/im\"\nsecret = \"{secret}\"\n\
+         timeout_ms = 1000\nretries = 1\n\
+         [[endpoint]]\nuri = \"sip:gone@porchlight.test\"\ndisplay_name = \"Gone\"\n\
+         [endpoint.webhook]\nurl = \"http://127.0.0.1:{dead_port}/im\"\nsecret = \"{secret}\"\n\
+         [[endpoint]]\nuri = \"sip:mute@porchlight.test\"\ndisplay_name = \"Mute\"\ncapabilities = [\"audio\"]\n\
+         [[endpoint]]\nuri = \"sip:nowhere@porchlight.test\"\ndisplay_name = \"Nowhere\"\n"
+    );
+    let server = start("webhook", &config(&[], &endpoints));
+
+    let answer = message(server.udp, "sip:bot@porchlight.test", "hello bot");
+    assert_eq!(answer.status(), Some(200), "{}", reason(&answer));
+    let post = posts.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(expected_signature(secret, &post), "{:?}", post.headers);
+    assert!(!expected_signature("another-secret", &post));
+    let json = post.json();
+    assert_eq!(json["event"], "message");
+    assert_eq!(json["text"], "hello bot");
+    assert_eq!(json["from"], "sip:dave@127.0.0.1");
+    assert_eq!(json["from_name"], "Dave");
+    assert_eq!(json["endpoint"], "sip:bot@porchlight.test");
+    assert_eq!(json["content_type"], "text/plain");
+    assert_eq!(post.header("content-type"), Some("application/json"));
+
+    let answer = message(server.udp, "sip:bot@porchlight.test", "second");
+    assert_eq!(answer.status(), Some(202), "{}", reason(&answer));
+    posts.recv_timeout(Duration::from_secs(5)).unwrap();
+
+    let answer = message(server.udp, "sip:slowbot@porchlight.test", "anyone?");
+    assert_eq!(answer.status(), Some(408), "{}", reason(&answer));
+    let first = posts.recv_timeout(Duration::from_secs(5)).unwrap();
+    let second = posts.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        first.header("x-porchlight-delivery"),
+        second.header("x-porchlight-delivery"),
+        "a retry keeps its delivery id"
+    );
+
+    let answer = message(server.udp, "sip:bot@porchlight.test", "broken");
+    assert_eq!(answer.status(), Some(503), "{}", reason(&answer));
+    assert!(reason(&answer).contains("HTTP 500"), "{}", reason(&answer));
+    let text = String::from_utf8_lossy(answer.as_bytes()).into_owned();
+    assert!(text.contains("\r\nRetry-After: 30\r\n"), "{text}");
+    for _ in 0..3 {
+        posts.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+
+    let answer = message(server.udp, "sip:bot@porchlight.test", "retried");
+    assert_eq!(answer.status(), Some(200), "{}", reason(&answer));
+    let tries: Vec<Received> = (0..2)
+        .map(|_| posts.recv_timeout(Duration::from_secs(5)).unwrap())
+        .collect();
+    assert!(tries.iter().all(|t| t.json()["text"] == "retried"));
+
+    let answer = message(server.udp, "sip:bot@porchlight.test", "refused");
+    assert_eq!(answer.status(), Some(480), "{}", reason(&answer));
+    assert!(reason(&answer).contains("HTTP 404"), "{}", reason(&answer));
+    posts.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        posts.recv_timeout(Duration::from_millis(800)).is_err(),
+        "a 4xx is not retried"
+    );
+
+    let started = Instant::now();
+    let answer = message(server.udp, "sip:gone@porchlight.test", "hello?");
+    assert_eq!(answer.status(), Some(480), "{}", reason(&answer));
+    assert!(reason(&answer).contains("cannot be reached"), "{}", reason(&answer));
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let answer = message(server.udp, "sip:mute@porchlight.test", "can you read?");
+    assert_eq!(answer.status(), Some(488), "{}", reason(&answer));
+    let answer = message(server.udp, "sip:nowhere@porchlight.test", "hi");
+    assert_eq!(answer.status(), Some(480), "{}", reason(&answer));
+}
