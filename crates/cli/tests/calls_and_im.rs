@@ -328,3 +328,164 @@ fn webhook_deliveries_are_signed_retried_and_answered_as_the_app_answered() {
     let answer = message(server.udp, "sip:nowhere@porchlight.test", "hi");
     assert_eq!(answer.status(), Some(480), "{}", reason(&answer));
 }
+
+/// Ten seconds of a 440 Hz tone, 8 kHz mono, as baresip's `aufile` reads.
+fn tone(path: &std::path::Path) {
+    let samples: Vec<u8> = (0..80_000)
+        .flat_map(|i| {
+            let t = i as f64 / 8000.0;
+            ((8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16).to_le_bytes()
+        })
+        .collect();
+    let mut wav = Vec::new();
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    for field in [16u32.to_le_bytes().to_vec(), vec![1, 0, 1, 0]] {
+        wav.extend_from_slice(&field);
+    }
+    wav.extend_from_slice(&8000u32.to_le_bytes());
+    wav.extend_from_slice(&16000u32.to_le_bytes());
+    wav.extend_from_slice(&[2, 0, 16, 0]);
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&samples);
+    std::fs::write(path, wav).unwrap();
+}
+
+/// What baresip printed until the call ended, with the call statistics
+/// its `rtcpsummary` module prints as the call closes.
+fn call_ended(phone: &Baresip) -> String {
+    phone
+        .expect("terminated", Duration::from_secs(15))
+        .join("\n")
+}
+
+/// Whether the call statistics show audio both ways: at least `packets`
+/// RTP packets sent (`PS=`) and received (`PR=`).
+fn audio_flowed(ended: &str, packets: u64) -> bool {
+    let Some(summary) = ended.lines().find(|l| l.starts_with("EX=BareSip;")) else {
+        return false;
+    };
+    let count = |key: &str| {
+        summary
+            .split(';')
+            .find_map(|field| field.strip_prefix(key))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    count("PS=") >= packets && count("PR=") >= packets
+}
+
+#[test]
+fn a_partner_baresip_calls_and_messages_endpoints_served_by_baresip_and_a_webhook() {
+    let pki = Pki::new("calls-baresip-pki");
+    let (hook_port, posts) = webhook_app(vec![(
+        Duration::ZERO,
+        200,
+        "{\"reply\": \"Hi alice, the bot here\"}",
+    ); 4]);
+    let endpoints = format!(
+        "uri = \"sip:ivr@contoso.com\"\ndisplay_name = \"IVR\"\n\
+         [endpoint.registration]\npassword = \"s3cret\"\n\
+         [[endpoint]]\nuri = \"sip:bot@contoso.com\"\ndisplay_name = \"Bot\"\ncapabilities = [\"im\"]\n\
+         [endpoint.webhook]\nurl = \"http://127.0.0.1:{hook_port}/im\"\nsecret = \"bot-secret\"\n"
+    );
+    let text = ivr_config(&pki, "").replace(
+        "uri = \"sip:ivr@contoso.com\"\ndisplay_name = \"IVR\"\n",
+        &endpoints,
+    );
+    let text = text.replace(
+        "digest_algorithms = [\"SHA-256\", \"MD5\"]",
+        "digest_algorithms = [\"MD5\"]",
+    );
+    let server = start("calls-baresip", &text);
+    let fabrikam = Kamailio::start(&pki, "calls-baresip", "fabrikam.com", server.tls);
+    let dir = temp_dir("calls-baresip-phones");
+    tone(&dir.join("tone.wav"));
+    let audio = format!(
+        "module g711.so\nmodule aufile.so\nmodule rtcpsummary.so\naudio_source aufile,{}\n",
+        dir.join("tone.wav").display()
+    );
+
+    // The IVR's app registers with the node and answers calls itself.
+    let ivr = Baresip::start_with(
+        &dir.join("ivr"),
+        free_port(),
+        &["account", "contact"],
+        &audio,
+        &format!(
+            "<sip:ivr@contoso.com>;auth_pass=s3cret;outbound=\"sip:{}\";regint=600;answermode=auto",
+            server.udp
+        ),
+        "\"Alice\" <sip:alice@fabrikam.com>",
+    );
+    ivr.expect("200 OK", Duration::from_secs(10));
+    // Alice registers with her own domain's edge.
+    let alice = Baresip::start_with(
+        &dir.join("alice"),
+        free_port(),
+        &["account", "contact"],
+        &audio,
+        &format!(
+            "<sip:alice@fabrikam.com>;outbound=\"sip:{}\";regint=600",
+            fabrikam.udp()
+        ),
+        "\"IVR\" <sip:ivr@contoso.com>\n\"Bot\" <sip:bot@contoso.com>",
+    );
+    alice.expect("200 OK", Duration::from_secs(10));
+
+    // A call, answered by the IVR; audio flows both ways; alice hangs up.
+    alice.command("/dial sip:ivr@contoso.com");
+    alice.expect("Call established", Duration::from_secs(10));
+    ivr.expect("Call established", Duration::from_secs(10));
+    // Long enough for RTCP reports (every 5 s or so) to count the packets.
+    std::thread::sleep(Duration::from_secs(6));
+    alice.command("/hangup");
+    let (a, i) = (call_ended(&alice), call_ended(&ivr));
+    // Six seconds of 20 ms packets is 300 each way.
+    assert!(audio_flowed(&a, 200), "alice's call statistics: {a}");
+    assert!(audio_flowed(&i, 200), "the IVR's call statistics: {i}");
+
+    // Again, and this time the IVR hangs up.
+    alice.command("/dial sip:ivr@contoso.com");
+    alice.expect("Call established", Duration::from_secs(10));
+    ivr.expect("Call established", Duration::from_secs(10));
+    // Long enough for RTCP reports (every 5 s or so) to count the packets.
+    std::thread::sleep(Duration::from_secs(6));
+    ivr.command("/hangup");
+    let (a, i) = (call_ended(&alice), call_ended(&ivr));
+    // Six seconds of 20 ms packets is 300 each way.
+    assert!(audio_flowed(&a, 200), "alice's call statistics: {a}");
+    assert!(audio_flowed(&i, 200), "the IVR's call statistics: {i}");
+
+    // IM over SIP both ways: alice to the IVR's app, and its answer back
+    // out through the edge.
+    let mut alice_sees = alice.attach();
+    let mut ivr_sees = ivr.attach();
+    alice_sees.send("/message hello ivr");
+    ivr_sees.expect(
+        "sip:alice@fabrikam.com: \"hello ivr\"",
+        Duration::from_secs(10),
+    );
+    ivr_sees.send("/message hello alice, this is the ivr");
+    alice_sees.expect(
+        "sip:ivr@contoso.com: \"hello alice, this is the ivr\"",
+        Duration::from_secs(10),
+    );
+
+    // IM to the bot, which speaks only HTTP: its webhook gets the message,
+    // and its reply reaches alice as IM.
+    alice_sees.send("/contact_next");
+    alice_sees.send("/message hello bot");
+    let post = posts.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(post.json()["text"], "hello bot");
+    assert_eq!(post.json()["from"], "sip:alice@fabrikam.com");
+    assert_eq!(post.json()["peer"], "fabrikam.com");
+    assert_eq!(post.json()["verified"], true);
+    assert!(expected_signature("bot-secret", &post));
+    alice_sees.expect(
+        "sip:bot@contoso.com: \"Hi alice, the bot here\"",
+        Duration::from_secs(10),
+    );
+}

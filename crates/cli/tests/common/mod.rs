@@ -365,11 +365,24 @@ impl Baresip {
         account: &str,
         contacts: &str,
     ) -> Baresip {
+        Baresip::start_with(dir, listen_port, modules, "", account, contacts)
+    }
+
+    /// [`Baresip::start`] with more configuration lines (`extra`), e.g.
+    /// codecs and an audio source for calls.
+    pub fn start_with(
+        dir: &Path,
+        listen_port: u16,
+        modules: &[&str],
+        extra: &str,
+        account: &str,
+        contacts: &str,
+    ) -> Baresip {
         std::fs::create_dir_all(dir).unwrap();
         let console = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut config = format!(
             "sip_listen 127.0.0.1:{listen_port}\nmodule_path /usr/lib/baresip/modules\n\
-             module cons.so\ncons_listen {console}\nmodule_app menu.so\n"
+             module cons.so\ncons_listen {console}\nmodule_app menu.so\n{extra}"
         );
         for m in modules {
             config.push_str(&format!("module_app {m}.so\n"));
@@ -427,6 +440,35 @@ impl Baresip {
         text
     }
 
+    /// Runs a console command, returning what baresip printed for it.
+    pub fn command(&self, command: &str) -> String {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+        socket
+            .send_to(format!("{command}\n").as_bytes(), self.console)
+            .unwrap();
+        let mut text = String::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = socket.recv(&mut buf) {
+            text.push_str(&plain(&String::from_utf8_lossy(&buf[..n])));
+        }
+        text
+    }
+
+    /// A console client that stays: baresip prints what it shows the user
+    /// (incoming IM, for one) to the client that spoke last.
+    pub fn attach(&self) -> Console {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.connect(self.console).unwrap();
+        socket.send(b"/reginfo\n").unwrap();
+        Console {
+            socket,
+            seen: String::new(),
+        }
+    }
+
     /// Waits until `/contacts` shows `contact` with `status`.
     pub fn expect_status(&self, contact: &str, status: &str, within: Duration) {
         let deadline = Instant::now() + within;
@@ -466,6 +508,37 @@ impl Baresip {
             "baresip never printed {needle:?}; it printed:\n{}",
             seen.join("\n")
         );
+    }
+}
+
+/// A baresip console client kept open (see [`Baresip::attach`]).
+pub struct Console {
+    socket: UdpSocket,
+    seen: String,
+}
+
+impl Console {
+    /// Runs a command through this client, so what baresip prints next
+    /// still comes here.
+    pub fn send(&mut self, command: &str) {
+        self.socket.send(format!("{command}\n").as_bytes()).unwrap();
+    }
+
+    /// Waits for `needle` in what the console printed since it attached.
+    pub fn expect(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut buf = vec![0u8; 65536];
+        while !self.seen.contains(needle) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                panic!("the console never printed {needle:?}; it printed:\n{}", self.seen);
+            };
+            self.socket
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                self.seen.push_str(&plain(&String::from_utf8_lossy(&buf[..n])));
+            }
+        }
     }
 }
 
