@@ -21,10 +21,7 @@ const FABRIKAM: (&str, &str) = (
 
 /// Where SIPp scenarios live.
 fn scenario(name: &str) -> String {
-    format!(
-        "{}/../../bench/sipp/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/../../bench/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// contoso.com's edge (loopback untrusted, fabrikam.com allowed) serving
@@ -320,7 +317,11 @@ fn webhook_deliveries_are_signed_retried_and_answered_as_the_app_answered() {
     let started = Instant::now();
     let answer = message(server.udp, "sip:gone@porchlight.test", "hello?");
     assert_eq!(answer.status(), Some(480), "{}", reason(&answer));
-    assert!(reason(&answer).contains("cannot be reached"), "{}", reason(&answer));
+    assert!(
+        reason(&answer).contains("cannot be reached"),
+        "{}",
+        reason(&answer)
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
 
     let answer = message(server.udp, "sip:mute@porchlight.test", "can you read?");
@@ -380,11 +381,14 @@ fn audio_flowed(ended: &str, packets: u64) -> bool {
 #[test]
 fn a_partner_baresip_calls_and_messages_endpoints_served_by_baresip_and_a_webhook() {
     let pki = Pki::new("calls-baresip-pki");
-    let (hook_port, posts) = webhook_app(vec![(
-        Duration::ZERO,
-        200,
-        "{\"reply\": \"Hi alice, the bot here\"}",
-    ); 4]);
+    let (hook_port, posts) = webhook_app(vec![
+        (
+            Duration::ZERO,
+            200,
+            "{\"reply\": \"Hi alice, the bot here\"}",
+        );
+        4
+    ]);
     let endpoints = format!(
         "uri = \"sip:ivr@contoso.com\"\ndisplay_name = \"IVR\"\n\
          [endpoint.registration]\npassword = \"s3cret\"\n\
@@ -488,4 +492,52 @@ fn a_partner_baresip_calls_and_messages_endpoints_served_by_baresip_and_a_webhoo
         "sip:bot@contoso.com: \"Hi alice, the bot here\"",
         Duration::from_secs(10),
     );
+
+    // The bot's app speaks first, through the API; the policy still
+    // decides where it may write.
+    let (code, sent) = send_as(
+        &server,
+        "sip:bot@contoso.com",
+        "sip:alice@fabrikam.com",
+        "Ticket 42 is solved",
+    );
+    assert_eq!((code, sent["status"].as_u64()), (200, Some(200)), "{sent}");
+    alice_sees.expect(
+        "sip:bot@contoso.com: \"Ticket 42 is solved\"",
+        Duration::from_secs(10),
+    );
+    let (code, sent) = send_as(
+        &server,
+        "sip:bot@contoso.com",
+        "sip:eve@elsewhere.example",
+        "hi",
+    );
+    assert_eq!((code, sent["status"].as_u64()), (403, Some(403)), "{sent}");
+    let (code, _) = send_as(
+        &server,
+        "sip:nobody@contoso.com",
+        "sip:alice@fabrikam.com",
+        "hi",
+    );
+    assert_eq!(code, 404);
+}
+
+/// Sends IM as `endpoint` through the admin API: the HTTP status and the
+/// JSON answer.
+fn send_as(server: &Server, endpoint: &str, to: &str, text: &str) -> (u16, serde_json::Value) {
+    let token = std::fs::read_to_string(server.dir.join("porchlight-admin.token")).unwrap();
+    let url = format!(
+        "http://{}/api/v1/endpoints/{endpoint}/messages",
+        server.admin.unwrap()
+    );
+    let response = ureq::post(&url)
+        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .send_json(serde_json::json!({ "to": to, "text": text }));
+    let response = match response {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{url}: {e}"),
+    };
+    let code = response.status();
+    (code, response.into_json().unwrap_or_default())
 }

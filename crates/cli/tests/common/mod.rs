@@ -81,7 +81,10 @@ pub fn start_with_file(path: &std::path::Path, dir: PathBuf) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_porchlight"))
         .args(["serve", "--config"])
         .arg(path)
-        .env("RUST_LOG", std::env::var("PORCHLIGHT_TEST_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("PORCHLIGHT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -530,13 +533,17 @@ impl Console {
         let mut buf = vec![0u8; 65536];
         while !self.seen.contains(needle) {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                panic!("the console never printed {needle:?}; it printed:\n{}", self.seen);
+                panic!(
+                    "the console never printed {needle:?}; it printed:\n{}",
+                    self.seen
+                );
             };
             self.socket
                 .set_read_timeout(Some(left.max(Duration::from_millis(1))))
                 .unwrap();
             if let Ok(n) = self.socket.recv(&mut buf) {
-                self.seen.push_str(&plain(&String::from_utf8_lossy(&buf[..n])));
+                self.seen
+                    .push_str(&plain(&String::from_utf8_lossy(&buf[..n])));
             }
         }
     }
@@ -786,4 +793,3 @@ pub fn finished_ok(mut child: Child, name: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
-
