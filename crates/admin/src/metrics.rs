@@ -109,6 +109,18 @@ pub fn render(status: &Status) -> String {
         &status.proxied_in_progress,
     );
     single(
+        "porchlight_im_sessions",
+        "gauge",
+        "IM sessions the node holds for webhook apps.",
+        &status.im_sessions,
+    );
+    single(
+        "porchlight_webhook_deliveries_in_progress",
+        "gauge",
+        "Webhook deliveries under way (attempts and retries).",
+        &status.webhook_deliveries,
+    );
+    single(
         "porchlight_parked_messages",
         "gauge",
         "Messages waiting for a destination to be found (queue depth).",

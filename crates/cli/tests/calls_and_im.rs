@@ -541,3 +541,150 @@ fn send_as(server: &Server, endpoint: &str, to: &str, text: &str) -> (u16, serde
     let code = response.status();
     (code, response.into_json().unwrap_or_default())
 }
+
+/// Receives on `socket` until a request with `method` arrives, answering
+/// nothing; panics after 10 s.
+fn receive_request(socket: &UdpSocket, method: &str) -> Message {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        assert!(Instant::now() < deadline, "no {method} arrived");
+        let Ok(n) = socket.recv(&mut buf) else {
+            continue;
+        };
+        let m = parse(&buf[..n]);
+        if m.method() == Some(method) {
+            return m;
+        }
+    }
+}
+
+/// The final response on `socket` to the request with CSeq method `method`.
+fn final_response(socket: &UdpSocket, method: &str) -> Message {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        assert!(Instant::now() < deadline, "no final response to {method}");
+        let Ok(n) = socket.recv(&mut buf) else {
+            continue;
+        };
+        let m = parse(&buf[..n]);
+        if m.status().is_some_and(|s| s >= 200) && m.cseq().unwrap().method == method {
+            return m;
+        }
+    }
+}
+
+#[test]
+fn a_microsoft_im_session_with_a_webhook_app_is_held_by_the_node() {
+    use base64::Engine;
+    let (port, posts) = webhook_app(vec![
+        (Duration::ZERO, 200, "{\"reply\": \"Hello from the bot\"}"),
+        (Duration::ZERO, 200, "{\"reply\": \"Still here\"}"),
+    ]);
+    let endpoints = format!(
+        "[[endpoint]]\nuri = \"sip:bot@porchlight.test\"\ndisplay_name = \"Bot\"\ncapabilities = [\"im\"]\n\
+         [endpoint.webhook]\nurl = \"http://127.0.0.1:{port}/im\"\nsecret = \"s\"\n"
+    );
+    let server = start("im-session", &config(&[], &endpoints));
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let me = socket.local_addr().unwrap();
+    let first = base64::engine::general_purpose::STANDARD.encode("Hi bot, are you there?");
+    let sdp = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=message 5060 sip null\r\na=accept-types:text/plain text/html\r\n";
+    let invite = format!(
+        "INVITE sip:bot@porchlight.test SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKims1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: \"Dave\" <sip:dave@127.0.0.1>;tag=d1\r\nTo: <sip:bot@porchlight.test>\r\n\
+         Call-ID: im-session-1\r\nCSeq: 1 INVITE\r\nContact: <sip:dave@{me}>\r\n\
+         ms-text-format: text/plain; charset=UTF-8; msgr=WAAtAE0A; ms-body={first}\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    socket.send_to(invite.as_bytes(), server.udp).unwrap();
+    let ok = final_response(&socket, "INVITE");
+    assert_eq!(ok.status(), Some(200));
+    let body = String::from_utf8_lossy(ok.body()).into_owned();
+    assert!(
+        body.contains("m=message 5060 sip sip:bot@porchlight.test"),
+        "{body}"
+    );
+    let tag = ok.to().unwrap().tag().unwrap().to_owned();
+    let ack = format!(
+        "ACK sip:bot@{} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKims2;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:dave@127.0.0.1>;tag=d1\r\nTo: <sip:bot@porchlight.test>;tag={tag}\r\n\
+         Call-ID: im-session-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        server.udp
+    );
+    socket.send_to(ack.as_bytes(), server.udp).unwrap();
+
+    // The first text, from the INVITE's header, reaches the webhook; the
+    // app's reply comes back inside the dialog.
+    let post = posts.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(post.json()["text"], "Hi bot, are you there?");
+    assert_eq!(post.json()["in_session"], true);
+    assert_eq!(post.json()["call_id"], "im-session-1");
+    let reply = receive_request(&socket, "MESSAGE");
+    assert_eq!(reply.call_id().unwrap(), "im-session-1");
+    assert_eq!(reply.from().unwrap().tag(), Some(tag.as_str()));
+    assert_eq!(reply.to().unwrap().tag(), Some("d1"));
+    assert_eq!(reply.request_uri(), Some(format!("sip:dave@{me}").as_str()));
+    assert_eq!(reply.body(), b"Hello from the bot");
+    let answer = |request: &Message| {
+        let via = std::str::from_utf8(
+            request
+                .first_value(porchlight_sip::HeaderName::Via)
+                .unwrap(),
+        )
+        .unwrap();
+        format!(
+            "SIP/2.0 200 OK\r\nVia: {via}\r\nFrom: <sip:bot@porchlight.test>;tag={tag}\r\n\
+             To: <sip:dave@127.0.0.1>;tag=d1\r\nCall-ID: im-session-1\r\nCSeq: {} MESSAGE\r\n\
+             Content-Length: 0\r\n\r\n",
+            request.cseq().unwrap().seq
+        )
+    };
+    socket
+        .send_to(answer(&reply).as_bytes(), server.udp)
+        .unwrap();
+
+    // Later text inside the dialog: to the webhook, answered by its outcome.
+    let in_dialog = |method: &str, cseq: u32, text: &str| {
+        format!(
+            "{method} sip:bot@{} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKims{cseq};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:dave@127.0.0.1>;tag=d1\r\nTo: <sip:bot@porchlight.test>;tag={tag}\r\n\
+             Call-ID: im-session-1\r\nCSeq: {cseq} {method}\r\nContent-Type: text/plain\r\n\
+             Content-Length: {}\r\n\r\n{text}",
+            server.udp,
+            text.len()
+        )
+    };
+    socket
+        .send_to(
+            in_dialog("MESSAGE", 2, "Reset my password").as_bytes(),
+            server.udp,
+        )
+        .unwrap();
+    assert_eq!(final_response(&socket, "MESSAGE").status(), Some(200));
+    let post = posts.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(post.json()["text"], "Reset my password");
+    let reply = receive_request(&socket, "MESSAGE");
+    assert_eq!(reply.body(), b"Still here");
+    assert_eq!(
+        reply.cseq().unwrap().seq,
+        2,
+        "our CSeq goes up in the dialog"
+    );
+
+    // BYE ends it; text after that belongs to no dialog.
+    socket
+        .send_to(in_dialog("BYE", 3, "").as_bytes(), server.udp)
+        .unwrap();
+    assert_eq!(final_response(&socket, "BYE").status(), Some(200));
+    socket
+        .send_to(in_dialog("MESSAGE", 4, "hello?").as_bytes(), server.udp)
+        .unwrap();
+    assert_eq!(final_response(&socket, "MESSAGE").status(), Some(481));
+}

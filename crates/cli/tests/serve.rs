@@ -24,7 +24,7 @@ fn options_over_udp_gets_200_with_capabilities_and_nat_parameters() {
     assert_eq!(r.status(), Some(200));
     assert_eq!(
         r.text(HeaderName::Allow).unwrap(),
-        Some("OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH, SERVICE, REGISTER")
+        Some("OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH, SERVICE, REGISTER, INVITE, MESSAGE, BYE, INFO")
     );
     assert!(
         r.accept()
@@ -112,23 +112,47 @@ fn rfc4475_requests_get_the_responses_the_rfc_asks_for() {
 }
 
 #[test]
-fn invite_gets_trying_then_not_implemented_and_foreign_targets_are_refused() {
-    let server = start("methods", &config(&[], ""));
+fn unknown_methods_get_501_calls_without_a_callee_404_or_480_and_foreign_targets_are_refused() {
+    let helpdesk = (
+        "uri = \"sip:helpdesk@porchlight.test\"",
+        "uri = \"sip:helpdesk@contoso.com\"",
+    );
+    let server = start("methods", &config(&[helpdesk], ""));
     let responses = udp_exchange(
         server.udp,
-        &request("INVITE", "sip:helpdesk@contoso.com", ""),
+        &request("FROBNICATE", "sip:helpdesk@contoso.com", ""),
         WAIT,
     );
-    let codes: Vec<_> = responses.iter().map(|r| r.status().unwrap()).collect();
-    assert_eq!(codes[..2], [100, 501]);
-    // No ACK was sent, so Timer G retransmits the final response.
-    assert!(
-        codes.len() > 2 && codes[2..].iter().all(|&c| c == 501),
-        "{codes:?}"
-    );
+    assert_eq!(responses[0].status(), Some(501));
     assert_eq!(
-        responses[1].text(HeaderName::Allow).unwrap(),
-        Some("OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH, SERVICE, REGISTER")
+        responses[0].text(HeaderName::Allow).unwrap(),
+        Some("OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH, SERVICE, REGISTER, INVITE, MESSAGE, BYE, INFO")
+    );
+    // A call for no endpoint: 404; for an endpoint whose app is not
+    // reachable (no registration, target or webhook): 480.
+    for (uri, status) in [
+        ("sip:nobody@contoso.com", 404),
+        ("sip:helpdesk@contoso.com", 480),
+    ] {
+        let responses = udp_exchange(server.udp, &request("INVITE", uri, ""), WAIT);
+        let codes: Vec<_> = responses.iter().map(|r| r.status().unwrap()).collect();
+        assert_eq!(codes[..2], [100, status], "{uri}");
+        // No ACK was sent, so Timer G retransmits the final response.
+        assert!(
+            codes.len() > 2 && codes[2..].iter().all(|&c| c == status),
+            "{codes:?}"
+        );
+    }
+    // Inside a dialog no one here holds: 481.
+    let bye = String::from_utf8(request("BYE", "sip:helpdesk@contoso.com", ""))
+        .unwrap()
+        .replace(
+            "To: <sip:helpdesk@contoso.com>",
+            "To: <sip:helpdesk@contoso.com>;tag=gone",
+        );
+    assert_eq!(
+        only_response(server.udp, bye.as_bytes()).status(),
+        Some(481)
     );
     let hop = request("OPTIONS", "sip:bob@elsewhere.example", "").replace_max_forwards();
     assert_eq!(only_response(server.udp, &hop).status(), Some(483));

@@ -116,6 +116,14 @@ pub struct LimitsSection {
     /// dialled; beyond it they fail at once (503 upstream).
     #[serde(default = "default_max_parked")]
     pub max_parked_per_destination: usize,
+    /// IM sessions the node holds for webhook apps at once; beyond it an
+    /// IM INVITE gets 486.
+    #[serde(default = "default_max_im_sessions")]
+    pub max_im_sessions: usize,
+}
+
+fn default_max_im_sessions() -> usize {
+    10_000
 }
 
 fn default_max_parked() -> usize {
@@ -701,6 +709,12 @@ impl Config {
             return Err(invalid(
                 format!("[timers] timer_c_secs = {}", self.timers.timer_c_secs),
                 "use more than 180 seconds (RFC 3261 §16.6); the default is 181",
+            ));
+        }
+        if self.limits.max_im_sessions == 0 {
+            return Err(invalid(
+                "[limits] max_im_sessions = 0".into(),
+                "allow at least one IM session with webhook apps (default 10000)",
             ));
         }
         if self.limits.max_parked_per_destination == 0 {

@@ -6,6 +6,7 @@ pub mod config;
 mod delivery;
 mod edge;
 mod health;
+mod im_session;
 mod node;
 mod outbound;
 mod persistence;

@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use porchlight_resolve::Resolver;
-use porchlight_sip::{via_with_received, Answer, HeaderName, Limits, Message, MessageWriter, Uri};
+use porchlight_sip::{
+    via_with_received, Answer, Contacts, HeaderName, Limits, Message, MessageWriter, Uri,
+};
 use porchlight_store::{Batch, Durability, EmbeddedStore, NodeSecrets, Store};
 use porchlight_transaction::proxy::{forward, Forwarding, ProxyAction, ProxyError, ProxyTable};
 use porchlight_transaction::{
@@ -26,6 +28,7 @@ use tokio::task::JoinHandle;
 use crate::config::{ClientAuthSetting, Config, DurabilitySetting};
 use crate::delivery::Delivery;
 use crate::edge::{self, partner_of, DialogSide, Direction, Edge, Parties, Route, NO_PARTNER};
+use crate::im_session::{first_text_of, ImSessions, InSession, OurSide, SessionKey};
 use crate::outbound::{dial, DialError, Dialer, Dispatch, NextHop, Parked};
 use crate::persistence::WriteBehind;
 use crate::presence::{domain_of, modality_of, parse_own, PresenceService};
@@ -195,6 +198,8 @@ impl Node {
             delivery_counter: 0,
             originated: HashMap::new(),
             call_counter: 0,
+            sessions: ImSessions::new(config.limits.max_im_sessions),
+            next_session_sweep: Instant::now(),
         };
         let flush_interval = config.store.flush_interval();
         let task = tokio::spawn(event_loop.run(
@@ -342,6 +347,9 @@ fn tls_settings(config: &Config) -> Result<TlsSettings, StartError> {
     )?)
 }
 
+/// How often idle IM sessions are looked for.
+const SESSION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Most messages handled between two flushes.
 const RECEIVE_BATCH: usize = 256;
 
@@ -387,13 +395,20 @@ struct EventLoop {
     /// waits for the final response.
     originated: HashMap<ClientKey, Option<oneshot::Sender<SentMessage>>>,
     call_counter: u64,
+    /// IM sessions the node answers for webhook apps.
+    sessions: ImSessions,
+    next_session_sweep: Instant,
 }
 
-/// A MESSAGE whose webhook delivery is under way.
+/// A text whose webhook delivery is under way.
 struct Posting {
-    key: ServerKey,
+    /// The server transaction waiting for the outcome; None for the first
+    /// text of an IM session, whose INVITE is already answered.
+    key: Option<ServerKey>,
     endpoint: usize,
     upstream: Upstream,
+    /// The IM session it came in, where the app's reply goes.
+    session: Option<SessionKey>,
 }
 
 /// A webhook delivery's report: its number and how it ended.
@@ -465,6 +480,10 @@ impl EventLoop {
                     for action in self.proxy.handle_timeout(now) {
                         self.apply(action, now);
                     }
+                    if now >= self.next_session_sweep {
+                        self.sessions.expire(now);
+                        self.next_session_sweep = now + SESSION_SWEEP;
+                    }
                 }
             }
             self.flush().await;
@@ -508,6 +527,8 @@ impl EventLoop {
                     server_transactions: servers,
                     client_transactions: clients,
                     proxied_in_progress: self.proxy.len(),
+                    im_sessions: self.sessions.len(),
+                    webhook_deliveries: self.posting.len(),
                     parked: self.dialer.parked(),
                     dials_succeeded: self.dials_succeeded,
                     dials_failed: self.dials_failed,
@@ -782,6 +803,11 @@ impl EventLoop {
             if request.method() == Some("CANCEL") && self.cancel(&request, &origin, &target, now) {
                 return;
             }
+            if !self.sessions.is_empty()
+                && SessionKey::of(&request).is_some_and(|k| self.sessions.contains(&k))
+            {
+                return self.in_session(request, origin, target, now);
+            }
             let method = request.method();
             let new_call = matches!(method, Some("INVITE" | "MESSAGE"));
             // Edge mode asks of every request whether its target is an
@@ -996,26 +1022,44 @@ impl EventLoop {
                 };
                 self.relay(key, request, origin, hop, trust, Some(&request_uri), now);
             }
-            Delivery::Webhook => self.post_to_webhook(key, request, origin, endpoint, trust, now),
+            Delivery::Webhook if request.method() == Some("INVITE") => {
+                self.open_session(key, request, origin, endpoint, trust, now)
+            }
+            Delivery::Webhook => {
+                let posting = Posting {
+                    key: Some(key),
+                    endpoint,
+                    upstream: Upstream { request, origin },
+                    session: None,
+                };
+                self.post_to_webhook(posting, trust);
+            }
             Delivery::Refuse(answer) => self.respond(&key, &request, &origin, &answer, now),
         }
     }
 
-    /// Hands a MESSAGE to its endpoint's webhook in a task of its own; the
-    /// server transaction waits for the outcome.
-    fn post_to_webhook(
-        &mut self,
-        key: ServerKey,
-        request: Message,
-        origin: Origin,
-        endpoint: usize,
-        trust: Option<String>,
-        now: Instant,
-    ) {
-        let e = &self.presence.directory().endpoints()[endpoint];
+    /// Hands a text to its endpoint's webhook in a task of its own; the
+    /// server transaction, if any, waits for the outcome. `trust` is the
+    /// trust header value the sender was admitted with.
+    fn post_to_webhook(&mut self, posting: Posting, trust: Option<String>) {
+        let Upstream { request, origin } = &posting.upstream;
+        let e = &self.presence.directory().endpoints()[posting.endpoint];
         let Some(config) = e.config.webhook.clone() else {
-            let answer = Answer::new(500, "Server Internal Error (no webhook)");
-            return self.respond(&key, &request, &origin, &answer, now);
+            return;
+        };
+        let (content_type, text) = match &posting.key {
+            Some(_) => (
+                request.first_value(HeaderName::ContentType).map_or_else(
+                    || "text/plain".to_owned(),
+                    |ct| String::from_utf8_lossy(ct).trim().to_owned(),
+                ),
+                String::from_utf8_lossy(request.body()).into_owned(),
+            ),
+            // The first text of a session rides in the INVITE's header.
+            None => match first_text_of(request) {
+                Some(first) => first,
+                None => return,
+            },
         };
         self.delivery_counter += 1;
         let id = self.delivery_counter;
@@ -1033,31 +1077,153 @@ impl EventLoop {
                 .and_then(|f| f.display_name)
                 .map(|n| n.trim_matches('"').to_owned())
                 .filter(|n| !n.is_empty()),
-            content_type: request.first_value(HeaderName::ContentType).map_or_else(
-                || "text/plain".to_owned(),
-                |ct| String::from_utf8_lossy(ct).trim().to_owned(),
-            ),
-            text: String::from_utf8_lossy(request.body()).into_owned(),
+            content_type,
+            text,
             peer: origin
                 .peer
                 .as_ref()
                 .and_then(|p| p.domains.first().cloned()),
             verified: trust.as_deref().is_none_or(|t| t.contains("verified=yes")),
             call_id: request.call_id().unwrap_or_default().to_owned(),
+            in_session: posting.session.is_some(),
         };
         let (webhooks, done) = (self.webhooks.clone(), self.webhooks_tx.clone());
         tokio::spawn(async move {
             let outcome = webhooks.deliver(&config, &message).await;
             let _ = done.send((id, outcome)).await;
         });
-        self.posting.insert(
-            id,
-            Posting {
-                key,
-                endpoint,
-                upstream: Upstream { request, origin },
-            },
+        self.posting.insert(id, posting);
+    }
+
+    /// Answers an IM INVITE for a webhook app as the app itself: the
+    /// session is held here, its first text goes to the webhook.
+    fn open_session(
+        &mut self,
+        key: ServerKey,
+        request: Message,
+        origin: Origin,
+        endpoint: usize,
+        trust: Option<String>,
+        now: Instant,
+    ) {
+        self.tag_counter += 1;
+        let local_tag = format!("s{:x}{:x}", self.tag_seed & 0xffff_ffff, self.tag_counter);
+        let here = if origin.local.ip().is_unspecified() {
+            self.record_route_host
+                .clone()
+                .unwrap_or_else(|| self.domains[0].clone())
+        } else {
+            origin.local.to_string()
+        };
+        let transport = origin.protocol.via_token().to_ascii_lowercase();
+        let user = self.presence.directory().endpoints()[endpoint]
+            .aor
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let from_domain = request
+            .from()
+            .map(|f| domain_of(f.uri.as_str()))
+            .unwrap_or_default();
+        // Our requests go to a partner by its name, like the proxy's;
+        // otherwise along the caller's route set or to its Contact.
+        let next = partner_of(self.presence.policy(), &origin, &from_domain)
+            .map(NextHop::Partner)
+            .or_else(|| {
+                let first_hop = request.record_routes().next().and_then(Result::ok);
+                let contact = match request.contacts() {
+                    Ok(Contacts::List(list)) => list.first().map(|c| c.uri.as_str().to_owned()),
+                    _ => None,
+                };
+                first_hop
+                    .map(|r| r.uri.as_str().to_owned())
+                    .or(contact)
+                    .and_then(|uri| edge::hop_of(&uri))
+            })
+            .unwrap_or_else(|| NextHop::Direct(response_target(&request, &origin)));
+        let ours = OurSide {
+            local_tag,
+            contact: format!("<sip:{user}@{here};transport={transport}>"),
+            host: origin.local.ip().to_string(),
+            next,
+            trust: trust.clone(),
+        };
+        match self.sessions.accept(&request, endpoint, ours, now) {
+            Ok(accepted) => {
+                self.respond(&key, &request, &origin, &accepted.answer, now);
+                if accepted.first_text.is_some() {
+                    let posting = Posting {
+                        key: None,
+                        endpoint,
+                        upstream: Upstream { request, origin },
+                        session: Some(accepted.key),
+                    };
+                    self.post_to_webhook(posting, trust);
+                }
+            }
+            Err(answer) => self.respond(&key, &request, &origin, &answer, now),
+        }
+    }
+
+    /// A request inside an IM session the node holds: text goes to the
+    /// webhook, a BYE ends the session, anything else is acknowledged.
+    fn in_session(&mut self, request: Message, origin: Origin, target: Target, now: Instant) {
+        let reliable = origin.protocol.is_reliable();
+        let key = match self
+            .layer
+            .receive_request(&request, NextHop::Direct(target), reliable, now)
+        {
+            Ok(RequestMatch::New(key)) => key,
+            // An ACK, or a retransmission the layer answers.
+            _ => return,
+        };
+        let Some((session, event)) = self.sessions.receive(&request, now) else {
+            let answer = Answer::new(481, "Call/Transaction Does Not Exist");
+            return self.respond(&key, &request, &origin, &answer, now);
+        };
+        match event {
+            InSession::Text { endpoint } => {
+                let trust = self.sessions.trust(&session);
+                let posting = Posting {
+                    key: Some(key),
+                    endpoint,
+                    upstream: Upstream { request, origin },
+                    session: Some(session),
+                };
+                self.post_to_webhook(posting, trust);
+            }
+            InSession::Ended | InSession::Other => {
+                self.respond(&key, &request, &origin, &Answer::new(200, "OK"), now)
+            }
+        }
+    }
+
+    /// Sends the app's `text` into an IM session.
+    fn session_message(&mut self, session: &SessionKey, text: &str, now: Instant) {
+        let Some(next) = self.sessions.next_hop(session).cloned() else {
+            return;
+        };
+        let via = self.via_for(&next);
+        self.branch_counter += 1;
+        let branch = format!(
+            "z9hG4bKim{:x}.{}",
+            self.tag_seed & 0xffff,
+            self.branch_counter
         );
+        let Some((bytes, next)) = self.sessions.message(session, text, &via, &branch, now) else {
+            return;
+        };
+        let Some(message) = parse_own(bytes) else {
+            return;
+        };
+        let reliable = next.is_reliable();
+        match self.layer.send_request(message, next, reliable, now) {
+            Ok(client) => {
+                self.originated.insert(client, None);
+            }
+            Err(e) => tracing::error!("cannot send IM into a session: {e}"),
+        }
     }
 
     /// A webhook delivery ended: the sender gets its answer, and the app's
@@ -1068,15 +1234,21 @@ impl EventLoop {
         };
         let now = Instant::now();
         let Upstream { request, origin } = &posting.upstream;
-        self.respond(&posting.key, request, origin, &outcome.answer(), now);
-        if let Outcome::Delivered {
+        if let Some(key) = &posting.key {
+            self.respond(key, request, origin, &outcome.answer(), now);
+        }
+        let Outcome::Delivered {
             reply: Some(reply), ..
         } = &outcome
-        {
-            let sender = request.from().map(|f| f.uri.as_str().to_owned());
-            if let Ok(sender) = sender {
-                self.send_message(posting.endpoint, &sender, "text/plain", reply, None, now);
-            }
+        else {
+            return;
+        };
+        if let Some(session) = &posting.session {
+            return self.session_message(session, reply, now);
+        }
+        let sender = request.from().map(|f| f.uri.as_str().to_owned());
+        if let Ok(sender) = sender {
+            self.send_message(posting.endpoint, &sender, "text/plain", reply, None, now);
         }
     }
 

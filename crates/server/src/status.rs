@@ -43,6 +43,10 @@ pub struct Status {
     pub client_transactions: usize,
     /// Requests being proxied now.
     pub proxied_in_progress: usize,
+    /// IM sessions held for webhook apps.
+    pub im_sessions: usize,
+    /// Webhook deliveries under way.
+    pub webhook_deliveries: usize,
     /// Messages waiting for a destination to be found.
     pub parked: usize,
     /// Destinations found and connected since start.

@@ -1,6 +1,6 @@
 //! How this node answers requests addressed to it, as pure functions of the
 //! request and the node's names: validation (400, 505), URI scheme (416),
-//! locality and hop count (483, 403), method (501, 481), extensions (420)
+//! locality and hop count (483, 403), method (501, 481, 404), extensions (420)
 //! and bodies (415), in the order of RFC 3261 §8.2 and §16.3.
 
 use std::net::IpAddr;
@@ -8,7 +8,13 @@ use std::net::IpAddr;
 use porchlight_sip::{Answer, HeaderName, Message, ParseError, ParseErrorKind, Uri};
 
 /// Methods this node implements.
-pub const ALLOWED_METHODS: &str = "OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH, SERVICE, REGISTER";
+pub const ALLOWED_METHODS: &str =
+    "OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH, SERVICE, REGISTER, INVITE, MESSAGE, BYE, INFO";
+/// Methods that reach the node's endpoints (calls and IM) or live inside
+/// their dialogs; here only when no endpoint or dialog takes them.
+const CALL_METHODS: &[&str] = &[
+    "INVITE", "MESSAGE", "BYE", "INFO", "UPDATE", "PRACK", "REFER",
+];
 /// Methods answered by the presence service rather than here.
 const PRESENCE_METHODS: &[&str] = &["SUBSCRIBE", "PUBLISH", "SERVICE", "REGISTER"];
 /// Option tags this node supports: the Microsoft presence extensions and
@@ -105,6 +111,16 @@ pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
         "OPTIONS" => {}
         m if PRESENCE_METHODS.contains(&m) => {}
         "CANCEL" => {
+            return Disposition::Respond(Answer::new(481, "Call/Transaction Does Not Exist"))
+        }
+        // A dialog no endpoint or session of this node holds (§12.2.2).
+        m if CALL_METHODS.contains(&m) && request.to().is_ok_and(|to| to.tag().is_some()) => {
+            return Disposition::Respond(Answer::new(481, "Call/Transaction Does Not Exist"))
+        }
+        "INVITE" | "MESSAGE" => {
+            return Disposition::Respond(Answer::new(404, "Not Found (no endpoint by that name)"))
+        }
+        m if CALL_METHODS.contains(&m) => {
             return Disposition::Respond(Answer::new(481, "Call/Transaction Does Not Exist"))
         }
         _ => {

@@ -46,6 +46,9 @@ pub struct WebhookMessage {
     pub verified: bool,
     /// The SIP Call-ID, which groups a conversation's messages.
     pub call_id: String,
+    /// Sent in an IM session (Microsoft clients): the app's reply goes back
+    /// in the same conversation window.
+    pub in_session: bool,
 }
 
 /// What an app may answer: a reply sent back to the sender as IM.

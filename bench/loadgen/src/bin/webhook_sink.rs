@@ -73,7 +73,8 @@ async fn serve(stream: TcpStream, taken: Arc<AtomicU64>) {
             return;
         }
         taken.fetch_add(1, Ordering::Relaxed);
-        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        let answer =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
         if stream.get_mut().write_all(answer).await.is_err() {
             return;
         }

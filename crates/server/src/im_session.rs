@@ -1,0 +1,449 @@
+//! Microsoft-dialect IM sessions with apps that speak only HTTP. A Lync or
+//! Skype for Business user starts IM with an `INVITE` whose SDP offers only
+//! `m=message … sip null`, the first text riding base64 in an
+//! `ms-text-format` header; later text comes as `MESSAGE` inside the
+//! dialog. A webhook app cannot hold that dialog, so the node answers the
+//! INVITE itself, hands each text to the webhook, and sends the app's
+//! replies as MESSAGEs in the dialog. I/O-free: the node feeds requests in
+//! and sends what comes out.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use porchlight_sip::{Answer, Contacts, HeaderName, Message, MessageWriter};
+
+use crate::outbound::NextHop;
+
+/// Names one session: its Call-ID and the tag this node gave it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct SessionKey {
+    call_id: String,
+    local_tag: String,
+}
+
+impl SessionKey {
+    /// The key of a request inside a session: its Call-ID and To tag.
+    pub fn of(request: &Message) -> Option<SessionKey> {
+        Some(SessionKey {
+            call_id: request.call_id().ok()?.to_owned(),
+            local_tag: request.to().ok()?.tag()?.to_owned(),
+        })
+    }
+}
+
+/// One session's dialog state (RFC 3261 §12.1.1, as the UAS).
+struct Session {
+    endpoint: usize,
+    /// The endpoint's URI, our side of the dialog.
+    local_uri: String,
+    /// The caller's From value, tag included: the To of our requests.
+    remote: String,
+    remote_target: String,
+    route_set: Vec<String>,
+    local_cseq: u32,
+    next: NextHop,
+    /// The trust header value the INVITE was admitted with; None from the
+    /// trusted networks.
+    trust: Option<String>,
+    last_active: Instant,
+}
+
+/// A session just accepted: the 200 to send, and the first text if the
+/// INVITE carried one.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The answer to the INVITE.
+    pub answer: Answer,
+    /// The session.
+    pub key: SessionKey,
+    /// `(content type, text)` from `ms-text-format`.
+    pub first_text: Option<(String, String)>,
+}
+
+/// How this node takes part in a session it accepts.
+#[derive(Debug)]
+pub struct OurSide {
+    /// Our To tag.
+    pub local_tag: String,
+    /// Our Contact, with angle brackets.
+    pub contact: String,
+    /// The address in our SDP answer.
+    pub host: String,
+    /// Where our requests in the session go.
+    pub next: NextHop,
+    /// The trust header value the INVITE was admitted with; None from the
+    /// trusted networks.
+    pub trust: Option<String>,
+}
+
+/// What came in a request inside a session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InSession {
+    /// Text for the app (a MESSAGE).
+    Text {
+        /// The endpoint the session is with.
+        endpoint: usize,
+    },
+    /// The caller ended it (BYE).
+    Ended,
+    /// Anything else the node answers 200 (INFO typing notices, a
+    /// re-INVITE's ACK, …).
+    Other,
+}
+
+/// The sessions this node holds for webhook apps.
+pub struct ImSessions {
+    sessions: HashMap<SessionKey, Session>,
+    max: usize,
+    idle: Duration,
+}
+
+/// How long a silent session is kept: clients end them with BYE, but a
+/// vanished one must not hold memory for ever.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+impl ImSessions {
+    /// At most `max` sessions at once; further INVITEs get 486.
+    pub fn new(max: usize) -> ImSessions {
+        ImSessions {
+            sessions: HashMap::new(),
+            max,
+            idle: IDLE_TIMEOUT,
+        }
+    }
+
+    /// Sessions held.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Answers an IM INVITE for `endpoint` as the app: a 200 with our tag,
+    /// Contact and SDP answer, the Record-Route copied (§12.1.1).
+    pub fn accept(
+        &mut self,
+        invite: &Message,
+        endpoint: usize,
+        ours: OurSide,
+        now: Instant,
+    ) -> Result<Accepted, Box<Answer>> {
+        let OurSide {
+            local_tag,
+            contact,
+            host,
+            next,
+            trust,
+        } = ours;
+        if self.sessions.len() >= self.max {
+            return Err(Box::new(Answer::new(
+                486,
+                "Busy Here (too many IM sessions with apps)",
+            )));
+        }
+        let bad = |what: &str| Box::new(Answer::new(400, format!("Bad Request ({what})")));
+        let key = SessionKey {
+            call_id: invite.call_id().map_err(|_| bad("Call-ID"))?.to_owned(),
+            local_tag: local_tag.clone(),
+        };
+        let from = invite
+            .first_value(HeaderName::From)
+            .ok_or_else(|| bad("From"))?;
+        let remote_target = match invite.contacts() {
+            Ok(Contacts::List(list)) => list.first().map(|c| c.uri.as_str().to_owned()),
+            _ => None,
+        }
+        .ok_or_else(|| bad("no Contact"))?;
+        let route_set: Vec<String> = invite
+            .items(HeaderName::RecordRoute)
+            .filter_map(Result::ok)
+            .map(str::to_owned)
+            .collect();
+        let local_uri = invite
+            .to()
+            .map(|t| t.uri.as_str().to_owned())
+            .map_err(|_| bad("To"))?;
+        let sdp = format!(
+            "v=0\r\no=- 0 0 IN IP4 {host}\r\ns=session\r\nc=IN IP4 {host}\r\nt=0 0\r\n\
+             m=message 5060 sip {local_uri}\r\na=accept-types:text/plain text/html\r\n"
+        );
+        let mut answer = Answer::new(200, "OK").with("Contact", contact);
+        for entry in &route_set {
+            answer = answer.with("Record-Route", entry.clone());
+        }
+        answer.to_tag = Some(local_tag);
+        answer.body = Some(("application/sdp".into(), Bytes::from(sdp)));
+        let first_text = first_text_of(invite);
+        self.sessions.insert(
+            key.clone(),
+            Session {
+                endpoint,
+                local_uri,
+                remote: String::from_utf8_lossy(from).into_owned(),
+                remote_target,
+                route_set,
+                local_cseq: 0,
+                next,
+                trust,
+                last_active: now,
+            },
+        );
+        Ok(Accepted {
+            answer,
+            key,
+            first_text,
+        })
+    }
+
+    /// Whether no session is held (the common case: no lookups then).
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Whether `key` names a session held.
+    pub fn contains(&self, key: &SessionKey) -> bool {
+        self.sessions.contains_key(key)
+    }
+
+    /// Where the node's requests in a session go.
+    pub fn next_hop(&self, key: &SessionKey) -> Option<&NextHop> {
+        self.sessions.get(key).map(|s| &s.next)
+    }
+
+    /// The trust header value a session was admitted with.
+    pub fn trust(&self, key: &SessionKey) -> Option<String> {
+        self.sessions.get(key).and_then(|s| s.trust.clone())
+    }
+
+    /// Whether a request belongs to a session, and what it means for it;
+    /// None: not a session of ours. A BYE ends the session.
+    pub fn receive(&mut self, request: &Message, now: Instant) -> Option<(SessionKey, InSession)> {
+        let key = SessionKey::of(request)?;
+        let session = self.sessions.get_mut(&key)?;
+        session.last_active = now;
+        let event = match request.method() {
+            Some("MESSAGE") => InSession::Text {
+                endpoint: session.endpoint,
+            },
+            Some("BYE") => {
+                self.sessions.remove(&key);
+                InSession::Ended
+            }
+            _ => InSession::Other,
+        };
+        Some((key, event))
+    }
+
+    /// A MESSAGE carrying `text` from the app into the session, and where
+    /// it goes; None when the session is gone. `via` is our Via without
+    /// the branch.
+    pub fn message(
+        &mut self,
+        key: &SessionKey,
+        text: &str,
+        via: &str,
+        branch: &str,
+        now: Instant,
+    ) -> Option<(Bytes, NextHop)> {
+        let session = self.sessions.get_mut(key)?;
+        session.local_cseq += 1;
+        session.last_active = now;
+        let mut w = MessageWriter::request("MESSAGE", &session.remote_target);
+        w.header_fmt("Via", format_args!("{via};branch={branch}"));
+        w.header("Max-Forwards", "70");
+        for route in &session.route_set {
+            w.header("Route", route);
+        }
+        w.header_fmt(
+            "From",
+            format_args!("<{}>;tag={}", session.local_uri, key.local_tag),
+        );
+        w.header("To", &session.remote);
+        w.header("Call-ID", &key.call_id);
+        w.header_fmt("CSeq", format_args!("{} MESSAGE", session.local_cseq));
+        w.header("Content-Type", "text/plain; charset=UTF-8");
+        Some((w.finish(text.as_bytes()), session.next.clone()))
+    }
+
+    /// Forgets sessions silent for longer than the idle timeout.
+    pub fn expire(&mut self, now: Instant) {
+        let idle = self.idle;
+        self.sessions
+            .retain(|_, s| now.saturating_duration_since(s.last_active) < idle);
+    }
+}
+
+/// The first text of an IM INVITE: `ms-text-format: text/plain;
+/// charset=UTF-8; …; ms-body=<base64>`, as `(content type, text)`.
+pub fn first_text_of(invite: &Message) -> Option<(String, String)> {
+    let field = invite
+        .headers()
+        .iter()
+        .find(|f| invite.name_bytes(f).eq_ignore_ascii_case(b"ms-text-format"))?;
+    let value = std::str::from_utf8(invite.value_bytes(field)).ok()?;
+    let mut parts = value.split(';').map(str::trim);
+    let content_type = parts.next()?.to_owned();
+    let body = parts.find_map(|p| p.strip_prefix("ms-body="))?;
+    let text = base64::engine::general_purpose::STANDARD
+        .decode(body.trim_matches('"'))
+        .ok()?;
+    Some((content_type, String::from_utf8(text).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use porchlight_sip::{Framing, Limits};
+
+    fn parse(text: &str) -> Message {
+        Message::parse(
+            Bytes::from(text.replace('\n', "\r\n")),
+            Framing::Stream,
+            &Limits::default(),
+        )
+        .unwrap()
+    }
+
+    const INVITE: &str = "INVITE sip:bot@contoso.com SIP/2.0
+Via: SIP/2.0/TLS edge.fabrikam.com;branch=z9hG4bK1
+Record-Route: <sip:edge.fabrikam.com;transport=tls;lr>
+From: \"Alice\" <sip:alice@fabrikam.com>;tag=a1
+To: <sip:bot@contoso.com>
+Call-ID: im-1
+CSeq: 1 INVITE
+Contact: <sip:alice@10.9.9.9:5061;transport=tls>
+ms-text-format: text/plain; charset=UTF-8; msgr=WAAtAE0A; ms-body=aGVsbG8gYm90
+Content-Type: application/sdp
+Content-Length: 0
+
+";
+
+    fn hop() -> NextHop {
+        NextHop::Partner("fabrikam.com".into())
+    }
+
+    fn ours(tag: &str, contact: &str) -> OurSide {
+        OurSide {
+            local_tag: tag.into(),
+            contact: contact.into(),
+            host: "10.0.0.2".into(),
+            next: hop(),
+            trust: None,
+        }
+    }
+
+    #[test]
+    fn an_im_invite_is_answered_with_sdp_and_its_first_text_taken() {
+        let mut sessions = ImSessions::new(10);
+        let now = Instant::now();
+        let accepted = sessions
+            .accept(
+                &parse(INVITE),
+                3,
+                ours("t1", "<sip:10.0.0.2:5061;transport=tls>"),
+                now,
+            )
+            .unwrap();
+        assert_eq!(accepted.answer.code, 200);
+        assert_eq!(accepted.answer.to_tag.as_deref(), Some("t1"));
+        let (ct, sdp) = accepted.answer.body.clone().unwrap();
+        assert_eq!(ct, "application/sdp");
+        let sdp = String::from_utf8(sdp.to_vec()).unwrap();
+        assert!(
+            sdp.contains("m=message 5060 sip sip:bot@contoso.com\r\n"),
+            "{sdp}"
+        );
+        assert!(accepted.answer.headers.contains(&(
+            "Record-Route",
+            "<sip:edge.fabrikam.com;transport=tls;lr>".into()
+        )));
+        assert_eq!(
+            accepted.first_text,
+            Some(("text/plain".into(), "hello bot".into()))
+        );
+        assert_eq!(sessions.len(), 1);
+    }
+
+    #[test]
+    fn replies_follow_the_dialog_and_bye_ends_it() {
+        let mut sessions = ImSessions::new(10);
+        let now = Instant::now();
+        let key = sessions
+            .accept(&parse(INVITE), 3, ours("t1", "<sip:10.0.0.2>"), now)
+            .unwrap()
+            .key;
+        let (bytes, next) = sessions
+            .message(
+                &key,
+                "hi alice",
+                "SIP/2.0/TLS 10.0.0.2:5061",
+                "z9hG4bKr1",
+                now,
+            )
+            .unwrap();
+        assert_eq!(next, hop());
+        let m = parse(
+            &String::from_utf8(bytes.to_vec())
+                .unwrap()
+                .replace("\r\n", "\n"),
+        );
+        assert_eq!(
+            m.request_uri(),
+            Some("sip:alice@10.9.9.9:5061;transport=tls")
+        );
+        assert_eq!(m.from().unwrap().tag(), Some("t1"));
+        assert_eq!(m.to().unwrap().tag(), Some("a1"));
+        assert_eq!(m.cseq().unwrap().seq, 1);
+        assert_eq!(m.routes().count(), 1);
+        assert_eq!(m.body(), b"hi alice");
+        let second = sessions
+            .message(&key, "again", "SIP/2.0/TLS 10.0.0.2:5061", "z9hG4bKr2", now)
+            .unwrap()
+            .0;
+        let second = parse(
+            &String::from_utf8(second.to_vec())
+                .unwrap()
+                .replace("\r\n", "\n"),
+        );
+        assert_eq!(second.cseq().unwrap().seq, 2);
+
+        let in_dialog = |method: &str| {
+            parse(&format!(
+                "{method} sip:10.0.0.2 SIP/2.0\nVia: SIP/2.0/TLS edge.fabrikam.com;branch=z9hG4bK9\n\
+                 From: <sip:alice@fabrikam.com>;tag=a1\nTo: <sip:bot@contoso.com>;tag=t1\n\
+                 Call-ID: im-1\nCSeq: 2 {method}\nContent-Length: 0\n\n"
+            ))
+        };
+        assert_eq!(
+            sessions.receive(&in_dialog("MESSAGE"), now).map(|(_, e)| e),
+            Some(InSession::Text { endpoint: 3 })
+        );
+        assert_eq!(
+            sessions.receive(&in_dialog("INFO"), now).map(|(_, e)| e),
+            Some(InSession::Other)
+        );
+        assert_eq!(
+            sessions.receive(&in_dialog("BYE"), now).map(|(_, e)| e),
+            Some(InSession::Ended)
+        );
+        assert!(sessions.receive(&in_dialog("MESSAGE"), now).is_none());
+        assert!(sessions.message(&key, "late", "v", "b", now).is_none());
+    }
+
+    #[test]
+    fn sessions_are_bounded_and_idle_ones_expire() {
+        let mut sessions = ImSessions::new(1);
+        let now = Instant::now();
+        sessions
+            .accept(&parse(INVITE), 0, ours("t1", "<sip:10.0.0.2>"), now)
+            .unwrap();
+        let refused = sessions
+            .accept(&parse(INVITE), 0, ours("t2", "<sip:10.0.0.2>"), now)
+            .unwrap_err();
+        assert_eq!(refused.code, 486);
+        sessions.expire(now + IDLE_TIMEOUT / 2);
+        assert_eq!(sessions.len(), 1);
+        sessions.expire(now + IDLE_TIMEOUT);
+        assert_eq!(sessions.len(), 0);
+    }
+}
