@@ -463,6 +463,15 @@ fn a_partner_baresip_calls_and_messages_endpoints_served_by_baresip_and_a_webhoo
     assert!(audio_flowed(&a, 200), "alice's call statistics: {a}");
     assert!(audio_flowed(&i, 200), "the IVR's call statistics: {i}");
 
+    // The IVR's app calls out: through the edge to alice's domain.
+    alice.command("/answermode auto");
+    ivr.command("/dial sip:alice@fabrikam.com");
+    ivr.expect("Call established", Duration::from_secs(10));
+    alice.expect("Call established", Duration::from_secs(10));
+    alice.command("/hangup");
+    call_ended(&ivr);
+    call_ended(&alice);
+
     // IM over SIP both ways: alice to the IVR's app, and its answer back
     // out through the edge.
     let mut alice_sees = alice.attach();
@@ -687,4 +696,30 @@ fn a_microsoft_im_session_with_a_webhook_app_is_held_by_the_node() {
         .send_to(in_dialog("MESSAGE", 4, "hello?").as_bytes(), server.udp)
         .unwrap();
     assert_eq!(final_response(&socket, "MESSAGE").status(), Some(481));
+}
+
+#[test]
+fn a_dead_target_gets_503_at_once_over_tcp_and_408_when_udp_stays_silent() {
+    let refused = free_port();
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let endpoints = format!(
+        "[[endpoint]]\nuri = \"sip:tcpapp@contoso.com\"\ndisplay_name = \"TCP app\"\n\
+         sip_target = \"sip:127.0.0.1:{refused};transport=tcp\"\n\
+         [[endpoint]]\nuri = \"sip:udpapp@contoso.com\"\ndisplay_name = \"UDP app\"\n\
+         sip_target = \"sip:{}\"\n",
+        silent.local_addr().unwrap()
+    );
+    // A short T1, so Timer F (64·T1) ends the silent branch in 3.2 s.
+    let server = start(
+        "dead-targets",
+        &config(&[("t1_ms = 500", "t1_ms = 50")], &endpoints),
+    );
+    let started = Instant::now();
+    let answer = message(server.udp, "sip:tcpapp@contoso.com", "anyone?");
+    assert_eq!(answer.status(), Some(503), "{}", reason(&answer));
+    let text = String::from_utf8_lossy(answer.as_bytes()).into_owned();
+    assert!(text.contains("\r\nRetry-After: "), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let answer = message(server.udp, "sip:udpapp@contoso.com", "anyone?");
+    assert_eq!(answer.status(), Some(408), "{}", reason(&answer));
 }
