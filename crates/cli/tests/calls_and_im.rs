@@ -723,3 +723,57 @@ fn a_dead_target_gets_503_at_once_over_tcp_and_408_when_udp_stays_silent() {
     let answer = message(server.udp, "sip:udpapp@contoso.com", "anyone?");
     assert_eq!(answer.status(), Some(408), "{}", reason(&answer));
 }
+
+/// An endpoint's availability as the admin API shows it.
+fn availability(server: &Server, endpoint: &str) -> String {
+    let token = std::fs::read_to_string(server.dir.join("porchlight-admin.token")).unwrap();
+    let url = format!(
+        "http://{}/api/v1/endpoints/{endpoint}",
+        server.admin.unwrap()
+    );
+    let view: serde_json::Value = ureq::get(&url)
+        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    view["availability"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn an_app_whose_connection_is_gone_gets_503_and_shows_offline_at_once() {
+    let endpoints = "[[endpoint]]\nuri = \"sip:desk@contoso.com\"\ndisplay_name = \"Desk\"\n\
+                     [endpoint.registration]\npassword = \"s3cret\"\n";
+    let server = start(
+        "gone-app",
+        &config(
+            &[(
+                "digest_algorithms = [\"SHA-256\", \"MD5\"]",
+                "digest_algorithms = [\"MD5\"]",
+            )],
+            endpoints,
+        ),
+    );
+    let dir = temp_dir("gone-app-phone");
+    // The app registers over TCP, and would not again for ten minutes.
+    let app = Baresip::start(
+        &dir,
+        free_port(),
+        &["account"],
+        &format!(
+            "<sip:desk@contoso.com>;auth_pass=s3cret;outbound=\"sip:{};transport=tcp\";regint=600",
+            server.tcp
+        ),
+        "",
+    );
+    app.expect("200 OK", Duration::from_secs(10));
+    assert_eq!(availability(&server, "sip:desk@contoso.com"), "online");
+    drop(app);
+    std::thread::sleep(Duration::from_millis(300));
+    // Its keepalives would notice in minutes; the first IM notices now.
+    let answer = message(server.udp, "sip:desk@contoso.com", "still there?");
+    assert_eq!(answer.status(), Some(503), "{}", reason(&answer));
+    assert_eq!(availability(&server, "sip:desk@contoso.com"), "offline");
+    let answer = message(server.udp, "sip:desk@contoso.com", "hello?");
+    assert_eq!(answer.status(), Some(480), "{}", reason(&answer));
+}

@@ -320,6 +320,16 @@ impl<F: Clone> Registrar<F> {
         (due, lost)
     }
 
+    /// A request to `contact` could not be sent over its flow (the app's
+    /// connection is gone): the binding is dropped now rather than after
+    /// its keepalives go unanswered. True when the endpoint went offline.
+    pub fn flow_failed(&mut self, endpoint: usize, contact: &str) -> bool {
+        let bindings = &mut self.bindings[endpoint];
+        let before = bindings.len();
+        bindings.retain(|b| b.contact != contact);
+        before > 0 && bindings.is_empty()
+    }
+
     /// A keepalive to `contact` was answered (any response proves it is alive).
     pub fn keepalive_answered(&mut self, endpoint: usize, contact: &str) {
         if let Some(b) = self.bindings[endpoint]

@@ -26,6 +26,8 @@ pub enum Delivery {
         request_uri: String,
         /// Where it is sent.
         next: NextHop,
+        /// It goes to a registration: if its flow is gone, so is the binding.
+        registered: bool,
     },
     /// POST it to the endpoint's webhook.
     Webhook,
@@ -57,6 +59,7 @@ pub fn choose(endpoint: &Endpoint, bindings: &[Binding<Flow>], modality: Modalit
         return Delivery::Sip {
             request_uri: binding.contact.clone(),
             next: binding.flow.flow.clone(),
+            registered: true,
         };
     }
     if let Some(target) = &endpoint.config.sip_target {
@@ -64,6 +67,7 @@ pub fn choose(endpoint: &Endpoint, bindings: &[Binding<Flow>], modality: Modalit
             return Delivery::Sip {
                 request_uri: target.clone(),
                 next,
+                registered: false,
             };
         }
     }
@@ -163,6 +167,7 @@ mod tests {
             Delivery::Sip {
                 request_uri: "sip:ivr@10.0.0.9:5090".into(),
                 next: NextHop::Direct(Target::Connection(ConnectionId(4))),
+                registered: true,
             }
         );
         assert_eq!(
@@ -170,6 +175,7 @@ mod tests {
             Delivery::Sip {
                 request_uri: "sip:10.0.0.7:5070;transport=tcp".into(),
                 next: NextHop::address(Protocol::Tcp, "10.0.0.7:5070".parse().unwrap()),
+                registered: false,
             }
         );
         let webhook_only =

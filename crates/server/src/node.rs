@@ -364,7 +364,7 @@ struct EventLoop {
     tag_seed: u64,
     tag_counter: u64,
     /// Proxied requests in progress (edge mode).
-    proxy: ProxyTable<Upstream>,
+    proxy: ProxyTable<Branch>,
     edge: Edge,
     trust_header: String,
     record_route_host: Option<String>,
@@ -418,6 +418,13 @@ type WebhookDone = (u64, Outcome);
 struct Upstream {
     request: Message,
     origin: Origin,
+}
+
+/// A proxied branch: the request it serves, and the registration it was
+/// sent to, if any (dropped when its flow turns out to be gone).
+struct Branch {
+    upstream: Upstream,
+    registration: Option<(usize, String)>,
 }
 
 impl EventLoop {
@@ -981,7 +988,13 @@ impl EventLoop {
             Direction::ToEndpoint(_) | Direction::InDialog => Ok(None),
         };
         match admitted {
-            Ok(trust) => self.relay(key, request, origin, hop, trust, None, now),
+            Ok(trust) => {
+                let branch = Branch {
+                    upstream: Upstream { request, origin },
+                    registration: None,
+                };
+                self.relay(key, branch, hop, trust, None, now)
+            }
             Err(answer) => self.respond(&key, &request, &origin, &answer, now),
         }
     }
@@ -1014,13 +1027,22 @@ impl EventLoop {
             }
         };
         match self.presence.delivery(endpoint, modality_of(&request)) {
-            Delivery::Sip { request_uri, next } => {
+            Delivery::Sip {
+                request_uri,
+                next,
+                registered,
+            } => {
                 let hop = edge::Forward {
                     next,
                     consumed_routes,
                     direction: Direction::ToEndpoint(endpoint),
                 };
-                self.relay(key, request, origin, hop, trust, Some(&request_uri), now);
+                let registration = registered.then(|| (endpoint, request_uri.clone()));
+                let branch = Branch {
+                    upstream: Upstream { request, origin },
+                    registration,
+                };
+                self.relay(key, branch, hop, trust, Some(&request_uri), now);
             }
             Delivery::Webhook if request.method() == Some("INVITE") => {
                 self.open_session(key, request, origin, endpoint, trust, now)
@@ -1379,18 +1401,17 @@ impl EventLoop {
 
     /// Sends the copy of an admitted request on through a client
     /// transaction paired with its server transaction `key`.
-    #[allow(clippy::too_many_arguments)]
     fn relay(
         &mut self,
         key: ServerKey,
-        request: Message,
-        origin: Origin,
+        branch: Branch,
         hop: edge::Forward,
         trust: Option<String>,
         request_uri: Option<&str>,
         now: Instant,
     ) {
-        let forwarded = match self.forwarded(&request, &origin, &hop, trust, request_uri) {
+        let Upstream { request, origin } = &branch.upstream;
+        let forwarded = match self.forwarded(request, origin, &hop, trust, request_uri) {
             Ok(bytes) => parse_own(bytes).ok_or_else(|| Answer::new(500, "Server Internal Error")),
             Err(ProxyError::TooManyHops) => Err(Answer::new(483, "Too Many Hops")),
             Err(e) => Err(Answer::new(400, format!("Bad Request ({e})"))),
@@ -1398,7 +1419,8 @@ impl EventLoop {
         let forwarded = match forwarded {
             Ok(forwarded) => forwarded,
             Err(answer) => {
-                self.respond(&key, &request, &origin, &answer, now);
+                let Upstream { request, origin } = &branch.upstream;
+                self.respond(&key, request, origin, &answer, now);
                 return;
             }
         };
@@ -1407,10 +1429,7 @@ impl EventLoop {
             .layer
             .send_request(forwarded.clone(), hop.next, reliable_out, now)
         {
-            Ok(client) => {
-                self.proxy
-                    .insert(key, client, forwarded, Upstream { request, origin }, now)
-            }
+            Ok(client) => self.proxy.insert(key, client, forwarded, branch, now),
             Err(e) => tracing::error!("cannot start a client transaction: {e}"),
         }
     }
@@ -1500,7 +1519,7 @@ impl EventLoop {
     }
 
     /// Carries out what the proxy table asks for.
-    fn apply(&mut self, action: ProxyAction<Upstream>, now: Instant) {
+    fn apply(&mut self, action: ProxyAction<Branch>, now: Instant) {
         match action {
             ProxyAction::Respond {
                 server,
@@ -1518,8 +1537,12 @@ impl EventLoop {
                 let mut answer = Answer::new(code, reason);
                 if code == 503 {
                     answer = answer.with("Retry-After", "30".to_owned());
+                    if let Some((endpoint, contact)) = &user.registration {
+                        self.presence.delivery_failed(*endpoint, contact);
+                    }
                 }
-                self.respond(&server, &user.request, &user.origin, &answer, now);
+                let Upstream { request, origin } = &user.upstream;
+                self.respond(&server, request, origin, &answer, now);
             }
             ProxyAction::Cancel { client, bytes } => {
                 let target = self.layer.context(&TxId::Client(client)).cloned();

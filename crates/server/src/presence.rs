@@ -452,6 +452,21 @@ impl PresenceService {
         )
     }
 
+    /// A call or IM for `endpoint` could not be sent to its registered
+    /// `contact`: the app's connection is gone, so is its registration,
+    /// and watchers see it go offline unless another source says up.
+    pub fn delivery_failed(&mut self, endpoint: usize, contact: &str) {
+        if self.registrar.flow_failed(endpoint, contact) {
+            tracing::info!(
+                endpoint = %self.directory.endpoints()[endpoint].identity.uri,
+                contact,
+                "the app's connection is gone; its registration is dropped"
+            );
+        }
+        self.registrations_changed.push(endpoint);
+        self.refresh(endpoint);
+    }
+
     /// Whether `request` comes from the app of the endpoint in its From.
     pub fn sent_by_endpoint(&self, request: &Message, origin: &Origin) -> bool {
         let Ok(from) = request.from() else {
