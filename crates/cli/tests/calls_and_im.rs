@@ -19,11 +19,6 @@ const FABRIKAM: (&str, &str) = (
     "allowed_domains = [{ domain = \"fabrikam.com\" }] #",
 );
 
-/// Where SIPp scenarios live.
-fn scenario(name: &str) -> String {
-    format!("{}/../../bench/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
 /// contoso.com's edge (loopback untrusted, fabrikam.com allowed) serving
 /// `sip:ivr@contoso.com`, whose calls go to `sip_target`.
 fn ivr_config(pki: &Pki, endpoint_extra: &str) -> String {
@@ -31,27 +26,6 @@ fn ivr_config(pki: &Pki, endpoint_extra: &str) -> String {
         "{}\n[[endpoint]]\nuri = \"sip:ivr@contoso.com\"\ndisplay_name = \"IVR\"\n{endpoint_extra}\n",
         pki.config(&[FABRIKAM])
     )
-}
-
-/// A SIPp user behind fabrikam's Kamailio calling `sip:ivr@contoso.com`.
-fn sipp_caller(fabrikam: &Kamailio, scenario_file: &str) -> std::process::Child {
-    sipp(&[
-        &fabrikam.udp().to_string(),
-        "-sf",
-        &scenario(scenario_file),
-        "-s",
-        "ivr",
-        "-key",
-        "domain",
-        "contoso.com",
-        "-key",
-        "caller",
-        "sip:carol@fabrikam.com",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &free_port().to_string(),
-    ])
 }
 
 #[test]
@@ -92,7 +66,7 @@ fn sipp_calls_an_ivr_through_the_edge_hang_up_either_side_and_cancel() {
     ] {
         let callee = ivr(callee);
         std::thread::sleep(Duration::from_millis(300));
-        let caller = sipp_caller(&fabrikam, caller);
+        let caller = sipp_caller(fabrikam.udp(), caller, "ivr");
         finished_ok(caller, &format!("the caller ({what})"));
         finished_ok(callee, &format!("the IVR ({what})"));
     }
@@ -439,29 +413,20 @@ fn a_partner_baresip_calls_and_messages_endpoints_served_by_baresip_and_a_webhoo
     );
     alice.expect("200 OK", Duration::from_secs(10));
 
-    // A call, answered by the IVR; audio flows both ways; alice hangs up.
-    alice.command("/dial sip:ivr@contoso.com");
-    alice.expect("Call established", Duration::from_secs(10));
-    ivr.expect("Call established", Duration::from_secs(10));
-    // Long enough for RTCP reports (every 5 s or so) to count the packets.
-    std::thread::sleep(Duration::from_secs(6));
-    alice.command("/hangup");
-    let (a, i) = (call_ended(&alice), call_ended(&ivr));
-    // Six seconds of 20 ms packets is 300 each way.
-    assert!(audio_flowed(&a, 200), "alice's call statistics: {a}");
-    assert!(audio_flowed(&i, 200), "the IVR's call statistics: {i}");
-
-    // Again, and this time the IVR hangs up.
-    alice.command("/dial sip:ivr@contoso.com");
-    alice.expect("Call established", Duration::from_secs(10));
-    ivr.expect("Call established", Duration::from_secs(10));
-    // Long enough for RTCP reports (every 5 s or so) to count the packets.
-    std::thread::sleep(Duration::from_secs(6));
-    ivr.command("/hangup");
-    let (a, i) = (call_ended(&alice), call_ended(&ivr));
-    // Six seconds of 20 ms packets is 300 each way.
-    assert!(audio_flowed(&a, 200), "alice's call statistics: {a}");
-    assert!(audio_flowed(&i, 200), "the IVR's call statistics: {i}");
+    // Two calls answered by the IVR, hung up by alice and then by the IVR;
+    // audio flows both ways each time.
+    for hangs_up in [&alice, &ivr] {
+        alice.command("/dial sip:ivr@contoso.com");
+        alice.expect("Call established", Duration::from_secs(10));
+        ivr.expect("Call established", Duration::from_secs(10));
+        // Long enough for RTCP reports (every 5 s or so) to count the packets.
+        std::thread::sleep(Duration::from_secs(6));
+        hangs_up.command("/hangup");
+        let (a, i) = (call_ended(&alice), call_ended(&ivr));
+        // Six seconds of 20 ms packets is 300 each way.
+        assert!(audio_flowed(&a, 200), "alice's call statistics: {a}");
+        assert!(audio_flowed(&i, 200), "the IVR's call statistics: {i}");
+    }
 
     // The IVR's app calls out: through the edge to alice's domain.
     alice.command("/answermode auto");
@@ -534,13 +499,10 @@ fn a_partner_baresip_calls_and_messages_endpoints_served_by_baresip_and_a_webhoo
 /// Sends IM as `endpoint` through the admin API: the HTTP status and the
 /// JSON answer.
 fn send_as(server: &Server, endpoint: &str, to: &str, text: &str) -> (u16, serde_json::Value) {
-    let token = std::fs::read_to_string(server.dir.join("porchlight-admin.token")).unwrap();
-    let url = format!(
-        "http://{}/api/v1/endpoints/{endpoint}/messages",
-        server.admin.unwrap()
-    );
+    let (admin, bearer) = server.api();
+    let url = format!("http://{admin}/api/v1/endpoints/{endpoint}/messages");
     let response = ureq::post(&url)
-        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .set("Authorization", &bearer)
         .send_json(serde_json::json!({ "to": to, "text": text }));
     let response = match response {
         Ok(r) => r,
@@ -551,37 +513,33 @@ fn send_as(server: &Server, endpoint: &str, to: &str, text: &str) -> (u16, serde
     (code, response.into_json().unwrap_or_default())
 }
 
-/// Receives on `socket` until a request with `method` arrives, answering
-/// nothing; panics after 10 s.
-fn receive_request(socket: &UdpSocket, method: &str) -> Message {
+/// Receives on `socket` until a message `wanted` accepts arrives; panics
+/// with `what` after 10 s.
+fn receive_until(socket: &UdpSocket, what: &str, wanted: impl Fn(&Message) -> bool) -> Message {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut buf = vec![0u8; 65536];
     loop {
-        assert!(Instant::now() < deadline, "no {method} arrived");
+        assert!(Instant::now() < deadline, "no {what} arrived");
         let Ok(n) = socket.recv(&mut buf) else {
             continue;
         };
         let m = parse(&buf[..n]);
-        if m.method() == Some(method) {
+        if wanted(&m) {
             return m;
         }
     }
 }
 
+/// The next request with `method` on `socket`, unanswered.
+fn receive_request(socket: &UdpSocket, method: &str) -> Message {
+    receive_until(socket, method, |m| m.method() == Some(method))
+}
+
 /// The final response on `socket` to the request with CSeq method `method`.
 fn final_response(socket: &UdpSocket, method: &str) -> Message {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut buf = vec![0u8; 65536];
-    loop {
-        assert!(Instant::now() < deadline, "no final response to {method}");
-        let Ok(n) = socket.recv(&mut buf) else {
-            continue;
-        };
-        let m = parse(&buf[..n]);
-        if m.status().is_some_and(|s| s >= 200) && m.cseq().unwrap().method == method {
-            return m;
-        }
-    }
+    receive_until(socket, &format!("final response to {method}"), |m| {
+        m.status().is_some_and(|s| s >= 200) && m.cseq().unwrap().method == method
+    })
 }
 
 #[test]
@@ -726,17 +684,7 @@ fn a_dead_target_gets_503_at_once_over_tcp_and_408_when_udp_stays_silent() {
 
 /// An endpoint's availability as the admin API shows it.
 fn availability(server: &Server, endpoint: &str) -> String {
-    let token = std::fs::read_to_string(server.dir.join("porchlight-admin.token")).unwrap();
-    let url = format!(
-        "http://{}/api/v1/endpoints/{endpoint}",
-        server.admin.unwrap()
-    );
-    let view: serde_json::Value = ureq::get(&url)
-        .set("Authorization", &format!("Bearer {}", token.trim()))
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let view = server.api_get(&format!("/api/v1/endpoints/{endpoint}"));
     view["availability"].as_str().unwrap().to_owned()
 }
 

@@ -158,33 +158,16 @@ fn a_call_from_behind_kamailio_reaches_the_inside_through_the_edge() {
     );
     let server = start("kam-call", &text);
     let fabrikam = Kamailio::start(&pki, "call", "fabrikam.com", server.tls);
-    let scenarios = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/sipp");
     let callee = sipp(&[
         "-sf",
-        &format!("{scenarios}/call-uas.xml"),
+        &scenario("call-uas.xml"),
         "-i",
         "127.0.0.2",
         "-p",
         &inside_port.to_string(),
     ]);
     std::thread::sleep(Duration::from_millis(300));
-    let caller = sipp(&[
-        &fabrikam.udp().to_string(),
-        "-sf",
-        &format!("{scenarios}/call-uac.xml"),
-        "-s",
-        "bob",
-        "-key",
-        "domain",
-        "contoso.com",
-        "-key",
-        "caller",
-        "sip:carol@fabrikam.com",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &free_port().to_string(),
-    ]);
+    let caller = sipp_caller(fabrikam.udp(), "call-uac.xml", "bob");
     finished_ok(
         caller,
         "the caller (INVITE, ACK and BYE through Kamailio and the edge)",

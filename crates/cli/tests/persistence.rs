@@ -87,12 +87,7 @@ fn subscribe(w: std::net::SocketAddr, i: usize, cseq: u32, to_tag: Option<&str>)
 }
 
 fn status(server: &Server) -> serde_json::Value {
-    let token = std::fs::read_to_string(server.dir.join("porchlight-admin.token")).unwrap();
-    let response = ureq::get(&format!("http://{}/api/v1/status", server.admin.unwrap()))
-        .set("Authorization", &format!("Bearer {}", token.trim()))
-        .call()
-        .unwrap();
-    serde_json::from_str(&response.into_string().unwrap()).unwrap()
+    server.api_get("/api/v1/status")
 }
 
 #[test]

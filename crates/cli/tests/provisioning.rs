@@ -45,17 +45,9 @@ fn decision(server: &Server, domain: &str) -> (bool, String) {
 /// The same with the user's domain and the edge's (`peer`) apart, as for
 /// a public provider.
 fn decision_via(server: &Server, domain: &str, peer: &str) -> (bool, String) {
-    let token = std::fs::read_to_string(server.dir.join("porchlight-admin.token")).unwrap();
-    let url = format!(
-        "http://{}/api/v1/explain?from=sip:alice@{domain}&to=sip:helpdesk@contoso.com&kind=presence&peer={peer}",
-        server.admin.unwrap()
-    );
-    let v: serde_json::Value = ureq::get(&url)
-        .set("Authorization", &format!("Bearer {}", token.trim()))
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let v = server.api_get(&format!(
+        "/api/v1/explain?from=sip:alice@{domain}&to=sip:helpdesk@contoso.com&kind=presence&peer={peer}"
+    ));
     (
         v["allowed"].as_bool().unwrap(),
         v["class"].as_str().unwrap_or_default().to_owned(),

@@ -28,6 +28,24 @@ pub struct Server {
 }
 
 impl Server {
+    /// The admin API's address and `Authorization` value (the token the
+    /// node wrote at start).
+    pub fn api(&self) -> (SocketAddr, String) {
+        let token = std::fs::read_to_string(self.dir.join("porchlight-admin.token")).unwrap();
+        (self.admin.unwrap(), format!("Bearer {}", token.trim()))
+    }
+
+    /// `GET` of an admin API path (`/api/v1/…`); its JSON answer.
+    pub fn api_get(&self, path: &str) -> serde_json::Value {
+        let (admin, bearer) = self.api();
+        ureq::get(&format!("http://{admin}{path}"))
+            .set("Authorization", &bearer)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .into_json()
+            .unwrap()
+    }
+
     /// Ends the process with SIGKILL, as a crash would: nothing is flushed
     /// or closed by the server itself.
     pub fn kill_9(&mut self) {
@@ -393,7 +411,10 @@ impl Baresip {
         std::fs::write(dir.join("config"), config).unwrap();
         std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
         std::fs::write(dir.join("contacts"), format!("{contacts}\n")).unwrap();
-        let mut child = Command::new("baresip")
+        // Line-buffered, so each line reaches the test when printed rather
+        // than when a pipe buffer fills.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "-eL", "baresip"])
             .arg("-f")
             .arg(dir)
             .stdin(Stdio::null())
@@ -792,4 +813,31 @@ pub fn finished_ok(mut child: Child, name: &str) {
         assert!(Instant::now() < deadline, "{name} did not finish");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A SIPp scenario under `bench/sipp`.
+pub fn scenario(name: &str) -> String {
+    format!("{}/../../bench/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A SIPp user of fabrikam.com (`sip:carol@fabrikam.com`) running
+/// `scenario_file` through its domain's proxy, calling `user`@contoso.com.
+pub fn sipp_caller(proxy: SocketAddr, scenario_file: &str, user: &str) -> Child {
+    sipp(&[
+        &proxy.to_string(),
+        "-sf",
+        &scenario(scenario_file),
+        "-s",
+        user,
+        "-key",
+        "domain",
+        "contoso.com",
+        "-key",
+        "caller",
+        "sip:carol@fabrikam.com",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_port().to_string(),
+    ])
 }
