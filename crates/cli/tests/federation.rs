@@ -30,23 +30,37 @@ async fn subscribe_to(
     from: &str,
     to: &str,
 ) -> u16 {
+    request_to(pki, server, partner_domain, "SUBSCRIBE", from, to).await
+}
+
+/// The final status of a new `method` request from `from` to `to`, sent by
+/// a partner edge proving `partner_domain` over mutual TLS.
+async fn request_to(
+    pki: &Pki,
+    server: &Server,
+    partner_domain: &str,
+    method: &str,
+    from: &str,
+    to: &str,
+) -> u16 {
     let (transport, mut rx) = pki.partner(partner_domain).await;
-    let mut w = MessageWriter::request("SUBSCRIBE", to);
+    let mut w = MessageWriter::request(method, to);
     w.header(
         "Via",
         format!("SIP/2.0/TLS edge.{partner_domain};branch=z9hG4bK-fed"),
     )
     .header("Max-Forwards", "70")
     .header("From", format!("<{from}>;tag=f"))
-    .header("To", "<sip:helpdesk@contoso.com>")
-    .header("Call-ID", format!("fed-{partner_domain}-{from}"))
-    .header("CSeq", "1 SUBSCRIBE")
+    .header("To", format!("<{to}>"))
+    .header("Call-ID", format!("fed-{partner_domain}-{from}-{method}"))
+    .header("CSeq", format!("1 {method}"))
     .header(
         "Contact",
         format!("<sip:edge.{partner_domain};transport=tls>"),
-    )
-    .header("Event", "presence")
-    .header("Expires", "600");
+    );
+    if method == "SUBSCRIBE" {
+        w.header("Event", "presence").header("Expires", "600");
+    }
     let target = Target::Address {
         protocol: Protocol::Tls,
         addr: server.tls,
@@ -191,6 +205,18 @@ async fn discovered_partners_are_limited_and_missing_endpoints_can_be_hidden() {
         .await,
         404
     );
+    for method in ["MESSAGE", "INVITE"] {
+        let status = request_to(
+            &pki,
+            &server,
+            "fabrikam.com",
+            method,
+            "sip:a@fabrikam.com",
+            "sip:nobody@contoso.com",
+        )
+        .await;
+        assert_eq!(status, 404, "{method}");
+    }
     drop(server);
 
     let server = start(
@@ -211,4 +237,17 @@ async fn discovered_partners_are_limited_and_missing_endpoints_can_be_hidden() {
         .await,
         403
     );
+    // Calls and IM to no one are hidden the same way.
+    for method in ["MESSAGE", "INVITE"] {
+        let status = request_to(
+            &pki,
+            &server,
+            "fabrikam.com",
+            method,
+            "sip:a@fabrikam.com",
+            "sip:nobody@contoso.com",
+        )
+        .await;
+        assert_eq!(status, 403, "{method}");
+    }
 }

@@ -1305,11 +1305,50 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
 
 /// A deterministic keyed hash: tags must verify again after a restart with
 /// the same salt, which `RandomState` would not allow.
-fn keyed_hash(salt: u64, feed: impl FnOnce(&mut std::hash::DefaultHasher)) -> u32 {
-    let mut h = std::hash::DefaultHasher::new();
-    h.write_u64(salt);
+fn keyed_hash(salt: u64, feed: impl FnOnce(&mut StableHasher)) -> u32 {
+    let mut h = StableHasher::new(salt);
     feed(&mut h);
     h.finish() as u32
+}
+
+/// A hasher whose algorithm is fixed here — FNV-1a seeded with the salt,
+/// integers fed little-endian, then the SplitMix64 finaliser — so tags
+/// made before a restart verify after it whatever toolchain or machine
+/// built either binary. `DefaultHasher` promises no such stability.
+pub(crate) struct StableHasher(u64);
+
+impl StableHasher {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+    fn new(salt: u64) -> StableHasher {
+        let mut h = StableHasher(Self::OFFSET);
+        h.write_u64(salt);
+        h
+    }
+}
+
+impl Hasher for StableHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(Self::PRIME);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write(&n.to_le_bytes());
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.write(&n.to_le_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        let mut z = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
 }
 
 /// The single Contact URI of a request, when it has exactly one.
@@ -1342,4 +1381,27 @@ fn route_set(request: &Message) -> Option<String> {
         let _ = write!(out, "{}", value.trim());
     }
     (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keyed_hash_is_pinned_so_tags_survive_rebuilds() {
+        // These values are part of the store's contract: a node built by
+        // any toolchain must recognise the To tags an earlier one issued.
+        let tag = keyed_hash(0x5eed, |h| {
+            h.write_u32(7);
+            h.write_u32(3);
+        });
+        let watcher = keyed_hash(0x5eed, |h| h.write(b"sip:alice@fabrikam.com"));
+        assert_eq!((tag, watcher), (0xbb0b_9f7b, 0x781a_427d));
+        // And the salt keys it.
+        let other_salt = keyed_hash(0x5eee, |h| {
+            h.write_u32(7);
+            h.write_u32(3);
+        });
+        assert_ne!(tag, other_salt);
+    }
 }

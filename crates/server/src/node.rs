@@ -847,7 +847,16 @@ impl EventLoop {
                 }
             }
         }
-        let disposition = disposition.unwrap_or_else(|| answer_request(&request, &self.local));
+        let disposition = match disposition.unwrap_or_else(|| answer_request(&request, &self.local))
+        {
+            Disposition::Respond(answer)
+                if answer.code == 404
+                    && self.presence.hides_missing_endpoint(&request, &origin) =>
+            {
+                Disposition::Respond(Answer::new(403, "Forbidden"))
+            }
+            disposition => disposition,
+        };
         match self
             .layer
             .receive_request(&request, NextHop::Direct(target.clone()), reliable, now)

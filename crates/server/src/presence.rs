@@ -767,9 +767,10 @@ impl PresenceService {
         }
     }
 
-    /// Whether an outsider's new subscription to an endpoint that does not
-    /// exist should get 403 rather than 404 (`hide_missing_endpoints`).
-    fn hides_missing_endpoint(&self, request: &Message, origin: &Origin) -> bool {
+    /// Whether an outsider's new request (a subscription, a call, IM) to
+    /// an endpoint that does not exist should get 403 rather than 404
+    /// (`hide_missing_endpoints`).
+    pub fn hides_missing_endpoint(&self, request: &Message, origin: &Origin) -> bool {
         let in_dialog = request.to().is_ok_and(|to| to.tag().is_some());
         let batched = request
             .content_type()
