@@ -534,6 +534,24 @@ fn receive_until(socket: &UdpSocket, what: &str, wanted: impl Fn(&Message) -> bo
     }
 }
 
+/// Everything `socket` receives within `wait`.
+fn receive_for(socket: &UdpSocket, wait: Duration) -> Vec<Message> {
+    let deadline = Instant::now() + wait;
+    let mut buf = vec![0u8; 65536];
+    let mut got = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let left = left.max(Duration::from_millis(1));
+        socket.set_read_timeout(Some(left)).unwrap();
+        if let Ok(n) = socket.recv(&mut buf) {
+            got.push(parse(&buf[..n]));
+        }
+    }
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    got
+}
+
 /// The next request with `method` on `socket`, unanswered.
 fn receive_request(socket: &UdpSocket, method: &str) -> Message {
     receive_until(socket, method, |m| m.method() == Some(method))
@@ -583,6 +601,16 @@ fn a_microsoft_im_session_with_a_webhook_app_is_held_by_the_node() {
         "{body}"
     );
     let tag = ok.to().unwrap().tag().unwrap().to_owned();
+    // Over UDP the 200 comes again (at T1, then 2·T1 later) until it is
+    // acknowledged; the ACK goes between the two. The app's reply may
+    // already come in the meantime.
+    let early = receive_for(&socket, Duration::from_millis(800));
+    let is_invite_200 =
+        |m: &Message| m.status() == Some(200) && m.cseq().unwrap().method == "INVITE";
+    assert!(
+        early.iter().any(is_invite_200),
+        "the 200 was not sent again"
+    );
     let ack = format!(
         "ACK sip:bot@{} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKims2;rport\r\n\
          Max-Forwards: 70\r\nFrom: <sip:dave@127.0.0.1>;tag=d1\r\nTo: <sip:bot@porchlight.test>;tag={tag}\r\n\
@@ -590,6 +618,11 @@ fn a_microsoft_im_session_with_a_webhook_app_is_held_by_the_node() {
         server.udp
     );
     socket.send_to(ack.as_bytes(), server.udp).unwrap();
+    let late = receive_for(&socket, Duration::from_millis(2000));
+    assert!(
+        !late.iter().any(is_invite_200),
+        "the 200 came again after its ACK"
+    );
 
     // The first text, from the INVITE's header, reaches the webhook; the
     // app's reply comes back inside the dialog.
@@ -597,7 +630,11 @@ fn a_microsoft_im_session_with_a_webhook_app_is_held_by_the_node() {
     assert_eq!(post.json()["text"], "Hi bot, are you there?");
     assert_eq!(post.json()["in_session"], true);
     assert_eq!(post.json()["call_id"], "im-session-1");
-    let reply = receive_request(&socket, "MESSAGE");
+    let reply = early
+        .into_iter()
+        .chain(late)
+        .find(|m| m.method() == Some("MESSAGE"))
+        .expect("the app's reply in the dialog");
     assert_eq!(reply.call_id().unwrap(), "im-session-1");
     assert_eq!(reply.from().unwrap().tag(), Some(tag.as_str()));
     assert_eq!(reply.to().unwrap().tag(), Some("d1"));

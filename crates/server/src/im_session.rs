@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use porchlight_sip::{Answer, Contacts, HeaderName, Message, MessageWriter};
+use porchlight_transaction::TimerConfig;
+use porchlight_transport::Target;
 
 use crate::outbound::NextHop;
 
@@ -96,8 +98,21 @@ pub enum InSession {
 /// The sessions this node holds for webhook apps.
 pub struct ImSessions {
     sessions: HashMap<SessionKey, Session>,
+    /// 2xx answers sent over UDP and not yet ACKed (§13.3.1.4): few at a
+    /// time, so kept apart from the sessions.
+    unacked: HashMap<SessionKey, Unacked>,
     max: usize,
     idle: Duration,
+    timers: TimerConfig,
+}
+
+/// A 2xx the node retransmits until its ACK arrives.
+struct Unacked {
+    bytes: Bytes,
+    target: Target,
+    next: Instant,
+    interval: Duration,
+    give_up: Instant,
 }
 
 /// How long a silent session is kept: clients end them with BYE, but a
@@ -105,13 +120,69 @@ pub struct ImSessions {
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 impl ImSessions {
-    /// At most `max` sessions at once; further INVITEs get 486.
-    pub fn new(max: usize) -> ImSessions {
+    /// At most `max` sessions at once; further INVITEs get 486. `timers`
+    /// pace the 2xx retransmissions over UDP.
+    pub fn new(max: usize, timers: TimerConfig) -> ImSessions {
         ImSessions {
             sessions: HashMap::new(),
+            unacked: HashMap::new(),
             max,
             idle: IDLE_TIMEOUT,
+            timers,
         }
+    }
+
+    /// The 2xx `bytes` accepting `key` went to `target` over UDP: it is
+    /// sent again at T1, doubling up to T2, until the ACK comes; with no
+    /// ACK after 64·T1 the session is given up (§13.3.1.4).
+    pub fn await_ack(&mut self, key: &SessionKey, bytes: Bytes, target: Target, now: Instant) {
+        let t1 = self.timers.t1;
+        self.unacked.insert(
+            key.clone(),
+            Unacked {
+                bytes,
+                target,
+                next: now + t1,
+                interval: t1,
+                give_up: now + 64 * t1,
+            },
+        );
+    }
+
+    /// The ACK for a session's 2xx arrived.
+    pub fn acked(&mut self, request: &Message) {
+        if let Some(key) = SessionKey::of(request) {
+            self.unacked.remove(&key);
+        }
+    }
+
+    /// The 2xx answers to send again now, and where.
+    pub fn retransmissions(&mut self, now: Instant) -> Vec<(Bytes, Target)> {
+        let mut due = Vec::new();
+        let mut given_up = Vec::new();
+        for (key, u) in &mut self.unacked {
+            if now >= u.give_up {
+                given_up.push(key.clone());
+            } else if now >= u.next {
+                due.push((u.bytes.clone(), u.target.clone()));
+                u.interval = (u.interval * 2).min(self.timers.t2);
+                u.next = now + u.interval;
+            }
+        }
+        for key in given_up {
+            tracing::info!(
+                call_id = key.call_id,
+                "IM session not acknowledged; given up"
+            );
+            self.unacked.remove(&key);
+            self.sessions.remove(&key);
+        }
+        due
+    }
+
+    /// When the next 2xx retransmission is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.unacked.values().map(|u| u.next.min(u.give_up)).min()
     }
 
     /// Sessions held.
@@ -227,6 +298,7 @@ impl ImSessions {
             },
             Some("BYE") => {
                 self.sessions.remove(&key);
+                self.unacked.remove(&key);
                 InSession::Ended
             }
             _ => InSession::Other,
@@ -334,7 +406,7 @@ Content-Length: 0
 
     #[test]
     fn an_im_invite_is_answered_with_sdp_and_its_first_text_taken() {
-        let mut sessions = ImSessions::new(10);
+        let mut sessions = ImSessions::new(10, TimerConfig::default());
         let now = Instant::now();
         let accepted = sessions
             .accept(
@@ -366,7 +438,7 @@ Content-Length: 0
 
     #[test]
     fn replies_follow_the_dialog_and_bye_ends_it() {
-        let mut sessions = ImSessions::new(10);
+        let mut sessions = ImSessions::new(10, TimerConfig::default());
         let now = Instant::now();
         let key = sessions
             .accept(&parse(INVITE), 3, ours("t1", "<sip:10.0.0.2>"), now)
@@ -431,8 +503,42 @@ Content-Length: 0
     }
 
     #[test]
+    fn a_2xx_over_udp_is_sent_again_until_its_ack_and_given_up_without_one() {
+        let mut sessions = ImSessions::new(10, TimerConfig::default());
+        let now = Instant::now();
+        let key = sessions
+            .accept(&parse(INVITE), 3, ours("t1", "<sip:10.0.0.2>"), now)
+            .unwrap()
+            .key;
+        let target = Target::Address {
+            protocol: porchlight_transport::Protocol::Udp,
+            addr: "192.0.2.9:5060".parse().unwrap(),
+            domain: None,
+        };
+        sessions.await_ack(&key, Bytes::from_static(b"200"), target.clone(), now);
+        let t1 = Duration::from_millis(500);
+        assert_eq!(sessions.next_deadline(), Some(now + t1));
+        assert!(sessions.retransmissions(now).is_empty());
+        assert_eq!(sessions.retransmissions(now + t1).len(), 1);
+        // Doubling: next at 3·T1.
+        assert_eq!(sessions.next_deadline(), Some(now + 3 * t1));
+        // The ACK stops it.
+        let ack = parse(
+            "ACK sip:10.0.0.2 SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK2\n\
+             From: <sip:alice@fabrikam.com>;tag=a1\nTo: <sip:bot@contoso.com>;tag=t1\n\
+             Call-ID: im-1\nCSeq: 1 ACK\nContent-Length: 0\n\n",
+        );
+        sessions.acked(&ack);
+        assert_eq!(sessions.next_deadline(), None);
+        // Without an ACK, 64·T1 later the session is gone.
+        sessions.await_ack(&key, Bytes::from_static(b"200"), target, now);
+        sessions.retransmissions(now + 64 * t1);
+        assert_eq!((sessions.len(), sessions.next_deadline()), (0, None));
+    }
+
+    #[test]
     fn sessions_are_bounded_and_idle_ones_expire() {
-        let mut sessions = ImSessions::new(1);
+        let mut sessions = ImSessions::new(1, TimerConfig::default());
         let now = Instant::now();
         sessions
             .accept(&parse(INVITE), 0, ours("t1", "<sip:10.0.0.2>"), now)

@@ -198,7 +198,7 @@ impl Node {
             delivery_counter: 0,
             originated: HashMap::new(),
             call_counter: 0,
-            sessions: ImSessions::new(config.limits.max_im_sessions),
+            sessions: ImSessions::new(config.limits.max_im_sessions, timers),
             next_session_sweep: Instant::now(),
         };
         let flush_interval = config.store.flush_interval();
@@ -445,6 +445,7 @@ impl EventLoop {
                 self.layer.next_deadline(),
                 self.presence.next_deadline(now),
                 self.proxy.next_deadline(),
+                self.sessions.next_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -486,6 +487,9 @@ impl EventLoop {
                     self.presence.handle_timeout(now);
                     for action in self.proxy.handle_timeout(now) {
                         self.apply(action, now);
+                    }
+                    for (bytes, target) in self.sessions.retransmissions(now) {
+                        self.send_detached(target, bytes);
                     }
                     if now >= self.next_session_sweep {
                         self.sessions.expire(now);
@@ -1182,7 +1186,12 @@ impl EventLoop {
         };
         match self.sessions.accept(&request, endpoint, ours, now) {
             Ok(accepted) => {
-                self.respond(&key, &request, &origin, &accepted.answer, now);
+                let bytes = self.render(&request, &origin, &accepted.answer);
+                self.layer.respond(&key, 200, bytes.clone(), now);
+                if !origin.protocol.is_reliable() {
+                    let target = response_target(&request, &origin);
+                    self.sessions.await_ack(&accepted.key, bytes, target, now);
+                }
                 if accepted.first_text.is_some() {
                     let posting = Posting {
                         key: None,
@@ -1206,7 +1215,8 @@ impl EventLoop {
             .receive_request(&request, NextHop::Direct(target), reliable, now)
         {
             Ok(RequestMatch::New(key)) => key,
-            // An ACK, or a retransmission the layer answers.
+            Ok(RequestMatch::DialogAck) => return self.sessions.acked(&request),
+            // A retransmission the layer answers.
             _ => return,
         };
         let Some((session, event)) = self.sessions.receive(&request, now) else {
