@@ -344,4 +344,24 @@ fn an_admins_presence_setting_survives_a_restart() {
     let view = helpdesk(&status(&server));
     assert_eq!(view["availability"], "online", "{view}");
     assert_eq!(view["set_by_admin"], false);
+
+    // Set again, then the endpoint is removed: its setting goes with it,
+    // and an endpoint added again under the URI starts from its own state.
+    ureq::put(&url(&server))
+        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .send_json(serde_json::json!({"availability": "away"}))
+        .unwrap();
+    let mut server = server;
+    server.kill_9();
+    let file = server.dir.join("porchlight.toml");
+    let configured = std::fs::read_to_string(&file).unwrap();
+    let without = configured.replace("sip:helpdesk@contoso.com", "sip:frontdesk@contoso.com");
+    std::fs::write(&file, &without).unwrap();
+    let mut server = start_with_file(&file, server.dir.clone());
+    server.kill_9();
+    std::fs::write(&file, &configured).unwrap();
+    let server = start_with_file(&file, server.dir.clone());
+    let view = helpdesk(&status(&server));
+    assert_eq!(view["availability"], "online", "{view}");
+    assert_eq!(view["set_by_admin"], false);
 }

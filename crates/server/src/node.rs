@@ -271,15 +271,29 @@ fn restore(
         ));
         state.note = set.note;
         if presence.set_override(&endpoint, Some(state)).is_none() {
+            // Gone with its endpoint: an endpoint added later under the
+            // same URI starts from its own sources.
             tracing::info!(
                 endpoint,
-                "an admin's saved presence names an endpoint no longer configured"
+                "an admin's saved presence names an endpoint no longer configured; deleted"
             );
+            store.save_admin_presence(&endpoint, None)?;
         }
     }
-    let contacts = presence.restore_registrations(store.registrations()?, Instant::now());
+    let (contacts, orphans) =
+        presence.restore_registrations(store.registrations()?, Instant::now());
     if contacts > 0 {
         tracing::info!("restored {contacts} registered contacts");
+    }
+    if !orphans.is_empty() {
+        tracing::info!(
+            "deleted the saved registrations of {} endpoints no longer configured",
+            orphans.len()
+        );
+        store.write(&Batch {
+            registrations: orphans.into_iter().map(|uri| (uri, Vec::new())).collect(),
+            ..Batch::default()
+        })?;
     }
     let saved = store.subscriptions()?;
     let found = saved.len();

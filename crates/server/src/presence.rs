@@ -599,17 +599,20 @@ impl PresenceService {
     }
 
     /// Puts saved registered contacts back, so endpoints whose apps were
-    /// registered are online again from the first moment; contacts of
-    /// endpoints no longer configured are left out.
+    /// registered are online again from the first moment. Returns how many
+    /// came back, and the URIs of endpoints no longer configured, whose
+    /// contacts the store should drop.
     pub fn restore_registrations(
         &mut self,
         saved: Vec<(String, Vec<SavedRegistration>)>,
         now: Instant,
-    ) -> usize {
+    ) -> (usize, Vec<String>) {
         let unix = crate::persistence::unix_now();
         let mut restored = 0;
+        let mut orphans = Vec::new();
         for (uri, bindings) in saved {
             let Some(endpoint) = self.directory.resolve(&uri) else {
+                orphans.push(uri);
                 continue;
             };
             let bindings: Vec<_> = bindings
@@ -624,7 +627,7 @@ impl PresenceService {
             self.registrar.restore(endpoint, bindings, now, unix);
             self.refresh(endpoint);
         }
-        restored
+        (restored, orphans)
     }
 
     /// Puts saved subscriptions back, drops those that cannot come back
