@@ -180,33 +180,7 @@ fn a_call_from_behind_kamailio_reaches_the_inside_through_the_edge() {
 
 /// A MESSAGE from the trusted inside (127.0.0.2), with its final response.
 fn message_from_inside(server: &Server, from: &str, to: &str, text: &str) -> Message {
-    let socket = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    let local = socket.local_addr().unwrap();
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let bytes = format!(
-        "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-im{n};rport\r\n\
-         Max-Forwards: 70\r\nFrom: <{from}>;tag=im{n}\r\nTo: <{to}>\r\n\
-         Call-ID: im-{n}@inside.invalid\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
-         Content-Length: {}\r\n\r\n{text}",
-        text.len()
-    );
-    socket.send_to(bytes.as_bytes(), server.udp).unwrap();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let n = socket
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("no final response to the MESSAGE for {to}: {e}"));
-        let response = parse(&buf[..n]);
-        if response.status().is_some_and(|s| s >= 200) {
-            return response;
-        }
-    }
+    udp_message("127.0.0.2", server.udp, &format!("<{from}>"), to, text)
 }
 
 #[test]

@@ -841,3 +841,36 @@ pub fn sipp_caller(proxy: SocketAddr, scenario_file: &str, user: &str) -> Child 
         &free_port().to_string(),
     ])
 }
+
+/// A MESSAGE (RFC 3428) over UDP from a socket on `ip`, `from` being the
+/// From header's address part; its final response (40 s at most, enough
+/// for a branch's Timer F).
+pub fn udp_message(ip: &str, server: SocketAddr, from: &str, to: &str, text: &str) -> Message {
+    let socket = UdpSocket::bind((ip, 0)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(40)))
+        .unwrap();
+    let local = socket.local_addr().unwrap();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let bytes = format!(
+        "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-im{n};rport\r\n\
+         Max-Forwards: 70\r\nFrom: {from};tag=im{n}\r\nTo: <{to}>\r\n\
+         Call-ID: im-{n}@test.invalid\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{text}",
+        text.len()
+    );
+    socket.send_to(bytes.as_bytes(), server).unwrap();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no final response to the MESSAGE for {to}: {e}"));
+        let response = parse(&buf[..n]);
+        if response.status().is_some_and(|s| s >= 200) {
+            return response;
+        }
+    }
+}
