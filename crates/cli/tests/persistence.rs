@@ -365,3 +365,62 @@ fn an_admins_presence_setting_survives_a_restart() {
     assert_eq!(view["availability"], "online", "{view}");
     assert_eq!(view["set_by_admin"], false);
 }
+
+#[test]
+fn an_apps_publication_survives_kill_9() {
+    let text = config(
+        &[(
+            "digest_algorithms = [\"SHA-256\", \"MD5\"]",
+            "digest_algorithms = [\"MD5\"]",
+        )],
+        "\n[[endpoint]]\nuri = \"sip:desk@contoso.com\"\ndisplay_name = \"Desk\"\n\
+         [endpoint.registration]\npassword = \"s3cret\"\n",
+    );
+    let server = start("persist-publish", &text);
+    let desk = |server: &Server| {
+        status(server)["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["uri"] == "sip:desk@contoso.com")
+            .unwrap()
+            .clone()
+    };
+    let wait_for = |server: &Server, availability: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let view = desk(server);
+            if view["availability"] == availability {
+                return view;
+            }
+            assert!(Instant::now() < deadline, "never {availability}: {view}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The app registers, publishes itself open (baresip's presence module,
+    // RFC 3903 with digest), then closed.
+    let app = Baresip::start(
+        &temp_dir("persist-publish-app"),
+        free_port(),
+        &["account", "presence"],
+        &format!(
+            "<sip:desk@contoso.com>;auth_pass=s3cret;outbound=\"sip:{}\";regint=600;pubint=600",
+            server.udp
+        ),
+        "",
+    );
+    app.expect("200 OK", Duration::from_secs(10));
+    wait_for(&server, "online");
+    app.command("/presence_offline");
+    wait_for(&server, "offline");
+    drop(app);
+    // Past a flush interval, then a crash: the registration alone would
+    // say Online; the publication, restored, still says Offline.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut server = server;
+    server.kill_9();
+    let server = start_with_file(&server.dir.join("porchlight.toml"), server.dir.clone());
+    let view = desk(&server);
+    assert_eq!(view["registered"], true, "{view}");
+    assert_eq!(view["availability"], "offline", "{view}");
+}

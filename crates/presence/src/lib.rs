@@ -21,7 +21,7 @@ pub use notifier::{
     Authorization, FlowInfo, ListMember, Notifier, NotifierConfig, NotifierStats, NotifyRef,
     Outgoing, RestoreError, SavedSubscription, SavedTarget,
 };
-pub use publication::{Publications, PublishBounds, PublishError, Published};
+pub use publication::{Publications, PublishBounds, PublishError, Published, SavedPublication};
 pub use table::SubscriptionId;
 pub use xml_in::XmlLimits;
 

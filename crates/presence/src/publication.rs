@@ -79,6 +79,32 @@ struct CategoryEntry {
     sequence: u64,
 }
 
+/// A publication as a store keeps it, so an app's published state and its
+/// entity tags outlive a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SavedPublication {
+    /// A PUBLISH (RFC 3903) under its entity tag.
+    Publish {
+        /// The tag the publisher refreshes with.
+        etag: String,
+        /// What it published.
+        state: PresenceState,
+        /// When it lapses, in Unix seconds.
+        expires_at: u64,
+        /// Its place in time among the endpoint's publications.
+        sequence: u64,
+    },
+    /// A Microsoft category publication.
+    Category {
+        /// The publication as received.
+        publication: CategoryPublication,
+        /// The version held now.
+        version: u32,
+        /// Its place in time among the endpoint's publications.
+        sequence: u64,
+    },
+}
+
 /// All explicit publications of this node.
 #[derive(Debug)]
 pub struct Publications {
@@ -265,6 +291,87 @@ impl Publications {
     pub fn next_expiry(&self) -> Option<Instant> {
         self.by_etag.values().map(|e| e.expires_at).min()
     }
+
+    /// An endpoint's live publications in the form a store keeps.
+    pub fn saved(&self, presentity: u32, now: Instant, now_unix: u64) -> Vec<SavedPublication> {
+        let publishes = self
+            .by_etag
+            .iter()
+            .filter(|(_, e)| e.presentity == presentity && e.expires_at > now)
+            .map(|(etag, e)| SavedPublication::Publish {
+                etag: etag.clone(),
+                state: e.state.clone(),
+                expires_at: now_unix + e.expires_at.duration_since(now).as_secs(),
+                sequence: e.sequence,
+            });
+        let categories = self
+            .categories
+            .iter()
+            .filter(|(k, _)| k.0 == presentity)
+            .map(|(_, e)| SavedPublication::Category {
+                publication: e.publication.clone(),
+                version: e.version,
+                sequence: e.sequence,
+            });
+        publishes.chain(categories).collect()
+    }
+
+    /// Puts an endpoint's saved publications back; lapsed ones stay out.
+    /// New entity tags and sequence numbers continue after the saved ones.
+    pub fn restore(
+        &mut self,
+        presentity: u32,
+        saved: Vec<SavedPublication>,
+        now: Instant,
+        now_unix: u64,
+    ) {
+        for publication in saved {
+            match publication {
+                SavedPublication::Publish {
+                    etag,
+                    state,
+                    expires_at,
+                    sequence,
+                } => {
+                    if expires_at <= now_unix {
+                        continue;
+                    }
+                    self.sequence = self.sequence.max(sequence);
+                    let left = Duration::from_secs(expires_at - now_unix);
+                    self.by_etag.insert(
+                        etag,
+                        Entry {
+                            presentity,
+                            state,
+                            expires_at: now + left,
+                            sequence,
+                        },
+                    );
+                }
+                SavedPublication::Category {
+                    publication,
+                    version,
+                    sequence,
+                } => {
+                    self.sequence = self.sequence.max(sequence);
+                    let key = (
+                        presentity,
+                        publication.category.clone(),
+                        publication.instance,
+                        publication.container,
+                    );
+                    self.categories.insert(
+                        key,
+                        CategoryEntry {
+                            version,
+                            publication,
+                            sequence,
+                        },
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -281,6 +388,61 @@ mod tests {
             },
             7,
         )
+    }
+
+    #[test]
+    fn publications_come_back_from_the_store_with_their_tags_and_order() {
+        let mut p = store();
+        let t0 = Instant::now();
+        let busy = PresenceState::new(Availability::BUSY);
+        let tag = p
+            .publish(1, None, Some(busy.clone()), Some(600), t0)
+            .unwrap()
+            .etag
+            .unwrap();
+        let note = CategoryPublication {
+            category: "note".into(),
+            instance: 0,
+            container: 400,
+            version: 0,
+            expires: None,
+            availability: None,
+            activity: None,
+            note: Some("Back at 3".into()),
+        };
+        p.publish_categories(1, vec![note.clone()]).unwrap();
+        p.publish(2, None, Some(busy.clone()), Some(600), t0)
+            .unwrap();
+        let unix = 1_700_000_000;
+        let saved = p.saved(1, t0, unix);
+        assert_eq!(saved.len(), 2);
+        let mut expected = busy.clone();
+        expected.note = Some("Back at 3".into());
+
+        // A new node, 100 s later.
+        let t1 = t0 + Duration::from_secs(5);
+        let mut q = store();
+        q.restore(1, saved.clone(), t1, unix + 100);
+        assert_eq!(q.effective(1, t1), Some(expected));
+        // The app refreshes with its tag as if nothing happened, and the
+        // remaining 500 s were kept.
+        assert!(q.next_expiry().unwrap() <= t1 + Duration::from_secs(500));
+        let refreshed = q.publish(1, Some(&tag), None, Some(600), t1).unwrap();
+        assert_ne!(
+            refreshed.etag.as_deref(),
+            Some(tag.as_str()),
+            "new tags continue"
+        );
+        // Its category version carries on: the next publication names 1.
+        let mut next = note;
+        next.version = 1;
+        next.note = Some("Gone home".into());
+        q.publish_categories(1, vec![next]).unwrap();
+
+        // What lapsed while the node was down stays out.
+        let mut r = store();
+        r.restore(1, saved, t1, unix + 700);
+        assert_eq!(r.effective(1, t1).map(|s| s.availability), None);
     }
 
     #[test]

@@ -280,18 +280,25 @@ fn restore(
             store.save_admin_presence(&endpoint, None)?;
         }
     }
-    let (contacts, orphans) =
+    let (contacts, mut orphans) =
         presence.restore_registrations(store.registrations()?, Instant::now());
     if contacts > 0 {
         tracing::info!("restored {contacts} registered contacts");
     }
+    orphans.extend(presence.restore_publications(store.publications()?, Instant::now()));
+    orphans.sort_unstable();
+    orphans.dedup();
     if !orphans.is_empty() {
         tracing::info!(
-            "deleted the saved registrations of {} endpoints no longer configured",
+            "deleted the saved registrations and publications of {} endpoints no longer configured",
             orphans.len()
         );
         store.write(&Batch {
-            registrations: orphans.into_iter().map(|uri| (uri, Vec::new())).collect(),
+            registrations: orphans
+                .iter()
+                .map(|uri| (uri.clone(), Vec::new()))
+                .collect(),
+            publications: orphans.into_iter().map(|uri| (uri, Vec::new())).collect(),
             ..Batch::default()
         })?;
     }

@@ -103,10 +103,12 @@ impl WriteBehind {
         let unix = unix_now();
         presence.take_changed(&mut self.changed);
         let registrations = presence.take_registration_changes(now, unix);
-        if self.changed.is_empty() && registrations.is_empty() {
+        let publications = presence.take_publication_changes(now, unix);
+        if self.changed.is_empty() && registrations.is_empty() && publications.is_empty() {
             return;
         }
         let mut batch = Batch {
+            publications,
             registrations: registrations
                 .into_iter()
                 .map(|(endpoint, bindings)| {

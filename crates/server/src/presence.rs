@@ -2,7 +2,7 @@
 //! registrar, publications and the notifier, and speaks to the event loop
 //! in requests answered, requests to send and responses received.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,7 +19,7 @@ use porchlight_policy::{
 use porchlight_presence::xml_in::{parse_category_publish, parse_pidf};
 use porchlight_presence::{
     Authorization, FlowInfo, Notifier, NotifierConfig, NotifierStats, NotifyRef, Publications,
-    PublishBounds, PublishError, SavedSubscription, SavedTarget, XmlLimits,
+    PublishBounds, PublishError, SavedPublication, SavedSubscription, SavedTarget, XmlLimits,
 };
 use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Uri};
 use porchlight_store::SavedRegistration;
@@ -184,8 +184,10 @@ pub struct PresenceService {
     publications: Publications,
     health: Vec<(Option<bool>, u32)>,
     /// Endpoints whose registered contacts changed since the store last
-    /// took them.
-    registrations_changed: Vec<usize>,
+    /// took them (a set: bounded by the endpoints, store or not).
+    registrations_changed: BTreeSet<usize>,
+    /// Endpoints whose publications changed since the store last took them.
+    publications_changed: BTreeSet<usize>,
     /// Presence an admin set through the API, per endpoint.
     overrides: Vec<Option<porchlight_presence::PresenceState>>,
     xml: XmlLimits,
@@ -263,7 +265,8 @@ impl PresenceService {
         let mut service = PresenceService {
             health: vec![(None, 0); directory.endpoints().len()],
             overrides: vec![None; directory.endpoints().len()],
-            registrations_changed: Vec::new(),
+            registrations_changed: BTreeSet::new(),
+            publications_changed: BTreeSet::new(),
             directory,
             policy: config.policy.clone(),
             admission: Mutex::default(),
@@ -463,7 +466,7 @@ impl PresenceService {
                 "the app's connection is gone; its registration is dropped"
             );
         }
-        self.registrations_changed.push(endpoint);
+        self.registrations_changed.insert(endpoint);
         self.refresh(endpoint);
     }
 
@@ -584,10 +587,7 @@ impl PresenceService {
         now: Instant,
         unix: u64,
     ) -> Vec<(String, Vec<SavedBinding<FlowInfo<NextHop>>>)> {
-        let mut changed = std::mem::take(&mut self.registrations_changed);
-        changed.sort_unstable();
-        changed.dedup();
-        changed
+        std::mem::take(&mut self.registrations_changed)
             .into_iter()
             .map(|endpoint| {
                 (
@@ -596,6 +596,47 @@ impl PresenceService {
                 )
             })
             .collect()
+    }
+
+    /// The endpoints whose publications changed, with their publications
+    /// now (empty: none left), for the store.
+    pub fn take_publication_changes(
+        &mut self,
+        now: Instant,
+        unix: u64,
+    ) -> Vec<(String, Vec<SavedPublication>)> {
+        std::mem::take(&mut self.publications_changed)
+            .into_iter()
+            .map(|endpoint| {
+                (
+                    self.directory.endpoints()[endpoint].identity.uri.clone(),
+                    self.publications.saved(endpoint as u32, now, unix),
+                )
+            })
+            .collect()
+    }
+
+    /// Puts saved publications back, so an app's published state holds
+    /// across a restart and its refreshes keep their entity tags. Returns
+    /// the URIs of endpoints no longer configured, whose publications the
+    /// store should drop.
+    pub fn restore_publications(
+        &mut self,
+        saved: Vec<(String, Vec<SavedPublication>)>,
+        now: Instant,
+    ) -> Vec<String> {
+        let unix = crate::persistence::unix_now();
+        let mut orphans = Vec::new();
+        for (uri, publications) in saved {
+            let Some(endpoint) = self.directory.resolve(&uri) else {
+                orphans.push(uri);
+                continue;
+            };
+            self.publications
+                .restore(endpoint as u32, publications, now, unix);
+            self.refresh(endpoint);
+        }
+        orphans
     }
 
     /// Puts saved registered contacts back, so endpoints whose apps were
@@ -834,7 +875,7 @@ impl PresenceService {
             self.refresh(endpoint);
         }
         if outcome.answer.code == 200 {
-            self.registrations_changed.push(endpoint);
+            self.registrations_changed.insert(endpoint);
         }
         let date = httpdate(SystemTime::now());
         outcome.answer.with("Date", date)
@@ -878,6 +919,7 @@ impl PresenceService {
             .publish(endpoint as u32, if_match, body, expires, now)
         {
             Ok(published) => {
+                self.publications_changed.insert(endpoint);
                 self.refresh(endpoint);
                 let mut answer =
                     Answer::new(200, "OK").with("Expires", published.expires.to_string());
@@ -914,6 +956,7 @@ impl PresenceService {
             .publish_categories(endpoint as u32, publications)
         {
             Ok(()) => {
+                self.publications_changed.insert(endpoint);
                 self.refresh(endpoint);
                 Answer::new(200, "OK")
             }
@@ -971,18 +1014,19 @@ impl PresenceService {
         self.notifier.handle_timeout(now);
         self.begin_recovery_when_settled(now);
         for endpoint in self.registrar.expire(now) {
-            self.registrations_changed.push(endpoint);
+            self.registrations_changed.insert(endpoint);
             self.refresh(endpoint);
         }
         let (due, lost) = self.registrar.due_keepalives(now);
         for endpoint in lost {
-            self.registrations_changed.push(endpoint);
+            self.registrations_changed.insert(endpoint);
             self.refresh(endpoint);
         }
         for (endpoint, contact, flow) in due {
             self.keepalive(endpoint, contact, flow);
         }
         for endpoint in self.publications.expire(now) {
+            self.publications_changed.insert(endpoint as usize);
             self.refresh(endpoint as usize);
         }
         if now >= self.next_schedule_check {

@@ -4,14 +4,18 @@
 //! restart time; a self-describing format would cost several times that.
 
 use porchlight_endpoints::SavedBinding;
+use porchlight_presence::xml_in::CategoryPublication;
 use porchlight_presence::{
-    FlowInfo, Format, ListMember, SavedSubscription, SavedTarget, SubscriptionId,
+    Availability, FlowInfo, Format, ListMember, PresenceState, SavedPublication, SavedSubscription,
+    SavedTarget, SubscriptionId,
 };
 
 /// The layout version written first in every subscription value.
 const SUBSCRIPTION_LAYOUT: u8 = 1;
 /// The layout version written first in every registration value.
 const REGISTRATION_LAYOUT: u8 = 1;
+/// The layout version written first in every publications value.
+const PUBLICATION_LAYOUT: u8 = 1;
 
 /// A registered contact as saved: its flow in words, as for subscriptions.
 pub type SavedRegistration = SavedBinding<FlowInfo<String>>;
@@ -57,6 +61,18 @@ impl Writer {
         self.u32(s.len() as u32);
         self.0.extend_from_slice(s.as_bytes());
     }
+    fn opt_str(&mut self, s: Option<&str>) {
+        self.u8(u8::from(s.is_some()));
+        if let Some(s) = s {
+            self.str(s);
+        }
+    }
+    fn opt_u32(&mut self, v: Option<u32>) {
+        self.u8(u8::from(v.is_some()));
+        if let Some(v) = v {
+            self.u32(v);
+        }
+    }
 }
 
 struct Reader<'a> {
@@ -92,6 +108,27 @@ impl<'a> Reader<'a> {
         let at = self.at;
         let b = self.take(len)?;
         String::from_utf8(b.to_vec()).map_err(|_| DecodeError::NotUtf8(at))
+    }
+    fn flag(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(DecodeError::Unknown { field, value }),
+        }
+    }
+    fn opt_string(&mut self, field: &'static str) -> Result<Option<String>, DecodeError> {
+        if self.flag(field)? {
+            Ok(Some(self.string()?))
+        } else {
+            Ok(None)
+        }
+    }
+    fn opt_u32(&mut self, field: &'static str) -> Result<Option<u32>, DecodeError> {
+        if self.flag(field)? {
+            Ok(Some(self.u32()?))
+        } else {
+            Ok(None)
+        }
     }
     fn finish(self) -> Result<(), DecodeError> {
         match self.bytes.len() - self.at {
@@ -207,6 +244,97 @@ pub fn decode_registrations(bytes: &[u8]) -> Result<Vec<SavedRegistration>, Deco
             cseq: r.u32()?,
             flow: read_flow(&mut r)?,
         });
+    }
+    r.finish()?;
+    Ok(out)
+}
+
+/// Writes one endpoint's publications.
+pub fn encode_publications(publications: &[SavedPublication]) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(96 * publications.len() + 5));
+    w.u8(PUBLICATION_LAYOUT);
+    w.u32(publications.len() as u32);
+    for p in publications {
+        match p {
+            SavedPublication::Publish {
+                etag,
+                state,
+                expires_at,
+                sequence,
+            } => {
+                w.u8(0);
+                w.str(etag);
+                w.u32(state.availability.0);
+                w.opt_str(state.activity.as_deref());
+                w.opt_str(state.note.as_deref());
+                w.u64(*expires_at);
+                w.u64(*sequence);
+            }
+            SavedPublication::Category {
+                publication: c,
+                version,
+                sequence,
+            } => {
+                w.u8(1);
+                w.str(&c.category);
+                w.u64(c.instance);
+                w.u32(c.container);
+                w.u32(c.version);
+                w.opt_u32(c.expires);
+                w.opt_u32(c.availability.map(|a| a.0));
+                w.opt_str(c.activity.as_deref());
+                w.opt_str(c.note.as_deref());
+                w.u32(*version);
+                w.u64(*sequence);
+            }
+        }
+    }
+    w.0
+}
+
+/// Reads back what [`encode_publications`] wrote.
+pub fn decode_publications(bytes: &[u8]) -> Result<Vec<SavedPublication>, DecodeError> {
+    let mut r = Reader { bytes, at: 0 };
+    let layout = r.u8()?;
+    if layout != PUBLICATION_LAYOUT {
+        return Err(DecodeError::Layout(layout));
+    }
+    let count = r.u32()?;
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let publication = match r.u8()? {
+            0 => SavedPublication::Publish {
+                etag: r.string()?,
+                state: PresenceState {
+                    availability: Availability(r.u32()?),
+                    activity: r.opt_string("activity")?,
+                    note: r.opt_string("note")?,
+                },
+                expires_at: r.u64()?,
+                sequence: r.u64()?,
+            },
+            1 => SavedPublication::Category {
+                publication: CategoryPublication {
+                    category: r.string()?,
+                    instance: r.u64()?,
+                    container: r.u32()?,
+                    version: r.u32()?,
+                    expires: r.opt_u32("expires")?,
+                    availability: r.opt_u32("availability")?.map(Availability),
+                    activity: r.opt_string("activity")?,
+                    note: r.opt_string("note")?,
+                },
+                version: r.u32()?,
+                sequence: r.u64()?,
+            },
+            value => {
+                return Err(DecodeError::Unknown {
+                    field: "publication kind",
+                    value,
+                })
+            }
+        };
+        out.push(publication);
     }
     r.finish()?;
     Ok(out)
@@ -355,6 +483,43 @@ pub(crate) mod tests {
         assert!(matches!(
             decode_registrations(&bytes[..bytes.len() - 1]),
             Err(DecodeError::Truncated(_))
+        ));
+    }
+
+    #[test]
+    fn publications_round_trip() {
+        let mut state = PresenceState::new(Availability(6500));
+        state.activity = Some("on-the-phone".into());
+        let saved = vec![
+            SavedPublication::Publish {
+                etag: "a1b2".into(),
+                state,
+                expires_at: 1_700_000_600,
+                sequence: 3,
+            },
+            SavedPublication::Category {
+                publication: CategoryPublication {
+                    category: "note".into(),
+                    instance: 7,
+                    container: 400,
+                    version: 2,
+                    expires: None,
+                    availability: None,
+                    activity: None,
+                    note: Some("Back at 3 ✓".into()),
+                },
+                version: 3,
+                sequence: 4,
+            },
+        ];
+        let bytes = encode_publications(&saved);
+        assert_eq!(decode_publications(&bytes).unwrap(), saved);
+        assert!(decode_publications(&bytes[..bytes.len() - 1]).is_err());
+        let mut bad = bytes.clone();
+        bad[5] = 9;
+        assert!(matches!(
+            decode_publications(&bad),
+            Err(DecodeError::Unknown { .. })
         ));
     }
 

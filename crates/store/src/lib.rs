@@ -14,6 +14,7 @@ pub mod codec;
 use std::path::{Path, PathBuf};
 
 pub use codec::SavedRegistration;
+pub use porchlight_presence::SavedPublication;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use porchlight_presence::SavedSubscription;
@@ -78,6 +79,9 @@ pub struct Batch {
     /// Each endpoint's registered contacts now, by URI; an empty list
     /// deletes the entry.
     pub registrations: Vec<(String, Vec<SavedRegistration>)>,
+    /// Each endpoint's publications now, by URI; an empty list deletes
+    /// the entry.
+    pub publications: Vec<(String, Vec<SavedPublication>)>,
 }
 
 /// How far a written batch must have gone before the write returns.
@@ -142,6 +146,9 @@ pub trait Store: Send + Sync {
     fn subscriptions(&self) -> Result<Vec<SavedSubscription<String>>, StoreError>;
     /// Every endpoint's saved registered contacts, by endpoint URI.
     fn registrations(&self) -> Result<Vec<(String, Vec<SavedRegistration>)>, StoreError>;
+    /// Every endpoint's saved publications (PUBLISH and SERVICE), by
+    /// endpoint URI.
+    fn publications(&self) -> Result<Vec<(String, Vec<SavedPublication>)>, StoreError>;
     /// Writes one batch, atomically.
     fn write(&self, batch: &Batch) -> Result<(), StoreError>;
     /// The provisioned configuration (policy and endpoints as one TOML
@@ -177,6 +184,7 @@ pub struct EmbeddedStore {
     db: Database,
     subscriptions: Keyspace,
     registrations: Keyspace,
+    publications: Keyspace,
     meta: Keyspace,
     secrets: NodeSecrets,
     durability: Durability,
@@ -205,6 +213,9 @@ impl EmbeddedStore {
             .map_err(open)?;
         let registrations = db
             .keyspace("registrations", KeyspaceCreateOptions::default)
+            .map_err(open)?;
+        let publications = db
+            .keyspace("publications", KeyspaceCreateOptions::default)
             .map_err(open)?;
         let io = |e: fjall::Error| StoreError::Io {
             path: path.clone(),
@@ -246,6 +257,7 @@ impl EmbeddedStore {
             db,
             subscriptions,
             registrations,
+            publications,
             meta,
             secrets,
             durability,
@@ -256,6 +268,44 @@ impl EmbeddedStore {
         StoreError::Io {
             path: self.path.clone(),
             reason: e.to_string(),
+        }
+    }
+
+    /// Every entry of a keyspace keyed by endpoint URI, decoded.
+    fn by_endpoint<T>(
+        &self,
+        keyspace: &Keyspace,
+        what: &'static str,
+        decode: fn(&[u8]) -> Result<T, codec::DecodeError>,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        for guard in keyspace.iter() {
+            let (key, value) = guard.into_inner().map_err(|e| self.io(e))?;
+            let endpoint = String::from_utf8_lossy(&key).into_owned();
+            let decoded = decode(&value).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                what,
+                key: endpoint.clone(),
+                reason: e.to_string(),
+            })?;
+            out.push((endpoint, decoded));
+        }
+        Ok(out)
+    }
+}
+
+/// Puts an endpoint's entries into a batch: an empty list deletes them.
+fn write_by_endpoint<T>(
+    write: &mut fjall::OwnedWriteBatch,
+    keyspace: &Keyspace,
+    entries: &[(String, Vec<T>)],
+    encode: fn(&[T]) -> Vec<u8>,
+) {
+    for (endpoint, list) in entries {
+        if list.is_empty() {
+            write.remove(keyspace, endpoint.as_bytes());
+        } else {
+            write.insert(keyspace, endpoint.as_bytes(), encode(list));
         }
     }
 }
@@ -286,20 +336,19 @@ impl Store for EmbeddedStore {
     }
 
     fn registrations(&self) -> Result<Vec<(String, Vec<SavedRegistration>)>, StoreError> {
-        let mut out = Vec::new();
-        for guard in self.registrations.iter() {
-            let (key, value) = guard.into_inner().map_err(|e| self.io(e))?;
-            let endpoint = String::from_utf8_lossy(&key).into_owned();
-            let bindings =
-                codec::decode_registrations(&value).map_err(|e| StoreError::Corrupt {
-                    path: self.path.clone(),
-                    what: "registration",
-                    key: endpoint.clone(),
-                    reason: e.to_string(),
-                })?;
-            out.push((endpoint, bindings));
-        }
-        Ok(out)
+        self.by_endpoint(
+            &self.registrations,
+            "registration",
+            codec::decode_registrations,
+        )
+    }
+
+    fn publications(&self) -> Result<Vec<(String, Vec<SavedPublication>)>, StoreError> {
+        self.by_endpoint(
+            &self.publications,
+            "publication",
+            codec::decode_publications,
+        )
     }
 
     fn provisioned(&self) -> Result<Option<String>, StoreError> {
@@ -389,17 +438,18 @@ impl Store for EmbeddedStore {
         for slot in &batch.deleted {
             write.remove(&self.subscriptions, slot.to_be_bytes());
         }
-        for (endpoint, bindings) in &batch.registrations {
-            if bindings.is_empty() {
-                write.remove(&self.registrations, endpoint.as_bytes());
-            } else {
-                write.insert(
-                    &self.registrations,
-                    endpoint.as_bytes(),
-                    codec::encode_registrations(bindings),
-                );
-            }
-        }
+        write_by_endpoint(
+            &mut write,
+            &self.registrations,
+            &batch.registrations,
+            codec::encode_registrations,
+        );
+        write_by_endpoint(
+            &mut write,
+            &self.publications,
+            &batch.publications,
+            codec::encode_publications,
+        );
         write.commit().map_err(|e| self.io(e))
     }
 }
@@ -425,6 +475,15 @@ mod tests {
         }
     }
 
+    fn publication() -> SavedPublication {
+        SavedPublication::Publish {
+            etag: "5eed0001".into(),
+            state: porchlight_presence::PresenceState::new(porchlight_presence::Availability::BUSY),
+            expires_at: 1_700_000_600,
+            sequence: 1,
+        }
+    }
+
     #[test]
     fn batches_and_secrets_survive_reopening() {
         let path = dir("reopen");
@@ -445,11 +504,16 @@ mod tests {
                         ("sip:ivr@contoso.com".into(), vec![registration()]),
                         ("sip:gone@contoso.com".into(), vec![registration()]),
                     ],
+                    publications: vec![
+                        ("sip:ivr@contoso.com".into(), vec![publication()]),
+                        ("sip:gone@contoso.com".into(), vec![publication()]),
+                    ],
                 })
                 .unwrap();
             store
                 .write(&Batch {
                     registrations: vec![("sip:gone@contoso.com".into(), Vec::new())],
+                    publications: vec![("sip:gone@contoso.com".into(), Vec::new())],
                     ..Batch::default()
                 })
                 .unwrap();
@@ -487,6 +551,10 @@ mod tests {
             store.registrations().unwrap(),
             [("sip:ivr@contoso.com".to_owned(), vec![registration()])],
             "an empty list deletes"
+        );
+        assert_eq!(
+            store.publications().unwrap(),
+            [("sip:ivr@contoso.com".to_owned(), vec![publication()])]
         );
         let _ = std::fs::remove_dir_all(&path);
     }
