@@ -43,12 +43,6 @@ pub fn locate_in(target: &AdminTarget, config: &Config) -> anyhow::Result<(Strin
     Ok((base, token.trim().to_owned()))
 }
 
-/// GETs `path` from the node's admin API.
-pub fn get(target: &AdminTarget, path: &str) -> anyhow::Result<Value> {
-    let (base, token) = locate(target)?;
-    get_at(&base, &token, path)
-}
-
 /// GETs `path` from the admin API at `base` with `token`.
 pub fn get_at(base: &str, token: &str, path: &str) -> anyhow::Result<Value> {
     let url = format!("{base}{path}");

@@ -398,8 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Status { target } => {
-            let status = admin::get(&target, "/api/v1/status")?;
-            print!("{}", admin::status_text(&status));
+            print!("{}", provision::status(&target)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Console { target } => {
@@ -416,8 +415,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Endpoint {
             command: EndpointCommand::Show { uri, target },
         } => {
-            let detail = admin::get(&target, &format!("/api/v1/endpoints/{uri}"))?;
-            print!("{}", admin::endpoint_text(&detail));
+            print!("{}", provision::endpoint_show(&target, &uri)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {

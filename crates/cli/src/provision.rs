@@ -642,6 +642,127 @@ pub fn endpoint_remove(target: &AdminTarget, uri: &str) -> anyhow::Result<String
     })
 }
 
+/// The node's state: live from a running node; when it is stopped, what
+/// its store holds and will restore at the next start.
+pub fn status(target: &AdminTarget) -> anyhow::Result<String> {
+    let session = open(target)?;
+    let store = match &session.place {
+        Place::Node { base, token } => {
+            return Ok(admin::status_text(&admin::get_at(
+                base,
+                token,
+                "/api/v1/status",
+            )?))
+        }
+        Place::Offline(None) => {
+            return Ok(
+                "the node is not running, and keeps no store ([store] path is empty)\n".into(),
+            )
+        }
+        Place::Offline(Some(store)) => store,
+    };
+    let registrations = store.registrations()?;
+    let publications = store.publications()?;
+    let count = |lists: &[(String, usize)]| lists.iter().map(|(_, n)| n).sum::<usize>();
+    let registrations: Vec<(String, usize)> = registrations
+        .into_iter()
+        .map(|(e, b)| (e, b.len()))
+        .collect();
+    let publications: Vec<(String, usize)> = publications
+        .into_iter()
+        .map(|(e, p)| (e, p.len()))
+        .collect();
+    Ok(format!(
+        "the node is not running; its store holds, for the next start:\n\
+         subscriptions            {}\n\
+         registered contacts      {} (of {} endpoints)\n\
+         publications             {} (of {} endpoints)\n\
+         presence set by an admin {} endpoints\n",
+        store.subscriptions()?.len(),
+        count(&registrations),
+        registrations.len(),
+        count(&publications),
+        publications.len(),
+        store.admin_presence()?.len(),
+    ))
+}
+
+/// One endpoint: live presence and watchers from a running node; when it
+/// is stopped, as configured, with what its store keeps for it.
+pub fn endpoint_show(target: &AdminTarget, uri: &str) -> anyhow::Result<String> {
+    let session = open(target)?;
+    if let Place::Node { base, token } = &session.place {
+        let detail = admin::get_at(base, token, &format!("/api/v1/endpoints/{uri}"))?;
+        return Ok(admin::endpoint_text(&detail));
+    }
+    let provisioned = session.provisioned()?;
+    let Some(endpoint) = provisioned
+        .endpoints
+        .iter()
+        .find(|e| porchlight_presence::same_aor(&e.uri, uri))
+    else {
+        bail!("no endpoint {uri}");
+    };
+    let mut out = format!(
+        "{}  {}\n  {} (configured; the node is not running)\n",
+        endpoint.uri, endpoint.display_name, endpoint.availability
+    );
+    let Place::Offline(Some(store)) = &session.place else {
+        return Ok(out);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let left = |at: u64| match at.checked_sub(now) {
+        Some(s) if s > 0 => format!("{s} s left"),
+        _ => "lapsed".to_owned(),
+    };
+    let mine = |e: &String| porchlight_presence::same_aor(e, &endpoint.uri);
+    for (_, bindings) in store.registrations()?.iter().filter(|(e, _)| mine(e)) {
+        for b in bindings {
+            out.push_str(&format!(
+                "  registered {} ({})\n",
+                b.contact,
+                left(b.expires_at)
+            ));
+        }
+    }
+    for (_, publications) in store.publications()?.iter().filter(|(e, _)| mine(e)) {
+        for p in publications {
+            let line = match p {
+                porchlight_store::SavedPublication::Publish {
+                    state, expires_at, ..
+                } => format!(
+                    "published {} ({})",
+                    state.availability.band().name(),
+                    left(*expires_at)
+                ),
+                porchlight_store::SavedPublication::Category {
+                    publication,
+                    version,
+                    ..
+                } => format!(
+                    "published category {} instance {} (version {version})",
+                    publication.category, publication.instance
+                ),
+            };
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    for (_, set) in store.admin_presence()?.iter().filter(|(e, _)| mine(e)) {
+        let availability = porchlight_presence::Availability(set.availability);
+        out.push_str(&format!(
+            "  set by an admin: {}{}\n",
+            availability.band().name(),
+            set.note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(out)
+}
+
 /// Every endpoint: with live presence and watchers from a running node,
 /// else as configured in its store (or file), marked so.
 pub fn endpoint_list(target: &AdminTarget) -> anyhow::Result<String> {

@@ -419,8 +419,47 @@ fn an_apps_publication_survives_kill_9() {
     std::thread::sleep(Duration::from_millis(500));
     let mut server = server;
     server.kill_9();
-    let server = start_with_file(&server.dir.join("porchlight.toml"), server.dir.clone());
+    // While it is down, the commands show what its store will bring back.
+    let file = server.dir.join("porchlight.toml");
+    let said = porchlight_cli(&file, &["status"]);
+    assert!(said.contains("the node is not running"), "{said}");
+    assert!(
+        said.contains("registered contacts      1 (of 1 endpoints)"),
+        "{said}"
+    );
+    // baresip publishes anew rather than modifying, so there may be two.
+    let publications = said
+        .lines()
+        .find_map(|l| l.strip_prefix("publications "))
+        .unwrap_or_default();
+    assert!(
+        publications.trim_start().starts_with(['1', '2'])
+            && publications.ends_with("(of 1 endpoints)"),
+        "{said}"
+    );
+    let said = porchlight_cli(&file, &["endpoint", "show", "sip:desk@contoso.com"]);
+    assert!(said.contains("  registered sip:desk"), "{said}");
+    assert!(said.contains("published offline"), "{said}");
+    let server = start_with_file(&file, server.dir.clone());
     let view = desk(&server);
     assert_eq!(view["registered"], true, "{view}");
     assert_eq!(view["availability"], "offline", "{view}");
+}
+
+/// Runs a `porchlight` command against the node configured in `file`; its
+/// output, which must say it succeeded.
+fn porchlight_cli(file: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(args)
+        .arg("--config")
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{args:?}: {text}");
+    text
 }
