@@ -15,9 +15,9 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use porchlight_policy::Modality;
+use porchlight_policy::{FederationChange, Modality};
 use porchlight_presence::{Availability, PresenceState};
 use porchlight_server::status::{
     DecisionRecord, EndpointDetail, EndpointView, ImportError, Imported, OutgoingMessage,
@@ -52,6 +52,10 @@ pub fn router(node: NodeHandle, token: &str) -> Router {
         )
         .route("/api/v1/endpoints/{uri}/messages", post(send_message))
         .route("/api/v1/config", get(export_config).put(import_config))
+        .route("/api/v1/federation", get(federation))
+        .route("/api/v1/federation/allowed/{domain}", put(allow_domain))
+        .route("/api/v1/federation/blocked/{domain}", put(block_domain))
+        .route("/api/v1/federation/{domain}", delete(remove_domain))
         .route("/api/v1/decisions", get(decisions))
         .route("/api/v1/explain", get(explain))
         .route("/api/v1/openapi.json", get(openapi))
@@ -157,13 +161,120 @@ async fn export_config(State(admin): State<Admin>) -> Response {
         (status = 409, description = "The node has no store to keep it in")),
     security(("token" = [])))]
 async fn import_config(State(admin): State<Admin>, body: String) -> Response {
-    match admin.node.import(&body).await {
+    import_answer(admin.node.import(&body).await)
+}
+
+/// The answer to a change saved as a whole-document import.
+fn import_answer(result: Result<Imported, ImportError>) -> Response {
+    match result {
         Ok(outcome) => Json(outcome).into_response(),
         Err(ImportError::Invalid(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-        Err(e @ ImportError::NoStore) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+        Err(e @ (ImportError::NoStore | ImportError::Federation(_))) => {
+            (StatusCode::CONFLICT, format!("{e}\n")).into_response()
+        }
         Err(ImportError::Stopped(_)) => stopped(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
+}
+
+/// The federation lists.
+#[derive(Serialize, utoipa::ToSchema)]
+struct FederationLists {
+    /// Allowed partner domains.
+    allowed: Vec<AllowedEntry>,
+    /// Blocked domains (subdomains included).
+    blocked: Vec<String>,
+}
+
+/// One allowed partner domain.
+#[derive(Serialize, utoipa::ToSchema)]
+struct AllowedEntry {
+    domain: String,
+    /// Its edge's name, instead of DNS discovery.
+    proxy_fqdn: Option<String>,
+    /// Whether its edge vouches for its users.
+    verified: bool,
+}
+
+/// How to allow a domain.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+struct AllowSetting {
+    /// Its edge's name, instead of DNS discovery.
+    #[serde(default)]
+    proxy_fqdn: Option<String>,
+    /// Its edge does not vouch for its users.
+    #[serde(default)]
+    unverified: bool,
+}
+
+#[utoipa::path(get, path = "/api/v1/federation", tag = "federation",
+    responses((status = 200, description = "The allowed and blocked domains in force", body = FederationLists)),
+    security(("token" = [])))]
+async fn federation(State(admin): State<Admin>) -> Json<FederationLists> {
+    let policy = admin.node.config().policy.clone();
+    Json(FederationLists {
+        allowed: policy
+            .allowed_domains
+            .into_iter()
+            .map(|d| AllowedEntry {
+                verified: d.verification != porchlight_policy::Verification::Unverified,
+                domain: d.domain,
+                proxy_fqdn: d.proxy_fqdn,
+            })
+            .collect(),
+        blocked: policy.blocked_domains,
+    })
+}
+
+#[utoipa::path(put, path = "/api/v1/federation/allowed/{domain}", tag = "federation",
+    params(("domain" = String, Path, description = "The partner domain")),
+    request_body(content = AllowSetting, description = "Optional: a pinned edge, unverified"),
+    responses(
+        (status = 200, description = "Allowed, saved and in force", body = Imported),
+        (status = 409, description = "The domain is blocked, or the node keeps no store")),
+    security(("token" = [])))]
+async fn allow_domain(
+    State(admin): State<Admin>,
+    Path(domain): Path<String>,
+    setting: Option<Json<AllowSetting>>,
+) -> Response {
+    let Json(setting) = setting.unwrap_or_default();
+    let change = FederationChange::Allow {
+        domain,
+        proxy: setting.proxy_fqdn.filter(|p| !p.is_empty()),
+        unverified: setting.unverified,
+    };
+    import_answer(admin.node.change_federation(change).await)
+}
+
+#[utoipa::path(put, path = "/api/v1/federation/blocked/{domain}", tag = "federation",
+    params(("domain" = String, Path, description = "The domain to block, subdomains included")),
+    responses(
+        (status = 200, description = "Blocked, saved and in force", body = Imported),
+        (status = 409, description = "The domain is allowed, or the node keeps no store")),
+    security(("token" = [])))]
+async fn block_domain(State(admin): State<Admin>, Path(domain): Path<String>) -> Response {
+    import_answer(
+        admin
+            .node
+            .change_federation(FederationChange::Block(domain))
+            .await,
+    )
+}
+
+#[utoipa::path(delete, path = "/api/v1/federation/{domain}", tag = "federation",
+    params(("domain" = String, Path, description = "The domain to take off either list")),
+    responses(
+        (status = 200, description = "Removed, saved and in force", body = Imported),
+        (status = 409, description = "The domain is on neither list, or the node keeps no store")),
+    security(("token" = [])))]
+async fn remove_domain(State(admin): State<Admin>, Path(domain): Path<String>) -> Response {
+    import_answer(
+        admin
+            .node
+            .change_federation(FederationChange::Remove(domain))
+            .await,
+    )
 }
 
 /// Presence an admin sets for an endpoint.
@@ -344,7 +455,7 @@ async fn metrics(State(admin): State<Admin>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Porchlight admin API", description = "The running node: status, endpoints, policy decisions, metrics."),
-    paths(status, endpoints, endpoint, set_presence, clear_presence, send_message, export_config, import_config, decisions, explain, metrics),
+    paths(status, endpoints, endpoint, set_presence, clear_presence, send_message, federation, allow_domain, block_domain, remove_domain, export_config, import_config, decisions, explain, metrics),
     modifiers(&BearerToken)
 )]
 struct ApiDoc;

@@ -481,7 +481,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Federation { command } => {
-            use provision::FederationChange;
+            use porchlight_policy::FederationChange;
             let (target, change) = match command {
                 FederationCommand::List { target } => {
                     print!("{}", provision::federation_list(&target)?);

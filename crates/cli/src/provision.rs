@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use porchlight_policy::{AllowedDomain, Verification};
+use porchlight_policy::{FederationChange, Verification};
 use porchlight_server::{Config, Provisioned};
 use porchlight_store::{Durability, EmbeddedStore, Store};
 
@@ -151,20 +151,6 @@ pub fn read(file: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
 }
 
-/// A change to the federation lists.
-pub enum FederationChange {
-    /// Allow a partner domain, optionally pinned to its edge.
-    Allow {
-        domain: String,
-        proxy: Option<String>,
-        unverified: bool,
-    },
-    /// Block a domain (and its subdomains).
-    Block(String),
-    /// Take a domain off either list.
-    Remove(String),
-}
-
 /// The federation lists, one domain a line.
 pub fn federation_list(target: &AdminTarget) -> anyhow::Result<String> {
     let provisioned = current(target)?;
@@ -253,53 +239,7 @@ fn apply_fields<T: serde::de::DeserializeOwned>(
 /// Applies one change to the federation lists as a whole-document import.
 pub fn federation_change(target: &AdminTarget, edit: FederationChange) -> anyhow::Result<String> {
     change(target, "the changed federation lists", |provisioned| {
-        let policy = &mut provisioned.policy;
-        let same = |a: &str, b: &str| {
-            a.trim_end_matches('.')
-                .eq_ignore_ascii_case(b.trim_end_matches('.'))
-        };
-        match edit {
-            FederationChange::Allow {
-                domain,
-                proxy,
-                unverified,
-            } => {
-                if policy.blocked_domains.iter().any(|b| same(b, &domain)) {
-                    bail!("{domain} is blocked; `porchlight federation remove {domain}` first");
-                }
-                policy.allowed_domains.retain(|d| !same(&d.domain, &domain));
-                policy.allowed_domains.push(AllowedDomain {
-                    domain,
-                    proxy_fqdn: proxy,
-                    verification: if unverified {
-                        Verification::Unverified
-                    } else {
-                        Verification::Verified
-                    },
-                });
-            }
-            FederationChange::Block(domain) => {
-                if policy
-                    .allowed_domains
-                    .iter()
-                    .any(|d| same(&d.domain, &domain))
-                {
-                    bail!("{domain} is allowed; `porchlight federation remove {domain}` first");
-                }
-                if !policy.blocked_domains.iter().any(|b| same(b, &domain)) {
-                    policy.blocked_domains.push(domain);
-                }
-            }
-            FederationChange::Remove(domain) => {
-                let before = policy.allowed_domains.len() + policy.blocked_domains.len();
-                policy.allowed_domains.retain(|d| !same(&d.domain, &domain));
-                policy.blocked_domains.retain(|b| !same(b, &domain));
-                if before == policy.allowed_domains.len() + policy.blocked_domains.len() {
-                    bail!("{domain} is neither allowed nor blocked");
-                }
-            }
-        }
-        Ok(())
+        Ok(provisioned.policy.change_federation(edit)?)
     })
 }
 

@@ -245,6 +245,44 @@ fn the_console_shows_live_presence_and_sets_it() {
     assert_eq!(ivr_view["note"], "In a maintenance window");
     assert_eq!(ivr_view["set_by_admin"], true);
 
+    // The federation form: allow a partner, see blocking it refused while
+    // it is allowed, take it off, block another; the API agrees each time.
+    let lists = || -> Value {
+        ureq::get(&format!("http://{admin}/api/v1/federation"))
+            .set("Authorization", &format!("Bearer {}", token.trim()))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap()
+    };
+    let listed = |domain: &str| {
+        format!(
+            "const li = document.querySelector('#federation-lists li[data-domain=\"{domain}\"]'); \
+             return li ? li.dataset.list : 'absent';"
+        )
+    };
+    browser.type_into("#federation-form input[name=domain]", "fabrikam.com");
+    browser.click("#federation-form button[name=allow]");
+    browser.wait_for(&listed("fabrikam.com"), "allowed", Duration::from_secs(10));
+    assert_eq!(lists()["allowed"][0]["domain"], "fabrikam.com");
+    browser.click("#federation-form button[name=block]");
+    browser.wait_for(
+        "return document.querySelector('#federation-result').textContent.includes('is allowed; remove it') ? 'refused' : 'not yet';",
+        "refused",
+        Duration::from_secs(10),
+    );
+    browser.click("#federation-form button[name=remove]");
+    browser.wait_for(&listed("fabrikam.com"), "absent", Duration::from_secs(10));
+    browser.script(
+        "document.querySelector('#federation-form input[name=domain]').value = ''; return null;",
+    );
+    browser.type_into("#federation-form input[name=domain]", "evil.example");
+    browser.click("#federation-form button[name=block]");
+    browser.wait_for(&listed("evil.example"), "blocked", Duration::from_secs(10));
+    let now = lists();
+    assert_eq!(now["allowed"], serde_json::json!([]));
+    assert_eq!(now["blocked"], serde_json::json!(["evil.example"]));
+
     let png = browser.screenshot();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
     std::fs::write(server.dir.join("console.png"), &png).unwrap();

@@ -310,6 +310,39 @@ fn normalized(domain: &str) -> String {
     domain.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// One change to the federation lists, as the CLI, the admin API and the
+/// console make it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FederationChange {
+    /// Allow a partner domain, optionally pinned to its edge.
+    Allow {
+        /// The domain.
+        domain: String,
+        /// Its edge's name, instead of DNS discovery.
+        proxy: Option<String>,
+        /// Its edge does not vouch for its users.
+        unverified: bool,
+    },
+    /// Block a domain (and its subdomains).
+    Block(String),
+    /// Take a domain off either list.
+    Remove(String),
+}
+
+/// Why a federation change was refused; the text says what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FederationChangeError {
+    /// Allowing a blocked domain.
+    #[error("{0} is blocked; remove it from the blocked domains first")]
+    Blocked(String),
+    /// Blocking an allowed domain.
+    #[error("{0} is allowed; remove it from the allowed domains first")]
+    Allowed(String),
+    /// Removing a domain on neither list.
+    #[error("{0} is neither allowed nor blocked")]
+    Unknown(String),
+}
+
 /// Why a policy configuration cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
@@ -391,6 +424,61 @@ impl PolicyConfig {
                 .flat_map(|(i, p)| p.domains.iter().map(move |d| (normalized(d), i)))
                 .collect(),
         })
+    }
+
+    /// Changes the federation lists as an admin asks: a domain is on at
+    /// most one of them, and allowing one that is blocked (or the other
+    /// way round) is refused rather than guessed.
+    pub fn change_federation(
+        &mut self,
+        change: FederationChange,
+    ) -> Result<(), FederationChangeError> {
+        let same = |a: &str, b: &str| {
+            a.trim_end_matches('.')
+                .eq_ignore_ascii_case(b.trim_end_matches('.'))
+        };
+        match change {
+            FederationChange::Allow {
+                domain,
+                proxy,
+                unverified,
+            } => {
+                if self.blocked_domains.iter().any(|b| same(b, &domain)) {
+                    return Err(FederationChangeError::Blocked(domain));
+                }
+                self.allowed_domains.retain(|d| !same(&d.domain, &domain));
+                self.allowed_domains.push(AllowedDomain {
+                    domain,
+                    proxy_fqdn: proxy,
+                    verification: if unverified {
+                        Verification::Unverified
+                    } else {
+                        Verification::Verified
+                    },
+                });
+            }
+            FederationChange::Block(domain) => {
+                if self
+                    .allowed_domains
+                    .iter()
+                    .any(|d| same(&d.domain, &domain))
+                {
+                    return Err(FederationChangeError::Allowed(domain));
+                }
+                if !self.blocked_domains.iter().any(|b| same(b, &domain)) {
+                    self.blocked_domains.push(domain);
+                }
+            }
+            FederationChange::Remove(domain) => {
+                let before = self.allowed_domains.len() + self.blocked_domains.len();
+                self.allowed_domains.retain(|d| !same(&d.domain, &domain));
+                self.blocked_domains.retain(|b| !same(b, &domain));
+                if before == self.allowed_domains.len() + self.blocked_domains.len() {
+                    return Err(FederationChangeError::Unknown(domain));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// How to reach `domain`'s edge. A public provider's users are reached
@@ -757,5 +845,53 @@ fn decide_with(config: &PolicyConfig, request: &Request<'_>, mut steps: Steps) -
         allowed: modality_on,
         class: Some(class),
         steps: steps.list,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_domain_is_on_one_federation_list_at_most() {
+        let mut policy = PolicyConfig::default();
+        let allow = |domain: &str| FederationChange::Allow {
+            domain: domain.into(),
+            proxy: Some("sip.fabrikam.com".into()),
+            unverified: true,
+        };
+        policy.change_federation(allow("fabrikam.com")).unwrap();
+        // Again, in other case and with a trailing dot: replaced, not doubled.
+        policy.change_federation(allow("Fabrikam.com.")).unwrap();
+        assert_eq!(policy.allowed_domains.len(), 1);
+        assert_eq!(
+            policy.allowed_domains[0].verification,
+            Verification::Unverified
+        );
+        assert_eq!(
+            policy.change_federation(FederationChange::Block("fabrikam.com".into())),
+            Err(FederationChangeError::Allowed("fabrikam.com".into()))
+        );
+        policy
+            .change_federation(FederationChange::Block("spam.example".into()))
+            .unwrap();
+        policy
+            .change_federation(FederationChange::Block("SPAM.example".into()))
+            .unwrap();
+        assert_eq!(policy.blocked_domains, ["spam.example"]);
+        assert_eq!(
+            policy.change_federation(allow("spam.example")),
+            Err(FederationChangeError::Blocked("spam.example".into()))
+        );
+        for domain in ["fabrikam.com", "spam.example"] {
+            policy
+                .change_federation(FederationChange::Remove(domain.into()))
+                .unwrap();
+        }
+        assert!(policy.allowed_domains.is_empty() && policy.blocked_domains.is_empty());
+        assert_eq!(
+            policy.change_federation(FederationChange::Remove("nowhere.example".into())),
+            Err(FederationChangeError::Unknown("nowhere.example".into()))
+        );
     }
 }

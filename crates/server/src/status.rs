@@ -208,6 +208,9 @@ pub enum ImportError {
     /// The node has stopped.
     #[error(transparent)]
     Stopped(#[from] Stopped),
+    /// A change to the federation lists that contradicts them.
+    #[error(transparent)]
+    Federation(#[from] porchlight_policy::FederationChangeError),
 }
 
 /// The node is gone.
@@ -278,6 +281,17 @@ impl NodeHandle {
     /// response.
     pub async fn send_message(&self, message: OutgoingMessage) -> Result<SentMessage, Stopped> {
         self.ask(|tx| Query::SendMessage(message, tx)).await
+    }
+
+    /// Changes the federation lists (allow, block, remove a domain) as one
+    /// checked import: saved, and in force at once.
+    pub async fn change_federation(
+        &self,
+        change: porchlight_policy::FederationChange,
+    ) -> Result<Imported, ImportError> {
+        let mut provisioned = self.config().provisioned();
+        provisioned.policy.change_federation(change)?;
+        self.import(&provisioned.to_toml()).await
     }
 
     /// The configuration the node runs with, for offline-style questions

@@ -1,7 +1,8 @@
 // The Porchlight console: polls the admin API every two seconds and shows
-// endpoints with live presence, partners with their traffic, and policy
-// decisions; one form sets an endpoint's presence. The token stays in this
-// tab's session storage and travels only in the Authorization header.
+// endpoints with live presence, partners with their traffic, the federation
+// lists, and policy decisions; forms set an endpoint's presence and allow,
+// block or remove a domain. The token stays in this tab's session storage
+// and travels only in the Authorization header.
 "use strict";
 
 const REFRESH_MS = 2000;
@@ -111,6 +112,18 @@ function renderPartners(partners) {
   $("#partners tbody").replaceChildren(...rows);
 }
 
+function renderFederation(lists) {
+  const items = [
+    ...lists.allowed.map((d) => element("li", { "data-domain": d.domain, "data-list": "allowed" },
+      "allowed ", element("strong", {}, d.domain),
+      d.proxy_fqdn ? " via " + d.proxy_fqdn : "", d.verified ? "" : " (unverified)")),
+    ...lists.blocked.map((d) => element("li", { "data-domain": d, "data-list": "blocked" },
+      "blocked ", element("strong", {}, d))),
+  ];
+  $("#federation-lists").replaceChildren(...(items.length ? items
+    : [element("li", { class: "muted" }, "No domain allowed or blocked: the edge switches decide.")]));
+}
+
 function renderDecisions(counts, refusals) {
   const rows = counts.filter((d) => d.count > 0).map((d) => element("tr", {},
     element("td", {}, d.way), element("td", {}, d.kind),
@@ -126,11 +139,13 @@ function renderDecisions(counts, refusals) {
 
 async function refresh() {
   try {
-    const [status, refusals] = await Promise.all([api("GET", "/api/v1/status"), api("GET", "/api/v1/decisions")]);
+    const [status, refusals, federation] = await Promise.all([
+      api("GET", "/api/v1/status"), api("GET", "/api/v1/decisions"), api("GET", "/api/v1/federation")]);
     $("#node").textContent = status.domains.join(", ") + " \u00b7 Porchlight " + status.version;
     renderCounters(status);
     renderEndpoints(status.endpoints);
     renderPartners(status.partners);
+    renderFederation(federation);
     renderDecisions(status.decisions, refusals);
     $("#connection").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (error) {
@@ -162,6 +177,20 @@ async function setPresence(clear) {
   }
 }
 
+async function changeFederation(action) {
+  const domain = $("#federation-form").domain.value.trim();
+  if (!domain) return;
+  const where = { allow: "allowed/", block: "blocked/", remove: "" }[action];
+  const said = { allow: " is allowed", block: " is blocked", remove: " is off both lists" }[action];
+  try {
+    await api(action === "remove" ? "DELETE" : "PUT", "/api/v1/federation/" + where + encodeURIComponent(domain));
+    $("#federation-result").textContent = domain + said;
+    refresh();
+  } catch (error) {
+    $("#federation-result").textContent = error.message;
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("#login-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -172,6 +201,12 @@ document.addEventListener("DOMContentLoaded", () => {
     setPresence(false);
   });
   $("#presence-form button[name=clear]").addEventListener("click", () => setPresence(true));
+  $("#federation-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    changeFederation("allow");
+  });
+  $("#federation-form button[name=block]").addEventListener("click", () => changeFederation("block"));
+  $("#federation-form button[name=remove]").addEventListener("click", () => changeFederation("remove"));
   // A token in the address (#token=...) is taken once and removed from it.
   const fromAddress = new URLSearchParams(location.hash.slice(1)).get("token");
   if (fromAddress) history.replaceState(null, "", location.pathname);
