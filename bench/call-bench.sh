@@ -31,10 +31,8 @@ hook_port=25095
 need=()
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v kamailio >/dev/null || need+=(kamailio)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
-sysctl -q -w net.core.rmem_max=33554432 net.core.wmem_max=33554432 || true
+source bench/lib.sh
+install_missing "${need[@]}"
 
 cargo build --release -j2 -q -p porchlight -p porchlight-loadgen
 
@@ -81,9 +79,6 @@ start_kamailio() {
   server=$!; sleep 2; pids=$(pgrep -d, -f "kamailio -f $PWD/$km_config"); port=$km_port
 }
 
-ticks=$(getconf CLK_TCK)
-cpu() { local t=0; for p in ${1//,/ }; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
-
 # One SIPp step: $1 name, $2 rate, $3 scenario, $4 service; prints a row.
 step() {
   local name=$1 rate=$2 scenario=$3 service=$4
@@ -96,10 +91,7 @@ step() {
        -nostdin -i 127.0.0.1 -p $caller_port -trace_stat -stf "$csv" \
        127.0.0.1:$port >"$out/sipp-$name-$service-$rate.log" 2>&1 || true
   end=$(date +%s.%N); after=$(cpu "$pids")
-  ok=$(tail -1 "$csv" | awk -F';' '{print $16}')
-  failed=$(tail -1 "$csv" | awk -F';' '{print $18}')
-  achieved=$(awk -v ok="$ok" -v s="$start" -v e="$end" 'BEGIN { printf "%.0f", ok / (e - s) }')
-  cpu_us=$(awk -v b="$before" -v a="$after" -v t="$ticks" -v ok="$ok" 'BEGIN { printf "%.1f", (a - b) * 1000000 / t / (ok + 0.0001) }')
+  read -r ok failed achieved cpu_us < <(sipp_result "$csv" "$start" "$end" "$before" "$after")
   printf "%-10s %-8s %-8s %-8s %-8s %-10s %-12s\n" "$name" "$rate" "$calls" "$ok" "$failed" "$achieved" "$cpu_us"
 }
 

@@ -32,11 +32,8 @@ need=()
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v kamailio >/dev/null || need+=(kamailio)
 [ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/presence.so ] || need+=(kamailio-presence-modules)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
-# Both servers and the load tools ask for large UDP buffers; let them have them.
-sysctl -q -w net.core.rmem_max=33554432 net.core.wmem_max=33554432 || true
+source bench/lib.sh
+install_missing "${need[@]}"
 
 cargo build --release -j2 -q -p porchlight -p porchlight-loadgen
 
@@ -64,10 +61,6 @@ start_kamailio() {
   server=$!; sleep 2; pids=$(pgrep -d, -f "kamailio -f $PWD/bench/kamailio"); port=$km_port
 }
 
-# CPU seconds (user + system) of a comma-separated list of processes.
-ticks=$(getconf CLK_TCK)
-cpu() { local t=0; for p in ${1//,/ }; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
-
 echo "## new subscriptions per second (SIPp, ${seconds} s per step)"
 printf "%-10s %-8s %-8s %-8s %-8s %-10s %-12s\n" server offered sent ok failed achieved "cpu_us/sub"
 for name in porchlight kamailio; do
@@ -82,10 +75,7 @@ for name in porchlight kamailio; do
          127.0.0.1:$port >"$out/sipp-$name-$rate.log" 2>&1 || true
     end=$(date +%s.%N)
     after=$(cpu "$pids")
-    ok=$(tail -1 "$out/sub-$name-$rate.csv" | awk -F';' '{print $16}')
-    failed=$(tail -1 "$out/sub-$name-$rate.csv" | awk -F';' '{print $18}')
-    achieved=$(awk -v ok="$ok" -v s="$start" -v e="$end" 'BEGIN { printf "%.0f", ok / (e - s) }')
-    cpu_us=$(awk -v b="$before" -v a="$after" -v t="$ticks" -v ok="$ok" 'BEGIN { printf "%.1f", (a - b) * 1000000 / t / (ok + 0.0001) }')
+    read -r ok failed achieved cpu_us < <(sipp_result "$out/sub-$name-$rate.csv" "$start" "$end" "$before" "$after")
     printf "%-10s %-8s %-8s %-8s %-8s %-10s %-12s\n" "$name" "$rate" "$calls" "$ok" "$failed" "$achieved" "$cpu_us"
     stop
   done

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -27,19 +26,7 @@ fn json(text: &str) -> serde_json::Value {
 }
 
 fn cli(server: &Server, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
-        .args(args)
-        .arg("--config")
-        .arg(server.dir.join("porchlight.toml"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{args:?}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    porchlight_ok(&server.dir.join("porchlight.toml"), args)
 }
 
 #[test]

@@ -421,7 +421,7 @@ fn an_apps_publication_survives_kill_9() {
     server.kill_9();
     // While it is down, the commands show what its store will bring back.
     let file = server.dir.join("porchlight.toml");
-    let said = porchlight_cli(&file, &["status"]);
+    let said = porchlight_ok(&file, &["status"]);
     assert!(said.contains("the node is not running"), "{said}");
     assert!(
         said.contains("registered contacts      1 (of 1 endpoints)"),
@@ -437,29 +437,11 @@ fn an_apps_publication_survives_kill_9() {
             && publications.ends_with("(of 1 endpoints)"),
         "{said}"
     );
-    let said = porchlight_cli(&file, &["endpoint", "show", "sip:desk@contoso.com"]);
+    let said = porchlight_ok(&file, &["endpoint", "show", "sip:desk@contoso.com"]);
     assert!(said.contains("  registered sip:desk"), "{said}");
     assert!(said.contains("published offline"), "{said}");
     let server = start_with_file(&file, server.dir.clone());
     let view = desk(&server);
     assert_eq!(view["registered"], true, "{view}");
     assert_eq!(view["availability"], "offline", "{view}");
-}
-
-/// Runs a `porchlight` command against the node configured in `file`; its
-/// output, which must say it succeeded.
-fn porchlight_cli(file: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_porchlight"))
-        .args(args)
-        .arg("--config")
-        .arg(file)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{args:?}: {text}");
-    text
 }

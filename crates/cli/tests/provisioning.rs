@@ -8,32 +8,15 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 /// Runs `porchlight ARGS --config <the server's file>`: (success, stdout + stderr).
 fn porchlight(server_dir: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
-        .args(args)
-        .arg("--config")
-        .arg(server_dir.join("porchlight.toml"))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    porchlight_at(&server_dir.join("porchlight.toml"), args)
 }
 
 fn ok(server_dir: &std::path::Path, args: &[&str]) -> String {
-    let (success, text) = porchlight(server_dir, args);
-    assert!(success, "{args:?}: {text}");
-    text
+    porchlight_ok(&server_dir.join("porchlight.toml"), args)
 }
 
 /// The running node's decision for a presence request from a user of

@@ -435,21 +435,18 @@ fn discovered_partner_limits() {
 #[test]
 fn outbound_requests() {
     let base: PolicyConfig = toml::from_str(BASE).unwrap();
-    let outbound = |config: &PolicyConfig, to: &str, grant, modality| {
-        decide(
-            config,
-            &Request {
-                remote_domain: to,
-                remote: Remote::Destination,
-                local: LocalParty {
-                    uri: "sip:helpdesk@contoso.com",
-                    grant,
-                    site: None,
-                },
-                modality,
-            },
-        )
+    let request = |to, grant, modality| Request {
+        remote_domain: to,
+        remote: Remote::Destination,
+        local: LocalParty {
+            uri: "sip:helpdesk@contoso.com",
+            grant,
+            site: None,
+        },
+        modality,
     };
+    let outbound =
+        |config: &PolicyConfig, to, grant, modality| decide(config, &request(to, grant, modality));
     let cases: [(&str, Option<&str>, Modality, bool, &str); 7] = [
         (
             "fabrikam.com",
@@ -510,20 +507,7 @@ fn outbound_requests() {
             "{to}: expected {explains:?} in\n{decision}"
         );
         assert_eq!(
-            verdict(
-                &base,
-                &Request {
-                    remote_domain: to,
-                    remote: Remote::Destination,
-                    local: LocalParty {
-                        uri: "sip:helpdesk@contoso.com",
-                        grant,
-                        site: None
-                    },
-                    modality,
-                }
-            )
-            .allowed,
+            verdict(&base, &request(to, grant, modality)).allowed,
             allowed
         );
     }

@@ -150,10 +150,8 @@ impl ImSessions {
     }
 
     /// The ACK for a session's 2xx arrived.
-    pub fn acked(&mut self, request: &Message) {
-        if let Some(key) = SessionKey::of(request) {
-            self.unacked.remove(&key);
-        }
+    pub fn acked(&mut self, key: &SessionKey) {
+        self.unacked.remove(key);
     }
 
     /// The 2xx answers to send again now, and where.
@@ -286,24 +284,27 @@ impl ImSessions {
         self.sessions.get(key).and_then(|s| s.trust.clone())
     }
 
-    /// Whether a request belongs to a session, and what it means for it;
-    /// None: not a session of ours. A BYE ends the session.
-    pub fn receive(&mut self, request: &Message, now: Instant) -> Option<(SessionKey, InSession)> {
-        let key = SessionKey::of(request)?;
-        let session = self.sessions.get_mut(&key)?;
+    /// What a request with `method` in session `key` means for it; None:
+    /// no such session (any more). A BYE ends the session.
+    pub fn receive(
+        &mut self,
+        key: &SessionKey,
+        method: Option<&str>,
+        now: Instant,
+    ) -> Option<InSession> {
+        let session = self.sessions.get_mut(key)?;
         session.last_active = now;
-        let event = match request.method() {
+        Some(match method {
             Some("MESSAGE") => InSession::Text {
                 endpoint: session.endpoint,
             },
             Some("BYE") => {
-                self.sessions.remove(&key);
-                self.unacked.remove(&key);
+                self.sessions.remove(key);
+                self.unacked.remove(key);
                 InSession::Ended
             }
             _ => InSession::Other,
-        };
-        Some((key, event))
+        })
     }
 
     /// A MESSAGE carrying `text` from the app into the session, and where
@@ -394,6 +395,17 @@ Content-Length: 0
         NextHop::Partner("fabrikam.com".into())
     }
 
+    /// Sessions holding the one [`INVITE`] accepted (endpoint 3, tag t1).
+    fn one_session() -> (ImSessions, SessionKey, Instant) {
+        let mut sessions = ImSessions::new(10, TimerConfig::default());
+        let now = Instant::now();
+        let key = sessions
+            .accept(&parse(INVITE), 3, ours("t1", "<sip:10.0.0.2>"), now)
+            .unwrap()
+            .key;
+        (sessions, key, now)
+    }
+
     fn ours(tag: &str, contact: &str) -> OurSide {
         OurSide {
             local_tag: tag.into(),
@@ -438,12 +450,7 @@ Content-Length: 0
 
     #[test]
     fn replies_follow_the_dialog_and_bye_ends_it() {
-        let mut sessions = ImSessions::new(10, TimerConfig::default());
-        let now = Instant::now();
-        let key = sessions
-            .accept(&parse(INVITE), 3, ours("t1", "<sip:10.0.0.2>"), now)
-            .unwrap()
-            .key;
+        let (mut sessions, key, now) = one_session();
         let (bytes, next) = sessions
             .message(
                 &key,
@@ -486,30 +493,26 @@ Content-Length: 0
                  Call-ID: im-1\nCSeq: 2 {method}\nContent-Length: 0\n\n"
             ))
         };
+        // As the node does: the request names its session, then its method
+        // says what it means.
+        let receive = |sessions: &mut ImSessions, method: &str| {
+            let request = in_dialog(method);
+            let key = SessionKey::of(&request).expect("an in-dialog request");
+            sessions.receive(&key, request.method(), now)
+        };
         assert_eq!(
-            sessions.receive(&in_dialog("MESSAGE"), now).map(|(_, e)| e),
+            receive(&mut sessions, "MESSAGE"),
             Some(InSession::Text { endpoint: 3 })
         );
-        assert_eq!(
-            sessions.receive(&in_dialog("INFO"), now).map(|(_, e)| e),
-            Some(InSession::Other)
-        );
-        assert_eq!(
-            sessions.receive(&in_dialog("BYE"), now).map(|(_, e)| e),
-            Some(InSession::Ended)
-        );
-        assert!(sessions.receive(&in_dialog("MESSAGE"), now).is_none());
+        assert_eq!(receive(&mut sessions, "INFO"), Some(InSession::Other));
+        assert_eq!(receive(&mut sessions, "BYE"), Some(InSession::Ended));
+        assert!(receive(&mut sessions, "MESSAGE").is_none());
         assert!(sessions.message(&key, "late", "v", "b", now).is_none());
     }
 
     #[test]
     fn a_2xx_over_udp_is_sent_again_until_its_ack_and_given_up_without_one() {
-        let mut sessions = ImSessions::new(10, TimerConfig::default());
-        let now = Instant::now();
-        let key = sessions
-            .accept(&parse(INVITE), 3, ours("t1", "<sip:10.0.0.2>"), now)
-            .unwrap()
-            .key;
+        let (mut sessions, key, now) = one_session();
         let target = Target::Address {
             protocol: porchlight_transport::Protocol::Udp,
             addr: "192.0.2.9:5060".parse().unwrap(),
@@ -528,7 +531,7 @@ Content-Length: 0
              From: <sip:alice@fabrikam.com>;tag=a1\nTo: <sip:bot@contoso.com>;tag=t1\n\
              Call-ID: im-1\nCSeq: 1 ACK\nContent-Length: 0\n\n",
         );
-        sessions.acked(&ack);
+        sessions.acked(&SessionKey::of(&ack).unwrap());
         assert_eq!(sessions.next_deadline(), None);
         // Without an ACK, 64·T1 later the session is gone.
         sessions.await_ack(&key, Bytes::from_static(b"200"), target, now);

@@ -197,7 +197,6 @@ impl Node {
             posting: HashMap::new(),
             delivery_counter: 0,
             originated: HashMap::new(),
-            call_counter: 0,
             sessions: ImSessions::new(config.limits.max_im_sessions, timers),
             next_session_sweep: Instant::now(),
         };
@@ -415,7 +414,6 @@ struct EventLoop {
     /// Requests this node sent on its own (IM from an endpoint), with who
     /// waits for the final response.
     originated: HashMap<ClientKey, Option<oneshot::Sender<SentMessage>>>,
-    call_counter: u64,
     /// IM sessions the node answers for webhook apps.
     sessions: ImSessions,
     next_session_sweep: Instant,
@@ -835,10 +833,10 @@ impl EventLoop {
             if request.method() == Some("CANCEL") && self.cancel(&request, &origin, &target, now) {
                 return;
             }
-            if !self.sessions.is_empty()
-                && SessionKey::of(&request).is_some_and(|k| self.sessions.contains(&k))
+            if let Some(session) = SessionKey::of(&request)
+                .filter(|k| !self.sessions.is_empty() && self.sessions.contains(k))
             {
-                return self.in_session(request, origin, target, now);
+                return self.in_session(session, request, origin, target, now);
             }
             let method = request.method();
             let new_call = matches!(method, Some("INVITE" | "MESSAGE"));
@@ -1162,8 +1160,7 @@ impl EventLoop {
         trust: Option<String>,
         now: Instant,
     ) {
-        self.tag_counter += 1;
-        let local_tag = format!("s{:x}{:x}", self.tag_seed & 0xffff_ffff, self.tag_counter);
+        let local_tag = self.next_tag("s");
         let here = if origin.local.ip().is_unspecified() {
             self.record_route_host
                 .clone()
@@ -1229,18 +1226,25 @@ impl EventLoop {
 
     /// A request inside an IM session the node holds: text goes to the
     /// webhook, a BYE ends the session, anything else is acknowledged.
-    fn in_session(&mut self, request: Message, origin: Origin, target: Target, now: Instant) {
+    fn in_session(
+        &mut self,
+        session: SessionKey,
+        request: Message,
+        origin: Origin,
+        target: Target,
+        now: Instant,
+    ) {
         let reliable = origin.protocol.is_reliable();
         let key = match self
             .layer
             .receive_request(&request, NextHop::Direct(target), reliable, now)
         {
             Ok(RequestMatch::New(key)) => key,
-            Ok(RequestMatch::DialogAck) => return self.sessions.acked(&request),
+            Ok(RequestMatch::DialogAck) => return self.sessions.acked(&session),
             // A retransmission the layer answers.
             _ => return,
         };
-        let Some((session, event)) = self.sessions.receive(&request, now) else {
+        let Some(event) = self.sessions.receive(&session, request.method(), now) else {
             let answer = Answer::new(481, "Call/Transaction Does Not Exist");
             return self.respond(&key, &request, &origin, &answer, now);
         };
@@ -1267,12 +1271,7 @@ impl EventLoop {
             return;
         };
         let via = self.via_for(&next);
-        self.branch_counter += 1;
-        let branch = format!(
-            "z9hG4bKim{:x}.{}",
-            self.tag_seed & 0xffff,
-            self.branch_counter
-        );
+        let branch = next_branch(&mut self.branch_counter, self.tag_seed, "im");
         let Some((bytes, next)) = self.sessions.message(session, text, &via, &branch, now) else {
             return;
         };
@@ -1355,27 +1354,19 @@ impl EventLoop {
                 )
             }
         };
-        self.call_counter += 1;
-        let n = self.call_counter;
-        let seed = self.tag_seed & 0xffff_ffff;
         let from = self.presence.directory().endpoints()[endpoint]
             .identity
             .uri
             .clone();
         let via = self.via_for(&next);
-        self.branch_counter += 1;
+        let branch = next_branch(&mut self.branch_counter, self.tag_seed, "im");
+        let tag = self.next_tag("im");
         let mut w = MessageWriter::request("MESSAGE", to);
-        w.header_fmt(
-            "Via",
-            format_args!("{via};branch=z9hG4bKim{seed:x}.{}", self.branch_counter),
-        );
+        w.header_fmt("Via", format_args!("{via};branch={branch}"));
         w.header("Max-Forwards", "70");
-        w.header_fmt("From", format_args!("<{from}>;tag=im{seed:x}{n:x}"));
+        w.header_fmt("From", format_args!("<{from}>;tag={tag}"));
         w.header_fmt("To", format_args!("<{to}>"));
-        w.header_fmt(
-            "Call-ID",
-            format_args!("im-{seed:x}-{n:x}@{}", self.domains[0]),
-        );
+        w.header_fmt("Call-ID", format_args!("{tag}@{}", self.domains[0]));
         w.header("CSeq", "1 MESSAGE");
         w.header("Content-Type", content_type);
         let Some(message) = parse_own(w.finish(text.as_bytes())) else {
@@ -1486,7 +1477,6 @@ impl EventLoop {
         request_uri: Option<&str>,
     ) -> Result<Bytes, ProxyError> {
         let protocol = self.protocol_to(&hop.next);
-        let sent_by = |p: Protocol| self.sent_by(p);
         let via = self.via_for(&hop.next);
         let mut record_route = Vec::new();
         let call_id = request.call_id().unwrap_or_default();
@@ -1510,7 +1500,7 @@ impl EventLoop {
                     .record_route_host
                     .clone()
                     .unwrap_or_else(|| origin.local.to_string());
-                record_route.push(entry(&token, &sent_by(protocol), protocol));
+                record_route.push(entry(&token, &self.sent_by(protocol), protocol));
                 record_route.push(entry(&token, &outside, origin.protocol));
             }
             Direction::Leaving {
@@ -1527,7 +1517,7 @@ impl EventLoop {
                 let outside = self
                     .record_route_host
                     .clone()
-                    .unwrap_or_else(|| sent_by(Protocol::Tls));
+                    .unwrap_or_else(|| self.sent_by(Protocol::Tls));
                 record_route.push(entry(&token, &outside, Protocol::Tls));
                 record_route.push(entry(&token, &origin.local.to_string(), origin.protocol));
             }
@@ -1538,12 +1528,7 @@ impl EventLoop {
         // Only what this node vouches for reaches the inside, and nothing
         // of it leaves: the header is removed from whatever passes.
         let strip: &[&str] = &[trust_header];
-        self.branch_counter += 1;
-        let branch = format!(
-            "z9hG4bKpx{:x}.{}",
-            self.tag_seed & 0xffff,
-            self.branch_counter
-        );
+        let branch = next_branch(&mut self.branch_counter, self.tag_seed, "px");
         forward(
             request,
             &Forwarding {
@@ -1609,17 +1594,34 @@ impl EventLoop {
         self.layer.respond(key, answer.code, bytes, now);
     }
 
+    /// A tag no other of this node's dialogs or transactions uses (also
+    /// the unique part of the Call-IDs it makes).
+    fn next_tag(&mut self, prefix: &str) -> String {
+        self.tag_counter += 1;
+        format!(
+            "{prefix}{:x}{:x}",
+            self.tag_seed & 0xffff_ffff,
+            self.tag_counter
+        )
+    }
+
     fn render(&mut self, request: &Message, origin: &Origin, answer: &Answer) -> Bytes {
         let top_via = request
             .top_via()
             .ok()
             .and_then(|via| via_with_received(&via, origin.source.ip(), origin.source.port()));
-        self.tag_counter += 1;
-        let tag = format!("{:x}{:x}", self.tag_seed & 0xffff_ffff, self.tag_counter);
+        let tag = self.next_tag("");
         let mut answer = answer.clone();
         answer.headers.push(("Server", SERVER.to_owned()));
         answer.write(request, top_via.as_deref(), &tag)
     }
+}
+
+/// A branch for a request this node sends (forwarded: `px`, its own IM:
+/// `im`), unique by `counter`, with the magic cookie (§8.1.1.7).
+fn next_branch(counter: &mut u64, seed: u64, kind: &str) -> String {
+    *counter += 1;
+    format!("z9hG4bK{kind}{:x}.{}", seed & 0xffff, counter)
 }
 
 /// Where a response goes (RFC 3261 §18.2.2, RFC 3581): back on the stream

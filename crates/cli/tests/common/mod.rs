@@ -874,3 +874,29 @@ pub fn udp_message(ip: &str, server: SocketAddr, from: &str, to: &str, text: &st
         }
     }
 }
+
+/// Runs a `porchlight` command against the node configured in `file`:
+/// whether it succeeded, and what it printed (standard output, then error).
+pub fn porchlight_at(file: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(args)
+        .arg("--config")
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// [`porchlight_at`] for a command that must succeed; what it printed.
+pub fn porchlight_ok(file: &Path, args: &[&str]) -> String {
+    let (success, text) = porchlight_at(file, args);
+    assert!(success, "{args:?}: {text}");
+    text
+}
