@@ -45,7 +45,8 @@ target/release/porchlight config defaults | sed \
   -e 's|^worker_threads = .*|worker_threads = 1|' \
   -e 's|^min_notify_interval_ms = .*|min_notify_interval_ms = 0|' \
   -e 's|^max_subscriptions_per_watcher = .*|max_subscriptions_per_watcher = 100000000|' \
-  -e 's|^digest_algorithms = .*|digest_algorithms = ["MD5"]|' > "$pl_config"
+  -e 's|^digest_algorithms = .*|digest_algorithms = ["MD5"]|' \
+  -e 's|^path = "porchlight-data".*|path = ""|' > "$pl_config"
 printf '[endpoint.registration]\npassword = "bench"\n' >> "$pl_config"
 
 server=""

@@ -7,7 +7,7 @@
 //! works against any presence server.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,11 +65,12 @@ enum Then {
     Restart,
 }
 
-/// Per-watcher progress: bit 0 = 2xx to SUBSCRIBE, then in the upper bits
-/// the highest NOTIFY CSeq seen (capped at 127), so a retransmitted NOTIFY
-/// is not mistaken for the next one.
+/// Per-watcher progress: bit 0 = 2xx to SUBSCRIBE, bit 1 = a NOTIFY after
+/// the first one has been counted, and above them the highest NOTIFY CSeq
+/// seen, so a retransmitted NOTIFY is not mistaken for the next one
+/// whatever number a server starts its CSeqs at.
 struct Shared {
-    state: Vec<AtomicU8>,
+    state: Vec<AtomicU64>,
     subscribed: AtomicU32,
     first_notifies: AtomicU32,
     later_notifies: AtomicU32,
@@ -137,17 +138,19 @@ fn receive_loop(socket: UdpSocket, shared: Arc<Shared>) {
             if message.method() != Some("NOTIFY") {
                 continue;
             }
-            let cseq = message.cseq().map_or(0, |c| c.seq.min(127)) as u8;
+            let cseq = u64::from(message.cseq().map_or(0, |c| c.seq));
             let Ok(previous) = state.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
-                (cseq > s >> 1).then_some((s & 1) | (cseq << 1))
+                let seen = s >> 2;
+                let later = if seen > 0 { 2 } else { 0 };
+                (cseq > seen).then_some((s & 3) | later | (cseq << 2))
             }) else {
                 continue; // a retransmission, or older than one seen
             };
-            match (previous >> 1, cseq) {
+            match (previous >> 2, previous & 2) {
                 (0, _) => {
                     shared.first_notifies.fetch_add(1, Ordering::Relaxed);
                 }
-                (1, 2..) => {
+                (_, 0) => {
                     let now = shared.epoch.elapsed().as_nanos() as u64;
                     shared.first_later_ns.fetch_min(now, Ordering::Relaxed);
                     shared.last_notify_ns.fetch_max(now, Ordering::Relaxed);
@@ -268,7 +271,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let n = args.watchers as usize;
     let shared = Arc::new(Shared {
-        state: (0..n).map(|_| AtomicU8::new(0)).collect(),
+        state: (0..n).map(|_| AtomicU64::new(0)).collect(),
         subscribed: AtomicU32::new(0),
         first_notifies: AtomicU32::new(0),
         later_notifies: AtomicU32::new(0),
