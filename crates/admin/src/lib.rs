@@ -156,7 +156,7 @@ async fn export_config(State(admin): State<Admin>) -> Response {
     request_body(content = String, content_type = "application/toml",
         description = "The whole policy and endpoints, as `GET` gives them"),
     responses(
-        (status = 200, description = "Saved; the policy is in force, endpoint changes after the next start", body = Imported),
+        (status = 200, description = "Saved and in force, endpoints included: which were added, changed and removed", body = Imported),
         (status = 400, description = "The document fails a check: the text names the line and the fix"),
         (status = 409, description = "The node has no store to keep it in")),
     security(("token" = [])))]

@@ -101,12 +101,7 @@ impl Session {
                 match response {
                     Ok(r) => {
                         let outcome: serde_json::Value = r.into_json()?;
-                        Ok(if outcome["restart_needed"].as_bool() == Some(true) {
-                            "saved; the policy is in force now, endpoint changes after the next start"
-                        } else {
-                            "saved and in force"
-                        }
-                        .to_owned())
+                        Ok(in_force(&outcome))
                     }
                     Err(ureq::Error::Status(code, r)) => {
                         bail!(
@@ -131,6 +126,28 @@ impl Session {
     fn provisioned(&self) -> anyhow::Result<Provisioned> {
         Ok(toml::from_str(&self.document)?)
     }
+}
+
+/// What a running node says it did with an import, in one line per kind
+/// of endpoint change.
+fn in_force(outcome: &serde_json::Value) -> String {
+    let mut said = "saved and in force".to_owned();
+    for (key, what) in [
+        ("endpoints_added", "added"),
+        ("endpoints_changed", "changed"),
+        ("endpoints_removed", "removed"),
+    ] {
+        let uris: Vec<&str> = outcome[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u.as_str())
+            .collect();
+        if !uris.is_empty() {
+            said.push_str(&format!("\n{what}: {}", uris.join(", ")));
+        }
+    }
+    said
 }
 
 /// The policy and endpoints in force (running node), or that the node

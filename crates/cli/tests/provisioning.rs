@@ -215,7 +215,7 @@ fn edge_provider_policy_and_endpoint_commands() {
         "{said}"
     );
 
-    // Endpoints: saved at once, served from the next start.
+    // Endpoints: saved and served at once.
     let said = ok(
         &dir,
         &[
@@ -228,7 +228,9 @@ fn edge_provider_policy_and_endpoint_commands() {
             "note=Back soon",
         ],
     );
-    assert!(said.contains("after the next start"), "{said}");
+    assert!(said.contains("added: sip:bot@contoso.com"), "{said}");
+    let live = ok(&dir, &["endpoint", "list"]);
+    assert!(live.contains("sip:bot@contoso.com  away"), "{live}");
     let (added, said) = porchlight(
         &dir,
         &["endpoint", "add", "sip:bot@contoso.com", "--name", "Bot"],

@@ -14,7 +14,7 @@ pub mod digest;
 pub mod registrar;
 pub mod schedule;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use porchlight_presence::{aor, Availability, Capabilities, Identity, PresenceState};
 use serde::{Deserialize, Serialize};
@@ -331,12 +331,42 @@ impl Endpoint {
 }
 
 /// All endpoints of a node, found by address of record.
+///
+/// Every part of the node refers to an endpoint by its slot, a small
+/// number that indexes plain vectors on the hot path. Slots are stable for
+/// the life of the process: endpoints added at run time take new slots, and
+/// a removed endpoint's slot stays vacant (so a reference still in flight,
+/// such as a webhook delivery, can never land on another endpoint) until
+/// the same address of record is added again and takes it back.
 #[derive(Debug, Default)]
 pub struct Directory {
-    endpoints: Vec<Endpoint>,
+    slots: Vec<Option<Box<Endpoint>>>,
     by_aor: HashMap<String, usize>,
+    /// Slots of removed endpoints, by address of record.
+    vacated: HashMap<String, usize>,
     domains: Vec<String>,
     local_hosts: Vec<String>,
+}
+
+/// One difference [`Directory::apply`] made.
+#[derive(Debug)]
+pub enum Change {
+    /// A new endpoint in this slot.
+    Added(usize),
+    /// The endpoint in this slot has a new declaration; `before` is the old one.
+    Changed {
+        /// Its slot.
+        slot: usize,
+        /// What it was.
+        before: Box<Endpoint>,
+    },
+    /// The endpoint in this slot is gone.
+    Removed {
+        /// Its (now vacant) slot.
+        slot: usize,
+        /// What it was.
+        endpoint: Box<Endpoint>,
+    },
 }
 
 impl Directory {
@@ -353,26 +383,81 @@ impl Directory {
             local_hosts: aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
             ..Directory::default()
         };
-        for config in configs {
-            let endpoint = Endpoint::new(config)?;
-            if directory
-                .by_aor
-                .insert(endpoint.aor.clone(), directory.endpoints.len())
-                .is_some()
-            {
-                return Err(EndpointError::Duplicate(endpoint.identity.uri));
-            }
-            directory.endpoints.push(endpoint);
-        }
+        directory.apply(configs)?;
         Ok(directory)
     }
 
-    /// Every endpoint, by index.
-    pub fn endpoints(&self) -> &[Endpoint] {
-        &self.endpoints
+    /// Makes the directory hold exactly `configs`: endpoints not among them
+    /// are removed, new ones added, and those whose declaration differs
+    /// replaced in their slot. All are validated first; on an error nothing
+    /// changes.
+    pub fn apply(&mut self, configs: Vec<EndpointConfig>) -> Result<Vec<Change>, EndpointError> {
+        let mut wanted = HashSet::with_capacity(configs.len());
+        let mut endpoints = Vec::with_capacity(configs.len());
+        for config in configs {
+            let endpoint = Endpoint::new(config)?;
+            if !wanted.insert(endpoint.aor.clone()) {
+                return Err(EndpointError::Duplicate(endpoint.identity.uri));
+            }
+            endpoints.push(endpoint);
+        }
+        let mut changes = Vec::new();
+        let mut gone: Vec<(String, usize)> = self
+            .by_aor
+            .iter()
+            .filter(|(aor, _)| !wanted.contains(*aor))
+            .map(|(aor, &slot)| (aor.clone(), slot))
+            .collect();
+        gone.sort_unstable_by_key(|&(_, slot)| slot);
+        for (aor, slot) in gone {
+            self.by_aor.remove(&aor);
+            self.vacated.insert(aor, slot);
+            let endpoint = self.slots[slot].take().expect("a listed slot is held");
+            changes.push(Change::Removed { slot, endpoint });
+        }
+        for endpoint in endpoints {
+            match self.by_aor.get(&endpoint.aor) {
+                Some(&slot) => {
+                    let held = self.slots[slot].as_mut().expect("a listed slot is held");
+                    if held.config != endpoint.config {
+                        let before = std::mem::replace(held, Box::new(endpoint));
+                        changes.push(Change::Changed { slot, before });
+                    }
+                }
+                None => {
+                    let slot = self.vacated.remove(&endpoint.aor).unwrap_or_else(|| {
+                        self.slots.push(None);
+                        self.slots.len() - 1
+                    });
+                    self.by_aor.insert(endpoint.aor.clone(), slot);
+                    self.slots[slot] = Some(Box::new(endpoint));
+                    changes.push(Change::Added(slot));
+                }
+            }
+        }
+        Ok(changes)
     }
 
-    /// The endpoint a URI names, if any.
+    /// The endpoint in a slot; None when the slot is vacant.
+    pub fn get(&self, slot: usize) -> Option<&Endpoint> {
+        self.slots.get(slot).and_then(|e| e.as_deref())
+    }
+
+    /// Every endpoint with its slot, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Endpoint)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, e)| Some((slot, e.as_deref()?)))
+    }
+
+    /// How many slots there are, held or vacant: the length of every
+    /// per-endpoint vector.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The slot of the endpoint a URI names, if any.
     pub fn resolve(&self, uri: &str) -> Option<usize> {
         let aor = aor(uri)?;
         if let Some(&i) = self.by_aor.get(&aor) {
@@ -416,6 +501,57 @@ mod tests {
         assert_eq!(d.resolve("sip:other@contoso.com"), None);
         let dup = Directory::new(vec![config("sip:a@x.com"), config("sip:a@X.com")], &[], &[]);
         assert!(matches!(dup, Err(EndpointError::Duplicate(_))));
+    }
+
+    #[test]
+    fn apply_keeps_slots_stable_and_gives_a_removed_uri_its_slot_back() {
+        let domains = ["contoso.com".to_owned()];
+        let mut d = Directory::new(
+            vec![config("sip:a@contoso.com"), config("sip:b@contoso.com")],
+            &domains,
+            &[],
+        )
+        .unwrap();
+        let mut b = config("sip:b@contoso.com");
+        b.availability = "busy".into();
+        let changes = d
+            .apply(vec![b.clone(), config("sip:c@contoso.com")])
+            .unwrap();
+        let summary: Vec<String> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Added(slot) => format!("+{slot}"),
+                Change::Changed { slot, before } => {
+                    format!("~{slot} was {}", before.config.availability)
+                }
+                Change::Removed { slot, endpoint } => format!("-{slot} {}", endpoint.aor),
+            })
+            .collect();
+        assert_eq!(summary, ["-0 a@contoso.com", "~1 was online", "+2"]);
+        assert_eq!(d.resolve("sip:a@contoso.com"), None);
+        assert!(d.get(0).is_none());
+        assert_eq!(d.resolve("sip:c@contoso.com"), Some(2));
+        assert_eq!(
+            d.iter().map(|(slot, _)| slot).collect::<Vec<_>>(),
+            [1, 2],
+            "vacant slots are skipped"
+        );
+        // Applying the same set again changes nothing.
+        assert!(d
+            .apply(vec![b.clone(), config("sip:c@contoso.com")])
+            .unwrap()
+            .is_empty());
+        // a comes back in its own slot; nothing else moves.
+        let changes = d
+            .apply(vec![config("sip:a@contoso.com"), b.clone(), config("sip:c@contoso.com")])
+            .unwrap();
+        assert!(matches!(changes[..], [Change::Added(0)]), "{changes:?}");
+        assert_eq!(d.slots(), 3);
+        // An invalid set is refused whole.
+        let refused = d.apply(vec![config("sip:d@contoso.com"), config("tel:+1")]);
+        assert!(matches!(refused, Err(EndpointError::Uri(_))));
+        assert_eq!(d.resolve("sip:d@contoso.com"), None);
+        assert_eq!(d.resolve("sip:a@contoso.com"), Some(0));
     }
 
     #[test]

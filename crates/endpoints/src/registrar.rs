@@ -57,7 +57,7 @@ impl<F> SavedBinding<F> {
 }
 
 /// How an endpoint may prove it is itself.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Credentials {
     /// Digest user name and password.
     pub digest: Option<(String, String)>,
@@ -107,6 +107,22 @@ impl<F: Clone> Registrar<F> {
             auth,
             bindings: vec![Vec::new(); endpoints],
         }
+    }
+
+    /// Makes room for endpoints added at run time, up to `slots`.
+    pub fn grow(&mut self, slots: usize) {
+        if self.bindings.len() < slots {
+            self.bindings.resize_with(slots, Vec::new);
+        }
+    }
+
+    /// Drops every binding of an endpoint: it was removed, or the
+    /// credentials its app registered with are no longer the ones it has.
+    /// True when it had any.
+    pub fn forget(&mut self, endpoint: usize) -> bool {
+        self.bindings
+            .get_mut(endpoint)
+            .is_some_and(|b| !std::mem::take(b).is_empty())
     }
 
     /// Whether an endpoint has a live binding.
@@ -512,6 +528,20 @@ mod tests {
         assert_eq!(out.answer.code, 200);
         assert!(out.liveness_changed);
         assert!(!r.is_registered(0));
+        // An endpoint added at run time gets a slot; forgetting drops all.
+        r.grow(2);
+        r.register(
+            1,
+            &register(7, "<sip:bot@10.0.0.1>", ""),
+            &trusted(),
+            id,
+            0,
+            t0,
+            0,
+        );
+        assert!(r.is_registered(1));
+        assert!(r.forget(1));
+        assert!(!r.is_registered(1) && !r.forget(1));
     }
 
     #[test]

@@ -53,7 +53,9 @@ fn notifier(watchers: u32) -> (Notifier<u32>, Instant) {
         ..NotifierConfig::default()
     };
     let mut n = Notifier::new(config, now, 1);
-    let p = n.add_presentity(
+    let p = 0;
+    n.put_presentity(
+        p,
         identity(),
         PresenceState::new(Availability::ONLINE),
         jiff::Timestamp::now(),

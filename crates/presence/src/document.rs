@@ -264,6 +264,11 @@ pub enum ListEntry<'a> {
         /// The resource URI.
         uri: &'a str,
     },
+    /// Ours once, removed since: terminated, not to be asked for again.
+    Gone {
+        /// The resource URI.
+        uri: &'a str,
+    },
 }
 
 /// The boundary of every RLMI multipart we send. It contains `'`, which
@@ -311,6 +316,14 @@ pub fn render_rlmi(
                 let _ = writeln!(
                     out,
                     "\"><instance id=\"{i}\" state=\"resubscribe\"/></resource>"
+                );
+            }
+            ListEntry::Gone { uri } => {
+                out.push_str(" <resource uri=\"");
+                escape(uri, &mut out);
+                let _ = writeln!(
+                    out,
+                    "\"><instance id=\"{i}\" state=\"terminated\" reason=\"noresource\"/></resource>"
                 );
             }
         }

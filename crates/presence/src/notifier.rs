@@ -208,13 +208,37 @@ struct Presentity {
     winfo_version: u32,
     /// An unfinished fan-out: the next watcher position and how many remain.
     cursor: Option<(u32, u32)>,
+    /// No longer served: its watchers are being told so.
+    removed: bool,
+}
+
+impl Presentity {
+    fn new(identity: Identity, at: jiff::Timestamp) -> Presentity {
+        Presentity {
+            identity,
+            state: PresenceState::new(crate::model::Availability::OFFLINE),
+            publish_time: publish_time(at),
+            version: 1,
+            bodies: Default::default(),
+            watchers: Vec::new(),
+            list_watchers: Vec::new(),
+            winfo_watchers: Vec::new(),
+            winfo_version: 0,
+            cursor: None,
+            removed: false,
+        }
+    }
 }
 
 /// One resource of a batched list.
 #[derive(Debug, Clone)]
 enum Member {
+    /// One of our endpoints, by slot.
     Known(u32),
+    /// Not ours: the watcher should subscribe to it directly.
     Foreign(Box<str>),
+    /// One of ours that has been removed.
+    Gone(Box<str>),
 }
 
 /// Identifies one NOTIFY we sent: encoded in its Via branch, so a response
@@ -318,26 +342,76 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         self.stats
     }
 
-    /// Declares an endpoint; returns its index.
-    pub fn add_presentity(
+    /// Declares the endpoint in `slot`, or updates it: a new endpoint, one
+    /// removed earlier coming back, or a new identity (display name,
+    /// capabilities) or state for one already here. Watchers are notified
+    /// of any difference, paced.
+    pub fn put_presentity(
         &mut self,
+        slot: u32,
         identity: Identity,
         state: PresenceState,
         at: jiff::Timestamp,
-    ) -> u32 {
-        self.presentities.push(Presentity {
-            identity,
-            state,
-            publish_time: publish_time(at),
-            version: 1,
-            bodies: Default::default(),
-            watchers: Vec::new(),
-            list_watchers: Vec::new(),
-            winfo_watchers: Vec::new(),
-            winfo_version: 0,
-            cursor: None,
-        });
-        (self.presentities.len() - 1) as u32
+    ) {
+        let slot_index = slot as usize;
+        while self.presentities.len() <= slot_index {
+            // Slots the caller skipped stay vacant, as if removed.
+            let mut vacant = Presentity::new(identity.clone(), at);
+            vacant.removed = true;
+            self.presentities.push(vacant);
+        }
+        let p = &mut self.presentities[slot_index];
+        p.removed = false;
+        if p.identity != identity {
+            p.identity = identity;
+            self.republish(slot, at);
+        }
+        self.set_state(slot, state, at);
+    }
+
+    /// Ends every subscription to an endpoint that is no longer served:
+    /// watchers get a final NOTIFY with `Subscription-State:
+    /// terminated;reason=noresource` (RFC 6665 §4.2.2: do not subscribe
+    /// again) and an offline document; batched lists show the resource
+    /// terminated. New subscriptions never reach it, as the caller's
+    /// `resolve` no longer finds it.
+    pub fn remove_presentity(&mut self, slot: u32, at: jiff::Timestamp) {
+        let Some(p) = self.presentities.get_mut(slot as usize) else {
+            return;
+        };
+        if p.removed {
+            return;
+        }
+        p.removed = true;
+        p.cursor = None;
+        p.state = PresenceState::new(crate::model::Availability::OFFLINE);
+        self.republish(slot, at);
+        let p = &self.presentities[slot as usize];
+        let ended: Vec<u32> = p.watchers.iter().chain(&p.winfo_watchers).copied().collect();
+        let lists = p.list_watchers.clone();
+        let uri: Box<str> = p.identity.uri.as_str().into();
+        for index in ended {
+            let id = self.id_of(index);
+            self.begin_end(id);
+            self.changed(index);
+        }
+        for index in lists {
+            if let Some(members) = self.lists.get_mut(&index) {
+                for member in members.iter_mut() {
+                    if matches!(member, Member::Known(p) if *p == slot) {
+                        *member = Member::Gone(uri.clone());
+                    }
+                }
+            }
+            self.mark_dirty(index);
+            self.changed(index);
+        }
+        self.presentities[slot as usize].list_watchers = Vec::new();
+    }
+
+    /// Who an endpoint is (or was, once removed: its URI names its saved state).
+    pub fn identity(&self, presentity: u32) -> &Identity {
+        &self.presentities[presentity as usize].identity
     }
 
     /// The current state of an endpoint.
@@ -356,13 +430,23 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
     /// restarts the pass so nobody is left with an older state.
     pub fn set_state(&mut self, presentity: u32, state: PresenceState, at: jiff::Timestamp) {
         let p = &mut self.presentities[presentity as usize];
-        if p.state == state {
+        if p.state == state || p.removed {
             return;
         }
         p.state = state;
+        self.republish(presentity, at);
+    }
+
+    /// The endpoint's document changed: a new version, rendered afresh,
+    /// and a fan-out to its watchers (their final NOTIFYs, once removed).
+    fn republish(&mut self, presentity: u32, at: jiff::Timestamp) {
+        let p = &mut self.presentities[presentity as usize];
         p.publish_time = publish_time(at);
         p.version = p.version.wrapping_add(1).max(1);
         p.bodies = Default::default();
+        if p.removed {
+            return;
+        }
         let count = p.watchers.len() as u32;
         let start = p.cursor.map_or(0, |(next, _)| next);
         let was_idle = p.cursor.is_none();
@@ -879,7 +963,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
                     .iter()
                     .map(|m| match m {
                         Member::Known(p) => Some(self.body(*p, Format::MsCategories)),
-                        Member::Foreign(_) => None,
+                        Member::Foreign(_) | Member::Gone(_) => None,
                     })
                     .collect();
                 let entries: Vec<ListEntry<'_>> = members
@@ -891,6 +975,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
                             body: std::str::from_utf8(body).unwrap_or_default(),
                         },
                         (Member::Foreign(uri), _) => ListEntry::Resubscribe { uri },
+                        (Member::Gone(uri), _) => ListEntry::Gone { uri },
                         (Member::Known(p), None) => ListEntry::Resubscribe {
                             uri: &self.presentities[*p as usize].identity.uri,
                         },
@@ -983,8 +1068,18 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             },
         );
         if terminating {
-            // Expiry, unsubscription and fetch all end the same way.
-            w.header("Subscription-State", "terminated;reason=timeout");
+            // Expiry, unsubscription and fetch all end the same way; an
+            // endpoint removed from service tells the watcher not to retry.
+            let removed =
+                record.kind != Kind::List && self.presentities[record.target as usize].removed;
+            w.header(
+                "Subscription-State",
+                if removed {
+                    "terminated;reason=noresource"
+                } else {
+                    "terminated;reason=timeout"
+                },
+            );
         } else {
             w.header_fmt(
                 "Subscription-State",

@@ -271,6 +271,15 @@ impl Publications {
         best.map(|(_, s)| s)
     }
 
+    /// Drops every publication of an endpoint no longer served. True when
+    /// it had any.
+    pub fn forget(&mut self, presentity: u32) -> bool {
+        let before = self.by_etag.len() + self.categories.len();
+        self.by_etag.retain(|_, e| e.presentity != presentity);
+        self.categories.retain(|k, _| k.0 != presentity);
+        before != self.by_etag.len() + self.categories.len()
+    }
+
     /// Drops expired publications and returns the endpoints whose
     /// publications changed.
     pub fn expire(&mut self, now: Instant) -> Vec<u32> {
@@ -558,5 +567,11 @@ mod tests {
         remove.expires = Some(0);
         p.publish_categories(1, vec![remove]).unwrap();
         assert_eq!(p.effective(1, now), None);
+        // Forgetting an endpoint drops its publications, nobody else's.
+        p.publish_categories(2, vec![category("note", 0, None, Some("Hi"))])
+            .unwrap();
+        assert!(p.forget(1));
+        assert!(!p.forget(1));
+        assert_eq!(p.saved(2, now, 0).len(), 1);
     }
 }

@@ -28,7 +28,9 @@ impl Harness {
         let now = Instant::now();
         let mut notifier = Notifier::new(config, now, 42);
         let clock = jiff::Timestamp::from_second(1_777_629_600).unwrap();
-        let helpdesk = notifier.add_presentity(
+        let helpdesk = 0;
+        notifier.put_presentity(
+            helpdesk,
             Identity {
                 uri: ENDPOINT.into(),
                 display_name: "Contoso Help Desk".into(),
@@ -401,6 +403,74 @@ fn batched_subscription_gets_rlmi() {
     let sent = h.drain();
     assert_eq!(sent.len(), 1);
     assert!(body(&sent[0].1).contains("<availability>15500</availability>"));
+}
+
+#[test]
+fn a_removed_endpoint_ends_its_subscriptions_with_noresource_and_can_come_back() {
+    let mut h = Harness::new(NotifierConfig {
+        min_notify_interval: Duration::ZERO,
+        ..NotifierConfig::default()
+    });
+    let tag = h.subscribe(1).to_tag.unwrap();
+    let list = r#"<batchSub xmlns="http://schemas.microsoft.com/2006/01/sip/batch-subscribe" uri="sip:w2@fabrikam.com" name=""><action name="subscribe" id="1"><adhocList><resource uri="sip:helpdesk@contoso.com"/></adhocList><categoryList xmlns="http://schemas.microsoft.com/2006/09/sip/categorylist"><category name="state"/></categoryList></action></batchSub>"#;
+    let batch = "Event: presence\r\nRequire: adhoclist, categoryList\r\nSupported: eventlist\r\n\
+                 Accept: application/msrtc-event-categories+xml, application/rlmi+xml, multipart/related\r\n\
+                 Content-Type: application/msrtc-adrl-categorylist+xml\r\n";
+    assert_eq!(h.subscribe_with(2, batch, list).code, 200);
+    for (_, notify) in h.drain() {
+        h.reply(&notify, 200);
+    }
+    assert_eq!(h.notifier.stats().active, 2);
+
+    h.clock += jiff::SignedDuration::from_secs(1);
+    h.notifier.remove_presentity(h.helpdesk, h.clock);
+    let sent = h.drain();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let single = &sent.iter().find(|(flow, _)| *flow == 1).unwrap().1;
+    assert_eq!(
+        header(single, "Subscription-State"),
+        "terminated;reason=noresource"
+    );
+    assert!(body(single).contains("<basic>closed</basic>"), "offline at the end");
+    let listed = &sent.iter().find(|(flow, _)| *flow == 2).unwrap().1;
+    assert!(header(listed, "Subscription-State").starts_with("active"), "the list lives on");
+    assert!(body(listed).contains(
+        "<resource uri=\"sip:helpdesk@contoso.com\"><instance id=\"0\" state=\"terminated\" reason=\"noresource\"/>"
+    ));
+    for (_, notify) in &sent {
+        h.reply(notify, 200);
+    }
+    assert_eq!(h.notifier.stats().active, 1, "only the list is left");
+    // A state change after removal reaches nobody.
+    h.set(Availability::BUSY);
+    assert!(h.drain().is_empty());
+    let refresh = format!(
+        "SUBSCRIBE sip:192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKr\r\n\
+         From: <sip:w1@fabrikam.com>;tag=f1\r\nTo: <{ENDPOINT}>;tag={tag}\r\nCall-ID: call-1\r\n\
+         CSeq: 2 SUBSCRIBE\r\nContact: <sip:w1@10.0.0.1>\r\nEvent: presence\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(h.answer(&refresh, 1).code, 481);
+
+    // Back, with a new name: new subscriptions see it.
+    h.clock += jiff::SignedDuration::from_secs(1);
+    h.notifier.put_presentity(
+        h.helpdesk,
+        Identity {
+            uri: ENDPOINT.into(),
+            display_name: "Contoso Service Desk".into(),
+            capabilities: Capabilities {
+                text: true,
+                voice: false,
+            },
+        },
+        PresenceState::new(Availability::ONLINE),
+        h.clock,
+    );
+    assert_eq!(h.subscribe(3).code, 200);
+    let sent = h.drain();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(header(&sent[0].1, "Subscription-State"), "active;expires=600");
+    assert!(body(&sent[0].1).contains("<basic>open</basic>"));
 }
 
 #[test]

@@ -8,21 +8,31 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// Probes `url` every `interval` and sends `(endpoint, healthy)` until the
-/// receiver goes away.
+/// One probe's report: the endpoint's slot, the probe's number (a probe
+/// replaced when its endpoint changes may still have one report queued,
+/// which the number lets the loop ignore), and whether the app is up.
+pub type Verdict = (usize, u64, bool);
+
+/// Probes `url` every `interval` and sends verdicts until the receiver
+/// goes away or the task is aborted.
 pub async fn run(
     endpoint: usize,
+    probe_number: u64,
     url: String,
     interval: Duration,
     timeout: Duration,
-    verdicts: mpsc::Sender<(usize, bool)>,
+    verdicts: mpsc::Sender<Verdict>,
 ) {
     loop {
         let healthy = matches!(
             tokio::time::timeout(timeout, probe(&url)).await,
             Ok(Ok(status)) if (200..300).contains(&status)
         );
-        if verdicts.send((endpoint, healthy)).await.is_err() {
+        if verdicts
+            .send((endpoint, probe_number, healthy))
+            .await
+            .is_err()
+        {
             return;
         }
         tokio::time::sleep(interval).await;

@@ -46,20 +46,19 @@ pub fn explain(
         grant: None,
         site: None,
     };
-    let (remote_domain, remote, local) = if let Some(endpoint) = directory.resolve(to) {
+    let endpoint = |uri| directory.resolve(uri).and_then(|slot| directory.get(slot));
+    let (remote_domain, remote, local) = if let Some(endpoint) = endpoint(to) {
         let remote = peer_domains.map_or(Remote::Unverified, Remote::Certified);
         (
             presence::domain_of(from),
             remote,
-            presence::local_party(&directory, endpoint),
+            presence::local_party(endpoint),
         )
     } else if ours(to) && !config.edge.internal_next_hop.is_empty() {
         let remote = peer_domains.map_or(Remote::Unverified, Remote::Certified);
         (presence::domain_of(from), remote, anyone(to))
     } else if ours(from) {
-        let local = directory
-            .resolve(from)
-            .map_or_else(|| anyone(from), |e| presence::local_party(&directory, e));
+        let local = endpoint(from).map_or_else(|| anyone(from), presence::local_party);
         (presence::domain_of(to), Remote::Destination, local)
     } else {
         return None;

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ClientAuthSetting, Config, DurabilitySetting};
 use crate::delivery::Delivery;
+use crate::health::Verdict;
 use crate::edge::{self, partner_of, DialogSide, Direction, Edge, Parties, Route, NO_PARTNER};
 use crate::im_session::{first_text_of, ImSessions, InSession, OurSide, SessionKey};
 use crate::outbound::{dial, DialError, Dialer, Dispatch, NextHop, Parked};
@@ -151,23 +152,17 @@ impl Node {
             None => (None, 0),
         };
         let (verdicts_tx, verdicts) = mpsc::channel(64);
-        for (i, endpoint) in presence.directory().endpoints().iter().enumerate() {
-            if let Some(h) = &endpoint.health {
-                tokio::spawn(crate::health::run(
-                    i,
-                    h.url.clone(),
-                    std::time::Duration::from_secs(h.interval_secs),
-                    std::time::Duration::from_millis(h.timeout_ms),
-                    verdicts_tx.clone(),
-                ));
-            }
-        }
+        let probes = presence
+            .directory()
+            .iter()
+            .map(|(slot, e)| (slot, e.health.clone()))
+            .collect();
         let resolver = Arc::new(config.resolver().map_err(StartError::Resolver)?);
         let (queries_tx, queries) = mpsc::channel(16);
         let (dials_tx, dials) = mpsc::channel(64);
         let (webhooks_tx, webhooks_done) = mpsc::channel(256);
         let record_route_host = &config.edge.record_route_host;
-        let event_loop = EventLoop {
+        let mut event_loop = EventLoop {
             transport: transport.clone(),
             layer: TransactionLayer::new(timers),
             local,
@@ -199,7 +194,11 @@ impl Node {
             originated: HashMap::new(),
             sessions: ImSessions::new(config.limits.max_im_sessions, timers),
             next_session_sweep: Instant::now(),
+            probes: HashMap::new(),
+            probe_counter: 0,
+            verdicts_tx,
         };
+        event_loop.set_probes(probes);
         let flush_interval = config.store.flush_interval();
         let task = tokio::spawn(event_loop.run(
             received,
@@ -417,6 +416,11 @@ struct EventLoop {
     /// IM sessions the node answers for webhook apps.
     sessions: ImSessions,
     next_session_sweep: Instant,
+    /// The running health probe of each probed endpoint, by slot: its
+    /// number and how to stop it.
+    probes: HashMap<usize, (u64, tokio::task::AbortHandle)>,
+    probe_counter: u64,
+    verdicts_tx: mpsc::Sender<Verdict>,
 }
 
 /// A text whose webhook delivery is under way.
@@ -450,7 +454,7 @@ impl EventLoop {
     async fn run(
         mut self,
         mut received: mpsc::Receiver<Received>,
-        mut verdicts: mpsc::Receiver<(usize, bool)>,
+        mut verdicts: mpsc::Receiver<Verdict>,
         mut dials: mpsc::Receiver<Dialed>,
         mut queries: mpsc::Receiver<Query>,
         mut webhooks_done: mpsc::Receiver<WebhookDone>,
@@ -491,7 +495,11 @@ impl EventLoop {
                     }
                     None => return,
                 },
-                Some((endpoint, healthy)) = verdicts.recv() => self.presence.on_health(endpoint, healthy),
+                Some((endpoint, probe, healthy)) = verdicts.recv() => {
+                    if self.probes.get(&endpoint).is_some_and(|(running, _)| *running == probe) {
+                        self.presence.on_health(endpoint, healthy);
+                    }
+                }
                 Some((hop, result)) = dials.recv() => self.on_dialed(hop, result).await,
                 Some(query) = queries.recv() => self.answer_query(query),
                 Some((id, outcome)) = webhooks_done.recv() => self.on_posted(id, outcome),
@@ -517,6 +525,28 @@ impl EventLoop {
                 }
             }
             self.flush().await;
+        }
+    }
+
+    /// Starts, restarts (with new settings) or stops endpoints' health
+    /// probes, by slot.
+    fn set_probes(&mut self, probes: Vec<(usize, Option<porchlight_endpoints::HealthConfig>)>) {
+        for (slot, health) in probes {
+            if let Some((_, running)) = self.probes.remove(&slot) {
+                running.abort();
+            }
+            let Some(h) = health else { continue };
+            self.probe_counter += 1;
+            let task = tokio::spawn(crate::health::run(
+                slot,
+                self.probe_counter,
+                h.url,
+                std::time::Duration::from_secs(h.interval_secs),
+                std::time::Duration::from_millis(h.timeout_ms),
+                self.verdicts_tx.clone(),
+            ));
+            self.probes
+                .insert(slot, (self.probe_counter, task.abort_handle()));
         }
     }
 
@@ -577,9 +607,19 @@ impl EventLoop {
             Query::SetPresence(uri, state, reply) => {
                 let _ = reply.send(self.presence.set_override(&uri, state));
             }
-            Query::ApplyPolicy(policy, reply) => {
-                self.presence.set_policy(*policy);
-                let _ = reply.send(());
+            Query::Apply(config, reply) => {
+                let config = *config;
+                let applied = self.presence.apply_endpoints(config.endpoints);
+                let answer = applied.map(|applied| {
+                    self.presence.set_policy(config.policy);
+                    self.set_probes(applied.probes);
+                    crate::status::Imported {
+                        endpoints_added: applied.added,
+                        endpoints_changed: applied.changed,
+                        endpoints_removed: applied.removed,
+                    }
+                });
+                let _ = reply.send(answer);
             }
             Query::SendMessage(message, reply) => {
                 let Some(endpoint) = self.presence.directory().resolve(&message.from) else {
@@ -1096,11 +1136,25 @@ impl EventLoop {
     /// server transaction, if any, waits for the outcome. `trust` is the
     /// trust header value the sender was admitted with.
     fn post_to_webhook(&mut self, posting: Posting, trust: Option<String>) {
-        let Upstream { request, origin } = &posting.upstream;
-        let e = &self.presence.directory().endpoints()[posting.endpoint];
-        let Some(config) = e.config.webhook.clone() else {
+        let Some(e) = self
+            .presence
+            .directory()
+            .get(posting.endpoint)
+            .filter(|e| e.config.webhook.is_some())
+        else {
+            // Removed, or its webhook taken away, since the session began.
+            if let Some(key) = &posting.key {
+                let Upstream { request, origin } = &posting.upstream;
+                let answer = Answer::new(
+                    480,
+                    "Temporarily Unavailable (the endpoint's app no longer takes IM here)",
+                );
+                self.respond(key, request, origin, &answer, Instant::now());
+            }
             return;
         };
+        let config = e.config.webhook.clone().expect("filtered");
+        let Upstream { request, origin } = &posting.upstream;
         let (content_type, text) = match &posting.key {
             Some(_) => (
                 request.first_value(HeaderName::ContentType).map_or_else(
@@ -1169,10 +1223,11 @@ impl EventLoop {
             origin.local.to_string()
         };
         let transport = origin.protocol.via_token().to_ascii_lowercase();
-        let user = self.presence.directory().endpoints()[endpoint]
-            .aor
-            .split('@')
-            .next()
+        let user = self
+            .presence
+            .directory()
+            .get(endpoint)
+            .and_then(|e| e.aor.split('@').next())
             .unwrap_or_default()
             .to_owned();
         let from_domain = request
@@ -1354,10 +1409,14 @@ impl EventLoop {
                 )
             }
         };
-        let from = self.presence.directory().endpoints()[endpoint]
-            .identity
-            .uri
-            .clone();
+        let Some(from) = self
+            .presence
+            .directory()
+            .get(endpoint)
+            .map(|e| e.identity.uri.clone())
+        else {
+            return refuse(reply, Answer::new(404, "Not Found (no longer an endpoint)"));
+        };
         let via = self.via_for(&next);
         let branch = next_branch(&mut self.branch_counter, self.tag_seed, "im");
         let tag = self.next_tag("im");

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use porchlight_endpoints::digest::DigestAuth;
 use porchlight_endpoints::{
-    Credentials, Directory, Registrar, RegistrarConfig, SavedBinding, Sources,
+    Change, Credentials, Directory, Endpoint, EndpointConfig, EndpointError, HealthConfig,
+    Registrar, RegistrarConfig, SavedBinding, Sources,
 };
 use porchlight_policy::{
     decide, verdict, Class, Decision, LocalParty, Modality, PolicyConfig, Remote,
@@ -77,10 +78,17 @@ fn authorize_subscription(
         return Authorization::Allow;
     }
     let domain = domain_of(watcher);
+    let Some(e) = directory.get(endpoint as usize) else {
+        return Authorization::Deny {
+            code: 404,
+            reason: "Not Found".into(),
+        };
+    };
+    let to = &e.identity.uri;
     let request = PolicyRequest {
         remote_domain: &domain,
         remote: remote_of(origin),
-        local: local_party(directory, endpoint as usize),
+        local: local_party(e),
         modality: Modality::Presence,
     };
     let outcome = verdict(policy, &request);
@@ -97,7 +105,6 @@ fn authorize_subscription(
             .admit(&policy.edge, &domain, endpoint, now)
             .err();
     }
-    let to = &directory.endpoints()[endpoint as usize].identity.uri;
     if outcome.allowed && exceeded.is_none() {
         admission.record(Way::Inbound, Modality::Presence, watcher, to, &outcome);
         return Authorization::Allow;
@@ -130,8 +137,7 @@ fn remote_of(origin: &Origin) -> Remote<'_> {
 }
 
 /// An endpoint as the policy sees it: its URI, granted policy and site.
-pub fn local_party(directory: &Directory, endpoint: usize) -> LocalParty<'_> {
-    let e = &directory.endpoints()[endpoint];
+pub fn local_party(e: &Endpoint) -> LocalParty<'_> {
     LocalParty {
         uri: &e.identity.uri,
         grant: e.config.policy.as_deref(),
@@ -157,6 +163,21 @@ fn is_im_session(sdp: &[u8]) -> bool {
         .filter(|line| line.starts_with(b"m="))
         .peekable();
     media.peek().is_some() && media.all(|line| line.starts_with(b"m=message "))
+}
+
+/// What [`PresenceService::apply_endpoints`] did, for the admin and for
+/// the node's health probes.
+#[derive(Debug, Default)]
+pub struct EndpointsApplied {
+    /// URIs of endpoints now in service.
+    pub added: Vec<String>,
+    /// URIs of endpoints whose declaration changed.
+    pub changed: Vec<String>,
+    /// URIs of endpoints no longer served.
+    pub removed: Vec<String>,
+    /// Slots whose health probe must be (re)started with this setting, or
+    /// stopped (None).
+    pub probes: Vec<(usize, Option<HealthConfig>)>,
 }
 
 /// What came of restoring saved subscriptions.
@@ -212,6 +233,7 @@ impl PresenceService {
         let directory = config
             .directory()
             .expect("validated with the configuration");
+        let slots = directory.slots();
         let p = &config.presence;
         let xml = XmlLimits {
             max_bytes: p.max_xml_bytes,
@@ -251,7 +273,7 @@ impl PresenceService {
                 r.nonce_lifetime_secs,
                 r.algorithms(),
             ),
-            directory.endpoints().len(),
+            slots,
         );
         let publications = Publications::new(
             PublishBounds {
@@ -263,8 +285,8 @@ impl PresenceService {
         );
         let at = jiff::Timestamp::now();
         let mut service = PresenceService {
-            health: vec![(None, 0); directory.endpoints().len()],
-            overrides: vec![None; directory.endpoints().len()],
+            health: vec![(None, 0); slots],
+            overrides: vec![None; slots],
             registrations_changed: BTreeSet::new(),
             publications_changed: BTreeSet::new(),
             directory,
@@ -280,20 +302,97 @@ impl PresenceService {
             outgoing: Default::default(),
             recovery: None,
         };
-        for i in 0..service.directory.endpoints().len() {
-            let state = service.effective(i, at);
-            let identity = service.directory.endpoints()[i].identity.clone();
-            service.notifier.add_presentity(identity, state, at);
+        for slot in 0..slots {
+            service.declare(slot, at);
         }
         service
     }
 
+    /// Tells the notifier who the endpoint in `slot` is and how it is now.
+    fn declare(&mut self, slot: usize, at: jiff::Timestamp) {
+        let Some((identity, state)) = self.effective(slot, at) else {
+            return;
+        };
+        self.notifier.put_presentity(slot as u32, identity, state, at);
+    }
+
+    /// Makes the node serve exactly `configs` from now on, without a
+    /// restart: new endpoints can be watched, registered with and called
+    /// at once; changed ones show their new name, state and sources to
+    /// their watchers; removed ones end their subscriptions (`noresource`)
+    /// and lose their registrations and publications. Validated whole
+    /// first; on an error nothing changes.
+    pub fn apply_endpoints(
+        &mut self,
+        configs: Vec<EndpointConfig>,
+    ) -> Result<EndpointsApplied, EndpointError> {
+        let changes = self.directory.apply(configs)?;
+        let slots = self.directory.slots();
+        self.registrar.grow(slots);
+        self.health.resize(slots, (None, 0));
+        self.overrides.resize(slots, None);
+        let at = jiff::Timestamp::now();
+        let mut applied = EndpointsApplied::default();
+        for change in changes {
+            match change {
+                Change::Added(slot) => {
+                    let e = self.directory.get(slot).expect("just added");
+                    applied.added.push(e.identity.uri.clone());
+                    applied.probes.push((slot, e.health.clone()));
+                    self.health[slot] = (None, 0);
+                    self.overrides[slot] = None;
+                    self.declare(slot, at);
+                }
+                Change::Changed { slot, before } => {
+                    let e = self.directory.get(slot).expect("just changed");
+                    applied.changed.push(e.identity.uri.clone());
+                    if e.health != before.health {
+                        applied.probes.push((slot, e.health.clone()));
+                        self.health[slot] = (None, 0);
+                    }
+                    if e.credentials != before.credentials && self.registrar.forget(slot) {
+                        // Registered with credentials it no longer has.
+                        self.registrations_changed.insert(slot);
+                    }
+                    self.declare(slot, at);
+                }
+                Change::Removed { slot, endpoint } => {
+                    applied.removed.push(endpoint.identity.uri.clone());
+                    applied.probes.push((slot, None));
+                    self.registrar.forget(slot);
+                    self.registrations_changed.insert(slot);
+                    self.publications.forget(slot as u32);
+                    self.publications_changed.insert(slot);
+                    self.keepalives.retain(|_, (e, _)| *e != slot);
+                    self.health[slot] = (None, 0);
+                    self.overrides[slot] = None;
+                    self.notifier.remove_presentity(slot as u32, at);
+                }
+            }
+        }
+        for uri in &applied.added {
+            tracing::info!(endpoint = %uri, "endpoint added; in service now");
+        }
+        for uri in &applied.changed {
+            tracing::info!(endpoint = %uri, "endpoint changed; in force now");
+        }
+        for uri in &applied.removed {
+            tracing::info!(
+                endpoint = %uri,
+                "endpoint removed; its watchers are told (noresource), its registrations and publications dropped"
+            );
+        }
+        Ok(applied)
+    }
+
+    /// The endpoint in `slot` and the state its sources give it now; None
+    /// when the slot is vacant.
     fn effective(
         &self,
         endpoint: usize,
         at: jiff::Timestamp,
-    ) -> porchlight_presence::PresenceState {
-        let e = &self.directory.endpoints()[endpoint];
+    ) -> Option<(porchlight_presence::Identity, porchlight_presence::PresenceState)> {
+        let e = self.directory.get(endpoint)?;
         let sources = Sources {
             registered: e
                 .credentials
@@ -305,16 +404,20 @@ impl PresenceService {
                 .clone()
                 .or_else(|| self.publications.effective(endpoint as u32, Instant::now())),
         };
-        e.effective_state(&sources, at)
+        Some((e.identity.clone(), e.effective_state(&sources, at)))
     }
 
-    /// Recomputes an endpoint's state from its sources; watchers hear of a change.
+    /// Recomputes an endpoint's state from its sources; watchers hear of a
+    /// change. Nothing for a vacant slot (a report about an endpoint removed
+    /// since).
     fn refresh(&mut self, endpoint: usize) {
         let at = jiff::Timestamp::now();
-        let state = self.effective(endpoint, at);
+        let Some((identity, state)) = self.effective(endpoint, at) else {
+            return;
+        };
         if *self.notifier.state(endpoint as u32) != state {
             tracing::info!(
-                endpoint = %self.directory.endpoints()[endpoint].identity.uri,
+                endpoint = %identity.uri,
                 availability = state.availability.0,
                 "presence changed"
             );
@@ -359,8 +462,8 @@ impl PresenceService {
         let from = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
         let to = request.request_uri().unwrap_or_default();
         let from_domain = domain_of(from);
-        let local = match endpoint {
-            Some(endpoint) => local_party(&self.directory, endpoint),
+        let local = match endpoint.and_then(|slot| self.directory.get(slot)) {
+            Some(e) => local_party(e),
             None => LocalParty {
                 uri: to,
                 grant: None,
@@ -424,8 +527,8 @@ impl PresenceService {
             )));
         }
         let directory = &self.directory;
-        let local = match directory.resolve(from) {
-            Some(endpoint) => local_party(directory, endpoint),
+        let local = match directory.resolve(from).and_then(|slot| directory.get(slot)) {
+            Some(e) => local_party(e),
             None => LocalParty {
                 uri: from,
                 grant: None,
@@ -448,20 +551,22 @@ impl PresenceService {
 
     /// Where a call or IM with `modality` for `endpoint` goes now.
     pub fn delivery(&self, endpoint: usize, modality: Modality) -> Delivery {
-        delivery::choose(
-            &self.directory.endpoints()[endpoint],
-            self.registrar.bindings(endpoint),
-            modality,
-        )
+        match self.directory.get(endpoint) {
+            Some(e) => delivery::choose(e, self.registrar.bindings(endpoint), modality),
+            None => Delivery::Refuse(Answer::new(404, "Not Found")),
+        }
     }
 
     /// A call or IM for `endpoint` could not be sent to its registered
     /// `contact`: the app's connection is gone, so is its registration,
     /// and watchers see it go offline unless another source says up.
     pub fn delivery_failed(&mut self, endpoint: usize, contact: &str) {
+        let Some(e) = self.directory.get(endpoint) else {
+            return;
+        };
         if self.registrar.flow_failed(endpoint, contact) {
             tracing::info!(
-                endpoint = %self.directory.endpoints()[endpoint].identity.uri,
+                endpoint = %e.identity.uri,
                 contact,
                 "the app's connection is gone; its registration is dropped"
             );
@@ -475,18 +580,14 @@ impl PresenceService {
         let Ok(from) = request.from() else {
             return false;
         };
-        self.directory.resolve(from.uri.as_str()).is_some_and(|e| {
-            delivery::sent_by(
-                &self.directory.endpoints()[e],
-                self.registrar.bindings(e),
-                origin,
-            )
-        })
+        self.directory
+            .resolve(from.uri.as_str())
+            .and_then(|slot| Some((slot, self.directory.get(slot)?)))
+            .is_some_and(|(slot, e)| delivery::sent_by(e, self.registrar.bindings(slot), origin))
     }
 
     /// An endpoint with its live presence, for the admin.
-    fn endpoint_view(&self, endpoint: usize) -> EndpointView {
-        let e = &self.directory.endpoints()[endpoint];
+    fn endpoint_view(&self, endpoint: usize, e: &Endpoint) -> EndpointView {
         let state = self.notifier.state(endpoint as u32);
         EndpointView {
             uri: e.identity.uri.clone(),
@@ -525,13 +626,14 @@ impl PresenceService {
         }
         self.overrides[endpoint] = state;
         self.refresh(endpoint);
-        Some(self.endpoint_view(endpoint))
+        Some(self.endpoint_view(endpoint, self.directory.get(endpoint)?))
     }
 
     /// Every endpoint with its live presence.
     pub fn endpoint_views(&self) -> Vec<EndpointView> {
-        (0..self.directory.endpoints().len())
-            .map(|i| self.endpoint_view(i))
+        self.directory
+            .iter()
+            .map(|(slot, e)| self.endpoint_view(slot, e))
             .collect()
     }
 
@@ -539,7 +641,7 @@ impl PresenceService {
     pub fn endpoint_detail(&self, uri: &str) -> Option<EndpointDetail> {
         let endpoint = self.directory.resolve(uri)?;
         Some(EndpointDetail {
-            endpoint: self.endpoint_view(endpoint),
+            endpoint: self.endpoint_view(endpoint, self.directory.get(endpoint)?),
             watcher_uris: self
                 .notifier
                 .watchers(endpoint as u32)
@@ -591,7 +693,7 @@ impl PresenceService {
             .into_iter()
             .map(|endpoint| {
                 (
-                    self.directory.endpoints()[endpoint].identity.uri.clone(),
+                    self.notifier.identity(endpoint as u32).uri.clone(),
                     self.registrar.saved(endpoint, now, unix),
                 )
             })
@@ -609,7 +711,7 @@ impl PresenceService {
             .into_iter()
             .map(|endpoint| {
                 (
-                    self.directory.endpoints()[endpoint].identity.uri.clone(),
+                    self.notifier.identity(endpoint as u32).uri.clone(),
                     self.publications.saved(endpoint as u32, now, unix),
                 )
             })
@@ -722,10 +824,8 @@ impl PresenceService {
         };
         let settled = self
             .directory
-            .endpoints()
             .iter()
-            .zip(&self.health)
-            .all(|(e, (verdict, _))| e.health.is_none() || verdict.is_some());
+            .all(|(slot, e)| e.health.is_none() || self.health[slot].0.is_some());
         if settled || now >= deadline {
             self.notifier.pace_recovery(window);
             self.recovery = None;
@@ -739,13 +839,13 @@ impl PresenceService {
         let (NextHop::Partner(partner), SavedTarget::Presence(uri)) = (hop, &saved.target) else {
             return None;
         };
-        let endpoint = self.directory.resolve(uri)?;
+        let endpoint = self.directory.get(self.directory.resolve(uri)?)?;
         let domain = domain_of(&saved.remote_uri);
         let partners = [partner.to_string()];
         let request = PolicyRequest {
             remote_domain: &domain,
             remote: Remote::Certified(&partners),
-            local: local_party(&self.directory, endpoint),
+            local: local_party(endpoint),
             modality: Modality::Presence,
         };
         (!verdict(&self.policy, &request).allowed).then(|| {
@@ -842,7 +942,11 @@ impl PresenceService {
         let Some(endpoint) = self.directory.resolve(uri) else {
             return Err(Box::new(Answer::new(404, "Not Found")));
         };
-        let Some(credentials) = &self.directory.endpoints()[endpoint].credentials else {
+        let Some(credentials) = self
+            .directory
+            .get(endpoint)
+            .and_then(|e| e.credentials.as_ref())
+        else {
             return Err(Box::new(no_credentials()));
         };
         let peer = trusted_peer(credentials, origin);
@@ -858,7 +962,11 @@ impl PresenceService {
         let Some(endpoint) = self.directory.resolve(to.uri.as_str()) else {
             return Answer::new(404, "Not Found");
         };
-        let Some(credentials) = self.directory.endpoints()[endpoint].credentials.clone() else {
+        let Some(credentials) = self
+            .directory
+            .get(endpoint)
+            .and_then(|e| e.credentials.clone())
+        else {
             return no_credentials();
         };
         let peer = trusted_peer(&credentials, origin);
@@ -966,10 +1074,10 @@ impl PresenceService {
 
     /// A health probe's verdict for an endpoint.
     pub fn on_health(&mut self, endpoint: usize, healthy: bool) {
-        let threshold = self.directory.endpoints()[endpoint]
-            .health
-            .as_ref()
-            .map_or(1, |h| h.failures);
+        let Some(e) = self.directory.get(endpoint) else {
+            return;
+        };
+        let threshold = e.health.as_ref().map_or(1, |h| h.failures);
         let (verdict, failures) = &mut self.health[endpoint];
         if healthy {
             *failures = 0;
@@ -1031,10 +1139,14 @@ impl PresenceService {
         }
         if now >= self.next_schedule_check {
             self.next_schedule_check = now + Duration::from_secs(15);
-            for i in 0..self.directory.endpoints().len() {
-                if self.directory.endpoints()[i].schedule.is_some() {
-                    self.refresh(i);
-                }
+            let scheduled: Vec<usize> = self
+                .directory
+                .iter()
+                .filter(|(_, e)| e.schedule.is_some())
+                .map(|(slot, _)| slot)
+                .collect();
+            for slot in scheduled {
+                self.refresh(slot);
             }
         }
     }
@@ -1043,7 +1155,7 @@ impl PresenceService {
     fn keepalive(&mut self, endpoint: usize, contact: String, flow: FlowInfo<NextHop>) {
         self.keepalive_seq += 1;
         let branch = format!("{KEEPALIVE_BRANCH}{:x}", self.keepalive_seq);
-        let uri = &self.directory.endpoints()[endpoint].identity.uri;
+        let uri = &self.notifier.identity(endpoint as u32).uri;
         let mut w = MessageWriter::request("OPTIONS", &contact);
         w.header_fmt("Via", format_args!("{};branch={branch};rport", flow.via));
         w.header("Max-Forwards", "70");
@@ -1086,9 +1198,8 @@ impl PresenceService {
             self.registrar.next_deadline(),
             self.publications.next_expiry(),
             self.directory
-                .endpoints()
                 .iter()
-                .any(|e| e.schedule.is_some())
+                .any(|(_, e)| e.schedule.is_some())
                 .then_some(self.next_schedule_check),
             self.recovery.map(|(_, deadline)| deadline),
         ]

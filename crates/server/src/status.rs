@@ -145,7 +145,10 @@ pub(crate) enum Query {
         Option<porchlight_presence::PresenceState>,
         oneshot::Sender<Option<EndpointView>>,
     ),
-    ApplyPolicy(Box<porchlight_policy::PolicyConfig>, oneshot::Sender<()>),
+    Apply(
+        Box<crate::Config>,
+        oneshot::Sender<Result<Imported, porchlight_endpoints::EndpointError>>,
+    ),
     SendMessage(OutgoingMessage, oneshot::Sender<SentMessage>),
 }
 
@@ -184,13 +187,15 @@ pub struct NodeHandle {
     pub(crate) store: Option<Arc<dyn porchlight_store::Store>>,
 }
 
-/// What an import did.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+/// What an import did: everything in it is saved and in force.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct Imported {
-    /// The policy is in force now.
-    pub policy_applied: bool,
-    /// Endpoints changed: saved, and in force after the next start.
-    pub restart_needed: bool,
+    /// URIs of endpoints now in service: watchable, registrable, callable.
+    pub endpoints_added: Vec<String>,
+    /// URIs of endpoints whose settings changed; watchers see the difference.
+    pub endpoints_changed: Vec<String>,
+    /// URIs of endpoints no longer served; their watchers were told.
+    pub endpoints_removed: Vec<String>,
 }
 
 /// Why an import was refused.
@@ -211,6 +216,11 @@ pub enum ImportError {
     /// A change to the federation lists that contradicts them.
     #[error(transparent)]
     Federation(#[from] porchlight_policy::FederationChangeError),
+    /// The endpoints could not be put in service (they passed the checks,
+    /// so this is not expected); the policy and endpoints in force are
+    /// unchanged, the store holds the document.
+    #[error(transparent)]
+    Endpoint(#[from] porchlight_endpoints::EndpointError),
 }
 
 /// The node is gone.
@@ -305,31 +315,38 @@ impl NodeHandle {
 
     /// Replaces the policy and endpoints with a provisioned document
     /// (`config import`): checked like a file, saved in the store, then
-    /// the policy put in force at once; endpoint changes take effect at
-    /// the next start.
+    /// put in force at once, endpoints included. Removed endpoints' saved
+    /// admin presence is deleted with them.
     pub async fn import(&self, document: &str) -> Result<Imported, ImportError> {
         let current = self.config();
         let next = current.with_provisioned(document, "the imported document")?;
         let store = self.store.clone().ok_or(ImportError::NoStore)?;
         let text = next.provisioned().to_toml();
-        tokio::task::spawn_blocking(move || store.save_provisioned(&text))
+        let saving = store.clone();
+        tokio::task::spawn_blocking(move || saving.save_provisioned(&text))
             .await
             .map_err(|_| Stopped)??;
-        let policy = Box::new(next.policy.clone());
-        self.ask(|tx| Query::ApplyPolicy(policy, tx)).await?;
-        let restart_needed = next.endpoints != current.endpoints;
+        let applying = Box::new(next.clone());
+        let imported = self.ask(|tx| Query::Apply(applying, tx)).await??;
         *self
             .config
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(next);
-        tracing::info!(
-            restart_needed,
-            "configuration imported; the new policy is in force"
-        );
-        Ok(Imported {
-            policy_applied: true,
-            restart_needed,
+        let removed = imported.endpoints_removed.clone();
+        tokio::task::spawn_blocking(move || {
+            removed
+                .iter()
+                .try_for_each(|uri| store.save_admin_presence(uri, None))
         })
+        .await
+        .map_err(|_| Stopped)??;
+        tracing::info!(
+            added = imported.endpoints_added.len(),
+            changed = imported.endpoints_changed.len(),
+            removed = imported.endpoints_removed.len(),
+            "configuration imported; the policy and endpoints are in force"
+        );
+        Ok(imported)
     }
 }
 

@@ -202,6 +202,7 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
                             .iter()
                             .map(|m| match m {
                                 Member::Known(p) => ListMember::Endpoint(uri_of(*p)),
+                                Member::Gone(uri) => ListMember::Endpoint(uri.to_string()),
                                 Member::Foreign(uri) => ListMember::Other(uri.to_string()),
                             })
                             .collect()
