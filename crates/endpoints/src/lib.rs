@@ -543,7 +543,11 @@ mod tests {
             .is_empty());
         // a comes back in its own slot; nothing else moves.
         let changes = d
-            .apply(vec![config("sip:a@contoso.com"), b.clone(), config("sip:c@contoso.com")])
+            .apply(vec![
+                config("sip:a@contoso.com"),
+                b.clone(),
+                config("sip:c@contoso.com"),
+            ])
             .unwrap();
         assert!(matches!(changes[..], [Change::Added(0)]), "{changes:?}");
         assert_eq!(d.slots(), 3);

@@ -56,7 +56,7 @@ fn notifier(watchers: u32) -> (Notifier<u32>, Instant) {
     let p = 0;
     n.put_presentity(
         p,
-        identity(),
+        &identity(),
         PresenceState::new(Availability::ONLINE),
         jiff::Timestamp::now(),
     );

@@ -349,7 +349,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
     pub fn put_presentity(
         &mut self,
         slot: u32,
-        identity: Identity,
+        identity: &Identity,
         state: PresenceState,
         at: jiff::Timestamp,
     ) {
@@ -362,11 +362,18 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         }
         let p = &mut self.presentities[slot_index];
         p.removed = false;
-        if p.identity != identity {
-            p.identity = identity;
+        if p.identity != *identity {
+            p.identity = identity.clone();
             self.republish(slot, at);
         }
         self.set_state(slot, state, at);
+    }
+
+    /// Whether `slot` holds an endpoint now.
+    pub fn is_declared(&self, slot: u32) -> bool {
+        self.presentities
+            .get(slot as usize)
+            .is_some_and(|p| !p.removed)
     }
 
     /// Ends every subscription to an endpoint that is no longer served:
@@ -387,7 +394,12 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         p.state = PresenceState::new(crate::model::Availability::OFFLINE);
         self.republish(slot, at);
         let p = &self.presentities[slot as usize];
-        let ended: Vec<u32> = p.watchers.iter().chain(&p.winfo_watchers).copied().collect();
+        let ended: Vec<u32> = p
+            .watchers
+            .iter()
+            .chain(&p.winfo_watchers)
+            .copied()
+            .collect();
         let lists = p.list_watchers.clone();
         let uri: Box<str> = p.identity.uri.as_str().into();
         for index in ended {

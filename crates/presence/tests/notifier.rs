@@ -31,7 +31,7 @@ impl Harness {
         let helpdesk = 0;
         notifier.put_presentity(
             helpdesk,
-            Identity {
+            &Identity {
                 uri: ENDPOINT.into(),
                 display_name: "Contoso Help Desk".into(),
                 capabilities: Capabilities {
@@ -431,9 +431,15 @@ fn a_removed_endpoint_ends_its_subscriptions_with_noresource_and_can_come_back()
         header(single, "Subscription-State"),
         "terminated;reason=noresource"
     );
-    assert!(body(single).contains("<basic>closed</basic>"), "offline at the end");
+    assert!(
+        body(single).contains("<basic>closed</basic>"),
+        "offline at the end"
+    );
     let listed = &sent.iter().find(|(flow, _)| *flow == 2).unwrap().1;
-    assert!(header(listed, "Subscription-State").starts_with("active"), "the list lives on");
+    assert!(
+        header(listed, "Subscription-State").starts_with("active"),
+        "the list lives on"
+    );
     assert!(body(listed).contains(
         "<resource uri=\"sip:helpdesk@contoso.com\"><instance id=\"0\" state=\"terminated\" reason=\"noresource\"/>"
     ));
@@ -455,7 +461,7 @@ fn a_removed_endpoint_ends_its_subscriptions_with_noresource_and_can_come_back()
     h.clock += jiff::SignedDuration::from_secs(1);
     h.notifier.put_presentity(
         h.helpdesk,
-        Identity {
+        &Identity {
             uri: ENDPOINT.into(),
             display_name: "Contoso Service Desk".into(),
             capabilities: Capabilities {
@@ -469,7 +475,10 @@ fn a_removed_endpoint_ends_its_subscriptions_with_noresource_and_can_come_back()
     assert_eq!(h.subscribe(3).code, 200);
     let sent = h.drain();
     assert_eq!(sent.len(), 1);
-    assert_eq!(header(&sent[0].1, "Subscription-State"), "active;expires=600");
+    assert_eq!(
+        header(&sent[0].1, "Subscription-State"),
+        "active;expires=600"
+    );
     assert!(body(&sent[0].1).contains("<basic>open</basic>"));
 }
 

@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ClientAuthSetting, Config, DurabilitySetting};
 use crate::delivery::Delivery;
-use crate::health::Verdict;
 use crate::edge::{self, partner_of, DialogSide, Direction, Edge, Parties, Route, NO_PARTNER};
+use crate::health::Verdict;
 use crate::im_session::{first_text_of, ImSessions, InSession, OurSide, SessionKey};
 use crate::outbound::{dial, DialError, Dialer, Dispatch, NextHop, Parked};
 use crate::persistence::WriteBehind;

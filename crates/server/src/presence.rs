@@ -283,7 +283,6 @@ impl PresenceService {
             },
             salt,
         );
-        let at = jiff::Timestamp::now();
         let mut service = PresenceService {
             health: vec![(None, 0); slots],
             overrides: vec![None; slots],
@@ -303,17 +302,9 @@ impl PresenceService {
             recovery: None,
         };
         for slot in 0..slots {
-            service.declare(slot, at);
+            service.refresh(slot);
         }
         service
-    }
-
-    /// Tells the notifier who the endpoint in `slot` is and how it is now.
-    fn declare(&mut self, slot: usize, at: jiff::Timestamp) {
-        let Some((identity, state)) = self.effective(slot, at) else {
-            return;
-        };
-        self.notifier.put_presentity(slot as u32, identity, state, at);
     }
 
     /// Makes the node serve exactly `configs` from now on, without a
@@ -341,20 +332,31 @@ impl PresenceService {
                     applied.probes.push((slot, e.health.clone()));
                     self.health[slot] = (None, 0);
                     self.overrides[slot] = None;
-                    self.declare(slot, at);
+                    self.refresh(slot);
                 }
                 Change::Changed { slot, before } => {
                     let e = self.directory.get(slot).expect("just changed");
                     applied.changed.push(e.identity.uri.clone());
                     if e.health != before.health {
                         applied.probes.push((slot, e.health.clone()));
-                        self.health[slot] = (None, 0);
+                        // The old probe's verdict stands until the new one
+                        // reports; none stands without a probe.
+                        self.health[slot].1 = 0;
+                        if e.health.is_none() {
+                            self.health[slot].0 = None;
+                        }
                     }
+                    // A probe that has never reported decides when it
+                    // does (at once): watchers are not shown "offline,
+                    // nothing has said up yet" in between.
+                    let awaiting_probe = e.health.is_some() && self.health[slot].0.is_none();
                     if e.credentials != before.credentials && self.registrar.forget(slot) {
                         // Registered with credentials it no longer has.
                         self.registrations_changed.insert(slot);
                     }
-                    self.declare(slot, at);
+                    if !awaiting_probe {
+                        self.refresh(slot);
+                    }
                 }
                 Change::Removed { slot, endpoint } => {
                     applied.removed.push(endpoint.identity.uri.clone());
@@ -385,14 +387,13 @@ impl PresenceService {
         Ok(applied)
     }
 
-    /// The endpoint in `slot` and the state its sources give it now; None
-    /// when the slot is vacant.
+    /// The state the sources of endpoint `e` (in slot `endpoint`) give it now.
     fn effective(
         &self,
         endpoint: usize,
+        e: &Endpoint,
         at: jiff::Timestamp,
-    ) -> Option<(porchlight_presence::Identity, porchlight_presence::PresenceState)> {
-        let e = self.directory.get(endpoint)?;
+    ) -> porchlight_presence::PresenceState {
         let sources = Sources {
             registered: e
                 .credentials
@@ -404,25 +405,29 @@ impl PresenceService {
                 .clone()
                 .or_else(|| self.publications.effective(endpoint as u32, Instant::now())),
         };
-        Some((e.identity.clone(), e.effective_state(&sources, at)))
+        e.effective_state(&sources, at)
     }
 
-    /// Recomputes an endpoint's state from its sources; watchers hear of a
-    /// change. Nothing for a vacant slot (a report about an endpoint removed
-    /// since).
+    /// Recomputes an endpoint's state from its sources and tells the
+    /// notifier who it is and how it is; watchers hear of a change.
+    /// Nothing for a vacant slot (a report about an endpoint removed since).
     fn refresh(&mut self, endpoint: usize) {
         let at = jiff::Timestamp::now();
-        let Some((identity, state)) = self.effective(endpoint, at) else {
+        let Some(e) = self.directory.get(endpoint) else {
             return;
         };
-        if *self.notifier.state(endpoint as u32) != state {
+        let state = self.effective(endpoint, e, at);
+        if self.notifier.is_declared(endpoint as u32)
+            && *self.notifier.state(endpoint as u32) != state
+        {
             tracing::info!(
-                endpoint = %identity.uri,
+                endpoint = %e.identity.uri,
                 availability = state.availability.0,
                 "presence changed"
             );
         }
-        self.notifier.set_state(endpoint as u32, state, at);
+        self.notifier
+            .put_presentity(endpoint as u32, &e.identity, state, at);
     }
 
     /// The federation and access policy in force.
