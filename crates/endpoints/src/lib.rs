@@ -348,6 +348,32 @@ pub struct Directory {
     local_hosts: Vec<String>,
 }
 
+/// A whole set of endpoints, each validated and no address of record
+/// twice: what [`Directory::apply`] takes.
+#[derive(Debug, Default)]
+pub struct EndpointSet {
+    endpoints: Vec<Box<Endpoint>>,
+    wanted: HashSet<String>,
+}
+
+impl EndpointSet {
+    /// Validates the declarations as one set.
+    pub fn new(configs: Vec<EndpointConfig>) -> Result<EndpointSet, EndpointError> {
+        let mut set = EndpointSet {
+            endpoints: Vec::with_capacity(configs.len()),
+            wanted: HashSet::with_capacity(configs.len()),
+        };
+        for config in configs {
+            let endpoint = Endpoint::new(config)?;
+            if !set.wanted.insert(endpoint.aor.clone()) {
+                return Err(EndpointError::Duplicate(endpoint.identity.uri));
+            }
+            set.endpoints.push(Box::new(endpoint));
+        }
+        Ok(set)
+    }
+}
+
 /// One difference [`Directory::apply`] made.
 #[derive(Debug)]
 pub enum Change {
@@ -383,24 +409,16 @@ impl Directory {
             local_hosts: aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
             ..Directory::default()
         };
-        directory.apply(configs)?;
+        directory.apply(EndpointSet::new(configs)?);
         Ok(directory)
     }
 
-    /// Makes the directory hold exactly `configs`: endpoints not among them
-    /// are removed, new ones added, and those whose declaration differs
-    /// replaced in their slot. All are validated first; on an error nothing
-    /// changes.
-    pub fn apply(&mut self, configs: Vec<EndpointConfig>) -> Result<Vec<Change>, EndpointError> {
-        let mut wanted = HashSet::with_capacity(configs.len());
-        let mut endpoints = Vec::with_capacity(configs.len());
-        for config in configs {
-            let endpoint = Endpoint::new(config)?;
-            if !wanted.insert(endpoint.aor.clone()) {
-                return Err(EndpointError::Duplicate(endpoint.identity.uri));
-            }
-            endpoints.push(endpoint);
-        }
+    /// Makes the directory hold exactly `set`: endpoints not in it are
+    /// removed, new ones added, and those whose declaration differs
+    /// replaced in their slot. Only comparisons and moves: the validation
+    /// was done when the set was made, away from whoever waits for this.
+    pub fn apply(&mut self, set: EndpointSet) -> Vec<Change> {
+        let EndpointSet { endpoints, wanted } = set;
         let mut changes = Vec::new();
         let mut gone: Vec<(String, usize)> = self
             .by_aor
@@ -420,7 +438,7 @@ impl Directory {
                 Some(&slot) => {
                     let held = self.slots[slot].as_mut().expect("a listed slot is held");
                     if held.config != endpoint.config {
-                        let before = std::mem::replace(held, Box::new(endpoint));
+                        let before = std::mem::replace(held, endpoint);
                         changes.push(Change::Changed { slot, before });
                     }
                 }
@@ -430,12 +448,12 @@ impl Directory {
                         self.slots.len() - 1
                     });
                     self.by_aor.insert(endpoint.aor.clone(), slot);
-                    self.slots[slot] = Some(Box::new(endpoint));
+                    self.slots[slot] = Some(endpoint);
                     changes.push(Change::Added(slot));
                 }
             }
         }
-        Ok(changes)
+        changes
     }
 
     /// The endpoint in a slot; None when the slot is vacant.
@@ -514,9 +532,8 @@ mod tests {
         .unwrap();
         let mut b = config("sip:b@contoso.com");
         b.availability = "busy".into();
-        let changes = d
-            .apply(vec![b.clone(), config("sip:c@contoso.com")])
-            .unwrap();
+        let set = |configs: Vec<EndpointConfig>| EndpointSet::new(configs).unwrap();
+        let changes = d.apply(set(vec![b.clone(), config("sip:c@contoso.com")]));
         let summary: Vec<String> = changes
             .iter()
             .map(|c| match c {
@@ -538,24 +555,24 @@ mod tests {
         );
         // Applying the same set again changes nothing.
         assert!(d
-            .apply(vec![b.clone(), config("sip:c@contoso.com")])
-            .unwrap()
+            .apply(set(vec![b.clone(), config("sip:c@contoso.com")]))
             .is_empty());
         // a comes back in its own slot; nothing else moves.
-        let changes = d
-            .apply(vec![
-                config("sip:a@contoso.com"),
-                b.clone(),
-                config("sip:c@contoso.com"),
-            ])
-            .unwrap();
+        let changes = d.apply(set(vec![
+            config("sip:a@contoso.com"),
+            b.clone(),
+            config("sip:c@contoso.com"),
+        ]));
         assert!(matches!(changes[..], [Change::Added(0)]), "{changes:?}");
         assert_eq!(d.slots(), 3);
         // An invalid set is refused whole.
-        let refused = d.apply(vec![config("sip:d@contoso.com"), config("tel:+1")]);
+        let refused = EndpointSet::new(vec![config("sip:d@contoso.com"), config("tel:+1")]);
         assert!(matches!(refused, Err(EndpointError::Uri(_))));
-        assert_eq!(d.resolve("sip:d@contoso.com"), None);
-        assert_eq!(d.resolve("sip:a@contoso.com"), Some(0));
+        let twice = EndpointSet::new(vec![
+            config("sip:d@contoso.com"),
+            config("sip:d@Contoso.com"),
+        ]);
+        assert!(matches!(twice, Err(EndpointError::Duplicate(_))));
     }
 
     #[test]

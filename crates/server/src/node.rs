@@ -607,19 +607,15 @@ impl EventLoop {
             Query::SetPresence(uri, state, reply) => {
                 let _ = reply.send(self.presence.set_override(&uri, state));
             }
-            Query::Apply(config, reply) => {
-                let config = *config;
-                let applied = self.presence.apply_endpoints(config.endpoints);
-                let answer = applied.map(|applied| {
-                    self.presence.set_policy(config.policy);
-                    self.set_probes(applied.probes);
-                    crate::status::Imported {
-                        endpoints_added: applied.added,
-                        endpoints_changed: applied.changed,
-                        endpoints_removed: applied.removed,
-                    }
+            Query::Apply(policy, endpoints, reply) => {
+                self.presence.set_policy(*policy);
+                let applied = self.presence.apply_endpoints(endpoints);
+                self.set_probes(applied.probes);
+                let _ = reply.send(crate::status::Imported {
+                    endpoints_added: applied.added,
+                    endpoints_changed: applied.changed,
+                    endpoints_removed: applied.removed,
                 });
-                let _ = reply.send(answer);
             }
             Query::SendMessage(message, reply) => {
                 let Some(endpoint) = self.presence.directory().resolve(&message.from) else {

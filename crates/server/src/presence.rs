@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use porchlight_endpoints::digest::DigestAuth;
 use porchlight_endpoints::{
-    Change, Credentials, Directory, Endpoint, EndpointConfig, EndpointError, HealthConfig,
-    Registrar, RegistrarConfig, SavedBinding, Sources,
+    Change, Credentials, Directory, Endpoint, EndpointSet, HealthConfig, Registrar,
+    RegistrarConfig, SavedBinding, Sources,
 };
 use porchlight_policy::{
     decide, verdict, Class, Decision, LocalParty, Modality, PolicyConfig, Remote,
@@ -307,17 +307,13 @@ impl PresenceService {
         service
     }
 
-    /// Makes the node serve exactly `configs` from now on, without a
-    /// restart: new endpoints can be watched, registered with and called
-    /// at once; changed ones show their new name, state and sources to
-    /// their watchers; removed ones end their subscriptions (`noresource`)
-    /// and lose their registrations and publications. Validated whole
-    /// first; on an error nothing changes.
-    pub fn apply_endpoints(
-        &mut self,
-        configs: Vec<EndpointConfig>,
-    ) -> Result<EndpointsApplied, EndpointError> {
-        let changes = self.directory.apply(configs)?;
+    /// Makes the node serve exactly `set` from now on, without a restart:
+    /// new endpoints can be watched, registered with and called at once;
+    /// changed ones show their new name, state and sources to their
+    /// watchers; removed ones end their subscriptions (`noresource`) and
+    /// lose their registrations and publications.
+    pub fn apply_endpoints(&mut self, set: EndpointSet) -> EndpointsApplied {
+        let changes = self.directory.apply(set);
         let slots = self.directory.slots();
         self.registrar.grow(slots);
         self.health.resize(slots, (None, 0));
@@ -384,7 +380,7 @@ impl PresenceService {
                 "endpoint removed; its watchers are told (noresource), its registrations and publications dropped"
             );
         }
-        Ok(applied)
+        applied
     }
 
     /// The state the sources of endpoint `e` (in slot `endpoint`) give it now.

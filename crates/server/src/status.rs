@@ -146,8 +146,9 @@ pub(crate) enum Query {
         oneshot::Sender<Option<EndpointView>>,
     ),
     Apply(
-        Box<crate::Config>,
-        oneshot::Sender<Result<Imported, porchlight_endpoints::EndpointError>>,
+        Box<porchlight_policy::PolicyConfig>,
+        porchlight_endpoints::EndpointSet,
+        oneshot::Sender<Imported>,
     ),
     SendMessage(OutgoingMessage, oneshot::Sender<SentMessage>),
 }
@@ -216,9 +217,7 @@ pub enum ImportError {
     /// A change to the federation lists that contradicts them.
     #[error(transparent)]
     Federation(#[from] porchlight_policy::FederationChangeError),
-    /// The endpoints could not be put in service (they passed the checks,
-    /// so this is not expected); the policy and endpoints in force are
-    /// unchanged, the store holds the document.
+    /// An endpoint does not pass the checks.
     #[error(transparent)]
     Endpoint(#[from] porchlight_endpoints::EndpointError),
 }
@@ -318,16 +317,25 @@ impl NodeHandle {
     /// put in force at once, endpoints included. Removed endpoints' saved
     /// admin presence is deleted with them.
     pub async fn import(&self, document: &str) -> Result<Imported, ImportError> {
-        let current = self.config();
-        let next = current.with_provisioned(document, "the imported document")?;
         let store = self.store.clone().ok_or(ImportError::NoStore)?;
+        // Checking thousands of endpoints takes milliseconds: not on the
+        // event loop, which only compares the checked set with its own.
+        let current = self.config();
+        let document = document.to_owned();
+        let (next, endpoints) = tokio::task::spawn_blocking(move || {
+            let next = current.with_provisioned(&document, "the imported document")?;
+            let endpoints = porchlight_endpoints::EndpointSet::new(next.endpoints.clone())?;
+            Ok::<_, ImportError>((next, endpoints))
+        })
+        .await
+        .map_err(|_| Stopped)??;
         let text = next.provisioned().to_toml();
         let saving = store.clone();
         tokio::task::spawn_blocking(move || saving.save_provisioned(&text))
             .await
             .map_err(|_| Stopped)??;
-        let applying = Box::new(next.clone());
-        let imported = self.ask(|tx| Query::Apply(applying, tx)).await??;
+        let policy = Box::new(next.policy.clone());
+        let imported = self.ask(|tx| Query::Apply(policy, endpoints, tx)).await?;
         *self
             .config
             .write()
