@@ -352,7 +352,7 @@ pub struct Directory {
 /// twice: what [`Directory::apply`] takes.
 #[derive(Debug, Default)]
 pub struct EndpointSet {
-    endpoints: Vec<Box<Endpoint>>,
+    endpoints: Vec<Endpoint>,
     wanted: HashSet<String>,
 }
 
@@ -368,7 +368,7 @@ impl EndpointSet {
             if !set.wanted.insert(endpoint.aor.clone()) {
                 return Err(EndpointError::Duplicate(endpoint.identity.uri));
             }
-            set.endpoints.push(Box::new(endpoint));
+            set.endpoints.push(endpoint);
         }
         Ok(set)
     }
@@ -438,7 +438,7 @@ impl Directory {
                 Some(&slot) => {
                     let held = self.slots[slot].as_mut().expect("a listed slot is held");
                     if held.config != endpoint.config {
-                        let before = std::mem::replace(held, endpoint);
+                        let before = std::mem::replace(held, Box::new(endpoint));
                         changes.push(Change::Changed { slot, before });
                     }
                 }
@@ -448,7 +448,7 @@ impl Directory {
                         self.slots.len() - 1
                     });
                     self.by_aor.insert(endpoint.aor.clone(), slot);
-                    self.slots[slot] = Some(endpoint);
+                    self.slots[slot] = Some(Box::new(endpoint));
                     changes.push(Change::Added(slot));
                 }
             }
