@@ -39,9 +39,9 @@ fn apply(c: &mut Criterion) {
                     let directory = Directory::new(before.clone(), &domains, &[]).expect("valid");
                     (directory, EndpointSet::new(after.clone()).expect("valid"))
                 },
-                |(mut directory, set)| {
-                    let changes = directory.apply(set);
-                    (directory, changes)
+                |(mut directory, mut set)| {
+                    let changes = directory.apply(&mut set);
+                    (directory, changes, set)
                 },
                 BatchSize::LargeInput,
             )

@@ -352,7 +352,8 @@ pub struct Directory {
 /// twice: what [`Directory::apply`] takes.
 #[derive(Debug, Default)]
 pub struct EndpointSet {
-    endpoints: Vec<Endpoint>,
+    /// None once [`Directory::apply`] has taken it.
+    endpoints: Vec<Option<Endpoint>>,
     wanted: HashSet<String>,
 }
 
@@ -368,7 +369,7 @@ impl EndpointSet {
             if !set.wanted.insert(endpoint.aor.clone()) {
                 return Err(EndpointError::Duplicate(endpoint.identity.uri));
             }
-            set.endpoints.push(endpoint);
+            set.endpoints.push(Some(endpoint));
         }
         Ok(set)
     }
@@ -409,15 +410,17 @@ impl Directory {
             local_hosts: aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
             ..Directory::default()
         };
-        directory.apply(EndpointSet::new(configs)?);
+        directory.apply(&mut EndpointSet::new(configs)?);
         Ok(directory)
     }
 
     /// Makes the directory hold exactly `set`: endpoints not in it are
     /// removed, new ones added, and those whose declaration differs
     /// replaced in their slot. Only comparisons and moves: the validation
-    /// was done when the set was made, away from whoever waits for this.
-    pub fn apply(&mut self, set: EndpointSet) -> Vec<Change> {
+    /// was done when the set was made, and the unchanged endpoints stay in
+    /// `set` to be freed by the caller, both away from whoever waits for
+    /// this.
+    pub fn apply(&mut self, set: &mut EndpointSet) -> Vec<Change> {
         let EndpointSet { endpoints, wanted } = set;
         let mut changes = Vec::new();
         let mut gone: Vec<(String, usize)> = self
@@ -433,16 +436,19 @@ impl Directory {
             let endpoint = self.slots[slot].take().expect("a listed slot is held");
             changes.push(Change::Removed { slot, endpoint });
         }
-        for endpoint in endpoints {
+        for taken in endpoints.iter_mut() {
+            let Some(endpoint) = taken else { continue };
             match self.by_aor.get(&endpoint.aor) {
                 Some(&slot) => {
                     let held = self.slots[slot].as_mut().expect("a listed slot is held");
                     if held.config != endpoint.config {
+                        let endpoint = taken.take().expect("just matched");
                         let before = std::mem::replace(held, Box::new(endpoint));
                         changes.push(Change::Changed { slot, before });
                     }
                 }
                 None => {
+                    let endpoint = taken.take().expect("just matched");
                     let slot = self.vacated.remove(&endpoint.aor).unwrap_or_else(|| {
                         self.slots.push(None);
                         self.slots.len() - 1
@@ -533,7 +539,7 @@ mod tests {
         let mut b = config("sip:b@contoso.com");
         b.availability = "busy".into();
         let set = |configs: Vec<EndpointConfig>| EndpointSet::new(configs).unwrap();
-        let changes = d.apply(set(vec![b.clone(), config("sip:c@contoso.com")]));
+        let changes = d.apply(&mut set(vec![b.clone(), config("sip:c@contoso.com")]));
         let summary: Vec<String> = changes
             .iter()
             .map(|c| match c {
@@ -555,10 +561,10 @@ mod tests {
         );
         // Applying the same set again changes nothing.
         assert!(d
-            .apply(set(vec![b.clone(), config("sip:c@contoso.com")]))
+            .apply(&mut set(vec![b.clone(), config("sip:c@contoso.com")]))
             .is_empty());
         // a comes back in its own slot; nothing else moves.
-        let changes = d.apply(set(vec![
+        let changes = d.apply(&mut set(vec![
             config("sip:a@contoso.com"),
             b.clone(),
             config("sip:c@contoso.com"),

@@ -607,15 +607,16 @@ impl EventLoop {
             Query::SetPresence(uri, state, reply) => {
                 let _ = reply.send(self.presence.set_override(&uri, state));
             }
-            Query::Apply(policy, endpoints, reply) => {
+            Query::Apply(policy, mut endpoints, reply) => {
                 self.presence.set_policy(*policy);
-                let applied = self.presence.apply_endpoints(endpoints);
+                let applied = self.presence.apply_endpoints(&mut endpoints);
                 self.set_probes(applied.probes);
-                let _ = reply.send(crate::status::Imported {
+                let imported = crate::status::Imported {
                     endpoints_added: applied.added,
                     endpoints_changed: applied.changed,
                     endpoints_removed: applied.removed,
-                });
+                };
+                let _ = reply.send((imported, endpoints));
             }
             Query::SendMessage(message, reply) => {
                 let Some(endpoint) = self.presence.directory().resolve(&message.from) else {

@@ -312,7 +312,7 @@ impl PresenceService {
     /// changed ones show their new name, state and sources to their
     /// watchers; removed ones end their subscriptions (`noresource`) and
     /// lose their registrations and publications.
-    pub fn apply_endpoints(&mut self, set: EndpointSet) -> EndpointsApplied {
+    pub fn apply_endpoints(&mut self, set: &mut EndpointSet) -> EndpointsApplied {
         let changes = self.directory.apply(set);
         let slots = self.directory.slots();
         self.registrar.grow(slots);

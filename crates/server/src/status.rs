@@ -145,10 +145,12 @@ pub(crate) enum Query {
         Option<porchlight_presence::PresenceState>,
         oneshot::Sender<Option<EndpointView>>,
     ),
+    /// The policy and endpoints to put in force; the answer gives back
+    /// the endpoints that were already in force, to be freed off the loop.
     Apply(
         Box<porchlight_policy::PolicyConfig>,
         porchlight_endpoints::EndpointSet,
-        oneshot::Sender<Imported>,
+        oneshot::Sender<(Imported, porchlight_endpoints::EndpointSet)>,
     ),
     SendMessage(OutgoingMessage, oneshot::Sender<SentMessage>),
 }
@@ -335,7 +337,8 @@ impl NodeHandle {
             .await
             .map_err(|_| Stopped)??;
         let policy = Box::new(next.policy.clone());
-        let imported = self.ask(|tx| Query::Apply(policy, endpoints, tx)).await?;
+        let (imported, unchanged) = self.ask(|tx| Query::Apply(policy, endpoints, tx)).await?;
+        tokio::task::spawn_blocking(move || drop(unchanged));
         *self
             .config
             .write()
