@@ -301,32 +301,18 @@ pub fn render_rlmi(
     escape(list_uri, &mut out);
     let _ = writeln!(out, "\" version=\"{version}\" fullState=\"true\">");
     for (i, entry) in entries.iter().enumerate() {
-        match entry {
-            ListEntry::Active { uri, .. } => {
-                out.push_str(" <resource uri=\"");
-                escape(uri, &mut out);
-                let _ = writeln!(
-                    out,
-                    "\"><instance id=\"{i}\" state=\"active\" cid=\"r{i}@porchlight\"/></resource>"
-                );
-            }
-            ListEntry::Resubscribe { uri } => {
-                out.push_str(" <resource uri=\"");
-                escape(uri, &mut out);
-                let _ = writeln!(
-                    out,
-                    "\"><instance id=\"{i}\" state=\"resubscribe\"/></resource>"
-                );
-            }
-            ListEntry::Gone { uri } => {
-                out.push_str(" <resource uri=\"");
-                escape(uri, &mut out);
-                let _ = writeln!(
-                    out,
-                    "\"><instance id=\"{i}\" state=\"terminated\" reason=\"noresource\"/></resource>"
-                );
-            }
+        let (uri, state) = match entry {
+            ListEntry::Active { uri, .. } => (uri, "active"),
+            ListEntry::Resubscribe { uri } => (uri, "resubscribe"),
+            ListEntry::Gone { uri } => (uri, "terminated\" reason=\"noresource"),
+        };
+        out.push_str(" <resource uri=\"");
+        escape(uri, &mut out);
+        let _ = write!(out, "\"><instance id=\"{i}\" state=\"{state}\"");
+        if let ListEntry::Active { .. } = entry {
+            let _ = write!(out, " cid=\"r{i}@porchlight\"");
         }
+        out.push_str("/></resource>\n");
     }
     out.push_str("</list>\r\n");
     for (i, entry) in entries.iter().enumerate() {
