@@ -215,6 +215,7 @@ impl Node {
             queries: queries_tx,
             config: Arc::new(std::sync::RwLock::new(Arc::new(config))),
             store: store_handle,
+            imports: Arc::default(),
         };
         Ok(Node {
             transport,

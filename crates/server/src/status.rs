@@ -188,10 +188,13 @@ pub struct NodeHandle {
     pub(crate) config: Arc<std::sync::RwLock<Arc<crate::Config>>>,
     /// Where an imported configuration is kept; None: memory only.
     pub(crate) store: Option<Arc<dyn porchlight_store::Store>>,
+    /// Held through each import, so two at once cannot leave the store
+    /// holding one document and the node running the other.
+    pub(crate) imports: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What an import did: everything in it is saved and in force.
-#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Imported {
     /// URIs of endpoints now in service: watchable, registrable, callable.
     pub endpoints_added: Vec<String>,
@@ -300,9 +303,10 @@ impl NodeHandle {
         &self,
         change: porchlight_policy::FederationChange,
     ) -> Result<Imported, ImportError> {
+        let held = self.imports.lock().await;
         let mut provisioned = self.config().provisioned();
         provisioned.policy.change_federation(change)?;
-        self.import(&provisioned.to_toml()).await
+        self.import_holding(&provisioned.to_toml(), held).await
     }
 
     /// The configuration the node runs with, for offline-style questions
@@ -319,6 +323,17 @@ impl NodeHandle {
     /// put in force at once, endpoints included. Removed endpoints' saved
     /// admin presence is deleted with them.
     pub async fn import(&self, document: &str) -> Result<Imported, ImportError> {
+        let held = self.imports.lock().await;
+        self.import_holding(document, held).await
+    }
+
+    /// [`import`](Self::import), for a caller that holds the import lock
+    /// (and read the configuration under it).
+    async fn import_holding(
+        &self,
+        document: &str,
+        _held: tokio::sync::MutexGuard<'_, ()>,
+    ) -> Result<Imported, ImportError> {
         let store = self.store.clone().ok_or(ImportError::NoStore)?;
         // Checking thousands of endpoints takes milliseconds: not on the
         // event loop, which only compares the checked set with its own.
