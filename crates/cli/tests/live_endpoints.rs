@@ -251,17 +251,22 @@ fn endpoints_are_added_changed_and_removed_while_the_node_runs() {
         &file,
         &["endpoint", "set", QUEUE, "registration.password=s3cret"],
     );
-    let app = Baresip::start(
-        &peers.join("app"),
-        free_port(),
-        &["account"],
-        &format!(
-            "<{QUEUE}>;auth_pass=s3cret;outbound=\"sip:{}\";regint=600",
-            server.udp
-        ),
-        "",
-    );
-    app.expect("200 OK", Duration::from_secs(10));
+    // The queue's app: baresip registering with `password`.
+    let registered_app = |name: &str, password: &str| {
+        let app = Baresip::start(
+            &peers.join(name),
+            free_port(),
+            &["account"],
+            &format!(
+                "<{QUEUE}>;auth_pass={password};outbound=\"sip:{}\";regint=600",
+                server.udp
+            ),
+            "",
+        );
+        app.expect("200 OK", Duration::from_secs(10));
+        app
+    };
+    let _first_app = registered_app("app", "s3cret");
     watcher.expect_notify("<basic>open</basic>", Duration::from_secs(5));
     assert_eq!(queue_view(&server).unwrap()["registered"], true);
     alice.expect_status("Queue", "Online", Duration::from_secs(10));
@@ -276,17 +281,7 @@ fn endpoints_are_added_changed_and_removed_while_the_node_runs() {
 
     // State the store keeps for it: a contact registered with the new
     // password, and presence an admin set.
-    let app = Baresip::start(
-        &peers.join("app-again"),
-        free_port(),
-        &["account"],
-        &format!(
-            "<{QUEUE}>;auth_pass=n3w;outbound=\"sip:{}\";regint=600",
-            server.udp
-        ),
-        "",
-    );
-    app.expect("200 OK", Duration::from_secs(10));
+    let app = registered_app("app-again", "n3w");
     let (admin_api, bearer) = server.api();
     ureq::put(&format!(
         "http://{admin_api}/api/v1/endpoints/{QUEUE}/presence"
