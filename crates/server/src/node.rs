@@ -1134,11 +1134,11 @@ impl EventLoop {
     /// server transaction, if any, waits for the outcome. `trust` is the
     /// trust header value the sender was admitted with.
     fn post_to_webhook(&mut self, posting: Posting, trust: Option<String>) {
-        let Some(e) = self
+        let Some((e, config)) = self
             .presence
             .directory()
             .get(posting.endpoint)
-            .filter(|e| e.config.webhook.is_some())
+            .and_then(|e| Some((e, e.config.webhook.clone()?)))
         else {
             // Removed, or its webhook taken away, since the session began.
             if let Some(key) = &posting.key {
@@ -1151,7 +1151,6 @@ impl EventLoop {
             }
             return;
         };
-        let config = e.config.webhook.clone().expect("filtered");
         let Upstream { request, origin } = &posting.upstream;
         let (content_type, text) = match &posting.key {
             Some(_) => (

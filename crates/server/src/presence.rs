@@ -326,8 +326,8 @@ impl PresenceService {
                     let e = self.directory.get(slot).expect("just added");
                     applied.added.push(e.identity.uri.clone());
                     applied.probes.push((slot, e.health.clone()));
-                    self.health[slot] = (None, 0);
-                    self.overrides[slot] = None;
+                    // A new slot starts empty; a vacated one was emptied
+                    // when its endpoint was removed.
                     self.refresh(slot);
                 }
                 Change::Changed { slot, before } => {
