@@ -5,7 +5,7 @@
 //! time go in; answers and NOTIFY requests to send come out.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
@@ -302,6 +302,10 @@ pub struct Notifier<F> {
     journal: persist::Journal,
     /// Restored subscriptions waiting for their first NOTIFY, paced.
     recovery: persist::Recovery,
+    /// Records ending because the policy no longer allows them: their final
+    /// NOTIFY says `rejected` (a set, as revocations are rare and a record
+    /// has no flag bit left).
+    revoked: HashSet<u32>,
 }
 
 impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
@@ -334,6 +338,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             scratch: Vec::new(),
             journal: persist::Journal::default(),
             recovery: persist::Recovery::default(),
+            revoked: HashSet::new(),
         }
     }
 
@@ -419,6 +424,67 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             self.changed(index);
         }
         self.presentities[slot as usize].list_watchers = Vec::new();
+    }
+
+    /// Puts a changed authorization policy in force for subscriptions
+    /// already held: each presence subscription that `refused(endpoint,
+    /// watcher, flow)` now refuses ends at once with a final NOTIFY
+    /// (`Subscription-State: terminated;reason=rejected`, RFC 6665 §4.2.2:
+    /// do not subscribe again), and its refreshes get 481 from then on; in
+    /// a batched list, a refused resource turns into one the watcher must
+    /// subscribe to itself, as a new list would show it. Returns how many
+    /// subscriptions ended.
+    pub fn revoke(&mut self, refused: &mut dyn FnMut(u32, &str, &F) -> bool) -> usize {
+        let mut ended = Vec::new();
+        for (slot, p) in self.presentities.iter().enumerate() {
+            for &index in &p.watchers {
+                let record = &self.records[index as usize];
+                if record.flags & TERMINATING == 0
+                    && refused(
+                        slot as u32,
+                        record.dialog.remote_uri(),
+                        &self.flows.get(record.flow).flow,
+                    )
+                {
+                    ended.push(index);
+                }
+            }
+        }
+        for &index in &ended {
+            self.revoked.insert(index);
+            self.begin_end(self.id_of(index));
+            self.changed(index);
+        }
+        let mut lists_changed = Vec::new();
+        for (&index, members) in self.lists.iter_mut() {
+            let record = &self.records[index as usize];
+            if record.flags & TERMINATING != 0 {
+                continue;
+            }
+            let (watcher, flow) = (
+                record.dialog.remote_uri(),
+                &self.flows.get(record.flow).flow,
+            );
+            let mut changed = false;
+            for member in members.iter_mut() {
+                if let Member::Known(slot) = *member {
+                    if refused(slot, watcher, flow) {
+                        let p = &mut self.presentities[slot as usize];
+                        p.list_watchers.retain(|&w| w != index);
+                        *member = Member::Foreign(p.identity.uri.as_str().into());
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                lists_changed.push(index);
+            }
+        }
+        for index in lists_changed {
+            self.mark_dirty(index);
+            self.changed(index);
+        }
+        ended.len()
     }
 
     /// Who an endpoint is (or was, once removed: its URI names its saved state).
@@ -934,6 +1000,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         record.flags = 0;
         record.generation = record.generation.wrapping_add(1);
         record.dialog = DialogStrings::default();
+        self.revoked.remove(&id.index);
         self.free.push(id.index);
         self.stats.active -= 1;
         self.changed(id.index);
@@ -1082,12 +1149,15 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         if terminating {
             // Expiry, unsubscription and fetch all end the same way; an
             // endpoint removed from service tells the watcher not to retry.
+            // Revoked authorization: "rejected", do not retry (§4.2.2).
             let removed =
                 record.kind != Kind::List && self.presentities[record.target as usize].removed;
             w.header(
                 "Subscription-State",
                 if removed {
                     "terminated;reason=noresource"
+                } else if self.revoked.contains(&id.index) {
+                    "terminated;reason=rejected"
                 } else {
                     "terminated;reason=timeout"
                 },

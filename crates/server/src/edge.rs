@@ -184,6 +184,30 @@ fn mac(secret: &[u8; 32], call_id: &str, side: DialogSide, partner: &str) -> Str
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether a request speaks for the inside of the edge. The trusted
+/// networks vouch only for traffic no certificate speaks for: a connection
+/// whose certificate proves a domain that is not ours is that domain's
+/// federated peer wherever it comes from (a peer's identity outranks its
+/// address, RFC 5922), so a partner's proxy on this host or on the inside
+/// network is judged by the policy like any partner. A certificate naming
+/// only our own domains, or hosts under them, is the inside's (an internal
+/// pool talking mutual TLS).
+pub fn speaks_for_inside(policy: &PolicyConfig, own_domains: &[String], origin: &Origin) -> bool {
+    let ours = |name: &str| {
+        own_domains.iter().any(|d| {
+            name.eq_ignore_ascii_case(d)
+                || name.len() > d.len()
+                    && name.as_bytes()[name.len() - d.len() - 1] == b'.'
+                    && name[name.len() - d.len()..].eq_ignore_ascii_case(d)
+        })
+    };
+    policy.is_trusted(origin.source.ip())
+        && origin
+            .peer
+            .as_ref()
+            .is_none_or(|peer| peer.domains.iter().all(|d| ours(d)))
+}
+
 /// The name a request's outside peer is reached by: the domain (or, for a
 /// public provider's users, the provider's edge) its certificate proves.
 /// None when the certificate does not prove it.
@@ -223,7 +247,7 @@ impl Edge {
         policy: &PolicyConfig,
         parties: Parties,
     ) -> Route {
-        let trusted = policy.is_trusted(origin.source.ip());
+        let trusted = speaks_for_inside(policy, &local.hosts, origin);
         let method = request.method().unwrap_or_default();
         // Our own Route entries on top: a dialog this node record-routed.
         let mut consumed = 0;

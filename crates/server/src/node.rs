@@ -609,8 +609,7 @@ impl EventLoop {
                 let _ = reply.send(self.presence.set_override(&uri, state));
             }
             Query::Apply(policy, mut endpoints, reply) => {
-                self.presence.set_policy(*policy);
-                let applied = self.presence.apply_endpoints(&mut endpoints);
+                let applied = self.presence.apply(*policy, &mut endpoints);
                 self.set_probes(applied.probes);
                 let imported = crate::status::Imported {
                     endpoints_added: applied.added,
@@ -887,7 +886,7 @@ impl EventLoop {
             let parties = Parties {
                 to_endpoint: to_endpoint.is_some(),
                 from_endpoint: new_call
-                    && !self.presence.policy().is_trusted(origin.source.ip())
+                    && !self.presence.speaks_for_inside(&origin)
                     && self.presence.sent_by_endpoint(&request, &origin),
             };
             match self.edge.route(
@@ -1085,7 +1084,7 @@ impl EventLoop {
         else {
             return;
         };
-        let trust = if self.presence.policy().is_trusted(origin.source.ip()) {
+        let trust = if self.presence.speaks_for_inside(&origin) {
             None
         } else {
             match self

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -70,11 +70,12 @@ fn authorize_subscription(
     policy: &PolicyConfig,
     directory: &Directory,
     admission: &Mutex<Admission>,
+    inside: bool,
     origin: &Origin,
     endpoint: u32,
     watcher: &str,
 ) -> Authorization {
-    if policy.is_trusted(origin.source.ip()) {
+    if inside {
         return Authorization::Allow;
     }
     let domain = domain_of(watcher);
@@ -126,6 +127,27 @@ fn authorize_subscription(
         code: 403,
         reason: "Forbidden".into(),
     }
+}
+
+/// The policy's full decision when it refuses `watcher`, vouched for by
+/// `partner`'s certificate, to watch `endpoint`: the question a new
+/// SUBSCRIBE is asked, put to a subscription already held (after a policy
+/// change, or restored at start), so the live and the restarted node agree.
+fn refuses_watcher(
+    policy: &PolicyConfig,
+    endpoint: &Endpoint,
+    watcher: &str,
+    partner: &str,
+) -> Option<Decision> {
+    let domain = domain_of(watcher);
+    let partners = [partner.to_owned()];
+    let request = PolicyRequest {
+        remote_domain: &domain,
+        remote: Remote::Certified(&partners),
+        local: local_party(endpoint),
+        modality: Modality::Presence,
+    };
+    (!verdict(policy, &request).allowed).then(|| decide(policy, &request))
 }
 
 /// What the policy knows of an inbound request's sender.
@@ -212,6 +234,9 @@ pub struct PresenceService {
     /// Presence an admin set through the API, per endpoint.
     overrides: Vec<Option<porchlight_presence::PresenceState>>,
     xml: XmlLimits,
+    /// Our domains and aliases: a certificate naming only these is the
+    /// inside's.
+    own_domains: Vec<String>,
     keepalives: HashMap<String, (usize, String)>,
     keepalive_seq: u64,
     next_schedule_check: Instant,
@@ -295,6 +320,13 @@ impl PresenceService {
             registrar,
             publications,
             xml,
+            own_domains: config
+                .node
+                .domains
+                .iter()
+                .chain(&config.node.aliases)
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
             keepalives: HashMap::new(),
             keepalive_seq: 0,
             next_schedule_check: now,
@@ -312,7 +344,7 @@ impl PresenceService {
     /// changed ones show their new name, state and sources to their
     /// watchers; removed ones end their subscriptions (`noresource`) and
     /// lose their registrations and publications.
-    pub fn apply_endpoints(&mut self, set: &mut EndpointSet) -> EndpointsApplied {
+    fn apply_endpoints(&mut self, set: &mut EndpointSet) -> EndpointsApplied {
         let changes = self.directory.apply(set);
         let slots = self.directory.slots();
         self.registrar.grow(slots);
@@ -431,10 +463,50 @@ impl PresenceService {
         &self.policy
     }
 
-    /// Puts a new policy in force for every request from now on;
-    /// subscriptions already accepted stay.
-    pub fn set_policy(&mut self, policy: PolicyConfig) {
+    /// Puts a provisioned policy and endpoint set in force together, for
+    /// every request from now on and for what is already held: federated
+    /// subscriptions the new policy (or an endpoint's new grant) refuses
+    /// end with a final NOTIFY saying `rejected`, exactly as a restart
+    /// would drop them.
+    pub fn apply(&mut self, policy: PolicyConfig, set: &mut EndpointSet) -> EndpointsApplied {
         self.policy = policy;
+        let applied = self.apply_endpoints(set);
+        self.revoke_refused();
+        applied
+    }
+
+    /// Ends the federated subscriptions the policy in force refuses.
+    fn revoke_refused(&mut self) -> usize {
+        let (policy, directory) = (&self.policy, &self.directory);
+        // One decision per endpoint, watcher domain and partner.
+        let mut decided: HashMap<(u32, String, Arc<str>), bool> = HashMap::new();
+        let revoked = self.notifier.revoke(&mut |slot, watcher, hop| {
+            let NextHop::Partner(partner) = hop else {
+                return false;
+            };
+            let Some(endpoint) = directory.get(slot as usize) else {
+                return false;
+            };
+            let key = (slot, domain_of(watcher), partner.clone());
+            if let Some(&refused) = decided.get(&key) {
+                return refused;
+            }
+            let refusal = refuses_watcher(policy, endpoint, watcher, partner);
+            if let Some(decision) = &refusal {
+                tracing::info!(
+                    watcher,
+                    endpoint = %endpoint.identity.uri,
+                    partner = %partner,
+                    "held subscriptions from this domain end: the policy now refuses them\n{decision}"
+                );
+            }
+            decided.insert(key, refusal.is_some());
+            refusal.is_some()
+        });
+        if revoked > 0 {
+            tracing::info!(revoked, "policy change ended held subscriptions");
+        }
+        revoked
     }
 
     /// Decides a policy request on the hot path and records the decision;
@@ -841,18 +913,10 @@ impl PresenceService {
             return None;
         };
         let endpoint = self.directory.get(self.directory.resolve(uri)?)?;
-        let domain = domain_of(&saved.remote_uri);
-        let partners = [partner.to_string()];
-        let request = PolicyRequest {
-            remote_domain: &domain,
-            remote: Remote::Certified(&partners),
-            local: local_party(endpoint),
-            modality: Modality::Presence,
-        };
-        (!verdict(&self.policy, &request).allowed).then(|| {
+        refuses_watcher(&self.policy, endpoint, &saved.remote_uri, partner).map(|decision| {
             format!(
-                "the policy now refuses {domain}: {}",
-                decide(&self.policy, &request)
+                "the policy now refuses {}: {decision}",
+                domain_of(&saved.remote_uri)
             )
         })
     }
@@ -880,9 +944,10 @@ impl PresenceService {
                     return Answer::new(403, "Forbidden");
                 }
                 let mut flow = flow_info(origin, request);
+                let inside = self.speaks_for_inside(origin);
                 // A federated watcher is reached through its partner's
                 // edge, by name: NOTIFYs survive the connection closing.
-                if !self.policy.is_trusted(origin.source.ip()) {
+                if !inside {
                     let from = request.from().map(|f| domain_of(f.uri.as_str()));
                     if let Some(partner) = from
                         .ok()
@@ -899,7 +964,7 @@ impl PresenceService {
                     &|uri| directory.resolve(uri).map(|i| i as u32),
                     &|endpoint, watcher| {
                         authorize_subscription(
-                            policy, directory, admission, origin, endpoint, watcher,
+                            policy, directory, admission, inside, origin, endpoint, watcher,
                         )
                     },
                     now,
@@ -910,6 +975,12 @@ impl PresenceService {
             "SERVICE" => self.service(request, origin, now),
             _ => Answer::new(501, "Not Implemented"),
         }
+    }
+
+    /// Whether a request speaks for the inside of the edge (see
+    /// [`edge::speaks_for_inside`]).
+    pub fn speaks_for_inside(&self, origin: &Origin) -> bool {
+        edge::speaks_for_inside(&self.policy, &self.own_domains, origin)
     }
 
     /// Whether an outsider's new request (a subscription, a call, IM) to
@@ -925,7 +996,7 @@ impl PresenceService {
         self.policy.edge.hide_missing_endpoints
             && !in_dialog
             && !batched
-            && !self.policy.is_trusted(origin.source.ip())
+            && !self.speaks_for_inside(origin)
             && self
                 .directory
                 .resolve(request.request_uri().unwrap_or_default())

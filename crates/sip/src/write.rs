@@ -166,8 +166,11 @@ impl Answer {
 
 /// Starts a response to `request`: copies Via (the top one replaced by
 /// `top_via`, see [`via_with_received`]), From, To (adding `to_tag` when it has none), Call-ID and
-/// CSeq, as RFC 3261 §8.2.6.2 requires. Works on raw bytes, so even a request
-/// with a malformed Via can be answered.
+/// CSeq, as RFC 3261 §8.2.6.2 requires, and the Record-Route when the
+/// response establishes a dialog (§12.1.1: a 101–299 to an INVITE or
+/// SUBSCRIBE outside a dialog), so the peer's later requests follow the
+/// proxies that asked to stay in the path. Works on raw bytes, so even a
+/// request with a malformed Via can be answered.
 pub fn response_to(
     request: &Message,
     code: u16,
@@ -177,6 +180,9 @@ pub fn response_to(
 ) -> MessageWriter {
     let mut w = MessageWriter::response(code, reason);
     let mut first_via = true;
+    let establishes_dialog = (101..300).contains(&code)
+        && matches!(request.method(), Some("INVITE" | "SUBSCRIBE"))
+        && request.to().is_ok_and(|to| to.tag().is_none());
     for field in request.headers() {
         let value = request.value_bytes(field);
         match field.name {
@@ -220,6 +226,9 @@ pub fn response_to(
             }
             HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
                 w.header(field.name.as_str(), value);
+            }
+            HeaderName::RecordRoute if establishes_dialog => {
+                w.header("Record-Route", value);
             }
             _ => {}
         }
