@@ -637,3 +637,75 @@ fn saved_subscriptions_come_back_with_their_dialogs_and_are_renotified_paced() {
     assert_eq!(restarted.subscribe(99).code, 200);
     assert_eq!(restarted.notifier.stats().active, 40);
 }
+
+#[test]
+fn a_policy_change_ends_the_subscriptions_it_refuses_with_rejected() {
+    let mut h = Harness::new(NotifierConfig {
+        min_notify_interval: Duration::ZERO,
+        ..NotifierConfig::default()
+    });
+    // Flows 1 and 3 are partners the new policy refuses; 2 stays allowed.
+    let tag = h.subscribe(1).to_tag.unwrap();
+    assert_eq!(h.subscribe(2).code, 200);
+    let list = r#"<batchSub xmlns="http://schemas.microsoft.com/2006/01/sip/batch-subscribe" uri="sip:w3@fabrikam.com" name=""><action name="subscribe" id="1"><adhocList><resource uri="sip:helpdesk@contoso.com"/></adhocList><categoryList xmlns="http://schemas.microsoft.com/2006/09/sip/categorylist"><category name="state"/></categoryList></action></batchSub>"#;
+    let batch = "Event: presence\r\nRequire: adhoclist, categoryList\r\nSupported: eventlist\r\n\
+                 Accept: application/msrtc-event-categories+xml, application/rlmi+xml, multipart/related\r\n\
+                 Content-Type: application/msrtc-adrl-categorylist+xml\r\n";
+    assert_eq!(h.subscribe_with(3, batch, list).code, 200);
+    for (_, notify) in h.drain() {
+        h.reply(&notify, 200);
+    }
+    assert_eq!(h.notifier.stats().active, 3);
+
+    let mut asked = Vec::new();
+    let ended = h.notifier.revoke(&mut |slot, watcher, flow| {
+        asked.push((slot, watcher.to_owned(), *flow));
+        *flow != 2
+    });
+    assert_eq!(
+        ended, 1,
+        "one single subscription refused; the list lives on"
+    );
+    asked.sort();
+    assert_eq!(
+        asked,
+        [
+            (0, "sip:w1@fabrikam.com".to_owned(), 1),
+            (0, "sip:w2@fabrikam.com".to_owned(), 2),
+            (0, "sip:w3@fabrikam.com".to_owned(), 3),
+        ]
+    );
+    let sent = h.drain();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let single = &sent.iter().find(|(flow, _)| *flow == 1).unwrap().1;
+    assert_eq!(
+        header(single, "Subscription-State"),
+        "terminated;reason=rejected"
+    );
+    let listed = &sent.iter().find(|(flow, _)| *flow == 3).unwrap().1;
+    assert!(header(listed, "Subscription-State").starts_with("active"));
+    assert!(
+        body(listed).contains(
+            "<resource uri=\"sip:helpdesk@contoso.com\"><instance id=\"0\" state=\"resubscribe\"/>"
+        ),
+        "{}",
+        body(listed)
+    );
+    for (_, notify) in &sent {
+        h.reply(notify, 200);
+    }
+    assert_eq!(h.notifier.stats().active, 2);
+    // The refused watcher's refresh finds no dialog; the allowed one hears
+    // the next change, the list no longer does.
+    assert_eq!(h.answer(&resubscribe(1, &tag, 600), 1).code, 481);
+    h.set(Availability::BUSY);
+    let sent = h.drain();
+    assert_eq!(
+        sent.iter().map(|(flow, _)| *flow).collect::<Vec<_>>(),
+        [2],
+        "{sent:?}"
+    );
+    // Asking again changes nothing: what ended stays ended, once.
+    assert_eq!(h.notifier.revoke(&mut |_, _, flow| *flow != 2), 0);
+    assert!(h.drain().is_empty());
+}

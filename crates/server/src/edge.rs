@@ -423,6 +423,51 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_certificate_outranks_a_trusted_address() {
+        let from_inside = |peer: Option<&str>| Origin {
+            source: "10.0.0.7:40000".parse().unwrap(),
+            ..origin(peer)
+        };
+        let own = ["contoso.com".to_owned()];
+        assert!(speaks_for_inside(&policy(), &own, &from_inside(None)));
+        assert!(
+            !speaks_for_inside(&policy(), &own, &from_inside(Some("fabrikam.com"))),
+            "a partner's proxy on the inside network is the partner"
+        );
+        assert!(!speaks_for_inside(
+            &policy(),
+            &own,
+            &from_inside(Some("evilcontoso.com"))
+        ));
+        assert!(speaks_for_inside(
+            &policy(),
+            &own,
+            &from_inside(Some("pool.contoso.com"))
+        ));
+        let outside = Origin {
+            source: "192.0.2.9:40000".parse().unwrap(),
+            ..origin(None)
+        };
+        assert!(!speaks_for_inside(&policy(), &own, &outside));
+        // The router follows the same rule: the partner's request for
+        // another domain is not relayed, though it came from the inside.
+        let out = request("MESSAGE", "sip:carol@northwind.example", "");
+        assert_eq!(
+            route(
+                &edge(false),
+                &out,
+                &from_inside(Some("fabrikam.com")),
+                false
+            ),
+            Route::Local
+        );
+        assert!(matches!(
+            route(&edge(false), &out, &from_inside(None), false),
+            Route::Forward(_)
+        ));
+    }
+
     fn request(method: &str, uri: &str, extra: &str) -> Message {
         let text = format!(
             "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/TLS edge.fabrikam.com;branch=z9hG4bK1\r\n\

@@ -2,7 +2,7 @@
 //! field for field, and re-writing the parsed message gives the same bytes.
 
 use bytes::Bytes;
-use porchlight_sip::{Framing, Limits, Message, MessageWriter};
+use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter};
 use proptest::prelude::*;
 
 fn token() -> impl Strategy<Value = String> {
@@ -156,4 +156,53 @@ fn stream_framing_waits_for_the_whole_body() {
     buf.extend_from_slice(b"NEXT");
     let frame = Message::frame(&buf, &limits).unwrap().unwrap();
     assert_eq!((frame.skip, frame.len), (4, msg.len()));
+}
+
+#[test]
+fn answers_that_establish_a_dialog_copy_the_record_route() {
+    let request = |method: &str, to: &str| {
+        let raw = format!(
+            "{method} sip:helpdesk@contoso.com SIP/2.0\r\nVia: SIP/2.0/TLS edge.fabrikam.com;branch=z9hG4bK1\r\n\
+             Record-Route: <sip:edge.fabrikam.com;transport=tls;lr>\r\n\
+             Record-Route: <sip:inner.fabrikam.com;lr>, <sip:p3.fabrikam.com;lr>\r\n\
+             From: <sip:alice@fabrikam.com>;tag=a\r\nTo: {to}\r\nCall-ID: c\r\nCSeq: 1 {method}\r\n\
+             Contact: <sip:alice@10.0.0.1>\r\nContent-Length: 0\r\n\r\n"
+        );
+        Message::parse(Bytes::from(raw), Framing::Datagram, &Limits::default()).unwrap()
+    };
+    let routes = |request: &Message, code: u16| {
+        let bytes = Answer::new(code, "x").write(request, None, "t");
+        let answer = Message::parse(bytes, Framing::Datagram, &Limits::default()).unwrap();
+        answer
+            .items(HeaderName::RecordRoute)
+            .map(|r| r.unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let all = [
+        "<sip:edge.fabrikam.com;transport=tls;lr>",
+        "<sip:inner.fabrikam.com;lr>",
+        "<sip:p3.fabrikam.com;lr>",
+    ];
+    let initial = "<sip:helpdesk@contoso.com>";
+    for method in ["SUBSCRIBE", "INVITE"] {
+        assert_eq!(routes(&request(method, initial), 200), all, "{method} 200");
+        assert_eq!(routes(&request(method, initial), 202), all, "{method} 202");
+        assert!(
+            routes(&request(method, initial), 403).is_empty(),
+            "{method} 403"
+        );
+        let refresh = "<sip:helpdesk@contoso.com>;tag=ours";
+        assert!(
+            routes(&request(method, refresh), 200).is_empty(),
+            "{method} in dialog"
+        );
+    }
+    assert_eq!(
+        routes(&request("INVITE", initial), 180),
+        all,
+        "early dialog"
+    );
+    assert!(routes(&request("INVITE", initial), 100).is_empty());
+    assert!(routes(&request("MESSAGE", initial), 200).is_empty());
+    assert!(routes(&request("OPTIONS", initial), 200).is_empty());
 }
