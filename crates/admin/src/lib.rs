@@ -27,7 +27,7 @@ use porchlight_server::NodeHandle;
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
-pub use token::{load_or_create_token, TokenError};
+pub use token::{address_file, load_or_create_token, write_address, TokenError};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -84,10 +84,15 @@ async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> 
     if token::same(presented.as_bytes(), admin.token.as_bytes()) {
         return next.run(request).await;
     }
+    let said = if presented.is_empty() {
+        "a bearer token is required: send `Authorization: Bearer <token>` with the token in the node's [admin] token_file\n"
+    } else {
+        "the bearer token is not this node's: use the one in its [admin] token_file (a node makes a new one only when that file is missing)\n"
+    };
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer realm=\"porchlight\"")],
-        "a bearer token is required (see [admin] token_file)\n",
+        said,
     )
         .into_response()
 }

@@ -2,7 +2,24 @@
 //! read/write only) on first start, so the API is never open by default
 //! and the CLI on the same machine finds the token where the node left it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Where a running node leaves the address its admin API is bound to:
+/// beside its token (`porchlight-admin.url` for `porchlight-admin.token`),
+/// so the CLI reaches the node it was started with even when `[admin]
+/// listen` asks for any free port.
+pub fn address_file(token_file: &Path) -> PathBuf {
+    token_file.with_extension("url")
+}
+
+/// Writes the admin API's base URL to [`address_file`].
+pub fn write_address(token_file: &Path, addr: std::net::SocketAddr) -> Result<(), TokenError> {
+    let path = address_file(token_file);
+    std::fs::write(&path, format!("http://{addr}\n")).map_err(|source| TokenError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
 
 /// Why the token could not be read or made.
 #[derive(Debug, thiserror::Error)]

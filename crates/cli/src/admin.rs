@@ -2,6 +2,7 @@
 //! configuration, ask with its token, and print the answers for people.
 
 use std::fmt::Write;
+use std::path::Path;
 
 use anyhow::Context as _;
 use porchlight_server::Config;
@@ -9,7 +10,9 @@ use serde_json::Value;
 
 use crate::AdminTarget;
 
-/// The node's configuration file named by `--config`, else the embedded defaults.
+/// The node's configuration file named by `--config` (or
+/// `PORCHLIGHT_CONFIG`), else the embedded defaults, whose relative paths
+/// are taken from the current directory.
 pub fn config_of(target: &AdminTarget) -> anyhow::Result<Config> {
     Ok(match &target.config {
         Some(path) => Config::load(path)?,
@@ -17,30 +20,89 @@ pub fn config_of(target: &AdminTarget) -> anyhow::Result<Config> {
     })
 }
 
-/// The node's admin API base URL and its token.
-pub fn locate(target: &AdminTarget) -> anyhow::Result<(String, String)> {
-    locate_in(target, &config_of(target)?)
+/// How to point the CLI at a node, for messages that could not find one.
+pub const POINT_AT_THE_NODE: &str = "run this where the node was started, or name its \
+     configuration with --config FILE (or PORCHLIGHT_CONFIG=FILE), or give --admin URL and \
+     --token-file FILE";
+
+/// Where the node's admin API is: `--admin`, else the address the running
+/// node left beside its token, else `[admin] listen`.
+fn base_of(target: &AdminTarget, config: &Config, token_file: &Path) -> anyhow::Result<String> {
+    if let Some(url) = &target.admin {
+        return Ok(url.trim_end_matches('/').to_owned());
+    }
+    if let Ok(text) = std::fs::read_to_string(porchlight_admin::address_file(token_file)) {
+        let url = text.trim();
+        if url.starts_with("http://") {
+            return Ok(url.trim_end_matches('/').to_owned());
+        }
+    }
+    let addr = config.admin.address().with_context(|| {
+        format!("the admin API is off in this configuration ([admin] listen); {POINT_AT_THE_NODE}")
+    })?;
+    Ok(format!("http://{addr}"))
 }
 
-/// [`locate`] with the node's configuration already read.
-pub fn locate_in(target: &AdminTarget, config: &Config) -> anyhow::Result<(String, String)> {
-    let base = match &target.admin {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => {
-            let addr = config
-                .admin
-                .address()
-                .context("the admin API is off in this configuration ([admin] listen)")?;
-            format!("http://{addr}")
-        }
-    };
+/// Whether something accepts connections at an admin base URL.
+fn answers(base: &str) -> bool {
+    use std::net::ToSocketAddrs as _;
+    base.trim_start_matches("http://")
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok()
+        })
+}
+
+/// What the CLI found of the node.
+pub enum Located {
+    /// The admin API's base URL and token: ask it.
+    Node {
+        /// Base URL.
+        base: String,
+        /// Bearer token.
+        token: String,
+    },
+    /// Nothing answers where the node would be.
+    NotRunning {
+        /// Where it was looked for.
+        base: String,
+    },
+}
+
+/// Finds the node named by `target` (its configuration already read).
+/// A node that answers while its token cannot be read is an error that
+/// says so, never taken for a stopped node.
+pub fn locate_in(target: &AdminTarget, config: &Config) -> anyhow::Result<Located> {
     let token_file = target
         .token_file
         .clone()
         .unwrap_or_else(|| config.resolve(&config.admin.token_file));
-    let token = std::fs::read_to_string(&token_file)
-        .with_context(|| format!("reading the admin token from {}", token_file.display()))?;
-    Ok((base, token.trim().to_owned()))
+    let base = base_of(target, config, &token_file)?;
+    match std::fs::read_to_string(&token_file) {
+        Ok(token) => Ok(Located::Node {
+            base,
+            token: token.trim().to_owned(),
+        }),
+        Err(e) if answers(&base) => anyhow::bail!(
+            "a node answers at {base}, but its admin token could not be read from {}: {e}; \
+             {POINT_AT_THE_NODE}",
+            token_file.display()
+        ),
+        Err(_) => Ok(Located::NotRunning { base }),
+    }
+}
+
+/// The running node's admin API base URL and token; an error that says
+/// how to point at the node when none answers.
+pub fn locate(target: &AdminTarget) -> anyhow::Result<(String, String)> {
+    match locate_in(target, &config_of(target)?)? {
+        Located::Node { base, token } if answers(&base) => Ok((base, token)),
+        Located::Node { base, .. } | Located::NotRunning { base } => {
+            anyhow::bail!("no node answers at {base}; {POINT_AT_THE_NODE}")
+        }
+    }
 }
 
 /// GETs `path` from the admin API at `base` with `token`.

@@ -49,12 +49,12 @@ enum Command {
     Resolve {
         /// The partner's SIP domain.
         domain: String,
-        /// Ask this DNS server (IP:PORT, repeatable) instead of the system's.
+        /// Ask this DNS server (IP:PORT, repeatable) instead of the
+        /// configuration's.
         #[arg(long)]
         nameserver: Vec<std::net::SocketAddr>,
-        /// Configuration file, for allowed domains' pinned proxies.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        target: AdminTarget,
     },
     /// The running node's counters, gauges and endpoints (admin API).
     Status {
@@ -107,24 +107,28 @@ enum Command {
         /// without it the request is taken as not over mutual TLS.
         #[arg(long)]
         peer: Vec<String>,
-        /// Configuration file (TOML); embedded defaults otherwise.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        target: AdminTarget,
     },
 }
 
-/// Where the running node's admin API is and how to get in.
+/// Which node a command is about, found the same way from any directory:
+/// its configuration file (`--config`, else `PORCHLIGHT_CONFIG`, else the
+/// embedded defaults with paths from the current directory) names its
+/// token file, beside which the running node leaves its admin address; the
+/// command asks that node, or, when it is stopped, reads its store.
 #[derive(clap::Args)]
 struct AdminTarget {
-    /// The node's configuration (for [admin] listen and token_file);
-    /// embedded defaults otherwise.
-    #[arg(long, short)]
+    /// The node's configuration (for [admin] token_file and listen, and
+    /// [store] path); embedded defaults otherwise.
+    #[arg(long, short, env = "PORCHLIGHT_CONFIG")]
     config: Option<PathBuf>,
-    /// The admin API's base URL, instead of the configuration's.
-    #[arg(long)]
+    /// The admin API's base URL, instead of the one the node left beside
+    /// its token or the configuration's.
+    #[arg(long, env = "PORCHLIGHT_ADMIN")]
     admin: Option<String>,
     /// The token file, instead of the configuration's.
-    #[arg(long)]
+    #[arg(long, env = "PORCHLIGHT_TOKEN_FILE")]
     token_file: Option<PathBuf>,
 }
 
@@ -283,13 +287,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 // the start before any SIP traffic is taken.
                 let admin = match config.admin.address() {
                     Some(addr) => {
-                        let token = porchlight_admin::load_or_create_token(
-                            &config.resolve(&config.admin.token_file),
-                        )?;
+                        let token_file = config.resolve(&config.admin.token_file);
+                        let token = porchlight_admin::load_or_create_token(&token_file)?;
                         let listener = tokio::net::TcpListener::bind(addr)
                             .await
                             .with_context(|| format!("binding the admin API to {addr}"))?;
-                        tracing::info!("admin API at http://{}", listener.local_addr()?);
+                        let bound = listener.local_addr()?;
+                        porchlight_admin::write_address(&token_file, bound)?;
+                        tracing::info!("admin API at http://{bound}");
                         Some((listener, token))
                     }
                     None => None,
@@ -335,12 +340,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resolve {
             domain,
             nameserver,
-            config,
+            target,
         } => {
-            let config = match &config {
-                Some(path) => Config::load(path)?,
-                None => Config::embedded(),
-            };
+            let (config, judged) = provision::config_in_force(&target)?;
+            println!("{domain} ({judged})");
             let route = config.policy.route_to(&domain);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -373,12 +376,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to,
             kind,
             peer,
-            config,
+            target,
         } => {
-            let config = match &config {
-                Some(path) => Config::load(path)?,
-                None => Config::embedded(),
-            };
+            let (config, judged) = provision::config_in_force(&target)?;
             let modality = Modality::from_name(&kind)
                 .with_context(|| format!("--kind {kind:?}: use presence, im or audio"))?;
             let peer = (!peer.is_empty()).then_some(peer.as_slice());
@@ -390,7 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::FAILURE);
             };
-            println!("{from} -> {to} ({kind})\n{decision}");
+            println!("{from} -> {to} ({kind}), {judged}\n{decision}");
             Ok(if decision.allowed {
                 ExitCode::SUCCESS
             } else {

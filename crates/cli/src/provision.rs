@@ -11,7 +11,7 @@ use porchlight_policy::{FederationChange, Verification};
 use porchlight_server::{Config, Provisioned};
 use porchlight_store::{Durability, EmbeddedStore, Store};
 
-use crate::admin;
+use crate::admin::{self, Located};
 use crate::AdminTarget;
 
 /// Where the document lives for this command, found once.
@@ -20,6 +20,12 @@ enum Place {
     Node { base: String, token: String },
     /// The node is not running: its store, or none (memory only).
     Offline(Option<EmbeddedStore>),
+    /// No node answers at `base` and no store is where its configuration
+    /// puts one: reads see the configuration file, changes are refused.
+    Nowhere {
+        /// Where the node was looked for.
+        base: String,
+    },
 }
 
 /// One command's view: the node's configuration, where the document
@@ -31,56 +37,97 @@ struct Session {
 }
 
 /// Asks the node named by `target` for its document; when none answers,
-/// opens its store instead.
+/// opens its store instead — one that exists: a command never creates a
+/// store where no node keeps one.
 fn open(target: &AdminTarget) -> anyhow::Result<Session> {
     let config = admin::config_of(target)?;
-    if let Ok((base, token)) = admin::locate_in(target, &config) {
-        let probe = ureq::get(&format!("{base}/api/v1/config"))
-            .set("Authorization", &format!("Bearer {token}"))
-            .timeout(std::time::Duration::from_secs(5))
-            .call();
-        match probe {
-            Ok(r) => {
-                let document = r.into_string().with_context(|| base.clone())?;
-                let place = Place::Node { base, token };
-                return Ok(Session {
-                    config,
-                    place,
-                    document,
-                });
+    let base = match admin::locate_in(target, &config)? {
+        Located::Node { base, token } => {
+            let probe = ureq::get(&format!("{base}/api/v1/config"))
+                .set("Authorization", &format!("Bearer {token}"))
+                .timeout(std::time::Duration::from_secs(5))
+                .call();
+            match probe {
+                Ok(r) => {
+                    let document = r.into_string().with_context(|| base.clone())?;
+                    let place = Place::Node { base, token };
+                    return Ok(Session {
+                        config,
+                        place,
+                        document,
+                    });
+                }
+                Err(ureq::Error::Status(code, r)) => {
+                    bail!(
+                        "{base}: {code} {}",
+                        r.into_string().unwrap_or_default().trim()
+                    )
+                }
+                Err(ureq::Error::Transport(_)) => base,
             }
-            Err(ureq::Error::Status(code, r)) => {
-                bail!(
-                    "{base}: {code} {}",
-                    r.into_string().unwrap_or_default().trim()
-                )
-            }
-            Err(ureq::Error::Transport(_)) => {}
         }
-    }
-    let store = open_store(&config)?;
-    let stored = store
-        .as_ref()
-        .map(|s| s.provisioned())
-        .transpose()?
-        .flatten();
+        Located::NotRunning { base } => base,
+    };
+    let place = if config.store.path.as_os_str().is_empty() {
+        Place::Offline(None)
+    } else {
+        let path = config.resolve(&config.store.path);
+        if path.is_dir() {
+            Place::Offline(Some(
+                EmbeddedStore::open(&path, Durability::Process).with_context(|| {
+                    format!("no node answers at {base}, so its store was opened directly")
+                })?,
+            ))
+        } else {
+            Place::Nowhere { base }
+        }
+    };
+    let stored = match &place {
+        Place::Offline(Some(store)) => store.provisioned()?,
+        _ => None,
+    };
     let document = stored.unwrap_or_else(|| config.provisioned().to_toml());
     Ok(Session {
         config,
-        place: Place::Offline(store),
+        place,
         document,
     })
 }
 
-fn open_store(config: &Config) -> anyhow::Result<Option<EmbeddedStore>> {
-    if config.store.path.as_os_str().is_empty() {
-        return Ok(None);
-    }
-    let path = config.resolve(&config.store.path);
-    Ok(Some(
-        EmbeddedStore::open(&path, Durability::Process).with_context(|| {
-            "no node answered on its admin API, so the store was opened directly"
-        })?,
+/// The configuration in force: the node's file (or the embedded
+/// defaults) with the policy and endpoints the running node holds, or,
+/// when it is stopped, the ones its store will start with — what
+/// `explain` and `resolve` must judge by.
+/// Returns it with a line saying where it came from.
+pub fn config_in_force(target: &AdminTarget) -> anyhow::Result<(Config, String)> {
+    let session = open(target)?;
+    let file = target
+        .config
+        .as_ref()
+        .map_or("the embedded defaults".to_owned(), |f| {
+            f.display().to_string()
+        });
+    let (origin, said) = match &session.place {
+        Place::Node { base, .. } => (
+            format!("{base}/api/v1/config"),
+            format!("as in force on the node at {base}"),
+        ),
+        Place::Offline(Some(_)) => (
+            "the store".to_owned(),
+            format!("no node answers: as its store and {file} will start it"),
+        ),
+        Place::Offline(None) | Place::Nowhere { .. } => {
+            return Ok((
+                session.config,
+                format!("no node answers and no store is kept: as {file} says"),
+            ))
+        }
+    };
+    Ok((
+        session
+            .config
+            .with_provisioned(&session.document, &origin)?,
+        said,
     ))
 }
 
@@ -114,6 +161,13 @@ impl Session {
             }
             Place::Offline(None) => {
                 bail!("this node has no store ([store] path = \"\"): change the configuration file instead")
+            }
+            Place::Nowhere { base } => {
+                bail!(
+                    "no node answers at {base}, and no store is at {}: nothing was changed; {}",
+                    self.config.resolve(&self.config.store.path).display(),
+                    admin::POINT_AT_THE_NODE
+                )
             }
             Place::Offline(Some(store)) => {
                 store.save_provisioned(&document)?;
@@ -616,6 +670,11 @@ pub fn status(target: &AdminTarget) -> anyhow::Result<String> {
                 "the node is not running, and keeps no store ([store] path is empty)\n".into(),
             )
         }
+        Place::Nowhere { base } => bail!(
+            "no node answers at {base}, and no store is at {}; {}",
+            session.config.resolve(&session.config.store.path).display(),
+            admin::POINT_AT_THE_NODE
+        ),
         Place::Offline(Some(store)) => store,
     };
     let registrations = store.registrations()?;

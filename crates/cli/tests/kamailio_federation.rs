@@ -320,3 +320,113 @@ fn the_inside_reaches_a_partner_found_in_dns_and_notifies_survive_a_lost_connect
     );
     assert_eq!(relay.last().and_then(|r| r.status()), Some(403));
 }
+
+/// Lines of Kamailio's log that contain `needle`, waiting up to `within`
+/// for at least one.
+fn kamailio_logged(kamailio: &Kamailio, needle: &str, within: Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let log = std::fs::read_to_string(&kamailio.log).unwrap_or_default();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect();
+        if !lines.is_empty() {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kamailio never logged {needle:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_certified_partner_on_loopback_is_judged_by_policy_and_a_block_ends_its_watchers() {
+    let pki = Pki::new("kamailio-loopback");
+    // The default trusted networks: loopback, where Kamailio runs too. Its
+    // certificate proves fabrikam.com, and that outranks the address.
+    let text = pki.config(&[(NO_PARTNERS, FABRIKAM)]).replace(
+        "trusted_networks = []",
+        "trusted_networks = [\"127.0.0.0/8\", \"::1/128\"]",
+    );
+    let server = start("kam-loopback", &text);
+    let file = server.dir.join("porchlight.toml");
+    let fabrikam = Kamailio::start(&pki, "loopback", "fabrikam.com", server.tls);
+
+    let alice = watcher("loopback-alice", "sip:alice@fabrikam.com", &fabrikam);
+    alice.expect_status(
+        "sip:helpdesk@contoso.com",
+        "Online",
+        Duration::from_secs(10),
+    );
+    // A From that fabrikam's certificate does not prove: spoofed, though
+    // the connection comes from a trusted address.
+    let mallory = watcher(
+        "loopback-mallory",
+        "sip:mallory@contoso-partner.example",
+        &fabrikam,
+    );
+    mallory.expect("403 Forbidden", Duration::from_secs(10));
+    drop(mallory);
+
+    // A raw watcher behind Kamailio: the 200 carries Kamailio's
+    // Record-Route, and the refresh follows it back through Kamailio.
+    let mut bob = Watcher::new(
+        fabrikam.udp(),
+        "sip:helpdesk@contoso.com",
+        "sip:bob@fabrikam.com",
+    );
+    assert_eq!(bob.subscribe(600).status(), Some(200));
+    let kamailio_udp = format!("sip:127.0.0.1:{};", fabrikam.udp_port);
+    assert!(
+        bob.route_set.len() >= 2 && bob.route_set[0].contains(&kamailio_udp),
+        "the 200 did not copy Kamailio's Record-Route: {:?}",
+        bob.route_set
+    );
+    bob.expect_notify("<basic>open</basic>", Duration::from_secs(5));
+    assert_eq!(bob.subscribe(600).status(), Some(200), "the refresh");
+    kamailio_logged(
+        &fabrikam,
+        "in-dialog SUBSCRIBE to sip:",
+        Duration::from_secs(5),
+    );
+
+    // The admin blocks fabrikam.com: the node ends the subscriptions it
+    // holds for fabrikam's users at once, with the reason RFC 6665 gives
+    // for a revoked authorization, and refuses what comes after.
+    porchlight_ok(&file, &["federation", "remove", "fabrikam.com"]);
+    let said = porchlight_ok(&file, &["federation", "block", "fabrikam.com"]);
+    assert!(said.contains("in force"), "{said}");
+    let last = bob.expect_notify("Subscription-State: terminated", Duration::from_secs(5));
+    assert_eq!(
+        std::str::from_utf8(last.values_named("Subscription-State").next().unwrap()).unwrap(),
+        "terminated;reason=rejected"
+    );
+    alice.expect("rejected; will retry in", Duration::from_secs(10));
+    alice.expect_status(
+        "sip:helpdesk@contoso.com",
+        "Unknown",
+        Duration::from_secs(5),
+    );
+    assert_eq!(bob.subscribe(600).status(), Some(481), "the dialog is over");
+    bob.new_dialog();
+    assert_eq!(bob.subscribe(600).status(), Some(403), "blocked");
+    // explain judges by what the node has in force, not by the file.
+    let (ok, text) = explain(&server, "sip:alice@fabrikam.com", "fabrikam.com");
+    assert!(
+        !ok && text.contains("as in force on the node at http://")
+            && text.contains("matches blocked domain fabrikam.com"),
+        "{text}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.api_get("/api/v1/status")["subscriptions_active"] != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "subscriptions are left"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

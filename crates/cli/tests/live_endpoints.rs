@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::collections::VecDeque;
-use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,113 +15,6 @@ use common::*;
 use porchlight_sip::Message;
 
 const QUEUE: &str = "sip:queue@contoso.com";
-
-/// A watcher speaking SIP over its own UDP socket, one subscription dialog
-/// to the queue.
-struct Watcher {
-    socket: UdpSocket,
-    server: SocketAddr,
-    to_tag: Option<String>,
-    cseq: u32,
-    /// NOTIFYs that arrived while waiting for a response.
-    notifies: VecDeque<Message>,
-}
-
-impl Watcher {
-    fn new(server: SocketAddr) -> Watcher {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        Watcher {
-            socket,
-            server,
-            to_tag: None,
-            cseq: 0,
-            notifies: VecDeque::new(),
-        }
-    }
-
-    /// Sends a SUBSCRIBE in the dialog (or a new one) and returns the
-    /// final response; a 2xx to a new one sets up the dialog.
-    fn subscribe(&mut self, expires: u32) -> Message {
-        self.cseq += 1;
-        let local = self.socket.local_addr().unwrap();
-        let to_tag = self
-            .to_tag
-            .as_ref()
-            .map(|t| format!(";tag={t}"))
-            .unwrap_or_default();
-        let request = format!(
-            "SUBSCRIBE {QUEUE} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKlive{cseq};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:watcher@127.0.0.1>;tag=w1\r\nTo: <{QUEUE}>{to_tag}\r\n\
-             Call-ID: live-endpoints-{cseq_first}\r\nCSeq: {cseq} SUBSCRIBE\r\nContact: <sip:watcher@{local}>\r\n\
-             Event: presence\r\nAccept: application/pidf+xml\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n",
-            cseq = self.cseq,
-            // A new dialog gets a new Call-ID; refreshes keep it.
-            cseq_first = if self.to_tag.is_some() { 0 } else { self.cseq },
-        );
-        self.socket
-            .send_to(request.as_bytes(), self.server)
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            let Some(m) = receive_answering(&self.socket) else {
-                continue;
-            };
-            if m.method() == Some("NOTIFY") {
-                self.notifies.push_back(m);
-            } else if m.status().is_some_and(|s| s >= 200) {
-                if m.status() == Some(200) && self.to_tag.is_none() {
-                    self.to_tag = m.to().unwrap().tag().map(str::to_owned);
-                }
-                return m;
-            }
-        }
-        panic!("no final response to the SUBSCRIBE");
-    }
-
-    /// Every NOTIFY that arrives within `wait`, as text.
-    fn notifies_within(&mut self, wait: Duration) -> Vec<String> {
-        let deadline = Instant::now() + wait;
-        let mut heard: Vec<String> = self
-            .notifies
-            .drain(..)
-            .map(|m| String::from_utf8_lossy(m.as_bytes().as_ref()).into_owned())
-            .collect();
-        while Instant::now() < deadline {
-            if let Some(m) = receive_answering(&self.socket) {
-                heard.push(String::from_utf8_lossy(m.as_bytes().as_ref()).into_owned());
-            }
-        }
-        heard
-    }
-
-    /// The next NOTIFY whose body or headers contain `needle`, skipping
-    /// earlier ones (a change may be preceded by the state before it).
-    fn expect_notify(&mut self, needle: &str, within: Duration) -> Message {
-        let deadline = Instant::now() + within;
-        let mut seen = Vec::new();
-        loop {
-            let next = self
-                .notifies
-                .pop_front()
-                .or_else(|| receive_answering(&self.socket));
-            if let Some(m) = next.filter(|m| m.method() == Some("NOTIFY")) {
-                let text = String::from_utf8_lossy(m.as_bytes().as_ref()).into_owned();
-                if text.contains(needle) {
-                    return m;
-                }
-                seen.push(text);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no NOTIFY with {needle:?}; saw:\n{}",
-                seen.join("\n---\n")
-            );
-        }
-    }
-}
 
 /// The queue as the admin API shows it, or the HTTP status when it is not there.
 fn queue_view(server: &Server) -> Result<serde_json::Value, u16> {
@@ -160,7 +51,7 @@ fn endpoints_are_added_changed_and_removed_while_the_node_runs() {
     );
     let server = start("live-endpoints", &text);
     let file = server.dir.join("porchlight.toml");
-    let mut watcher = Watcher::new(server.udp);
+    let mut watcher = Watcher::new(server.udp, QUEUE, "sip:watcher@127.0.0.1");
 
     // Not an endpoint yet.
     assert_eq!(watcher.subscribe(600).status(), Some(404));
@@ -305,7 +196,7 @@ fn endpoints_are_added_changed_and_removed_while_the_node_runs() {
         Some(481),
         "the dialog is over"
     );
-    watcher.to_tag = None;
+    watcher.new_dialog();
     assert_eq!(watcher.subscribe(600).status(), Some(404));
     assert_eq!(queue_view(&server).err(), Some(404));
     // baresip's subscription ended the same way.

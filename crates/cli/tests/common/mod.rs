@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -899,4 +900,149 @@ pub fn porchlight_ok(file: &Path, args: &[&str]) -> String {
     let (success, text) = porchlight_at(file, args);
     assert!(success, "{args:?}: {text}");
     text
+}
+
+/// A watcher speaking SIP over its own UDP socket: one subscription dialog
+/// at a time from `from` to `target`, sent to `proxy` (the node, or a
+/// partner's proxy in front of it). The route set is learned from the
+/// Record-Route of the answer that set up the dialog (RFC 3261 §12.1.2),
+/// so a refresh follows the proxies that asked to stay in the path.
+pub struct Watcher {
+    socket: UdpSocket,
+    proxy: SocketAddr,
+    target: String,
+    from: String,
+    to_tag: Option<String>,
+    /// Where requests in the dialog go: the answer's Contact (§12.1.2).
+    remote_target: Option<String>,
+    /// Route entries for requests in the dialog, in the order to send.
+    pub route_set: Vec<String>,
+    cseq: u32,
+    dialogs: u32,
+    /// NOTIFYs that arrived while waiting for a response.
+    notifies: VecDeque<Message>,
+}
+
+impl Watcher {
+    pub fn new(proxy: SocketAddr, target: &str, from: &str) -> Watcher {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Watcher {
+            socket,
+            proxy,
+            target: target.to_owned(),
+            from: from.to_owned(),
+            to_tag: None,
+            remote_target: None,
+            route_set: Vec::new(),
+            cseq: 0,
+            dialogs: 1,
+            notifies: VecDeque::new(),
+        }
+    }
+
+    /// Forgets the dialog: the next SUBSCRIBE starts a new one.
+    pub fn new_dialog(&mut self) {
+        self.to_tag = None;
+        self.remote_target = None;
+        self.route_set.clear();
+        self.dialogs += 1;
+    }
+
+    /// Sends a SUBSCRIBE in the dialog (or a new one) and returns the
+    /// final response; a 2xx to a new one sets up the dialog.
+    pub fn subscribe(&mut self, expires: u32) -> Message {
+        self.cseq += 1;
+        let local = self.socket.local_addr().unwrap();
+        let to_tag = self
+            .to_tag
+            .as_ref()
+            .map(|t| format!(";tag={t}"))
+            .unwrap_or_default();
+        let routes: String = self
+            .route_set
+            .iter()
+            .map(|r| format!("Route: {r}\r\n"))
+            .collect();
+        let (target, from, cseq, dialog) = (&self.target, &self.from, self.cseq, self.dialogs);
+        let request_uri = self.remote_target.as_ref().unwrap_or(target);
+        let request = format!(
+            "SUBSCRIBE {request_uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKw{dialog}x{cseq};rport\r\n\
+             Max-Forwards: 70\r\n{routes}From: <{from}>;tag=w{dialog}\r\nTo: <{target}>{to_tag}\r\n\
+             Call-ID: watcher-{dialog}-{port}\r\nCSeq: {cseq} SUBSCRIBE\r\nContact: <sip:watcher@{local}>\r\n\
+             Event: presence\r\nAccept: application/pidf+xml\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n",
+            port = local.port(),
+        );
+        self.socket.send_to(request.as_bytes(), self.proxy).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let Some(m) = receive_answering(&self.socket) else {
+                continue;
+            };
+            if m.method() == Some("NOTIFY") {
+                self.notifies.push_back(m);
+            } else if m.status().is_some_and(|s| s >= 200) {
+                if m.status() == Some(200) && self.to_tag.is_none() {
+                    self.to_tag = m.to().unwrap().tag().map(str::to_owned);
+                    self.remote_target = match m.contacts() {
+                        Ok(porchlight_sip::Contacts::List(list)) => {
+                            list.first().map(|c| c.uri.as_str().to_owned())
+                        }
+                        _ => None,
+                    };
+                    let mut routes: Vec<String> = m
+                        .items(porchlight_sip::HeaderName::RecordRoute)
+                        .map(|r| r.unwrap().to_owned())
+                        .collect();
+                    routes.reverse();
+                    self.route_set = routes;
+                }
+                return m;
+            }
+        }
+        panic!("no final response to the SUBSCRIBE");
+    }
+
+    /// Every NOTIFY that arrives within `wait`, as text.
+    pub fn notifies_within(&mut self, wait: Duration) -> Vec<String> {
+        let deadline = Instant::now() + wait;
+        let mut heard: Vec<String> = self
+            .notifies
+            .drain(..)
+            .map(|m| String::from_utf8_lossy(m.as_bytes().as_ref()).into_owned())
+            .collect();
+        while Instant::now() < deadline {
+            if let Some(m) = receive_answering(&self.socket) {
+                heard.push(String::from_utf8_lossy(m.as_bytes().as_ref()).into_owned());
+            }
+        }
+        heard
+    }
+
+    /// The next NOTIFY whose body or headers contain `needle`, skipping
+    /// earlier ones (a change may be preceded by the state before it).
+    pub fn expect_notify(&mut self, needle: &str, within: Duration) -> Message {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            let next = self
+                .notifies
+                .pop_front()
+                .or_else(|| receive_answering(&self.socket));
+            if let Some(m) = next.filter(|m| m.method() == Some("NOTIFY")) {
+                let text = String::from_utf8_lossy(m.as_bytes().as_ref()).into_owned();
+                if text.contains(needle) {
+                    return m;
+                }
+                seen.push(text);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no NOTIFY with {needle:?}; saw:\n{}",
+                seen.join("\n---\n")
+            );
+        }
+    }
 }
