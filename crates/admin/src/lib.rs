@@ -17,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use porchlight_policy::{FederationChange, Modality};
+use porchlight_policy::{FederationChange, FederationChangeError, Modality};
 use porchlight_presence::{Availability, PresenceState};
 use porchlight_server::status::{
     DecisionRecord, EndpointDetail, EndpointView, ImportError, Imported, OutgoingMessage,
@@ -174,6 +174,12 @@ fn import_answer(result: Result<Imported, ImportError>) -> Response {
     match result {
         Ok(outcome) => Json(outcome).into_response(),
         Err(ImportError::Invalid(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Err(ImportError::Federation(e @ FederationChangeError::Name(_))) => {
+            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+        }
+        Err(ImportError::Federation(e @ FederationChangeError::Unknown(_))) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()
+        }
         Err(e @ (ImportError::NoStore | ImportError::Federation(_))) => {
             (StatusCode::CONFLICT, format!("{e}\n")).into_response()
         }
@@ -201,15 +207,16 @@ struct AllowedEntry {
     verified: bool,
 }
 
-/// How to allow a domain.
+/// How to allow a domain; what it leaves out stays as the entry has it.
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 struct AllowSetting {
-    /// Its edge's name, instead of DNS discovery.
+    /// Its edge (host, host:port, address, or sip:/sips: URI), instead of
+    /// DNS discovery; `""` goes back to DNS.
     #[serde(default)]
     proxy_fqdn: Option<String>,
     /// Its edge does not vouch for its users.
     #[serde(default)]
-    unverified: bool,
+    unverified: Option<bool>,
 }
 
 #[utoipa::path(get, path = "/api/v1/federation", tag = "federation",
@@ -236,6 +243,7 @@ async fn federation(State(admin): State<Admin>) -> Json<FederationLists> {
     request_body(content = AllowSetting, description = "Optional: a pinned edge, unverified"),
     responses(
         (status = 200, description = "Allowed, saved and in force", body = Imported),
+        (status = 400, description = "Not a domain name, or not a proxy; the text says what to write"),
         (status = 409, description = "The domain is blocked, or the node keeps no store")),
     security(("token" = [])))]
 async fn allow_domain(
@@ -246,7 +254,7 @@ async fn allow_domain(
     let Json(setting) = setting.unwrap_or_default();
     let change = FederationChange::Allow {
         domain,
-        proxy: setting.proxy_fqdn.filter(|p| !p.is_empty()),
+        proxy: setting.proxy_fqdn,
         unverified: setting.unverified,
     };
     import_answer(admin.node.change_federation(change).await)
@@ -256,6 +264,7 @@ async fn allow_domain(
     params(("domain" = String, Path, description = "The domain to block, subdomains included")),
     responses(
         (status = 200, description = "Blocked, saved and in force", body = Imported),
+        (status = 400, description = "Not a domain name; the text says what to write"),
         (status = 409, description = "The domain is allowed, or the node keeps no store")),
     security(("token" = [])))]
 async fn block_domain(State(admin): State<Admin>, Path(domain): Path<String>) -> Response {
@@ -271,7 +280,9 @@ async fn block_domain(State(admin): State<Admin>, Path(domain): Path<String>) ->
     params(("domain" = String, Path, description = "The domain to take off either list")),
     responses(
         (status = 200, description = "Removed, saved and in force", body = Imported),
-        (status = 409, description = "The domain is on neither list, or the node keeps no store")),
+        (status = 400, description = "Not a domain name"),
+        (status = 404, description = "The domain is on neither list"),
+        (status = 409, description = "The node keeps no store")),
     security(("token" = [])))]
 async fn remove_domain(State(admin): State<Admin>, Path(domain): Path<String>) -> Response {
     import_answer(

@@ -225,12 +225,19 @@ enum FederationCommand {
     Allow {
         /// The partner's SIP domain.
         domain: String,
-        /// Its edge, instead of finding it in DNS.
+        /// Its edge, instead of finding it in DNS: a host, host:port, an
+        /// address (with a port) or a sip:/sips: URI; "" goes back to DNS.
+        /// Left out, an allowed domain keeps the proxy it has.
         #[arg(long)]
         proxy: Option<String>,
-        /// Its edge does not vouch for its users: let them in marked verified=no.
-        #[arg(long)]
+        /// Its edge does not vouch for its users: let them in marked
+        /// verified=no. Left out (with --verified too), an allowed
+        /// domain keeps its setting.
+        #[arg(long, conflicts_with = "verified")]
         unverified: bool,
+        /// Its edge vouches for its users (the default for a new domain).
+        #[arg(long)]
+        verified: bool,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -343,8 +350,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
         } => {
             let (config, judged) = provision::config_in_force(&target)?;
-            println!("{domain} ({judged})");
             let route = config.policy.route_to(&domain);
+            match &route.pinned {
+                Some(proxy) => println!("{domain}: pinned to {proxy} ({judged})"),
+                None => println!("{domain}: no pinned proxy, looked up in DNS ({judged})"),
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -357,11 +367,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     porchlight_resolve::Resolver::with_nameservers(&nameserver)
                 };
-                anyhow::Ok(
-                    resolver
-                        .federation_hops(&route.verify, route.pinned.as_deref())
-                        .await?,
-                )
+                let pinned = route.pinned.as_ref().map(|p| {
+                    (
+                        p.host_text(),
+                        p.port.unwrap_or(porchlight_resolve::SIPS_PORT),
+                    )
+                });
+                let pinned = pinned.as_ref().map(|(host, port)| (host.as_str(), *port));
+                anyhow::Ok(resolver.federation_hops(&route.verify, pinned).await?)
             })?;
             for hop in hops {
                 println!(
@@ -491,13 +504,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     domain,
                     proxy,
                     unverified,
+                    verified,
                     target,
                 } => (
                     target,
                     FederationChange::Allow {
                         domain,
                         proxy,
-                        unverified,
+                        unverified: (unverified || verified).then_some(unverified),
                     },
                 ),
                 FederationCommand::Block { domain, target } => {

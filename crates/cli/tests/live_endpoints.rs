@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use porchlight_sip::Message;
 
 const QUEUE: &str = "sip:queue@contoso.com";
 

@@ -43,14 +43,37 @@ fn resolve(port: u16, domain: &str, config: Option<&std::path::Path>) -> (bool, 
         command.arg("--config").arg(path);
     }
     let out = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The first line says what is configured; the hops follow.
+    let (said, hops) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+    assert!(
+        said.starts_with(&format!("{domain}: ")),
+        "no line saying what is configured: {stdout}"
+    );
     (
         out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        format!("{hops}{}", String::from_utf8_lossy(&out.stderr)),
     )
+}
+
+/// What `porchlight resolve` says is configured for `domain`.
+fn configured(port: u16, domain: &str, config: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args([
+            "resolve",
+            domain,
+            "--nameserver",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[test]
@@ -121,7 +144,55 @@ fn partners_are_found_through_a_real_dns_server() {
     );
     let (ok, text) = resolve(port, "partner.test", Some(&path));
     assert!(
-        ok && text.starts_with("127.0.0.15:5061 (proxy.partner.test) via pinned proxy FQDN"),
+        ok && text.starts_with("127.0.0.15:5061 (proxy.partner.test) via pinned proxy"),
+        "{text}"
+    );
+    assert!(
+        configured(port, "partner.test", &path)
+            .starts_with("partner.test: pinned to proxy.partner.test ("),
+        "{}",
+        configured(port, "partner.test", &path)
+    );
+
+    // A pinned proxy as admins write one: with a port, as an address, as
+    // a URI; and one whose name DNS does not know says so.
+    for (proxy, first) in [
+        (
+            "proxy.partner.test:16071",
+            "127.0.0.15:16071 (proxy.partner.test) via pinned proxy",
+        ),
+        ("127.0.0.1", "127.0.0.1:5061 (127.0.0.1) via pinned proxy"),
+        (
+            "127.0.0.1:5062",
+            "127.0.0.1:5062 (127.0.0.1) via pinned proxy",
+        ),
+        (
+            "sips:proxy.partner.test:5063;transport=tls",
+            "127.0.0.15:5063 (proxy.partner.test) via pinned proxy",
+        ),
+    ] {
+        std::fs::write(
+            &path,
+            config(
+                &[("allowed_domains = []                 # e.g.", &format!("allowed_domains = [{{ domain = \"partner.test\", proxy_fqdn = \"{proxy}\" }}] #"))],
+                "",
+            ),
+        )
+        .unwrap();
+        let (ok, text) = resolve(port, "partner.test", Some(&path));
+        assert!(ok && text.starts_with(first), "{proxy}: {text}");
+    }
+    std::fs::write(
+        &path,
+        config(
+            &[("allowed_domains = []                 # e.g.", "allowed_domains = [{ domain = \"partner.test\", proxy_fqdn = \"gone.partner.test\" }] #")],
+            "",
+        ),
+    )
+    .unwrap();
+    let (ok, text) = resolve(port, "partner.test", Some(&path));
+    assert!(
+        !ok && text.contains("pinned to the proxy gone.partner.test, which has no address in DNS"),
         "{text}"
     );
 }

@@ -11,6 +11,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod names;
+
+pub use names::{domain_name, NameError, ProxyAddress, ProxyHost};
+
 /// Edge access switches (`[edge]`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -310,18 +314,26 @@ fn normalized(domain: &str) -> String {
     domain.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// The name a provider's edge proves: its pinned proxy's host.
+fn proxy_host(proxy: &str) -> String {
+    ProxyAddress::parse(proxy).map_or_else(|_| normalized(proxy), |p| p.host_text())
+}
+
 /// One change to the federation lists, as the CLI, the admin API and the
 /// console make it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FederationChange {
-    /// Allow a partner domain, optionally pinned to its edge.
+    /// Allow a partner domain, optionally pinned to its edge. Allowing a
+    /// domain already allowed changes only what the change names.
     Allow {
         /// The domain.
         domain: String,
-        /// Its edge's name, instead of DNS discovery.
+        /// Its edge, instead of DNS discovery; `Some("")` goes back to
+        /// DNS, None keeps what the entry has.
         proxy: Option<String>,
-        /// Its edge does not vouch for its users.
-        unverified: bool,
+        /// Whether its edge does not vouch for its users; None keeps what
+        /// the entry has (verified for a new one).
+        unverified: Option<bool>,
     },
     /// Block a domain (and its subdomains).
     Block(String),
@@ -341,6 +353,9 @@ pub enum FederationChangeError {
     /// Removing a domain on neither list.
     #[error("{0} is neither allowed nor blocked")]
     Unknown(String),
+    /// Not a domain, or not a proxy.
+    #[error(transparent)]
+    Name(#[from] NameError),
 }
 
 /// Why a policy configuration cannot be used.
@@ -352,8 +367,24 @@ pub enum PolicyError {
     /// A trusted network that is not CIDR.
     #[error("trusted network {0:?} is not an address or CIDR network like \"10.0.0.0/8\"")]
     Network(String),
+    /// A domain or proxy that is not one.
+    #[error("{list}: {problem}")]
+    Name {
+        /// Which list it is in.
+        list: &'static str,
+        /// What is wrong, with what to write.
+        problem: NameError,
+    },
+    /// The same domain twice in one list.
+    #[error("{list}: {domain} is listed twice; keep one entry")]
+    Duplicate {
+        /// Which list.
+        list: &'static str,
+        /// The domain, canonical.
+        domain: String,
+    },
     /// A grant names no policy.
-    #[error("endpoint {endpoint} is granted policy {policy:?}, which is not defined: add [policies.{policy}] or fix the name")]
+    #[error("endpoint {endpoint} is granted policy {policy:?}, which is not defined: add [policy.policies.{policy}] (or run `porchlight policy new {policy}`), or fix the name")]
     UnknownGrant {
         /// The endpoint.
         endpoint: String,
@@ -373,6 +404,7 @@ impl PolicyConfig {
                 return Err(PolicyError::Network(network.clone()));
             }
         }
+        self.validate_names()?;
         // Not through the index: validation comes before the configuration is final.
         let blocked = self.blocked_domains.iter().map(|d| normalized(d)).collect();
         for allowed in &self.allowed_domains {
@@ -386,6 +418,49 @@ impl PolicyConfig {
                     endpoint: endpoint.to_owned(),
                     policy: policy.to_owned(),
                 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every domain a DNS name, once per list; every proxy one a dial
+    /// can reach.
+    fn validate_names(&self) -> Result<(), PolicyError> {
+        fn each<'a>(
+            list: &'static str,
+            domains: impl IntoIterator<Item = &'a String>,
+        ) -> Result<(), PolicyError> {
+            let mut seen = std::collections::HashSet::new();
+            for domain in domains {
+                let name =
+                    domain_name(domain).map_err(|problem| PolicyError::Name { list, problem })?;
+                if !seen.insert(name.clone()) {
+                    return Err(PolicyError::Duplicate { list, domain: name });
+                }
+            }
+            Ok(())
+        }
+        each(
+            "allowed_domains",
+            self.allowed_domains.iter().map(|d| &d.domain),
+        )?;
+        each("blocked_domains", &self.blocked_domains)?;
+        for provider in &self.providers {
+            each("provider domains", &provider.domains)?;
+        }
+        let proxies = self
+            .allowed_domains
+            .iter()
+            .map(|d| ("allowed_domains proxy_fqdn", &d.proxy_fqdn))
+            .chain(
+                self.providers
+                    .iter()
+                    .map(|p| ("provider proxy_fqdn", &p.proxy_fqdn)),
+            );
+        for (list, proxy) in proxies {
+            if let Some(proxy) = proxy {
+                ProxyAddress::parse(proxy)
+                    .map_err(|problem| PolicyError::Name { list, problem })?;
             }
         }
         Ok(())
@@ -415,7 +490,7 @@ impl PolicyConfig {
                 .providers
                 .iter()
                 .enumerate()
-                .filter_map(|(i, p)| Some((normalized(p.proxy_fqdn.as_deref()?), i)))
+                .filter_map(|(i, p)| Some((proxy_host(p.proxy_fqdn.as_deref()?), i)))
                 .collect(),
             provider_of: self
                 .providers
@@ -443,21 +518,44 @@ impl PolicyConfig {
                 proxy,
                 unverified,
             } => {
+                let domain = domain_name(&domain)?;
                 if self.blocked_domains.iter().any(|b| same(b, &domain)) {
                     return Err(FederationChangeError::Blocked(domain));
                 }
-                self.allowed_domains.retain(|d| !same(&d.domain, &domain));
-                self.allowed_domains.push(AllowedDomain {
-                    domain,
-                    proxy_fqdn: proxy,
-                    verification: if unverified {
+                let proxy = match proxy {
+                    Some(p) if p.is_empty() => Some(None),
+                    Some(p) => Some(Some(ProxyAddress::parse(&p)?.to_string())),
+                    None => None,
+                };
+                let entry = match self
+                    .allowed_domains
+                    .iter()
+                    .position(|d| same(&d.domain, &domain))
+                {
+                    Some(i) => &mut self.allowed_domains[i],
+                    None => {
+                        self.allowed_domains.push(AllowedDomain {
+                            domain: domain.clone(),
+                            proxy_fqdn: None,
+                            verification: Verification::Verified,
+                        });
+                        self.allowed_domains.last_mut().expect("just pushed")
+                    }
+                };
+                entry.domain = domain;
+                if let Some(proxy) = proxy {
+                    entry.proxy_fqdn = proxy;
+                }
+                if let Some(unverified) = unverified {
+                    entry.verification = if unverified {
                         Verification::Unverified
                     } else {
                         Verification::Verified
-                    },
-                });
+                    };
+                }
             }
             FederationChange::Block(domain) => {
+                let domain = domain_name(&domain)?;
                 if self
                     .allowed_domains
                     .iter()
@@ -470,6 +568,7 @@ impl PolicyConfig {
                 }
             }
             FederationChange::Remove(domain) => {
+                let domain = domain_name(&domain)?;
                 let before = self.allowed_domains.len() + self.blocked_domains.len();
                 self.allowed_domains.retain(|d| !same(&d.domain, &domain));
                 self.blocked_domains.retain(|b| !same(b, &domain));
@@ -494,17 +593,16 @@ impl PolicyConfig {
             .or_else(|| index.provider_of.get(&domain))
             .and_then(|&i| self.providers[i].proxy_fqdn.as_deref());
         if let Some(edge) = provider_edge {
-            let edge = normalized(edge);
             return PartnerRoute {
-                verify: edge.clone(),
-                pinned: Some(edge),
+                verify: proxy_host(edge),
+                pinned: ProxyAddress::parse(edge).ok(),
             };
         }
         let pinned = index
             .allowed
             .get(&domain)
             .and_then(|&i| self.allowed_domains[i].proxy_fqdn.as_deref())
-            .map(normalized);
+            .and_then(|p| ProxyAddress::parse(p).ok());
         PartnerRoute {
             verify: domain,
             pinned,
@@ -552,8 +650,8 @@ pub struct PartnerRoute {
     /// The name the edge's certificate must prove, and under which a
     /// verified connection is reused (RFC 5923).
     pub verify: String,
-    /// The host to connect to instead of discovering it in DNS.
-    pub pinned: Option<String>,
+    /// Where to connect instead of discovering the edge in DNS.
+    pub pinned: Option<ProxyAddress>,
 }
 
 /// What the request wants to do.
@@ -858,7 +956,7 @@ mod tests {
         let allow = |domain: &str| FederationChange::Allow {
             domain: domain.into(),
             proxy: Some("sip.fabrikam.com".into()),
-            unverified: true,
+            unverified: Some(true),
         };
         policy.change_federation(allow("fabrikam.com")).unwrap();
         // Again, in other case and with a trailing dot: replaced, not doubled.
@@ -893,5 +991,101 @@ mod tests {
             policy.change_federation(FederationChange::Remove("nowhere.example".into())),
             Err(FederationChangeError::Unknown("nowhere.example".into()))
         );
+    }
+
+    #[test]
+    fn allowing_again_changes_only_what_it_names_and_names_are_checked() {
+        let mut policy = PolicyConfig::default();
+        let allow = |domain: &str, proxy: Option<&str>, unverified| FederationChange::Allow {
+            domain: domain.into(),
+            proxy: proxy.map(Into::into),
+            unverified,
+        };
+        policy
+            .change_federation(allow(
+                "FABRIKAM.COM",
+                Some("SIP.fabrikam.com:16071"),
+                Some(true),
+            ))
+            .unwrap();
+        policy
+            .change_federation(allow("fabrikam.com", None, None))
+            .unwrap();
+        assert_eq!(
+            policy.allowed_domains,
+            [AllowedDomain {
+                domain: "fabrikam.com".into(),
+                proxy_fqdn: Some("sip.fabrikam.com:16071".into()),
+                verification: Verification::Unverified,
+            }]
+        );
+        assert_eq!(
+            policy
+                .route_to("fabrikam.com")
+                .pinned
+                .map(|p| p.to_string()),
+            Some("sip.fabrikam.com:16071".into())
+        );
+        policy
+            .change_federation(allow("fabrikam.com", Some(""), Some(false)))
+            .unwrap();
+        assert_eq!(policy.allowed_domains[0].proxy_fqdn, None);
+        assert_eq!(
+            policy.allowed_domains[0].verification,
+            Verification::Verified
+        );
+        for bad in [
+            "",
+            "https://fabrikam.com",
+            "a@b.com",
+            "127.0.0.1",
+            "*",
+            "fab rikam.com",
+        ] {
+            assert!(
+                matches!(
+                    policy.change_federation(allow(bad, None, None)),
+                    Err(FederationChangeError::Name(_))
+                ),
+                "{bad:?}"
+            );
+            assert!(
+                matches!(
+                    policy.change_federation(FederationChange::Block(bad.into())),
+                    Err(FederationChangeError::Name(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            policy.change_federation(allow("northwind.example", Some("host:port"), None)),
+            Err(FederationChangeError::Name(_))
+        ));
+        assert_eq!(policy.allowed_domains.len(), 1, "nothing bad was added");
+    }
+
+    #[test]
+    fn validation_refuses_what_is_not_a_domain_and_doubles() {
+        let parse = |text: &str| toml::from_str::<PolicyConfig>(text).unwrap().validate([]);
+        assert!(parse("blocked_domains = [\"spam.example\"]").is_ok());
+        let error = parse("blocked_domains = [\"../../etc/passwd\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("blocked_domains: ") && error.contains("path"),
+            "{error}"
+        );
+        let error = parse("blocked_domains = [\"spam.example\", \"SPAM.example.\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("listed twice"), "{error}");
+        let error = parse("allowed_domains = [{ domain = \"fabrikam.com\", proxy_fqdn = \"sip.fabrikam.com:x\" }]")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("port"), "{error}");
+        assert!(parse(
+            "allowed_domains = [{ domain = \"fabrikam.com\", proxy_fqdn = \"127.0.0.1:5061\" }]"
+        )
+        .is_ok());
     }
 }

@@ -363,7 +363,9 @@ fn configuration_errors_say_what_to_fix() {
     let err = config
         .validate([("sip:helpdesk@contoso.com", "missing")])
         .unwrap_err();
-    assert!(err.to_string().contains("add [policies.missing]"));
+    assert!(err
+        .to_string()
+        .contains("add [policy.policies.missing] (or run `porchlight policy new missing`)"));
     config.blocked_domains.push("partner.example".into());
     assert_eq!(
         config.validate([]),
@@ -526,7 +528,7 @@ fn routes_to_partners_and_providers() {
     let config: PolicyConfig = toml::from_str(BASE).unwrap();
     let route = |d| {
         let r = config.route_to(d);
-        (r.verify, r.pinned)
+        (r.verify, r.pinned.map(|p| p.to_string()))
     };
     assert_eq!(route("Fabrikam.com"), ("fabrikam.com".into(), None));
     assert_eq!(

@@ -173,7 +173,7 @@ pub struct Hop {
 /// Which rule found a hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HopSource {
-    /// The allowed-domain entry's pinned proxy FQDN.
+    /// The allowed-domain or provider entry's pinned proxy.
     PinnedProxy,
     /// `_sipfederationtls._tcp.<domain>`.
     FederationSrv,
@@ -188,7 +188,7 @@ pub enum HopSource {
 impl std::fmt::Display for HopSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            HopSource::PinnedProxy => "pinned proxy FQDN",
+            HopSource::PinnedProxy => "pinned proxy",
             HopSource::FederationSrv => "SRV _sipfederationtls._tcp",
             HopSource::Naptr => "NAPTR SIPS+D2T",
             HopSource::SipsSrv => "SRV _sips._tcp",
@@ -203,6 +203,14 @@ pub enum ResolveError {
     /// No rule gave an address.
     #[error("no SIP federation edge found for {0} (no pinned proxy, no SRV, no address)")]
     NotFound(String),
+    /// The pinned proxy's name has no address.
+    #[error("{domain} is pinned to the proxy {proxy}, which has no address in DNS (A/AAAA): correct the entry's proxy_fqdn, or the proxy's DNS records")]
+    PinnedNotFound {
+        /// The partner's domain.
+        domain: String,
+        /// The pinned proxy's host name.
+        proxy: String,
+    },
 }
 
 /// Looks partners up in DNS.
@@ -358,13 +366,25 @@ impl Resolver {
     pub async fn federation_hops(
         &self,
         domain: &str,
-        pinned_proxy: Option<&str>,
+        pinned_proxy: Option<(&str, u16)>,
     ) -> Result<Vec<Hop>, ResolveError> {
-        if let Some(proxy) = pinned_proxy {
-            return found(
-                self.address_hops(proxy, HopSource::PinnedProxy).await,
-                domain,
-            );
+        if let Some((proxy, port)) = pinned_proxy {
+            let hop = |ip| Hop {
+                addr: SocketAddr::new(ip, port),
+                host: proxy.to_owned(),
+                source: HopSource::PinnedProxy,
+            };
+            if let Ok(ip) = proxy.parse::<IpAddr>() {
+                return Ok(vec![hop(ip)]);
+            }
+            let hops: Vec<Hop> = self.addresses(proxy).await.into_iter().map(hop).collect();
+            if hops.is_empty() {
+                return Err(ResolveError::PinnedNotFound {
+                    domain: domain.to_owned(),
+                    proxy: proxy.to_owned(),
+                });
+            }
+            return Ok(hops);
         }
         let federation = format!("_sipfederationtls._tcp.{domain}");
         let hops = self.srv_hops(&federation, HopSource::FederationSrv).await;

@@ -583,7 +583,48 @@ impl Config {
                 origin: origin.to_owned(),
                 problem,
             })?;
+        config.no_own_domain_in_federation(origin)?;
         Ok(config)
+    }
+
+    /// Our own domains are served here, never federated with: listing one
+    /// as a partner, blocked or provider domain is a mistake to name.
+    fn no_own_domain_in_federation(&self, origin: &str) -> Result<(), ConfigError> {
+        let policy = &self.policy;
+        let listed = policy
+            .allowed_domains
+            .iter()
+            .map(|d| ("allowed_domains", &d.domain))
+            .chain(
+                policy
+                    .blocked_domains
+                    .iter()
+                    .map(|d| ("blocked_domains", d)),
+            )
+            .chain(
+                policy
+                    .providers
+                    .iter()
+                    .flat_map(|p| p.domains.iter().map(|d| ("provider domains", d))),
+            );
+        for (list, domain) in listed {
+            let domain = domain.trim_end_matches('.');
+            if let Some(own) = self
+                .node
+                .domains
+                .iter()
+                .find(|own| own.eq_ignore_ascii_case(domain))
+            {
+                return Err(ConfigError::Invalid {
+                    origin: origin.to_owned(),
+                    message: format!(
+                        "[policy] {list} lists {own}, which this node serves ([node] domains)"
+                    ),
+                    fix: "remove it: the node's own domains are not federated with",
+                });
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {

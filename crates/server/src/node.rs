@@ -792,7 +792,7 @@ impl EventLoop {
             self.dials_tx.clone(),
         );
         tokio::spawn(async move {
-            let result = dial(&hop, pinned.as_deref(), &resolver, &transport).await;
+            let result = dial(&hop, pinned.as_ref(), &resolver, &transport).await;
             let _ = report.send((hop, result)).await;
         });
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use porchlight_resolve::{Resolver, SipTransport, UriTarget};
+use porchlight_resolve::{Resolver, SipTransport, UriTarget, SIPS_PORT};
 use porchlight_sip::Uri;
 use porchlight_transaction::TxId;
 use porchlight_transport::{Protocol, Target, Transport};
@@ -182,13 +182,15 @@ pub enum DialError {
 /// stream is opened to the first address that accepts.
 pub async fn dial(
     hop: &NextHop,
-    pinned: Option<&str>,
+    pinned: Option<&porchlight_policy::ProxyAddress>,
     resolver: &Resolver,
     transport: &Transport,
 ) -> Result<Target, DialError> {
     match hop {
         NextHop::Direct(target) => Ok(target.clone()),
         NextHop::Partner(name) => {
+            let pinned = pinned.map(|p| (p.host_text(), p.port.unwrap_or(SIPS_PORT)));
+            let pinned = pinned.as_ref().map(|(host, port)| (host.as_str(), *port));
             let hops = resolver.federation_hops(name, pinned).await?;
             let mut last = None;
             for h in hops {
