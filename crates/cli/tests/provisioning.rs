@@ -258,3 +258,145 @@ fn edge_provider_policy_and_endpoint_commands() {
     assert!(!ok(&dir, &["config", "export"]).contains("sip:bot@contoso.com"));
     drop(server);
 }
+
+/// An admin API request with the node's token: (status, body).
+fn api_call(server: &Server, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let (admin, bearer) = server.api();
+    let request =
+        ureq::request(method, &format!("http://{admin}{path}")).set("Authorization", &bearer);
+    let response = match body {
+        Some(b) => request
+            .set("Content-Type", "application/json")
+            .send_string(b),
+        None => request.call(),
+    };
+    match response {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}
+
+#[test]
+fn anything_that_is_not_a_domain_is_refused_with_what_to_write() {
+    // An admin API on any free port: the CLI finds it from the address the
+    // node leaves beside its token.
+    let server = start(
+        "provisioning-names",
+        &config(
+            &[(
+                "uri = \"sip:helpdesk@porchlight.test\"",
+                "uri = \"sip:helpdesk@contoso.com\"",
+            )],
+            "",
+        ),
+    );
+    let dir = server.dir.clone();
+    let before = ok(&dir, &["federation", "list"]);
+    for bad in [
+        "",
+        "not_a..domain",
+        "https://fabrikam.com",
+        "a@b.com",
+        "fab rikam.com",
+        "127.0.0.1",
+        "../../etc/passwd",
+        "*",
+        "fabrikam.com\n",
+    ] {
+        for command in ["allow", "block"] {
+            let (success, said) = porchlight(&dir, &["federation", command, bad]);
+            assert!(
+                !success && said.contains("write a DNS name like fabrikam.com"),
+                "{command} {bad:?}: {said}"
+            );
+        }
+    }
+    let (success, said) = porchlight(&dir, &["federation", "allow", "contoso.com"]);
+    assert!(
+        !success && said.contains("which this node serves"),
+        "our own domain: {said}"
+    );
+    assert_eq!(ok(&dir, &["federation", "list"]), before, "nothing changed");
+
+    // The API refuses the same, with 400 and the same words.
+    let (status, body) = api_call(&server, "PUT", "/api/v1/federation/allowed/a@b.com", None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("write a DNS name"), "{body}");
+    let (status, body) = api_call(&server, "PUT", "/api/v1/federation/blocked/127.0.0.1", None);
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = api_call(
+        &server,
+        "DELETE",
+        "/api/v1/federation/nowhere.example",
+        None,
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = api_call(
+        &server,
+        "PUT",
+        "/api/v1/federation/allowed/fabrikam.com",
+        Some(r#"{"proxy_fqdn": "sip.fabrikam.com:port"}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+
+    // One entry per domain, in one form; allowing again keeps the proxy.
+    ok(
+        &dir,
+        &[
+            "federation",
+            "allow",
+            "FABRIKAM.COM.",
+            "--proxy",
+            "sip.fabrikam.com:16071",
+        ],
+    );
+    ok(&dir, &["federation", "allow", "fabrikam.com"]);
+    let (status, body) = api_call(
+        &server,
+        "PUT",
+        "/api/v1/federation/allowed/Fabrikam.com",
+        Some("{}"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let lists = server.api_get("/api/v1/federation");
+    assert_eq!(
+        lists["allowed"],
+        serde_json::json!([{"domain": "fabrikam.com", "proxy_fqdn": "sip.fabrikam.com:16071", "verified": true}]),
+        "{lists}"
+    );
+
+    // From another directory, with nothing saying where the node is, the
+    // CLI neither finds a node it does not know of nor creates a store.
+    let elsewhere = temp_dir("provisioning-names-elsewhere");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(["federation", "allow", "northwind.example"])
+        .current_dir(&elsewhere)
+        .env_remove("PORCHLIGHT_CONFIG")
+        // Nothing listens on port 1, whatever else runs on this machine.
+        .env("PORCHLIGHT_ADMIN", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("nothing was changed") && said.contains("PORCHLIGHT_CONFIG"),
+        "{said}"
+    );
+    assert!(
+        !elsewhere.join("porchlight-data").exists(),
+        "a store was created where no node keeps one"
+    );
+    // Named by PORCHLIGHT_CONFIG, the node is found from there.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(["federation", "list"])
+        .current_dir(&elsewhere)
+        .env("PORCHLIGHT_CONFIG", dir.join("porchlight.toml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("fabrikam.com"),
+        "{said}"
+    );
+}
