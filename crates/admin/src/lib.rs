@@ -23,7 +23,7 @@ use porchlight_server::status::{
     DecisionRecord, EndpointDetail, EndpointView, ImportError, Imported, OutgoingMessage,
     SentMessage, Status,
 };
-use porchlight_server::NodeHandle;
+use porchlight_server::{ImportOptions, ImportRefusal, NodeHandle};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
@@ -158,22 +158,30 @@ async fn export_config(State(admin): State<Admin>) -> Response {
 }
 
 #[utoipa::path(put, path = "/api/v1/config", tag = "configuration",
+    params(ImportOptions),
     request_body(content = String, content_type = "application/toml",
         description = "The whole policy and endpoints, as `GET` gives them"),
     responses(
-        (status = 200, description = "Saved and in force, endpoints included: which were added, changed and removed", body = Imported),
-        (status = 400, description = "The document fails a check: the text names the line and the fix"),
-        (status = 409, description = "The node has no store to keep it in")),
+        (status = 200, description = "Saved and in force, endpoints included: which were added, changed and removed, and every change (with dry_run: only shown)", body = Imported),
+        (status = 400, description = "The document fails a check, or is empty or cut short: the text names the line and the fix"),
+        (status = 409, description = "The import would remove every endpoint or every federation entry without remove_all, or the node has no store to keep it in")),
     security(("token" = [])))]
-async fn import_config(State(admin): State<Admin>, body: String) -> Response {
-    import_answer(admin.node.import(&body).await)
+async fn import_config(
+    State(admin): State<Admin>,
+    Query(options): Query<ImportOptions>,
+    body: String,
+) -> Response {
+    import_answer(admin.node.import(&body, options).await)
 }
 
 /// The answer to a change saved as a whole-document import.
 fn import_answer(result: Result<Imported, ImportError>) -> Response {
     match result {
         Ok(outcome) => Json(outcome).into_response(),
-        Err(ImportError::Invalid(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Err(ImportError::Refused(e @ ImportRefusal::RemovesEverything { .. })) => {
+            (StatusCode::CONFLICT, format!("{e}\n")).into_response()
+        }
+        Err(ImportError::Refused(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
         Err(ImportError::Federation(e @ FederationChangeError::Name(_))) => {
             (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
         }

@@ -209,6 +209,14 @@ enum ConfigCommand {
     Import {
         /// The document.
         file: PathBuf,
+        /// Only list what would be added, changed and removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow removing every endpoint, or every allowed and blocked
+        /// domain and provider (refused otherwise, as a cut-short file
+        /// would do it).
+        #[arg(long)]
+        remove_all: bool,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -445,11 +453,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
-            command: ConfigCommand::Import { file, target },
+            command:
+                ConfigCommand::Import {
+                    file,
+                    dry_run,
+                    remove_all,
+                    target,
+                },
         } => {
             let document = provision::read(&file)?;
             let origin = file.display().to_string();
-            println!("{}", provision::import(&target, &document, &origin)?);
+            let options = porchlight_server::ImportOptions {
+                dry_run,
+                remove_all,
+            };
+            println!(
+                "{}",
+                provision::import(&target, &document, &origin, options)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Edge { command } => {

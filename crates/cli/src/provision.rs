@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use porchlight_policy::{FederationChange, Verification};
-use porchlight_server::{Config, Provisioned};
+use porchlight_server::{check_import, Config, ImportOptions, ImportPlan, Provisioned};
 use porchlight_store::{Durability, EmbeddedStore, Store};
 
 use crate::admin::{self, Located};
@@ -213,8 +213,66 @@ pub fn export(target: &AdminTarget) -> anyhow::Result<String> {
 /// Replaces the policy and endpoints with `document` (named `origin` in
 /// errors): checked first, then in force on a running node, or saved in
 /// the store for the next start.
-pub fn import(target: &AdminTarget, document: &str, origin: &str) -> anyhow::Result<String> {
-    open(target)?.save(document, origin)
+/// An empty or cut-short document is refused; one that removes every
+/// endpoint or federation entry needs `options.remove_all`; with
+/// `options.dry_run` only the changes are listed.
+pub fn import(
+    target: &AdminTarget,
+    document: &str,
+    origin: &str,
+    options: ImportOptions,
+) -> anyhow::Result<String> {
+    let session = open(target)?;
+    let plan_text = |plan: &ImportPlan| {
+        let lines = plan.lines("add", "change", "remove");
+        if lines.is_empty() {
+            "no change".to_owned()
+        } else {
+            lines.join("\n")
+        }
+    };
+    enum Destination<'a> {
+        Node { base: &'a str, token: &'a str },
+        Store(&'a EmbeddedStore),
+    }
+    let destination = match &session.place {
+        Place::Node { base, token } => Destination::Node { base, token },
+        Place::Offline(Some(store)) => Destination::Store(store),
+        Place::Offline(None) | Place::Nowhere { .. } => return session.save(document, origin),
+    };
+    // Checked here first, so errors name the file and its lines.
+    let current = session
+        .config
+        .with_provisioned(&session.document, "the document in force")?;
+    let (next, plan) = check_import(&current, document, origin, options)?;
+    if options.dry_run {
+        return Ok(format!(
+            "{}\n(dry run: nothing was changed)",
+            plan_text(&plan)
+        ));
+    }
+    let (base, token) = match destination {
+        Destination::Store(store) => {
+            store.save_provisioned(&next.provisioned().to_toml())?;
+            return Ok(format!(
+                "{}\nsaved in the store; in force when the node starts",
+                plan_text(&plan)
+            ));
+        }
+        Destination::Node { base, token } => (base, token),
+    };
+    let url = format!("{base}/api/v1/config?remove_all={}", options.remove_all);
+    let response = ureq::put(&url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .set("Content-Type", "application/toml")
+        .send_string(document);
+    match response {
+        Ok(r) => Ok(in_force(&r.into_json()?)),
+        Err(ureq::Error::Status(_, r)) => {
+            bail!("{}", r.into_string().unwrap_or_default().trim())
+        }
+        Err(e) => Err(e).with_context(|| url),
+    }
 }
 
 /// Reads a document from a file for `config import`.

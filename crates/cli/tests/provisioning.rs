@@ -400,3 +400,58 @@ fn anything_that_is_not_a_domain_is_refused_with_what_to_write() {
         "{said}"
     );
 }
+
+#[test]
+fn imports_refuse_empty_documents_show_their_changes_and_ask_before_removing_everything() {
+    let server = node("provisioning-import", &[]);
+    let dir = server.dir.clone();
+    let before = ok(&dir, &["config", "export"]);
+    let empty = dir.join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    for file in [empty.as_path(), std::path::Path::new("/dev/null")] {
+        let (success, said) = porchlight(&dir, &["config", "import", file.to_str().unwrap()]);
+        assert!(!success && said.contains("no [policy] section"), "{said}");
+    }
+    let (status, body) = api_call(&server, "PUT", "/api/v1/config", Some(""));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(ok(&dir, &["config", "export"]), before, "nothing changed");
+
+    // A document without the endpoints: refused unless asked for, and the
+    // dry run lists what it would do.
+    let document: toml::Table = toml::from_str(&before).unwrap();
+    let mut no_endpoints = document.clone();
+    no_endpoints.remove("endpoint");
+    let mut policy = no_endpoints["policy"].as_table().unwrap().clone();
+    policy.insert(
+        "blocked_domains".into(),
+        toml::Value::Array(vec!["spam.example".into()]),
+    );
+    no_endpoints.insert("policy".into(), toml::Value::Table(policy));
+    let file = dir.join("no-endpoints.toml");
+    std::fs::write(&file, toml::to_string(&no_endpoints).unwrap()).unwrap();
+    let file = file.to_str().unwrap();
+    let (success, said) = porchlight(&dir, &["config", "import", file]);
+    assert!(
+        !success && said.contains("removes every endpoint (1)") && said.contains("--remove-all"),
+        "{said}"
+    );
+    let said = ok(&dir, &["config", "import", file, "--dry-run"]);
+    assert!(said.contains("add blocked domain spam.example"), "{said}");
+    assert!(
+        said.contains("remove endpoint sip:helpdesk@contoso.com"),
+        "{said}"
+    );
+    assert!(said.contains("dry run: nothing was changed"), "{said}");
+    assert_eq!(
+        ok(&dir, &["config", "export"]),
+        before,
+        "a dry run changes nothing"
+    );
+    let said = ok(&dir, &["config", "import", file, "--remove-all"]);
+    assert!(said.contains("removed: sip:helpdesk@contoso.com"), "{said}");
+    assert!(server
+        .api_get("/api/v1/endpoints")
+        .as_array()
+        .unwrap()
+        .is_empty());
+}

@@ -7,6 +7,7 @@ mod delivery;
 mod edge;
 mod health;
 mod im_session;
+pub mod import;
 mod node;
 mod outbound;
 mod persistence;
@@ -16,6 +17,7 @@ pub mod uas;
 mod webhook;
 
 pub use config::{Config, ConfigError, Provisioned, DEFAULT_CONFIG};
+pub use import::{check_import, ImportOptions, ImportPlan, ImportRefusal};
 pub use node::{Node, StartError};
 pub use status::NodeHandle;
 

@@ -615,6 +615,7 @@ impl EventLoop {
                     endpoints_added: applied.added,
                     endpoints_changed: applied.changed,
                     endpoints_removed: applied.removed,
+                    ..crate::status::Imported::default()
                 };
                 let _ = reply.send((imported, endpoints));
             }

@@ -193,8 +193,9 @@ pub struct NodeHandle {
     pub(crate) imports: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// What an import did: everything in it is saved and in force.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+/// What an import did (everything in it saved and in force), or, for a
+/// dry run, would do.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct Imported {
     /// URIs of endpoints now in service: watchable, registrable, callable.
     pub endpoints_added: Vec<String>,
@@ -202,14 +203,19 @@ pub struct Imported {
     pub endpoints_changed: Vec<String>,
     /// URIs of endpoints no longer served; their watchers were told.
     pub endpoints_removed: Vec<String>,
+    /// Every change to the policy and endpoints, entry by entry.
+    pub changes: crate::ImportPlan,
+    /// Only shown: nothing was changed.
+    pub dry_run: bool,
 }
 
 /// Why an import was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    /// The document does not pass the checks a configuration file must.
+    /// The document is invalid, incomplete or removes everything
+    /// unasked; nothing was changed.
     #[error(transparent)]
-    Invalid(#[from] crate::ConfigError),
+    Refused(#[from] crate::ImportRefusal),
     /// The node keeps nothing: an import would not survive a restart.
     #[error("this node has no store ([store] path = \"\"): change the configuration file instead")]
     NoStore,
@@ -306,7 +312,13 @@ impl NodeHandle {
         let held = self.imports.lock().await;
         let mut provisioned = self.config().provisioned();
         provisioned.policy.change_federation(change)?;
-        self.import_holding(&provisioned.to_toml(), held).await
+        // One change, named by the admin: emptying a list with it is meant.
+        let options = crate::ImportOptions {
+            remove_all: true,
+            ..crate::ImportOptions::default()
+        };
+        self.import_holding(&provisioned.to_toml(), options, held)
+            .await
     }
 
     /// The configuration the node runs with, for offline-style questions
@@ -322,9 +334,13 @@ impl NodeHandle {
     /// (`config import`): checked like a file, saved in the store, then
     /// put in force at once, endpoints included. Removed endpoints' saved
     /// admin presence is deleted with them.
-    pub async fn import(&self, document: &str) -> Result<Imported, ImportError> {
+    pub async fn import(
+        &self,
+        document: &str,
+        options: crate::ImportOptions,
+    ) -> Result<Imported, ImportError> {
         let held = self.imports.lock().await;
-        self.import_holding(document, held).await
+        self.import_holding(document, options, held).await
     }
 
     /// [`import`](Self::import), for a caller that holds the import lock
@@ -332,6 +348,7 @@ impl NodeHandle {
     async fn import_holding(
         &self,
         document: &str,
+        options: crate::ImportOptions,
         _held: tokio::sync::MutexGuard<'_, ()>,
     ) -> Result<Imported, ImportError> {
         let store = self.store.clone().ok_or(ImportError::NoStore)?;
@@ -339,20 +356,29 @@ impl NodeHandle {
         // event loop, which only compares the checked set with its own.
         let current = self.config();
         let document = document.to_owned();
-        let (next, endpoints) = tokio::task::spawn_blocking(move || {
-            let next = current.with_provisioned(&document, "the imported document")?;
+        let (next, endpoints, changes) = tokio::task::spawn_blocking(move || {
+            let (next, changes) =
+                crate::check_import(&current, &document, "the imported document", options)?;
             let endpoints = porchlight_endpoints::EndpointSet::new(next.endpoints.clone())?;
-            Ok::<_, ImportError>((next, endpoints))
+            Ok::<_, ImportError>((next, endpoints, changes))
         })
         .await
         .map_err(|_| Stopped)??;
+        if options.dry_run {
+            return Ok(Imported {
+                changes,
+                dry_run: true,
+                ..Imported::default()
+            });
+        }
         let text = next.provisioned().to_toml();
         let saving = store.clone();
         tokio::task::spawn_blocking(move || saving.save_provisioned(&text))
             .await
             .map_err(|_| Stopped)??;
         let policy = Box::new(next.policy.clone());
-        let (imported, unchanged) = self.ask(|tx| Query::Apply(policy, endpoints, tx)).await?;
+        let (mut imported, unchanged) = self.ask(|tx| Query::Apply(policy, endpoints, tx)).await?;
+        imported.changes = changes;
         tokio::task::spawn_blocking(move || drop(unchanged));
         *self
             .config
