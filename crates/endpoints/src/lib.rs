@@ -170,6 +170,14 @@ pub enum EndpointError {
         "availability {0:?} is unknown: use online, busy, dnd, brb, away, offline, or a number"
     )]
     Availability(String),
+    /// An endpoint in a domain this node does not serve.
+    #[error("endpoint {uri:?} is not in this node's domains ({domains}): write it in one of them, or add its domain to [node] domains")]
+    OutsideDomains {
+        /// The endpoint.
+        uri: String,
+        /// The node's domains, for the message.
+        domains: String,
+    },
     /// Registration without a way to authenticate.
     #[error("endpoint {0:?}: [registration] needs a password or a tls_identity")]
     Credentials(String),
@@ -410,6 +418,23 @@ impl Directory {
             local_hosts: aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
             ..Directory::default()
         };
+        for config in &configs {
+            let host = config
+                .uri
+                .rsplit_once('@')
+                .and_then(|(_, rest)| rest.split([';', ':', '>', '?']).next())
+                .unwrap_or_default();
+            if !directory
+                .domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(host))
+            {
+                return Err(EndpointError::OutsideDomains {
+                    uri: config.uri.clone(),
+                    domains: domains.join(", "),
+                });
+            }
+        }
         directory.apply(&mut EndpointSet::new(configs)?);
         Ok(directory)
     }
@@ -523,8 +548,24 @@ mod tests {
         assert_eq!(d.resolve("sip:helpdesk@edge.local"), Some(0));
         assert_eq!(d.resolve("sip:helpdesk@fabrikam.com"), None);
         assert_eq!(d.resolve("sip:other@contoso.com"), None);
-        let dup = Directory::new(vec![config("sip:a@x.com"), config("sip:a@X.com")], &[], &[]);
+        let dup = Directory::new(
+            vec![config("sip:a@x.com"), config("sip:a@X.com")],
+            &["x.com".into()],
+            &[],
+        );
         assert!(matches!(dup, Err(EndpointError::Duplicate(_))));
+        let outside = Directory::new(
+            vec![config("sip:a@fabrikam.com")],
+            &["contoso.com".into()],
+            &["127.0.0.1".into()],
+        )
+        .unwrap_err();
+        assert!(
+            outside
+                .to_string()
+                .contains("not in this node's domains (contoso.com)"),
+            "{outside}"
+        );
     }
 
     #[test]

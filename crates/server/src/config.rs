@@ -470,6 +470,98 @@ fn from_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result
     })
 }
 
+/// Parses a configuration file over the embedded defaults: every section
+/// and key the file leaves out has its documented default (the one
+/// `porchlight config defaults` prints), so a file of ten lines is a whole
+/// configuration. Endpoints come from the file alone. Errors name the
+/// file's line.
+fn over_defaults(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let file: toml::Table = from_toml(text, origin)?;
+    let mut merged: toml::Table =
+        toml::from_str(DEFAULT_CONFIG).expect("the embedded defaults are valid TOML");
+    merged.remove("endpoint");
+    merge(&mut merged, file);
+    toml::Value::Table(merged)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            let message = e.message().to_owned();
+            ConfigError::Syntax {
+                origin: origin.to_owned(),
+                line: line_of_error(text, &e.to_string(), &message),
+                fix: fix_for(&message),
+                message,
+            }
+        })
+}
+
+/// Lays `over` onto `base`: tables merge key by key, anything else
+/// (values, arrays, arrays of tables) replaces what `base` has.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(value)) => merge(inner, value),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// The line of the file a deserialisation error is about. The error
+/// names the key's path (`in \`limits.max_headers\``) but, after the
+/// merge, no position: find the key under its section, preferring the line
+/// that holds the value the message quotes.
+fn line_of_error(text: &str, shown: &str, message: &str) -> usize {
+    let path = shown
+        .rsplit_once("\nin `")
+        .map(|(_, p)| p.trim_end().trim_end_matches('`'))
+        .unwrap_or_default();
+    let mut segments: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
+    // An unknown field is named in the message; the path is its table.
+    let key = match message.strip_prefix("unknown field `") {
+        Some(rest) => rest.split('`').next().unwrap_or_default(),
+        None => segments.pop().unwrap_or_default(),
+    };
+    let section = segments.join(".");
+    let quoted: Vec<&str> = message
+        .split(['`', '"'])
+        .skip(1)
+        .step_by(2)
+        .filter(|q| !q.is_empty() && *q != key)
+        .collect();
+    let mut in_section = section.is_empty();
+    let mut first = None;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some(header) = trimmed.strip_prefix('[') {
+            let name = header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or_default();
+            in_section = name.trim() == section;
+            continue;
+        }
+        let names_key = trimmed
+            .split_once('=')
+            .is_some_and(|(k, _)| k.trim().trim_matches('"') == key);
+        if in_section && names_key {
+            if quoted.iter().any(|q| line.contains(q)) {
+                return n + 1;
+            }
+            first.get_or_insert(n + 1);
+        }
+    }
+    first.unwrap_or_else(|| {
+        // A section header of its own, else the start.
+        text.lines()
+            .position(|l| {
+                l.trim_start().trim_start_matches('[').starts_with(&section) && !section.is_empty()
+            })
+            .map_or(1, |n| n + 1)
+    })
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
         .bytes()
@@ -488,8 +580,13 @@ fn fix_for(message: &str) -> String {
         "write addresses as \"IP:PORT\", e.g. \"0.0.0.0:5060\" or \"[::]:5061\"".into()
     } else if message.contains("unknown variant") {
         "use one of the values the message lists".into()
-    } else {
+    } else if ["invalid type", "invalid value", "invalid length"]
+        .iter()
+        .any(|t| message.starts_with(t))
+    {
         "correct the value to the type shown in `porchlight config defaults`".into()
+    } else {
+        "correct the TOML at that line: strings in \"quotes\", lists in [brackets], one key = value per line, each [section] once".into()
     }
 }
 
@@ -523,7 +620,7 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = from_toml(text, origin)?;
+        let mut config = over_defaults(text, origin)?;
         config.base_dir = base_dir.to_owned();
         config.checked(text, origin)
     }
@@ -559,10 +656,16 @@ impl Config {
                 | porchlight_endpoints::EndpointError::HealthUrl(u)
                 | porchlight_endpoints::EndpointError::SipTarget(u)
                 | porchlight_endpoints::EndpointError::Webhook(u)
-                | porchlight_endpoints::EndpointError::Schedule { uri: u, .. } => Some(u.as_str()),
-                _ => None,
+                | porchlight_endpoints::EndpointError::Schedule { uri: u, .. }
+                | porchlight_endpoints::EndpointError::OutsideDomains { uri: u, .. } => {
+                    Some(u.as_str())
+                }
+                // A value, not an endpoint: the line that holds it.
+                porchlight_endpoints::EndpointError::Capability(v)
+                | porchlight_endpoints::EndpointError::Availability(v) => Some(v.as_str()),
             };
-            // The line of the offending endpoint's uri (the last one for a duplicate).
+            // The line of the offending endpoint's uri (the last one for a
+            // duplicate), or of the offending value.
             let line = uri
                 .and_then(|u| text.rfind(&format!("\"{u}\"")))
                 .map_or(1, |offset| line_of(text, offset));
@@ -816,6 +919,58 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_file_is_a_whole_configuration_with_the_documented_defaults() {
+        let small = "[node]\ndomains = [\"apps.example.com\"]\n\n[limits]\nmax_headers = 64\n\n\
+                     [policy.edge]\nenable_partner_discovery = true\n\n[[endpoint]]\n\
+                     uri = \"sip:bot@apps.example.com\"\ndisplay_name = \"Bot\"\n";
+        let config = Config::parse(small, "small.toml", Path::new(".")).unwrap();
+        let defaults = Config::embedded();
+        assert_eq!(config.node.domains, ["apps.example.com"]);
+        assert_eq!(config.limits.max_headers, 64);
+        assert_eq!(
+            config.limits.max_message_bytes,
+            defaults.limits.max_message_bytes
+        );
+        assert_eq!(config.presence.max_expires, defaults.presence.max_expires);
+        assert!(config.policy.edge.enable_partner_discovery);
+        assert_eq!(
+            config.policy.edge.trusted_networks, defaults.policy.edge.trusted_networks,
+            "a table's other keys keep their defaults"
+        );
+        assert_eq!(config.listen.udp, defaults.listen.udp);
+        assert_eq!(
+            config.endpoints.len(),
+            1,
+            "endpoints come from the file alone"
+        );
+        let empty = Config::parse("", "empty.toml", Path::new(".")).unwrap();
+        assert!(empty.endpoints.is_empty());
+        assert_eq!(empty.node.domains, defaults.node.domains);
+    }
+
+    #[test]
+    fn errors_in_a_small_file_name_its_line() {
+        let err = |text: &str| {
+            Config::parse(text, "small.toml", Path::new("."))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[node]\ndomains = [\"a.example\"]\n\n[limits]\nmax_headers = \"many\"\n");
+        assert!(e.starts_with("small.toml:5: invalid type"), "{e}");
+        assert!(e.contains("fix: correct the value to the type"), "{e}");
+        let e = err("[limits]\nmax_headers = 64\nmax_hedaers = 3\n");
+        assert!(
+            e.starts_with("small.toml:3: unknown field `max_hedaers`"),
+            "{e}"
+        );
+        let e = err("[policy.edge]\n\nallow_federated_users = \"yes\"\n");
+        assert!(e.starts_with("small.toml:3: invalid type"), "{e}");
+        let e = err("[limits\nmax_headers = 64\n");
+        assert!(e.starts_with("small.toml:1:"), "{e}");
+        assert!(e.contains("fix: correct the TOML at that line"), "{e}");
+    }
 
     #[test]
     fn embedded_defaults_are_valid() {
