@@ -43,10 +43,6 @@ fn the_admin_api_shows_the_running_node_and_requires_its_token() {
                     "blocked_domains = []",
                     "blocked_domains = [\"evil.example\"]",
                 ),
-                (
-                    "uri = \"sip:helpdesk@porchlight.test\"",
-                    "uri = \"sip:helpdesk@contoso.com\"",
-                ),
             ],
             "",
         ),

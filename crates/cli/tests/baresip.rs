@@ -23,10 +23,6 @@ fn baresip_watcher_follows_registration_and_health() {
     let text = config(
         &[
             (
-                "uri = \"sip:helpdesk@porchlight.test\"",
-                "uri = \"sip:helpdesk@contoso.com\"",
-            ),
-            (
                 "min_notify_interval_ms = 5000",
                 "min_notify_interval_ms = 500",
             ),

@@ -180,13 +180,7 @@ fn the_console_shows_live_presence_and_sets_it() {
     let server = start(
         "console",
         &config(
-            &[
-                (
-                    "uri = \"sip:helpdesk@porchlight.test\"",
-                    "uri = \"sip:helpdesk@contoso.com\"",
-                ),
-                (HELPDESK_NOTE, &with_health_probe(health_port)),
-            ],
+            &[(HELPDESK_NOTE, &with_health_probe(health_port))],
             more_endpoints,
         ),
     );

@@ -85,7 +85,6 @@ fn presence_node(name: &str) -> Server {
     let text = config(
         &[
             ("min_notify_interval_ms = 5000", "min_notify_interval_ms = 0"),
-            ("uri = \"sip:helpdesk@porchlight.test\"", "uri = \"sip:helpdesk@contoso.com\""),
             // SIPp answers only the first digest challenge, and knows only MD5.
             ("digest_algorithms = [\"SHA-256\", \"MD5\"]", "digest_algorithms = [\"MD5\"]"),
         ],

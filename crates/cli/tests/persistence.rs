@@ -31,10 +31,6 @@ fn persistent_config(udp_port: u16, health_port: u16) -> String {
                 &format!("udp = [\"127.0.0.1:{udp_port}\"]"),
             ),
             (
-                "uri = \"sip:helpdesk@porchlight.test\"",
-                "uri = \"sip:helpdesk@contoso.com\"",
-            ),
-            (
                 "min_notify_interval_ms = 5000",
                 "min_notify_interval_ms = 0",
             ),
@@ -295,16 +291,7 @@ fn a_damaged_store_stops_the_start_with_a_clear_error() {
 
 #[test]
 fn an_admins_presence_setting_survives_a_restart() {
-    let server = start(
-        "persist-admin",
-        &config(
-            &[(
-                "uri = \"sip:helpdesk@porchlight.test\"",
-                "uri = \"sip:helpdesk@contoso.com\"",
-            )],
-            "",
-        ),
-    );
+    let server = start("persist-admin", &config(&[], ""));
     let token = std::fs::read_to_string(server.dir.join("porchlight-admin.token")).unwrap();
     let url = |s: &Server| {
         format!(

@@ -84,16 +84,7 @@ fn ms_subscribe(server: &Server, call: &str, supported: &str, extra: &str, body:
 }
 
 fn contoso_node(name: &str) -> Server {
-    start(
-        name,
-        &config(
-            &[(
-                "uri = \"sip:helpdesk@porchlight.test\"",
-                "uri = \"sip:helpdesk@contoso.com\"",
-            )],
-            "",
-        ),
-    )
+    start(name, &config(&[], ""))
 }
 
 fn text(m: &Message, name: HeaderName) -> String {
@@ -254,10 +245,6 @@ fn registration_with_sha256_digest_and_keepalive_loss() {
         "keepalive",
         &config(
             &[
-                (
-                    "uri = \"sip:helpdesk@porchlight.test\"",
-                    "uri = \"sip:helpdesk@contoso.com\"",
-                ),
                 (
                     "min_notify_interval_ms = 5000",
                     "min_notify_interval_ms = 0",

@@ -42,13 +42,7 @@ fn decision_via(server: &Server, domain: &str, peer: &str) -> (bool, String) {
 fn node(name: &str, edits: &[(&str, &str)]) -> Server {
     let port = free_port();
     let listen = format!("listen = \"127.0.0.1:{port}\"");
-    let mut all = vec![
-        ("listen = \"127.0.0.1:0\"", listen.as_str()),
-        (
-            "uri = \"sip:helpdesk@porchlight.test\"",
-            "uri = \"sip:helpdesk@contoso.com\"",
-        ),
-    ];
+    let mut all = vec![("listen = \"127.0.0.1:0\"", listen.as_str())];
     all.extend_from_slice(edits);
     start(name, &config(&all, ""))
 }
@@ -281,16 +275,7 @@ fn api_call(server: &Server, method: &str, path: &str, body: Option<&str>) -> (u
 fn anything_that_is_not_a_domain_is_refused_with_what_to_write() {
     // An admin API on any free port: the CLI finds it from the address the
     // node leaves beside its token.
-    let server = start(
-        "provisioning-names",
-        &config(
-            &[(
-                "uri = \"sip:helpdesk@porchlight.test\"",
-                "uri = \"sip:helpdesk@contoso.com\"",
-            )],
-            "",
-        ),
-    );
+    let server = start("provisioning-names", &config(&[], ""));
     let dir = server.dir.clone();
     let before = ok(&dir, &["federation", "list"]);
     for bad in [
