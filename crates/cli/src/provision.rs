@@ -140,7 +140,8 @@ impl Session {
         let document = checked.provisioned().to_toml();
         match &self.place {
             Place::Node { base, token } => {
-                let url = format!("{base}/api/v1/config");
+                // One change the admin named: emptying a list with it is meant.
+                let url = format!("{base}/api/v1/config?remove_all=true");
                 let response = ureq::put(&url)
                     .set("Authorization", &format!("Bearer {token}"))
                     .set("Content-Type", "application/toml")

@@ -16,8 +16,11 @@ use common::*;
 fn baresip_watcher_follows_registration_and_health() {
     let healthy = Arc::new(AtomicBool::new(false));
     let health_port = health_server(healthy.clone());
+    // libre 1.0 answers only the first challenge, and only MD5: this
+    // endpoint offers MD5 alone, while the node's default (SHA-256 first)
+    // stays for every other endpoint.
     let endpoint = format!(
-        "\n[endpoint.registration]\npassword = \"s3cret\"\n\
+        "\n[endpoint.registration]\npassword = \"s3cret\"\ndigest_algorithms = [\"MD5\"]\n\
          [endpoint.health]\nurl = \"http://127.0.0.1:{health_port}/health\"\ninterval_secs = 1\ntimeout_ms = 500\nfailures = 1\n"
     );
     let text = config(
@@ -31,13 +34,9 @@ fn baresip_watcher_follows_registration_and_health() {
                 "[registrar]\nmin_expires = 60",
                 "[registrar]\nmin_expires = 5",
             ),
-            // libre 1.0 answers only MD5 challenges.
-            (
-                "digest_algorithms = [\"SHA-256\", \"MD5\"]",
-                "digest_algorithms = [\"MD5\"]",
-            ),
         ],
-        "",
+        "\n[[endpoint]]\nuri = \"sip:queue@contoso.com\"\ndisplay_name = \"Queue\"\n\
+         [endpoint.registration]\npassword = \"other\"\n",
     );
     // Put the endpoint's sub-tables right after its keys.
     let text = text.replace(
@@ -58,6 +57,31 @@ fn baresip_watcher_follows_registration_and_health() {
         "",
     );
     app.expect("200 OK", Duration::from_secs(10));
+    let challenges = |aor: &str| {
+        let answers = udp_exchange(
+            server.udp,
+            &request("REGISTER", aor, &format!("Contact: <{aor}>\r\n")),
+            Duration::from_millis(500),
+        );
+        let challenge = answers.last().expect("an answer to REGISTER");
+        assert_eq!(challenge.status(), Some(401));
+        challenge
+            .values_named("WWW-Authenticate")
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect::<Vec<_>>()
+    };
+    let own = challenges("sip:helpdesk@contoso.com");
+    assert!(
+        own.len() == 1 && own[0].contains("algorithm=MD5"),
+        "{own:?}"
+    );
+    let others = challenges("sip:queue@contoso.com");
+    assert!(
+        others.len() == 2
+            && others[0].contains("algorithm=SHA-256")
+            && others[1].contains("algorithm=MD5"),
+        "{others:?}"
+    );
 
     let watcher = Baresip::start(
         &dir.join("watcher"),

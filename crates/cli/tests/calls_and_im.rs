@@ -213,7 +213,16 @@ fn webhook_deliveries_are_signed_retried_and_answered_as_the_app_answered() {
          [[endpoint]]\nuri = \"sip:mute@porchlight.test\"\ndisplay_name = \"Mute\"\ncapabilities = [\"audio\"]\n\
          [[endpoint]]\nuri = \"sip:nowhere@porchlight.test\"\ndisplay_name = \"Nowhere\"\n"
     );
-    let server = start("webhook", &config(&[], &endpoints));
+    let server = start(
+        "webhook",
+        &config(
+            &[(
+                "domains = [\"contoso.com\"]",
+                "domains = [\"contoso.com\", \"porchlight.test\"]",
+            )],
+            &endpoints,
+        ),
+    );
 
     let answer = message(server.udp, "sip:bot@porchlight.test", "hello bot");
     assert_eq!(answer.status(), Some(200), "{}", reason(&answer));
@@ -555,7 +564,16 @@ fn a_microsoft_im_session_with_a_webhook_app_is_held_by_the_node() {
         "[[endpoint]]\nuri = \"sip:bot@porchlight.test\"\ndisplay_name = \"Bot\"\ncapabilities = [\"im\"]\n\
          [endpoint.webhook]\nurl = \"http://127.0.0.1:{port}/im\"\nsecret = \"s\"\n"
     );
-    let server = start("im-session", &config(&[], &endpoints));
+    let server = start(
+        "im-session",
+        &config(
+            &[(
+                "domains = [\"contoso.com\"]",
+                "domains = [\"contoso.com\", \"porchlight.test\"]",
+            )],
+            &endpoints,
+        ),
+    );
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(500)))

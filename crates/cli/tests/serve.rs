@@ -51,7 +51,7 @@ fn rfc4475_requests_get_the_responses_the_rfc_asks_for() {
     let edit = config(
         &[(
             "domains = [\"contoso.com\"]",
-            "domains = [\"example.com\", \"company.com\", \"registrar.example.com\"]",
+            "domains = [\"contoso.com\", \"example.com\", \"company.com\", \"registrar.example.com\"]",
         )],
         "",
     );

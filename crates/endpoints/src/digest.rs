@@ -108,13 +108,21 @@ impl DigestAuth {
         format!("{issued:x}.{serial:x}.{}", &mac[..24])
     }
 
-    /// The `WWW-Authenticate` values to send, one per algorithm.
-    pub fn challenges(&self, now_unix: u64, stale: bool) -> Vec<String> {
+    /// The algorithms offered to one endpoint: its own list when it has
+    /// one (a legacy app that knows only MD5 does not weaken the others),
+    /// else the node's.
+    fn offer<'a>(&'a self, own: Option<&'a [Algorithm]>) -> &'a [Algorithm] {
+        own.unwrap_or(&self.algorithms)
+    }
+
+    /// The `WWW-Authenticate` values to send, one per algorithm offered
+    /// (`own`: the endpoint's list, else the node's).
+    pub fn challenges(&self, now_unix: u64, stale: bool, own: Option<&[Algorithm]>) -> Vec<String> {
         let serial = self
             .serial
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let nonce = self.seal(now_unix, serial);
-        self.algorithms
+        self.offer(own)
             .iter()
             .map(|a| {
                 format!(
@@ -127,13 +135,14 @@ impl DigestAuth {
             .collect()
     }
 
-    /// Checks credentials for `method` against the user's password.
+    /// Checks credentials for `method` against the user's password, in
+    /// one of the algorithms offered (`own`: the endpoint's list).
     pub fn verify(
         &self,
         credentials: &AuthValue<'_>,
         method: &str,
-        username: &str,
-        password: &str,
+        (username, password): (&str, &str),
+        own: Option<&[Algorithm]>,
         now_unix: u64,
     ) -> Verdict {
         if !credentials.scheme.eq_ignore_ascii_case("Digest") {
@@ -150,7 +159,7 @@ impl DigestAuth {
             return Verdict::Invalid;
         };
         let Some(algorithm) =
-            Algorithm::from_token(p("algorithm")).filter(|a| self.algorithms.contains(a))
+            Algorithm::from_token(p("algorithm")).filter(|a| self.offer(own).contains(a))
         else {
             return Verdict::Invalid;
         };
@@ -231,13 +240,13 @@ mod tests {
         );
         let m = Message::parse(Bytes::from(text), Framing::Datagram, &Limits::default()).unwrap();
         let creds = m.auth(HeaderName::Authorization).next().unwrap().unwrap();
-        auth.verify(&creds, "REGISTER", "bot", "s3cret", now)
+        auth.verify(&creds, "REGISTER", ("bot", "s3cret"), None, now)
     }
 
     #[test]
     fn sha256_and_md5_round_trip() {
         let auth = DigestAuth::new("contoso.com", 99, 300, Algorithm::ALL.to_vec());
-        let challenges = auth.challenges(1000, false);
+        let challenges = auth.challenges(1000, false, None);
         assert!(challenges[0].contains("algorithm=SHA-256"));
         assert!(challenges[1].contains("algorithm=MD5"));
         for (c, a) in challenges.iter().zip(Algorithm::ALL) {
@@ -257,9 +266,14 @@ mod tests {
         assert_eq!(check(&auth, &forged, 1010), Verdict::Invalid);
         // An algorithm the admin switched off is refused.
         let md5_only = DigestAuth::new("contoso.com", 99, 300, vec![Algorithm::Md5]);
-        assert_eq!(md5_only.challenges(1000, false).len(), 1);
+        assert_eq!(md5_only.challenges(1000, false, None).len(), 1);
         let sha = answer(&challenges[0], Algorithm::Sha256, "s3cret");
         assert_eq!(check(&md5_only, &sha, 1010), Verdict::Invalid);
+        // An endpoint's own list replaces the node's, for that endpoint only.
+        let own = [Algorithm::Md5];
+        let challenges = auth.challenges(1000, false, Some(&own));
+        assert_eq!(challenges.len(), 1);
+        assert!(challenges[0].contains("algorithm=MD5"));
         // Known answer: the MD5 of the empty string.
         assert_eq!(Algorithm::Md5.hex(""), "d41d8cd98f00b204e9800998ecf8427e");
     }

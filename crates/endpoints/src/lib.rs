@@ -83,6 +83,12 @@ pub struct RegistrationConfig {
     /// A mutual-TLS identity (the certificate's SIP domain) trusted without a password.
     #[serde(default)]
     pub tls_identity: Option<String>,
+    /// Digest algorithms offered to this endpoint's app, preferred first
+    /// (`["MD5"]` for a stack that knows only MD5, or answers only the
+    /// first challenge); the `[registrar]` list otherwise, so one legacy
+    /// app does not weaken the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_algorithms: Option<Vec<String>>,
 }
 
 /// The HTTP health probe of an app.
@@ -181,6 +187,9 @@ pub enum EndpointError {
     /// Registration without a way to authenticate.
     #[error("endpoint {0:?}: [registration] needs a password or a tls_identity")]
     Credentials(String),
+    /// Digest algorithms that are not SHA-256 or MD5.
+    #[error("endpoint {0:?}: registration digest_algorithms lists one or both of \"SHA-256\" and \"MD5\", preferred first")]
+    DigestAlgorithms(String),
     /// A health URL we cannot probe.
     #[error("endpoint {0:?}: health url must be http://host:port/path")]
     HealthUrl(String),
@@ -250,9 +259,23 @@ impl Endpoint {
                     .username
                     .clone()
                     .unwrap_or_else(|| aor.split('@').next().unwrap_or_default().to_owned());
+                let algorithms = match &r.digest_algorithms {
+                    None => None,
+                    Some(names) => {
+                        let parsed: Vec<_> = names
+                            .iter()
+                            .filter_map(|n| crate::digest::Algorithm::from_name(n))
+                            .collect();
+                        if parsed.is_empty() || parsed.len() != names.len() {
+                            return Err(EndpointError::DigestAlgorithms(config.uri.clone()));
+                        }
+                        Some(parsed)
+                    }
+                };
                 Some(Credentials {
                     digest: r.password.clone().map(|p| (user, p)),
                     tls_identity: r.tls_identity.clone(),
+                    algorithms,
                 })
             }
         };
@@ -637,11 +660,23 @@ mod tests {
             username: None,
             password: None,
             tls_identity: None,
+            digest_algorithms: None,
         });
         assert!(Endpoint::new(c)
             .unwrap_err()
             .to_string()
             .contains("password or a tls_identity"));
+        let mut c = config("sip:a@b.c");
+        c.registration = Some(RegistrationConfig {
+            username: None,
+            password: Some("pw".into()),
+            tls_identity: None,
+            digest_algorithms: Some(vec!["MD5".into(), "SHA-1".into()]),
+        });
+        assert!(Endpoint::new(c)
+            .unwrap_err()
+            .to_string()
+            .contains("digest_algorithms lists one or both"));
     }
 
     #[test]
@@ -651,6 +686,7 @@ mod tests {
             username: None,
             password: Some("pw".into()),
             tls_identity: None,
+            digest_algorithms: None,
         });
         c.health = Some(HealthConfig {
             url: "http://127.0.0.1:9/health".into(),

@@ -63,6 +63,9 @@ pub struct Credentials {
     pub digest: Option<(String, String)>,
     /// A mutual-TLS identity (RFC 5922 domain) trusted without a password.
     pub tls_identity: Option<String>,
+    /// The digest algorithms offered to this endpoint, preferred first;
+    /// None: the node's `[registrar] digest_algorithms`.
+    pub algorithms: Option<Vec<crate::digest::Algorithm>>,
 }
 
 /// Registrar bounds.
@@ -191,14 +194,21 @@ impl<F: Clone> Registrar<F> {
             .auth(HeaderName::Authorization)
             .filter_map(Result::ok)
         {
-            match self.auth.verify(&value, method, user, password, now_unix) {
+            let own = credentials.algorithms.as_deref();
+            match self
+                .auth
+                .verify(&value, method, (user, password), own, now_unix)
+            {
                 Verdict::Valid => return Ok(()),
                 Verdict::Stale => stale = true,
                 Verdict::Invalid => {}
             }
         }
         let mut answer = Answer::new(401, "Unauthorized");
-        for challenge in self.auth.challenges(now_unix, stale) {
+        for challenge in self
+            .auth
+            .challenges(now_unix, stale, credentials.algorithms.as_deref())
+        {
             answer = answer.with("WWW-Authenticate", challenge);
         }
         Err(Box::new(answer))
@@ -443,6 +453,7 @@ mod tests {
         Credentials {
             digest: None,
             tls_identity: Some("apps.contoso.com".into()),
+            algorithms: None,
         }
     }
 
@@ -559,6 +570,7 @@ mod tests {
         let creds = Credentials {
             digest: Some(("bot".into(), "pw".into())),
             tls_identity: None,
+            algorithms: None,
         };
         let t0 = Instant::now();
         let out = r.register(

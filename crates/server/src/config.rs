@@ -653,6 +653,7 @@ impl Config {
                 porchlight_endpoints::EndpointError::Uri(u)
                 | porchlight_endpoints::EndpointError::Duplicate(u)
                 | porchlight_endpoints::EndpointError::Credentials(u)
+                | porchlight_endpoints::EndpointError::DigestAlgorithms(u)
                 | porchlight_endpoints::EndpointError::HealthUrl(u)
                 | porchlight_endpoints::EndpointError::SipTarget(u)
                 | porchlight_endpoints::EndpointError::Webhook(u)
