@@ -365,6 +365,7 @@ fn presence_answer(
     request_body = OutgoingMessage,
     responses(
         (status = 200, description = "Delivered: the recipient answered 2xx", body = SentMessage),
+        (status = 400, description = "`to` is not a SIP URI of a user, or the body is not the JSON described"),
         (status = 403, description = "Refused by the policy (see /api/v1/decisions)", body = SentMessage),
         (status = 404, description = "Not an endpoint of this node, or no such recipient", body = SentMessage),
         (status = 502, description = "The recipient or its edge answered with a failure, or did not answer", body = SentMessage)),
@@ -382,6 +383,7 @@ async fn send_message(
         Ok(sent) => {
             let status = match sent.status {
                 200..=299 => StatusCode::OK,
+                400 => StatusCode::BAD_REQUEST,
                 403 => StatusCode::FORBIDDEN,
                 404 => StatusCode::NOT_FOUND,
                 _ => StatusCode::BAD_GATEWAY,
@@ -487,13 +489,50 @@ struct ApiDoc;
 struct BearerToken;
 
 impl utoipa::Modify for BearerToken {
+    /// The token scheme, and the answers every route can give that no
+    /// handler writes: 401 from the token check (each route), and the JSON
+    /// body's 400/415/422 from the extractor (each route that takes one).
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::ResponseBuilder;
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        let answer = |text: &str| ResponseBuilder::new().description(text).build();
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut operation.responses.responses;
+                responses.entry("401".into()).or_insert_with(|| {
+                    answer("No bearer token, or not this node's (see [admin] token_file)").into()
+                });
+                let json_body = operation
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|body| body.content.contains_key("application/json"));
+                if json_body {
+                    responses.entry("400".into()).or_insert_with(|| {
+                        answer("The body is not JSON, or a field is not what it should be").into()
+                    });
+                    responses.entry("415".into()).or_insert_with(|| {
+                        answer("The body is not sent as Content-Type: application/json").into()
+                    });
+                    responses.entry("422".into()).or_insert_with(|| {
+                        answer("The JSON lacks a required field or has one of the wrong type")
+                            .into()
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -306,7 +306,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         let token = porchlight_admin::load_or_create_token(&token_file)?;
                         let listener = tokio::net::TcpListener::bind(addr)
                             .await
-                            .with_context(|| format!("binding the admin API to {addr}"))?;
+                            .with_context(|| {
+                                format!("binding the admin API to {addr}: stop the program that holds it (another Porchlight?), or change [admin] listen")
+                            })?;
                         let bound = listener.local_addr()?;
                         porchlight_admin::write_address(&token_file, bound)?;
                         tracing::info!("admin API at http://{bound}");

@@ -54,8 +54,47 @@ fn the_admin_api_shows_the_running_node_and_requires_its_token() {
 
     // No token, a wrong one: 401 with a Bearer challenge, for every route.
     for path in ["/api/v1/status", "/metrics", "/api/v1/openapi.json"] {
-        assert_eq!(get(admin, path, None).0, 401, "{path}");
-        assert_eq!(get(admin, path, Some("not-the-token")).0, 401, "{path}");
+        let (status, said) = get(admin, path, None);
+        assert_eq!(status, 401, "{path}");
+        assert!(said.contains("a bearer token is required"), "{said}");
+        let (status, said) = get(admin, path, Some("not-the-token"));
+        assert_eq!(status, 401, "{path}");
+        assert!(
+            said.contains("is not this node's"),
+            "a wrong token is told apart: {said}"
+        );
+    }
+    // The OpenAPI document lists the answers no handler writes.
+    let doc = json(&get(admin, "/api/v1/openapi.json", Some(token)).1);
+    for (path, method) in [
+        ("/api/v1/status", "get"),
+        ("/api/v1/config", "put"),
+        ("/api/v1/endpoints/{uri}/messages", "post"),
+    ] {
+        assert!(
+            doc["paths"][path][method]["responses"]["401"].is_object(),
+            "{path} {method} lacks its 401"
+        );
+    }
+    let messages = &doc["paths"]["/api/v1/endpoints/{uri}/messages"]["post"]["responses"];
+    for code in ["400", "415", "422"] {
+        assert!(
+            messages[code].is_object(),
+            "messages lacks {code}: {messages}"
+        );
+    }
+    // IM to no one: 400, not a gateway failure.
+    let sent = ureq::post(&format!(
+        "http://{admin}/api/v1/endpoints/sip:helpdesk@contoso.com/messages"
+    ))
+    .set("Authorization", &format!("Bearer {token}"))
+    .send_json(serde_json::json!({"to": "", "text": "hi"}));
+    match sent {
+        Err(ureq::Error::Status(400, r)) => {
+            let said = r.into_string().unwrap_or_default();
+            assert!(said.contains("not a SIP URI of a user"), "{said}");
+        }
+        other => panic!("\"to\": \"\" answered {other:?}"),
     }
 
     // A watcher subscribes; a request going out to a blocked domain is refused.

@@ -55,7 +55,7 @@ pub enum StartError {
     #[error("generating a certificate: {0}")]
     Generate(#[from] porchlight_transport::pki::Error),
     /// A listener could not be bound.
-    #[error("binding listeners: {0}")]
+    #[error("binding listener {0}: stop the program that holds it (another Porchlight?), or change [listen]")]
     Bind(std::io::Error),
     /// The system's DNS configuration could not be read.
     #[error("reading the DNS configuration (set [dns] nameservers instead): {0}")]
@@ -1391,8 +1391,18 @@ impl EventLoop {
                 });
             }
         };
-        let Ok(Uri::Sip(uri, _)) = Uri::parse(to) else {
-            return refuse(reply, Answer::new(416, "Unsupported URI Scheme"));
+        let parsed = Uri::parse(to);
+        let Some(uri) = parsed.as_ref().ok().and_then(|u| match u {
+            Uri::Sip(sip, _) if sip.user.is_some() => Some(sip),
+            _ => None,
+        }) else {
+            return refuse(
+                reply,
+                Answer::new(
+                    400,
+                    format!("\"to\" = {to:?} is not a SIP URI of a user: write it like \"sip:alice@fabrikam.com\""),
+                ),
+            );
         };
         let domain = uri.host.to_string().to_ascii_lowercase();
         let internal = self.edge.internal;

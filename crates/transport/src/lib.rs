@@ -156,7 +156,8 @@ pub struct TransportConfig {
     pub queue_depth: usize,
     /// Depth of each connection's outbound queue.
     pub connection_queue_depth: usize,
-    /// Kernel buffer of each UDP socket, each way.
+    /// Kernel buffer of each UDP socket, each way; 0: as large as the
+    /// kernel allows, up to 8 MiB, without a warning when it caps it.
     pub udp_buffer_bytes: usize,
 }
 
@@ -172,7 +173,7 @@ impl Default for TransportConfig {
             idle_timeout: Duration::from_secs(300),
             queue_depth: 65_536,
             connection_queue_depth: 1_024,
-            udp_buffer_bytes: 4 << 20,
+            udp_buffer_bytes: 0,
         }
     }
 }
@@ -217,8 +218,16 @@ impl Transport {
         let (tx, rx) = mpsc::channel(config.queue_depth);
         let mut udp_sockets = Vec::new();
         let mut local = Vec::new();
+        // A bind error names the listener, so the admin knows which to change.
+        let named = |protocol: Protocol, addr: SocketAddr| {
+            move |e: std::io::Error| {
+                std::io::Error::new(e.kind(), format!("{} {addr}: {e}", protocol.via_token()))
+            }
+        };
         for addr in &config.udp {
-            let socket = Arc::new(udp::bind(*addr, config.udp_buffer_bytes)?);
+            let socket = Arc::new(
+                udp::bind(*addr, config.udp_buffer_bytes).map_err(named(Protocol::Udp, *addr))?,
+            );
             local.push((Protocol::Udp, socket.local_addr()?));
             udp_sockets.push(socket);
         }
@@ -231,7 +240,9 @@ impl Transport {
                 ));
             }
             for addr in addrs {
-                let listener = tokio::net::TcpListener::bind(addr).await?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(named(protocol, *addr))?;
                 local.push((protocol, listener.local_addr()?));
                 tcp_listeners.push((protocol, listener));
             }

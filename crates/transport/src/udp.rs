@@ -13,14 +13,22 @@ use crate::{Origin, Protocol, Received, Shared};
 /// requests (or of answers to a fan-out) must queue in the kernel rather
 /// than be dropped while the core is busy. The kernel may grant less
 /// (`net.core.rmem_max`); that is logged with the fix.
+/// The buffer asked for when the configuration leaves it to the kernel
+/// (0): large enough for bursts, silently capped by the kernel's limit.
+const PREFERRED_BUFFER_BYTES: usize = 8 << 20;
+
 pub(crate) fn bind(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<UdpSocket> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    socket.set_recv_buffer_size(buffer_bytes)?;
-    socket.set_send_buffer_size(buffer_bytes)?;
+    let (wanted, explicit) = match buffer_bytes {
+        0 => (PREFERRED_BUFFER_BYTES, false),
+        n => (n, true),
+    };
+    socket.set_recv_buffer_size(wanted)?;
+    socket.set_send_buffer_size(wanted)?;
     // Linux reports twice the size it grants.
     let granted = socket.recv_buffer_size()? / 2;
-    if granted < buffer_bytes {
+    if explicit && granted < buffer_bytes {
         tracing::warn!(
             %addr,
             "UDP receive buffer is {granted} bytes, not the {buffer_bytes} configured: \
