@@ -1406,7 +1406,7 @@ impl EventLoop {
         };
         let domain = uri.host.to_string().to_ascii_lowercase();
         let internal = self.edge.internal;
-        let next = match (self.local.is_local(&uri), internal) {
+        let next = match (self.local.is_local(uri), internal) {
             (false, _) => NextHop::Partner(self.presence.policy().route_to(&domain).verify.into()),
             (true, Some((protocol, addr))) => NextHop::address(protocol, addr),
             (true, None) => {
@@ -1441,7 +1441,7 @@ impl EventLoop {
                 Answer::new(400, "Bad Request (the message cannot be written)"),
             );
         };
-        if !self.local.is_local(&uri) {
+        if !self.local.is_local(uri) {
             if let Err(answer) = self
                 .presence
                 .authorize_leaving(&self.domains, &message, &domain)
