@@ -176,6 +176,35 @@ enum EndpointCommand {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// An admin's presence for an endpoint, which outranks every source
+    /// (restarts included) until cleared.
+    Presence {
+        #[command(subcommand)]
+        command: PresenceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PresenceCommand {
+    /// Set it: `endpoint presence set sip:helpdesk@contoso.com busy --note "In a meeting"`.
+    Set {
+        /// The endpoint's SIP URI.
+        uri: String,
+        /// online, busy, dnd, brb, away, offline, or a number on the Microsoft scale.
+        availability: String,
+        /// Free text shown under the name.
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Clear it: the endpoint's own sources decide again.
+    Clear {
+        /// The endpoint's SIP URI.
+        uri: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
 }
 
 #[derive(Subcommand)]
@@ -508,6 +537,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => {
             print_line(&provision::endpoint_set(&target, &uri, &assignments)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Endpoint {
+            command: EndpointCommand::Presence { command },
+        } => {
+            let said = match command {
+                PresenceCommand::Set {
+                    uri,
+                    availability,
+                    note,
+                    target,
+                } => provision::presence_set(&target, &uri, Some((&availability, note)))?,
+                PresenceCommand::Clear { uri, target } => {
+                    provision::presence_set(&target, &uri, None)?
+                }
+            };
+            print_line(&said);
             Ok(ExitCode::SUCCESS)
         }
         Command::Endpoint {

@@ -687,15 +687,60 @@ pub fn endpoint_add(
 }
 
 /// Changes an endpoint's fields.
+/// Says so when an admin's presence setting outranks what the change
+/// sets, and how to clear it.
 pub fn endpoint_set(
     target: &AdminTarget,
     uri: &str,
     assignments: &[String],
 ) -> anyhow::Result<String> {
-    change(target, "endpoint set", |p| {
+    let mut said = change(target, "endpoint set", |p| {
         let e = endpoint_mut(p, uri)?;
         *e = set_fields(&*e, assignments, "endpoint")?;
         Ok(())
+    })?;
+    let sets_presence = assignments
+        .iter()
+        .any(|a| a.starts_with("availability=") || a.starts_with("note="));
+    if sets_presence {
+        if let Ok((base, token)) = admin::locate(target) {
+            let view = admin::get_at(&base, &token, &format!("/api/v1/endpoints/{uri}"))?;
+            if view["set_by_admin"] == true {
+                said.push_str(&format!(
+                    "\nnote: an admin's presence setting ({}) outranks this until `porchlight endpoint presence clear {uri}`",
+                    view["availability"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    Ok(said)
+}
+
+/// Sets (availability, note) or clears an admin's presence for an
+/// endpoint on the running node.
+pub fn presence_set(
+    target: &AdminTarget,
+    uri: &str,
+    setting: Option<(&str, Option<String>)>,
+) -> anyhow::Result<String> {
+    let (base, token) = admin::locate(target)?;
+    let url = format!("{base}/api/v1/endpoints/{uri}/presence");
+    let bearer = format!("Bearer {token}");
+    let response = match &setting {
+        Some((availability, note)) => ureq::put(&url)
+            .set("Authorization", &bearer)
+            .send_json(serde_json::json!({"availability": availability, "note": note})),
+        None => ureq::delete(&url).set("Authorization", &bearer).call(),
+    };
+    let view: serde_json::Value = match response {
+        Ok(r) => r.into_json()?,
+        Err(ureq::Error::Status(_, r)) => bail!("{}", r.into_string().unwrap_or_default().trim()),
+        Err(e) => return Err(e).with_context(|| url),
+    };
+    let line = admin::endpoint_line(&view);
+    Ok(match setting {
+        Some(_) => format!("{line}\nset by an admin: it outranks every source until `porchlight endpoint presence clear {uri}`"),
+        None => format!("{line}\ncleared: the endpoint's own sources decide again"),
     })
 }
 

@@ -110,7 +110,15 @@ fn endpoints_are_added_changed_and_removed_while_the_node_runs() {
             "health.failures=1",
         ],
     );
-    assert_eq!(queue_view(&server).unwrap()["healthy"], true);
+    // The new probe's first verdict decides; wait for it to report.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue_view(&server).unwrap()["healthy"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the health probe never reported healthy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     watcher.expect_notify("<basic>open</basic>", Duration::from_secs(5));
     let dead = free_port();
     porchlight_ok(
@@ -172,13 +180,43 @@ fn endpoints_are_added_changed_and_removed_while_the_node_runs() {
     // State the store keeps for it: a contact registered with the new
     // password, and presence an admin set.
     let app = registered_app("app-again", "n3w");
-    let (admin_api, bearer) = server.api();
-    ureq::put(&format!(
-        "http://{admin_api}/api/v1/endpoints/{QUEUE}/presence"
-    ))
-    .set("Authorization", &bearer)
-    .send_json(serde_json::json!({"availability": "away", "note": "Back at 2"}))
-    .unwrap();
+    let said = porchlight_ok(
+        &file,
+        &[
+            "endpoint",
+            "presence",
+            "set",
+            QUEUE,
+            "away",
+            "--note",
+            "Back at 2",
+        ],
+    );
+    assert!(said.contains("set by an admin"), "{said}");
+    watcher.expect_notify("Back at 2", Duration::from_secs(5));
+    // A change of the endpoint's own state says the admin's setting wins.
+    let said = porchlight_ok(&file, &["endpoint", "set", QUEUE, "availability=busy"]);
+    assert!(
+        said.contains("an admin's presence setting (away) outranks this")
+            && said.contains("porchlight endpoint presence clear"),
+        "{said}"
+    );
+    assert_eq!(queue_view(&server).unwrap()["availability"], "away");
+    let said = porchlight_ok(&file, &["endpoint", "presence", "clear", QUEUE]);
+    assert!(said.contains("cleared"), "{said}");
+    watcher.expect_notify("<basic>open</basic>", Duration::from_secs(5));
+    porchlight_ok(
+        &file,
+        &[
+            "endpoint",
+            "presence",
+            "set",
+            QUEUE,
+            "away",
+            "--note",
+            "Back at 2",
+        ],
+    );
     watcher.expect_notify("Back at 2", Duration::from_secs(5));
 
     // Removed: the watcher is told not to come back, and nothing is left.
