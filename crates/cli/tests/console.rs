@@ -276,6 +276,41 @@ fn the_console_shows_live_presence_and_sets_it() {
     let now = lists();
     assert_eq!(now["allowed"], serde_json::json!([]));
     assert_eq!(now["blocked"], serde_json::json!(["evil.example"]));
+    // Not a domain: refused with what to write, nothing listed.
+    browser.script(
+        "document.querySelector('#federation-form input[name=domain]').value = ''; return null;",
+    );
+    browser.type_into(
+        "#federation-form input[name=domain]",
+        "https://fabrikam.com",
+    );
+    browser.click("#federation-form button[name=allow]");
+    browser.wait_for(
+        "return document.querySelector('#federation-result').textContent.includes('write a DNS name like') ? 'refused' : 'not yet';",
+        "refused",
+        Duration::from_secs(10),
+    );
+    assert_eq!(lists()["allowed"], serde_json::json!([]));
+
+    // Who watches the help desk: the count opens the list.
+    browser.click(&format!("#endpoints a[data-watchers=\"{helpdesk}\"]"));
+    browser.wait_for(
+        "const w = document.querySelector('#watchers'); return !w.hidden && w.textContent.includes('sip:alice@fabrikam.com') ? 'listed' : 'not yet';",
+        "listed",
+        Duration::from_secs(10),
+    );
+
+    // The support question: why does alice not see the help desk? The
+    // form answers as the running node decides, step by step.
+    browser.type_into("#explain-form input[name=from]", "sip:mallory@evil.example");
+    browser.type_into("#explain-form input[name=to]", helpdesk);
+    browser.type_into("#explain-form input[name=peer]", "evil.example");
+    browser.click("#explain-form button[type=submit]");
+    browser.wait_for(
+        "const v = document.querySelector('#verdict'); return v.textContent.startsWith('Refused') && document.querySelector('#explain-steps').textContent.includes('blocked domain evil.example') ? 'explained' : 'not yet';",
+        "explained",
+        Duration::from_secs(10),
+    );
 
     let png = browser.screenshot();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);

@@ -470,6 +470,52 @@ fn from_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result
     })
 }
 
+/// The sections of a configuration file that a provisioned document does
+/// not carry: they are read at start, from the file.
+const FILE_ONLY_SECTIONS: [&str; 11] = [
+    "node",
+    "listen",
+    "limits",
+    "timers",
+    "tls",
+    "presence",
+    "registrar",
+    "edge",
+    "dns",
+    "admin",
+    "store",
+];
+
+/// A whole configuration file given where a provisioned document belongs
+/// (`config import`): named as such, with what to do, rather than as an
+/// unknown key.
+fn refuse_file_sections(text: &str, origin: &str) -> Result<(), ConfigError> {
+    let Ok(table) = toml::from_str::<toml::Table>(text) else {
+        return Ok(()); // the parse that follows names the syntax error
+    };
+    let Some(section) = FILE_ONLY_SECTIONS.iter().find(|s| table.contains_key(**s)) else {
+        return Ok(());
+    };
+    let line = text
+        .lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.starts_with(&format!("[{section}]"))
+                || l.starts_with(&format!("[{section}."))
+                || l.starts_with(&format!("{section} ="))
+                || l.starts_with(&format!("{section}."))
+        })
+        .map_or(1, |n| n + 1);
+    Err(ConfigError::Syntax {
+        origin: origin.to_owned(),
+        line,
+        message: format!(
+            "[{section}] belongs to the configuration file, which the node reads at start;              an import carries only [policy] and [[endpoint]]"
+        ),
+        fix: "import what `porchlight config export` writes (or just the file's [policy] and [[endpoint]] sections); change the other sections in the file and restart the node".into(),
+    })
+}
+
 /// Parses a configuration file over the embedded defaults: every section
 /// and key the file leaves out has its documented default (the one
 /// `porchlight config defaults` prints), so a file of ten lines is a whole
@@ -637,6 +683,7 @@ impl Config {
     /// This configuration with its policy and endpoints taken from a
     /// provisioned document (`config import`), checked like a file.
     pub fn with_provisioned(&self, text: &str, origin: &str) -> Result<Config, ConfigError> {
+        refuse_file_sections(text, origin)?;
         let provisioned: Provisioned = from_toml(text, origin)?;
         let mut config = self.clone();
         config.policy = provisioned.policy;
@@ -920,6 +967,29 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_configuration_file_is_no_import_and_says_what_to_import() {
+        let err = Config::embedded()
+            .with_provisioned(DEFAULT_CONFIG, "porchlight.toml")
+            .unwrap_err()
+            .to_string();
+        let line = DEFAULT_CONFIG
+            .lines()
+            .position(|l| l.starts_with("[node]"))
+            .unwrap()
+            + 1;
+        assert!(
+            err.starts_with(&format!(
+                "porchlight.toml:{line}: [node] belongs to the configuration file"
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains("fix: import what `porchlight config export` writes"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_small_file_is_a_whole_configuration_with_the_documented_defaults() {

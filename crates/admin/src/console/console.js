@@ -1,7 +1,8 @@
 // The Porchlight console: polls the admin API every two seconds and shows
-// endpoints with live presence, partners with their traffic, the federation
-// lists, and policy decisions; forms set an endpoint's presence and allow,
-// block or remove a domain. The token stays in this tab's session storage
+// endpoints with live presence (and, on a click, who watches one), partners
+// with their traffic, the federation lists, and policy decisions; forms set
+// an endpoint's presence, allow, block or remove a domain, and explain a
+// policy decision step by step. The token stays in this tab's session storage
 // and travels only in the Authorization header.
 "use strict";
 
@@ -92,8 +93,10 @@ function renderEndpoints(endpoints) {
     element("td", {}, element("span", { class: "availability band-" + e.availability, title: String(e.availability_value) },
       LABELS[e.availability] || e.availability)),
     element("td", {}, e.note || ""),
-    element("td", { class: "number watchers" }, String(e.watchers)),
+    element("td", { class: "number watchers" },
+      e.watchers ? element("a", { href: "#watchers", "data-watchers": e.uri }, String(e.watchers)) : "0"),
     element("td", { class: "muted" }, sources(e)))));
+  $("#endpoint-uris").replaceChildren(...endpoints.map((e) => element("option", { value: e.uri })));
   const select = $("#presence-form select[name=endpoint]");
   const chosen = select.value;
   const uris = endpoints.map((e) => e.uri);
@@ -147,6 +150,7 @@ async function refresh() {
     renderPartners(status.partners);
     renderFederation(federation);
     renderDecisions(status.decisions, refusals);
+    if (watched && !$("#watchers").hidden) showWatchers(watched);
     $("#connection").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (error) {
     if (error.message !== "unauthorized") $("#connection").textContent = "cannot reach the node: " + error.message;
@@ -174,6 +178,43 @@ async function setPresence(clear) {
     refresh();
   } catch (error) {
     $("#presence-result").textContent = error.message;
+  }
+}
+
+let watched = null;
+
+async function showWatchers(uri) {
+  watched = uri;
+  try {
+    const detail = await api("GET", "/api/v1/endpoints/" + encodeURIComponent(uri));
+    $("#watchers-of").textContent = uri + " (" + detail.watchers + ")";
+    const listed = detail.watcher_uris.map((w) => element("li", {}, w));
+    if (detail.watchers > detail.watcher_uris.length) {
+      listed.push(element("li", { class: "muted" }, "and " + (detail.watchers - detail.watcher_uris.length) + " more"));
+    }
+    $("#watcher-list").replaceChildren(...(listed.length ? listed
+      : [element("li", { class: "muted" }, "Nobody watches it now.")]));
+    $("#watchers").hidden = false;
+  } catch (error) {
+    $("#watchers-of").textContent = uri + ": " + error.message;
+  }
+}
+
+async function explain() {
+  const form = $("#explain-form");
+  const query = new URLSearchParams({
+    from: form.from.value.trim(), to: form.to.value.trim(), kind: form.kind.value, peer: form.peer.value.trim(),
+  });
+  $("#explanation").hidden = false;
+  try {
+    const decision = await api("GET", "/api/v1/explain?" + query);
+    $("#verdict").textContent = (decision.allowed ? "Allowed" : "Refused") + (decision.class ? " (" + decision.class + ")" : "");
+    $("#verdict").className = decision.allowed ? "allowed" : "refused";
+    $("#explain-steps").textContent = decision.steps.join("\n");
+  } catch (error) {
+    $("#verdict").textContent = error.message;
+    $("#verdict").className = "muted";
+    $("#explain-steps").textContent = "";
   }
 }
 
@@ -207,6 +248,16 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#federation-form button[name=block]").addEventListener("click", () => changeFederation("block"));
   $("#federation-form button[name=remove]").addEventListener("click", () => changeFederation("remove"));
+  $("#explain-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    explain();
+  });
+  $("#endpoints").addEventListener("click", (event) => {
+    const link = event.target.closest("[data-watchers]");
+    if (!link) return;
+    event.preventDefault();
+    showWatchers(link.dataset.watchers);
+  });
   // A token in the address (#token=...) is taken once and removed from it.
   const fromAddress = new URLSearchParams(location.hash.slice(1)).get("token");
   if (fromAddress) history.replaceState(null, "", location.pathname);
