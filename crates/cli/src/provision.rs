@@ -8,7 +8,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use porchlight_policy::{FederationChange, Verification};
-use porchlight_server::{check_import, Config, ImportOptions, ImportPlan, Provisioned};
+use porchlight_server::{
+    check_import, Config, ConfigError, ImportOptions, ImportPlan, Provisioned,
+};
 use porchlight_store::{Durability, EmbeddedStore, Store};
 
 use crate::admin::{self, Located};
@@ -136,7 +138,18 @@ impl Session {
     /// checked here first, then in force on a running node, or saved in
     /// the store for the next start.
     fn save(&self, document: &str, origin: &str) -> anyhow::Result<String> {
-        let checked = self.config.with_provisioned(document, origin)?;
+        // The document is the command's own: a line number in it would
+        // point nowhere the admin can look, so errors name the command.
+        let checked = self
+            .config
+            .with_provisioned(document, origin)
+            .map_err(|e| match e {
+                ConfigError::Syntax { message, fix, .. } => {
+                    anyhow::anyhow!("{origin}: {message}\n  fix: {fix}")
+                }
+                ConfigError::Endpoint { problem, .. } => anyhow::anyhow!("{origin}: {problem}"),
+                other => other.into(),
+            })?;
         let document = checked.provisioned().to_toml();
         match &self.place {
             Place::Node { base, token } => {
@@ -239,7 +252,11 @@ pub fn import(
     let destination = match &session.place {
         Place::Node { base, token } => Destination::Node { base, token },
         Place::Offline(Some(store)) => Destination::Store(store),
-        Place::Offline(None) | Place::Nowhere { .. } => return session.save(document, origin),
+        Place::Offline(None) | Place::Nowhere { .. } => {
+            // Checked first with the file's lines; then refused where it goes.
+            session.config.with_provisioned(document, origin)?;
+            return session.save(document, origin);
+        }
     };
     // Checked here first, so errors name the file and its lines.
     let current = session
@@ -342,10 +359,13 @@ fn apply_fields<T: serde::de::DeserializeOwned>(
         let Some((key, raw)) = assignment.split_once('=') else {
             bail!("{what}: {assignment:?} is not key=value");
         };
-        let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+        let value_of = |raw: &str| {
+            toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.trim().to_owned()))
+        };
+        let mut parsed = value_of(raw);
         let mut slot = &mut table;
         let path: Vec<&str> = key.trim().split('.').collect();
         for (i, part) in path.iter().enumerate() {
@@ -353,6 +373,10 @@ fn apply_fields<T: serde::de::DeserializeOwned>(
                 .as_table_mut()
                 .with_context(|| format!("{what}: {key} does not name a table"))?;
             if i + 1 == path.len() {
+                // A list written as words: `capabilities=im,audio`.
+                if matches!(map.get(*part), Some(toml::Value::Array(_))) && !parsed.is_array() {
+                    parsed = toml::Value::Array(raw.split(',').map(value_of).collect());
+                }
                 map.insert((*part).to_owned(), parsed.clone());
                 break;
             }
@@ -677,11 +701,10 @@ pub fn endpoint_add(
         let mut base = toml::Table::new();
         base.insert("uri".into(), uri.into());
         base.insert("display_name".into(), name.into());
-        p.endpoints.push(apply_fields(
-            toml::Value::Table(base),
-            assignments,
-            "endpoint",
-        )?);
+        // Every field at its default first, so `key=value` finds lists as lists.
+        let fresh: porchlight_endpoints::EndpointConfig = toml::Value::Table(base).try_into()?;
+        p.endpoints
+            .push(set_fields(&fresh, assignments, "endpoint")?);
         Ok(())
     })
 }

@@ -440,3 +440,67 @@ fn imports_refuse_empty_documents_show_their_changes_and_ask_before_removing_eve
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn endpoint_commands_take_words_for_lists_and_name_no_internal_line() {
+    let server = node("provisioning-words", &[]);
+    let dir = server.dir.clone();
+    let said = ok(
+        &dir,
+        &[
+            "endpoint",
+            "add",
+            "sip:bot@contoso.com",
+            "--name",
+            "Bot",
+            "capabilities=im",
+        ],
+    );
+    assert!(said.contains("added: sip:bot@contoso.com"), "{said}");
+    ok(
+        &dir,
+        &[
+            "endpoint",
+            "set",
+            "sip:bot@contoso.com",
+            "capabilities=im,audio",
+        ],
+    );
+    let exported = ok(&dir, &["config", "export"]);
+    assert!(
+        exported.contains("capabilities = [\"im\", \"audio\"]"),
+        "{exported}"
+    );
+    let (success, said) = porchlight(
+        &dir,
+        &[
+            "endpoint",
+            "set",
+            "sip:bot@contoso.com",
+            "availability=sleepy",
+        ],
+    );
+    assert!(!success, "{said}");
+    assert!(
+        said.contains("endpoint set: availability \"sleepy\" is unknown"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("endpoint set:1") && !said.contains(":41:"),
+        "{said}"
+    );
+    let (success, said) = porchlight(
+        &dir,
+        &[
+            "endpoint",
+            "add",
+            "sip:bot@fabrikam.com",
+            "--name",
+            "Elsewhere",
+        ],
+    );
+    assert!(
+        !success && said.contains("not in this node's domains"),
+        "{said}"
+    );
+}
