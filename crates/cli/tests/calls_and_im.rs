@@ -764,3 +764,112 @@ fn an_app_whose_connection_is_gone_gets_503_and_shows_offline_at_once() {
     let answer = message(server.udp, "sip:desk@contoso.com", "hello?");
     assert_eq!(answer.status(), Some(480), "{}", reason(&answer));
 }
+
+/// The next message the node sends the partner's transport, within 10 s.
+async fn next_from_node(
+    rx: &mut tokio::sync::mpsc::Receiver<porchlight_transport::Received>,
+) -> (Message, porchlight_transport::Origin) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(porchlight_transport::Received::Message(m, origin))) => return (m, origin),
+            Ok(Some(_)) => continue,
+            _ => panic!("nothing arrived from the node"),
+        }
+    }
+}
+
+#[test]
+fn a_policy_change_ends_a_partners_im_session_with_bye() {
+    use porchlight_sip::MessageWriter;
+    use porchlight_transport::{Protocol, Target};
+    let (port, _posts) = webhook_app(vec![]);
+    let pki = Pki::new("im-session-revoked-pki");
+    let endpoint = format!(
+        "\n[[endpoint]]\nuri = \"sip:bot@contoso.com\"\ndisplay_name = \"Bot\"\ncapabilities = [\"im\"]\n\
+         [endpoint.webhook]\nurl = \"http://127.0.0.1:{port}/im\"\nsecret = \"s\"\n"
+    );
+    let server = start(
+        "im-session-revoked",
+        &format!("{}{endpoint}", pki.config(&[FABRIKAM])),
+    );
+    let file = server.dir.join("porchlight.toml");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // fabrikam's edge opens a Microsoft IM session with the bot.
+        let (transport, mut rx) = pki.partner("fabrikam.com").await;
+        let target = Target::Address {
+            protocol: Protocol::Tls,
+            addr: server.tls,
+            domain: Some("contoso.com".into()),
+        };
+        let sdp = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                   m=message 5060 sip null\r\na=accept-types:text/plain\r\n";
+        let mut w = MessageWriter::request("INVITE", "sip:bot@contoso.com");
+        w.header("Via", "SIP/2.0/TLS edge.fabrikam.com;branch=z9hG4bK-imr1")
+            .header("Max-Forwards", "70")
+            .header("From", "<sip:alice@fabrikam.com>;tag=a1")
+            .header("To", "<sip:bot@contoso.com>")
+            .header("Call-ID", "im-revoked-1")
+            .header("CSeq", "1 INVITE")
+            .header("Contact", "<sip:alice@edge.fabrikam.com;transport=tls>")
+            .header("Content-Type", "application/sdp");
+        transport
+            .send(&target, w.finish(sdp.as_bytes()))
+            .await
+            .unwrap();
+        let (ok, _) = loop {
+            let (m, origin) = next_from_node(&mut rx).await;
+            if m.status().is_some_and(|s| s >= 200) {
+                break (m, origin);
+            }
+        };
+        assert_eq!(ok.status(), Some(200), "the session is held");
+        let to = std::str::from_utf8(ok.values_named("To").next().unwrap())
+            .unwrap()
+            .to_owned();
+        let mut ack = MessageWriter::request("ACK", "sip:bot@contoso.com");
+        ack.header("Via", "SIP/2.0/TLS edge.fabrikam.com;branch=z9hG4bK-imr2")
+            .header("Max-Forwards", "70")
+            .header("From", "<sip:alice@fabrikam.com>;tag=a1")
+            .header("To", to.as_str())
+            .header("Call-ID", "im-revoked-1")
+            .header("CSeq", "1 ACK");
+        transport.send(&target, ack.finish(b"")).await.unwrap();
+
+        // The admin blocks fabrikam.com: the node ends the session.
+        let said = tokio::task::spawn_blocking({
+            let file = file.clone();
+            move || {
+                porchlight_ok(&file, &["federation", "remove", "fabrikam.com"]);
+                porchlight_ok(&file, &["federation", "block", "fabrikam.com"])
+            }
+        })
+        .await
+        .unwrap();
+        assert!(said.contains("in force"), "{said}");
+        let (bye, origin) = loop {
+            let (m, origin) = next_from_node(&mut rx).await;
+            if m.method().is_some() {
+                break (m, origin);
+            }
+        };
+        assert_eq!(bye.method(), Some("BYE"), "{bye:?}");
+        assert_eq!(bye.call_id().unwrap(), "im-revoked-1");
+        assert_eq!(
+            bye.cseq().unwrap().seq,
+            1,
+            "our first request in the dialog"
+        );
+        assert_eq!(bye.to().unwrap().tag(), Some("a1"));
+        let answer = porchlight_sip::response_to(&bye, 200, "OK", None, None).finish(b"");
+        let back = Target::Connection(origin.connection.expect("over the partner's connection"));
+        transport.send(&back, answer).await.unwrap();
+    });
+    // The session is gone: a MESSAGE in it finds none.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.api_get("/api/v1/status")["im_sessions"] != 0 {
+        assert!(Instant::now() < deadline, "the IM session is still held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -42,6 +42,8 @@ struct Session {
     local_uri: String,
     /// The caller's From value, tag included: the To of our requests.
     remote: String,
+    /// The caller's address of record, for the policy.
+    remote_uri: String,
     remote_target: String,
     route_set: Vec<String>,
     local_cseq: u32,
@@ -218,6 +220,10 @@ impl ImSessions {
         let from = invite
             .first_value(HeaderName::From)
             .ok_or_else(|| bad("From"))?;
+        let remote_uri = invite
+            .from()
+            .map(|f| f.uri.as_str().to_owned())
+            .map_err(|_| bad("From"))?;
         let remote_target = match invite.contacts() {
             Ok(Contacts::List(list)) => list.first().map(|c| c.uri.as_str().to_owned()),
             _ => None,
@@ -247,6 +253,7 @@ impl ImSessions {
                 endpoint,
                 local_uri,
                 remote: String::from_utf8_lossy(from).into_owned(),
+                remote_uri,
                 remote_target,
                 route_set,
                 local_cseq: 0,
@@ -316,10 +323,48 @@ impl ImSessions {
         branch: &str,
         now: Instant,
     ) -> Option<(Bytes, NextHop)> {
+        let (mut w, next) = self.request(key, "MESSAGE", via, branch, now)?;
+        w.header("Content-Type", "text/plain; charset=UTF-8");
+        Some((w.finish(text.as_bytes()), next))
+    }
+
+    /// The sessions held, for deciding which the policy still allows:
+    /// (session, endpoint, the caller's address of record, where our
+    /// requests go).
+    pub fn held(&self) -> impl Iterator<Item = (&SessionKey, usize, &str, &NextHop)> {
+        self.sessions
+            .iter()
+            .map(|(key, s)| (key, s.endpoint, s.remote_uri.as_str(), &s.next))
+    }
+
+    /// Ends a session from our side: the BYE to send, and where; the
+    /// session is forgotten at once (its answer is not waited for).
+    pub fn end(
+        &mut self,
+        key: &SessionKey,
+        via: &str,
+        branch: &str,
+        now: Instant,
+    ) -> Option<(Bytes, NextHop)> {
+        let (w, next) = self.request(key, "BYE", via, branch, now)?;
+        self.sessions.remove(key);
+        self.unacked.remove(key);
+        Some((w.finish(b""), next))
+    }
+
+    /// A request of ours in session `key`, headers written up to the body.
+    fn request(
+        &mut self,
+        key: &SessionKey,
+        method: &str,
+        via: &str,
+        branch: &str,
+        now: Instant,
+    ) -> Option<(MessageWriter, NextHop)> {
         let session = self.sessions.get_mut(key)?;
         session.local_cseq += 1;
         session.last_active = now;
-        let mut w = MessageWriter::request("MESSAGE", &session.remote_target);
+        let mut w = MessageWriter::request(method, &session.remote_target);
         w.header_fmt("Via", format_args!("{via};branch={branch}"));
         w.header("Max-Forwards", "70");
         for route in &session.route_set {
@@ -331,9 +376,8 @@ impl ImSessions {
         );
         w.header("To", &session.remote);
         w.header("Call-ID", &key.call_id);
-        w.header_fmt("CSeq", format_args!("{} MESSAGE", session.local_cseq));
-        w.header("Content-Type", "text/plain; charset=UTF-8");
-        Some((w.finish(text.as_bytes()), session.next.clone()))
+        w.header_fmt("CSeq", format_args!("{} {method}", session.local_cseq));
+        Some((w, session.next.clone()))
     }
 
     /// Forgets sessions silent for longer than the idle timeout.

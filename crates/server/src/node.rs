@@ -610,6 +610,7 @@ impl EventLoop {
             }
             Query::Apply(policy, mut endpoints, reply) => {
                 let applied = self.presence.apply(*policy, &mut endpoints);
+                self.end_refused_sessions(Instant::now());
                 self.set_probes(applied.probes);
                 let imported = crate::status::Imported {
                     endpoints_added: applied.added,
@@ -1317,6 +1318,51 @@ impl EventLoop {
         }
     }
 
+    /// Ends the federated IM sessions the policy in force refuses, with a
+    /// BYE, as a policy change ends the subscriptions it refuses.
+    fn end_refused_sessions(&mut self, now: Instant) {
+        let refused: Vec<SessionKey> = self
+            .sessions
+            .held()
+            .filter_map(|(key, endpoint, remote, next)| {
+                let NextHop::Partner(partner) = next else {
+                    return None;
+                };
+                let decision = self.presence.refuses_session(endpoint, remote, partner)?;
+                tracing::info!(
+                    remote,
+                    partner = %partner,
+                    "IM session ends: the policy now refuses it\n{decision}"
+                );
+                Some(key.clone())
+            })
+            .collect();
+        for key in refused {
+            let Some(next) = self.sessions.next_hop(&key).cloned() else {
+                continue;
+            };
+            let via = self.via_for(&next);
+            let branch = next_branch(&mut self.branch_counter, self.tag_seed, "im");
+            if let Some((bytes, next)) = self.sessions.end(&key, &via, &branch, now) {
+                self.send_in_session(bytes, next, now);
+            }
+        }
+    }
+
+    /// Sends a request of ours in an IM session.
+    fn send_in_session(&mut self, bytes: Bytes, next: NextHop, now: Instant) {
+        let Some(request) = parse_own(bytes) else {
+            return;
+        };
+        let reliable = next.is_reliable();
+        match self.layer.send_request(request, next, reliable, now) {
+            Ok(client) => {
+                self.originated.insert(client, None);
+            }
+            Err(e) => tracing::error!("cannot send into an IM session: {e}"),
+        }
+    }
+
     /// Sends the app's `text` into an IM session.
     fn session_message(&mut self, session: &SessionKey, text: &str, now: Instant) {
         let Some(next) = self.sessions.next_hop(session).cloned() else {
@@ -1324,18 +1370,8 @@ impl EventLoop {
         };
         let via = self.via_for(&next);
         let branch = next_branch(&mut self.branch_counter, self.tag_seed, "im");
-        let Some((bytes, next)) = self.sessions.message(session, text, &via, &branch, now) else {
-            return;
-        };
-        let Some(message) = parse_own(bytes) else {
-            return;
-        };
-        let reliable = next.is_reliable();
-        match self.layer.send_request(message, next, reliable, now) {
-            Ok(client) => {
-                self.originated.insert(client, None);
-            }
-            Err(e) => tracing::error!("cannot send IM into a session: {e}"),
+        if let Some((bytes, next)) = self.sessions.message(session, text, &via, &branch, now) {
+            self.send_in_session(bytes, next, now);
         }
     }
 

@@ -129,23 +129,25 @@ fn authorize_subscription(
     }
 }
 
-/// The policy's full decision when it refuses `watcher`, vouched for by
-/// `partner`'s certificate, to watch `endpoint`: the question a new
-/// SUBSCRIBE is asked, put to a subscription already held (after a policy
-/// change, or restored at start), so the live and the restarted node agree.
-fn refuses_watcher(
+/// The policy's full decision when it refuses `remote`, vouched for by
+/// `partner`'s certificate, `modality` with `endpoint`: the question a new
+/// request is asked, put to a subscription or IM session already held
+/// (after a policy change, or restored at start), so the live and the
+/// restarted node agree.
+fn refuses_held(
     policy: &PolicyConfig,
     endpoint: &Endpoint,
-    watcher: &str,
+    remote: &str,
     partner: &str,
+    modality: Modality,
 ) -> Option<Decision> {
-    let domain = domain_of(watcher);
+    let domain = domain_of(remote);
     let partners = [partner.to_owned()];
     let request = PolicyRequest {
         remote_domain: &domain,
         remote: Remote::Certified(&partners),
         local: local_party(endpoint),
-        modality: Modality::Presence,
+        modality,
     };
     (!verdict(policy, &request).allowed).then(|| decide(policy, &request))
 }
@@ -475,6 +477,18 @@ impl PresenceService {
         applied
     }
 
+    /// The policy's decision when it now refuses an IM session held with
+    /// `remote` (vouched for by `partner`) on `endpoint`; None while allowed.
+    pub fn refuses_session(
+        &self,
+        endpoint: usize,
+        remote: &str,
+        partner: &str,
+    ) -> Option<Decision> {
+        let endpoint = self.directory.get(endpoint)?;
+        refuses_held(&self.policy, endpoint, remote, partner, Modality::Im)
+    }
+
     /// Ends the federated subscriptions the policy in force refuses.
     fn revoke_refused(&mut self) -> usize {
         let (policy, directory) = (&self.policy, &self.directory);
@@ -491,7 +505,7 @@ impl PresenceService {
             if let Some(&refused) = decided.get(&key) {
                 return refused;
             }
-            let refusal = refuses_watcher(policy, endpoint, watcher, partner);
+            let refusal = refuses_held(policy, endpoint, watcher, partner, Modality::Presence);
             if let Some(decision) = &refusal {
                 tracing::info!(
                     watcher,
@@ -913,7 +927,14 @@ impl PresenceService {
             return None;
         };
         let endpoint = self.directory.get(self.directory.resolve(uri)?)?;
-        refuses_watcher(&self.policy, endpoint, &saved.remote_uri, partner).map(|decision| {
+        refuses_held(
+            &self.policy,
+            endpoint,
+            &saved.remote_uri,
+            partner,
+            Modality::Presence,
+        )
+        .map(|decision| {
             format!(
                 "the policy now refuses {}: {decision}",
                 domain_of(&saved.remote_uri)
