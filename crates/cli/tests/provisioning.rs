@@ -372,6 +372,24 @@ fn anything_that_is_not_a_domain_is_refused_with_what_to_write() {
         !elsewhere.join("porchlight-data").exists(),
         "a store was created where no node keeps one"
     );
+    // A node that answers while its token is not where the CLI looks is
+    // reported as such, never taken for a stopped node.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(["federation", "allow", "northwind.example"])
+        .current_dir(&elsewhere)
+        .env_remove("PORCHLIGHT_CONFIG")
+        .env(
+            "PORCHLIGHT_ADMIN",
+            format!("http://{}", server.admin.unwrap()),
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("a node answers at") && said.contains("token"),
+        "{said}"
+    );
+    assert!(!elsewhere.join("porchlight-data").exists());
     // Named by PORCHLIGHT_CONFIG, the node is found from there.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_porchlight"))
         .args(["federation", "list"])
