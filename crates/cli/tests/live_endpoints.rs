@@ -180,18 +180,16 @@ fn endpoints_are_added_changed_and_removed_while_the_node_runs() {
     // State the store keeps for it: a contact registered with the new
     // password, and presence an admin set.
     let app = registered_app("app-again", "n3w");
-    let said = porchlight_ok(
-        &file,
-        &[
-            "endpoint",
-            "presence",
-            "set",
-            QUEUE,
-            "away",
-            "--note",
-            "Back at 2",
-        ],
-    );
+    let away = [
+        "endpoint",
+        "presence",
+        "set",
+        QUEUE,
+        "away",
+        "--note",
+        "Back at 2",
+    ];
+    let said = porchlight_ok(&file, &away);
     assert!(said.contains("set by an admin"), "{said}");
     watcher.expect_notify("Back at 2", Duration::from_secs(5));
     // A change of the endpoint's own state says the admin's setting wins.
@@ -205,18 +203,7 @@ fn endpoints_are_added_changed_and_removed_while_the_node_runs() {
     let said = porchlight_ok(&file, &["endpoint", "presence", "clear", QUEUE]);
     assert!(said.contains("cleared"), "{said}");
     watcher.expect_notify("<basic>open</basic>", Duration::from_secs(5));
-    porchlight_ok(
-        &file,
-        &[
-            "endpoint",
-            "presence",
-            "set",
-            QUEUE,
-            "away",
-            "--note",
-            "Back at 2",
-        ],
-    );
+    porchlight_ok(&file, &away);
     watcher.expect_notify("Back at 2", Duration::from_secs(5));
 
     // Removed: the watcher is told not to come back, and nothing is left.
