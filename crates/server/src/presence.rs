@@ -490,7 +490,7 @@ impl PresenceService {
     }
 
     /// Ends the federated subscriptions the policy in force refuses.
-    fn revoke_refused(&mut self) -> usize {
+    fn revoke_refused(&mut self) {
         let (policy, directory) = (&self.policy, &self.directory);
         // One decision per endpoint, watcher domain and partner.
         let mut decided: HashMap<(u32, String, Arc<str>), bool> = HashMap::new();
@@ -520,7 +520,6 @@ impl PresenceService {
         if revoked > 0 {
             tracing::info!(revoked, "policy change ended held subscriptions");
         }
-        revoked
     }
 
     /// Decides a policy request on the hot path and records the decision;
