@@ -129,6 +129,29 @@ fn benches(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // A policy change asks of every held subscription whether the new
+    // policy still allows it, as the node does: one decision per watcher
+    // domain, looked up for each subscription.
+    for (name, refused) in [
+        ("revoke-100k-none-refused", false),
+        ("revoke-100k-all-refused", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || notifier(100_000),
+                |(mut n, _)| {
+                    let mut decided = std::collections::HashMap::new();
+                    let ended = n.revoke(&mut |slot, watcher, flow| {
+                        let domain = watcher.rsplit('@').next().unwrap_or_default().to_owned();
+                        *decided.entry((slot, domain, *flow)).or_insert(refused)
+                    });
+                    assert_eq!(ended, if refused { 100_000 } else { 0 });
+                    n
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
     group.finish();
 }
 

@@ -336,7 +336,10 @@ fn limits(config: &Config) -> Limits {
 
 fn tls_settings(config: &Config) -> Result<TlsSettings, StartError> {
     let Some(tls) = &config.tls else {
-        tracing::warn!("no [tls] section: using a generated certificate that no peer trusts");
+        tracing::warn!(
+            "no [tls] section: using a certificate generated at start, which no partner \
+             trusts; fine for trying Porchlight, configure [tls] to federate"
+        );
         let ca = CertificateAuthority::new("Porchlight throw-away CA")?;
         let domain = &config.node.domains[0];
         let uri = format!("sip:{domain}");
