@@ -873,3 +873,65 @@ fn a_policy_change_ends_a_partners_im_session_with_bye() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn endpoints_message_each_other_through_the_api() {
+    let (port, posts) = webhook_app(vec![(Duration::ZERO, 200, "{}")]);
+    let desk_app = UdpSocket::bind("127.0.0.1:0").unwrap();
+    desk_app
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let desk_addr = desk_app.local_addr().unwrap();
+    let endpoints = format!(
+        "\n[[endpoint]]\nuri = \"sip:bot@contoso.com\"\ndisplay_name = \"Bot\"\ncapabilities = [\"im\"]\n\
+         [endpoint.webhook]\nurl = \"http://127.0.0.1:{port}/im\"\nsecret = \"s\"\n\
+         [[endpoint]]\nuri = \"sip:desk@contoso.com\"\ndisplay_name = \"Desk\"\ncapabilities = [\"im\"]\n\
+         sip_target = \"sip:{desk_addr}\"\n"
+    );
+    let server = start("endpoint-to-endpoint", &config(&[], &endpoints));
+
+    // The desk writes to the bot: its webhook gets the text, the API the outcome.
+    let (status, body) = send_as(
+        &server,
+        "sip:desk@contoso.com",
+        "sip:bot@contoso.com",
+        "ticket 7?",
+    );
+    assert_eq!(status, 200, "{body}");
+    let post = posts
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the bot's webhook was called");
+    let json = post.json();
+    assert_eq!(json["endpoint"], "sip:bot@contoso.com");
+    assert_eq!(json["from"], "sip:desk@contoso.com");
+    assert_eq!(json["text"], "ticket 7?");
+    assert_eq!(json["verified"], true, "the API's token proves the sender");
+
+    // The bot writes to the desk: its app gets a MESSAGE at its target.
+    let answered = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = desk_app
+            .recv_from(&mut buf)
+            .expect("a MESSAGE for the desk's app");
+        let message = parse(&buf[..n]);
+        let ok = porchlight_sip::response_to(&message, 200, "OK", None, Some("desk")).finish(b"");
+        desk_app.send_to(&ok, from).unwrap();
+        message
+    });
+    let (status, body) = send_as(
+        &server,
+        "sip:bot@contoso.com",
+        "sip:desk@contoso.com",
+        "solved",
+    );
+    assert_eq!(status, 200, "{body}");
+    let message = answered.join().unwrap();
+    assert_eq!(message.method(), Some("MESSAGE"));
+    assert_eq!(
+        message.request_uri(),
+        Some(format!("sip:{desk_addr}").as_str())
+    );
+    assert_eq!(message.from().unwrap().uri.as_str(), "sip:bot@contoso.com");
+    assert_eq!(message.to().unwrap().uri.as_str(), "sip:desk@contoso.com");
+    assert_eq!(message.body(), b"solved");
+}

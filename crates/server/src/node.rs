@@ -429,13 +429,40 @@ struct EventLoop {
 
 /// A text whose webhook delivery is under way.
 struct Posting {
-    /// The server transaction waiting for the outcome; None for the first
-    /// text of an IM session, whose INVITE is already answered.
-    key: Option<ServerKey>,
+    /// Who waits for the outcome.
+    waiting: Waiting,
     endpoint: usize,
     upstream: Upstream,
     /// The IM session it came in, where the app's reply goes.
     session: Option<SessionKey>,
+}
+
+/// Who waits for a webhook delivery's outcome.
+enum Waiting {
+    /// The sender's server transaction.
+    Transaction(ServerKey),
+    /// An app writing to another endpoint of this node through the API.
+    Api(oneshot::Sender<SentMessage>),
+    /// Nobody: the first text of an IM session, whose INVITE is answered.
+    Nobody,
+}
+
+impl Posting {
+    /// The text to hand over: the request's body, or for the first text
+    /// of a session, what its INVITE carries in `ms-text-format`.
+    fn text(&self) -> Option<(String, String)> {
+        let request = &self.upstream.request;
+        match self.waiting {
+            Waiting::Nobody => first_text_of(request),
+            Waiting::Transaction(_) | Waiting::Api(_) => Some((
+                request.first_value(HeaderName::ContentType).map_or_else(
+                    || "text/plain".to_owned(),
+                    |ct| String::from_utf8_lossy(ct).trim().to_owned(),
+                ),
+                String::from_utf8_lossy(request.body()).into_owned(),
+            )),
+        }
+    }
 }
 
 /// A webhook delivery's report: its number and how it ended.
@@ -1123,7 +1150,7 @@ impl EventLoop {
             }
             Delivery::Webhook => {
                 let posting = Posting {
-                    key: Some(key),
+                    waiting: Waiting::Transaction(key),
                     endpoint,
                     upstream: Upstream { request, origin },
                     session: None,
@@ -1145,31 +1172,16 @@ impl EventLoop {
             .and_then(|e| Some((e, e.config.webhook.clone()?)))
         else {
             // Removed, or its webhook taken away, since the session began.
-            if let Some(key) = &posting.key {
-                let Upstream { request, origin } = &posting.upstream;
-                let answer = Answer::new(
-                    480,
-                    "Temporarily Unavailable (the endpoint's app no longer takes IM here)",
-                );
-                self.respond(key, request, origin, &answer, Instant::now());
-            }
+            let answer = Answer::new(
+                480,
+                "Temporarily Unavailable (the endpoint's app no longer takes IM here)",
+            );
+            return self.answer_posting(posting, &answer, Instant::now());
+        };
+        let Some((content_type, text)) = posting.text() else {
             return;
         };
         let Upstream { request, origin } = &posting.upstream;
-        let (content_type, text) = match &posting.key {
-            Some(_) => (
-                request.first_value(HeaderName::ContentType).map_or_else(
-                    || "text/plain".to_owned(),
-                    |ct| String::from_utf8_lossy(ct).trim().to_owned(),
-                ),
-                String::from_utf8_lossy(request.body()).into_owned(),
-            ),
-            // The first text of a session rides in the INVITE's header.
-            None => match first_text_of(request) {
-                Some(first) => first,
-                None => return,
-            },
-        };
         self.delivery_counter += 1;
         let id = self.delivery_counter;
         let from = request.from().ok();
@@ -1268,7 +1280,7 @@ impl EventLoop {
                 }
                 if accepted.first_text.is_some() {
                     let posting = Posting {
-                        key: None,
+                        waiting: Waiting::Nobody,
                         endpoint,
                         upstream: Upstream { request, origin },
                         session: Some(accepted.key),
@@ -1308,7 +1320,7 @@ impl EventLoop {
             InSession::Text { endpoint } => {
                 let trust = self.sessions.trust(&session);
                 let posting = Posting {
-                    key: Some(key),
+                    waiting: Waiting::Transaction(key),
                     endpoint,
                     upstream: Upstream { request, origin },
                     session: Some(session),
@@ -1366,6 +1378,131 @@ impl EventLoop {
         }
     }
 
+    /// A MESSAGE of our own from `from` to `to`, sent to `request_uri`
+    /// through `next`; None: handed over here (to a webhook), with our
+    /// own address in its Via.
+    fn write_message(
+        &mut self,
+        from: &str,
+        to: &str,
+        request_uri: &str,
+        next: Option<&NextHop>,
+        content_type: &str,
+        text: &str,
+    ) -> Option<Message> {
+        let via = match next {
+            Some(next) => self.via_for(next),
+            None => {
+                let own = self.own_origin();
+                format!("SIP/2.0/{} {}", own.protocol.via_token(), own.local)
+            }
+        };
+        let branch = next_branch(&mut self.branch_counter, self.tag_seed, "im");
+        let tag = self.next_tag("im");
+        let mut w = MessageWriter::request("MESSAGE", request_uri);
+        w.header_fmt("Via", format_args!("{via};branch={branch}"));
+        w.header("Max-Forwards", "70");
+        w.header_fmt("From", format_args!("<{from}>;tag={tag}"));
+        w.header_fmt("To", format_args!("<{to}>"));
+        w.header_fmt("Call-ID", format_args!("{tag}@{}", self.domains[0]));
+        w.header("CSeq", "1 MESSAGE");
+        w.header("Content-Type", content_type);
+        parse_own(w.finish(text.as_bytes()))
+    }
+
+    /// IM from one endpoint's app to another endpoint of this node: to the
+    /// recipient's registered contact or static target, else its webhook,
+    /// as IM from outside would go; `reply` learns the outcome.
+    #[allow(clippy::too_many_arguments)]
+    fn message_endpoint(
+        &mut self,
+        sender: usize,
+        recipient: usize,
+        to: &str,
+        content_type: &str,
+        text: &str,
+        reply: Option<oneshot::Sender<SentMessage>>,
+        now: Instant,
+    ) {
+        let answer = |reply: Option<oneshot::Sender<SentMessage>>, answer: Answer| {
+            if let Some(reply) = reply {
+                let _ = reply.send(SentMessage {
+                    status: answer.code,
+                    reason: answer.reason,
+                });
+            }
+        };
+        let Some(from) = self
+            .presence
+            .directory()
+            .get(sender)
+            .map(|e| e.identity.uri.clone())
+        else {
+            return answer(reply, Answer::new(404, "Not Found (no longer an endpoint)"));
+        };
+        match self
+            .presence
+            .delivery(recipient, porchlight_policy::Modality::Im)
+        {
+            Delivery::Sip {
+                request_uri, next, ..
+            } => {
+                let Some(message) =
+                    self.write_message(&from, to, &request_uri, Some(&next), content_type, text)
+                else {
+                    return answer(
+                        reply,
+                        Answer::new(400, "Bad Request (the message cannot be written)"),
+                    );
+                };
+                let reliable = next.is_reliable();
+                match self.layer.send_request(message, next, reliable, now) {
+                    Ok(client) => {
+                        self.originated.insert(client, reply);
+                    }
+                    Err(e) => answer(
+                        reply,
+                        Answer::new(500, format!("Server Internal Error ({e})")),
+                    ),
+                }
+            }
+            Delivery::Webhook => {
+                let Some(message) = self.write_message(&from, to, to, None, content_type, text)
+                else {
+                    return answer(
+                        reply,
+                        Answer::new(400, "Bad Request (the message cannot be written)"),
+                    );
+                };
+                let posting = Posting {
+                    waiting: reply.map_or(Waiting::Nobody, Waiting::Api),
+                    endpoint: recipient,
+                    upstream: Upstream {
+                        request: message,
+                        origin: self.own_origin(),
+                    },
+                    session: None,
+                };
+                // The sender is one of ours, proven by the API's token.
+                self.post_to_webhook(posting, None);
+            }
+            Delivery::Refuse(refusal) => answer(reply, refusal),
+        }
+    }
+
+    /// Where the node's own requests come from, for the delivery paths
+    /// that ask: this node, with no certificate of a peer.
+    fn own_origin(&self) -> Origin {
+        let (protocol, local) = self.transport.local_addrs()[0];
+        Origin {
+            protocol,
+            source: local,
+            local,
+            connection: None,
+            peer: None,
+        }
+    }
+
     /// Sends the app's `text` into an IM session.
     fn session_message(&mut self, session: &SessionKey, text: &str, now: Instant) {
         let Some(next) = self.sessions.next_hop(session).cloned() else {
@@ -1385,22 +1522,39 @@ impl EventLoop {
             return;
         };
         let now = Instant::now();
-        let Upstream { request, origin } = &posting.upstream;
-        if let Some(key) = &posting.key {
-            self.respond(key, request, origin, &outcome.answer(), now);
-        }
+        let sender = posting
+            .upstream
+            .request
+            .from()
+            .map(|f| f.uri.as_str().to_owned());
+        let (endpoint, session) = (posting.endpoint, posting.session.clone());
+        self.answer_posting(posting, &outcome.answer(), now);
         let Outcome::Delivered {
             reply: Some(reply), ..
         } = &outcome
         else {
             return;
         };
-        if let Some(session) = &posting.session {
+        if let Some(session) = &session {
             return self.session_message(session, reply, now);
         }
-        let sender = request.from().map(|f| f.uri.as_str().to_owned());
         if let Ok(sender) = sender {
-            self.send_message(posting.endpoint, &sender, "text/plain", reply, None, now);
+            self.send_message(endpoint, &sender, "text/plain", reply, None, now);
+        }
+    }
+
+    /// Tells whoever waits for a webhook delivery how it ended.
+    fn answer_posting(&mut self, posting: Posting, answer: &Answer, now: Instant) {
+        let Upstream { request, origin } = &posting.upstream;
+        match posting.waiting {
+            Waiting::Transaction(key) => self.respond(&key, request, origin, answer, now),
+            Waiting::Api(reply) => {
+                let _ = reply.send(SentMessage {
+                    status: answer.code,
+                    reason: answer.reason.clone(),
+                });
+            }
+            Waiting::Nobody => {}
         }
     }
 
@@ -1443,6 +1597,11 @@ impl EventLoop {
                 ),
             );
         };
+        // Another endpoint here: delivered as a call or IM from outside
+        // would be, to its app's contact, target or webhook.
+        if let Some(recipient) = self.presence.directory().resolve(to) {
+            return self.message_endpoint(endpoint, recipient, to, content_type, text, reply, now);
+        }
         let domain = uri.host.to_string().to_ascii_lowercase();
         let internal = self.edge.internal;
         let next = match (self.local.is_local(uri), internal) {
@@ -1463,18 +1622,8 @@ impl EventLoop {
         else {
             return refuse(reply, Answer::new(404, "Not Found (no longer an endpoint)"));
         };
-        let via = self.via_for(&next);
-        let branch = next_branch(&mut self.branch_counter, self.tag_seed, "im");
-        let tag = self.next_tag("im");
-        let mut w = MessageWriter::request("MESSAGE", to);
-        w.header_fmt("Via", format_args!("{via};branch={branch}"));
-        w.header("Max-Forwards", "70");
-        w.header_fmt("From", format_args!("<{from}>;tag={tag}"));
-        w.header_fmt("To", format_args!("<{to}>"));
-        w.header_fmt("Call-ID", format_args!("{tag}@{}", self.domains[0]));
-        w.header("CSeq", "1 MESSAGE");
-        w.header("Content-Type", content_type);
-        let Some(message) = parse_own(w.finish(text.as_bytes())) else {
+        let Some(message) = self.write_message(&from, to, to, Some(&next), content_type, text)
+        else {
             return refuse(
                 reply,
                 Answer::new(400, "Bad Request (the message cannot be written)"),
