@@ -432,6 +432,10 @@ pub struct Config {
     /// Where relative paths in this file are resolved from.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// Whether this is the embedded defaults, which are for trying the
+    /// node: what a file would have to fix (no `[tls]`) is only noted.
+    #[serde(skip)]
+    pub embedded: bool,
 }
 
 /// The federation policy and the endpoints as one declarative document:
@@ -650,8 +654,10 @@ impl Config {
 
     /// The embedded defaults.
     pub fn embedded() -> Config {
-        Config::parse(DEFAULT_CONFIG, "<embedded defaults>", Path::new("."))
-            .expect("embedded defaults are valid")
+        let mut config = Config::parse(DEFAULT_CONFIG, "<embedded defaults>", Path::new("."))
+            .expect("embedded defaults are valid");
+        config.embedded = true;
+        config
     }
 
     /// Reads and validates a configuration file.

@@ -336,10 +336,17 @@ fn limits(config: &Config) -> Limits {
 
 fn tls_settings(config: &Config) -> Result<TlsSettings, StartError> {
     let Some(tls) = &config.tls else {
-        tracing::warn!(
-            "no [tls] section: using a certificate generated at start, which no partner \
-             trusts; fine for trying Porchlight, configure [tls] to federate"
-        );
+        if config.embedded {
+            tracing::info!(
+                "the embedded defaults have no [tls]: using a certificate generated at start, \
+                 fine for trying Porchlight; configure [tls] to federate"
+            );
+        } else {
+            tracing::warn!(
+                "no [tls] section: using a certificate generated at start, which no partner \
+                 trusts; configure [tls] (certificate, private_key, trusted_cas) to federate"
+            );
+        }
         let ca = CertificateAuthority::new("Porchlight throw-away CA")?;
         let domain = &config.node.domains[0];
         let uri = format!("sip:{domain}");
