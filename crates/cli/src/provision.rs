@@ -121,7 +121,7 @@ pub fn config_in_force(target: &AdminTarget) -> anyhow::Result<(Config, String)>
         Place::Offline(None) | Place::Nowhere { .. } => {
             return Ok((
                 session.config,
-                format!("no node answers and no store is kept: as {file} says"),
+                format!("no node answers and no store is kept: as configured in {file}"),
             ))
         }
     };

@@ -39,8 +39,19 @@ fn resolve(port: u16, domain: &str, config: Option<&std::path::Path>) -> (bool, 
         "--nameserver",
         &format!("127.0.0.1:{port}"),
     ]);
-    if let Some(path) = config {
-        command.arg("--config").arg(path);
+    match config {
+        Some(path) => {
+            command.arg("--config").arg(path);
+        }
+        // The embedded defaults with no node: whatever else listens on
+        // this machine's 8088 is not asked (nothing listens on port 1),
+        // and no store or token is picked up from the crate's folder.
+        None => {
+            command
+                .env("PORCHLIGHT_ADMIN", "http://127.0.0.1:1")
+                .env_remove("PORCHLIGHT_CONFIG")
+                .current_dir(temp_dir("resolve-defaults"));
+        }
     }
     let out = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
