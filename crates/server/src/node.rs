@@ -1431,21 +1431,13 @@ impl EventLoop {
         reply: Option<oneshot::Sender<SentMessage>>,
         now: Instant,
     ) {
-        let answer = |reply: Option<oneshot::Sender<SentMessage>>, answer: Answer| {
-            if let Some(reply) = reply {
-                let _ = reply.send(SentMessage {
-                    status: answer.code,
-                    reason: answer.reason,
-                });
-            }
-        };
         let Some(from) = self
             .presence
             .directory()
             .get(sender)
             .map(|e| e.identity.uri.clone())
         else {
-            return answer(reply, Answer::new(404, "Not Found (no longer an endpoint)"));
+            return tell(reply, Answer::new(404, "Not Found (no longer an endpoint)"));
         };
         match self
             .presence
@@ -1457,26 +1449,17 @@ impl EventLoop {
                 let Some(message) =
                     self.write_message(&from, to, &request_uri, Some(&next), content_type, text)
                 else {
-                    return answer(
+                    return tell(
                         reply,
                         Answer::new(400, "Bad Request (the message cannot be written)"),
                     );
                 };
-                let reliable = next.is_reliable();
-                match self.layer.send_request(message, next, reliable, now) {
-                    Ok(client) => {
-                        self.originated.insert(client, reply);
-                    }
-                    Err(e) => answer(
-                        reply,
-                        Answer::new(500, format!("Server Internal Error ({e})")),
-                    ),
-                }
+                self.originate(message, next, reply, now);
             }
             Delivery::Webhook => {
                 let Some(message) = self.write_message(&from, to, to, None, content_type, text)
                 else {
-                    return answer(
+                    return tell(
                         reply,
                         Answer::new(400, "Bad Request (the message cannot be written)"),
                     );
@@ -1493,7 +1476,28 @@ impl EventLoop {
                 // The sender is one of ours, proven by the API's token.
                 self.post_to_webhook(posting, None);
             }
-            Delivery::Refuse(refusal) => answer(reply, refusal),
+            Delivery::Refuse(refusal) => tell(reply, refusal),
+        }
+    }
+
+    /// Sends a request the node makes for an app; `reply` learns its
+    /// final response, or that it could not be sent.
+    fn originate(
+        &mut self,
+        message: Message,
+        next: NextHop,
+        reply: Option<oneshot::Sender<SentMessage>>,
+        now: Instant,
+    ) {
+        let reliable = next.is_reliable();
+        match self.layer.send_request(message, next, reliable, now) {
+            Ok(client) => {
+                self.originated.insert(client, reply);
+            }
+            Err(e) => tell(
+                reply,
+                Answer::new(500, format!("Server Internal Error ({e})")),
+            ),
         }
     }
 
@@ -1584,12 +1588,7 @@ impl EventLoop {
                 answer.code,
                 answer.reason
             );
-            if let Some(reply) = reply {
-                let _ = reply.send(SentMessage {
-                    status: answer.code,
-                    reason: answer.reason,
-                });
-            }
+            tell(reply, answer);
         };
         let parsed = Uri::parse(to);
         let Some(uri) = parsed.as_ref().ok().and_then(|u| match u {
@@ -1644,16 +1643,7 @@ impl EventLoop {
                 return refuse(reply, *answer);
             }
         }
-        let reliable = next.is_reliable();
-        match self.layer.send_request(message, next, reliable, now) {
-            Ok(client) => {
-                self.originated.insert(client, reply);
-            }
-            Err(e) => refuse(
-                reply,
-                Answer::new(500, format!("Server Internal Error ({e})")),
-            ),
-        }
+        self.originate(message, next, reply, now);
     }
 
     /// A request this node originated got its final response.
@@ -1875,6 +1865,16 @@ impl EventLoop {
         let mut answer = answer.clone();
         answer.headers.push(("Server", SERVER.to_owned()));
         answer.write(request, top_via.as_deref(), &tag)
+    }
+}
+
+/// Tells an app that asked through the API how its request ended.
+fn tell(reply: Option<oneshot::Sender<SentMessage>>, answer: Answer) {
+    if let Some(reply) = reply {
+        let _ = reply.send(SentMessage {
+            status: answer.code,
+            reason: answer.reason,
+        });
     }
 }
 
