@@ -87,6 +87,17 @@ impl Harness {
         )
     }
 
+    /// A Microsoft batched subscription from `watcher` listing the help desk.
+    fn subscribe_batch(&mut self, watcher: u32) -> Answer {
+        let list = format!(
+            r#"<batchSub xmlns="http://schemas.microsoft.com/2006/01/sip/batch-subscribe" uri="sip:w{watcher}@fabrikam.com" name=""><action name="subscribe" id="1"><adhocList><resource uri="{ENDPOINT}"/></adhocList><categoryList xmlns="http://schemas.microsoft.com/2006/09/sip/categorylist"><category name="state"/></categoryList></action></batchSub>"#
+        );
+        let batch = "Event: presence\r\nRequire: adhoclist, categoryList\r\nSupported: eventlist\r\n\
+                     Accept: application/msrtc-event-categories+xml, application/rlmi+xml, multipart/related\r\n\
+                     Content-Type: application/msrtc-adrl-categorylist+xml\r\n";
+        self.subscribe_with(watcher, batch, &list)
+    }
+
     fn subscribe(&mut self, watcher: u32) -> Answer {
         self.subscribe_with(watcher, "Event: presence\r\nExpires: 600\r\n", "")
     }
@@ -412,11 +423,7 @@ fn a_removed_endpoint_ends_its_subscriptions_with_noresource_and_can_come_back()
         ..NotifierConfig::default()
     });
     let tag = h.subscribe(1).to_tag.unwrap();
-    let list = r#"<batchSub xmlns="http://schemas.microsoft.com/2006/01/sip/batch-subscribe" uri="sip:w2@fabrikam.com" name=""><action name="subscribe" id="1"><adhocList><resource uri="sip:helpdesk@contoso.com"/></adhocList><categoryList xmlns="http://schemas.microsoft.com/2006/09/sip/categorylist"><category name="state"/></categoryList></action></batchSub>"#;
-    let batch = "Event: presence\r\nRequire: adhoclist, categoryList\r\nSupported: eventlist\r\n\
-                 Accept: application/msrtc-event-categories+xml, application/rlmi+xml, multipart/related\r\n\
-                 Content-Type: application/msrtc-adrl-categorylist+xml\r\n";
-    assert_eq!(h.subscribe_with(2, batch, list).code, 200);
+    assert_eq!(h.subscribe_batch(2).code, 200);
     for (_, notify) in h.drain() {
         h.reply(&notify, 200);
     }
@@ -647,11 +654,7 @@ fn a_policy_change_ends_the_subscriptions_it_refuses_with_rejected() {
     // Flows 1 and 3 are partners the new policy refuses; 2 stays allowed.
     let tag = h.subscribe(1).to_tag.unwrap();
     assert_eq!(h.subscribe(2).code, 200);
-    let list = r#"<batchSub xmlns="http://schemas.microsoft.com/2006/01/sip/batch-subscribe" uri="sip:w3@fabrikam.com" name=""><action name="subscribe" id="1"><adhocList><resource uri="sip:helpdesk@contoso.com"/></adhocList><categoryList xmlns="http://schemas.microsoft.com/2006/09/sip/categorylist"><category name="state"/></categoryList></action></batchSub>"#;
-    let batch = "Event: presence\r\nRequire: adhoclist, categoryList\r\nSupported: eventlist\r\n\
-                 Accept: application/msrtc-event-categories+xml, application/rlmi+xml, multipart/related\r\n\
-                 Content-Type: application/msrtc-adrl-categorylist+xml\r\n";
-    assert_eq!(h.subscribe_with(3, batch, list).code, 200);
+    assert_eq!(h.subscribe_batch(3).code, 200);
     for (_, notify) in h.drain() {
         h.reply(&notify, 200);
     }

@@ -1423,7 +1423,7 @@ impl EventLoop {
     #[allow(clippy::too_many_arguments)]
     fn message_endpoint(
         &mut self,
-        sender: usize,
+        from: &str,
         recipient: usize,
         to: &str,
         content_type: &str,
@@ -1431,14 +1431,6 @@ impl EventLoop {
         reply: Option<oneshot::Sender<SentMessage>>,
         now: Instant,
     ) {
-        let Some(from) = self
-            .presence
-            .directory()
-            .get(sender)
-            .map(|e| e.identity.uri.clone())
-        else {
-            return tell(reply, Answer::new(404, "Not Found (no longer an endpoint)"));
-        };
         match self
             .presence
             .delivery(recipient, porchlight_policy::Modality::Im)
@@ -1447,7 +1439,7 @@ impl EventLoop {
                 request_uri, next, ..
             } => {
                 let Some(message) =
-                    self.write_message(&from, to, &request_uri, Some(&next), content_type, text)
+                    self.write_message(from, to, &request_uri, Some(&next), content_type, text)
                 else {
                     return tell(
                         reply,
@@ -1457,7 +1449,7 @@ impl EventLoop {
                 self.originate(message, next, reply, now);
             }
             Delivery::Webhook => {
-                let Some(message) = self.write_message(&from, to, to, None, content_type, text)
+                let Some(message) = self.write_message(from, to, to, None, content_type, text)
                 else {
                     return tell(
                         reply,
@@ -1603,10 +1595,18 @@ impl EventLoop {
                 ),
             );
         };
+        let Some(from) = self
+            .presence
+            .directory()
+            .get(endpoint)
+            .map(|e| e.identity.uri.clone())
+        else {
+            return refuse(reply, Answer::new(404, "Not Found (no longer an endpoint)"));
+        };
         // Another endpoint here: delivered as a call or IM from outside
         // would be, to its app's contact, target or webhook.
         if let Some(recipient) = self.presence.directory().resolve(to) {
-            return self.message_endpoint(endpoint, recipient, to, content_type, text, reply, now);
+            return self.message_endpoint(&from, recipient, to, content_type, text, reply, now);
         }
         let domain = uri.host.to_string().to_ascii_lowercase();
         let internal = self.edge.internal;
@@ -1619,14 +1619,6 @@ impl EventLoop {
                     Answer::new(404, "Not Found (no one here by that name)"),
                 )
             }
-        };
-        let Some(from) = self
-            .presence
-            .directory()
-            .get(endpoint)
-            .map(|e| e.identity.uri.clone())
-        else {
-            return refuse(reply, Answer::new(404, "Not Found (no longer an endpoint)"));
         };
         let Some(message) = self.write_message(&from, to, to, Some(&next), content_type, text)
         else {
