@@ -20,6 +20,10 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
+# The connection-flood tests hold 10,000 connections each side; root may
+# raise the hard limit, anyone the soft one up to it.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
 cargo fmt --all -- --check
 cargo clippy -j2 --workspace --all-targets -- -D warnings
 cargo test -j2 --workspace

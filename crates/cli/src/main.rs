@@ -318,6 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(path) => Config::load(path)?,
                 None => Config::embedded(),
             };
+            raise_descriptor_limit(config.limits.max_connections);
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             if config.node.worker_threads > 0 {
                 builder.worker_threads(config.node.worker_threads);
@@ -611,5 +612,21 @@ fn init_logging(json: bool) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// Every connection is a descriptor, and the usual soft limit (1024) is
+/// far below `max_connections`: take what the hard limit allows, and say
+/// when even that is short, since past it connections fail at accept.
+fn raise_descriptor_limit(max_connections: usize) {
+    // Listeners, the store, webhooks and logs need some beyond connections.
+    let wanted = max_connections as u64 + 1_024;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => tracing::warn!(
+            "open files are limited to {got}, fewer than max_connections = {max_connections} \
+             needs: raise the hard limit (LimitNOFILE= in the systemd unit, or ulimit -Hn)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("raising the open-files limit: {e}"),
     }
 }

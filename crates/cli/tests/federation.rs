@@ -5,11 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-use porchlight_sip::MessageWriter;
-use porchlight_transport::{Protocol, Received, Target};
 
 /// Sends a SUBSCRIBE from `from` over mutual TLS with `partner_domain`'s certificate; returns the status.
 async fn subscribe(pki: &Pki, server: &Server, partner_domain: &str, from: &str) -> u16 {
@@ -30,7 +26,7 @@ async fn subscribe_to(
     from: &str,
     to: &str,
 ) -> u16 {
-    request_to(pki, server, partner_domain, "SUBSCRIBE", from, to).await
+    partner_request(pki, server, partner_domain, "SUBSCRIBE", from, to).await
 }
 
 /// The answers to a MESSAGE and an INVITE from fabrikam.com for an
@@ -38,7 +34,7 @@ async fn subscribe_to(
 async fn missing_endpoint_answers(pki: &Pki, server: &Server) -> [u16; 2] {
     let mut answers = [0; 2];
     for (answer, method) in answers.iter_mut().zip(["MESSAGE", "INVITE"]) {
-        *answer = request_to(
+        *answer = partner_request(
             pki,
             server,
             "fabrikam.com",
@@ -49,53 +45,6 @@ async fn missing_endpoint_answers(pki: &Pki, server: &Server) -> [u16; 2] {
         .await;
     }
     answers
-}
-
-/// The final status of a new `method` request from `from` to `to`, sent by
-/// a partner edge proving `partner_domain` over mutual TLS.
-async fn request_to(
-    pki: &Pki,
-    server: &Server,
-    partner_domain: &str,
-    method: &str,
-    from: &str,
-    to: &str,
-) -> u16 {
-    let (transport, mut rx) = pki.partner(partner_domain).await;
-    let mut w = MessageWriter::request(method, to);
-    w.header(
-        "Via",
-        format!("SIP/2.0/TLS edge.{partner_domain};branch=z9hG4bK-fed"),
-    )
-    .header("Max-Forwards", "70")
-    .header("From", format!("<{from}>;tag=f"))
-    .header("To", format!("<{to}>"))
-    .header("Call-ID", format!("fed-{partner_domain}-{from}-{method}"))
-    .header("CSeq", format!("1 {method}"))
-    .header(
-        "Contact",
-        format!("<sip:edge.{partner_domain};transport=tls>"),
-    );
-    if method == "SUBSCRIBE" {
-        w.header("Event", "presence").header("Expires", "600");
-    }
-    let target = Target::Address {
-        protocol: Protocol::Tls,
-        addr: server.tls,
-        domain: Some("contoso.com".into()),
-    };
-    transport.send(&target, w.finish(b"")).await.unwrap();
-    loop {
-        let received = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("an answer")
-            .unwrap();
-        if let Received::Message(m, _) = received {
-            if let Some(status) = m.status().filter(|s| *s >= 200) {
-                return status;
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -291,7 +291,13 @@ fn tcp_pipelined_requests_keepalive_pong_and_idle_close() {
 fn connection_limit_is_enforced() {
     let server = start(
         "connlimit",
-        &config(&[("max_connections = 10000", "max_connections = 2")], ""),
+        &config(
+            &[
+                ("max_connections = 10000", "max_connections = 2"),
+                ("reserved_connections = 2000", "reserved_connections = 0"),
+            ],
+            "",
+        ),
     );
     let mut held: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(server.tcp).unwrap())

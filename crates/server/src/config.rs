@@ -104,8 +104,27 @@ pub struct LimitsSection {
     pub max_line_bytes: usize,
     /// Most simultaneous TCP/TLS connections.
     pub max_connections: usize,
+    /// Of those, how many only certified peers, the trusted networks and
+    /// the node's own dialling may use: a flood of anonymous connections
+    /// never takes them.
+    #[serde(default = "default_reserved_connections")]
+    pub reserved_connections: usize,
+    /// Most anonymous connections from one address.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
     /// Idle stream connections close after this many seconds.
     pub idle_timeout_secs: u64,
+    /// A TLS handshake must finish within this many seconds.
+    #[serde(default = "default_handshake_timeout_secs")]
+    pub tls_handshake_timeout_secs: u64,
+    /// A message must arrive whole within this many seconds of its first
+    /// byte, and a new connection's first message within this of opening.
+    #[serde(default = "default_message_timeout_secs")]
+    pub message_timeout_secs: u64,
+    /// Refusals are logged once per reason and peer per this many seconds,
+    /// with a count of the rest; metrics count every one.
+    #[serde(default = "default_refusal_log_interval_secs")]
+    pub refusal_log_interval_secs: u64,
     /// Received messages queued toward the core.
     pub receive_queue_depth: usize,
     /// Messages queued per connection toward the network.
@@ -120,6 +139,26 @@ pub struct LimitsSection {
     /// IM INVITE gets 486.
     #[serde(default = "default_max_im_sessions")]
     pub max_im_sessions: usize,
+}
+
+fn default_reserved_connections() -> usize {
+    2_000
+}
+
+fn default_max_connections_per_source() -> usize {
+    256
+}
+
+fn default_handshake_timeout_secs() -> u64 {
+    5
+}
+
+fn default_message_timeout_secs() -> u64 {
+    10
+}
+
+fn default_refusal_log_interval_secs() -> u64 {
+    10
 }
 
 fn default_max_im_sessions() -> usize {
@@ -811,13 +850,28 @@ impl Config {
                 "use max_message_bytes >= 1024, max_line_bytes >= 256, max_headers >= 16",
             ));
         }
-        if self.limits.max_connections == 0
-            || self.limits.receive_queue_depth == 0
-            || self.limits.connection_queue_depth == 0
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.max_connections_per_source == 0
+            || l.receive_queue_depth == 0
+            || l.connection_queue_depth == 0
+            || l.tls_handshake_timeout_secs == 0
+            || l.message_timeout_secs == 0
+            || l.refusal_log_interval_secs == 0
         {
             return Err(invalid(
-                "[limits] a connection or queue bound is 0".into(),
+                "[limits] a connection, queue or time bound is 0".into(),
                 "use a positive number",
+            ));
+        }
+        if l.reserved_connections >= l.max_connections {
+            return Err(invalid(
+                format!(
+                    "[limits] reserved_connections = {} leaves no slot of max_connections = {} \
+                     for anyone else",
+                    l.reserved_connections, l.max_connections
+                ),
+                "keep reserved_connections below max_connections (a fifth of it is usual)",
             ));
         }
         let p = &self.presence;

@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use porchlight_policy::{Network, PolicyConfig};
 use porchlight_resolve::Resolver;
 use porchlight_sip::{
     via_with_received, Answer, Contacts, HeaderName, Limits, Message, MessageWriter, Uri,
@@ -19,7 +20,8 @@ use porchlight_transaction::{
 };
 use porchlight_transport::pki::{AltName, CertificateAuthority};
 use porchlight_transport::{
-    ClientAuth, Origin, Protocol, Received, Target, TlsSettings, Transport, TransportConfig,
+    ClientAuth, Origin, Protocol, Received, SlotLimits, Target, TlsSettings, Transport,
+    TransportConfig, TrustedSource,
 };
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
@@ -87,14 +89,23 @@ impl Node {
         } else {
             Some(tls_settings(&config)?)
         };
+        let trusted_networks = TrustedNetworks::default();
         let transport_config = TransportConfig {
             udp: config.listen.udp.clone(),
             tcp: config.listen.tcp.clone(),
             tls: config.listen.tls.clone(),
             tls_settings,
             limits: limits(&config),
-            max_connections: config.limits.max_connections,
+            slots: SlotLimits {
+                max_connections: config.limits.max_connections,
+                reserved_connections: config.limits.reserved_connections,
+                max_per_source: config.limits.max_connections_per_source,
+            },
+            trusted_source: trusted_networks.source(),
             idle_timeout: config.idle_timeout(),
+            handshake_timeout: Duration::from_secs(config.limits.tls_handshake_timeout_secs),
+            message_timeout: Duration::from_secs(config.limits.message_timeout_secs),
+            refusal_log_interval: Duration::from_secs(config.limits.refusal_log_interval_secs),
             queue_depth: config.limits.receive_queue_depth,
             connection_queue_depth: config.limits.connection_queue_depth,
             udp_buffer_bytes: config.limits.udp_buffer_bytes,
@@ -197,7 +208,11 @@ impl Node {
             probes: HashMap::new(),
             probe_counter: 0,
             verdicts_tx,
+            trusted_networks,
         };
+        event_loop
+            .trusted_networks
+            .set(event_loop.presence.policy());
         event_loop.set_probes(probes);
         let flush_interval = config.store.flush_interval();
         let task = tokio::spawn(event_loop.run(
@@ -432,6 +447,36 @@ struct EventLoop {
     probes: HashMap<usize, (u64, tokio::task::AbortHandle)>,
     probe_counter: u64,
     verdicts_tx: mpsc::Sender<Verdict>,
+    /// What the transport asks of a new connection's address.
+    trusted_networks: TrustedNetworks,
+}
+
+/// The trusted networks as the transport sees them, kept in step with the
+/// policy in force: connections from them draw on the reserved slots.
+#[derive(Clone, Default)]
+struct TrustedNetworks(Arc<std::sync::RwLock<Vec<Network>>>);
+
+impl TrustedNetworks {
+    fn set(&self, policy: &PolicyConfig) {
+        let networks = policy
+            .edge
+            .trusted_networks
+            .iter()
+            .filter_map(|n| Network::parse(n))
+            .collect();
+        if let Ok(mut held) = self.0.write() {
+            *held = networks;
+        }
+    }
+
+    fn source(&self) -> TrustedSource {
+        let networks = self.0.clone();
+        Arc::new(move |ip| {
+            networks
+                .read()
+                .is_ok_and(|n| n.iter().any(|network| network.contains(ip)))
+        })
+    }
 }
 
 /// A text whose webhook delivery is under way.
@@ -647,6 +692,7 @@ impl EventLoop {
             }
             Query::Apply(policy, mut endpoints, reply) => {
                 let applied = self.presence.apply(*policy, &mut endpoints);
+                self.trusted_networks.set(self.presence.policy());
                 self.end_refused_sessions(Instant::now());
                 self.set_probes(applied.probes);
                 let imported = crate::status::Imported {
@@ -1211,7 +1257,15 @@ impl EventLoop {
                 .peer
                 .as_ref()
                 .and_then(|p| p.domains.first().cloned()),
-            verified: trust.as_deref().is_none_or(|t| t.contains("verified=yes")),
+            verified: match trust.as_deref() {
+                Some(trust) => trust.contains("verified=yes"),
+                // From the inside: its word holds for our own domains only;
+                // any other domain it names is a claim nobody proved.
+                None => from.as_ref().is_some_and(|f| {
+                    let domain = domain_of(f.uri.as_str());
+                    self.domains.iter().any(|d| d.eq_ignore_ascii_case(&domain))
+                }),
+            },
             call_id: request.call_id().unwrap_or_default().to_owned(),
             in_session: posting.session.is_some(),
         };

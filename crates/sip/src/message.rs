@@ -218,30 +218,37 @@ impl Message {
     }
 
     /// Finds the extent of the next message in a stream buffer: `Ok(None)`
-    /// while more bytes are needed.
+    /// while more bytes are needed. Line breaks before the start line count
+    /// against both limits — a run of them longer than a line, or a
+    /// message that with them exceeds the message limit, is an error — so
+    /// no stream can make its reader buffer without bound.
     pub fn frame(buf: &[u8], limits: &Limits) -> Result<Option<Frame>, ParseError> {
         let skip = leading_breaks(buf);
+        if skip > limits.max_line_bytes {
+            return Err(ParseError {
+                kind: ParseErrorKind::LineTooLong {
+                    limit: limits.max_line_bytes,
+                },
+                offset: limits.max_line_bytes,
+            });
+        }
+        let too_large = |offset| ParseError {
+            kind: ParseErrorKind::TooLarge {
+                limit: limits.max_message_bytes,
+            },
+            offset,
+        };
         let rest = &buf[skip..];
         let Some(head_end) = find_head_end(rest) else {
-            if rest.len() > limits.max_message_bytes {
-                return Err(ParseError {
-                    kind: ParseErrorKind::TooLarge {
-                        limit: limits.max_message_bytes,
-                    },
-                    offset: skip + limits.max_message_bytes,
-                });
+            if buf.len() > limits.max_message_bytes {
+                return Err(too_large(limits.max_message_bytes));
             }
             return Ok(None);
         };
         let parsed = parse_head(&rest[..head_end], limits, skip)?;
         let len = parsed.head_len + parsed.content_length.unwrap_or(0);
-        if len > limits.max_message_bytes {
-            return Err(ParseError {
-                kind: ParseErrorKind::TooLarge {
-                    limit: limits.max_message_bytes,
-                },
-                offset: skip + len.min(rest.len()),
-            });
+        if skip + len > limits.max_message_bytes {
+            return Err(too_large(skip + len.min(rest.len())));
         }
         Ok((rest.len() >= len).then_some(Frame { skip, len }))
     }

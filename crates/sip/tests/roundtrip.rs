@@ -2,7 +2,7 @@
 //! field for field, and re-writing the parsed message gives the same bytes.
 
 use bytes::Bytes;
-use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter};
+use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, ParseErrorKind};
 use proptest::prelude::*;
 
 fn token() -> impl Strategy<Value = String> {
@@ -156,6 +156,47 @@ fn stream_framing_waits_for_the_whole_body() {
     buf.extend_from_slice(b"NEXT");
     let frame = Message::frame(&buf, &limits).unwrap().unwrap();
     assert_eq!((frame.skip, frame.len), (4, msg.len()));
+}
+
+#[test]
+fn line_breaks_before_the_start_line_count_against_the_limits() {
+    let limits = Limits {
+        max_message_bytes: 1_000,
+        max_line_bytes: 100,
+        ..Limits::default()
+    };
+    // A LF then nothing but CRLF: an error once past the line limit, not
+    // a wait for more.
+    let mut breaks = b"\n".to_vec();
+    breaks.extend(std::iter::repeat_n(*b"\r\n", 49).flatten());
+    assert_eq!(Message::frame(&breaks, &limits).unwrap(), None);
+    breaks.extend_from_slice(b"\r\n");
+    let error = Message::frame(&breaks, &limits).unwrap_err();
+    assert!(
+        matches!(error.kind, ParseErrorKind::LineTooLong { limit: 100 }),
+        "{error}"
+    );
+
+    // Breaks and message together may not pass the message limit.
+    let msg = MessageWriter::request("MESSAGE", "sip:a@b").finish(&[b'x'; 900]);
+    let mut buf = vec![b'\n'; 1_000 - msg.len()];
+    buf.extend_from_slice(&msg);
+    assert!(Message::frame(&buf, &limits).unwrap().is_some());
+    buf.insert(0, b'\n');
+    let error = Message::frame(&buf, &limits).unwrap_err();
+    assert!(
+        matches!(error.kind, ParseErrorKind::TooLarge { limit: 1_000 }),
+        "{error}"
+    );
+
+    // An unterminated head is refused once the buffer passes the limit,
+    // the breaks before it included.
+    let mut head = vec![b'\n'; 60];
+    head.extend_from_slice(b"MESSAGE sip:a@b SIP/2.0\r\nX: ");
+    head.resize(1_000, b'y');
+    assert_eq!(Message::frame(&head, &limits).unwrap(), None);
+    head.push(b'y');
+    assert!(Message::frame(&head, &limits).is_err());
 }
 
 #[test]

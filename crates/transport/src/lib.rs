@@ -4,27 +4,34 @@
 //! Every received message reaches the upper layers as one [`Received`]
 //! value carrying how it arrived and, for mutual TLS, who the peer is
 //! (RFC 5922). Streams are framed by Content-Length, answer CRLF keepalive
-//! pings (RFC 5626), close when idle, and are bounded in number. A TLS
+//! pings (RFC 5626), close when idle or too slow to finish a message, and
+//! are bounded in number, per source, with a share kept for peers that
+//! proved who they are. A TLS
 //! connection is reused for requests toward a domain only after the peer's
 //! certificate proved that domain (RFC 5923).
 
+mod framer;
 mod identity;
 pub mod pki;
+mod refusals;
+mod slots;
 mod stream;
 mod tls;
 mod udp;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use porchlight_sip::{Limits, Message, ParseError};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify};
 
 pub use identity::{identity_from_certificate, IdentityError, IdentitySource, PeerIdentity};
+pub use refusals::RefusalLog;
+pub use slots::{Refusal, SlotLimits};
 pub use tls::{ClientAuth, TlsError, TlsSettings};
 
 /// The transport protocols Porchlight speaks.
@@ -147,10 +154,20 @@ pub struct TransportConfig {
     pub tls_settings: Option<TlsSettings>,
     /// Message size, header count and line length bounds.
     pub limits: Limits,
-    /// Most simultaneous stream connections, inbound and outbound together.
-    pub max_connections: usize,
+    /// Stream connections: in all, kept for proven peers, per source.
+    pub slots: SlotLimits,
+    /// Whether an address alone vouches for a connection from it (the
+    /// trusted networks): such connections draw on the reserve.
+    pub trusted_source: TrustedSource,
     /// A stream with no traffic for this long is closed.
     pub idle_timeout: Duration,
+    /// A TLS handshake, either way, must finish within this.
+    pub handshake_timeout: Duration,
+    /// A message must arrive whole within this of its first byte, and an
+    /// inbound connection's first message within this of its opening.
+    pub message_timeout: Duration,
+    /// One log line per refusal reason and peer per this interval.
+    pub refusal_log_interval: Duration,
     /// Depth of the queue of received messages toward the core; UDP drops
     /// beyond it, streams wait.
     pub queue_depth: usize,
@@ -169,14 +186,42 @@ impl Default for TransportConfig {
             tls: Vec::new(),
             tls_settings: None,
             limits: Limits::default(),
-            max_connections: 10_000,
+            slots: SlotLimits {
+                max_connections: 10_000,
+                reserved_connections: 2_000,
+                max_per_source: 256,
+            },
+            trusted_source: Arc::new(|_| false),
             idle_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(5),
+            message_timeout: Duration::from_secs(10),
+            refusal_log_interval: Duration::from_secs(10),
             queue_depth: 65_536,
             connection_queue_depth: 1_024,
             udp_buffer_bytes: 0,
         }
     }
 }
+
+/// Connections waiting in the kernel to be accepted. A burst of
+/// connections (a flood, or every partner after a restart) must queue
+/// rather than have its SYNs dropped and retried a second later; the
+/// kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4_096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// See [`TransportConfig::trusted_source`].
+pub type TrustedSource = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
 #[derive(Clone)]
 struct ConnectionHandle {
@@ -197,7 +242,8 @@ pub(crate) struct Shared {
     config: TransportConfig,
     registry: Mutex<Registry>,
     next_id: AtomicU64,
-    connections: Arc<Semaphore>,
+    slots: Mutex<SlotTable>,
+    refusals: SharedRefusals,
     inbound: mpsc::Sender<Received>,
     udp_sockets: Vec<Arc<tokio::net::UdpSocket>>,
 }
@@ -240,15 +286,17 @@ impl Transport {
                 ));
             }
             for addr in addrs {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(named(protocol, *addr))?;
+                let listener = listen(*addr).map_err(named(protocol, *addr))?;
                 local.push((protocol, listener.local_addr()?));
                 tcp_listeners.push((protocol, listener));
             }
         }
         let shared = Arc::new(Shared {
-            connections: Arc::new(Semaphore::new(config.max_connections)),
+            slots: Mutex::new(SlotTable {
+                slots: slots::Slots::new(config.slots),
+                closers: HashMap::new(),
+            }),
+            refusals: SharedRefusals(Mutex::new(RefusalLog::new(config.refusal_log_interval))),
             config,
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
@@ -290,6 +338,17 @@ impl Transport {
             .lock()
             .map(|r| r.by_id.len())
             .unwrap_or(0)
+    }
+
+    /// Connections and messages refused by the transport since start, by
+    /// reason.
+    pub fn refusal_totals(&self) -> Vec<(&'static str, u64)> {
+        self.shared
+            .refusals
+            .0
+            .lock()
+            .map(|log| log.totals().collect())
+            .unwrap_or_default()
     }
 
     /// The verified identity of a connection's peer.
@@ -374,6 +433,82 @@ impl Transport {
                     .await?;
                 Box::pin(self.send(&Target::Connection(id), bytes)).await
             }
+        }
+    }
+}
+
+/// The slot table with the way to close each connection it displaces.
+struct SlotTable {
+    slots: slots::Slots,
+    closers: HashMap<slots::Ticket, Arc<Notify>>,
+}
+
+/// The transport's refusal log, shared by its tasks.
+struct SharedRefusals(Mutex<RefusalLog>);
+
+impl SharedRefusals {
+    fn note(&self, peer: IpAddr, reason: &'static str, detail: &str) {
+        if let Ok(mut log) = self.0.lock() {
+            log.note(Instant::now(), peer, reason, detail);
+        }
+    }
+}
+
+/// A connection's slot, given back when dropped.
+pub(crate) struct Slot {
+    shared: Arc<Shared>,
+    ticket: slots::Ticket,
+    displaced: Arc<Notify>,
+}
+
+impl Slot {
+    /// A slot for a connection with `remote`, or why there is none. A
+    /// connection displaced to make room is told to close.
+    fn take(shared: &Arc<Shared>, remote: SocketAddr, privileged: bool) -> Result<Slot, Refusal> {
+        let mut table = shared.slots.lock().map_err(|_| Refusal::Full)?;
+        let (ticket, displaces) = match table.slots.admit(remote.ip(), privileged) {
+            slots::Admission::Admit { ticket, displaces } => (ticket, displaces),
+            slots::Admission::Refuse(refusal) => return Err(refusal),
+        };
+        if let Some(closer) = displaces.and_then(|d| table.closers.remove(&d)) {
+            closer.notify_one();
+        }
+        let displaced = Arc::new(Notify::new());
+        table.closers.insert(ticket, displaced.clone());
+        Ok(Slot {
+            shared: shared.clone(),
+            ticket,
+            displaced,
+        })
+    }
+
+    /// Resolves when the slot was given to a newer connection.
+    async fn displaced(&self) {
+        self.displaced.notified().await
+    }
+
+    fn update(&self, change: impl FnOnce(&mut slots::Slots, slots::Ticket)) {
+        if let Ok(mut table) = self.shared.slots.lock() {
+            change(&mut table.slots, self.ticket);
+        }
+    }
+
+    /// A whole message arrived: the connection keeps its slot.
+    fn proven(&self) {
+        self.update(slots::Slots::proven);
+    }
+
+    /// The peer's certificate proved an identity.
+    fn certified(&self) {
+        self.update(slots::Slots::certified);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut table) = self.shared.slots.lock() {
+            table.slots.release(self.ticket);
+            table.closers.remove(&self.ticket);
         }
     }
 }

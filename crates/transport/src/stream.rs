@@ -5,39 +5,53 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use std::time::Instant;
+
+use bytes::Bytes;
 use porchlight_sip::{Framing, Message};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::framer::{Framed, StreamFramer};
 use crate::identity::identity_from_certificate;
 use crate::{
     ConnectionHandle, ConnectionId, Origin, PeerIdentity, Protocol, Received, SendError, Shared,
+    Slot,
 };
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a framing error the connection cannot be resynchronised; it stays
 /// open this long so the answer (400, 513) can still be written.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-const PING: &[u8] = b"\r\n\r\n";
 const PONG: &[u8] = b"\r\n";
+const IDLE: &str = "idle";
 
 pub(crate) async fn accept_loop(shared: Arc<Shared>, protocol: Protocol, listener: TcpListener) {
     loop {
         let (tcp, remote) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
+                // Out of descriptors, usually: wait rather than spin.
+                shared.refusals.note(
+                    remote_unknown(),
+                    "accepting a connection failed",
+                    &e.to_string(),
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "connection limit reached, refusing connection");
-            continue;
+        let trusted = (shared.config.trusted_source)(remote.ip());
+        let slot = match Slot::take(&shared, remote, trusted) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                shared.refusals.note(remote.ip(), refusal.as_str(), "");
+                // Reset rather than a graceful close: nothing is owed.
+                let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
@@ -49,7 +63,13 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, protocol: Protocol, listene
                         return;
                     };
                     let acceptor = TlsAcceptor::from(settings.server);
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let handshake =
+                        tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(tcp));
+                    let outcome = tokio::select! {
+                        outcome = handshake => outcome,
+                        () = slot.displaced() => return,
+                    };
+                    match outcome {
                         Ok(Ok(tls)) => {
                             let peer = tls
                                 .get_ref()
@@ -63,21 +83,37 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, protocol: Protocol, listene
                                         None
                                     }
                                 });
-                            start(shared, tls, protocol, remote, local, peer, permit);
+                            if peer.is_some() {
+                                slot.certified();
+                            }
+                            start(shared, tls, protocol, remote, local, peer, slot, true);
                         }
-                        Ok(Err(e)) => tracing::info!(%remote, "TLS handshake failed: {e}"),
-                        Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
+                        Ok(Err(e)) => shared.refusals.note(
+                            remote.ip(),
+                            "TLS handshake failed",
+                            &e.to_string(),
+                        ),
+                        Err(_) => shared
+                            .refusals
+                            .note(remote.ip(), "TLS handshake timed out", ""),
                     }
                 }
                 _ => {
-                    start(shared, tcp, protocol, remote, local, None, permit);
+                    start(shared, tcp, protocol, remote, local, None, slot, true);
                 }
             }
         });
     }
 }
 
-/// Registers a connection and spawns its reader and writer.
+/// The address to name when an accept fails before any peer is known.
+fn remote_unknown() -> std::net::IpAddr {
+    std::net::IpAddr::from([0, 0, 0, 0])
+}
+
+/// Registers a connection and spawns its reader and writer. `inbound`
+/// connections must send a whole message in time to keep their slot.
+#[allow(clippy::too_many_arguments)]
 fn start<S>(
     shared: Arc<Shared>,
     stream: S,
@@ -85,7 +121,8 @@ fn start<S>(
     remote: SocketAddr,
     local: SocketAddr,
     peer: Option<Arc<PeerIdentity>>,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
+    inbound: bool,
 ) -> ConnectionId
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -114,11 +151,25 @@ where
         peer,
     };
     tokio::spawn(async move {
-        read_loop(&shared, reader, origin, sender).await;
+        tokio::select! {
+            () = read_loop(&shared, reader, origin, sender, &slot, inbound) => {}
+            () = slot.displaced() => {
+                shared.refusals.note(remote.ip(), "unproven connection displaced by a newer one", "");
+            }
+        }
         shared.unregister(id);
-        drop(permit);
+        drop(slot);
     });
     id
+}
+
+/// Why a stream is closed by its reader.
+enum Close {
+    /// The peer closed it, or the socket failed.
+    Peer,
+    /// A deadline passed: idle, or a message (or a new connection's first
+    /// one) not finished in time.
+    Deadline(&'static str),
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
@@ -126,18 +177,24 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut reader: R,
     origin: Origin,
     pongs: mpsc::Sender<Bytes>,
+    slot: &Slot,
+    inbound: bool,
 ) {
-    let limits = &shared.config.limits;
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    loop {
-        while buf.starts_with(PING) {
-            buf.advance(PING.len());
-            let _ = pongs.try_send(Bytes::from_static(PONG));
-        }
-        match Message::frame(&buf, limits) {
-            Ok(Some(frame)) => {
-                buf.advance(frame.skip);
-                let bytes = buf.split_to(frame.len).freeze();
+    let config = &shared.config;
+    let limits = &config.limits;
+    let mut framer = StreamFramer::new(limits.clone());
+    let opened = Instant::now();
+    // Inbound streams owe a whole message soon after they open.
+    let mut awaiting_first = inbound;
+    let mut message_started: Option<Instant> = None;
+    let close = loop {
+        match framer.next() {
+            Framed::Message(bytes) => {
+                if awaiting_first {
+                    awaiting_first = false;
+                    slot.proven();
+                }
+                message_started = None;
                 let received = match Message::parse(bytes.clone(), Framing::Stream, limits) {
                     Ok(m) => Received::Message(m, origin.clone()),
                     Err(error) => Received::Malformed {
@@ -151,9 +208,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
                 continue;
             }
-            Ok(None) => {}
-            Err(error) => {
-                let head = Message::parse_head_only(buf.split().freeze(), limits).ok();
+            Framed::Malformed { error, bytes } => {
+                let head = Message::parse_head_only(bytes, limits).ok();
                 let _ = shared
                     .inbound
                     .send(Received::Malformed {
@@ -165,14 +221,39 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 tokio::time::sleep(CLOSE_GRACE).await;
                 return;
             }
+            Framed::NeedMore => {}
         }
-        match tokio::time::timeout(shared.config.idle_timeout, reader.read_buf(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return,
+        for _ in 0..framer.take_pongs() {
+            let _ = pongs.try_send(Bytes::from_static(PONG));
+        }
+        if framer.in_message() {
+            message_started.get_or_insert_with(Instant::now);
+        }
+        let idle = (Instant::now() + config.idle_timeout, IDLE);
+        let (deadline, why) = match (awaiting_first, message_started) {
+            (true, _) => (
+                opened + config.message_timeout,
+                "connection closed: no whole first message in time",
+            ),
+            (false, Some(at)) => (
+                at + config.message_timeout,
+                "connection closed: message not finished in time",
+            ),
+            (false, None) => idle,
+        }
+        .min(idle);
+        match tokio::time::timeout_at(deadline.into(), reader.read_buf(framer.buffer())).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break Close::Peer,
             Ok(Ok(_)) => {}
-            Err(_) => {
-                tracing::debug!(remote = %origin.source, "closing idle connection");
-                return;
-            }
+            Err(_) => break Close::Deadline(why),
+        }
+    };
+    if let Close::Deadline(why) = close {
+        // Idle partners are routine; the rest is worth an aggregated line.
+        if why == IDLE {
+            tracing::debug!(remote = %origin.source, "closing idle connection");
+        } else {
+            shared.refusals.note(origin.source.ip(), why, "");
         }
     }
 }
@@ -195,12 +276,10 @@ pub(crate) async fn connection_for(
             return Ok(*id);
         }
     }
-    let permit = shared
-        .connections
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| SendError::TooManyConnections)?;
-    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+    // Connections this node opens are its own choice: they count against
+    // the reserve, like a trusted peer's.
+    let slot = Slot::take(shared, addr, true).map_err(|_| SendError::TooManyConnections)?;
+    let tcp = tokio::time::timeout(shared.config.handshake_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let _ = tcp.set_nodelay(true);
@@ -216,7 +295,7 @@ pub(crate) async fn connection_for(
             let name =
                 ServerName::try_from(domain.clone()).map_err(|e| SendError::Tls(e.to_string()))?;
             let tls = tokio::time::timeout(
-                HANDSHAKE_TIMEOUT,
+                shared.config.handshake_timeout,
                 TlsConnector::from(settings.client).connect(name, tcp),
             )
             .await
@@ -229,7 +308,16 @@ pub(crate) async fn connection_for(
                 .and_then(|chain| chain.first())
                 .and_then(|cert| identity_from_certificate(cert).ok())
                 .map(Arc::new);
-            let id = start(shared.clone(), tls, protocol, addr, local, peer, permit);
+            let id = start(
+                shared.clone(),
+                tls,
+                protocol,
+                addr,
+                local,
+                peer,
+                slot,
+                false,
+            );
             // The handshake verified the server name, so this connection
             // speaks for `domain` (RFC 5923 reuse).
             if let Ok(mut r) = shared.registry.lock() {
@@ -244,7 +332,8 @@ pub(crate) async fn connection_for(
             addr,
             local,
             None,
-            permit,
+            slot,
+            false,
         )),
     }
 }

@@ -14,9 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use porchlight_sip::{Framing, Limits, Message};
+use porchlight_sip::{Framing, Limits, Message, MessageWriter};
 use porchlight_transport::pki::{AltName, CertificateAuthority, IssuedCertificate};
-use porchlight_transport::{ClientAuth, Received, TlsSettings, Transport, TransportConfig};
+use porchlight_transport::{
+    ClientAuth, Protocol, Received, Target, TlsSettings, Transport, TransportConfig,
+};
 
 pub struct Server {
     child: Child,
@@ -45,6 +47,16 @@ impl Server {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
             .into_json()
             .unwrap()
+    }
+
+    /// The node's resident memory in KiB, as the kernel counts it.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
     }
 
     /// Ends the process with SIGKILL, as a crash would: nothing is flushed
@@ -1042,6 +1054,53 @@ impl Watcher {
                 "no NOTIFY with {needle:?}; saw:\n{}",
                 seen.join("\n---\n")
             );
+        }
+    }
+}
+
+/// The final status of a new `method` request from `from` to `to`, sent by
+/// a partner edge proving `partner_domain` over mutual TLS.
+pub async fn partner_request(
+    pki: &Pki,
+    server: &Server,
+    partner_domain: &str,
+    method: &str,
+    from: &str,
+    to: &str,
+) -> u16 {
+    let (transport, mut rx) = pki.partner(partner_domain).await;
+    let mut w = MessageWriter::request(method, to);
+    w.header(
+        "Via",
+        format!("SIP/2.0/TLS edge.{partner_domain};branch=z9hG4bK-fed"),
+    )
+    .header("Max-Forwards", "70")
+    .header("From", format!("<{from}>;tag=f"))
+    .header("To", format!("<{to}>"))
+    .header("Call-ID", format!("fed-{partner_domain}-{from}-{method}"))
+    .header("CSeq", format!("1 {method}"))
+    .header(
+        "Contact",
+        format!("<sip:edge.{partner_domain};transport=tls>"),
+    );
+    if method == "SUBSCRIBE" {
+        w.header("Event", "presence").header("Expires", "600");
+    }
+    let target = Target::Address {
+        protocol: Protocol::Tls,
+        addr: server.tls,
+        domain: Some("contoso.com".into()),
+    };
+    transport.send(&target, w.finish(b"")).await.unwrap();
+    loop {
+        let received = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an answer")
+            .unwrap();
+        if let Received::Message(m, _) = received {
+            if let Some(status) = m.status().filter(|s| *s >= 200) {
+                return status;
+            }
         }
     }
 }

@@ -1,0 +1,213 @@
+//! Holding at the edge: each attack a node on the internet meets, made
+//! over real sockets on loopback, bounded in count and time, with the
+//! bound it must keep asserted — memory, answers, timing.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A TCP connection to `server` from `source`, one of the loopback
+/// addresses (all of 127.0.0.0/8 is local), so a test can be many peers.
+fn connect_from(source: IpAddr, server: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+    socket.connect(&server.into()).unwrap();
+    socket.into()
+}
+
+/// Whether the node has closed (or reset) a connection, discarding what it
+/// sent before; never blocks.
+fn closed_by_node(mut stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) => break e.kind() != ErrorKind::WouldBlock,
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    closed
+}
+
+/// Polls until `done` holds, for at most `within`; whether it did.
+fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}
+
+/// The node answers a plain OPTIONS over a fresh connection: not wedged.
+fn still_answers(server: &Server) {
+    let mut tcp = TcpStream::connect(server.tcp).unwrap();
+    tcp.write_all(&request("OPTIONS", "sip:contoso.com", ""))
+        .unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = tcp.read(&mut buf).expect("an answer to OPTIONS");
+    assert!(
+        buf[..n].starts_with(b"SIP/2.0 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+#[test]
+fn a_stream_of_line_breaks_is_closed_and_costs_no_memory() {
+    let server = start("breaks", &config(&[], ""));
+    still_answers(&server);
+    let before = server.rss_kib();
+    let mut tcp = TcpStream::connect(server.tcp).unwrap();
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    tcp.write_all(b"\n").unwrap();
+    let chunk = b"\r\n".repeat(32 * 1024);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while sent < 200 << 20 {
+        match tcp.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < 200 << 20,
+        "the node took 200 MB of line breaks without closing"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || closed_by_node(&tcp)),
+        "the connection is closed, not just stalled"
+    );
+    let grown = server.rss_kib().saturating_sub(before);
+    eprintln!(
+        "closed after {sent} bytes in {:?}; RSS grew by {grown} KiB",
+        started.elapsed()
+    );
+    assert!(grown < 4 * 1024, "RSS grew by {grown} KiB");
+    still_answers(&server);
+}
+
+#[test]
+fn silent_dripping_and_stalled_handshakes_are_closed_in_time() {
+    let server = start(
+        "drip",
+        &config(
+            &[
+                (
+                    "tls_handshake_timeout_secs = 5",
+                    "tls_handshake_timeout_secs = 1",
+                ),
+                ("message_timeout_secs = 10", "message_timeout_secs = 2"),
+            ],
+            "",
+        ),
+    );
+    let started = Instant::now();
+    let silent = TcpStream::connect(server.tcp).unwrap();
+    let stalled_tls = TcpStream::connect(server.tls).unwrap();
+    let mut dripping = TcpStream::connect(server.tcp).unwrap();
+    let options = request("OPTIONS", "sip:contoso.com", "");
+    // One byte every 200 ms: the message would take minutes.
+    let mut dripped = 0;
+    let mut drip_closed_at = None;
+    while started.elapsed() < Duration::from_secs(8) && dripped < options.len() {
+        if dripping.write_all(&options[dripped..=dripped]).is_err() || closed_by_node(&dripping) {
+            drip_closed_at = Some(started.elapsed());
+            break;
+        }
+        dripped += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let drip_closed_at = drip_closed_at.expect("the dripping connection is closed");
+    assert!(
+        drip_closed_at >= Duration::from_millis(1_500) && drip_closed_at < Duration::from_secs(6),
+        "closed at {drip_closed_at:?}, the message deadline is 2 s"
+    );
+    assert!(
+        closed_by_node(&silent),
+        "no first message within 2 s: closed"
+    );
+    assert!(
+        closed_by_node(&stalled_tls),
+        "no TLS handshake within 1 s: closed"
+    );
+    still_answers(&server);
+}
+
+/// The node's count of open TCP and TLS connections.
+fn open_connections(server: &Server) -> u64 {
+    server.api_get("/api/v1/status")["connections"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_floods_cannot_keep_a_partner_out() {
+    // Every connection here is a descriptor, in this process and the node's.
+    let files = rlimit::increase_nofile_limit(12_000).unwrap();
+    assert!(
+        files >= 12_000,
+        "open files are limited to {files}: raise ulimit -Hn"
+    );
+    let pki = Pki::new("fair-pki");
+    let server = start(
+        "fair",
+        &pki.config(&[
+            // Connections hold their slots for the whole test.
+            ("message_timeout_secs = 10", "message_timeout_secs = 120"),
+            (
+                "allowed_domains = []",
+                "allowed_domains = [{ domain = \"fabrikam.com\" }]",
+            ),
+        ]),
+    );
+    let node = server.tcp;
+
+    // One address gets 256 anonymous connections; the rest are reset.
+    let one = IpAddr::from([127, 0, 0, 9]);
+    let from_one: Vec<_> = (0..300).map(|_| connect_from(one, node)).collect();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            from_one.iter().filter(|c| closed_by_node(c)).count() >= 44
+        }),
+        "connections past the per-source limit are reset"
+    );
+    assert_eq!(from_one.iter().filter(|c| closed_by_node(c)).count(), 44);
+    drop(from_one);
+
+    // 10,000 idle connections from 40 addresses: the anonymous share
+    // (8,000) fills, and newcomers displace the oldest.
+    let flood: Vec<_> = (0..10_000u32)
+        .map(|i| connect_from(IpAddr::from([127, 0, 1, 1 + (i % 40) as u8]), node))
+        .collect();
+    let displaced = |n: usize| {
+        eventually(Duration::from_secs(30), || {
+            flood.iter().filter(|c| closed_by_node(c)).count() == n
+        })
+    };
+    assert!(displaced(2_000), "the anonymous share (8,000) holds");
+    assert_eq!(open_connections(&server), 8_000);
+    // The partner still connects over mutual TLS and subscribes.
+    let status = partner_request(
+        &pki,
+        &server,
+        "fabrikam.com",
+        "SUBSCRIBE",
+        "sip:alice@fabrikam.com",
+        "sip:helpdesk@contoso.com",
+    )
+    .await;
+    assert_eq!(status, 200, "the partner's SUBSCRIBE through the flood");
+    assert!(displaced(2_001), "the partner took the place of one more");
+    drop(flood);
+}
