@@ -207,6 +207,16 @@ pub fn render(status: &Status) -> String {
 
     let mut family = Family::start(
         &mut out,
+        "porchlight_refused_total",
+        "counter",
+        "Connections and requests refused by a bound (limits, deadlines, guessing), by reason.",
+    );
+    for r in &status.refused {
+        family.sample(&[("reason", &r.reason)], r.count);
+    }
+
+    let mut family = Family::start(
+        &mut out,
         "porchlight_partner_requests_total",
         "counter",
         "Requests exchanged with each federated partner.",

@@ -5,10 +5,11 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::*;
+use porchlight_sip::Message;
 
 /// A TCP connection to `server` from `source`, one of the loopback
 /// addresses (all of 127.0.0.0/8 is local), so a test can be many peers.
@@ -210,4 +211,193 @@ async fn anonymous_floods_cannot_keep_a_partner_out() {
     assert_eq!(status, 200, "the partner's SUBSCRIBE through the flood");
     assert!(displaced(2_001), "the partner took the place of one more");
     drop(flood);
+}
+
+/// Endpoints for the enumeration and guessing tests: one whose app
+/// registers with a password, one with nothing to prove itself by.
+const APPS: &str = "\n[[endpoint]]\nuri = \"sip:queue@contoso.com\"\ndisplay_name = \"Queue\"\n\
+    [endpoint.registration]\npassword = \"s3cret\"\n\
+    [[endpoint]]\nuri = \"sip:bot@contoso.com\"\ndisplay_name = \"Bot\"\n";
+
+const UNTRUSTED_LOOPBACK: (&str, &str) = (
+    "trusted_networks = [\"127.0.0.0/8\", \"::1/128\"]",
+    "trusted_networks = []",
+);
+
+/// A UDP socket on `ip` with room to queue thousands of answers.
+fn udp_on(ip: [u8; 4]) -> UdpSocket {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    socket.set_recv_buffer_size(4 << 20).unwrap();
+    socket.bind(&SocketAddr::from((ip, 0)).into()).unwrap();
+    socket.into()
+}
+
+/// A REGISTER for `user` from `socket`, with `auth` (an Authorization line
+/// or nothing); `n` makes it a new transaction.
+fn register(socket: &UdpSocket, server: SocketAddr, user: &str, n: u32, auth: &str) {
+    let a = socket.local_addr().unwrap();
+    let bytes = format!(
+        "REGISTER sip:contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-guess{n};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{user}@contoso.com>;tag=g\r\nTo: <sip:{user}@contoso.com>\r\n\
+         Call-ID: guess-{user}@test.invalid\r\nCSeq: {n} REGISTER\r\nContact: <sip:{user}@{a}>\r\n\
+         Expires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
+    );
+    socket.send_to(bytes.as_bytes(), server).unwrap();
+}
+
+/// The final answer to a REGISTER from `socket` (5 s at most).
+fn final_answer(socket: &UdpSocket) -> Message {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let n = socket.recv(&mut buf).expect("an answer in time");
+        let m = parse(&buf[..n]);
+        if m.status().is_some_and(|s| s >= 200) {
+            return m;
+        }
+    }
+}
+
+/// Registers `user` with `password` from `socket`: the status of the
+/// answer to the challenged REGISTER (or of the first, if not challenged).
+fn register_with(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    user: &str,
+    password: &str,
+    n: u32,
+) -> u16 {
+    register(socket, server, user, n, "");
+    let challenge = final_answer(socket);
+    if challenge.status() != Some(401) {
+        return challenge.status().unwrap();
+    }
+    let auth = answer_challenge(&challenge, user, password, "REGISTER", "sip:contoso.com");
+    register(socket, server, user, n + 1, &auth);
+    final_answer(socket).status().unwrap()
+}
+
+fn log_lines(server: &Server, needle: &str) -> usize {
+    std::fs::read_to_string(server.dir.join("server.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+#[test]
+fn password_guessing_is_slowed_per_source_and_per_endpoint() {
+    let server = start(
+        "guess",
+        &config(
+            &[
+                UNTRUSTED_LOOPBACK,
+                ("lockout_secs = 60", "lockout_secs = 10"),
+            ],
+            APPS,
+        ),
+    );
+    // The app proves its password once from its own address.
+    let app = udp_on([127, 0, 0, 30]);
+    assert_eq!(register_with(&app, server.udp, "queue", "s3cret", 1), 200);
+
+    // 20,000 wrong answers from one address, with a real nonce.
+    let guesser = udp_on([127, 0, 0, 20]);
+    register(&guesser, server.udp, "queue", 1, "");
+    let challenge = final_answer(&guesser);
+    let wrong = answer_challenge(&challenge, "queue", "guess", "REGISTER", "sip:contoso.com");
+    let listener = guesser.try_clone().unwrap();
+    let counting = std::thread::spawn(move || {
+        listener
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let (mut real_tries, mut refused, mut buf) = (0, 0, vec![0u8; 65_536]);
+        while let Ok(n) = listener.recv(&mut buf) {
+            let m = parse(&buf[..n]);
+            match m.status() {
+                Some(401) => real_tries += 1,
+                Some(503) => {
+                    assert!(
+                        m.retry_after().ok().flatten().is_some(),
+                        "503 says when to retry"
+                    );
+                    refused += 1
+                }
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        (real_tries, refused)
+    });
+    let started = Instant::now();
+    for n in 0..20_000 {
+        register(&guesser, server.udp, "queue", 10 + n, &wrong);
+        if n % 200 == 0 {
+            // Paced a little, so the node's queue is not what drops them.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let (real_tries, refused) = counting.join().unwrap();
+    eprintln!(
+        "{real_tries} checked, {refused} refused in {:?}",
+        started.elapsed()
+    );
+    // Lockouts of 10 s, then 20, 40…: how many could have begun meanwhile.
+    let elapsed = started.elapsed().as_secs();
+    let lockouts = (0..).find(|k| 10 * ((1u64 << k) - 1) > elapsed).unwrap();
+    assert!(
+        (10..=10 * lockouts).contains(&real_tries),
+        "{real_tries} checked: only max_wrong_passwords_per_source per lockout"
+    );
+    assert!(refused >= 19_000, "the rest are refused: {refused}");
+    assert!(
+        eventually(Duration::from_secs(5), || log_lines(
+            &server,
+            "too many wrong passwords from this address"
+        ) == 1),
+        "one log line for the lockout, not one per guess"
+    );
+    // The app's own address is not locked out, and the guesser is let
+    // back once its lockout ends, with the right password.
+    assert_eq!(register_with(&app, server.udp, "queue", "s3cret", 100), 200);
+    assert!(
+        {
+            let mut attempt = 30_000;
+            eventually(Duration::from_secs(25), || {
+                attempt += 2;
+                register_with(&guesser, server.udp, "queue", "s3cret", attempt) == 200
+            })
+        },
+        "the right password works again after the lockout"
+    );
+
+    // Guessing from many addresses locks the name for strangers, not for
+    // the app that proved it.
+    for source in 40..43u8 {
+        let socket = udp_on([127, 0, 0, source]);
+        for n in 0..10 {
+            register(&socket, server.udp, "queue", 1 + n, &wrong);
+            final_answer(&socket);
+        }
+    }
+    let stranger = udp_on([127, 0, 0, 50]);
+    assert_eq!(
+        register_with(&stranger, server.udp, "queue", "s3cret", 1),
+        503
+    );
+    assert_eq!(register_with(&app, server.udp, "queue", "s3cret", 200), 200);
+    let refused = server.api_get("/api/v1/status")["refused"].clone();
+    let count = |reason: &str| {
+        refused
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["reason"] == reason)
+            .map_or(0, |r| r["count"].as_u64().unwrap())
+    };
+    // The guesser's 10, then 20 more until the name locked at 30: the
+    // third address's guesses were not even checked.
+    assert_eq!(count("wrong password"), 30);
+    assert!(count("password guessing: refused unchecked") >= 19_000);
 }

@@ -231,14 +231,6 @@ fn udp_until(socket: &std::net::UdpSocket, want: impl Fn(&Message) -> bool) -> M
     }
 }
 
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[test]
 fn registration_with_sha256_digest_and_keepalive_loss() {
     let server = start(
@@ -291,19 +283,7 @@ fn registration_with_sha256_digest_and_keepalive_loss() {
         .map(|c| c.unwrap().param("algorithm").unwrap().to_owned())
         .collect();
     assert_eq!(offered, ["SHA-256", "MD5"]);
-    let first = challenge
-        .auth(HeaderName::WwwAuthenticate)
-        .next()
-        .unwrap()
-        .unwrap();
-    let (realm, nonce) = (first.param("realm").unwrap(), first.param("nonce").unwrap());
-    let ha1 = sha256_hex(&format!("helpdesk:{realm}:pw"));
-    let ha2 = sha256_hex("REGISTER:sip:contoso.com");
-    let response = sha256_hex(&format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
-    let auth = format!(
-        "Authorization: Digest username=\"helpdesk\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"sip:contoso.com\", \
-         response=\"{response}\", algorithm=SHA-256, qop=auth, nc=00000001, cnonce=\"c0ffee\"\r\n"
-    );
+    let auth = answer_challenge(&challenge, "helpdesk", "pw", "REGISTER", "sip:contoso.com");
     app.send_to(register(2, &auth).as_bytes(), server.udp)
         .unwrap();
     let ok = udp_until(&app, |m| m.status().is_some_and(|s| s >= 200));

@@ -11,6 +11,7 @@
 //! 4. **publication** — a live PUBLISH or `SERVICE` publication wins.
 
 pub mod digest;
+pub mod guesses;
 pub mod registrar;
 pub mod schedule;
 
@@ -19,7 +20,10 @@ use std::collections::{HashMap, HashSet};
 use porchlight_presence::{aor, Availability, Capabilities, Identity, PresenceState};
 use serde::{Deserialize, Serialize};
 
-pub use registrar::{Binding, Credentials, Registrar, RegistrarConfig, SavedBinding};
+pub use guesses::{Gate, GuessGuard, GuessLimits, Lockout};
+pub use registrar::{
+    Binding, Credentials, NotAuthenticated, Registrar, RegistrarConfig, SavedBinding,
+};
 pub use schedule::{Schedule, ScheduleConfig, ScheduleError};
 
 /// An endpoint as written in the configuration (`[[endpoint]]`).

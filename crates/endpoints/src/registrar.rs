@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use porchlight_sip::{Answer, Contacts, HeaderName, Message};
 
-use crate::digest::{DigestAuth, Verdict};
+use crate::digest::{Algorithm, DigestAuth, Verdict};
 
 /// One registered contact.
 #[derive(Clone, Debug)]
@@ -92,6 +92,19 @@ pub struct Registered {
     pub answer: Answer,
     /// Whether the endpoint's set of bindings went from empty to not, or back.
     pub liveness_changed: bool,
+    /// Whether credentials were offered and were wrong: a guess, for the
+    /// [`GuessGuard`](crate::guesses::GuessGuard).
+    pub wrong_credentials: bool,
+}
+
+/// Why a request was not taken as the endpoint's own.
+#[derive(Debug)]
+pub struct NotAuthenticated {
+    /// The answer: a 401 challenge, or 403 when nothing could prove it.
+    pub answer: Answer,
+    /// Whether credentials were offered and were wrong (a stale nonce with
+    /// the right password is not).
+    pub wrong_credentials: bool,
 }
 
 /// Bindings of every endpoint, by endpoint index.
@@ -152,18 +165,15 @@ impl<F: Clone> Registrar<F> {
         now_unix: u64,
     ) -> Registered {
         let was_registered = self.is_registered(endpoint);
-        let answer = self.apply(
-            endpoint,
-            request,
-            credentials,
-            peer_identity,
-            flow,
-            now,
-            now_unix,
-        );
+        let (answer, wrong_credentials) =
+            match self.authenticate(request, credentials, peer_identity, now_unix) {
+                Ok(()) => (self.apply(endpoint, request, flow, now), false),
+                Err(refused) => (refused.answer, refused.wrong_credentials),
+            };
         Registered {
             answer,
             liveness_changed: was_registered != self.is_registered(endpoint),
+            wrong_credentials,
         }
     }
 
@@ -176,24 +186,28 @@ impl<F: Clone> Registrar<F> {
         credentials: &Credentials,
         peer_identity: Option<&str>,
         now_unix: u64,
-    ) -> Result<(), Box<Answer>> {
+    ) -> Result<(), Box<NotAuthenticated>> {
         if let (Some(trusted), Some(peer)) = (&credentials.tls_identity, peer_identity) {
             if trusted.eq_ignore_ascii_case(peer) {
                 return Ok(());
             }
         }
         let Some((user, password)) = &credentials.digest else {
-            return Err(Box::new(Answer::new(
-                403,
-                "Forbidden (no credentials configured for this endpoint)",
-            )));
+            return Err(Box::new(NotAuthenticated {
+                answer: Answer::new(
+                    403,
+                    "Forbidden (no credentials configured for this endpoint)",
+                ),
+                wrong_credentials: false,
+            }));
         };
-        let mut stale = false;
+        let (mut stale, mut offered) = (false, false);
         let method = request.method().unwrap_or_default();
         for value in request
             .auth(HeaderName::Authorization)
             .filter_map(Result::ok)
         {
+            offered = true;
             let own = credentials.algorithms.as_deref();
             match self
                 .auth
@@ -204,30 +218,25 @@ impl<F: Clone> Registrar<F> {
                 Verdict::Invalid => {}
             }
         }
-        let mut answer = Answer::new(401, "Unauthorized");
-        for challenge in self
-            .auth
-            .challenges(now_unix, stale, credentials.algorithms.as_deref())
-        {
-            answer = answer.with("WWW-Authenticate", challenge);
-        }
-        Err(Box::new(answer))
+        Err(Box::new(NotAuthenticated {
+            answer: self.challenge(now_unix, stale, credentials.algorithms.as_deref()),
+            wrong_credentials: offered && !stale,
+        }))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn apply(
-        &mut self,
-        endpoint: usize,
-        request: &Message,
-        credentials: &Credentials,
-        peer_identity: Option<&str>,
-        flow: F,
-        now: Instant,
-        now_unix: u64,
-    ) -> Answer {
-        if let Err(challenge) = self.authenticate(request, credentials, peer_identity, now_unix) {
-            return *challenge;
+    /// A 401 with a fresh challenge per algorithm offered (`own`: the
+    /// endpoint's list, else the node's) — also what an outsider gets for
+    /// a name that is not an endpoint, when missing ones are hidden.
+    pub fn challenge(&self, now_unix: u64, stale: bool, own: Option<&[Algorithm]>) -> Answer {
+        let mut answer = Answer::new(401, "Unauthorized");
+        for challenge in self.auth.challenges(now_unix, stale, own) {
+            answer = answer.with("WWW-Authenticate", challenge);
         }
+        answer
+    }
+
+    /// Updates the bindings of an authenticated REGISTER.
+    fn apply(&mut self, endpoint: usize, request: &Message, flow: F, now: Instant) -> Answer {
         let (Ok(call_id), Ok(cseq), Ok(contacts), Ok(header_expires)) = (
             request.call_id(),
             request.cseq(),

@@ -420,9 +420,58 @@ pub struct RegistrarSection {
     pub nonce_lifetime_secs: u64,
     /// Digest algorithms offered, in order: `SHA-256`, `MD5`.
     pub digest_algorithms: Vec<String>,
+    /// Wrong passwords from one address within the window before it is
+    /// refused (503 with Retry-After) for a lockout.
+    #[serde(default = "default_wrong_per_source")]
+    pub max_wrong_passwords_per_source: u32,
+    /// Wrong passwords for one endpoint from anyone within the window
+    /// before strangers are refused for it (addresses that proved the
+    /// password keep working).
+    #[serde(default = "default_wrong_per_endpoint")]
+    pub max_wrong_passwords_per_endpoint: u32,
+    /// The window wrong passwords are counted in.
+    #[serde(default = "default_wrong_window_secs")]
+    pub wrong_password_window_secs: u64,
+    /// The first lockout; each further one doubles, up to `max_lockout_secs`.
+    #[serde(default = "default_lockout_secs")]
+    pub lockout_secs: u64,
+    /// The longest lockout.
+    #[serde(default = "default_max_lockout_secs")]
+    pub max_lockout_secs: u64,
+}
+
+fn default_wrong_per_source() -> u32 {
+    10
+}
+
+fn default_wrong_per_endpoint() -> u32 {
+    30
+}
+
+fn default_wrong_window_secs() -> u64 {
+    60
+}
+
+fn default_lockout_secs() -> u64 {
+    60
+}
+
+fn default_max_lockout_secs() -> u64 {
+    3_600
 }
 
 impl RegistrarSection {
+    /// The password-guessing bounds.
+    pub fn guess_limits(&self) -> porchlight_endpoints::GuessLimits {
+        porchlight_endpoints::GuessLimits {
+            per_source: self.max_wrong_passwords_per_source,
+            per_endpoint: self.max_wrong_passwords_per_endpoint,
+            window: Duration::from_secs(self.wrong_password_window_secs),
+            backoff: Duration::from_secs(self.lockout_secs),
+            max_backoff: Duration::from_secs(self.max_lockout_secs.max(self.lockout_secs)),
+        }
+    }
+
     /// The configured algorithms (validated with the configuration).
     pub fn algorithms(&self) -> Vec<porchlight_endpoints::digest::Algorithm> {
         self.digest_algorithms
@@ -872,6 +921,18 @@ impl Config {
                     l.reserved_connections, l.max_connections
                 ),
                 "keep reserved_connections below max_connections (a fifth of it is usual)",
+            ));
+        }
+        let r = &self.registrar;
+        if r.max_wrong_passwords_per_source == 0
+            || r.max_wrong_passwords_per_endpoint == 0
+            || r.wrong_password_window_secs == 0
+            || r.lockout_secs == 0
+        {
+            return Err(invalid(
+                "[registrar] a wrong-password bound is 0 (every first mistake would lock out)"
+                    .into(),
+                "use a positive number: 10 per source, 30 per endpoint, 60 s window and lockout",
             ));
         }
         let p = &self.presence;

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use porchlight_policy::{Network, PolicyConfig};
 use porchlight_resolve::Resolver;
 use porchlight_sip::{
-    via_with_received, Answer, Contacts, HeaderName, Limits, Message, MessageWriter, Uri,
+    standard_reason, via_with_received, Answer, Contacts, HeaderName, Limits, Message,
+    MessageWriter, Uri,
 };
 use porchlight_store::{Batch, Durability, EmbeddedStore, NodeSecrets, Store};
 use porchlight_transaction::proxy::{forward, Forwarding, ProxyAction, ProxyError, ProxyTable};
@@ -35,7 +36,9 @@ use crate::im_session::{first_text_of, ImSessions, InSession, OurSide, SessionKe
 use crate::outbound::{dial, DialError, Dialer, Dispatch, NextHop, Parked};
 use crate::persistence::WriteBehind;
 use crate::presence::{domain_of, modality_of, parse_own, PresenceService};
-use crate::status::{NodeHandle, PartnerCounts, Query, SentMessage, Status, StoreStatus};
+use crate::status::{
+    NodeHandle, PartnerCounts, Query, RefusedCount, SentMessage, Status, StoreStatus,
+};
 use crate::uas::{answer_malformed, answer_request, Disposition, LocalNames, SERVER};
 use crate::webhook::{Outcome, WebhookMessage, Webhooks};
 
@@ -633,6 +636,26 @@ impl EventLoop {
         }
     }
 
+    /// Every refusal counter: the transport's and the node's own.
+    fn refused_counts(&self) -> Vec<RefusedCount> {
+        let (unchecked, wrong) = self.presence.guess_counts();
+        let mut counts: Vec<RefusedCount> = self
+            .transport
+            .refusal_totals()
+            .into_iter()
+            .chain([
+                ("wrong password", wrong),
+                ("password guessing: refused unchecked", unchecked),
+            ])
+            .map(|(reason, count)| RefusedCount {
+                reason: reason.to_owned(),
+                count,
+            })
+            .collect();
+        counts.sort_by(|a, b| a.reason.cmp(&b.reason));
+        counts
+    }
+
     fn store_status(&self, writer: &WriteBehind) -> StoreStatus {
         let c = writer.counters();
         let micros = |v: u64| v as f64 / 1e6;
@@ -676,6 +699,7 @@ impl EventLoop {
                     dials_succeeded: self.dials_succeeded,
                     dials_failed: self.dials_failed,
                     decisions: self.presence.decision_counts(),
+                    refused: self.refused_counts(),
                     partners: self.partners.list(),
                     endpoints: self.presence.endpoint_views(),
                     store: self.write_behind.as_ref().map(|w| self.store_status(w)),
@@ -1909,6 +1933,10 @@ impl EventLoop {
             .and_then(|via| via_with_received(&via, origin.source.ip(), origin.source.port()));
         let tag = self.next_tag("");
         let mut answer = answer.clone();
+        // Details are for the inside; a stranger learns what the code says.
+        if !self.presence.speaks_for_inside(origin) {
+            answer.reason = standard_reason(answer.code).to_owned();
+        }
         answer.headers.push(("Server", SERVER.to_owned()));
         answer.write(request, top_via.as_deref(), &tag)
     }

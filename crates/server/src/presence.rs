@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use porchlight_endpoints::digest::DigestAuth;
 use porchlight_endpoints::{
-    Change, Credentials, Directory, Endpoint, EndpointSet, HealthConfig, Registrar,
-    RegistrarConfig, SavedBinding, Sources,
+    Change, Credentials, Directory, Endpoint, EndpointSet, Gate, GuessGuard, HealthConfig, Lockout,
+    Registrar, RegistrarConfig, SavedBinding, Sources,
 };
 use porchlight_policy::{
     decide, verdict, Class, Decision, LocalParty, Modality, PolicyConfig, Remote,
@@ -226,6 +226,8 @@ pub struct PresenceService {
     admission: Mutex<Admission>,
     notifier: Notifier<NextHop>,
     registrar: Registrar<FlowInfo<NextHop>>,
+    /// Wrong passwords counted, guessers locked out.
+    guesses: GuessGuard,
     publications: Publications,
     health: Vec<(Option<bool>, u32)>,
     /// Endpoints whose registered contacts changed since the store last
@@ -320,6 +322,7 @@ impl PresenceService {
             admission: Mutex::default(),
             notifier,
             registrar,
+            guesses: GuessGuard::new(config.registrar.guess_limits()),
             publications,
             xml,
             own_domains: config
@@ -997,6 +1000,11 @@ impl PresenceService {
         }
     }
 
+    /// Password guesses refused unchecked, and wrong passwords, since start.
+    pub fn guess_counts(&self) -> (u64, u64) {
+        self.guesses.counts()
+    }
+
     /// Whether a request speaks for the inside of the edge (see
     /// [`edge::speaks_for_inside`]).
     pub fn speaks_for_inside(&self, origin: &Origin) -> bool {
@@ -1026,40 +1034,128 @@ impl PresenceService {
     /// Finds the endpoint a request speaks for and checks it is really that
     /// endpoint talking.
     fn authenticated_endpoint(
-        &self,
+        &mut self,
         request: &Message,
         origin: &Origin,
         uri: &str,
+        now: Instant,
     ) -> Result<usize, Box<Answer>> {
+        let name = porchlight_presence::aor(uri).unwrap_or_default();
+        self.guess_gate(origin, &name, now)?;
         let Some(endpoint) = self.directory.resolve(uri) else {
-            return Err(Box::new(Answer::new(404, "Not Found")));
-        };
-        let Some(credentials) = self
-            .directory
-            .get(endpoint)
-            .and_then(|e| e.credentials.as_ref())
-        else {
-            return Err(Box::new(no_credentials()));
-        };
-        let peer = trusted_peer(credentials, origin);
-        self.registrar
-            .authenticate(request, credentials, peer, unix_now())
-            .map(|()| endpoint)
-    }
-
-    fn register(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
-        let Ok(to) = request.to() else {
-            return Answer::new(400, "Bad Request (To)");
-        };
-        let Some(endpoint) = self.directory.resolve(to.uri.as_str()) else {
-            return Answer::new(404, "Not Found");
+            return Err(Box::new(self.unknown_claim(
+                request,
+                origin,
+                &name,
+                not_found(),
+                now,
+            )));
         };
         let Some(credentials) = self
             .directory
             .get(endpoint)
             .and_then(|e| e.credentials.clone())
         else {
-            return no_credentials();
+            return Err(Box::new(self.unknown_claim(
+                request,
+                origin,
+                &name,
+                no_credentials(),
+                now,
+            )));
+        };
+        let peer = trusted_peer(&credentials, origin);
+        let outcome = self
+            .registrar
+            .authenticate(request, &credentials, peer, unix_now());
+        let wrong = outcome.as_ref().is_err_and(|e| e.wrong_credentials);
+        self.count_guess(origin, &name, wrong, outcome.is_ok(), now);
+        outcome.map(|()| endpoint).map_err(|e| Box::new(e.answer))
+    }
+
+    /// Refuses, unchecked, a claim to be `name` from a source (or for a
+    /// name) locked out for guessing passwords.
+    fn guess_gate(&mut self, origin: &Origin, name: &str, now: Instant) -> Result<(), Box<Answer>> {
+        match self.guesses.gate(now, origin.source.ip(), name) {
+            Gate::Open => Ok(()),
+            Gate::Closed { retry_after } => Err(Box::new(
+                Answer::new(503, "Service Unavailable")
+                    .with("Retry-After", retry_after.as_secs().max(1).to_string()),
+            )),
+        }
+    }
+
+    /// Counts the outcome of checking a claim to be `name`; a lockout it
+    /// starts is logged once.
+    fn count_guess(
+        &mut self,
+        origin: &Origin,
+        name: &str,
+        wrong: bool,
+        proven: bool,
+        now: Instant,
+    ) {
+        let source = origin.source.ip();
+        if proven {
+            self.guesses.succeeded(now, source, name);
+        }
+        if !wrong {
+            return;
+        }
+        for lockout in self.guesses.failed(now, source, name) {
+            match lockout {
+                Lockout::Source(ip, length) => tracing::warn!(
+                    source = %ip,
+                    "too many wrong passwords from this address: refused for {} s",
+                    length.as_secs()
+                ),
+                Lockout::Endpoint(name, length) => tracing::warn!(
+                    endpoint = %name,
+                    "too many wrong passwords for this endpoint: strangers refused for {} s",
+                    length.as_secs()
+                ),
+            }
+        }
+    }
+
+    /// The answer to a claim to be a name that is no endpoint, or one that
+    /// nothing can prove: `inside` says which, to the inside and to all
+    /// when missing endpoints are not hidden; an outsider otherwise gets
+    /// the challenge a real endpoint would give, and its answer counts as
+    /// a wrong guess — so nothing tells the two apart.
+    fn unknown_claim(
+        &mut self,
+        request: &Message,
+        origin: &Origin,
+        name: &str,
+        inside: Answer,
+        now: Instant,
+    ) -> Answer {
+        if !self.policy.edge.hide_missing_endpoints || self.speaks_for_inside(origin) {
+            return inside;
+        }
+        let offered = request.auth(HeaderName::Authorization).next().is_some();
+        self.count_guess(origin, name, offered, false, now);
+        self.registrar.challenge(unix_now(), false, None)
+    }
+
+    fn register(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
+        let Ok(to) = request.to() else {
+            return Answer::new(400, "Bad Request (To)");
+        };
+        let name = porchlight_presence::aor(to.uri.as_str()).unwrap_or_default();
+        if let Err(locked) = self.guess_gate(origin, &name, now) {
+            return *locked;
+        }
+        let Some(endpoint) = self.directory.resolve(to.uri.as_str()) else {
+            return self.unknown_claim(request, origin, &name, not_found(), now);
+        };
+        let Some(credentials) = self
+            .directory
+            .get(endpoint)
+            .and_then(|e| e.credentials.clone())
+        else {
+            return self.unknown_claim(request, origin, &name, no_credentials(), now);
         };
         let peer = trusted_peer(&credentials, origin);
         let outcome = self.registrar.register(
@@ -1071,10 +1167,12 @@ impl PresenceService {
             now,
             unix_now(),
         );
+        let proven = outcome.answer.code == 200;
+        self.count_guess(origin, &name, outcome.wrong_credentials, proven, now);
         if outcome.liveness_changed {
             self.refresh(endpoint);
         }
-        if outcome.answer.code == 200 {
+        if proven {
             self.registrations_changed.insert(endpoint);
         }
         let date = httpdate(SystemTime::now());
@@ -1083,7 +1181,7 @@ impl PresenceService {
 
     fn publish(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
         let uri = request.request_uri().unwrap_or_default().to_owned();
-        let endpoint = match self.authenticated_endpoint(request, origin, &uri) {
+        let endpoint = match self.authenticated_endpoint(request, origin, &uri, now) {
             Ok(e) => e,
             Err(answer) => return *answer,
         };
@@ -1132,9 +1230,9 @@ impl PresenceService {
         }
     }
 
-    fn service(&mut self, request: &Message, origin: &Origin, _now: Instant) -> Answer {
+    fn service(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
         let uri = request.request_uri().unwrap_or_default().to_owned();
-        let endpoint = match self.authenticated_endpoint(request, origin, &uri) {
+        let endpoint = match self.authenticated_endpoint(request, origin, &uri, now) {
             Ok(e) => e,
             Err(answer) => return *answer,
         };
@@ -1315,6 +1413,10 @@ pub fn domain_of(uri: &str) -> String {
     porchlight_presence::aor(uri)
         .and_then(|a| a.rsplit('@').next().map(str::to_owned))
         .unwrap_or_default()
+}
+
+fn not_found() -> Answer {
+    Answer::new(404, "Not Found")
 }
 
 fn no_credentials() -> Answer {

@@ -55,12 +55,24 @@ pub struct Status {
     pub dials_failed: u64,
     /// Policy decisions by way, kind and outcome.
     pub decisions: Vec<DecisionCount>,
+    /// Connections and requests refused by a bound since start, by reason
+    /// (exact, whatever the log summed up).
+    pub refused: Vec<RefusedCount>,
     /// Requests exchanged with each federated partner.
     pub partners: Vec<PartnerTraffic>,
     /// The endpoints.
     pub endpoints: Vec<EndpointView>,
     /// Write-behind to the store; None when state is kept in memory only.
     pub store: Option<StoreStatus>,
+}
+
+/// How many were refused for one reason.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct RefusedCount {
+    /// Why, as the log says it.
+    pub reason: String,
+    /// How many since start.
+    pub count: u64,
 }
 
 /// How write-behind to the store is keeping up.

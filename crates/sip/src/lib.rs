@@ -24,4 +24,4 @@ pub use typed::{
 };
 pub use uri::{Host, SipUri, Uri, UriError};
 pub use validate::RequestError;
-pub use write::{response_to, via_with_received, Answer, MessageWriter};
+pub use write::{response_to, standard_reason, via_with_received, Answer, MessageWriter};

@@ -10,7 +10,7 @@ const PING: &[u8] = b"\r\n\r\n";
 
 /// What the buffered bytes of a stream amount to.
 #[derive(Debug)]
-pub(crate) enum Framed {
+pub enum Framed {
     /// One whole message's bytes (leading line breaks removed).
     Message(Bytes),
     /// Bytes that cannot be framed; the stream cannot be resynchronised
@@ -26,7 +26,7 @@ pub(crate) enum Framed {
 }
 
 /// One stream's framing state.
-pub(crate) struct StreamFramer {
+pub struct StreamFramer {
     buf: BytesMut,
     limits: Limits,
     /// Line breaks discarded since the last whole message: keepalives are
@@ -37,7 +37,8 @@ pub(crate) struct StreamFramer {
 }
 
 impl StreamFramer {
-    pub(crate) fn new(limits: Limits) -> StreamFramer {
+    /// A framer for one stream, under the node's message limits.
+    pub fn new(limits: Limits) -> StreamFramer {
         StreamFramer {
             buf: BytesMut::with_capacity(8 * 1024),
             limits,
@@ -47,23 +48,23 @@ impl StreamFramer {
     }
 
     /// Where received bytes go.
-    pub(crate) fn buffer(&mut self) -> &mut BytesMut {
+    pub fn buffer(&mut self) -> &mut BytesMut {
         &mut self.buf
     }
 
     /// Keepalive pongs to send (RFC 5626 §4.4.1), taken once.
-    pub(crate) fn take_pongs(&mut self) -> usize {
+    pub fn take_pongs(&mut self) -> usize {
         std::mem::take(&mut self.pongs_owed)
     }
 
     /// Whether part of a message is buffered: its sender must finish it in
     /// time (a drip of bytes does not keep a connection).
-    pub(crate) fn in_message(&self) -> bool {
+    pub fn in_message(&self) -> bool {
         !self.buf.is_empty() && !PING.starts_with(&self.buf)
     }
 
     /// The next step: a message, a framing error, or a wait for more.
-    pub(crate) fn next(&mut self) -> Framed {
+    pub fn next_frame(&mut self) -> Framed {
         self.discard_breaks();
         if self.breaks_since_message > self.limits.max_message_bytes {
             return Framed::Malformed {
@@ -130,7 +131,7 @@ mod tests {
         framer.buffer().extend_from_slice(bytes);
         let mut out = Vec::new();
         loop {
-            match framer.next() {
+            match framer.next_frame() {
                 Framed::NeedMore => return out,
                 // The stream closes after an error.
                 framed @ Framed::Malformed { .. } => {

@@ -10,7 +10,7 @@
 //! connection is reused for requests toward a domain only after the peer's
 //! certificate proved that domain (RFC 5923).
 
-mod framer;
+pub mod framer;
 mod identity;
 pub mod pki;
 mod refusals;

@@ -188,7 +188,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut awaiting_first = inbound;
     let mut message_started: Option<Instant> = None;
     let close = loop {
-        match framer.next() {
+        match framer.next_frame() {
             Framed::Message(bytes) => {
                 if awaiting_first {
                     awaiting_first = false;

@@ -77,7 +77,9 @@ pub(crate) async fn receive_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
             },
         };
         if shared.inbound.try_send(received).is_err() {
-            tracing::warn!(%source, "receive queue full, datagram dropped");
+            shared
+                .refusals
+                .note(source.ip(), "receive queue full: datagram dropped", "");
         }
     }
 }

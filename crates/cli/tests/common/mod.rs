@@ -1104,3 +1104,34 @@ pub async fn partner_request(
         }
     }
 }
+
+/// The `Authorization` header line (CRLF included) answering the first,
+/// SHA-256, challenge of a 401 with `password`.
+pub fn answer_challenge(
+    challenge: &Message,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+) -> String {
+    let sha256_hex = |text: &str| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let first = challenge
+        .auth(porchlight_sip::HeaderName::WwwAuthenticate)
+        .next()
+        .expect("a challenge")
+        .unwrap();
+    let (realm, nonce) = (first.param("realm").unwrap(), first.param("nonce").unwrap());
+    let ha1 = sha256_hex(&format!("{user}:{realm}:{password}"));
+    let ha2 = sha256_hex(&format!("{method}:{uri}"));
+    let response = sha256_hex(&format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
+    format!(
+        "Authorization: Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm=SHA-256, qop=auth, nc=00000001, cnonce=\"c0ffee\"\r\n"
+    )
+}
