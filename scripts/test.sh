@@ -20,6 +20,14 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
+# SIPVicious (PyPI) scans for endpoints in the enumeration tests.
+if ! command -v sipvicious_svwar >/dev/null 2>&1; then
+  command -v pip3 >/dev/null 2>&1 || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip
+  }
+  pip3 install --quiet sipvicious 2>/dev/null || pip3 install --quiet --break-system-packages sipvicious
+fi
+
 # The connection-flood tests hold 10,000 connections each side; root may
 # raise the hard limit, anyone the soft one up to it.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"

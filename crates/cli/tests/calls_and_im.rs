@@ -935,3 +935,36 @@ fn endpoints_message_each_other_through_the_api() {
     assert_eq!(message.to().unwrap().uri.as_str(), "sip:desk@contoso.com");
     assert_eq!(message.body(), b"solved");
 }
+
+#[test]
+fn only_a_proven_sender_is_marked_verified() {
+    let (port, posts) = webhook_app(Vec::new());
+    let endpoints = format!(
+        "[[endpoint]]\nuri = \"sip:bot@contoso.com\"\ndisplay_name = \"Bot\"\n\
+         [endpoint.webhook]\nurl = \"http://127.0.0.1:{port}/im\"\nsecret = \"s\"\n"
+    );
+    let server = start("verified", &config(&[], &endpoints));
+    // The trusted inside speaks for our own domain…
+    let ours = udp_message(
+        "127.0.0.1",
+        server.udp,
+        "<sip:carol@contoso.com>",
+        "sip:bot@contoso.com",
+        "from the inside",
+    );
+    assert_eq!(ours.status(), Some(200));
+    let post = posts.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(post.json()["verified"], true, "{}", post.body);
+    // …but naming another domain proves nothing: no certificate vouched.
+    let claimed = udp_message(
+        "127.0.0.1",
+        server.udp,
+        "<sip:w@fabrikam.com>",
+        "sip:bot@contoso.com",
+        "a claim",
+    );
+    assert_eq!(claimed.status(), Some(200));
+    let post = posts.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(post.json()["from"], "sip:w@fabrikam.com");
+    assert_eq!(post.json()["verified"], false, "{}", post.body);
+}

@@ -1022,7 +1022,12 @@ impl EventLoop {
                 if answer.code == 404
                     && self.presence.hides_missing_endpoint(&request, &origin) =>
             {
-                Disposition::Respond(Answer::new(403, "Forbidden"))
+                // As an endpoint's would be: the hop count comes first (§16.3).
+                Disposition::Respond(if request.max_forwards().ok().flatten() == Some(0) {
+                    Answer::new(483, "Too Many Hops")
+                } else {
+                    Answer::new(403, "Forbidden")
+                })
             }
             disposition => disposition,
         };

@@ -963,7 +963,9 @@ impl PresenceService {
     pub fn handle(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
         match request.method().unwrap_or_default() {
             "SUBSCRIBE" => {
-                if self.hides_missing_endpoint(request, origin) {
+                if self.hides_missing_endpoint(request, origin)
+                    || self.hides_refused(request, origin)
+                {
                     return Answer::new(403, "Forbidden");
                 }
                 let mut flow = flow_info(origin, request);
@@ -1029,6 +1031,46 @@ impl PresenceService {
                 .directory
                 .resolve(request.request_uri().unwrap_or_default())
                 .is_none()
+    }
+
+    /// Whether a stranger's new subscription to an existing endpoint is
+    /// one the policy refuses, when missing endpoints are hidden: it is
+    /// refused before anything in it is checked, as a missing one is, so a
+    /// malformed request cannot tell the two apart. The refusal is
+    /// recorded like any other.
+    fn hides_refused(&self, request: &Message, origin: &Origin) -> bool {
+        if !self.policy.edge.hide_missing_endpoints
+            || self.speaks_for_inside(origin)
+            || request.to().is_ok_and(|to| to.tag().is_some())
+        {
+            return false;
+        }
+        let Some(endpoint) = self
+            .directory
+            .resolve(request.request_uri().unwrap_or_default())
+        else {
+            return false;
+        };
+        let watcher = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
+        let (directory, policy, admission) = (&self.directory, &self.policy, &self.admission);
+        let e = directory.get(endpoint).expect("resolved");
+        let domain = domain_of(watcher);
+        let policy_request = PolicyRequest {
+            remote_domain: &domain,
+            remote: remote_of(origin),
+            local: local_party(e),
+            modality: Modality::Presence,
+        };
+        !verdict(policy, &policy_request).allowed
+            && authorize_subscription(
+                policy,
+                directory,
+                admission,
+                false,
+                origin,
+                endpoint as u32,
+                watcher,
+            ) != Authorization::Allow
     }
 
     /// Finds the endpoint a request speaks for and checks it is really that
