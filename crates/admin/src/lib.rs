@@ -316,7 +316,7 @@ struct PresenceSetting {
     request_body = PresenceSetting,
     responses(
         (status = 200, description = "Set; it wins over every source until cleared, and watchers are notified", body = EndpointView),
-        (status = 400, description = "Unknown availability"),
+        (status = 400, description = "Unknown availability, or a note longer than [presence] max_note_bytes"),
         (status = 404, description = "Not an endpoint of this node")),
     security(("token" = [])))]
 async fn set_presence(
@@ -336,6 +336,10 @@ async fn set_presence(
     };
     let mut state = PresenceState::new(availability);
     state.note = setting.note.filter(|n| !n.trim().is_empty());
+    // Every NOTIFY about the endpoint carries the note: bounded here.
+    if let Err(e) = state.check_lengths(admin.node.config().presence.max_note_bytes) {
+        return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+    }
     presence_answer(&uri, admin.node.set_presence(&uri, Some(state)).await)
 }
 

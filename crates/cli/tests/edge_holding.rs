@@ -506,7 +506,10 @@ fn svwar_finds_no_endpoint_when_missing_ones_are_hidden() {
     let hidden = node("svwar-hidden", "hide_missing_endpoints = true");
     for method in ["REGISTER", "OPTIONS", "INVITE"] {
         let report = svwar(&hidden, &dictionary, method);
-        assert!(report.contains("found nothing"), "{method} scan ran: {report}");
+        assert!(
+            report.contains("found nothing"),
+            "{method} scan ran: {report}"
+        );
         for name in names {
             assert!(
                 !report.contains(&format!("| {name} ")),
@@ -514,4 +517,104 @@ fn svwar_finds_no_endpoint_when_missing_ones_are_hidden() {
             );
         }
     }
+}
+
+/// `lines` Record-Route entries of 87 bytes each.
+fn record_routes(lines: usize) -> String {
+    (0..lines)
+        .map(|i| {
+            format!(
+                "Record-Route: <sip:proxy{i:04}.{}.example;lr>\r\n",
+                "x".repeat(60)
+            )
+        })
+        .collect()
+}
+
+/// Waits for every watcher's NOTIFY carrying `needle`, all at once: with
+/// a small in-flight window, one watcher waiting on another's unanswered
+/// NOTIFY would stall a one-by-one reader.
+fn every_one_hears(watchers: &mut [Watcher], needle: &str) {
+    std::thread::scope(|scope| {
+        for w in watchers.iter_mut() {
+            scope.spawn(move || w.expect_notify(needle, Duration::from_secs(5)));
+        }
+    });
+}
+
+fn set_note(server: &Server, note: &str) -> u16 {
+    let (admin, bearer) = server.api();
+    let url = format!("http://{admin}/api/v1/endpoints/sip:helpdesk@contoso.com/presence");
+    match ureq::put(&url)
+        .set("Authorization", &bearer)
+        .send_json(serde_json::json!({"availability": "online", "note": note}))
+    {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn nothing_a_watcher_or_an_admin_sends_can_wedge_notifications() {
+    let server = start(
+        "wedge",
+        &config(
+            &[
+                ("max_message_bytes = 65535", "max_message_bytes = 16384"),
+                ("max_note_bytes = 1024", "max_note_bytes = 8192"),
+                (
+                    "min_notify_interval_ms = 5000",
+                    "min_notify_interval_ms = 0",
+                ),
+                // Two slots: one leaked would halve the node's NOTIFYs, two stop them.
+                ("max_notify_in_flight = 10000", "max_notify_in_flight = 2"),
+            ],
+            "",
+        ),
+    );
+    let helpdesk = "sip:helpdesk@contoso.com";
+    let mut plain: Vec<Watcher> = (0..3)
+        .map(|i| Watcher::new(server.udp, helpdesk, &format!("sip:w{i}@contoso.com")))
+        .collect();
+    for w in &mut plain {
+        assert_eq!(w.subscribe(600).status(), Some(200));
+        w.expect_notify("<basic>open</basic>", Duration::from_secs(5));
+    }
+    // A route set past max_dialog_bytes is refused when it arrives.
+    let mut long_route = Watcher::new(server.udp, helpdesk, "sip:long@contoso.com");
+    long_route.extra_headers = record_routes(100);
+    assert!(
+        record_routes(100).len() < 16_384,
+        "within the message limit"
+    );
+    assert_eq!(long_route.subscribe(600).status(), Some(400));
+    // One within it is taken: its NOTIFYs fit until the note grows.
+    let mut big = Watcher::new(server.udp, helpdesk, "sip:big@contoso.com");
+    // 90 entries: 7,830 bytes, under the 8,192 of max_dialog_bytes.
+    big.extra_headers = record_routes(90);
+    assert_eq!(big.subscribe(600).status(), Some(200));
+    big.expect_notify("<basic>open</basic>", Duration::from_secs(5));
+
+    // The API refuses a 70 KB note outright.
+    assert_eq!(set_note(&server, &"n".repeat(70_000)), 400);
+    // An 8 KB note is allowed, but with the big route set it no longer
+    // fits one message: that subscription ends, the others hear it.
+    let note = "m".repeat(8_000);
+    assert_eq!(set_note(&server, &note), 200);
+    every_one_hears(&mut plain, &note);
+    for round in 0..5 {
+        let note = format!("round {round}");
+        assert_eq!(set_note(&server, &note), 200);
+        every_one_hears(&mut plain, &note);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            server.api_get("/api/v1/status")["notifies_in_flight"] == 0
+        }),
+        "every in-flight slot is given back"
+    );
+    // The ended subscription is gone: its refresh gets 481 (RFC 6665 §4.1.2.2),
+    // so the watcher subscribes again.
+    assert_eq!(big.subscribe(600).status(), Some(481));
 }

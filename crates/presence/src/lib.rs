@@ -16,7 +16,7 @@ pub mod table;
 pub mod xml_in;
 
 pub use document::Format;
-pub use model::{Availability, Band, Capabilities, Identity, PresenceState};
+pub use model::{check_length, Availability, Band, Capabilities, Identity, PresenceState, TooLong};
 pub use notifier::{
     Authorization, FlowInfo, ListMember, Notifier, NotifierConfig, NotifierStats, NotifyRef,
     Outgoing, RestoreError, SavedSubscription, SavedTarget,

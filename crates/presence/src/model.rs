@@ -117,7 +117,35 @@ pub struct PresenceState {
     pub note: Option<String>,
 }
 
+/// A field of a presence state longer than the node allows: refused where
+/// it enters (PUBLISH, SERVICE, the API, the configuration), because every
+/// NOTIFY about the endpoint carries it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the {field} is {len} bytes; at most {limit} are allowed ([presence] max_note_bytes)")]
+pub struct TooLong {
+    /// `note` or `activity`.
+    pub field: &'static str,
+    /// Its length in bytes.
+    pub len: usize,
+    /// The bound.
+    pub limit: usize,
+}
+
+/// Checks one free-text field against the bound.
+pub fn check_length(field: &'static str, text: Option<&str>, limit: usize) -> Result<(), TooLong> {
+    match text.map(str::len) {
+        Some(len) if len > limit => Err(TooLong { field, len, limit }),
+        _ => Ok(()),
+    }
+}
+
 impl PresenceState {
+    /// Whether the note and activity fit within `limit` bytes each.
+    pub fn check_lengths(&self, limit: usize) -> Result<(), TooLong> {
+        check_length("note", self.note.as_deref(), limit)?;
+        check_length("activity", self.activity.as_deref(), limit)
+    }
+
     /// A state with only an availability.
     pub fn new(availability: Availability) -> PresenceState {
         PresenceState {

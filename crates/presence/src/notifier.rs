@@ -94,6 +94,13 @@ pub struct NotifierConfig {
     pub max_winfo_watchers: usize,
     /// Bounds on XML bodies of batched subscriptions.
     pub xml: XmlLimits,
+    /// The largest NOTIFY the node may send (its message limit): one that
+    /// would be larger ends its subscription rather than wedge it.
+    pub max_notify_bytes: usize,
+    /// Most a SUBSCRIBE may bring into its dialog (route set, Contact,
+    /// From, To, Call-ID, tags), so every NOTIFY of the dialog fits with
+    /// room for its body; past it the SUBSCRIBE is refused.
+    pub max_dialog_bytes: usize,
 }
 
 impl Default for NotifierConfig {
@@ -111,6 +118,8 @@ impl Default for NotifierConfig {
             retry_base: Duration::from_secs(2),
             max_winfo_watchers: 1000,
             xml: XmlLimits::default(),
+            max_notify_bytes: 65_535,
+            max_dialog_bytes: 8_192,
         }
     }
 }
@@ -143,6 +152,8 @@ pub struct NotifierStats {
     pub notifies_sent: u64,
     /// NOTIFYs that failed for good.
     pub notifies_failed: u64,
+    /// Of those, NOTIFYs that would have exceeded the message limit.
+    pub notifies_too_large: u64,
 }
 
 const NO_ROUTE: u32 = u32::MAX;
@@ -617,6 +628,27 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         ) else {
             return Answer::new(400, "Bad Request (dialog headers)");
         };
+        let dialog_bytes = [
+            request
+                .values(HeaderName::RecordRoute)
+                .map(<[u8]>::len)
+                .sum::<usize>(),
+            request.values(HeaderName::Contact).map(<[u8]>::len).sum(),
+            from.uri.as_str().len() + from.tag().map_or(0, str::len),
+            to.uri.as_str().len() + to.tag().map_or(0, str::len),
+            call_id.len(),
+        ]
+        .iter()
+        .sum::<usize>();
+        if dialog_bytes > self.config.max_dialog_bytes {
+            return Answer::new(
+                400,
+                format!(
+                    "Bad Request (route set, Contact and dialog identifiers exceed {} bytes)",
+                    self.config.max_dialog_bytes
+                ),
+            );
+        }
         if let Some(tag) = to.tag() {
             return self.refresh(
                 request,
@@ -1096,7 +1128,11 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
     }
 
     /// Writes the NOTIFY (or BENOTIFY) for a subscription now.
-    fn build_notify(&mut self, id: SubscriptionId, now: Instant) -> Outgoing<F> {
+    /// The next NOTIFY of a subscription; None when it would exceed the
+    /// node's message limit, which ends the subscription (it is dropped as
+    /// a failed one: the watcher's refresh then gets 481 and it
+    /// subscribes again) so its slot and in-flight window are not held.
+    fn build_notify(&mut self, id: SubscriptionId, now: Instant) -> Option<Outgoing<F>> {
         let now_secs = self.now_secs(now);
         let now_tenths = self.now_tenths(now);
         let index = id.index as usize;
@@ -1176,6 +1212,12 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         }
         w.header("Content-Type", content_type);
         let bytes = w.finish(&body);
+        if bytes.len() > self.config.max_notify_bytes {
+            self.stats.notifies_failed += 1;
+            self.stats.notifies_too_large += 1;
+            self.remove(id);
+            return None;
+        }
         let out = Outgoing {
             flow: flow.flow.clone(),
             reliable: flow.reliable,
@@ -1198,7 +1240,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         }
         self.stats.notifies_sent += 1;
         self.changed(id.index);
-        out
+        Some(out)
     }
 
     fn flow_counter(&mut self, flow: u32, delta: i32) {
@@ -1240,7 +1282,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
                 return None;
             }
         }
-        Some(self.build_notify(id, now))
+        self.build_notify(id, now)
     }
 
     fn refill(&mut self, now: Instant) {

@@ -141,6 +141,14 @@ pub struct LimitsSection {
     pub max_im_sessions: usize,
 }
 
+fn default_max_dialog_bytes() -> usize {
+    8_192
+}
+
+fn default_max_note_bytes() -> usize {
+    1_024
+}
+
 fn default_reserved_connections() -> usize {
     2_000
 }
@@ -392,6 +400,14 @@ pub struct PresenceSection {
     pub max_winfo_watchers: usize,
     /// Largest XML body accepted (PIDF, category publications, batched subscriptions).
     pub max_xml_bytes: usize,
+    /// Most a SUBSCRIBE may bring into its dialog (route set, Contact,
+    /// URIs, tags, Call-ID); beyond it the SUBSCRIBE gets 400, so every
+    /// NOTIFY of a held subscription fits the message limit.
+    #[serde(default = "default_max_dialog_bytes")]
+    pub max_dialog_bytes: usize,
+    /// Longest note, from PUBLISH, SERVICE, the API or the configuration.
+    #[serde(default = "default_max_note_bytes")]
+    pub max_note_bytes: usize,
     /// Shortest publication accepted.
     pub publish_min_expires: u32,
     /// Longest publication granted.
@@ -922,6 +938,33 @@ impl Config {
                 ),
                 "keep reserved_connections below max_connections (a fifth of it is usual)",
             ));
+        }
+        if self.presence.max_dialog_bytes + 4_096 > self.limits.max_message_bytes {
+            return Err(invalid(
+                format!(
+                    "[presence] max_dialog_bytes = {} leaves no room for a NOTIFY's body within \
+                     [limits] max_message_bytes = {}",
+                    self.presence.max_dialog_bytes, self.limits.max_message_bytes
+                ),
+                "keep max_dialog_bytes at least 4096 below max_message_bytes (8192 is usual)",
+            ));
+        }
+        let note_limit = self.presence.max_note_bytes;
+        for e in &self.endpoints {
+            let long = [
+                ("note", e.note.as_deref()),
+                ("display_name", Some(&*e.display_name)),
+            ]
+            .into_iter()
+            .find_map(|(field, text)| {
+                porchlight_presence::check_length(field, text, note_limit).err()
+            });
+            if let Some(too_long) = long {
+                return Err(invalid(
+                    format!("endpoint {}: {too_long}", e.uri),
+                    "shorten it, or raise [presence] max_note_bytes",
+                ));
+            }
         }
         let r = &self.registrar;
         if r.max_wrong_passwords_per_source == 0

@@ -821,15 +821,25 @@ impl EventLoop {
                     self.send(&out.target, parked, now).await;
                     continue;
                 }
-                let Some(request) = parse_own(out.bytes) else {
+                // A request that cannot go out ends what it was for (its
+                // subscription), so nothing waits on an answer that cannot come.
+                let Some(request) = parse_own(out.bytes.clone()) else {
                     tracing::error!("the presence service wrote an unparsable request");
+                    let head = Message::parse_head_only(out.bytes, &Limits::default()).ok();
+                    if let Some(branch) = head.as_ref().and_then(top_branch) {
+                        self.presence.on_failure(&branch, now);
+                    }
                     continue;
                 };
+                let branch = top_branch(&request);
                 if let Err(e) = self
                     .layer
                     .send_request(request, out.target, out.reliable, now)
                 {
                     tracing::error!("cannot start a client transaction: {e}");
+                    if let Some(branch) = branch {
+                        self.presence.on_failure(&branch, now);
+                    }
                 }
                 // Send what that transaction produced before taking more.
                 break;
@@ -1945,6 +1955,11 @@ impl EventLoop {
         answer.headers.push(("Server", SERVER.to_owned()));
         answer.write(request, top_via.as_deref(), &tag)
     }
+}
+
+/// The branch of a request's top Via.
+fn top_branch(request: &Message) -> Option<String> {
+    Some(request.top_via().ok()?.branch()?.to_owned())
 }
 
 /// Tells an app that asked through the API how its request ended.

@@ -17,6 +17,7 @@ use porchlight_policy::{
     decide, verdict, Class, Decision, LocalParty, Modality, PolicyConfig, Remote,
     Request as PolicyRequest, Verification,
 };
+use porchlight_presence::check_length;
 use porchlight_presence::xml_in::{parse_category_publish, parse_pidf};
 use porchlight_presence::{
     Authorization, FlowInfo, Notifier, NotifierConfig, NotifierStats, NotifyRef, Publications,
@@ -238,6 +239,8 @@ pub struct PresenceService {
     /// Presence an admin set through the API, per endpoint.
     overrides: Vec<Option<porchlight_presence::PresenceState>>,
     xml: XmlLimits,
+    /// Longest note or activity accepted.
+    max_note_bytes: usize,
     /// Our domains and aliases: a certificate naming only these is the
     /// inside's.
     own_domains: Vec<String>,
@@ -282,6 +285,8 @@ impl PresenceService {
                 retry_base: Duration::from_millis(p.notify_retry_base_ms),
                 max_winfo_watchers: p.max_winfo_watchers,
                 xml,
+                max_notify_bytes: config.limits.max_message_bytes,
+                max_dialog_bytes: p.max_dialog_bytes,
             },
             now,
             salt,
@@ -325,6 +330,7 @@ impl PresenceService {
             guesses: GuessGuard::new(config.registrar.guess_limits()),
             publications,
             xml,
+            max_note_bytes: p.max_note_bytes,
             own_domains: config
                 .node
                 .domains
@@ -1250,7 +1256,10 @@ impl PresenceService {
                     .with("Accept", "application/pidf+xml");
             }
             match parse_pidf(request.body(), self.xml) {
-                Ok(state) => Some(state),
+                Ok(state) => match state.check_lengths(self.max_note_bytes) {
+                    Ok(()) => Some(state),
+                    Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
+                },
                 Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
             }
         };
@@ -1291,6 +1300,13 @@ impl PresenceService {
             Ok(p) => p,
             Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
         };
+        let limit = self.max_note_bytes;
+        if let Err(e) = publications.iter().try_for_each(|p| {
+            check_length("note", p.note.as_deref(), limit)?;
+            check_length("activity", p.activity.as_deref(), limit)
+        }) {
+            return Answer::new(400, format!("Bad Request ({e})"));
+        }
         match self
             .publications
             .publish_categories(endpoint as u32, publications)

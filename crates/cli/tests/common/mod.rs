@@ -932,6 +932,8 @@ pub struct Watcher {
     dialogs: u32,
     /// NOTIFYs that arrived while waiting for a response.
     notifies: VecDeque<Message>,
+    /// Header lines (CRLF-terminated) added to each new SUBSCRIBE.
+    pub extra_headers: String,
 }
 
 impl Watcher {
@@ -951,6 +953,7 @@ impl Watcher {
             cseq: 0,
             dialogs: 1,
             notifies: VecDeque::new(),
+            extra_headers: String::new(),
         }
     }
 
@@ -979,9 +982,14 @@ impl Watcher {
             .collect();
         let (target, from, cseq, dialog) = (&self.target, &self.from, self.cseq, self.dialogs);
         let request_uri = self.remote_target.as_ref().unwrap_or(target);
+        let extra = if self.to_tag.is_none() {
+            self.extra_headers.as_str()
+        } else {
+            ""
+        };
         let request = format!(
             "SUBSCRIBE {request_uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKw{dialog}x{cseq};rport\r\n\
-             Max-Forwards: 70\r\n{routes}From: <{from}>;tag=w{dialog}\r\nTo: <{target}>{to_tag}\r\n\
+             Max-Forwards: 70\r\n{routes}{extra}From: <{from}>;tag=w{dialog}\r\nTo: <{target}>{to_tag}\r\n\
              Call-ID: watcher-{dialog}-{port}\r\nCSeq: {cseq} SUBSCRIBE\r\nContact: <sip:watcher@{local}>\r\n\
              Event: presence\r\nAccept: application/pidf+xml\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n",
             port = local.port(),
