@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 
 use porchlight_policy::{Decision, DiscoveredLimits, Modality};
+use porchlight_transport::RefusalLog;
 use serde::Serialize;
 
 /// How many recent decisions are kept for the admin.
@@ -80,16 +81,36 @@ fn modality_index(modality: Modality) -> usize {
 }
 
 /// Admission state of one node.
-#[derive(Default)]
 pub struct Admission {
     /// Rate and contact counts of discovered partners.
     pub limits: DiscoveredLimits,
     /// By way, modality and outcome: a fixed table, so counting is free.
     counts: [[[u64; 2]; 3]; 2],
     recent: VecDeque<DecisionRecord>,
+    /// Refusals logged once per sending domain per interval.
+    log: RefusalLog<String>,
 }
 
 impl Admission {
+    /// Empty, logging refusals at most once per domain per `log_interval`.
+    pub fn new(log_interval: std::time::Duration) -> Admission {
+        Admission {
+            limits: DiscoveredLimits::default(),
+            counts: Default::default(),
+            recent: VecDeque::new(),
+            log: RefusalLog::new(log_interval),
+        }
+    }
+
+    /// Logs a refusal with its reasons, or counts it when one from the same
+    /// domain was logged within the interval: a flood cannot fill a disk.
+    pub fn log_refusal(&mut self, way: Way, from: &str, to: &str, decision: &Decision) {
+        let domain = crate::presence::domain_of(from);
+        let detail = format!("{way:?} {from} -> {to}:\n{decision}");
+        self.log
+            .note(std::time::Instant::now(), domain, "by policy", &detail);
+    }
+
     /// Notes a decision.
     pub fn record(
         &mut self,

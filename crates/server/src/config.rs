@@ -939,14 +939,14 @@ impl Config {
                 "keep reserved_connections below max_connections (a fifth of it is usual)",
             ));
         }
-        if self.presence.max_dialog_bytes + 4_096 > self.limits.max_message_bytes {
+        if self.presence.max_dialog_bytes * 2 > self.limits.max_message_bytes {
             return Err(invalid(
                 format!(
-                    "[presence] max_dialog_bytes = {} leaves no room for a NOTIFY's body within \
-                     [limits] max_message_bytes = {}",
+                    "[presence] max_dialog_bytes = {} leaves too little room for a NOTIFY's body \
+                     within [limits] max_message_bytes = {}",
                     self.presence.max_dialog_bytes, self.limits.max_message_bytes
                 ),
-                "keep max_dialog_bytes at least 4096 below max_message_bytes (8192 is usual)",
+                "keep max_dialog_bytes at most half of max_message_bytes (8192 is usual)",
             ));
         }
         let note_limit = self.presence.max_note_bytes;

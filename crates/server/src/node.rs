@@ -1926,8 +1926,26 @@ impl EventLoop {
         answer: &Answer,
         now: Instant,
     ) {
-        let bytes = self.render(request, origin, answer);
-        self.layer.respond(key, answer.code, bytes, now);
+        // Refusals are answered without keeping state, each retransmission
+        // again with the same To tag (RFC 3261 §8.2.7), so a flood of them
+        // holds nothing for Timer J; what is accepted keeps its transaction.
+        if answer.code >= 300 {
+            let tag = self.stateless_tag(key);
+            let bytes = self.write_answer(request, origin, answer, &tag);
+            self.layer.refuse(key, bytes);
+        } else {
+            let bytes = self.render(request, origin, answer);
+            self.layer.respond(key, answer.code, bytes, now);
+        }
+    }
+
+    /// The To tag of a stateless answer: the same for every retransmission
+    /// of one request, unguessable across requests.
+    fn stateless_tag(&self, key: &ServerKey) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (self.tag_seed, key).hash(&mut hasher);
+        format!("{:x}", hasher.finish())
     }
 
     /// A tag no other of this node's dialogs or transactions uses (also
@@ -1942,18 +1960,29 @@ impl EventLoop {
     }
 
     fn render(&mut self, request: &Message, origin: &Origin, answer: &Answer) -> Bytes {
+        let tag = self.next_tag("");
+        self.write_answer(request, origin, answer, &tag)
+    }
+
+    /// Writes an answer with `tag` for a To that has none.
+    fn write_answer(
+        &self,
+        request: &Message,
+        origin: &Origin,
+        answer: &Answer,
+        tag: &str,
+    ) -> Bytes {
         let top_via = request
             .top_via()
             .ok()
             .and_then(|via| via_with_received(&via, origin.source.ip(), origin.source.port()));
-        let tag = self.next_tag("");
         let mut answer = answer.clone();
         // Details are for the inside; a stranger learns what the code says.
         if !self.presence.speaks_for_inside(origin) {
             answer.reason = standard_reason(answer.code).to_owned();
         }
         answer.headers.push(("Server", SERVER.to_owned()));
-        answer.write(request, top_via.as_deref(), &tag)
+        answer.write(request, top_via.as_deref(), tag)
     }
 }
 

@@ -118,12 +118,7 @@ fn authorize_subscription(
         decision.allowed = false;
     }
     admission.record(Way::Inbound, Modality::Presence, watcher, to, &decision);
-    tracing::info!(
-        watcher,
-        endpoint = %to,
-        source = %origin.source,
-        "subscription refused:\n{decision}"
-    );
+    admission.log_refusal(Way::Inbound, watcher, to, &decision);
     Authorization::Deny {
         code: 403,
         reason: "Forbidden".into(),
@@ -324,7 +319,9 @@ impl PresenceService {
             publications_changed: BTreeSet::new(),
             directory,
             policy: config.policy.clone(),
-            admission: Mutex::default(),
+            admission: Mutex::new(Admission::new(Duration::from_secs(
+                config.limits.refusal_log_interval_secs,
+            ))),
             notifier,
             registrar,
             guesses: GuessGuard::new(config.registrar.guess_limits()),
@@ -535,12 +532,12 @@ impl PresenceService {
     /// a refusal is decided again with every step written down, and logged.
     fn admit(&self, way: Way, request: &PolicyRequest<'_>, from: &str, to: &str) -> Decision {
         let mut decision = verdict(&self.policy, request);
+        let mut admission = self.admission();
         if !decision.allowed {
             decision = decide(&self.policy, request);
-            tracing::info!(from, to, "{way:?} request refused:\n{decision}");
+            admission.log_refusal(way, from, to, &decision);
         }
-        self.admission()
-            .record(way, request.modality, from, to, &decision);
+        admission.record(way, request.modality, from, to, &decision);
         decision
     }
 

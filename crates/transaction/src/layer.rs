@@ -235,6 +235,24 @@ impl<C: Clone> TransactionLayer<C> {
         true
     }
 
+    /// Answers a server transaction with a final refusal and forgets it at
+    /// once (a stateless answer, RFC 3261 §8.2.7): nothing is held for
+    /// Timer J or H, so a flood of refused requests costs no memory. A
+    /// retransmission is then a new request, answered the same way again;
+    /// the ACK of a refused INVITE finds no transaction and is dropped.
+    /// Returns false when the transaction no longer exists.
+    pub fn refuse(&mut self, key: &ServerKey, response: Bytes) -> bool {
+        let Some(entry) = self.servers.remove(key) else {
+            return false;
+        };
+        self.outputs.push_back(Output::Send {
+            id: TxId::Server(key.clone()),
+            to: entry.context,
+            bytes: response,
+        });
+        true
+    }
+
     /// Starts a client transaction for a request whose top Via carries a
     /// fresh branch.
     pub fn send_request(

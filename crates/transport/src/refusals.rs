@@ -4,6 +4,8 @@
 //! metrics.
 
 use std::collections::HashMap;
+use std::fmt::Display;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -11,10 +13,11 @@ use std::time::{Duration, Instant};
 /// summed up under one entry per reason.
 const MAX_TRACKED: usize = 4_096;
 
-/// Where the aggregated lines and counts live; time is passed in.
-pub struct RefusalLog {
+/// Where the aggregated lines and counts live; time is passed in. Peers
+/// are addresses for the transport, sending domains for the policy.
+pub struct RefusalLog<P = IpAddr> {
     interval: Duration,
-    windows: HashMap<(&'static str, Option<IpAddr>), Window>,
+    windows: HashMap<(&'static str, Option<P>), Window>,
     totals: HashMap<&'static str, u64>,
     last_sweep: Option<Instant>,
 }
@@ -24,9 +27,9 @@ struct Window {
     suppressed: u64,
 }
 
-impl RefusalLog {
+impl<P: Clone + Eq + Hash + Display> RefusalLog<P> {
     /// One line per reason and peer per `interval` at most.
-    pub fn new(interval: Duration) -> RefusalLog {
+    pub fn new(interval: Duration) -> RefusalLog<P> {
         RefusalLog {
             interval,
             windows: HashMap::new(),
@@ -37,38 +40,35 @@ impl RefusalLog {
 
     /// Counts one refusal; logs it unless one like it was logged within
     /// the interval.
-    pub fn note(&mut self, now: Instant, peer: IpAddr, reason: &'static str, detail: &str) {
+    pub fn note(&mut self, now: Instant, peer: P, reason: &'static str, detail: &str) {
         *self.totals.entry(reason).or_default() += 1;
         if self.last_sweep.is_none_or(|at| now >= at + self.interval) {
             self.sweep(now);
         }
-        let key = if self.windows.len() < MAX_TRACKED
-            || self.windows.contains_key(&(reason, Some(peer)))
-        {
-            (reason, Some(peer))
+        let key = (reason, Some(peer));
+        let key = if self.windows.len() < MAX_TRACKED || self.windows.contains_key(&key) {
+            key
         } else {
             (reason, None)
         };
         match self.windows.get_mut(&key) {
             Some(window) if now < window.opened + self.interval => window.suppressed += 1,
             _ => {
-                if let Some(ended) = self.windows.insert(
-                    key,
-                    Window {
-                        opened: now,
-                        suppressed: 0,
-                    },
-                ) {
-                    summarize(key, &ended, self.interval);
-                }
                 let detail = if detail.is_empty() {
                     String::new()
                 } else {
                     format!(" ({detail})")
                 };
-                match key.1 {
+                match &key.1 {
                     Some(peer) => tracing::info!(%peer, "refused: {reason}{detail}"),
                     None => tracing::info!(peer = "many", "refused: {reason}{detail}"),
+                }
+                let window = Window {
+                    opened: now,
+                    suppressed: 0,
+                };
+                if let Some(ended) = self.windows.insert(key.clone(), window) {
+                    summarize(&key, &ended, self.interval);
                 }
             }
         }
@@ -86,20 +86,20 @@ impl RefusalLog {
         self.windows.retain(|key, window| {
             let open = now < window.opened + interval;
             if !open {
-                summarize(*key, window, interval);
+                summarize(key, window, interval);
             }
             open
         });
     }
 }
 
-fn summarize(key: (&'static str, Option<IpAddr>), window: &Window, interval: Duration) {
+fn summarize<P: Display>(key: &(&'static str, Option<P>), window: &Window, interval: Duration) {
     if window.suppressed == 0 {
         return;
     }
     let (reason, n) = (key.0, window.suppressed);
     let secs = interval.as_secs();
-    match key.1 {
+    match &key.1 {
         Some(peer) => tracing::info!(%peer, "refused: {reason}, {n} more within {secs} s"),
         None => tracing::info!(peer = "many", "refused: {reason}, {n} more within {secs} s"),
     }
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn totals_are_exact_and_windows_bounded() {
-        let mut log = RefusalLog::new(Duration::from_secs(10));
+        let mut log = RefusalLog::<IpAddr>::new(Duration::from_secs(10));
         let start = Instant::now();
         for i in 0..20_000u32 {
             let peer = IpAddr::from(i.to_be_bytes());
@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn a_window_reopens_after_the_interval() {
-        let mut log = RefusalLog::new(Duration::from_secs(10));
+        let mut log = RefusalLog::<IpAddr>::new(Duration::from_secs(10));
         let peer = IpAddr::from([192, 0, 2, 1]);
         let start = Instant::now();
         for i in 0..5 {
