@@ -103,6 +103,12 @@ pub fn render(status: &Status) -> String {
         &status.connections,
     );
     single(
+        "porchlight_overloaded",
+        "gauge",
+        "1 while new work is shed (503 with Retry-After) for overload.",
+        &u8::from(status.overloaded),
+    );
+    single(
         "porchlight_proxied_in_progress",
         "gauge",
         "Requests being proxied.",

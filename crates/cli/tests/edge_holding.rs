@@ -618,3 +618,93 @@ fn nothing_a_watcher_or_an_admin_sends_can_wedge_notifications() {
     // so the watcher subscribes again.
     assert_eq!(big.subscribe(600).status(), Some(481));
 }
+
+#[test]
+fn overload_sheds_new_work_and_keeps_what_is_held() {
+    let server = start(
+        "overload",
+        &config(
+            &[
+                (
+                    "overload_server_transactions = 200000",
+                    "overload_server_transactions = 200",
+                ),
+                (
+                    "min_notify_interval_ms = 5000",
+                    "min_notify_interval_ms = 0",
+                ),
+                // Transactions (and the flood's unanswered NOTIFYs) end in 3.2 s.
+                ("t1_ms = 500", "t1_ms = 50"),
+            ],
+            "",
+        ),
+    );
+    let helpdesk = "sip:helpdesk@contoso.com";
+    let mut held: Vec<Watcher> = (0..3)
+        .map(|i| Watcher::new(server.udp, helpdesk, &format!("sip:held{i}@contoso.com")))
+        .collect();
+    for w in &mut held {
+        assert_eq!(w.subscribe(600).status(), Some(200));
+        w.expect_notify("<basic>open</basic>", Duration::from_secs(5));
+    }
+    // A flood of new subscriptions, none of whose NOTIFYs is answered.
+    let flood = udp_on([127, 0, 0, 70]);
+    let local = flood.local_addr().unwrap();
+    flood
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let (mut accepted, mut shed, mut buf) = (0, 0, vec![0u8; 65_536]);
+    for window in 0..20 {
+        for n in 0..100 {
+            let i = window * 100 + n;
+            let bytes = format!(
+                "SUBSCRIBE {helpdesk} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-flood{i};rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:f{i}@contoso.com>;tag=f\r\nTo: <{helpdesk}>\r\n\
+                 Call-ID: flood-{i}@test.invalid\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:f@{local}>\r\n\
+                 Event: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+            );
+            flood.send_to(bytes.as_bytes(), server.udp).unwrap();
+        }
+        while let Ok(n) = flood.recv(&mut buf) {
+            let m = parse(&buf[..n]);
+            match m.status() {
+                Some(200) => accepted += 1,
+                Some(503) => {
+                    assert!(
+                        m.retry_after().ok().flatten().is_some(),
+                        "503 says when to retry"
+                    );
+                    shed += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    eprintln!("{accepted} accepted, {shed} shed");
+    // The mark is 200 transactions; a batch or two more may get in first.
+    assert!(accepted < 800, "{accepted} of 2,000 accepted");
+    assert!(
+        shed > 1_000,
+        "past the mark new work is shed: {shed} of 2,000"
+    );
+    assert_eq!(server.api_get("/api/v1/status")["overloaded"], true);
+    // What is held goes on: refreshes are taken, changes are notified.
+    for w in &mut held {
+        assert_eq!(
+            w.subscribe(600).status(),
+            Some(200),
+            "a refresh is never shed"
+        );
+    }
+    assert_eq!(set_note(&server, "through the flood"), 200);
+    every_one_hears(&mut held, "through the flood");
+    // Once the transactions drain, new work is taken again.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let mut late = Watcher::new(server.udp, helpdesk, "sip:late@contoso.com");
+            late.subscribe(600).status() == Some(200)
+        }),
+        "the node recovers"
+    );
+    assert_eq!(server.api_get("/api/v1/status")["overloaded"], false);
+}

@@ -121,6 +121,20 @@ pub struct LimitsSection {
     /// byte, and a new connection's first message within this of opening.
     #[serde(default = "default_message_timeout_secs")]
     pub message_timeout_secs: u64,
+    /// Received messages waiting for the event loop past which new work is
+    /// shed (503 with Retry-After) until the backlog is under half of it.
+    #[serde(default = "default_overload_backlog")]
+    pub overload_backlog: usize,
+    /// Live server transactions past which new work is shed.
+    #[serde(default = "default_overload_server_transactions")]
+    pub overload_server_transactions: usize,
+    /// Resident memory, in MiB, past which new work is shed; 0: no budget.
+    #[serde(default = "default_memory_budget_mib")]
+    pub memory_budget_mib: u64,
+    /// What shed requests are told to wait (Retry-After), with up to as
+    /// much again of jitter.
+    #[serde(default = "default_overload_retry_after_secs")]
+    pub overload_retry_after_secs: u64,
     /// Refusals are logged once per reason and peer per this many seconds,
     /// with a count of the rest; metrics count every one.
     #[serde(default = "default_refusal_log_interval_secs")]
@@ -147,6 +161,22 @@ fn default_max_dialog_bytes() -> usize {
 
 fn default_max_note_bytes() -> usize {
     1_024
+}
+
+fn default_overload_backlog() -> usize {
+    8_192
+}
+
+fn default_overload_server_transactions() -> usize {
+    200_000
+}
+
+fn default_memory_budget_mib() -> u64 {
+    2_048
+}
+
+fn default_overload_retry_after_secs() -> u64 {
+    5
 }
 
 fn default_reserved_connections() -> usize {
@@ -923,6 +953,9 @@ impl Config {
             || l.tls_handshake_timeout_secs == 0
             || l.message_timeout_secs == 0
             || l.refusal_log_interval_secs == 0
+            || l.overload_backlog == 0
+            || l.overload_server_transactions == 0
+            || l.overload_retry_after_secs == 0
         {
             return Err(invalid(
                 "[limits] a connection, queue or time bound is 0".into(),

@@ -10,6 +10,7 @@ mod im_session;
 pub mod import;
 mod node;
 mod outbound;
+mod overload;
 mod persistence;
 mod presence;
 pub mod status;

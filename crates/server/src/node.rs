@@ -21,7 +21,7 @@ use porchlight_transaction::{
 };
 use porchlight_transport::pki::{AltName, CertificateAuthority};
 use porchlight_transport::{
-    ClientAuth, Origin, Protocol, Received, SlotLimits, Target, TlsSettings, Transport,
+    ClientAuth, Origin, Protocol, Received, RefusalLog, SlotLimits, Target, TlsSettings, Transport,
     TransportConfig, TrustedSource,
 };
 use std::sync::atomic::Ordering;
@@ -34,6 +34,7 @@ use crate::edge::{self, partner_of, DialogSide, Direction, Edge, Parties, Route,
 use crate::health::Verdict;
 use crate::im_session::{first_text_of, ImSessions, InSession, OurSide, SessionKey};
 use crate::outbound::{dial, DialError, Dialer, Dispatch, NextHop, Parked};
+use crate::overload::{Load, Overload, OverloadLimits, Transition};
 use crate::persistence::WriteBehind;
 use crate::presence::{domain_of, modality_of, parse_own, PresenceService};
 use crate::status::{
@@ -212,6 +213,15 @@ impl Node {
             probe_counter: 0,
             verdicts_tx,
             trusted_networks,
+            overload: Overload::new(OverloadLimits {
+                max_backlog: config.limits.overload_backlog,
+                max_server_transactions: config.limits.overload_server_transactions,
+                memory_budget_bytes: config.limits.memory_budget_mib << 20,
+                retry_after: Duration::from_secs(config.limits.overload_retry_after_secs),
+            }),
+            next_load_sample: Instant::now(),
+            resident: 0,
+            refusals: RefusalLog::new(Duration::from_secs(config.limits.refusal_log_interval_secs)),
         };
         event_loop
             .trusted_networks
@@ -398,6 +408,19 @@ fn tls_settings(config: &Config) -> Result<TlsSettings, StartError> {
 /// How often idle IM sessions are looked for.
 const SESSION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How often resident memory is read for overload control.
+const LOAD_SAMPLE: Duration = Duration::from_millis(100);
+
+/// The process's resident memory in bytes, from `/proc/self/statm` (0
+/// where there is none). Pages are taken as 4 KiB, the size on the
+/// platforms the node is built for.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
 /// Most messages handled between two flushes.
 const RECEIVE_BATCH: usize = 256;
 
@@ -452,6 +475,13 @@ struct EventLoop {
     verdicts_tx: mpsc::Sender<Verdict>,
     /// What the transport asks of a new connection's address.
     trusted_networks: TrustedNetworks,
+    /// Sheds new work past the load marks.
+    overload: Overload,
+    next_load_sample: Instant,
+    /// Resident memory when last read.
+    resident: u64,
+    /// Refusals of the node's own (overload), logged once per interval.
+    refusals: RefusalLog,
 }
 
 /// The trusted networks as the transport sees them, kept in step with the
@@ -578,6 +608,7 @@ impl EventLoop {
                                 Err(_) => break,
                             }
                         }
+                        self.sample_load(received.len());
                     }
                     None => return,
                 },
@@ -636,6 +667,36 @@ impl EventLoop {
         }
     }
 
+    /// Tells the overload controller the load after each batch (memory is
+    /// read at most every [`LOAD_SAMPLE`]); a change of state is logged once.
+    fn sample_load(&mut self, backlog: usize) {
+        let now = Instant::now();
+        if now >= self.next_load_sample {
+            self.next_load_sample = now + LOAD_SAMPLE;
+            self.resident = resident_bytes();
+        }
+        let load = Load {
+            backlog,
+            server_transactions: self.layer.len().0,
+            resident_bytes: self.resident,
+        };
+        match self.overload.observe(load) {
+            Some(Transition::Shedding(load)) => tracing::warn!(
+                backlog = load.backlog,
+                server_transactions = load.server_transactions,
+                resident_mib = load.resident_bytes >> 20,
+                "overloaded: new requests get 503 with Retry-After until the load halves"
+            ),
+            Some(Transition::Recovered(shed)) => {
+                tracing::warn!(
+                    shed,
+                    "load back under half the marks: new requests taken again"
+                )
+            }
+            None => {}
+        }
+    }
+
     /// Every refusal counter: the transport's and the node's own.
     fn refused_counts(&self) -> Vec<RefusedCount> {
         let (unchecked, wrong) = self.presence.guess_counts();
@@ -643,6 +704,7 @@ impl EventLoop {
             .transport
             .refusal_totals()
             .into_iter()
+            .chain(self.refusals.totals())
             .chain([
                 ("wrong password", wrong),
                 ("password guessing: refused unchecked", unchecked),
@@ -690,6 +752,7 @@ impl EventLoop {
                     notifies_failed: stats.notifies_failed,
                     notifies_in_flight: in_flight,
                     connections: self.transport.connection_count(),
+                    overloaded: self.overload.is_shedding(),
                     server_transactions: servers,
                     client_transactions: clients,
                     proxied_in_progress: self.proxy.len(),
@@ -979,6 +1042,19 @@ impl EventLoop {
 
     fn on_request(&mut self, request: Message, origin: Origin) {
         let now = Instant::now();
+        // First and cheapest: under overload, new work is turned away
+        // before it is parsed further, decided or given a transaction.
+        if let Some(answer) = self.overload.shed(&request) {
+            self.refusals
+                .note(now, origin.source.ip(), "overloaded: new request shed", "");
+            let tag = match ServerKey::of(&request) {
+                Ok(key) => self.stateless_tag(&key),
+                Err(_) => self.next_tag(""),
+            };
+            let bytes = self.write_answer(&request, &origin, &answer, &tag);
+            self.send_detached(response_target(&request, &origin), bytes);
+            return;
+        }
         if let Some(partner) = origin.peer.as_ref().and_then(|p| p.domains.first()) {
             self.partners.count(partner, false);
         }

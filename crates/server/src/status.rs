@@ -37,6 +37,8 @@ pub struct Status {
     pub notifies_in_flight: u32,
     /// Open TCP and TLS connections.
     pub connections: usize,
+    /// Whether new work is being shed for overload now.
+    pub overloaded: bool,
     /// Live server transactions.
     pub server_transactions: usize,
     /// Live client transactions.
