@@ -80,7 +80,10 @@ pub struct NotifierConfig {
     pub min_notify_interval: Duration,
     /// NOTIFYs per second across the node during fan-out.
     pub notify_rate: u32,
-    /// NOTIFY transactions outstanding across the node.
+    /// Paced NOTIFY transactions outstanding across the node. Watchers that
+    /// have answered a NOTIFY count only against each other, so new,
+    /// restored or silent ones that never answer cannot shut them out;
+    /// the others are paced only while the whole count is below it.
     pub max_in_flight: u32,
     /// NOTIFY transactions outstanding toward one flow (one partner connection or address).
     pub max_in_flight_per_flow: u32,
@@ -159,14 +162,17 @@ pub struct NotifierStats {
 const NO_ROUTE: u32 = u32::MAX;
 
 // Record flags.
-const ALIVE: u8 = 1;
-const BENOTIFY: u8 = 2;
-const IN_FLIGHT: u8 = 4;
-const DIRTY: u8 = 8;
-const TERMINATING: u8 = 16;
-const DEFERRED: u8 = 32;
-const QUEUED: u8 = 64;
-const NOTIFIED: u8 = 128;
+const ALIVE: u16 = 1;
+const BENOTIFY: u16 = 2;
+const IN_FLIGHT: u16 = 4;
+const DIRTY: u16 = 8;
+const TERMINATING: u16 = 16;
+const DEFERRED: u16 = 32;
+const QUEUED: u16 = 64;
+const NOTIFIED: u16 = 128;
+/// The watcher has answered a NOTIFY of this dialog with 2xx: it is there,
+/// so its NOTIFYs may use the whole in-flight window.
+const ANSWERED: u16 = 256;
 
 /// What a subscription watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,7 +186,7 @@ enum Kind {
     WatcherInfo,
 }
 
-/// One subscription dialog: 72 bytes plus its packed strings.
+/// One subscription dialog: 80 bytes plus its packed strings.
 #[derive(Debug)]
 struct Record {
     dialog: DialogStrings,
@@ -202,7 +208,7 @@ struct Record {
     watcher_hash: u32,
     kind: Kind,
     format: Format,
-    flags: u8,
+    flags: u16,
     attempts: u8,
 }
 
@@ -307,6 +313,10 @@ pub struct Notifier<F> {
     tokens: f64,
     tokens_at: Instant,
     in_flight: u32,
+    /// Of `in_flight`, NOTIFYs to watchers that have not answered one yet.
+    unanswered_in_flight: u32,
+    /// Paced NOTIFYs to such watchers, waiting for the window to have room.
+    unanswered_waiting: VecDeque<SubscriptionId>,
     stats: NotifierStats,
     scratch: Vec<u32>,
     /// Records changed since the store last took them.
@@ -345,6 +355,8 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             fanouts: VecDeque::new(),
             tokens_at: now,
             in_flight: 0,
+            unanswered_in_flight: 0,
+            unanswered_waiting: VecDeque::new(),
             stats: NotifierStats::default(),
             scratch: Vec::new(),
             journal: persist::Journal::default(),
@@ -1234,8 +1246,10 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         record.flags = (record.flags & !DIRTY) | NOTIFIED;
         record.last_sent = now_tenths;
         if !benotify {
+            let answered = record.flags & ANSWERED != 0;
             record.flags |= IN_FLIGHT;
             self.in_flight += 1;
+            self.unanswered_in_flight += u32::from(!answered);
             self.flow_counter(flow_id, 1);
         }
         self.stats.notifies_sent += 1;
@@ -1281,6 +1295,12 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
                 self.blocked.entry(flow).or_default().push_back(id);
                 return None;
             }
+            if record.flags & ANSWERED == 0 && self.in_flight >= self.config.max_in_flight {
+                // Kept QUEUED while it waits, so a change does not queue it twice.
+                self.records[id.index as usize].flags |= QUEUED;
+                self.unanswered_waiting.push_back(id);
+                return None;
+            }
         }
         self.build_notify(id, now)
     }
@@ -1306,17 +1326,24 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         }
         self.refill(now);
         loop {
-            if self.tokens < 1.0 || self.in_flight >= self.config.max_in_flight {
+            if self.tokens < 1.0 || self.answered_in_flight() >= self.config.max_in_flight {
                 return None;
             }
-            let id = if let Some(id) = self.ready.pop_front() {
+            let room = self.in_flight < self.config.max_in_flight;
+            let waiting = if room {
+                self.unanswered_waiting.pop_front()
+            } else {
+                None
+            };
+            let id = if let Some(id) = waiting.or_else(|| self.ready.pop_front()) {
                 if let Some(r) = self.records.get_mut(id.index as usize) {
                     if r.generation == id.generation {
                         r.flags &= !QUEUED;
                     }
                 }
                 id
-            } else if let Some(id) = self.recovery.next(now) {
+            } else if let Some(id) = room.then(|| self.recovery.next(now)).flatten() {
+                // Restored subscriptions have not answered this process yet.
                 id
             } else {
                 let id = self.next_fanout()?;
@@ -1378,8 +1405,10 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         }
         let flow = record.flow;
         let terminating = record.flags & TERMINATING != 0;
+        let answered = record.flags & ANSWERED != 0;
         self.records[notify.id.index as usize].flags &= !IN_FLIGHT;
         self.in_flight -= 1;
+        self.unanswered_in_flight -= u32::from(!answered);
         self.flow_counter(flow, -1);
         if let Some(waiting) = self.blocked.get_mut(&flow) {
             if let Some(next) = waiting.pop_front() {
@@ -1392,6 +1421,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         let record = &mut self.records[notify.id.index as usize];
         if (200..300).contains(&code) {
             record.attempts = 0;
+            record.flags |= ANSWERED;
             // Writing the final NOTIFY clears DIRTY; still set means this
             // answer is for an earlier NOTIFY and the final one is owed.
             let final_answered = record.flags & DIRTY == 0;
@@ -1485,8 +1515,11 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         if let Some(Reverse((at, _, _))) = self.retries.peek() {
             consider(from_tenths(*at));
         }
-        let pacing_work = !self.ready.is_empty() || !self.fanouts.is_empty();
-        if pacing_work && self.in_flight < self.config.max_in_flight {
+        let room = self.in_flight < self.config.max_in_flight;
+        let pacing_work = (!self.ready.is_empty() || !self.fanouts.is_empty())
+            && self.answered_in_flight() < self.config.max_in_flight
+            || !self.unanswered_waiting.is_empty() && room;
+        if pacing_work {
             let wait = if self.tokens >= 1.0 {
                 Duration::ZERO
             } else {
@@ -1504,6 +1537,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
     pub fn has_pending(&self) -> bool {
         !self.urgent.is_empty()
             || !self.ready.is_empty()
+            || !self.unanswered_waiting.is_empty()
             || !self.fanouts.is_empty()
             || !self.recovery.is_empty()
     }
@@ -1511,6 +1545,12 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
     /// NOTIFY transactions outstanding.
     pub fn in_flight(&self) -> u32 {
         self.in_flight
+    }
+
+    /// Of those, NOTIFYs to watchers that have answered one before: the
+    /// count their own pacing is held to.
+    fn answered_in_flight(&self) -> u32 {
+        self.in_flight - self.unanswered_in_flight
     }
 
     /// Watcher URIs of an endpoint, for the admin view.
@@ -1605,6 +1645,12 @@ fn route_set(request: &Message) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_stays_small() {
+        // Millions are held per node: a field added must not grow it unseen.
+        assert_eq!(std::mem::size_of::<Record>(), 80);
+    }
 
     #[test]
     fn the_keyed_hash_is_pinned_so_tags_survive_rebuilds() {

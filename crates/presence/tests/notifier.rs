@@ -335,6 +335,52 @@ fn global_pacing_spreads_a_fan_out() {
 }
 
 #[test]
+fn watchers_that_never_answer_cannot_take_the_window_from_those_that_do() {
+    let config = NotifierConfig {
+        max_in_flight: 10,
+        min_notify_interval: Duration::ZERO,
+        retry_base: Duration::from_secs(1),
+        ..NotifierConfig::default()
+    };
+    let mut h = Harness::new(config);
+    for w in 1..=5 {
+        h.subscribe(w);
+    }
+    for (_, n) in h.drain() {
+        h.reply(&n, 200);
+    }
+    // A flood of subscriptions whose NOTIFYs nobody answers: five times the window.
+    for w in 100..150 {
+        h.subscribe(w);
+    }
+    let unanswered = h.drain();
+    assert_eq!(unanswered.len(), 50, "each is answered with its NOTIFY");
+    assert_eq!(h.notifier.in_flight(), 50);
+    h.set(Availability::BUSY);
+    let mut flows: Vec<u32> = h.drain().into_iter().map(|(flow, _)| flow).collect();
+    flows.sort_unstable();
+    assert_eq!(
+        flows,
+        [1, 2, 3, 4, 5],
+        "the watchers that answer still hear"
+    );
+    // One of the silent watchers fails once; its retry waits for room in
+    // the window the other silent ones fill.
+    h.reply(&unanswered[0].1, 503);
+    h.advance(Duration::from_millis(1100));
+    assert!(
+        h.drain().is_empty(),
+        "no room for a watcher that has not answered"
+    );
+    for (_, n) in &unanswered[1..] {
+        h.reply(n, 408);
+    }
+    let retry = h.drain();
+    assert_eq!(retry.len(), 1, "room again: the retry goes");
+    assert_eq!(retry[0].0, 100);
+}
+
+#[test]
 fn notify_failures_end_or_retry() {
     let config = NotifierConfig {
         min_notify_interval: Duration::ZERO,
