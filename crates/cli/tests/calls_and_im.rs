@@ -765,20 +765,6 @@ fn an_app_whose_connection_is_gone_gets_503_and_shows_offline_at_once() {
     assert_eq!(answer.status(), Some(480), "{}", reason(&answer));
 }
 
-/// The next message the node sends the partner's transport, within 10 s.
-async fn next_from_node(
-    rx: &mut tokio::sync::mpsc::Receiver<porchlight_transport::Received>,
-) -> (Message, porchlight_transport::Origin) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(porchlight_transport::Received::Message(m, origin))) => return (m, origin),
-            Ok(Some(_)) => continue,
-            _ => panic!("nothing arrived from the node"),
-        }
-    }
-}
-
 #[test]
 fn a_policy_change_ends_a_partners_im_session_with_bye() {
     use porchlight_sip::MessageWriter;

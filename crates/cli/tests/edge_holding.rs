@@ -464,6 +464,134 @@ fn a_stranger_cannot_tell_a_missing_endpoint_from_one_it_may_not_reach() {
     }
 }
 
+/// An endpoint federation may not reach, by its own policy.
+const INSIDE_ONLY: &str =
+    "\n[[endpoint]]\nuri = \"sip:inside@contoso.com\"\ndisplay_name = \"Inside\"\n\
+    policy = \"inside-only\"\n[policy.policies.inside-only]\nfederation = false\n";
+
+/// The RLMI line of each resource in a batched NOTIFY, its position left
+/// out, with the URI the line is for.
+fn rlmi_resources(body: &str) -> Vec<(String, String)> {
+    body.lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("<resource uri=\"")?;
+            let (uri, rest) = rest.split_once('"')?;
+            let state = rest.split(" state=").nth(1)?;
+            let state = state.split(['/', ' ']).next()?;
+            Some((uri.to_owned(), state.to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_partners_batched_list_learns_only_what_it_may_watch() {
+    let pki = Pki::new("batch-pki");
+    let server = start(
+        "batch",
+        &format!(
+            "{}{INSIDE_ONLY}",
+            pki.config(&[
+                (
+                    "allowed_domains = []",
+                    "allowed_domains = [{ domain = \"fabrikam.com\" }]",
+                ),
+                (
+                    "hide_missing_endpoints = false",
+                    "hide_missing_endpoints = true",
+                ),
+            ])
+        ),
+    );
+    // One at a time, the endpoint it may not reach and none answer alike.
+    for to in ["sip:inside@contoso.com", "sip:nobody@contoso.com"] {
+        let status = partner_request(
+            &pki,
+            &server,
+            "fabrikam.com",
+            "SUBSCRIBE",
+            "sip:alice@fabrikam.com",
+            to,
+        )
+        .await;
+        assert_eq!(status, 403, "{to}");
+    }
+    // In one batched list, too: the help desk it may watch is active; the
+    // one it may not, the missing one and another domain's all say
+    // resubscribe, with nothing else to tell them apart.
+    let names = [
+        "sip:helpdesk@contoso.com",
+        "sip:inside@contoso.com",
+        "sip:nobody@contoso.com",
+        "sip:carol@elsewhere.example",
+    ];
+    let resources: String = names
+        .iter()
+        .map(|uri| format!("<resource uri=\"{uri}\"/>"))
+        .collect();
+    let list = format!(
+        "<batchSub xmlns=\"http://schemas.microsoft.com/2006/01/sip/batch-subscribe\" uri=\"sip:alice@fabrikam.com\" name=\"\">\
+         <action name=\"subscribe\" id=\"1\"><adhocList>{resources}</adhocList>\
+         <categoryList xmlns=\"http://schemas.microsoft.com/2006/09/sip/categorylist\"><category name=\"state\"/></categoryList>\
+         </action></batchSub>"
+    );
+    let (transport, mut rx) = pki.partner("fabrikam.com").await;
+    let mut w = porchlight_sip::MessageWriter::request("SUBSCRIBE", "sip:helpdesk@contoso.com");
+    w.header("Via", "SIP/2.0/TLS edge.fabrikam.com;branch=z9hG4bK-batch1")
+        .header("Max-Forwards", "70")
+        .header("From", "<sip:alice@fabrikam.com>;tag=b1")
+        .header("To", "<sip:helpdesk@contoso.com>")
+        .header("Call-ID", "batch-1")
+        .header("CSeq", "1 SUBSCRIBE")
+        .header("Contact", "<sip:alice@edge.fabrikam.com;transport=tls>")
+        .header("Event", "presence")
+        .header("Expires", "600")
+        .header("Supported", "eventlist")
+        .header("Require", "adhoclist, categoryList")
+        .header(
+            "Accept",
+            "application/msrtc-event-categories+xml, application/rlmi+xml, multipart/related",
+        )
+        .header("Content-Type", "application/msrtc-adrl-categorylist+xml");
+    let target = porchlight_transport::Target::Address {
+        protocol: porchlight_transport::Protocol::Tls,
+        addr: server.tls,
+        domain: Some("contoso.com".into()),
+    };
+    transport
+        .send(&target, w.finish(list.as_bytes()))
+        .await
+        .unwrap();
+    let (mut answer, mut notify) = (None, None);
+    while answer.is_none() || notify.is_none() {
+        let (m, _) = next_from_node(&mut rx).await;
+        match m.method() {
+            Some("NOTIFY") => notify = Some(m),
+            None if m.status().is_some_and(|s| s >= 200) => answer = Some(m),
+            _ => {}
+        }
+    }
+    assert_eq!(answer.unwrap().status(), Some(200));
+    let notify = notify.unwrap();
+    let resources = rlmi_resources(std::str::from_utf8(notify.body()).unwrap());
+    let listed: Vec<&str> = resources.iter().map(|(uri, _)| uri.as_str()).collect();
+    assert_eq!(listed, names, "every name listed, in order");
+    let states: Vec<&str> = resources.iter().map(|(_, state)| state.as_str()).collect();
+    assert_eq!(
+        states,
+        [
+            "\"active\"",
+            "\"resubscribe\"",
+            "\"resubscribe\"",
+            "\"resubscribe\""
+        ]
+    );
+    let documents = std::str::from_utf8(notify.body())
+        .unwrap()
+        .matches("Content-Type: application/msrtc-event-categories+xml")
+        .count();
+    assert_eq!(documents, 1, "a document for the help desk alone");
+}
+
 /// What `svwar` (SIPVicious) reports scanning `server` for the names in
 /// `dictionary` with `method`.
 fn svwar(server: &Server, dictionary: &std::path::Path, method: &str) -> String {

@@ -1066,6 +1066,20 @@ impl Watcher {
     }
 }
 
+/// The next message the node sends a partner's transport, within 10 s.
+pub async fn next_from_node(
+    rx: &mut tokio::sync::mpsc::Receiver<Received>,
+) -> (Message, porchlight_transport::Origin) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Received::Message(m, origin))) => return (m, origin),
+            Ok(Some(_)) => continue,
+            _ => panic!("nothing arrived from the node"),
+        }
+    }
+}
+
 /// The final status of a new `method` request from `from` to `to`, sent by
 /// a partner edge proving `partner_domain` over mutual TLS.
 pub async fn partner_request(
@@ -1076,16 +1090,22 @@ pub async fn partner_request(
     from: &str,
     to: &str,
 ) -> u16 {
+    // Each call a new transaction and dialog, however alike the requests.
+    static SENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SENT.fetch_add(1, Ordering::Relaxed);
     let (transport, mut rx) = pki.partner(partner_domain).await;
     let mut w = MessageWriter::request(method, to);
     w.header(
         "Via",
-        format!("SIP/2.0/TLS edge.{partner_domain};branch=z9hG4bK-fed"),
+        format!("SIP/2.0/TLS edge.{partner_domain};branch=z9hG4bK-fed{n}"),
     )
     .header("Max-Forwards", "70")
     .header("From", format!("<{from}>;tag=f"))
     .header("To", format!("<{to}>"))
-    .header("Call-ID", format!("fed-{partner_domain}-{from}-{method}"))
+    .header(
+        "Call-ID",
+        format!("fed{n}-{partner_domain}-{from}-{method}"),
+    )
     .header("CSeq", format!("1 {method}"))
     .header(
         "Contact",
