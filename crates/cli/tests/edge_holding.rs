@@ -264,6 +264,44 @@ fn final_answer(socket: &UdpSocket) -> Message {
     }
 }
 
+/// Sends `windows` windows of 100 requests from `socket` (`send(i)` sends
+/// the i-th), reading each window's final answers before the next so none
+/// is lost to a full socket buffer on a busy machine: how many of each
+/// status came back. Every 503 must say when to retry.
+fn in_windows(
+    socket: &UdpSocket,
+    windows: u32,
+    mut send: impl FnMut(u32),
+) -> std::collections::BTreeMap<u16, u32> {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let (mut counts, mut buf) = (std::collections::BTreeMap::new(), vec![0u8; 65_536]);
+    for window in 0..windows {
+        for n in 0..100 {
+            send(window * 100 + n);
+        }
+        let mut answered = 0;
+        while answered < 100 {
+            let Ok(n) = socket.recv(&mut buf) else { break };
+            let m = parse(&buf[..n]);
+            // Requests (the NOTIFYs of accepted subscriptions) go unanswered.
+            let Some(status) = m.status().filter(|s| *s >= 200) else {
+                continue;
+            };
+            if status == 503 {
+                assert!(
+                    m.retry_after().ok().flatten().is_some(),
+                    "503 says when to retry"
+                );
+            }
+            *counts.entry(status).or_insert(0) += 1;
+            answered += 1;
+        }
+    }
+    counts
+}
+
 /// Registers `user` with `password` from `socket`: the status of the
 /// answer to the challenged REGISTER (or of the first, if not challenged).
 fn register_with(
@@ -312,33 +350,13 @@ fn password_guessing_is_slowed_per_source_and_per_endpoint() {
     register(&guesser, server.udp, "queue", 1, "");
     let challenge = final_answer(&guesser);
     let wrong = answer_challenge(&challenge, "queue", "guess", "REGISTER", "sip:contoso.com");
-    // Sent in windows of 100, each answered before the next, so nothing
-    // is lost to a full socket buffer on a busy machine.
-    guesser
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    let (mut real_tries, mut refused, mut buf) = (0, 0, vec![0u8; 65_536]);
     let started = Instant::now();
-    for window in 0..200 {
-        for n in 0..100 {
-            register(&guesser, server.udp, "queue", 10 + window * 100 + n, &wrong);
-        }
-        for _ in 0..100 {
-            let Ok(n) = guesser.recv(&mut buf) else { break };
-            let m = parse(&buf[..n]);
-            match m.status() {
-                Some(401) => real_tries += 1,
-                Some(503) => {
-                    assert!(
-                        m.retry_after().ok().flatten().is_some(),
-                        "503 says when to retry"
-                    );
-                    refused += 1
-                }
-                other => panic!("unexpected answer {other:?}"),
-            }
-        }
-    }
+    let mut answers = in_windows(&guesser, 200, |i| {
+        register(&guesser, server.udp, "queue", 10 + i, &wrong)
+    });
+    let real_tries = answers.remove(&401).unwrap_or(0);
+    let refused = answers.remove(&503).unwrap_or(0);
+    assert!(answers.is_empty(), "only 401 and 503: {answers:?}");
     eprintln!(
         "{real_tries} checked, {refused} refused in {:?}",
         started.elapsed()
@@ -534,33 +552,21 @@ async fn a_partners_batched_list_learns_only_what_it_may_watch() {
          <categoryList xmlns=\"http://schemas.microsoft.com/2006/09/sip/categorylist\"><category name=\"state\"/></categoryList>\
          </action></batchSub>"
     );
-    let (transport, mut rx) = pki.partner("fabrikam.com").await;
-    let mut w = porchlight_sip::MessageWriter::request("SUBSCRIBE", "sip:helpdesk@contoso.com");
-    w.header("Via", "SIP/2.0/TLS edge.fabrikam.com;branch=z9hG4bK-batch1")
-        .header("Max-Forwards", "70")
-        .header("From", "<sip:alice@fabrikam.com>;tag=b1")
-        .header("To", "<sip:helpdesk@contoso.com>")
-        .header("Call-ID", "batch-1")
-        .header("CSeq", "1 SUBSCRIBE")
-        .header("Contact", "<sip:alice@edge.fabrikam.com;transport=tls>")
-        .header("Event", "presence")
-        .header("Expires", "600")
-        .header("Supported", "eventlist")
+    let mut w = partner_writer(
+        "fabrikam.com",
+        "SUBSCRIBE",
+        "sip:alice@fabrikam.com",
+        "sip:helpdesk@contoso.com",
+    );
+    w.header("Supported", "eventlist")
         .header("Require", "adhoclist, categoryList")
         .header(
             "Accept",
             "application/msrtc-event-categories+xml, application/rlmi+xml, multipart/related",
         )
         .header("Content-Type", "application/msrtc-adrl-categorylist+xml");
-    let target = porchlight_transport::Target::Address {
-        protocol: porchlight_transport::Protocol::Tls,
-        addr: server.tls,
-        domain: Some("contoso.com".into()),
-    };
-    transport
-        .send(&target, w.finish(list.as_bytes()))
-        .await
-        .unwrap();
+    let (_connection, mut rx) =
+        partner_send(&pki, &server, "fabrikam.com", w.finish(list.as_bytes())).await;
     let (mut answer, mut notify) = (None, None);
     while answer.is_none() || notify.is_none() {
         let (m, _) = next_from_node(&mut rx).await;
@@ -784,36 +790,21 @@ fn overload_sheds_new_work_and_keeps_what_is_held() {
     // A flood of new subscriptions, none of whose NOTIFYs is answered.
     let flood = udp_on([127, 0, 0, 70]);
     let local = flood.local_addr().unwrap();
-    flood
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let (mut accepted, mut shed, mut buf) = (0, 0, vec![0u8; 65_536]);
-    for window in 0..20 {
-        for n in 0..100 {
-            let i = window * 100 + n;
-            let bytes = format!(
+    let answers = in_windows(&flood, 20, |i| {
+        let bytes = format!(
                 "SUBSCRIBE {helpdesk} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-flood{i};rport\r\n\
                  Max-Forwards: 70\r\nFrom: <sip:f{i}@contoso.com>;tag=f\r\nTo: <{helpdesk}>\r\n\
                  Call-ID: flood-{i}@test.invalid\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:f@{local}>\r\n\
                  Event: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
             );
-            flood.send_to(bytes.as_bytes(), server.udp).unwrap();
-        }
-        while let Ok(n) = flood.recv(&mut buf) {
-            let m = parse(&buf[..n]);
-            match m.status() {
-                Some(200) => accepted += 1,
-                Some(503) => {
-                    assert!(
-                        m.retry_after().ok().flatten().is_some(),
-                        "503 says when to retry"
-                    );
-                    shed += 1;
-                }
-                _ => {}
-            }
-        }
-    }
+        flood.send_to(bytes.as_bytes(), server.udp).unwrap();
+    });
+    let accepted = answers.get(&200).copied().unwrap_or(0);
+    let shed = answers.get(&503).copied().unwrap_or(0);
+    assert!(
+        answers.keys().all(|s| [200, 503].contains(s)),
+        "taken or shed, nothing else: {answers:?}"
+    );
     eprintln!("{accepted} accepted, {shed} shed");
     // The mark is 200 transactions; a batch or two more may get in first.
     assert!(accepted < 800, "{accepted} of 2,000 accepted");

@@ -1080,20 +1080,12 @@ pub async fn next_from_node(
     }
 }
 
-/// The final status of a new `method` request from `from` to `to`, sent by
-/// a partner edge proving `partner_domain` over mutual TLS.
-pub async fn partner_request(
-    pki: &Pki,
-    server: &Server,
-    partner_domain: &str,
-    method: &str,
-    from: &str,
-    to: &str,
-) -> u16 {
+/// A new `method` request from `from` to `to` as a partner edge of
+/// `partner_domain` writes it, for the caller to add to and finish.
+pub fn partner_writer(partner_domain: &str, method: &str, from: &str, to: &str) -> MessageWriter {
     // Each call a new transaction and dialog, however alike the requests.
     static SENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = SENT.fetch_add(1, Ordering::Relaxed);
-    let (transport, mut rx) = pki.partner(partner_domain).await;
     let mut w = MessageWriter::request(method, to);
     w.header(
         "Via",
@@ -1114,21 +1106,43 @@ pub async fn partner_request(
     if method == "SUBSCRIBE" {
         w.header("Event", "presence").header("Expires", "600");
     }
+    w
+}
+
+/// Sends `request` to `server` over a new mutual-TLS connection proving
+/// `partner_domain`: the connection, kept for what the node sends back.
+pub async fn partner_send(
+    pki: &Pki,
+    server: &Server,
+    partner_domain: &str,
+    request: Bytes,
+) -> (Transport, tokio::sync::mpsc::Receiver<Received>) {
+    let (transport, rx) = pki.partner(partner_domain).await;
     let target = Target::Address {
         protocol: Protocol::Tls,
         addr: server.tls,
         domain: Some("contoso.com".into()),
     };
-    transport.send(&target, w.finish(b"")).await.unwrap();
+    transport.send(&target, request).await.unwrap();
+    (transport, rx)
+}
+
+/// The final status of a new `method` request from `from` to `to`, sent by
+/// a partner edge proving `partner_domain` over mutual TLS.
+pub async fn partner_request(
+    pki: &Pki,
+    server: &Server,
+    partner_domain: &str,
+    method: &str,
+    from: &str,
+    to: &str,
+) -> u16 {
+    let request = partner_writer(partner_domain, method, from, to).finish(b"");
+    let (_connection, mut rx) = partner_send(pki, server, partner_domain, request).await;
     loop {
-        let received = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("an answer")
-            .unwrap();
-        if let Received::Message(m, _) = received {
-            if let Some(status) = m.status().filter(|s| *s >= 200) {
-                return status;
-            }
+        let (m, _) = next_from_node(&mut rx).await;
+        if let Some(status) = m.status().filter(|s| *s >= 200) {
+            return status;
         }
     }
 }
