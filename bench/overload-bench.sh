@@ -5,6 +5,8 @@
 # with 100 watchers held through it, and an admin change 15 s in: the
 # share answered 503, the server's peak RSS against its memory budget, and
 # the delay of the change's NOTIFY to the held watchers.
+# Then the same flood from an address outside the trusted networks, all
+# refused by policy: the share refused, memory and log growth.
 # Porchlight runs with one runtime thread, as in presence-bench.sh.
 # Loopback only; every loop is bounded in count and time.
 # Usage: bench/overload-bench.sh [rates...]  (default: 5000 10000 20000)
@@ -31,13 +33,15 @@ target/release/porchlight config defaults | sed \
   -e 's|^worker_threads = .*|worker_threads = 1|' \
   -e 's|^min_notify_interval_ms = .*|min_notify_interval_ms = 0|' \
   -e "s|^memory_budget_mib = [0-9]*|memory_budget_mib = $budget|" \
-  -e 's|^path = "porchlight-data".*|path = ""|' > "$config"
+  -e 's|^path = "porchlight-data".*|path = ""|' \
+  -e 's|^trusted_networks = .*|trusted_networks = ["127.0.0.1/32"]|' > "$config"
 
 server=""
 stop() { if [ -n "$server" ]; then kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; server=""; fi; }
 trap stop EXIT
+# start [log level]: warn unless told, so logging does not load the steps.
 start() {
-  (cd "$out" && RUST_LOG=warn exec ../../target/release/porchlight serve --config overload-bench.toml) \
+  (cd "$out" && RUST_LOG=${1:-warn} exec ../../target/release/porchlight serve --config overload-bench.toml) \
     >"$out/overload-porchlight.log" 2>&1 &
   server=$!; sleep 1
 }
@@ -58,9 +62,18 @@ for rate in "${rates[@]}"; do
 done
 [ "$sustainable" -gt 0 ] || { echo "no step was sustained" >&2; exit 1; }
 flood_rate=$((sustainable * 5))
+log_growth() {
+  echo "log: $(wc -l < "$out/overload-porchlight.log") lines, $(du -k "$out/overload-porchlight.log" | cut -f1) KiB"
+}
 echo "## flood: ${flood_rate}/s (5 x ${sustainable}) for ${flood_secs} s, 100 held watchers, admin change at 15 s"
 start
 flood --rate "$flood_rate" --secs "$flood_secs" --change-after-secs 15
 grep -E "overloaded|load back" "$out/overload-porchlight.log" | head -4 || true
-echo "log: $(wc -l < "$out/overload-porchlight.log") lines, $(du -k "$out/overload-porchlight.log" | cut -f1) KiB"
+log_growth
+stop
+echo "## outside flood: ${flood_rate}/s for ${flood_secs} s from 127.0.0.99 (not trusted), 100 held watchers, log at info"
+start info
+flood --rate "$flood_rate" --secs "$flood_secs" --change-after-secs 15 --flood-from 127.0.0.99
+grep -E "refused" "$out/overload-porchlight.log" | head -4 || true
+log_growth
 stop

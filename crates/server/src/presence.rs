@@ -581,13 +581,14 @@ impl PresenceService {
             .as_deref()
             .map(|p| p.domains.join(","))
             .unwrap_or_default();
+        // Fails closed: only a class whose edge vouches for its users says yes.
         let verified = match outcome
             .class
             .as_ref()
             .map(|c| self.policy.verification(c, &from_domain))
         {
-            Some(Verification::Unverified) => "no",
-            _ => "yes",
+            Some(Verification::Verified) => "yes",
+            _ => "no",
         };
         Ok(format!("peer=\"{peer}\";verified={verified};class={class}"))
     }

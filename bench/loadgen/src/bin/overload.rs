@@ -47,6 +47,11 @@ struct Args {
     /// The server's process id, for its peak resident memory.
     #[arg(long)]
     pid: Option<u32>,
+    /// The loopback address the flood comes from (the held watchers stay
+    /// on 127.0.0.1): one outside the trusted networks makes it a
+    /// stranger's flood, refused by policy.
+    #[arg(long, default_value = "127.0.0.1")]
+    flood_from: std::net::Ipv4Addr,
 }
 
 fn parse(bytes: &[u8]) -> Option<Message> {
@@ -192,7 +197,7 @@ fn main() -> anyhow::Result<()> {
         .map(|_| -> anyhow::Result<UdpSocket> {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
             s.set_recv_buffer_size(16 << 20)?;
-            s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+            s.bind(&SocketAddr::from((args.flood_from, 0)).into())?;
             let s: UdpSocket = s.into();
             s.set_read_timeout(Some(Duration::from_millis(100)))?;
             Ok(s)
@@ -276,9 +281,10 @@ fn main() -> anyhow::Result<()> {
     );
     if args.pid.is_some() {
         println!(
-            "server RSS: {} MiB before, peak {} MiB",
+            "server RSS: {} MiB before, peak {} MiB, {} MiB 5 s after",
             rss_before / 1024,
-            peak.load(Ordering::Relaxed) / 1024
+            peak.load(Ordering::Relaxed) / 1024,
+            args.pid.map_or(0, rss_kib) / 1024
         );
     }
     if let Some(at) = changed_at {
