@@ -217,6 +217,62 @@ async fn anonymous_floods_cannot_keep_a_partner_out() {
     drop(flood);
 }
 
+#[test]
+fn one_flooding_source_is_dropped_alone() {
+    let server = start("pike", &config(&[UNTRUSTED_LOOPBACK], ""));
+    // 2,000 OPTIONS in about 2 s from one stranger: its burst (400) and
+    // its rate (100/s) are answered, the rest dropped unanswered.
+    let flooder = udp_on([127, 0, 0, 80]);
+    let started = Instant::now();
+    for n in 0..2_000u32 {
+        flooder
+            .send_to(&request("OPTIONS", "sip:contoso.com", ""), server.udp)
+            .unwrap();
+        if n % 10 == 9 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    flooder
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let (mut answered, mut last, mut buf) = (0u64, Duration::ZERO, vec![0u8; 65_536]);
+    while let Ok(n) = flooder.recv(&mut buf) {
+        assert_eq!(parse(&buf[..n]).status(), Some(200), "answered or dropped");
+        answered += 1;
+        last = started.elapsed();
+    }
+    // Whatever the node answered, it had decided by the last answer's arrival.
+    let allowed = 401 + (100.0 * last.as_secs_f64()).ceil() as u64;
+    eprintln!("{answered} of 2,000 answered, the last at {last:?}");
+    assert!(
+        (400..=allowed).contains(&answered),
+        "{answered} answered; its burst and rate allow {allowed}"
+    );
+    // Another stranger is answered at once.
+    let other = udp_on([127, 0, 0, 81]);
+    other
+        .send_to(&request("OPTIONS", "sip:contoso.com", ""), server.udp)
+        .unwrap();
+    assert_eq!(final_answer(&other).status(), Some(200));
+    // Every dropped one is counted; the log says so once per interval.
+    let dropped = || {
+        server.api_get("/api/v1/status")["refused"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["reason"] == "source rate: request dropped")
+            .map_or(0, |r| r["count"].as_u64().unwrap())
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || dropped() == 2_000 - answered),
+        "{} counted dropped, {} not answered",
+        dropped(),
+        2_000 - answered
+    );
+    assert!(log_lines(&server, "source rate: request dropped") <= 2);
+    still_answers(&server);
+}
+
 /// Endpoints for the enumeration and guessing tests: one whose app
 /// registers with a password, one with nothing to prove itself by.
 const APPS: &str = "\n[[endpoint]]\nuri = \"sip:queue@contoso.com\"\ndisplay_name = \"Queue\"\n\
@@ -337,6 +393,9 @@ fn password_guessing_is_slowed_per_source_and_per_endpoint() {
             &[
                 UNTRUSTED_LOOPBACK,
                 ("lockout_secs = 60", "lockout_secs = 10"),
+                // Every guess reaches the guard: the rate per source would
+                // drop most of them unanswered before any is checked.
+                ("source_request_rate = 100", "source_request_rate = 0"),
             ],
             APPS,
         ),

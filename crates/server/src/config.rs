@@ -135,6 +135,17 @@ pub struct LimitsSection {
     /// much again of jitter.
     #[serde(default = "default_overload_retry_after_secs")]
     pub overload_retry_after_secs: u64,
+    /// Requests per second one anonymous source (an address, or an IPv6
+    /// /64; neither a certified peer nor the trusted networks) may send;
+    /// past it they are dropped unanswered. 0: no limit.
+    #[serde(default = "default_source_request_rate")]
+    pub source_request_rate: u32,
+    /// Requests such a source may send at once before the rate applies.
+    #[serde(default = "default_source_request_burst")]
+    pub source_request_burst: u32,
+    /// Anonymous sources whose rate is tracked at once.
+    #[serde(default = "default_max_rate_sources")]
+    pub max_rate_sources: usize,
     /// Refusals are logged once per reason and peer per this many seconds,
     /// with a count of the rest; metrics count every one.
     #[serde(default = "default_refusal_log_interval_secs")]
@@ -177,6 +188,18 @@ fn default_memory_budget_mib() -> u64 {
 
 fn default_overload_retry_after_secs() -> u64 {
     5
+}
+
+fn default_source_request_rate() -> u32 {
+    100
+}
+
+fn default_source_request_burst() -> u32 {
+    400
+}
+
+fn default_max_rate_sources() -> usize {
+    100_000
 }
 
 fn default_reserved_connections() -> usize {
@@ -962,6 +985,17 @@ impl Config {
                 "use a positive number",
             ));
         }
+        if l.source_request_rate > 0 && (l.source_request_burst == 0 || l.max_rate_sources == 0) {
+            return Err(invalid(
+                format!(
+                    "[limits] source_request_rate = {} with source_request_burst = {} and \
+                     max_rate_sources = {}: no source could send anything",
+                    l.source_request_rate, l.source_request_burst, l.max_rate_sources
+                ),
+                "use source_request_burst = 400 and max_rate_sources = 100000, \
+                 or source_request_rate = 0 for no limit",
+            ));
+        }
         if l.reserved_connections >= l.max_connections {
             return Err(invalid(
                 format!(
@@ -1274,6 +1308,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("t2_ms at least t1_ms"), "{err}");
+        let text = DEFAULT_CONFIG.replace("source_request_burst = 400", "source_request_burst = 0");
+        let err = Config::parse(&text, "edge.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no source could send anything"), "{err}");
+        assert!(
+            err.contains("source_request_rate = 0 for no limit"),
+            "{err}"
+        );
     }
 
     #[test]

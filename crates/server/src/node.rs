@@ -21,8 +21,8 @@ use porchlight_transaction::{
 };
 use porchlight_transport::pki::{AltName, CertificateAuthority};
 use porchlight_transport::{
-    ClientAuth, Origin, Protocol, Received, RefusalLog, SlotLimits, Target, TlsSettings, Transport,
-    TransportConfig, TrustedSource,
+    ClientAuth, Origin, Protocol, Received, RefusalLog, SlotLimits, SourceRateLimits, SourceRates,
+    Target, TlsSettings, Transport, TransportConfig, TrustedSource,
 };
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
@@ -222,6 +222,11 @@ impl Node {
             next_load_sample: Instant::now(),
             resident: 0,
             refusals: RefusalLog::new(Duration::from_secs(config.limits.refusal_log_interval_secs)),
+            source_rates: SourceRates::new(SourceRateLimits {
+                per_sec: config.limits.source_request_rate,
+                burst: config.limits.source_request_burst,
+                max_sources: config.limits.max_rate_sources,
+            }),
         };
         event_loop
             .trusted_networks
@@ -480,8 +485,10 @@ struct EventLoop {
     next_load_sample: Instant,
     /// Resident memory when last read.
     resident: u64,
-    /// Refusals of the node's own (overload), logged once per interval.
+    /// Refusals of the node's own (overload, source rate), logged once per interval.
     refusals: RefusalLog,
+    /// Requests per anonymous source, so one flooder is dropped alone.
+    source_rates: SourceRates,
 }
 
 /// The trusted networks as the transport sees them, kept in step with the
@@ -1042,8 +1049,17 @@ impl EventLoop {
 
     fn on_request(&mut self, request: Message, origin: Origin) {
         let now = Instant::now();
-        // First and cheapest: under overload, new work is turned away
-        // before it is parsed further, decided or given a transaction.
+        // First and cheapest: an anonymous source past its rate is not
+        // answered at all; under overload, new work is turned away before
+        // it is parsed further, decided or given a transaction.
+        if origin.peer.is_none()
+            && !self.presence.speaks_for_inside(&origin)
+            && !self.source_rates.admit(origin.source.ip(), now)
+        {
+            self.refusals
+                .note(now, origin.source.ip(), "source rate: request dropped", "");
+            return;
+        }
         if let Some(answer) = self.overload.shed(&request) {
             self.refusals
                 .note(now, origin.source.ip(), "overloaded: new request shed", "");

@@ -13,6 +13,7 @@
 pub mod framer;
 mod identity;
 pub mod pki;
+mod rates;
 mod refusals;
 mod slots;
 mod stream;
@@ -30,6 +31,7 @@ use porchlight_sip::{Limits, Message, ParseError};
 use tokio::sync::{mpsc, Notify};
 
 pub use identity::{identity_from_certificate, IdentityError, IdentitySource, PeerIdentity};
+pub use rates::{SourceRateLimits, SourceRates};
 pub use refusals::RefusalLog;
 pub use slots::{Refusal, SlotLimits};
 pub use tls::{ClientAuth, TlsError, TlsSettings};
