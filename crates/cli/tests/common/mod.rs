@@ -1040,6 +1040,17 @@ impl Watcher {
         heard
     }
 
+    /// Answers whatever the node has sent and keeps its NOTIFYs for
+    /// [`expect_notify`](Self::expect_notify), as a watcher that stays
+    /// up does (a retransmitted NOTIFY is answered again).
+    pub fn answer_pending(&mut self) {
+        while let Some(m) = receive_answering(&self.socket) {
+            if m.method() == Some("NOTIFY") {
+                self.notifies.push_back(m);
+            }
+        }
+    }
+
     /// The next NOTIFY whose body or headers contain `needle`, skipping
     /// earlier ones (a change may be preceded by the state before it).
     pub fn expect_notify(&mut self, needle: &str, within: Duration) -> Message {
