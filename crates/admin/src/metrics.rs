@@ -132,6 +132,12 @@ pub fn render(status: &Status) -> String {
         "Messages waiting for a destination to be found (queue depth).",
         &status.parked,
     );
+    single(
+        "porchlight_backlogged_messages",
+        "gauge",
+        "Messages held for connections whose queue is full (peers reading slower than the node writes).",
+        &status.backlogged,
+    );
 
     if let Some(store) = &status.store {
         single(

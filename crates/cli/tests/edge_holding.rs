@@ -895,3 +895,197 @@ fn overload_sheds_new_work_and_keeps_what_is_held() {
     );
     assert_eq!(server.api_get("/api/v1/status")["overloaded"], false);
 }
+
+/// A TCP listener whose accept queue is full, so a connect to it is never
+/// answered (its SYNs are dropped) until the caller gives up: a next hop
+/// that is black-holed, on loopback.
+fn black_hole() -> (socket2::Socket, TcpStream, SocketAddr) {
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let filler = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    let hangs = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+    assert_eq!(
+        hangs.map(|_| ()).unwrap_err().kind(),
+        ErrorKind::TimedOut,
+        "a connect to the black hole hangs"
+    );
+    (listener, filler, addr)
+}
+
+/// Watchers of the help desk in groups, each group one UDP socket read by
+/// a thread of its own, so a fan-out's NOTIFYs are taken as fast as they
+/// come.
+struct Crowd {
+    groups: Vec<UdpSocket>,
+    per_group: usize,
+}
+
+impl Crowd {
+    fn subscribe(server: SocketAddr, groups: usize, per_group: usize) -> Crowd {
+        let groups: Vec<UdpSocket> = (0..groups)
+            .map(|_| {
+                let socket = udp_on([127, 0, 0, 1]);
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                socket
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for (g, socket) in groups.iter().enumerate() {
+                scope.spawn(move || {
+                    let local = socket.local_addr().unwrap();
+                    for i in 0..per_group {
+                        let request = format!(
+                            "SUBSCRIBE sip:helpdesk@contoso.com SIP/2.0\r\n\
+                             Via: SIP/2.0/UDP {local};branch=z9hG4bKcrowd{g}x{i};rport\r\n\
+                             Max-Forwards: 70\r\nFrom: <sip:c{g}x{i}@contoso.com>;tag=c{i}\r\n\
+                             To: <sip:helpdesk@contoso.com>\r\nCall-ID: crowd-{g}-{i}\r\n\
+                             CSeq: 1 SUBSCRIBE\r\nContact: <sip:c{i}@{local}>\r\nEvent: presence\r\n\
+                             Accept: application/pidf+xml\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+                        );
+                        socket.send_to(request.as_bytes(), server).unwrap();
+                    }
+                    let (mut accepted, mut notified) = (0, 0);
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while (accepted < per_group || notified < per_group) && Instant::now() < deadline
+                    {
+                        match receive_answering(socket) {
+                            Some(m) if m.status() == Some(200) => accepted += 1,
+                            Some(m) if m.method() == Some("NOTIFY") => notified += 1,
+                            _ => {}
+                        }
+                    }
+                    assert_eq!(
+                        (accepted, notified),
+                        (per_group, per_group),
+                        "every watcher of group {g} is accepted and notified"
+                    );
+                });
+            }
+        });
+        Crowd { groups, per_group }
+    }
+
+    /// How long until every watcher has heard a NOTIFY carrying `needle`,
+    /// counted from `since`.
+    fn all_hear(&self, needle: &str, since: Instant) -> Duration {
+        let last = std::thread::scope(|scope| {
+            let readers: Vec<_> = self
+                .groups
+                .iter()
+                .map(|socket| {
+                    scope.spawn(move || {
+                        let mut heard = std::collections::HashSet::new();
+                        let deadline = Instant::now() + Duration::from_secs(30);
+                        while heard.len() < self.per_group && Instant::now() < deadline {
+                            let Some(m) = receive_answering(socket) else {
+                                continue;
+                            };
+                            let text = String::from_utf8_lossy(m.as_bytes().as_ref()).into_owned();
+                            if m.method() == Some("NOTIFY") && text.contains(needle) {
+                                heard.insert(m.call_id().unwrap_or_default().to_owned());
+                            }
+                        }
+                        assert_eq!(heard.len(), self.per_group, "every watcher hears {needle}");
+                        Instant::now()
+                    })
+                })
+                .collect();
+            readers
+                .into_iter()
+                .map(|r| r.join().unwrap())
+                .max()
+                .unwrap()
+        });
+        last - since
+    }
+}
+
+/// What the node reports waiting for a destination to be dialled.
+fn parked(server: &Server) -> u64 {
+    server.api_get("/api/v1/status")["parked"].as_u64().unwrap()
+}
+
+#[test]
+fn a_black_holed_next_hop_does_not_delay_anyone_elses_notifications() {
+    let (_listener, _filler, hole) = black_hole();
+    let pki = Pki::new("black-hole-pki");
+    let text = pki
+        .config(&[
+            (
+                "allowed_domains = []",
+                "allowed_domains = [{ domain = \"fabrikam.com\" }]",
+            ),
+            (
+                "internal_next_hop = \"\"",
+                &format!("internal_next_hop = \"sip:{hole};transport=tcp\""),
+            ),
+            (
+                "min_notify_interval_ms = 5000",
+                "min_notify_interval_ms = 0",
+            ),
+        ])
+        // The watchers are the inside; the partner proves itself anyway.
+        .replace(
+            "trusted_networks = []",
+            "trusted_networks = [\"127.0.0.0/8\"]",
+        );
+    let server = start("black-hole", &text);
+    let crowd = Crowd::subscribe(server.udp, 20, 50);
+    // The fan-out to 1,000 watchers with every next hop answering.
+    let set = Instant::now();
+    assert_eq!(set_note(&server, "before"), 200);
+    let before = crowd.all_hear("before", set);
+
+    // A partner's MESSAGE for a user of ours that no endpoint serves goes
+    // to the internal next hop, whose connect hangs.
+    let caller = std::thread::scope(|scope| {
+        let caller = scope.spawn(|| {
+            let sent = Instant::now();
+            let status = tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(partner_request(
+                    &pki,
+                    &server,
+                    "fabrikam.com",
+                    "MESSAGE",
+                    "sip:alice@fabrikam.com",
+                    "sip:nobody@contoso.com",
+                ));
+            (status, sent.elapsed())
+        });
+        assert!(
+            eventually(Duration::from_secs(5), || parked(&server) == 1),
+            "the MESSAGE waits for its connect: {}",
+            server.api_get("/api/v1/status")
+        );
+        let set = Instant::now();
+        assert_eq!(set_note(&server, "during"), 200);
+        let during = crowd.all_hear("during", set);
+        assert_eq!(parked(&server), 1, "the connect was pending all along");
+        eprintln!(
+            "fan-out to 1,000 watchers: {before:?} before, {during:?} with a connect hanging"
+        );
+        // Before this bound, the event loop waited out the connect (the
+        // 5 s handshake timeout) and every NOTIFY with it.
+        assert!(
+            during < before * 3 + Duration::from_millis(250),
+            "the fan-out took {during:?} with a connect hanging, {before:?} without"
+        );
+        caller.join().unwrap()
+    });
+    // The connect gives up at its timeout and the partner hears so.
+    let (status, waited) = caller;
+    assert_eq!(status, 503, "the unreachable next hop is a 503");
+    assert!(
+        waited < Duration::from_secs(15),
+        "answered within the handshake timeout: {waited:?}"
+    );
+    assert!(eventually(Duration::from_secs(5), || parked(&server) == 0));
+}

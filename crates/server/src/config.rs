@@ -160,6 +160,9 @@ pub struct LimitsSection {
     /// dialled; beyond it they fail at once (503 upstream).
     #[serde(default = "default_max_parked")]
     pub max_parked_per_destination: usize,
+    /// Messages held for one connection whose queue is full, so the event
+    /// loop never waits for a peer to read; past it they fail.
+    pub connection_backlog: usize,
     /// IM sessions the node holds for webhook apps at once; beyond it an
     /// IM INVITE gets 486.
     #[serde(default = "default_max_im_sessions")]
@@ -973,6 +976,7 @@ impl Config {
             || l.max_connections_per_source == 0
             || l.receive_queue_depth == 0
             || l.connection_queue_depth == 0
+            || l.connection_backlog == 0
             || l.tls_handshake_timeout_secs == 0
             || l.message_timeout_secs == 0
             || l.refusal_log_interval_secs == 0

@@ -21,8 +21,9 @@ use porchlight_transaction::{
 };
 use porchlight_transport::pki::{AltName, CertificateAuthority};
 use porchlight_transport::{
-    ClientAuth, Origin, Protocol, Received, RefusalLog, SlotLimits, SourceRateLimits, SourceRates,
-    Target, TlsSettings, Transport, TransportConfig, TrustedSource,
+    ClientAuth, ConnectionId, Offered, Origin, Protocol, Received, RefusalLog, SendError,
+    SlotLimits, SourceRateLimits, SourceRates, Target, TlsSettings, Transport, TransportConfig,
+    TrustedSource,
 };
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
@@ -33,7 +34,7 @@ use crate::delivery::Delivery;
 use crate::edge::{self, partner_of, DialogSide, Direction, Edge, Parties, Route, NO_PARTNER};
 use crate::health::Verdict;
 use crate::im_session::{first_text_of, ImSessions, InSession, OurSide, SessionKey};
-use crate::outbound::{dial, DialError, Dialer, Dispatch, NextHop, Parked};
+use crate::outbound::{dial, Backlogs, DialError, Dialer, Dispatch, Held, NextHop, Parked};
 use crate::overload::{Load, Overload, OverloadLimits, Transition};
 use crate::persistence::WriteBehind;
 use crate::presence::{domain_of, modality_of, parse_own, PresenceService};
@@ -175,6 +176,7 @@ impl Node {
         let resolver = Arc::new(config.resolver().map_err(StartError::Resolver)?);
         let (queries_tx, queries) = mpsc::channel(16);
         let (dials_tx, dials) = mpsc::channel(64);
+        let (writable_tx, writable) = mpsc::channel(64);
         let (webhooks_tx, webhooks_done) = mpsc::channel(256);
         let record_route_host = &config.edge.record_route_host;
         let mut event_loop = EventLoop {
@@ -196,6 +198,8 @@ impl Node {
             dialer: Dialer::new(config.limits.max_parked_per_destination),
             resolver,
             dials_tx,
+            backlogs: Backlogs::new(config.limits.connection_backlog),
+            writable_tx,
             started: Instant::now(),
             partners: PartnerCounts::default(),
             dials_succeeded: 0,
@@ -233,14 +237,15 @@ impl Node {
             .set(event_loop.presence.policy());
         event_loop.set_probes(probes);
         let flush_interval = config.store.flush_interval();
-        let task = tokio::spawn(event_loop.run(
+        let inbox = Inbox {
             received,
             verdicts,
             dials,
+            writable,
             queries,
             webhooks_done,
-            flush_interval,
-        ));
+        };
+        let task = tokio::spawn(event_loop.run(inbox, flush_interval));
         for (protocol, addr) in transport.local_addrs() {
             tracing::info!("listening on {} {addr}", protocol.via_token());
         }
@@ -451,6 +456,10 @@ struct EventLoop {
     dialer: Dialer,
     resolver: Arc<Resolver>,
     dials_tx: mpsc::Sender<Dialed>,
+    /// Messages for connections whose queue is full, in order.
+    backlogs: Backlogs,
+    /// Where a task reports that a backlogged connection takes more.
+    writable_tx: mpsc::Sender<ConnectionId>,
     started: Instant,
     /// Requests exchanged with each partner.
     partners: PartnerCounts,
@@ -573,16 +582,27 @@ struct Branch {
     registration: Option<(usize, String)>,
 }
 
+/// Everything that reports to the event loop: the network, the tasks it
+/// started and the admin side.
+struct Inbox {
+    received: mpsc::Receiver<Received>,
+    verdicts: mpsc::Receiver<Verdict>,
+    dials: mpsc::Receiver<Dialed>,
+    writable: mpsc::Receiver<ConnectionId>,
+    queries: mpsc::Receiver<Query>,
+    webhooks_done: mpsc::Receiver<WebhookDone>,
+}
+
 impl EventLoop {
-    async fn run(
-        mut self,
-        mut received: mpsc::Receiver<Received>,
-        mut verdicts: mpsc::Receiver<Verdict>,
-        mut dials: mpsc::Receiver<Dialed>,
-        mut queries: mpsc::Receiver<Query>,
-        mut webhooks_done: mpsc::Receiver<WebhookDone>,
-        flush_interval: std::time::Duration,
-    ) {
+    async fn run(mut self, inbox: Inbox, flush_interval: std::time::Duration) {
+        let Inbox {
+            mut received,
+            mut verdicts,
+            mut dials,
+            mut writable,
+            mut queries,
+            mut webhooks_done,
+        } = inbox;
         let mut flush_tick = tokio::time::interval(flush_interval);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -624,7 +644,8 @@ impl EventLoop {
                         self.presence.on_health(endpoint, healthy);
                     }
                 }
-                Some((hop, result)) = dials.recv() => self.on_dialed(hop, result).await,
+                Some((hop, result)) = dials.recv() => self.on_dialed(hop, result),
+                Some(id) = writable.recv() => self.on_writable(id),
                 Some(query) = queries.recv() => self.answer_query(query),
                 Some((id, outcome)) = webhooks_done.recv() => self.on_posted(id, outcome),
                 _ = flush_tick.tick(), if self.write_behind.is_some() => {
@@ -648,7 +669,7 @@ impl EventLoop {
                     }
                 }
             }
-            self.flush().await;
+            self.flush();
         }
     }
 
@@ -766,6 +787,7 @@ impl EventLoop {
                     im_sessions: self.sessions.len(),
                     webhook_deliveries: self.posting.len(),
                     parked: self.dialer.parked(),
+                    backlogged: self.backlogs.len(),
                     dials_succeeded: self.dials_succeeded,
                     dials_failed: self.dials_failed,
                     decisions: self.presence.decision_counts(),
@@ -821,7 +843,7 @@ impl EventLoop {
     /// Sends what the transaction layer and the presence service have for
     /// the network, feeding transaction outcomes back to the service, until
     /// neither has more.
-    async fn flush(&mut self) {
+    fn flush(&mut self) {
         loop {
             let now = Instant::now();
             let mut progressed = false;
@@ -833,7 +855,7 @@ impl EventLoop {
                             transaction: Some(id),
                             bytes,
                         };
-                        self.send(&to, parked, now).await;
+                        self.send(&to, parked, now);
                     }
                     Output::Response { id, response } if self.originated.contains_key(&id) => {
                         let status = response.status().unwrap_or(500);
@@ -888,7 +910,7 @@ impl EventLoop {
                         transaction: None,
                         bytes: out.bytes,
                     };
-                    self.send(&out.target, parked, now).await;
+                    self.send(&out.target, parked, now);
                     continue;
                 }
                 // A request that cannot go out ends what it was for (its
@@ -923,12 +945,12 @@ impl EventLoop {
     /// Sends a message to its next hop, or parks it while the hop is found.
     /// A message that cannot go ends its transaction now rather than at
     /// its timeout.
-    async fn send(&mut self, hop: &NextHop, message: Parked, now: Instant) {
+    fn send(&mut self, hop: &NextHop, message: Parked, now: Instant) {
         if let NextHop::Partner(partner) = hop {
             self.partners.count(partner, true);
         }
         if let Some((target, message)) = self.dispatch(hop, message, now) {
-            self.send_now(&target, message, now).await;
+            self.offer(&target, message, now);
         }
     }
 
@@ -940,10 +962,7 @@ impl EventLoop {
         message: Parked,
         now: Instant,
     ) -> Option<(Target, Parked)> {
-        let transport = &self.transport;
-        let dispatch = self.dialer.dispatch(hop, message, now, |name| {
-            transport.verified_connection(name).map(Target::Connection)
-        });
+        let dispatch = self.dialer.dispatch(hop, message, now, &self.transport);
         match dispatch {
             Dispatch::Send(target, message) => return Some((target, message)),
             Dispatch::Dial => self.start_dial(hop.clone()),
@@ -956,11 +975,75 @@ impl EventLoop {
         None
     }
 
-    async fn send_now(&mut self, target: &Target, message: Parked, now: Instant) {
-        if let Err(e) = self.transport.send(target, message.bytes.clone()).await {
-            tracing::debug!(?target, "send failed: {e}");
-            self.fail(message, now);
+    /// Hands a message to a target the dialer found ready, without
+    /// waiting: a connection's queue takes it or, full, fails it (its peer
+    /// is not reading); a UDP socket whose buffer is full for now gets it
+    /// from a task of its own, and a lost datagram is the transaction's to
+    /// retransmit.
+    ///
+    /// A connection whose queue is full gets its messages held, in order,
+    /// until a task sees it take more; past the backlog's bound they fail.
+    fn offer(&mut self, target: &Target, message: Parked, now: Instant) {
+        if let Target::Connection(id) = target {
+            if self.backlogs.holds(*id) {
+                return self.hold(*id, message, now);
+            }
         }
+        match self.transport.try_send(target, message.bytes.clone()) {
+            Ok(Offered::Sent) => {}
+            Ok(Offered::WouldBlock(bytes)) => self.hand_off(target.clone(), bytes),
+            Ok(Offered::NeedsConnection(bytes)) if message.transaction.is_none() => {
+                self.hand_off(target.clone(), bytes)
+            }
+            Ok(Offered::NeedsConnection(_)) => {
+                tracing::debug!(?target, "send failed: the connection closed meanwhile");
+                self.fail(message, now);
+            }
+            Err(SendError::QueueFull(id)) => self.hold(id, message, now),
+            Err(e) => {
+                tracing::debug!(?target, "send failed: {e}");
+                self.fail(message, now);
+            }
+        }
+    }
+
+    fn hold(&mut self, id: ConnectionId, message: Parked, now: Instant) {
+        match self.backlogs.hold(id, message) {
+            Held::First => {
+                let (transport, report) = (self.transport.clone(), self.writable_tx.clone());
+                tokio::spawn(async move {
+                    transport.writable(id).await;
+                    let _ = report.send(id).await;
+                });
+            }
+            Held::Behind => {}
+            Held::Full(message) => {
+                tracing::warn!(?id, "the peer is not reading: its backlog is full");
+                self.fail(message, now);
+            }
+        }
+    }
+
+    /// A backlogged connection takes more: its messages are offered again,
+    /// oldest first, until it is full again.
+    fn on_writable(&mut self, id: ConnectionId) {
+        let now = Instant::now();
+        let target = Target::Connection(id);
+        for message in self.backlogs.release(id) {
+            self.offer(&target, message, now);
+        }
+    }
+
+    /// Sends from a task of its own, for what may wait (a full UDP buffer,
+    /// a stateless answer over a connection to open) and what no
+    /// transaction follows.
+    fn hand_off(&self, target: Target, bytes: Bytes) {
+        let transport = self.transport.clone();
+        tokio::spawn(async move {
+            if let Err(e) = transport.send(&target, bytes).await {
+                tracing::debug!(?target, "send failed: {e}");
+            }
+        });
     }
 
     fn fail(&mut self, message: Parked, now: Instant) {
@@ -987,14 +1070,14 @@ impl EventLoop {
     }
 
     /// A dial finished: what waited for it goes, or fails.
-    async fn on_dialed(&mut self, hop: NextHop, result: Result<Target, DialError>) {
+    fn on_dialed(&mut self, hop: NextHop, result: Result<Target, DialError>) {
         let now = Instant::now();
         let waiting = self.dialer.finished(&hop, result.as_ref().ok(), now);
         match result {
             Ok(target) => {
                 self.dials_succeeded += 1;
                 for message in waiting {
-                    self.send_now(&target, message, now).await;
+                    self.offer(&target, message, now);
                 }
             }
             Err(e) => {
@@ -1010,15 +1093,15 @@ impl EventLoop {
         }
     }
 
-    /// Sends without waiting, for what no transaction follows (stateless
-    /// answers).
-    fn send_detached(&self, target: Target, bytes: Bytes) {
-        let transport = self.transport.clone();
-        tokio::spawn(async move {
-            if let Err(e) = transport.send(&target, bytes).await {
-                tracing::debug!(?target, "send failed: {e}");
-            }
-        });
+    /// Sends what no transaction follows (stateless answers,
+    /// retransmissions of our own): at once when the target can take it,
+    /// else from a task of its own.
+    fn send_detached(&mut self, target: Target, bytes: Bytes) {
+        let message = Parked {
+            transaction: None,
+            bytes,
+        };
+        self.offer(&target, message, Instant::now());
     }
 
     fn on_received(&mut self, received: Received) {

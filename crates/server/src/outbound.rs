@@ -3,12 +3,13 @@
 //! domain verified, the connection reused) and next hops inside the edge
 //! given by host name (RFC 3263).
 //!
-//! The event loop never waits for DNS. A request for a name with no usable
-//! connection is parked here, one dial task per name runs the lookups and
-//! handshakes, and its result releases everything parked for that name.
+//! The event loop never waits for DNS or for a connection to open. A
+//! request for a name, or for a stream address, with no usable connection
+//! is parked here, one dial task per destination runs the lookups, connects
+//! and handshakes, and its result releases everything parked for it.
 //! [`Dialer`] is that bookkeeping, without I/O; [`dial`] is the task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use bytes::Bytes;
 use porchlight_resolve::{Resolver, SipTransport, UriTarget, SIPS_PORT};
 use porchlight_sip::Uri;
 use porchlight_transaction::TxId;
-use porchlight_transport::{Protocol, Target, Transport};
+use porchlight_transport::{ConnectionId, Protocol, Target, Transport};
 
 /// Where a request goes, as the node knows it before any lookup.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -91,6 +92,26 @@ pub enum Dispatch {
 /// again (the resolver's own cache follows the records' TTLs below it).
 const HOST_REUSE: Duration = Duration::from_secs(30);
 
+/// What the dialer asks of the transport: facts about open connections,
+/// never I/O, so dispatching cannot wait.
+pub trait Reach {
+    /// `target` as it can be used now (a UDP address, an open connection),
+    /// or None when a connection must be opened first.
+    fn ready(&self, target: &Target) -> Option<Target>;
+    /// An open connection whose peer proved `domain`.
+    fn verified(&self, domain: &str) -> Option<Target>;
+}
+
+impl Reach for Transport {
+    fn ready(&self, target: &Target) -> Option<Target> {
+        Transport::ready(self, target)
+    }
+
+    fn verified(&self, domain: &str) -> Option<Target> {
+        self.verified_connection(domain).map(Target::Connection)
+    }
+}
+
 /// Messages parked per name, and the host names already resolved.
 pub struct Dialer {
     parked: HashMap<NextHop, Vec<Parked>>,
@@ -108,23 +129,23 @@ impl Dialer {
         }
     }
 
-    /// Where `message` goes now, or that it waits. `verified` finds an open
-    /// connection whose peer proved a name.
+    /// Where `message` goes now, or that it waits: a hop is ready when
+    /// `reach` can take it without opening anything.
     pub fn dispatch(
         &mut self,
         hop: &NextHop,
         message: Parked,
         now: Instant,
-        verified: impl FnOnce(&str) -> Option<Target>,
+        reach: &impl Reach,
     ) -> Dispatch {
         let ready = match hop {
-            NextHop::Direct(target) => Some(target.clone()),
-            NextHop::Partner(name) => verified(name),
+            NextHop::Direct(target) => reach.ready(target),
+            NextHop::Partner(name) => reach.verified(name),
             NextHop::Host { uri, .. } => self
                 .hosts
                 .get(uri)
                 .filter(|(_, at)| now.duration_since(*at) < HOST_REUSE)
-                .map(|(target, _)| target.clone()),
+                .and_then(|(target, _)| reach.ready(target)),
         };
         if let Some(target) = ready {
             return Dispatch::Send(target, message);
@@ -154,6 +175,67 @@ impl Dialer {
     /// Messages waiting, over all destinations.
     pub fn parked(&self) -> usize {
         self.parked.values().map(Vec::len).sum()
+    }
+}
+
+/// Messages held, in order, for connections whose queue is full: the
+/// peer reads slower than the node writes. The event loop never waits for
+/// it to read; a bounded backlog rides out a burst (a fan-out over one
+/// partner's connection), and past the bound the peer is not reading and
+/// what it is sent fails.
+pub struct Backlogs {
+    held: HashMap<ConnectionId, VecDeque<Parked>>,
+    max_per_connection: usize,
+}
+
+/// What became of a message for a connection that has a backlog.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Held {
+    /// First in the backlog: wait for the connection to take more.
+    First,
+    /// Behind others already held.
+    Behind,
+    /// The backlog is full: the message fails.
+    Full(Parked),
+}
+
+impl Backlogs {
+    /// At most `max_per_connection` messages wait for any one connection.
+    pub fn new(max_per_connection: usize) -> Backlogs {
+        Backlogs {
+            held: HashMap::new(),
+            max_per_connection,
+        }
+    }
+
+    /// Whether messages wait for `id`: later ones queue behind them, so
+    /// a connection's messages keep their order.
+    pub fn holds(&self, id: ConnectionId) -> bool {
+        self.held.contains_key(&id)
+    }
+
+    /// Holds `message` until `id` takes more.
+    pub fn hold(&mut self, id: ConnectionId, message: Parked) -> Held {
+        let waiting = self.held.entry(id).or_default();
+        if waiting.len() >= self.max_per_connection {
+            return Held::Full(message);
+        }
+        waiting.push_back(message);
+        if waiting.len() == 1 {
+            Held::First
+        } else {
+            Held::Behind
+        }
+    }
+
+    /// Everything held for `id`, oldest first, to offer again.
+    pub fn release(&mut self, id: ConnectionId) -> VecDeque<Parked> {
+        self.held.remove(&id).unwrap_or_default()
+    }
+
+    /// Messages held, over all connections.
+    pub fn len(&self) -> usize {
+        self.held.values().map(VecDeque::len).sum()
     }
 }
 
@@ -187,6 +269,18 @@ pub async fn dial(
     transport: &Transport,
 ) -> Result<Target, DialError> {
     match hop {
+        NextHop::Direct(Target::Address {
+            protocol: protocol @ (Protocol::Tcp | Protocol::Tls),
+            addr,
+            domain,
+        }) => transport
+            .connect(*protocol, *addr, domain.as_deref())
+            .await
+            .map(Target::Connection)
+            .map_err(|last| DialError::Unreachable {
+                name: addr.to_string(),
+                last,
+            }),
         NextHop::Direct(target) => Ok(target.clone()),
         NextHop::Partner(name) => {
             let pinned = pinned.map(|p| (p.host_text(), p.port.unwrap_or(SIPS_PORT)));
@@ -263,12 +357,96 @@ mod tests {
         }
     }
 
+    /// Connections as a test sets them up: UDP and connections are ready,
+    /// a stream address only when listed, a partner only when named.
+    #[derive(Default)]
+    struct Links {
+        open: Vec<(Target, Target)>,
+        verified: Vec<(&'static str, Target)>,
+    }
+
+    impl Reach for Links {
+        fn ready(&self, target: &Target) -> Option<Target> {
+            match target {
+                Target::Address {
+                    protocol: Protocol::Tcp | Protocol::Tls,
+                    ..
+                } => self
+                    .open
+                    .iter()
+                    .find(|(to, _)| to == target)
+                    .map(|(_, c)| c.clone()),
+                _ => Some(target.clone()),
+            }
+        }
+
+        fn verified(&self, domain: &str) -> Option<Target> {
+            self.verified
+                .iter()
+                .find(|(d, _)| *d == domain)
+                .map(|(_, c)| c.clone())
+        }
+    }
+
+    #[test]
+    fn a_stream_address_without_a_connection_is_dialled_not_waited_for() {
+        let mut dialer = Dialer::new(8);
+        let now = Instant::now();
+        let address = Target::Address {
+            protocol: Protocol::Tcp,
+            addr: "127.0.0.1:5099".parse().unwrap(),
+            domain: None,
+        };
+        let hop = NextHop::Direct(address.clone());
+        let none = Links::default();
+        assert_eq!(dialer.dispatch(&hop, parked(1), now, &none), Dispatch::Dial);
+        assert_eq!(dialer.dispatch(&hop, parked(2), now, &none), Dispatch::Wait);
+        let connection = Target::Connection(porchlight_transport::ConnectionId(4));
+        assert_eq!(dialer.finished(&hop, Some(&connection), now).len(), 2);
+        let open = Links {
+            open: vec![(address, connection.clone())],
+            ..Links::default()
+        };
+        assert_eq!(
+            dialer.dispatch(&hop, parked(3), now, &open),
+            Dispatch::Send(connection, parked(3)),
+            "once open, the connection is used at once"
+        );
+        let udp = NextHop::address(Protocol::Udp, "127.0.0.1:5098".parse().unwrap());
+        assert!(matches!(
+            dialer.dispatch(&udp, parked(4), now, &none),
+            Dispatch::Send(..)
+        ));
+    }
+
+    #[test]
+    fn a_connection_that_does_not_read_holds_a_bounded_backlog_in_order() {
+        let mut backlogs = Backlogs::new(2);
+        let (slow, other) = (ConnectionId(1), ConnectionId(2));
+        assert!(!backlogs.holds(slow));
+        assert_eq!(backlogs.hold(slow, parked(1)), Held::First);
+        assert_eq!(backlogs.hold(slow, parked(2)), Held::Behind);
+        assert_eq!(
+            backlogs.hold(slow, parked(3)),
+            Held::Full(parked(3)),
+            "past the bound the message is handed back to fail"
+        );
+        assert!(
+            !backlogs.holds(other),
+            "one connection's backlog is its own"
+        );
+        assert_eq!(backlogs.len(), 2);
+        let released: Vec<u8> = backlogs.release(slow).iter().map(|p| p.bytes[0]).collect();
+        assert_eq!(released, [1, 2], "oldest first");
+        assert_eq!(backlogs.len(), 0);
+    }
+
     #[test]
     fn one_dial_per_name_and_bounded_waiting() {
         let mut dialer = Dialer::new(2);
         let partner = NextHop::Partner("fabrikam.com".into());
         let now = Instant::now();
-        let none = |_: &str| None;
+        let none = &Links::default();
         assert_eq!(
             dialer.dispatch(&partner, parked(1), now, none),
             Dispatch::Dial
@@ -300,9 +478,11 @@ mod tests {
         let now = Instant::now();
         let partner = NextHop::Partner("fabrikam.com".into());
         let connection = Target::Connection(porchlight_transport::ConnectionId(9));
-        let d = dialer.dispatch(&partner, parked(1), now, |name| {
-            (name == "fabrikam.com").then(|| connection.clone())
-        });
+        let links = Links {
+            verified: vec![("fabrikam.com", connection.clone())],
+            ..Links::default()
+        };
+        let d = dialer.dispatch(&partner, parked(1), now, &links);
         assert_eq!(d, Dispatch::Send(connection, parked(1)));
 
         let host = NextHop::Host {
@@ -310,7 +490,7 @@ mod tests {
             uri: "sip:bob@pc1.corp.example".into(),
         };
         assert_eq!(
-            dialer.dispatch(&host, parked(2), now, |_| None),
+            dialer.dispatch(&host, parked(2), now, &Links::default()),
             Dispatch::Dial
         );
         let found = Target::Address {
@@ -319,11 +499,11 @@ mod tests {
             domain: None,
         };
         assert_eq!(dialer.finished(&host, Some(&found), now).len(), 1);
-        let d = dialer.dispatch(&host, parked(3), now, |_| None);
+        let d = dialer.dispatch(&host, parked(3), now, &Links::default());
         assert_eq!(d, Dispatch::Send(found, parked(3)), "reused while fresh");
         let later = now + HOST_REUSE;
         assert_eq!(
-            dialer.dispatch(&host, parked(4), later, |_| None),
+            dialer.dispatch(&host, parked(4), later, &Links::default()),
             Dispatch::Dial
         );
     }

@@ -51,6 +51,9 @@ pub struct Status {
     pub webhook_deliveries: usize,
     /// Messages waiting for a destination to be found.
     pub parked: usize,
+    /// Messages held for connections whose peer reads slower than the
+    /// node writes.
+    pub backlogged: usize,
     /// Destinations found and connected since start.
     pub dials_succeeded: u64,
     /// Destinations that could not be reached since start.

@@ -3,8 +3,7 @@
 //! Memory is the primary copy of hot state; a node writes what changed
 //! behind, in batches, through the [`Store`] interface, and reads it all
 //! back once at start. [`EmbeddedStore`] keeps it in a fjall database in
-//! one directory; a Redis Cluster backend for several nodes implements the
-//! same interface.
+//! one directory, for one node.
 //!
 //! A store from another schema version, or one whose records do not read
 //! back, is an error that stops the node, never data silently dropped.
@@ -137,8 +136,8 @@ pub enum StoreError {
     Random(String),
 }
 
-/// What a node keeps across restarts. Implemented by the embedded store
-/// and, for several nodes, by the Redis Cluster backend.
+/// What a node keeps across restarts, behind one interface so the node
+/// does not depend on where it is kept. Implemented by the embedded store.
 pub trait Store: Send + Sync {
     /// The node's keys, made once and kept.
     fn secrets(&self) -> NodeSecrets;

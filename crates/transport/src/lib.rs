@@ -141,6 +141,22 @@ pub enum SendError {
     /// UDP has no connections to open.
     #[error("UDP is not a stream transport")]
     NotAStream,
+    /// The connection's queue is full: its peer is not reading.
+    #[error("connection {0:?} is not reading (its queue is full)")]
+    QueueFull(ConnectionId),
+}
+
+/// What became of bytes offered with [`Transport::try_send`], which never
+/// waits: the caller decides what to do with bytes that could not go now.
+#[derive(Debug)]
+pub enum Offered {
+    /// Queued to the connection or written to the socket.
+    Sent,
+    /// A stream to an address with no connection open: one must be opened
+    /// (with [`Transport::connect`], which can take a handshake) first.
+    NeedsConnection(Bytes),
+    /// The UDP socket's kernel buffer is full for now.
+    WouldBlock(Bytes),
 }
 
 /// Listener addresses and bounds.
@@ -394,8 +410,84 @@ impl Transport {
         stream::connection_for(&self.shared, protocol, addr, domain).await
     }
 
-    /// Sends bytes. UDP goes out from the first UDP socket of the address
-    /// family; streams reuse or open a connection.
+    /// Where `target` can be reached now without opening anything: itself
+    /// for UDP and connections, the open connection for a stream address
+    /// that has one, else None.
+    pub fn ready(&self, target: &Target) -> Option<Target> {
+        match target {
+            Target::Connection(_)
+            | Target::Address {
+                protocol: Protocol::Udp,
+                ..
+            } => Some(target.clone()),
+            Target::Address {
+                protocol,
+                addr,
+                domain,
+            } => stream::open_connection(&self.shared, *protocol, *addr, domain.as_deref())
+                .map(Target::Connection),
+        }
+    }
+
+    /// Sends bytes without waiting: a connection's queue or a UDP socket
+    /// takes them now, or they come back with what is missing. The event
+    /// loop sends this way, so no peer can hold it up.
+    pub fn try_send(&self, target: &Target, bytes: Bytes) -> Result<Offered, SendError> {
+        match self.ready(target) {
+            Some(Target::Connection(id)) => {
+                let handle = self
+                    .shared
+                    .registry
+                    .lock()
+                    .ok()
+                    .and_then(|r| r.by_id.get(&id).map(|h| h.sender.clone()))
+                    .ok_or(SendError::ConnectionClosed(id))?;
+                handle.try_send(bytes).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => SendError::QueueFull(id),
+                    mpsc::error::TrySendError::Closed(_) => SendError::ConnectionClosed(id),
+                })?;
+                Ok(Offered::Sent)
+            }
+            Some(Target::Address { addr, .. }) => {
+                match self.udp_socket_for(addr)?.try_send_to(&bytes, addr) {
+                    Ok(_) => Ok(Offered::Sent),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        Ok(Offered::WouldBlock(bytes))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            None => Ok(Offered::NeedsConnection(bytes)),
+        }
+    }
+
+    fn udp_socket_for(&self, addr: SocketAddr) -> Result<&tokio::net::UdpSocket, SendError> {
+        self.shared
+            .udp_sockets
+            .iter()
+            .find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == addr.is_ipv4()))
+            .map(|s| &**s)
+            .ok_or(SendError::NotEnabled(Protocol::Udp))
+    }
+
+    /// Waits until connection `id` can take another message (or is gone):
+    /// for a task that tells the event loop when to offer its backlog.
+    pub async fn writable(&self, id: ConnectionId) {
+        let sender = self
+            .shared
+            .registry
+            .lock()
+            .ok()
+            .and_then(|r| r.by_id.get(&id).map(|h| h.sender.clone()));
+        if let Some(sender) = sender {
+            let _ = sender.reserve().await;
+        }
+    }
+
+    /// Sends bytes, waiting as long as it takes (a connect and handshake,
+    /// a full queue): for tasks of their own, never the event loop. UDP goes
+    /// out from the first UDP socket of the address family; streams reuse or
+    /// open a connection.
     pub async fn send(&self, target: &Target, bytes: Bytes) -> Result<(), SendError> {
         match target {
             Target::Connection(id) => {
@@ -417,13 +509,7 @@ impl Transport {
                 addr,
                 ..
             } => {
-                let socket = self
-                    .shared
-                    .udp_sockets
-                    .iter()
-                    .find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == addr.is_ipv4()))
-                    .ok_or(SendError::NotEnabled(Protocol::Udp))?;
-                socket.send_to(&bytes, addr).await?;
+                self.udp_socket_for(*addr)?.send_to(&bytes, addr).await?;
                 Ok(())
             }
             Target::Address {

@@ -258,6 +258,22 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
+/// The open connection requests to `addr` reuse: for TLS the one whose
+/// peer proved `domain`, else the one to the address.
+pub(crate) fn open_connection(
+    shared: &Shared,
+    protocol: Protocol,
+    addr: SocketAddr,
+    domain: Option<&str>,
+) -> Option<ConnectionId> {
+    let r = shared.registry.lock().ok()?;
+    match (protocol, domain) {
+        (Protocol::Tls, Some(d)) => r.by_domain.get(&d.to_ascii_lowercase()).copied(),
+        (Protocol::Tls, None) => None,
+        _ => r.by_addr.get(&(protocol, addr)).copied(),
+    }
+}
+
 /// An open connection to `addr` (reused when one exists), for requests.
 pub(crate) async fn connection_for(
     shared: &Arc<Shared>,
@@ -265,17 +281,13 @@ pub(crate) async fn connection_for(
     addr: SocketAddr,
     domain: Option<&str>,
 ) -> Result<ConnectionId, SendError> {
-    let domain = domain.map(str::to_ascii_lowercase);
-    if let Ok(r) = shared.registry.lock() {
-        let existing = match (protocol, &domain) {
-            (Protocol::Tls, Some(d)) => r.by_domain.get(d),
-            (Protocol::Tls, None) => return Err(SendError::MissingDomain),
-            _ => r.by_addr.get(&(protocol, addr)),
-        };
-        if let Some(id) = existing {
-            return Ok(*id);
-        }
+    if protocol == Protocol::Tls && domain.is_none() {
+        return Err(SendError::MissingDomain);
     }
+    if let Some(id) = open_connection(shared, protocol, addr, domain) {
+        return Ok(id);
+    }
+    let domain = domain.map(str::to_ascii_lowercase);
     // Connections this node opens are its own choice: they count against
     // the reserve, like a trusted peer's.
     let slot = Slot::take(shared, addr, true).map_err(|_| SendError::TooManyConnections)?;
