@@ -3,6 +3,9 @@
 //! loop then applies it (compare, move one slot) while everything else
 //! waits, so the first bench bounds that pause.
 
+// `criterion_group!` writes an undocumented public function.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use porchlight_endpoints::{Directory, EndpointConfig, EndpointSet};
 

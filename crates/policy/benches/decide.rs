@@ -1,6 +1,9 @@
 //! The policy decision with a realistic configuration (100 allowed domains,
 //! 1,000 blocked, 5 providers, 1,000 named policies), per request kind.
 
+// `criterion_group!` writes an undocumented public function.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use porchlight_policy::{
     decide, verdict, AccessPolicy, AllowedDomain, LocalParty, Modality, PolicyConfig,

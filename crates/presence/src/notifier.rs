@@ -136,8 +136,10 @@ pub struct Outgoing<F> {
     pub reliable: bool,
     /// The whole request.
     pub bytes: Bytes,
-    /// False for BENOTIFY, which gets no response and so no transaction.
-    pub expects_response: bool,
+    /// The top Via branch it was written with, which keys its client
+    /// transaction (method NOTIFY) and comes back in the answer; None for
+    /// BENOTIFY, which gets no response and so no transaction.
+    pub branch: Option<String>,
 }
 
 /// Counters for metrics and tests.
@@ -271,6 +273,15 @@ pub struct NotifyRef {
 const BRANCH_PREFIX: &str = "z9hG4bKpl";
 
 impl NotifyRef {
+    /// The branch of this NOTIFY: every one unique (the CSeq moves on),
+    /// and telling which subscription its answer is for.
+    pub fn branch(&self) -> String {
+        format!(
+            "{BRANCH_PREFIX}{:x}.{:x}.{:x}",
+            self.id.index, self.id.generation, self.cseq
+        )
+    }
+
     /// Decodes a branch this notifier wrote.
     pub fn from_branch(branch: &str) -> Option<NotifyRef> {
         let mut parts = branch.strip_prefix(BRANCH_PREFIX)?.split('.');
@@ -1155,14 +1166,13 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         let benotify = record.flags & (BENOTIFY | NOTIFIED) == BENOTIFY | NOTIFIED && !terminating;
         let method = if benotify { "BENOTIFY" } else { "NOTIFY" };
         let flow = self.flows.get(record.flow);
+        let branch = NotifyRef {
+            id,
+            cseq: record.local_cseq,
+        }
+        .branch();
         let mut w = MessageWriter::request(method, record.dialog.remote_target());
-        w.header_fmt(
-            "Via",
-            format_args!(
-                "{};branch={BRANCH_PREFIX}{:x}.{:x}.{:x};rport",
-                flow.via, id.index, id.generation, record.local_cseq
-            ),
-        );
+        w.header_fmt("Via", format_args!("{};branch={branch};rport", flow.via));
         w.header("Max-Forwards", "70");
         if record.route_set != NO_ROUTE {
             w.header("Route", &**self.routes.get(record.route_set));
@@ -1234,7 +1244,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             flow: flow.flow.clone(),
             reliable: flow.reliable,
             bytes,
-            expects_response: !benotify,
+            branch: (!benotify).then_some(branch),
         };
         let version = match record.kind {
             Kind::Presence => self.presentities[record.target as usize].version,

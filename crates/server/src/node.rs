@@ -905,33 +905,24 @@ impl EventLoop {
             }
             while let Some(out) = self.presence.poll(now) {
                 progressed = true;
-                if !out.expects_response {
+                let Some(key) = out.transaction else {
                     let parked = Parked {
                         transaction: None,
                         bytes: out.bytes,
                     };
                     self.send(&out.target, parked, now);
                     continue;
-                }
+                };
+                // Written by the service under its own key: not parsed again.
                 // A request that cannot go out ends what it was for (its
                 // subscription), so nothing waits on an answer that cannot come.
-                let Some(request) = parse_own(out.bytes.clone()) else {
-                    tracing::error!("the presence service wrote an unparsable request");
-                    let head = Message::parse_head_only(out.bytes, &Limits::default()).ok();
-                    if let Some(branch) = head.as_ref().and_then(top_branch) {
-                        self.presence.on_failure(&branch, now);
-                    }
-                    continue;
-                };
-                let branch = top_branch(&request);
-                if let Err(e) = self
-                    .layer
-                    .send_request(request, out.target, out.reliable, now)
+                let branch = key.branch.clone();
+                if let Err(e) =
+                    self.layer
+                        .send_written(key, out.bytes, out.target, out.reliable, now)
                 {
                     tracing::error!("cannot start a client transaction: {e}");
-                    if let Some(branch) = branch {
-                        self.presence.on_failure(&branch, now);
-                    }
+                    self.presence.on_failure(&branch, now);
                 }
                 // Send what that transaction produced before taking more.
                 break;
@@ -2159,11 +2150,6 @@ impl EventLoop {
         answer.headers.push(("Server", SERVER.to_owned()));
         answer.write(request, top_via.as_deref(), tag)
     }
-}
-
-/// The branch of a request's top Via.
-fn top_branch(request: &Message) -> Option<String> {
-    Some(request.top_via().ok()?.branch()?.to_owned())
 }
 
 /// Tells an app that asked through the API how its request ended.

@@ -25,6 +25,7 @@ use porchlight_presence::{
 };
 use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Uri};
 use porchlight_store::SavedRegistration;
+use porchlight_transaction::ClientKey;
 use porchlight_transport::{Origin, Protocol, Target};
 
 use crate::admission::{Admission, DecisionCount, DecisionRecord, Way};
@@ -57,8 +58,9 @@ pub struct OutgoingRequest {
     pub reliable: bool,
     /// The request.
     pub bytes: Bytes,
-    /// False for BENOTIFY: no transaction.
-    pub expects_response: bool,
+    /// The client transaction it starts, under the key it was written
+    /// with; None for BENOTIFY, which gets no response.
+    pub transaction: Option<ClientKey>,
 }
 
 const KEEPALIVE_BRANCH: &str = "z9hG4bKka";
@@ -1415,12 +1417,15 @@ impl PresenceService {
             format_args!("keepalive-{:x}-{endpoint}", self.keepalive_seq),
         );
         w.header("CSeq", "1 OPTIONS");
-        self.keepalives.insert(branch, (endpoint, contact));
+        self.keepalives.insert(branch.clone(), (endpoint, contact));
         self.outgoing.push_back(OutgoingRequest {
             target: flow.flow,
             reliable: flow.reliable,
             bytes: w.finish(b""),
-            expects_response: true,
+            transaction: Some(ClientKey {
+                branch,
+                method: "OPTIONS".into(),
+            }),
         });
     }
 
@@ -1433,7 +1438,10 @@ impl PresenceService {
             target: o.flow,
             reliable: o.reliable,
             bytes: o.bytes,
-            expects_response: o.expects_response,
+            transaction: o.branch.map(|branch| ClientKey {
+                branch,
+                method: "NOTIFY".into(),
+            }),
         })
     }
 

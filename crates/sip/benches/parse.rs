@@ -3,6 +3,9 @@
 //! work is done with `ezk-sip-types` in the same run, so the figure that
 //! matters is the ratio.
 
+// `criterion_group!` writes an undocumented public function.
+#![allow(missing_docs)]
+
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use porchlight_sip::{Framing, Limits, Message};

@@ -2,6 +2,9 @@
 //! subscription, committing a batch of a flush interval's worth, and
 //! reading a saved population back.
 
+// `criterion_group!` writes an undocumented public function.
+#![allow(missing_docs)]
+
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};

@@ -8,7 +8,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use porchlight_sip::{HeaderError, Message};
 
-use crate::machine::{Action, ClientTransaction, ServerTransaction, Timer, TimerConfig};
+use crate::machine::{
+    Action, ClientRequest, ClientTransaction, Kind, ServerTransaction, Timer, TimerConfig,
+};
 
 /// Identifies a server transaction (RFC 3261 §17.2.3).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -96,6 +98,13 @@ impl ClientKey {
         })
     }
 }
+
+/// An INVITE was handed over as bytes: its client transaction builds the
+/// ACK for a non-2xx answer from the parsed request, so it must come
+/// through [`TransactionLayer::send_request`].
+#[derive(Debug, thiserror::Error)]
+#[error("an INVITE's client transaction needs the parsed request")]
+pub struct WrittenInvite;
 
 /// Either kind of transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -263,6 +272,37 @@ impl<C: Clone> TransactionLayer<C> {
         now: Instant,
     ) -> Result<ClientKey, HeaderError> {
         let key = ClientKey::of(&request)?;
+        self.start_client(key.clone(), request.into(), context, reliable, now);
+        Ok(key)
+    }
+
+    /// Starts a client transaction for a request other than INVITE that the
+    /// caller wrote itself, under the key it wrote (its top Via branch and
+    /// CSeq method), so it is never parsed again: the NOTIFYs of a fan-out.
+    pub fn send_written(
+        &mut self,
+        key: ClientKey,
+        request: Bytes,
+        context: C,
+        reliable: bool,
+        now: Instant,
+    ) -> Result<(), WrittenInvite> {
+        if Kind::of(&key.method) == Kind::Invite {
+            return Err(WrittenInvite);
+        }
+        let request = ClientRequest::NonInvite(request);
+        self.start_client(key, request, context, reliable, now);
+        Ok(())
+    }
+
+    fn start_client(
+        &mut self,
+        key: ClientKey,
+        request: ClientRequest,
+        context: C,
+        reliable: bool,
+        now: Instant,
+    ) {
         let (machine, actions) = ClientTransaction::start(request, reliable, self.timers);
         self.clients.insert(
             key.clone(),
@@ -272,8 +312,7 @@ impl<C: Clone> TransactionLayer<C> {
                 armed: Vec::new(),
             },
         );
-        self.apply(TxId::Client(key.clone()), actions, now);
-        Ok(key)
+        self.apply(TxId::Client(key), actions, now);
     }
 
     /// Matches a validated response to its client transaction. Returns false

@@ -10,8 +10,10 @@ mod layer;
 pub mod machine;
 pub mod proxy;
 
-pub use layer::{ClientKey, Output, RequestMatch, ServerKey, TransactionLayer, TxId};
+pub use layer::{
+    ClientKey, Output, RequestMatch, ServerKey, TransactionLayer, TxId, WrittenInvite,
+};
 pub use machine::{
-    Action, ClientState, ClientTransaction, Kind, ServerState, ServerTransaction, Timer,
-    TimerConfig,
+    Action, ClientRequest, ClientState, ClientTransaction, Kind, ServerState, ServerTransaction,
+    Timer, TimerConfig,
 };

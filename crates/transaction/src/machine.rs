@@ -260,14 +260,43 @@ pub enum ClientState {
     Terminated,
 }
 
+/// What a client transaction sends and keeps. The ACK for an INVITE's
+/// non-2xx answer is built from the parsed INVITE (§17.1.1.3); any other
+/// request needs only its bytes, so one the node wrote itself is never
+/// parsed again.
+#[derive(Debug)]
+pub enum ClientRequest {
+    /// An INVITE, parsed.
+    Invite(Message),
+    /// Any other request, as sent.
+    NonInvite(Bytes),
+}
+
+impl ClientRequest {
+    fn bytes(&self) -> &Bytes {
+        match self {
+            ClientRequest::Invite(m) => m.as_bytes(),
+            ClientRequest::NonInvite(bytes) => bytes,
+        }
+    }
+}
+
+impl From<Message> for ClientRequest {
+    fn from(request: Message) -> ClientRequest {
+        match Kind::of(request.method().unwrap_or("")) {
+            Kind::Invite => ClientRequest::Invite(request),
+            Kind::NonInvite => ClientRequest::NonInvite(request.as_bytes().clone()),
+        }
+    }
+}
+
 /// A client transaction (RFC 3261 §17.1).
 #[derive(Debug)]
 pub struct ClientTransaction {
-    kind: Kind,
     state: ClientState,
     reliable: bool,
     timers: TimerConfig,
-    request: Message,
+    request: ClientRequest,
     ack: Option<Bytes>,
     interval: Duration,
 }
@@ -275,13 +304,16 @@ pub struct ClientTransaction {
 impl ClientTransaction {
     /// Starts the transaction: sends the request and arms its timers.
     pub fn start(
-        request: Message,
+        request: ClientRequest,
         reliable: bool,
         timers: TimerConfig,
     ) -> (ClientTransaction, Vec<Action>) {
-        let kind = Kind::of(request.method().unwrap_or(""));
+        let kind = match request {
+            ClientRequest::Invite(_) => Kind::Invite,
+            ClientRequest::NonInvite(_) => Kind::NonInvite,
+        };
         let t64 = timers.t1 * 64;
-        let mut actions = vec![Action::Send(request.as_bytes().clone())];
+        let mut actions = vec![Action::Send(request.bytes().clone())];
         let (retransmit, timeout) = match kind {
             Kind::Invite => (Timer::A, Timer::B),
             Kind::NonInvite => (Timer::E, Timer::F),
@@ -291,7 +323,6 @@ impl ClientTransaction {
         }
         actions.push(Action::Schedule(timeout, t64));
         let tx = ClientTransaction {
-            kind,
             state: match kind {
                 Kind::Invite => ClientState::Calling,
                 Kind::NonInvite => ClientState::Trying,
@@ -313,7 +344,7 @@ impl ClientTransaction {
     /// A response matched this transaction.
     pub fn on_response(&mut self, response: Message) -> Vec<Action> {
         let code = response.status().unwrap_or(0);
-        match (self.kind, self.state, code) {
+        match (&self.request, self.state, code) {
             (
                 _,
                 ClientState::Calling | ClientState::Trying | ClientState::Proceeding,
@@ -322,13 +353,17 @@ impl ClientTransaction {
                 self.state = ClientState::Proceeding;
                 vec![Action::Deliver(response)]
             }
-            (Kind::Invite, ClientState::Calling | ClientState::Proceeding, 200..=299) => {
+            (
+                ClientRequest::Invite(_),
+                ClientState::Calling | ClientState::Proceeding,
+                200..=299,
+            ) => {
                 // The 2xx ACK belongs to the dialog, not the transaction (§13.2.2.4).
                 self.terminate(vec![Action::Deliver(response)])
             }
-            (Kind::Invite, ClientState::Calling | ClientState::Proceeding, _) => {
+            (ClientRequest::Invite(invite), ClientState::Calling | ClientState::Proceeding, _) => {
+                let ack = ack_for_non_2xx(invite, &response);
                 self.state = ClientState::Completed;
-                let ack = ack_for_non_2xx(&self.request, &response);
                 self.ack = Some(ack.clone());
                 let wait = if self.reliable {
                     Duration::ZERO
@@ -341,10 +376,10 @@ impl ClientTransaction {
                     Action::Schedule(Timer::D, wait),
                 ]
             }
-            (Kind::Invite, ClientState::Completed, 300..) => {
+            (ClientRequest::Invite(_), ClientState::Completed, 300..) => {
                 self.ack.iter().cloned().map(Action::Send).collect()
             }
-            (Kind::NonInvite, ClientState::Trying | ClientState::Proceeding, _) => {
+            (ClientRequest::NonInvite(_), ClientState::Trying | ClientState::Proceeding, _) => {
                 self.state = ClientState::Completed;
                 let wait = if self.reliable {
                     Duration::ZERO
@@ -363,7 +398,7 @@ impl ClientTransaction {
             (Timer::A, ClientState::Calling) => {
                 self.interval *= 2;
                 vec![
-                    Action::Send(self.request.as_bytes().clone()),
+                    Action::Send(self.request.bytes().clone()),
                     Action::Schedule(Timer::A, self.interval),
                 ]
             }
@@ -374,7 +409,7 @@ impl ClientTransaction {
                     (self.interval * 2).min(self.timers.t2)
                 };
                 vec![
-                    Action::Send(self.request.as_bytes().clone()),
+                    Action::Send(self.request.bytes().clone()),
                     Action::Schedule(Timer::E, self.interval),
                 ]
             }

@@ -3,9 +3,7 @@
 //! policy, a spoofed From domain is refused, and `porchlight explain` gives
 //! the same verdict with its reasons.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Sends a SUBSCRIBE from `from` over mutual TLS with `partner_domain`'s certificate; returns the status.
 async fn subscribe(pki: &Pki, server: &Server, partner_domain: &str, from: &str) -> u16 {

@@ -5,13 +5,11 @@
 //! contacts registered with the old ones, a replaced health probe stops
 //! reporting, and a removed endpoint's watchers are told `noresource`.
 
-mod common;
-
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const QUEUE: &str = "sip:queue@contoso.com";
 

@@ -3,12 +3,10 @@
 //! plain addresses, and `porchlight resolve` must find the edge each rule gives,
 //! in RFC 2782 order, with a pinned proxy overriding DNS.
 
-mod common;
-
 use std::net::UdpSocket;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// The records every resolution case below reads.
 const RECORDS: [&str; 15] = [

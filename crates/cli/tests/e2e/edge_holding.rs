@@ -2,13 +2,11 @@
 //! over real sockets on loopback, bounded in count and time, with the
 //! bound it must keep asserted — memory, answers, timing.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use porchlight_sip::Message;
 
 /// A TCP connection to `server` from `source`, one of the loopback

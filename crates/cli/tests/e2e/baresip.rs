@@ -4,13 +4,11 @@
 //! When the app dies its registration expires and the watcher sees
 //! Offline; when the app's health URL recovers the watcher sees Online again.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn baresip_watcher_follows_registration_and_health() {

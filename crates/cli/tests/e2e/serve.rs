@@ -1,12 +1,10 @@
 //! `porchlight serve` over real sockets: what it answers, how, and to whom.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use porchlight_sip::HeaderName;
 
 const WAIT: Duration = Duration::from_millis(700);

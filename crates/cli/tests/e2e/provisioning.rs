@@ -6,9 +6,7 @@
 //! the node stopped the same commands work on its store, which the next
 //! start uses.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Runs `porchlight ARGS --config <the server's file>`: (success, stdout + stderr).
 fn porchlight(server_dir: &std::path::Path, args: &[&str]) -> (bool, String) {

@@ -3,11 +3,9 @@
 //! reasons, `/metrics` is valid Prometheus text, the OpenAPI document lists
 //! the API, and the CLI's `status` and `endpoint` commands read the same.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let mut request = ureq::get(&format!("http://{addr}{path}"));

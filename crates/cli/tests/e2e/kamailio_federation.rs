@@ -5,15 +5,13 @@
 //! Certificates are issued in the test. The policy decides each outcome,
 //! and `porchlight explain` gives the same verdict for every refusal.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use porchlight_sip::Message;
 
-use common::*;
+use crate::common::*;
 
 /// A baresip user `user` behind `proxy` watching the help desk.
 fn watcher(name: &str, user: &str, proxy: &Kamailio) -> Baresip {

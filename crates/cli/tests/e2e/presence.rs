@@ -3,14 +3,12 @@
 //! availability 3500 and BENOTIFY negotiated, piggybacked or in the first
 //! NOTIFY; a batched subscription gets a well-formed RLMI multipart.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use porchlight_sip::{Framing, HeaderName, Limits, Message};
 
 /// A TCP connection that reads whole SIP messages.

@@ -5,16 +5,14 @@
 //! Offline when its health URL fails, sets an endpoint's presence through
 //! its form, and leaves a screenshot.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use serde_json::{json, Value};
 
 /// A chromedriver process and one browser session in it.

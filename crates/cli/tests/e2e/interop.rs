@@ -2,11 +2,9 @@
 //! over UDP and TCP, and mutual TLS is exercised with certificates issued in
 //! the test.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn sipp(server: std::net::SocketAddr, transport: &str, calls: u32) -> std::process::Output {
     sipp_scenario(

@@ -1,8 +1,6 @@
 //! Starts the real `porchlight` binary on ephemeral ports and talks to it
 //! over real sockets.
 
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};

@@ -3,8 +3,6 @@
 //! partner domain's edge over mutual TLS, SIPp and baresip as the users
 //! and the apps, and a small HTTP receiver in the test as a webhook app.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::mpsc;
@@ -12,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use porchlight_sip::Message;
 
-use common::*;
+use crate::common::*;
 
 const FABRIKAM: (&str, &str) = (
     "allowed_domains = []                 # e.g.",

@@ -6,8 +6,6 @@
 //! Online from the first moment. A damaged store stops the start with a
 //! clear error.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::process::Command;
@@ -15,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use porchlight_sip::Message;
 
 const WATCHERS: usize = 100;
