@@ -32,6 +32,14 @@ fi
 # raise the hard limit, anyone the soft one up to it.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
+# The node's core does no I/O: no tasks, sockets, timers, waiting or
+# clock reads (the driver in node.rs owns those).
+if grep -nE 'tokio::(spawn|time|net|task|select)|\.await\b|Instant::now|SystemTime::now|Timestamp::now|std::(fs|thread|net::UdpSocket)' \
+    crates/server/src/core/mod.rs; then
+  echo "crates/server/src/core does I/O; move it to the driver (crates/server/src/node.rs)" >&2
+  exit 1
+fi
+
 cargo fmt --all -- --check
 cargo clippy -j2 --workspace --all-targets -- -D warnings
 cargo test -j2 --workspace

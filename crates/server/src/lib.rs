@@ -3,6 +3,7 @@
 
 mod admission;
 pub mod config;
+mod core;
 mod delivery;
 mod edge;
 mod health;

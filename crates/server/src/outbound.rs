@@ -136,7 +136,7 @@ impl Dialer {
         hop: &NextHop,
         message: Parked,
         now: Instant,
-        reach: &impl Reach,
+        reach: &(impl Reach + ?Sized),
     ) -> Dispatch {
         let ready = match hop {
             NextHop::Direct(target) => reach.ready(target),

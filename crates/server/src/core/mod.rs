@@ -1,0 +1,1855 @@
+//! The node's core: everything a node decides, with no I/O. Messages,
+//! dial results, probe verdicts, webhook outcomes and admin queries come in
+//! through [`Core::handle`] with the time; what the node is to do (send,
+//! dial, post, probe) comes out of [`Core::poll_output`]; timers go
+//! through [`Core::poll_timeout`] and [`Core::handle_timeout`]. It spawns
+//! nothing, reads no clock and awaits nothing: the driver in `node` owns
+//! every socket, task and thread, and a test can run the core in memory.
+//!
+//! One SUBSCRIBE, from socket to NOTIFY:
+//! 1. the transport parses it off the loop and the driver hands it in
+//!    ([`Input::Received`]);
+//! 2. `on_request` judges the source (rate, overload) and routes it
+//!    ([`crate::edge::Edge::route`]: local, proxied or delivered);
+//! 3. the transaction layer opens its server transaction and `uas`
+//!    decides it is the presence service's;
+//! 4. the presence service admits it (policy) and the notifier takes the
+//!    subscription (`Notifier::subscribe`), answered 200 by `respond`;
+//! 5. `flush` takes the initial NOTIFY from the notifier, written once,
+//!    into a client transaction ([`TransactionLayer::send_written`]);
+//! 6. both go out as [`Action::Send`], which the driver offers to the
+//!    connection or socket without waiting.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use porchlight_policy::{Network, PolicyConfig};
+use porchlight_sip::{
+    standard_reason, via_with_received, Answer, Contacts, HeaderName, Message, MessageWriter, Uri,
+};
+use porchlight_transaction::proxy::{forward, Forwarding, ProxyAction, ProxyError, ProxyTable};
+use porchlight_transaction::{
+    ClientKey, Output, RequestMatch, ServerKey, TimerConfig, TransactionLayer, TxId,
+};
+use porchlight_transport::{
+    ConnectionId, Origin, Protocol, Received, RefusalLog, SourceRateLimits, SourceRates, Target,
+    TrustedSource,
+};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::edge::{self, partner_of, DialogSide, Direction, Edge, Parties, Route, NO_PARTNER};
+use crate::im_session::{first_text_of, ImSessions, InSession, OurSide, SessionKey};
+use crate::outbound::{DialError, Dialer, Dispatch, NextHop, Parked, Reach};
+use crate::overload::{Load, Overload, OverloadLimits, Transition};
+use crate::presence::{domain_of, modality_of, parse_own, PresenceService};
+use crate::status::{PartnerCounts, Query, RefusedCount, SentMessage, Status};
+use crate::uas::{answer_malformed, answer_request, Disposition, LocalNames, SERVER};
+use crate::webhook::{Outcome, WebhookMessage};
+
+/// How often idle IM sessions are looked for.
+const SESSION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the core asks of the transport: facts about open connections,
+/// never I/O.
+pub(crate) trait Links: Reach + Send + Sync {
+    /// The protocol of an open connection, for the Via of what is sent on it.
+    fn connection_protocol(&self, id: ConnectionId) -> Option<Protocol>;
+}
+
+/// What the core asks the driver to do.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Send bytes to a target the dialer found ready; if they cannot go,
+    /// the driver hands them back as [`Input::SendFailed`].
+    Send {
+        /// Where.
+        target: Target,
+        /// The bytes and the transaction to tell.
+        message: Parked,
+    },
+    /// Find and open the way to a next hop; the answer comes back as
+    /// [`Input::Dialed`].
+    Dial {
+        /// The destination.
+        hop: NextHop,
+        /// A partner's pinned proxy, which replaces DNS.
+        pinned: Option<porchlight_policy::ProxyAddress>,
+    },
+    /// Deliver a text to an app's webhook; [`Input::Posted`] tells how it went.
+    Post {
+        /// The delivery's number.
+        delivery: u64,
+        /// The app's webhook.
+        webhook: porchlight_endpoints::WebhookConfig,
+        /// What to post.
+        message: WebhookMessage,
+    },
+    /// Run an endpoint's health probe (replacing any running one); its
+    /// verdicts come back as [`Input::Verdict`].
+    StartProbe {
+        /// The endpoint's slot.
+        endpoint: usize,
+        /// The probe's number, which its verdicts carry.
+        probe: u64,
+        /// What to probe, how often.
+        health: porchlight_endpoints::HealthConfig,
+    },
+    /// Stop an endpoint's health probe.
+    StopProbe {
+        /// The endpoint's slot.
+        endpoint: usize,
+    },
+}
+
+/// What happens to the core.
+pub(crate) enum Input {
+    /// A message, or bytes that are not one, from the network.
+    Received(Received),
+    /// The load after a batch of messages.
+    Load(Load),
+    /// A dial finished.
+    Dialed {
+        /// What was dialled.
+        hop: NextHop,
+        /// The way found, or why none was.
+        result: Result<Target, DialError>,
+    },
+    /// A message could not be sent.
+    SendFailed(Parked),
+    /// A health probe's verdict.
+    Verdict {
+        /// The endpoint's slot.
+        endpoint: usize,
+        /// The probe's number.
+        probe: u64,
+        /// Whether the app answered healthy.
+        healthy: bool,
+    },
+    /// A webhook delivery ended.
+    Posted {
+        /// The delivery's number.
+        delivery: u64,
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// The admin surface asks.
+    Query(Query),
+}
+
+/// Everything the node decides, without I/O: messages and reports in,
+/// [`Action`]s out, time passed in. The driver owns every socket and task.
+pub(crate) struct Core {
+    /// What the transport knows about open connections: facts, no I/O.
+    links: Arc<dyn Links>,
+    /// This node's listening addresses, for Via and Record-Route.
+    local_addrs: Vec<(Protocol, SocketAddr)>,
+    /// What the driver is to do, in order.
+    actions: VecDeque<Action>,
+    layer: TransactionLayer<NextHop>,
+    local: LocalNames,
+    presence: PresenceService,
+    tag_seed: u64,
+    tag_counter: u64,
+    /// Proxied requests in progress (edge mode).
+    proxy: ProxyTable<Branch>,
+    edge: Edge,
+    trust_header: String,
+    record_route_host: Option<String>,
+    /// Our domains: the only From domains sent out to partners.
+    domains: Vec<String>,
+    branch_counter: u64,
+    /// Messages waiting for a partner's edge or a host name to be found.
+    dialer: Dialer,
+    started: Instant,
+    /// Requests exchanged with each partner.
+    partners: PartnerCounts,
+    dials_succeeded: u64,
+    dials_failed: u64,
+    /// Subscriptions brought back from the store at start.
+    restored: usize,
+    /// MESSAGEs waiting for their webhook delivery, by delivery number.
+    posting: HashMap<u64, Posting>,
+    delivery_counter: u64,
+    /// Requests this node sent on its own (IM from an endpoint), with who
+    /// waits for the final response.
+    originated: HashMap<ClientKey, Option<oneshot::Sender<SentMessage>>>,
+    /// IM sessions the node answers for webhook apps.
+    sessions: ImSessions,
+    next_session_sweep: Instant,
+    /// The number of each probed endpoint's running health probe, by
+    /// slot: a stopped probe's late verdicts are ignored.
+    probes: HashMap<usize, u64>,
+    probe_counter: u64,
+    /// What the transport asks of a new connection's address.
+    trusted_networks: TrustedNetworks,
+    /// Sheds new work past the load marks.
+    overload: Overload,
+    /// Refusals of the node's own (overload, source rate), logged once per interval.
+    refusals: RefusalLog,
+    /// Requests per anonymous source, so one flooder is dropped alone.
+    source_rates: SourceRates,
+}
+
+/// The trusted networks as the transport sees them, kept in step with the
+/// policy in force: connections from them draw on the reserved slots.
+#[derive(Clone, Default)]
+pub(crate) struct TrustedNetworks(Arc<std::sync::RwLock<Vec<Network>>>);
+
+impl TrustedNetworks {
+    pub(crate) fn set(&self, policy: &PolicyConfig) {
+        let networks = policy
+            .edge
+            .trusted_networks
+            .iter()
+            .filter_map(|n| Network::parse(n))
+            .collect();
+        if let Ok(mut held) = self.0.write() {
+            *held = networks;
+        }
+    }
+
+    pub(crate) fn source(&self) -> TrustedSource {
+        let networks = self.0.clone();
+        Arc::new(move |ip| {
+            networks
+                .read()
+                .is_ok_and(|n| n.iter().any(|network| network.contains(ip)))
+        })
+    }
+}
+
+/// A text whose webhook delivery is under way.
+struct Posting {
+    /// Who waits for the outcome.
+    waiting: Waiting,
+    endpoint: usize,
+    upstream: Upstream,
+    /// The IM session it came in, where the app's reply goes.
+    session: Option<SessionKey>,
+}
+
+/// Who waits for a webhook delivery's outcome.
+enum Waiting {
+    /// The sender's server transaction.
+    Transaction(ServerKey),
+    /// An app writing to another endpoint of this node through the API.
+    Api(oneshot::Sender<SentMessage>),
+    /// Nobody: the first text of an IM session, whose INVITE is answered.
+    Nobody,
+}
+
+impl Posting {
+    /// The text to hand over: the request's body, or for the first text
+    /// of a session, what its INVITE carries in `ms-text-format`.
+    fn text(&self) -> Option<(String, String)> {
+        let request = &self.upstream.request;
+        match self.waiting {
+            Waiting::Nobody => first_text_of(request),
+            Waiting::Transaction(_) | Waiting::Api(_) => Some((
+                request.first_value(HeaderName::ContentType).map_or_else(
+                    || "text/plain".to_owned(),
+                    |ct| String::from_utf8_lossy(ct).trim().to_owned(),
+                ),
+                String::from_utf8_lossy(request.body()).into_owned(),
+            )),
+        }
+    }
+}
+
+/// What a proxied request needs kept to answer upstream itself.
+struct Upstream {
+    request: Message,
+    origin: Origin,
+}
+
+/// A proxied branch: the request it serves, and the registration it was
+/// sent to, if any (dropped when its flow turns out to be gone).
+struct Branch {
+    upstream: Upstream,
+    registration: Option<(usize, String)>,
+}
+
+/// What the node brought up before the core takes over: its transport's
+/// facts, its names, and the state restored from the store.
+pub(crate) struct Started {
+    /// What the transport knows about open connections.
+    pub links: Arc<dyn Links>,
+    /// The bound listening addresses.
+    pub local_addrs: Vec<(Protocol, SocketAddr)>,
+    /// The names and addresses that mean this node.
+    pub local: LocalNames,
+    /// Endpoints, policy and restored subscriptions.
+    pub presence: PresenceService,
+    /// The transaction timers.
+    pub timers: TimerConfig,
+    /// Seeds tags and branches, unique to this node.
+    pub tag_seed: u64,
+    /// Keys the edge's Record-Route tokens.
+    pub edge_secret: [u8; 32],
+    /// Subscriptions brought back from the store.
+    pub restored: usize,
+    /// The trusted networks as the transport sees them.
+    pub trusted_networks: TrustedNetworks,
+    /// Each endpoint's health probe, by slot.
+    pub probes: Vec<(usize, Option<porchlight_endpoints::HealthConfig>)>,
+    /// When.
+    pub now: Instant,
+}
+
+impl Core {
+    /// The core of a node configured by `config`, taking over what was
+    /// brought up before it; the health probes to start wait as actions.
+    pub(crate) fn new(config: &Config, started: Started) -> Core {
+        let probes = started.probes;
+        let mut core = Core {
+            links: started.links,
+            local_addrs: started.local_addrs,
+            actions: VecDeque::new(),
+            layer: TransactionLayer::new(started.timers),
+            local: started.local,
+            presence: started.presence,
+            tag_seed: started.tag_seed,
+            tag_counter: 0,
+            proxy: ProxyTable::new(std::time::Duration::from_secs(config.timers.timer_c_secs)),
+            edge: Edge {
+                internal: edge::address_of(&config.edge.internal_next_hop),
+                secret: started.edge_secret,
+            },
+            trust_header: config.edge.trust_header.clone(),
+            record_route_host: (!config.edge.record_route_host.is_empty())
+                .then(|| config.edge.record_route_host.clone()),
+            domains: config.node.domains.clone(),
+            branch_counter: 0,
+            dialer: Dialer::new(config.limits.max_parked_per_destination),
+            started: started.now,
+            partners: PartnerCounts::default(),
+            dials_succeeded: 0,
+            dials_failed: 0,
+            restored: started.restored,
+            posting: HashMap::new(),
+            delivery_counter: 0,
+            originated: HashMap::new(),
+            sessions: ImSessions::new(config.limits.max_im_sessions, started.timers),
+            next_session_sweep: started.now,
+            probes: HashMap::new(),
+            probe_counter: 0,
+            trusted_networks: started.trusted_networks,
+            overload: Overload::new(OverloadLimits {
+                max_backlog: config.limits.overload_backlog,
+                max_server_transactions: config.limits.overload_server_transactions,
+                memory_budget_bytes: config.limits.memory_budget_mib << 20,
+                retry_after: Duration::from_secs(config.limits.overload_retry_after_secs),
+            }),
+            refusals: RefusalLog::new(Duration::from_secs(config.limits.refusal_log_interval_secs)),
+            source_rates: SourceRates::new(SourceRateLimits {
+                per_sec: config.limits.source_request_rate,
+                burst: config.limits.source_request_burst,
+                max_sources: config.limits.max_rate_sources,
+            }),
+        };
+        core.trusted_networks.set(core.presence.policy());
+        core.set_probes(probes);
+        core
+    }
+
+    /// The presence service, for the store writer to take changes from.
+    pub(crate) fn presence_mut(&mut self) -> &mut PresenceService {
+        &mut self.presence
+    }
+
+    /// Server transactions open, a measure of load.
+    pub(crate) fn server_transactions(&self) -> usize {
+        self.layer.len().0
+    }
+
+    /// The store writer's part of the status, from the core's side:
+    /// changes not yet handed over, subscriptions restored at start and
+    /// still being re-notified.
+    pub(crate) fn store_progress(&self) -> (usize, usize, usize) {
+        (
+            self.presence.changes_pending(),
+            self.restored,
+            self.presence.recovering(),
+        )
+    }
+}
+
+impl Core {
+    /// Takes one input; what the driver is to do then comes out of
+    /// [`poll_output`](Self::poll_output).
+    pub(crate) fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Received(received) => self.on_received(received, now),
+            Input::Load(load) => self.on_load(load),
+            Input::Dialed { hop, result } => self.on_dialed(hop, result, now),
+            Input::SendFailed(message) => self.fail(message, now),
+            Input::Verdict {
+                endpoint,
+                probe,
+                healthy,
+            } => {
+                if self.probes.get(&endpoint) == Some(&probe) {
+                    self.presence.on_health(endpoint, healthy);
+                }
+            }
+            Input::Posted { delivery, outcome } => self.on_posted(delivery, outcome, now),
+            Input::Query(query) => self.answer_query(query, now),
+        }
+    }
+
+    /// The next thing for the driver to do. What a batch of inputs set in
+    /// motion is gathered here, once: every answer of the batch before the
+    /// NOTIFYs it causes.
+    pub(crate) fn poll_output(&mut self, now: Instant) -> Option<Action> {
+        if self.actions.is_empty() {
+            self.flush(now);
+        }
+        self.actions.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) next has work.
+    pub(crate) fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        [
+            self.layer.next_deadline(),
+            self.presence.next_deadline(now),
+            self.proxy.next_deadline(),
+            self.sessions.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Time has come to `now`: timers fire.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.layer.handle_timeout(now);
+        self.presence.handle_timeout(now);
+        for action in self.proxy.handle_timeout(now) {
+            self.apply(action, now);
+        }
+        for (bytes, target) in self.sessions.retransmissions(now) {
+            self.send_detached(target, bytes);
+        }
+        if now >= self.next_session_sweep {
+            self.sessions.expire(now);
+            self.next_session_sweep = now + SESSION_SWEEP;
+        }
+    }
+
+    /// Starts, restarts (with new settings) or stops endpoints' health
+    /// probes, by slot.
+    fn set_probes(&mut self, probes: Vec<(usize, Option<porchlight_endpoints::HealthConfig>)>) {
+        for (endpoint, health) in probes {
+            self.probes.remove(&endpoint);
+            let Some(health) = health else {
+                self.actions.push_back(Action::StopProbe { endpoint });
+                continue;
+            };
+            self.probe_counter += 1;
+            self.probes.insert(endpoint, self.probe_counter);
+            self.actions.push_back(Action::StartProbe {
+                endpoint,
+                probe: self.probe_counter,
+                health,
+            });
+        }
+    }
+
+    /// Tells the overload controller the load after each batch; a change
+    /// of state is logged once.
+    fn on_load(&mut self, load: Load) {
+        match self.overload.observe(load) {
+            Some(Transition::Shedding(load)) => tracing::warn!(
+                backlog = load.backlog,
+                server_transactions = load.server_transactions,
+                resident_mib = load.resident_bytes >> 20,
+                "overloaded: new requests get 503 with Retry-After until the load halves"
+            ),
+            Some(Transition::Recovered(shed)) => {
+                tracing::warn!(
+                    shed,
+                    "load back under half the marks: new requests taken again"
+                )
+            }
+            None => {}
+        }
+    }
+
+    /// The node's own refusal counters (the transport keeps its own).
+    fn refused_counts(&self) -> Vec<RefusedCount> {
+        let (unchecked, wrong) = self.presence.guess_counts();
+        self.refusals
+            .totals()
+            .chain([
+                ("wrong password", wrong),
+                ("password guessing: refused unchecked", unchecked),
+            ])
+            .map(|(reason, count)| RefusedCount {
+                reason: reason.to_owned(),
+                count,
+            })
+            .collect()
+    }
+
+    /// The node's status as the core knows it; the driver adds what the
+    /// transport and the store writer count.
+    pub(crate) fn status(&self, now: Instant) -> Status {
+        let (stats, in_flight) = self.presence.notifier_stats();
+        let (servers, clients) = self.layer.len();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            domains: self.domains.clone(),
+            uptime_secs: now.saturating_duration_since(self.started).as_secs(),
+            subscriptions_active: stats.active,
+            subscriptions_created: stats.created,
+            subscriptions_refreshed: stats.refreshed,
+            subscriptions_expired: stats.expired,
+            notifies_sent: stats.notifies_sent,
+            notifies_failed: stats.notifies_failed,
+            notifies_in_flight: in_flight,
+            connections: 0,
+            overloaded: self.overload.is_shedding(),
+            server_transactions: servers,
+            client_transactions: clients,
+            proxied_in_progress: self.proxy.len(),
+            im_sessions: self.sessions.len(),
+            webhook_deliveries: self.posting.len(),
+            parked: self.dialer.parked(),
+            backlogged: 0,
+            dials_succeeded: self.dials_succeeded,
+            dials_failed: self.dials_failed,
+            decisions: self.presence.decision_counts(),
+            refused: self.refused_counts(),
+            partners: self.partners.list(),
+            endpoints: self.presence.endpoint_views(),
+            store: None,
+        }
+    }
+
+    /// Answers the admin surface from the state the core owns.
+    fn answer_query(&mut self, query: Query, now: Instant) {
+        match query {
+            // The driver answers it, adding what the transport counts.
+            Query::Status(reply) => {
+                let _ = reply.send(self.status(now));
+            }
+            Query::Endpoint(uri, reply) => {
+                let _ = reply.send(self.presence.endpoint_detail(&uri));
+            }
+            Query::Refusals(reply) => {
+                let _ = reply.send(self.presence.refusals());
+            }
+            Query::SetPresence(uri, state, reply) => {
+                let _ = reply.send(self.presence.set_override(&uri, state));
+            }
+            Query::Apply(policy, mut endpoints, reply) => {
+                let applied = self.presence.apply(*policy, &mut endpoints);
+                self.trusted_networks.set(self.presence.policy());
+                self.end_refused_sessions(now);
+                self.set_probes(applied.probes);
+                let imported = crate::status::Imported {
+                    endpoints_added: applied.added,
+                    endpoints_changed: applied.changed,
+                    endpoints_removed: applied.removed,
+                    ..crate::status::Imported::default()
+                };
+                let _ = reply.send((imported, endpoints));
+            }
+            Query::SendMessage(message, reply) => {
+                let Some(endpoint) = self.presence.directory().resolve(&message.from) else {
+                    let _ = reply.send(SentMessage {
+                        status: 404,
+                        reason: format!("{} is not an endpoint of this node", message.from),
+                    });
+                    return;
+                };
+                let content_type = message.content_type.as_deref().unwrap_or("text/plain");
+                self.send_message(
+                    endpoint,
+                    &message.to,
+                    content_type,
+                    &message.text,
+                    Some(reply),
+                    now,
+                );
+            }
+        }
+    }
+
+    /// Sends what the transaction layer and the presence service have for
+    /// the network, feeding transaction outcomes back to the service, until
+    /// neither has more.
+    fn flush(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(output) = self.layer.poll_output() {
+                progressed = true;
+                match output {
+                    Output::Send { id, to, bytes } => {
+                        let parked = Parked {
+                            transaction: Some(id),
+                            bytes,
+                        };
+                        self.send(&to, parked, now);
+                    }
+                    Output::Response { id, response } if self.originated.contains_key(&id) => {
+                        let status = response.status().unwrap_or(500);
+                        if status >= 200 {
+                            let reason =
+                                String::from_utf8_lossy(response.reason().unwrap_or_default());
+                            self.originated_ended(&id, status, &reason);
+                        }
+                    }
+                    Output::Timeout(TxId::Client(id)) if self.originated.contains_key(&id) => {
+                        self.originated_ended(&id, 408, "Request Timeout (no answer)");
+                    }
+                    Output::TransportError(TxId::Client(id))
+                        if self.originated.contains_key(&id) =>
+                    {
+                        self.originated_ended(
+                            &id,
+                            503,
+                            "Service Unavailable (the next hop cannot be reached)",
+                        );
+                    }
+                    Output::Response { id, response } => {
+                        if self.proxy.contains(&id) {
+                            for action in self.proxy.on_response(&id, &response, now) {
+                                self.apply(action, now);
+                            }
+                        } else if !self.presence.on_response(&id.branch, &response, now) {
+                            tracing::debug!(?id, "stray response");
+                        }
+                    }
+                    Output::Timeout(TxId::Client(id)) if self.proxy.contains(&id) => {
+                        let action = self.proxy.on_failure(&id, true);
+                        action.into_iter().for_each(|a| self.apply(a, now));
+                    }
+                    Output::TransportError(TxId::Client(id)) if self.proxy.contains(&id) => {
+                        let action = self.proxy.on_failure(&id, false);
+                        action.into_iter().for_each(|a| self.apply(a, now));
+                    }
+                    Output::Timeout(TxId::Client(id))
+                    | Output::TransportError(TxId::Client(id)) => {
+                        self.presence.on_failure(&id.branch, now)
+                    }
+                    Output::Timeout(id) | Output::TransportError(id) => {
+                        tracing::debug!(?id, "server transaction ended without ACK or transport")
+                    }
+                }
+            }
+            while let Some(out) = self.presence.poll(now) {
+                progressed = true;
+                let Some(key) = out.transaction else {
+                    let parked = Parked {
+                        transaction: None,
+                        bytes: out.bytes,
+                    };
+                    self.send(&out.target, parked, now);
+                    continue;
+                };
+                // Written by the service under its own key: not parsed again.
+                // A request that cannot go out ends what it was for (its
+                // subscription), so nothing waits on an answer that cannot come.
+                let branch = key.branch.clone();
+                if let Err(e) =
+                    self.layer
+                        .send_written(key, out.bytes, out.target, out.reliable, now)
+                {
+                    tracing::error!("cannot start a client transaction: {e}");
+                    self.presence.on_failure(&branch, now);
+                }
+                // Send what that transaction produced before taking more.
+                break;
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// Sends a message to its next hop, or parks it while the hop is found.
+    /// A message that cannot go ends its transaction now rather than at
+    /// its timeout.
+    fn send(&mut self, hop: &NextHop, message: Parked, now: Instant) {
+        if let NextHop::Partner(partner) = hop {
+            self.partners.count(partner, true);
+        }
+        if let Some((target, message)) = self.dispatch(hop, message, now) {
+            self.actions.push_back(Action::Send { target, message });
+        }
+    }
+
+    /// Where a message can go now; otherwise parks it (starting a dial for
+    /// the first one) or, beyond the bound, fails it.
+    fn dispatch(
+        &mut self,
+        hop: &NextHop,
+        message: Parked,
+        now: Instant,
+    ) -> Option<(Target, Parked)> {
+        let dispatch = self.dialer.dispatch(hop, message, now, &*self.links);
+        match dispatch {
+            Dispatch::Send(target, message) => return Some((target, message)),
+            Dispatch::Dial => self.start_dial(hop.clone()),
+            Dispatch::Wait => {}
+            Dispatch::Full(message) => {
+                tracing::warn!(?hop, "too many messages wait for this destination");
+                self.fail(message, now);
+            }
+        }
+        None
+    }
+
+    fn fail(&mut self, message: Parked, now: Instant) {
+        if let Some(id) = message.transaction {
+            self.layer.transport_error(&id, now);
+        }
+    }
+
+    /// Asks the driver to find the way to `hop`, a partner by its pinned
+    /// proxy or DNS.
+    fn start_dial(&mut self, hop: NextHop) {
+        let pinned = match &hop {
+            NextHop::Partner(name) => self.presence.policy().route_to(name).pinned,
+            _ => None,
+        };
+        self.actions.push_back(Action::Dial { hop, pinned });
+    }
+
+    /// A dial finished: what waited for it goes, or fails.
+    fn on_dialed(&mut self, hop: NextHop, result: Result<Target, DialError>, now: Instant) {
+        let waiting = self.dialer.finished(&hop, result.as_ref().ok(), now);
+        match result {
+            Ok(target) => {
+                self.dials_succeeded += 1;
+                for message in waiting {
+                    self.actions.push_back(Action::Send {
+                        target: target.clone(),
+                        message,
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    ?hop,
+                    waiting = waiting.len(),
+                    "destination unreachable: {e}"
+                );
+                for message in waiting {
+                    self.fail(message, now);
+                }
+            }
+        }
+    }
+
+    /// Sends what no transaction follows (stateless answers,
+    /// retransmissions of our own): at once when the target can take it,
+    /// else from a task of its own.
+    fn send_detached(&mut self, target: Target, bytes: Bytes) {
+        let message = Parked {
+            transaction: None,
+            bytes,
+        };
+        self.actions.push_back(Action::Send { target, message });
+    }
+
+    fn on_received(&mut self, received: Received, now: Instant) {
+        match received {
+            Received::Message(message, origin) if message.is_request() => {
+                self.on_request(message, origin, now)
+            }
+            Received::Message(response, _) => {
+                if response.validate_response().is_ok() {
+                    self.layer.receive_response(response, now);
+                }
+            }
+            Received::Malformed {
+                error,
+                head,
+                origin,
+            } => {
+                tracing::debug!(source = %origin.source, "malformed message: {error}");
+                if let Some(answer) = head.as_ref().and_then(|h| answer_malformed(&error, h)) {
+                    let head = head.expect("answer implies head");
+                    let target = response_target(&head, &origin);
+                    let bytes = self.render(&head, &origin, &answer);
+                    self.send_detached(target, bytes);
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, request: Message, origin: Origin, now: Instant) {
+        // First and cheapest: an anonymous source past its rate is not
+        // answered at all; under overload, new work is turned away before
+        // it is parsed further, decided or given a transaction.
+        if origin.peer.is_none()
+            && !self.presence.speaks_for_inside(&origin)
+            && !self.source_rates.admit(origin.source.ip(), now)
+        {
+            self.refusals
+                .note(now, origin.source.ip(), "source rate: request dropped", "");
+            return;
+        }
+        if let Some(answer) = self.overload.shed(&request) {
+            self.refusals
+                .note(now, origin.source.ip(), "overloaded: new request shed", "");
+            let tag = match ServerKey::of(&request) {
+                Ok(key) => self.stateless_tag(&key),
+                Err(_) => self.next_tag(""),
+            };
+            let bytes = self.write_answer(&request, &origin, &answer, &tag);
+            self.send_detached(response_target(&request, &origin), bytes);
+            return;
+        }
+        if let Some(partner) = origin.peer.as_ref().and_then(|p| p.domains.first()) {
+            self.partners.count(partner, false);
+        }
+        let target = response_target(&request, &origin);
+        let reliable = origin.protocol.is_reliable();
+        let mut disposition = None;
+        if request.validate_request().is_ok() {
+            if request.method() == Some("CANCEL") && self.cancel(&request, &origin, &target, now) {
+                return;
+            }
+            if let Some(session) = SessionKey::of(&request)
+                .filter(|k| !self.sessions.is_empty() && self.sessions.contains(k))
+            {
+                return self.in_session(session, request, origin, target, now);
+            }
+            let method = request.method();
+            let new_call = matches!(method, Some("INVITE" | "MESSAGE"));
+            // Edge mode asks of every request whether its target is an
+            // endpoint (endpoints stay here); otherwise only calls and IM do.
+            let to_endpoint = (new_call || self.edge.internal.is_some())
+                .then(|| request.request_uri())
+                .flatten()
+                .and_then(|uri| self.presence.directory().resolve(uri));
+            let parties = Parties {
+                to_endpoint: to_endpoint.is_some(),
+                from_endpoint: new_call
+                    && !self.presence.speaks_for_inside(&origin)
+                    && self.presence.sent_by_endpoint(&request, &origin),
+            };
+            match self.edge.route(
+                &request,
+                &origin,
+                &self.local,
+                self.presence.policy(),
+                parties,
+            ) {
+                Route::Local => {}
+                Route::Refuse(answer) => disposition = Some(Disposition::Respond(answer)),
+                Route::Forward(hop) => {
+                    return self.proxy_request(request, origin, target, hop, now)
+                }
+                Route::Deliver { consumed_routes } => {
+                    let endpoint = to_endpoint.expect("delivered requests name an endpoint");
+                    return self.deliver(request, origin, target, endpoint, consumed_routes, now);
+                }
+            }
+        }
+        let disposition = match disposition.unwrap_or_else(|| answer_request(&request, &self.local))
+        {
+            Disposition::Respond(answer)
+                if answer.code == 404
+                    && self.presence.hides_missing_endpoint(&request, &origin) =>
+            {
+                // As an endpoint's would be: the hop count comes first (§16.3).
+                Disposition::Respond(if request.max_forwards().ok().flatten() == Some(0) {
+                    Answer::new(483, "Too Many Hops")
+                } else {
+                    Answer::new(403, "Forbidden")
+                })
+            }
+            disposition => disposition,
+        };
+        match self
+            .layer
+            .receive_request(&request, NextHop::Direct(target.clone()), reliable, now)
+        {
+            Ok(RequestMatch::New(key)) => {
+                let answer = match disposition {
+                    Disposition::Respond(answer) => answer,
+                    Disposition::Deliver => self.presence.handle(&request, &origin, now),
+                    Disposition::Absorb => return,
+                };
+                self.respond(&key, &request, &origin, &answer, now);
+            }
+            Ok(_) => {}
+            // Too malformed for a transaction key: answer statelessly.
+            Err(_) => {
+                let answer = match disposition {
+                    Disposition::Respond(answer) => Some(answer),
+                    Disposition::Deliver => {
+                        Some(Answer::new(400, "Bad Request (no transaction key)"))
+                    }
+                    Disposition::Absorb => None,
+                };
+                if let Some(answer) = answer {
+                    let bytes = self.render(&request, &origin, &answer);
+                    self.send_detached(target, bytes);
+                }
+            }
+        }
+    }
+
+    /// A CANCEL for an INVITE this node proxies (§16.10): 200 for the
+    /// CANCEL, and the CANCEL goes on downstream. False when no proxied
+    /// INVITE matches (the node answers it as its own).
+    fn cancel(
+        &mut self,
+        request: &Message,
+        origin: &Origin,
+        target: &Target,
+        now: Instant,
+    ) -> bool {
+        let Ok(key) = ServerKey::of(request) else {
+            return false;
+        };
+        let Some(downstream) = self.proxy.cancel(&key.cancelled_invite()) else {
+            return false;
+        };
+        let reliable = origin.protocol.is_reliable();
+        if let Ok(RequestMatch::New(own)) =
+            self.layer
+                .receive_request(request, NextHop::Direct(target.clone()), reliable, now)
+        {
+            self.respond(&own, request, origin, &Answer::new(200, "OK"), now);
+        }
+        if let Some(action) = downstream {
+            self.apply(action, now);
+        }
+        true
+    }
+
+    /// Opens the server transaction of a request this node proxies or
+    /// delivers. None when nothing more is to be done: a retransmission, an
+    /// ACK for a 2xx forwarded on `hop` statelessly, or an answer already
+    /// given (400 without a transaction key, 483 with no hops left — §16.3
+    /// step 3 puts the hop count before policy, so a looping request gets
+    /// 483 whoever sent it).
+    fn server_transaction(
+        &mut self,
+        request: &Message,
+        origin: &Origin,
+        response_target: Target,
+        hop: Option<&edge::Forward>,
+        now: Instant,
+    ) -> Option<ServerKey> {
+        let reliable = origin.protocol.is_reliable();
+        let key = match self.layer.receive_request(
+            request,
+            NextHop::Direct(response_target.clone()),
+            reliable,
+            now,
+        ) {
+            Ok(RequestMatch::New(key)) => key,
+            Ok(RequestMatch::DialogAck) => {
+                let forwarded = hop.and_then(|hop| {
+                    let bytes = self.forwarded(request, origin, hop, None, None).ok()?;
+                    Some((hop, bytes))
+                });
+                if let Some((hop, bytes)) = forwarded {
+                    let ack = Parked {
+                        transaction: None,
+                        bytes,
+                    };
+                    if let Some((target, ack)) = self.dispatch(&hop.next, ack, now) {
+                        self.send_detached(target, ack.bytes);
+                    }
+                }
+                return None;
+            }
+            Ok(_) => return None,
+            Err(_) => {
+                let answer = Answer::new(400, "Bad Request (no transaction key)");
+                let bytes = self.render(request, origin, &answer);
+                self.send_detached(response_target, bytes);
+                return None;
+            }
+        };
+        if request.max_forwards().ok().flatten() == Some(0) {
+            let answer = Answer::new(483, "Too Many Hops");
+            self.respond(&key, request, origin, &answer, now);
+            return None;
+        }
+        Some(key)
+    }
+
+    /// Forwards a request the edge routes elsewhere: a new one through a
+    /// server and a client transaction, an ACK for a 2xx statelessly.
+    fn proxy_request(
+        &mut self,
+        request: Message,
+        origin: Origin,
+        response_target: Target,
+        hop: edge::Forward,
+        now: Instant,
+    ) {
+        let Some(key) =
+            self.server_transaction(&request, &origin, response_target, Some(&hop), now)
+        else {
+            return;
+        };
+        let admitted = match &hop.direction {
+            Direction::Entering => self
+                .presence
+                .authorize_entering(&request, &origin, None)
+                .map(Some),
+            Direction::Leaving { domain, .. } => self
+                .presence
+                .authorize_leaving(&self.domains, &request, domain)
+                .map(|()| None),
+            Direction::ToEndpoint(_) | Direction::InDialog => Ok(None),
+        };
+        match admitted {
+            Ok(trust) => {
+                let branch = Branch {
+                    upstream: Upstream { request, origin },
+                    registration: None,
+                };
+                self.relay(key, branch, hop, trust, None, now)
+            }
+            Err(answer) => self.respond(&key, &request, &origin, &answer, now),
+        }
+    }
+
+    /// Delivers a call or IM to an endpoint's app, under the policy for
+    /// its modality: proxied to its registered contact or static target,
+    /// or posted to its webhook.
+    fn deliver(
+        &mut self,
+        request: Message,
+        origin: Origin,
+        response_target: Target,
+        endpoint: usize,
+        consumed_routes: usize,
+        now: Instant,
+    ) {
+        let Some(key) = self.server_transaction(&request, &origin, response_target, None, now)
+        else {
+            return;
+        };
+        let trust = if self.presence.speaks_for_inside(&origin) {
+            None
+        } else {
+            match self
+                .presence
+                .authorize_entering(&request, &origin, Some(endpoint))
+            {
+                Ok(trust) => Some(trust),
+                Err(answer) => return self.respond(&key, &request, &origin, &answer, now),
+            }
+        };
+        match self.presence.delivery(endpoint, modality_of(&request)) {
+            Delivery::Sip {
+                request_uri,
+                next,
+                registered,
+            } => {
+                let hop = edge::Forward {
+                    next,
+                    consumed_routes,
+                    direction: Direction::ToEndpoint(endpoint),
+                };
+                let registration = registered.then(|| (endpoint, request_uri.clone()));
+                let branch = Branch {
+                    upstream: Upstream { request, origin },
+                    registration,
+                };
+                self.relay(key, branch, hop, trust, Some(&request_uri), now);
+            }
+            Delivery::Webhook if request.method() == Some("INVITE") => {
+                self.open_session(key, request, origin, endpoint, trust, now)
+            }
+            Delivery::Webhook => {
+                let posting = Posting {
+                    waiting: Waiting::Transaction(key),
+                    endpoint,
+                    upstream: Upstream { request, origin },
+                    session: None,
+                };
+                self.post_to_webhook(posting, trust, now);
+            }
+            Delivery::Refuse(answer) => self.respond(&key, &request, &origin, &answer, now),
+        }
+    }
+
+    /// Hands a text to its endpoint's webhook in a task of its own; the
+    /// server transaction, if any, waits for the outcome. `trust` is the
+    /// trust header value the sender was admitted with.
+    fn post_to_webhook(&mut self, posting: Posting, trust: Option<String>, now: Instant) {
+        let Some((e, config)) = self
+            .presence
+            .directory()
+            .get(posting.endpoint)
+            .and_then(|e| Some((e, e.config.webhook.clone()?)))
+        else {
+            // Removed, or its webhook taken away, since the session began.
+            let answer = Answer::new(
+                480,
+                "Temporarily Unavailable (the endpoint's app no longer takes IM here)",
+            );
+            return self.answer_posting(posting, &answer, now);
+        };
+        let Some((content_type, text)) = posting.text() else {
+            return;
+        };
+        let Upstream { request, origin } = &posting.upstream;
+        self.delivery_counter += 1;
+        let id = self.delivery_counter;
+        let from = request.from().ok();
+        let message = WebhookMessage {
+            event: "message",
+            delivery_id: format!("{:x}-{id:x}", self.tag_seed & 0xffff_ffff),
+            endpoint: e.identity.uri.clone(),
+            from: from
+                .as_ref()
+                .map(|f| f.uri.as_str().to_owned())
+                .unwrap_or_default(),
+            from_name: from
+                .as_ref()
+                .and_then(|f| f.display_name)
+                .map(|n| n.trim_matches('"').to_owned())
+                .filter(|n| !n.is_empty()),
+            content_type,
+            text,
+            peer: origin
+                .peer
+                .as_ref()
+                .and_then(|p| p.domains.first().cloned()),
+            verified: match trust.as_deref() {
+                Some(trust) => trust.contains("verified=yes"),
+                // From the inside: its word holds for our own domains only;
+                // any other domain it names is a claim nobody proved.
+                None => from.as_ref().is_some_and(|f| {
+                    let domain = domain_of(f.uri.as_str());
+                    self.domains.iter().any(|d| d.eq_ignore_ascii_case(&domain))
+                }),
+            },
+            call_id: request.call_id().unwrap_or_default().to_owned(),
+            in_session: posting.session.is_some(),
+        };
+        self.actions.push_back(Action::Post {
+            delivery: id,
+            webhook: config,
+            message,
+        });
+        self.posting.insert(id, posting);
+    }
+
+    /// Answers an IM INVITE for a webhook app as the app itself: the
+    /// session is held here, its first text goes to the webhook.
+    fn open_session(
+        &mut self,
+        key: ServerKey,
+        request: Message,
+        origin: Origin,
+        endpoint: usize,
+        trust: Option<String>,
+        now: Instant,
+    ) {
+        let local_tag = self.next_tag("s");
+        let here = if origin.local.ip().is_unspecified() {
+            self.record_route_host
+                .clone()
+                .unwrap_or_else(|| self.domains[0].clone())
+        } else {
+            origin.local.to_string()
+        };
+        let transport = origin.protocol.via_token().to_ascii_lowercase();
+        let user = self
+            .presence
+            .directory()
+            .get(endpoint)
+            .and_then(|e| e.aor.split('@').next())
+            .unwrap_or_default()
+            .to_owned();
+        let from_domain = request
+            .from()
+            .map(|f| domain_of(f.uri.as_str()))
+            .unwrap_or_default();
+        // Our requests go to a partner by its name, like the proxy's;
+        // otherwise along the caller's route set or to its Contact.
+        let next = partner_of(self.presence.policy(), &origin, &from_domain)
+            .map(NextHop::Partner)
+            .or_else(|| {
+                let first_hop = request.record_routes().next().and_then(Result::ok);
+                let contact = match request.contacts() {
+                    Ok(Contacts::List(list)) => list.first().map(|c| c.uri.as_str().to_owned()),
+                    _ => None,
+                };
+                first_hop
+                    .map(|r| r.uri.as_str().to_owned())
+                    .or(contact)
+                    .and_then(|uri| edge::hop_of(&uri))
+            })
+            .unwrap_or_else(|| NextHop::Direct(response_target(&request, &origin)));
+        let ours = OurSide {
+            local_tag,
+            contact: format!("<sip:{user}@{here};transport={transport}>"),
+            host: origin.local.ip().to_string(),
+            next,
+            trust: trust.clone(),
+        };
+        match self.sessions.accept(&request, endpoint, ours, now) {
+            Ok(accepted) => {
+                let bytes = self.render(&request, &origin, &accepted.answer);
+                self.layer.respond(&key, 200, bytes.clone(), now);
+                if !origin.protocol.is_reliable() {
+                    let target = response_target(&request, &origin);
+                    self.sessions.await_ack(&accepted.key, bytes, target, now);
+                }
+                if accepted.first_text.is_some() {
+                    let posting = Posting {
+                        waiting: Waiting::Nobody,
+                        endpoint,
+                        upstream: Upstream { request, origin },
+                        session: Some(accepted.key),
+                    };
+                    self.post_to_webhook(posting, trust, now);
+                }
+            }
+            Err(answer) => self.respond(&key, &request, &origin, &answer, now),
+        }
+    }
+
+    /// A request inside an IM session the node holds: text goes to the
+    /// webhook, a BYE ends the session, anything else is acknowledged.
+    fn in_session(
+        &mut self,
+        session: SessionKey,
+        request: Message,
+        origin: Origin,
+        target: Target,
+        now: Instant,
+    ) {
+        let reliable = origin.protocol.is_reliable();
+        let key = match self
+            .layer
+            .receive_request(&request, NextHop::Direct(target), reliable, now)
+        {
+            Ok(RequestMatch::New(key)) => key,
+            Ok(RequestMatch::DialogAck) => return self.sessions.acked(&session),
+            // A retransmission the layer answers.
+            _ => return,
+        };
+        let Some(event) = self.sessions.receive(&session, request.method(), now) else {
+            let answer = Answer::new(481, "Call/Transaction Does Not Exist");
+            return self.respond(&key, &request, &origin, &answer, now);
+        };
+        match event {
+            InSession::Text { endpoint } => {
+                let trust = self.sessions.trust(&session);
+                let posting = Posting {
+                    waiting: Waiting::Transaction(key),
+                    endpoint,
+                    upstream: Upstream { request, origin },
+                    session: Some(session),
+                };
+                self.post_to_webhook(posting, trust, now);
+            }
+            InSession::Ended | InSession::Other => {
+                self.respond(&key, &request, &origin, &Answer::new(200, "OK"), now)
+            }
+        }
+    }
+
+    /// Ends the federated IM sessions the policy in force refuses, with a
+    /// BYE, as a policy change ends the subscriptions it refuses.
+    fn end_refused_sessions(&mut self, now: Instant) {
+        let refused: Vec<SessionKey> = self
+            .sessions
+            .held()
+            .filter_map(|(key, endpoint, remote, next)| {
+                let NextHop::Partner(partner) = next else {
+                    return None;
+                };
+                let decision = self.presence.refuses_session(endpoint, remote, partner)?;
+                tracing::info!(
+                    remote,
+                    partner = %partner,
+                    "IM session ends: the policy now refuses it\n{decision}"
+                );
+                Some(key.clone())
+            })
+            .collect();
+        for key in refused {
+            let Some(next) = self.sessions.next_hop(&key).cloned() else {
+                continue;
+            };
+            let via = self.via_for(&next);
+            let branch = next_branch(&mut self.branch_counter, self.tag_seed, "im");
+            if let Some((bytes, next)) = self.sessions.end(&key, &via, &branch, now) {
+                self.send_in_session(bytes, next, now);
+            }
+        }
+    }
+
+    /// Sends a request of ours in an IM session.
+    fn send_in_session(&mut self, bytes: Bytes, next: NextHop, now: Instant) {
+        let Some(request) = parse_own(bytes) else {
+            return;
+        };
+        let reliable = next.is_reliable();
+        match self.layer.send_request(request, next, reliable, now) {
+            Ok(client) => {
+                self.originated.insert(client, None);
+            }
+            Err(e) => tracing::error!("cannot send into an IM session: {e}"),
+        }
+    }
+
+    /// A MESSAGE of our own from `from` to `to`, sent to `request_uri`
+    /// through `next`; None: handed over here (to a webhook), with our
+    /// own address in its Via.
+    fn write_message(
+        &mut self,
+        from: &str,
+        to: &str,
+        request_uri: &str,
+        next: Option<&NextHop>,
+        content_type: &str,
+        text: &str,
+    ) -> Option<Message> {
+        let via = match next {
+            Some(next) => self.via_for(next),
+            None => {
+                let own = self.own_origin();
+                format!("SIP/2.0/{} {}", own.protocol.via_token(), own.local)
+            }
+        };
+        let branch = next_branch(&mut self.branch_counter, self.tag_seed, "im");
+        let tag = self.next_tag("im");
+        let mut w = MessageWriter::request("MESSAGE", request_uri);
+        w.header_fmt("Via", format_args!("{via};branch={branch}"));
+        w.header("Max-Forwards", "70");
+        w.header_fmt("From", format_args!("<{from}>;tag={tag}"));
+        w.header_fmt("To", format_args!("<{to}>"));
+        w.header_fmt("Call-ID", format_args!("{tag}@{}", self.domains[0]));
+        w.header("CSeq", "1 MESSAGE");
+        w.header("Content-Type", content_type);
+        parse_own(w.finish(text.as_bytes()))
+    }
+
+    /// IM from one endpoint's app to another endpoint of this node: to the
+    /// recipient's registered contact or static target, else its webhook,
+    /// as IM from outside would go; `reply` learns the outcome.
+    #[allow(clippy::too_many_arguments)]
+    fn message_endpoint(
+        &mut self,
+        from: &str,
+        recipient: usize,
+        to: &str,
+        content_type: &str,
+        text: &str,
+        reply: Option<oneshot::Sender<SentMessage>>,
+        now: Instant,
+    ) {
+        match self
+            .presence
+            .delivery(recipient, porchlight_policy::Modality::Im)
+        {
+            Delivery::Sip {
+                request_uri, next, ..
+            } => {
+                let Some(message) =
+                    self.write_message(from, to, &request_uri, Some(&next), content_type, text)
+                else {
+                    return tell(
+                        reply,
+                        Answer::new(400, "Bad Request (the message cannot be written)"),
+                    );
+                };
+                self.originate(message, next, reply, now);
+            }
+            Delivery::Webhook => {
+                let Some(message) = self.write_message(from, to, to, None, content_type, text)
+                else {
+                    return tell(
+                        reply,
+                        Answer::new(400, "Bad Request (the message cannot be written)"),
+                    );
+                };
+                let posting = Posting {
+                    waiting: reply.map_or(Waiting::Nobody, Waiting::Api),
+                    endpoint: recipient,
+                    upstream: Upstream {
+                        request: message,
+                        origin: self.own_origin(),
+                    },
+                    session: None,
+                };
+                // The sender is one of ours, proven by the API's token.
+                self.post_to_webhook(posting, None, now);
+            }
+            Delivery::Refuse(refusal) => tell(reply, refusal),
+        }
+    }
+
+    /// Sends a request the node makes for an app; `reply` learns its
+    /// final response, or that it could not be sent.
+    fn originate(
+        &mut self,
+        message: Message,
+        next: NextHop,
+        reply: Option<oneshot::Sender<SentMessage>>,
+        now: Instant,
+    ) {
+        let reliable = next.is_reliable();
+        match self.layer.send_request(message, next, reliable, now) {
+            Ok(client) => {
+                self.originated.insert(client, reply);
+            }
+            Err(e) => tell(
+                reply,
+                Answer::new(500, format!("Server Internal Error ({e})")),
+            ),
+        }
+    }
+
+    /// Where the node's own requests come from, for the delivery paths
+    /// that ask: this node, with no certificate of a peer.
+    fn own_origin(&self) -> Origin {
+        let (protocol, local) = self.local_addrs[0];
+        Origin {
+            protocol,
+            source: local,
+            local,
+            connection: None,
+            peer: None,
+        }
+    }
+
+    /// Sends the app's `text` into an IM session.
+    fn session_message(&mut self, session: &SessionKey, text: &str, now: Instant) {
+        let Some(next) = self.sessions.next_hop(session).cloned() else {
+            return;
+        };
+        let via = self.via_for(&next);
+        let branch = next_branch(&mut self.branch_counter, self.tag_seed, "im");
+        if let Some((bytes, next)) = self.sessions.message(session, text, &via, &branch, now) {
+            self.send_in_session(bytes, next, now);
+        }
+    }
+
+    /// A webhook delivery ended: the sender gets its answer, and the app's
+    /// reply, if any, goes back to the sender as IM.
+    fn on_posted(&mut self, id: u64, outcome: Outcome, now: Instant) {
+        let Some(posting) = self.posting.remove(&id) else {
+            return;
+        };
+        let sender = posting
+            .upstream
+            .request
+            .from()
+            .map(|f| f.uri.as_str().to_owned());
+        let (endpoint, session) = (posting.endpoint, posting.session.clone());
+        self.answer_posting(posting, &outcome.answer(), now);
+        let Outcome::Delivered {
+            reply: Some(reply), ..
+        } = &outcome
+        else {
+            return;
+        };
+        if let Some(session) = &session {
+            return self.session_message(session, reply, now);
+        }
+        if let Ok(sender) = sender {
+            self.send_message(endpoint, &sender, "text/plain", reply, None, now);
+        }
+    }
+
+    /// Tells whoever waits for a webhook delivery how it ended.
+    fn answer_posting(&mut self, posting: Posting, answer: &Answer, now: Instant) {
+        let Upstream { request, origin } = &posting.upstream;
+        match posting.waiting {
+            Waiting::Transaction(key) => self.respond(&key, request, origin, answer, now),
+            Waiting::Api(reply) => {
+                let _ = reply.send(SentMessage {
+                    status: answer.code,
+                    reason: answer.reason.clone(),
+                });
+            }
+            Waiting::Nobody => {}
+        }
+    }
+
+    /// Sends an IM as `endpoint` to `to`, out through the edge under the
+    /// policy (or to the inside, for our own domains in edge mode).
+    /// `reply` learns the final response.
+    fn send_message(
+        &mut self,
+        endpoint: usize,
+        to: &str,
+        content_type: &str,
+        text: &str,
+        reply: Option<oneshot::Sender<SentMessage>>,
+        now: Instant,
+    ) {
+        let refuse = |reply: Option<oneshot::Sender<SentMessage>>, answer: Answer| {
+            tracing::info!(
+                to,
+                "IM from an endpoint not sent: {} {}",
+                answer.code,
+                answer.reason
+            );
+            tell(reply, answer);
+        };
+        let parsed = Uri::parse(to);
+        let Some(uri) = parsed.as_ref().ok().and_then(|u| match u {
+            Uri::Sip(sip, _) if sip.user.is_some() => Some(sip),
+            _ => None,
+        }) else {
+            return refuse(
+                reply,
+                Answer::new(
+                    400,
+                    format!("\"to\" = {to:?} is not a SIP URI of a user: write it like \"sip:alice@fabrikam.com\""),
+                ),
+            );
+        };
+        let Some(from) = self
+            .presence
+            .directory()
+            .get(endpoint)
+            .map(|e| e.identity.uri.clone())
+        else {
+            return refuse(reply, Answer::new(404, "Not Found (no longer an endpoint)"));
+        };
+        // Another endpoint here: delivered as a call or IM from outside
+        // would be, to its app's contact, target or webhook.
+        if let Some(recipient) = self.presence.directory().resolve(to) {
+            return self.message_endpoint(&from, recipient, to, content_type, text, reply, now);
+        }
+        let domain = uri.host.to_string().to_ascii_lowercase();
+        let internal = self.edge.internal;
+        let next = match (self.local.is_local(uri), internal) {
+            (false, _) => NextHop::Partner(self.presence.policy().route_to(&domain).verify.into()),
+            (true, Some((protocol, addr))) => NextHop::address(protocol, addr),
+            (true, None) => {
+                return refuse(
+                    reply,
+                    Answer::new(404, "Not Found (no one here by that name)"),
+                )
+            }
+        };
+        let Some(message) = self.write_message(&from, to, to, Some(&next), content_type, text)
+        else {
+            return refuse(
+                reply,
+                Answer::new(400, "Bad Request (the message cannot be written)"),
+            );
+        };
+        if !self.local.is_local(uri) {
+            if let Err(answer) = self
+                .presence
+                .authorize_leaving(&self.domains, &message, &domain)
+            {
+                return refuse(reply, *answer);
+            }
+        }
+        self.originate(message, next, reply, now);
+    }
+
+    /// A request this node originated got its final response.
+    fn originated_ended(&mut self, id: &ClientKey, status: u16, reason: &str) {
+        if let Some(Some(reply)) = self.originated.remove(id) {
+            let _ = reply.send(SentMessage {
+                status,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// Our Via (without branch) for a request sent to `next`.
+    fn via_for(&self, next: &NextHop) -> String {
+        let protocol = self.protocol_to(next);
+        let sent_by = self.sent_by(protocol);
+        format!("SIP/2.0/{} {sent_by}", protocol.via_token())
+    }
+
+    /// The transport a request to `next` travels on.
+    fn protocol_to(&self, next: &NextHop) -> Protocol {
+        match next {
+            NextHop::Direct(Target::Connection(id)) => {
+                self.links.connection_protocol(*id).unwrap_or(Protocol::Tls)
+            }
+            next => next.protocol(),
+        }
+    }
+
+    /// This node's address for `protocol`, for Via and Record-Route.
+    fn sent_by(&self, protocol: Protocol) -> String {
+        self.local_addrs
+            .iter()
+            .find(|(p, _)| *p == protocol)
+            .map_or_else(|| self.domains[0].clone(), |(_, a)| a.to_string())
+    }
+
+    /// Sends the copy of an admitted request on through a client
+    /// transaction paired with its server transaction `key`.
+    fn relay(
+        &mut self,
+        key: ServerKey,
+        branch: Branch,
+        hop: edge::Forward,
+        trust: Option<String>,
+        request_uri: Option<&str>,
+        now: Instant,
+    ) {
+        let Upstream { request, origin } = &branch.upstream;
+        let forwarded = match self.forwarded(request, origin, &hop, trust, request_uri) {
+            Ok(bytes) => parse_own(bytes).ok_or_else(|| Answer::new(500, "Server Internal Error")),
+            Err(ProxyError::TooManyHops) => Err(Answer::new(483, "Too Many Hops")),
+            Err(e) => Err(Answer::new(400, format!("Bad Request ({e})"))),
+        };
+        let forwarded = match forwarded {
+            Ok(forwarded) => forwarded,
+            Err(answer) => {
+                let Upstream { request, origin } = &branch.upstream;
+                self.respond(&key, request, origin, &answer, now);
+                return;
+            }
+        };
+        let reliable_out = hop.next.is_reliable();
+        match self
+            .layer
+            .send_request(forwarded.clone(), hop.next, reliable_out, now)
+        {
+            Ok(client) => self.proxy.insert(key, client, forwarded, branch, now),
+            Err(e) => tracing::error!("cannot start a client transaction: {e}"),
+        }
+    }
+
+    /// The copy of `request` for `hop`: our Via, for a new request crossing
+    /// the edge our two Record-Route entries (the one facing the next hop
+    /// on top), and the trust header only when this node vouches for it.
+    fn forwarded(
+        &mut self,
+        request: &Message,
+        origin: &Origin,
+        hop: &edge::Forward,
+        trust: Option<String>,
+        request_uri: Option<&str>,
+    ) -> Result<Bytes, ProxyError> {
+        let protocol = self.protocol_to(&hop.next);
+        let via = self.via_for(&hop.next);
+        let mut record_route = Vec::new();
+        let call_id = request.call_id().unwrap_or_default();
+        let entry = |token: &str, host: &str, p: Protocol| {
+            let t = p.via_token().to_ascii_lowercase();
+            format!("<sip:{token}@{host};transport={t};lr>")
+        };
+        match &hop.direction {
+            Direction::Entering | Direction::ToEndpoint(_) => {
+                let side = match hop.direction {
+                    Direction::Entering => DialogSide::Inside,
+                    _ => DialogSide::Endpoint,
+                };
+                let from = request.from().map(|f| domain_of(f.uri.as_str()));
+                let partner = from
+                    .ok()
+                    .and_then(|d| partner_of(self.presence.policy(), origin, &d))
+                    .unwrap_or_else(|| NO_PARTNER.into());
+                let token = self.edge.route_token(call_id, side, &partner);
+                let outside = self
+                    .record_route_host
+                    .clone()
+                    .unwrap_or_else(|| origin.local.to_string());
+                record_route.push(entry(&token, &self.sent_by(protocol), protocol));
+                record_route.push(entry(&token, &outside, origin.protocol));
+            }
+            Direction::Leaving {
+                partner,
+                from_endpoint,
+                ..
+            } => {
+                let side = if *from_endpoint {
+                    DialogSide::Endpoint
+                } else {
+                    DialogSide::Inside
+                };
+                let token = self.edge.route_token(call_id, side, partner);
+                let outside = self
+                    .record_route_host
+                    .clone()
+                    .unwrap_or_else(|| self.sent_by(Protocol::Tls));
+                record_route.push(entry(&token, &outside, Protocol::Tls));
+                record_route.push(entry(&token, &origin.local.to_string(), origin.protocol));
+            }
+            Direction::InDialog => {}
+        }
+        let trust_header = self.trust_header.as_str();
+        let add: Vec<(&str, String)> = trust.into_iter().map(|t| (trust_header, t)).collect();
+        // Only what this node vouches for reaches the inside, and nothing
+        // of it leaves: the header is removed from whatever passes.
+        let strip: &[&str] = &[trust_header];
+        let branch = next_branch(&mut self.branch_counter, self.tag_seed, "px");
+        forward(
+            request,
+            &Forwarding {
+                request_uri,
+                consumed_routes: hop.consumed_routes,
+                record_route: &record_route,
+                via: &via,
+                strip,
+                add: &add,
+            },
+            &branch,
+        )
+    }
+
+    /// Carries out what the proxy table asks for.
+    fn apply(&mut self, action: ProxyAction<Branch>, now: Instant) {
+        match action {
+            ProxyAction::Respond {
+                server,
+                code,
+                bytes,
+            } => {
+                self.layer.respond(&server, code, bytes, now);
+            }
+            ProxyAction::Fail { server, code, user } => {
+                let reason = if code == 408 {
+                    "Request Timeout (the next hop did not answer)"
+                } else {
+                    "Service Unavailable (the next hop cannot be reached)"
+                };
+                let mut answer = Answer::new(code, reason);
+                if code == 503 {
+                    answer = answer.with("Retry-After", "30".to_owned());
+                    if let Some((endpoint, contact)) = &user.registration {
+                        self.presence.delivery_failed(*endpoint, contact);
+                    }
+                }
+                let Upstream { request, origin } = &user.upstream;
+                self.respond(&server, request, origin, &answer, now);
+            }
+            ProxyAction::Cancel { client, bytes } => {
+                let target = self.layer.context(&TxId::Client(client)).cloned();
+                if let (Some(target), Some(cancel)) = (target, parse_own(bytes)) {
+                    let reliable = target.is_reliable();
+                    if let Err(e) = self.layer.send_request(cancel, target, reliable, now) {
+                        tracing::error!("cannot send CANCEL: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers a request through its server transaction.
+    fn respond(
+        &mut self,
+        key: &ServerKey,
+        request: &Message,
+        origin: &Origin,
+        answer: &Answer,
+        now: Instant,
+    ) {
+        // Refusals are answered without keeping state, each retransmission
+        // again with the same To tag (RFC 3261 §8.2.7), so a flood of them
+        // holds nothing for Timer J; what is accepted keeps its transaction.
+        if answer.code >= 300 {
+            let tag = self.stateless_tag(key);
+            let bytes = self.write_answer(request, origin, answer, &tag);
+            self.layer.refuse(key, bytes);
+        } else {
+            let bytes = self.render(request, origin, answer);
+            self.layer.respond(key, answer.code, bytes, now);
+        }
+    }
+
+    /// The To tag of a stateless answer: the same for every retransmission
+    /// of one request, unguessable across requests.
+    fn stateless_tag(&self, key: &ServerKey) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (self.tag_seed, key).hash(&mut hasher);
+        format!("{:x}", hasher.finish())
+    }
+
+    /// A tag no other of this node's dialogs or transactions uses (also
+    /// the unique part of the Call-IDs it makes).
+    fn next_tag(&mut self, prefix: &str) -> String {
+        self.tag_counter += 1;
+        format!(
+            "{prefix}{:x}{:x}",
+            self.tag_seed & 0xffff_ffff,
+            self.tag_counter
+        )
+    }
+
+    fn render(&mut self, request: &Message, origin: &Origin, answer: &Answer) -> Bytes {
+        let tag = self.next_tag("");
+        self.write_answer(request, origin, answer, &tag)
+    }
+
+    /// Writes an answer with `tag` for a To that has none.
+    fn write_answer(
+        &self,
+        request: &Message,
+        origin: &Origin,
+        answer: &Answer,
+        tag: &str,
+    ) -> Bytes {
+        let top_via = request
+            .top_via()
+            .ok()
+            .and_then(|via| via_with_received(&via, origin.source.ip(), origin.source.port()));
+        let mut answer = answer.clone();
+        // Details are for the inside; a stranger learns what the code says.
+        if !self.presence.speaks_for_inside(origin) {
+            answer.reason = standard_reason(answer.code).to_owned();
+        }
+        answer.headers.push(("Server", SERVER.to_owned()));
+        answer.write(request, top_via.as_deref(), tag)
+    }
+}
+
+/// Tells an app that asked through the API how its request ended.
+fn tell(reply: Option<oneshot::Sender<SentMessage>>, answer: Answer) {
+    if let Some(reply) = reply {
+        let _ = reply.send(SentMessage {
+            status: answer.code,
+            reason: answer.reason,
+        });
+    }
+}
+
+/// A branch for a request this node sends (forwarded: `px`, its own IM:
+/// `im`), unique by `counter`, with the magic cookie (§8.1.1.7).
+fn next_branch(counter: &mut u64, seed: u64, kind: &str) -> String {
+    *counter += 1;
+    format!("z9hG4bK{kind}{:x}.{}", seed & 0xffff, counter)
+}
+
+/// Where a response goes (RFC 3261 §18.2.2, RFC 3581): back on the stream
+/// it came from; over UDP to the source address, at the source port when
+/// `rport` asked for it, else at the sent-by port.
+fn response_target(request: &Message, origin: &Origin) -> Target {
+    if let Some(id) = origin.connection {
+        return Target::Connection(id);
+    }
+    let ip: IpAddr = origin.source.ip();
+    let port = match request.top_via() {
+        Ok(via) if via.rport().is_some() => origin.source.port(),
+        Ok(via) => via.port.unwrap_or(5060),
+        Err(_) => origin.source.port(),
+    };
+    Target::Address {
+        protocol: Protocol::Udp,
+        addr: SocketAddr::new(ip, port),
+        domain: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
