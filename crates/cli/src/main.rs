@@ -401,8 +401,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("starting the runtime")?;
             let hops = runtime.block_on(async {
                 let resolver = if nameserver.is_empty() {
-                    config
-                        .resolver()
+                    porchlight_server::resolver(&config)
                         .context("reading the system resolver configuration")?
                 } else {
                     porchlight_resolve::Resolver::with_nameservers(&nameserver)

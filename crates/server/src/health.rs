@@ -55,7 +55,7 @@ async fn probe(url: &str) -> std::io::Result<u16> {
     let mut stream = TcpStream::connect(address).await?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {}\r\nConnection: close\r\n\r\n",
-        crate::uas::SERVER
+        porchlight_node::uas::SERVER
     );
     stream.write_all(request.as_bytes()).await?;
     let mut head = Vec::with_capacity(256);

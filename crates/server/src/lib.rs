@@ -1,27 +1,29 @@
-//! The Porchlight node: configuration, the rules for answering requests, and
-//! the event loop that joins transport and transaction layer.
+//! The Porchlight node running: the driver of the I/O-free core in
+//! `porchlight-node`. It binds the transports, opens the store, runs the
+//! health probes, webhook deliveries and dial tasks, and carries out what
+//! the core decides without ever waiting for a peer.
 
-mod admission;
-pub mod config;
-mod core;
-mod delivery;
-mod edge;
+mod backlog;
+mod dial;
+mod handle;
 mod health;
-mod im_session;
-pub mod import;
 mod node;
-mod outbound;
-mod overload;
 mod persistence;
-mod presence;
-pub mod status;
-pub mod uas;
 mod webhook;
 
-pub use config::{Config, ConfigError, Provisioned, DEFAULT_CONFIG};
-pub use import::{check_import, ImportOptions, ImportPlan, ImportRefusal};
-pub use node::{Node, StartError};
+pub use node::{resolver, Node, StartError};
+pub use porchlight_node::{check_import, ImportOptions, ImportPlan, ImportRefusal};
+pub use porchlight_node::{config, import, uas};
+pub use porchlight_node::{Config, ConfigError, Provisioned, DEFAULT_CONFIG};
+
+/// What the running node shows its admin, and the handle that asks it.
+pub mod status {
+    pub use crate::handle::{ImportError, NodeHandle, Stopped};
+    pub use porchlight_node::status::*;
+}
 pub use status::NodeHandle;
+
+use porchlight_node::presence;
 
 /// The policy decision the node with `config` would make, every step
 /// written down: for `from` outside reaching `to` (an endpoint, or someone

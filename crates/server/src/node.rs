@@ -22,16 +22,21 @@ use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::{ClientAuthSetting, Config, DurabilitySetting};
-use crate::core::{Action, Core, Input, Links, Started, TrustedNetworks};
+use porchlight_node::config::{ClientAuthSetting, Config, DurabilitySetting};
+use porchlight_node::core::{Action, Core, Input, Links, Started, TrustedNetworks};
+use porchlight_node::outbound::{NextHop, Parked, Reach};
+use porchlight_node::overload::Load;
+use porchlight_node::presence::PresenceService;
+use porchlight_node::status::{Query, RefusedCount, StoreStatus};
+use porchlight_node::uas::LocalNames;
+use porchlight_node::webhook::Outcome;
+
+use crate::backlog::{Backlogs, Held};
+use crate::dial::{dial, DialError};
+use crate::handle::NodeHandle;
 use crate::health::Verdict;
-use crate::outbound::{dial, Backlogs, DialError, Held, NextHop, Parked};
-use crate::overload::Load;
 use crate::persistence::WriteBehind;
-use crate::presence::PresenceService;
-use crate::status::{NodeHandle, Query, RefusedCount, StoreStatus};
-use crate::uas::LocalNames;
-use crate::webhook::{Outcome, Webhooks};
+use crate::webhook::Webhooks;
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +67,7 @@ pub enum StartError {
     Store(#[from] porchlight_store::StoreError),
     /// The store's provisioned configuration does not pass the checks.
     #[error(transparent)]
-    Provisioned(#[from] crate::ConfigError),
+    Provisioned(#[from] porchlight_node::ConfigError),
     /// The store's writer thread could not be started.
     #[error("starting the store writer: {0}")]
     Writer(std::io::Error),
@@ -162,7 +167,7 @@ impl Node {
             .iter()
             .map(|(slot, e)| (slot, e.health.clone()))
             .collect();
-        let resolver = Arc::new(config.resolver().map_err(StartError::Resolver)?);
+        let resolver = Arc::new(resolver(&config).map_err(StartError::Resolver)?);
         let (queries_tx, queries) = mpsc::channel(16);
         let (dials_tx, dials) = mpsc::channel(64);
         let (writable_tx, writable) = mpsc::channel(64);
@@ -171,7 +176,7 @@ impl Node {
         let core = Core::new(
             &config,
             Started {
-                links: Arc::new(transport.clone()),
+                links: Arc::new(TransportLinks(transport.clone())),
                 local_addrs: transport.local_addrs().to_vec(),
                 local,
                 presence,
@@ -238,6 +243,16 @@ impl Node {
     /// Runs until the event loop ends.
     pub async fn wait(self) {
         let _ = self.task.await;
+    }
+}
+
+/// The DNS resolver `config` asks for: its `[dns] nameservers`, else the
+/// system's.
+pub fn resolver(config: &Config) -> std::io::Result<Resolver> {
+    if config.dns.nameservers.is_empty() {
+        Resolver::system()
+    } else {
+        Ok(Resolver::with_nameservers(&config.dns.nameservers))
     }
 }
 
@@ -409,9 +424,22 @@ fn store_status(writer: &WriteBehind, core: &Core) -> StoreStatus {
     }
 }
 
-impl Links for Transport {
+/// The transport as the core sees it: facts about its connections.
+struct TransportLinks(Transport);
+
+impl Reach for TransportLinks {
+    fn ready(&self, target: &Target) -> Option<Target> {
+        self.0.ready(target)
+    }
+
+    fn verified(&self, domain: &str) -> Option<Target> {
+        self.0.verified_connection(domain).map(Target::Connection)
+    }
+}
+
+impl Links for TransportLinks {
     fn connection_protocol(&self, id: ConnectionId) -> Option<Protocol> {
-        Transport::connection_protocol(self, id)
+        self.0.connection_protocol(id)
     }
 }
 
@@ -505,6 +533,7 @@ impl Driver {
                     self.core.handle(Instant::now(), Input::Verdict { endpoint, probe, healthy });
                 }
                 Some((hop, result)) = dials.recv() => {
+                    let result = result.map_err(|e| e.to_string());
                     self.core.handle(Instant::now(), Input::Dialed { hop, result });
                 }
                 Some(id) = writable.recv() => self.on_writable(id),
@@ -689,6 +718,6 @@ impl Driver {
             .write_behind
             .as_ref()
             .map(|w| store_status(w, &self.core));
-        let _ = reply.send(status);
+        reply.send(status);
     }
 }

@@ -1,14 +1,6 @@
-//! IM delivery to apps that speak only HTTP: each message is POSTed to the
-//! endpoint's webhook as JSON, signed with the endpoint's shared secret,
-//! with a timeout per attempt and a bounded number of retries. The SIP
-//! sender's answer reflects what happened (200/202, or 480, 408 or 503
-//! with the reason), and a reply in the app's answer goes back as IM.
-//!
-//! The signature header is `X-Porchlight-Signature: t=<unix seconds>,
-//! v1=<hex HMAC-SHA256 of "<t>.<body>">`: the app recomputes it with the
-//! secret, and rejects old timestamps to defeat replays. A delivery keeps
-//! one `X-Porchlight-Delivery` id across its retries, so an app that got
-//! the first attempt after all can drop the repeats.
+//! The HTTP client of webhook deliveries: each message the core hands
+//! over is POSTed to the endpoint's webhook, signed, with a timeout per
+//! attempt and bounded retries, and its [`Outcome`] goes back to the core.
 
 use std::time::Duration;
 
@@ -18,90 +10,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use porchlight_endpoints::WebhookConfig;
-use porchlight_sip::Answer;
-use serde::{Deserialize, Serialize};
+use porchlight_node::webhook::{Outcome, WebhookMessage};
+use serde::Deserialize;
 use sha2::Sha256;
-
-/// The JSON body of a delivery.
-#[derive(Debug, Serialize)]
-pub struct WebhookMessage {
-    /// Always `"message"`; other events may follow.
-    pub event: &'static str,
-    /// Unique per delivery, the same across its retries.
-    pub delivery_id: String,
-    /// The endpoint the message is for.
-    pub endpoint: String,
-    /// The sender's SIP URI.
-    pub from: String,
-    /// The sender's display name, when it gave one.
-    pub from_name: Option<String>,
-    /// The body's media type (`text/plain`, `text/html`, …).
-    pub content_type: String,
-    /// The message text.
-    pub text: String,
-    /// The federation peer whose certificate vouched for the sender; None
-    /// for senders on the node's trusted networks.
-    pub peer: Option<String>,
-    /// Whether the sender's domain is verified (see the trust header).
-    pub verified: bool,
-    /// The SIP Call-ID, which groups a conversation's messages.
-    pub call_id: String,
-    /// Sent in an IM session (Microsoft clients): the app's reply goes back
-    /// in the same conversation window.
-    pub in_session: bool,
-}
 
 /// What an app may answer: a reply sent back to the sender as IM.
 #[derive(Debug, Default, Deserialize)]
 struct WebhookAnswer {
     reply: Option<String>,
-}
-
-/// How a delivery ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The app took it (any 2xx), maybe with a reply.
-    Delivered {
-        /// The HTTP status.
-        status: u16,
-        /// Text to send back to the sender.
-        reply: Option<String>,
-    },
-    /// The app answered 4xx: no retry.
-    Refused(u16),
-    /// No connection could be made on any attempt.
-    Unreachable,
-    /// The last attempt took longer than the timeout.
-    TimedOut,
-    /// The last attempt got a 5xx.
-    Failed(u16),
-}
-
-impl Outcome {
-    /// The SIP answer for the sender of the MESSAGE.
-    pub fn answer(&self) -> Answer {
-        match self {
-            Outcome::Delivered { status: 202, .. } => Answer::new(202, "Accepted"),
-            Outcome::Delivered { .. } => Answer::new(200, "OK"),
-            Outcome::Refused(status) => Answer::new(
-                480,
-                format!("Temporarily Unavailable (the app refused the message: HTTP {status})"),
-            ),
-            Outcome::Unreachable => Answer::new(
-                480,
-                "Temporarily Unavailable (the app's webhook cannot be reached)",
-            ),
-            Outcome::TimedOut => Answer::new(
-                408,
-                "Request Timeout (the app's webhook did not answer in time)",
-            ),
-            Outcome::Failed(status) => Answer::new(
-                503,
-                format!("Service Unavailable (the app's webhook failed: HTTP {status})"),
-            )
-            .with("Retry-After", "30".to_owned()),
-        }
-    }
 }
 
 /// The value of the signature header for `body` sent at `unix` seconds.
@@ -178,7 +94,7 @@ impl Webhooks {
             .map_or(0, |d| d.as_secs());
         let request = hyper::Request::post(&config.url)
             .header("content-type", "application/json")
-            .header("user-agent", crate::uas::SERVER)
+            .header("user-agent", porchlight_node::uas::SERVER)
             .header("x-porchlight-delivery", delivery_id)
             .header(
                 "x-porchlight-signature",

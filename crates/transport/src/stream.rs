@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::framer::{Framed, StreamFramer};
-use crate::identity::identity_from_certificate;
+use crate::identity_from_certificate;
 use crate::{
     ConnectionHandle, ConnectionId, Origin, PeerIdentity, Protocol, Received, SendError, Shared,
     Slot,

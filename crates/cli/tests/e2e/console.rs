@@ -31,20 +31,23 @@ impl Drop for Browser {
 }
 
 fn webdriver(method: &str, url: &str, body: Option<Value>) -> Value {
+    try_webdriver(method, url, body).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A WebDriver command: its value, or what went wrong, as text.
+fn try_webdriver(method: &str, url: &str, body: Option<Value>) -> Result<Value, String> {
     let request = ureq::request(method, url).timeout(Duration::from_secs(60));
     let response = match body {
         Some(body) => request.send_json(body),
         None => request.call(),
     };
     match response {
-        Ok(r) => r.into_json::<Value>().unwrap()["value"].take(),
-        Err(ureq::Error::Status(code, r)) => {
-            panic!(
-                "{method} {url}: {code} {}",
-                r.into_string().unwrap_or_default()
-            )
-        }
-        Err(e) => panic!("{method} {url}: {e}"),
+        Ok(r) => Ok(r.into_json::<Value>().unwrap()["value"].take()),
+        Err(ureq::Error::Status(code, r)) => Err(format!(
+            "{method} {url}: {code} {}",
+            r.into_string().unwrap_or_default()
+        )),
+        Err(e) => Err(format!("{method} {url}: {e}")),
     }
 }
 
@@ -133,13 +136,20 @@ impl Browser {
             .to_owned()
     }
 
+    /// Clicks the element `css` finds. The console redraws its tables as
+    /// presence changes, so an element found just before a redraw is gone
+    /// by the click ("stale"): it is found again, a bounded number of times.
     fn click(&self, css: &str) {
-        let id = self.element(css);
-        webdriver(
-            "POST",
-            &self.url(&format!("/element/{id}/click")),
-            Some(json!({})),
-        );
+        for _ in 0..10 {
+            let id = self.element(css);
+            let url = self.url(&format!("/element/{id}/click"));
+            match try_webdriver("POST", &url, Some(json!({}))) {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element reference") => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{css} went stale at every one of 10 clicks");
     }
 
     fn type_into(&self, css: &str, text: &str) {

@@ -18,9 +18,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use porchlight_link::{Origin, Protocol};
 use porchlight_policy::PolicyConfig;
 use porchlight_sip::{Answer, Message, NameAddr, Uri};
-use porchlight_transport::{Origin, Protocol};
 use sha2::{Digest, Sha256};
 
 use crate::outbound::NextHop;
@@ -365,8 +365,8 @@ impl Edge {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use porchlight_link::{IdentitySource, PeerIdentity};
     use porchlight_sip::{Framing, Limits};
-    use porchlight_transport::{IdentitySource, PeerIdentity};
 
     fn edge(internal: bool) -> Edge {
         Edge {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use porchlight_sip::{Framing, Limits, Message};
-use porchlight_transport::{
+use porchlight_link::{
     ConnectionId, IdentitySource, Origin, PeerIdentity, Protocol, Received, Target,
 };
+use porchlight_sip::{Framing, Limits, Message};
 
 use super::*;
 use crate::outbound::Reach;
@@ -326,7 +326,10 @@ fn a_policy_change_ends_a_partners_subscription_with_rejected() {
         "",
     );
     let endpoints = porchlight_endpoints::EndpointSet::new(blocked.endpoints.clone()).unwrap();
-    let (reply, mut applied) = tokio::sync::oneshot::channel();
+    let (reply, applied) = std::sync::mpsc::channel();
+    let reply = crate::status::Reply::new(move |answer| {
+        let _ = reply.send(answer);
+    });
     let query = Query::Apply(Box::new(blocked.policy.clone()), endpoints, reply);
     h.core.handle(h.now, Input::Query(query));
     h.drain();

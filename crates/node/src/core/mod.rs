@@ -26,6 +26,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use porchlight_link::{
+    ConnectionId, Origin, Protocol, Received, RefusalLog, SourceRateLimits, SourceRates, Target,
+    TrustedSource,
+};
 use porchlight_policy::{Network, PolicyConfig};
 use porchlight_sip::{
     standard_reason, via_with_received, Answer, Contacts, HeaderName, Message, MessageWriter, Uri,
@@ -34,20 +38,15 @@ use porchlight_transaction::proxy::{forward, Forwarding, ProxyAction, ProxyError
 use porchlight_transaction::{
     ClientKey, Output, RequestMatch, ServerKey, TimerConfig, TransactionLayer, TxId,
 };
-use porchlight_transport::{
-    ConnectionId, Origin, Protocol, Received, RefusalLog, SourceRateLimits, SourceRates, Target,
-    TrustedSource,
-};
-use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::edge::{self, partner_of, DialogSide, Direction, Edge, Parties, Route, NO_PARTNER};
 use crate::im_session::{first_text_of, ImSessions, InSession, OurSide, SessionKey};
-use crate::outbound::{DialError, Dialer, Dispatch, NextHop, Parked, Reach};
+use crate::outbound::{Dialer, Dispatch, NextHop, Parked, Reach};
 use crate::overload::{Load, Overload, OverloadLimits, Transition};
 use crate::presence::{domain_of, modality_of, parse_own, PresenceService};
-use crate::status::{PartnerCounts, Query, RefusedCount, SentMessage, Status};
+use crate::status::{PartnerCounts, Query, RefusedCount, Reply, SentMessage, Status};
 use crate::uas::{answer_malformed, answer_request, Disposition, LocalNames, SERVER};
 use crate::webhook::{Outcome, WebhookMessage};
 
@@ -56,14 +55,14 @@ const SESSION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What the core asks of the transport: facts about open connections,
 /// never I/O.
-pub(crate) trait Links: Reach + Send + Sync {
+pub trait Links: Reach + Send + Sync {
     /// The protocol of an open connection, for the Via of what is sent on it.
     fn connection_protocol(&self, id: ConnectionId) -> Option<Protocol>;
 }
 
 /// What the core asks the driver to do.
 #[derive(Debug)]
-pub(crate) enum Action {
+pub enum Action {
     /// Send bytes to a target the dialer found ready; if they cannot go,
     /// the driver hands them back as [`Input::SendFailed`].
     Send {
@@ -107,7 +106,7 @@ pub(crate) enum Action {
 }
 
 /// What happens to the core.
-pub(crate) enum Input {
+pub enum Input {
     /// A message, or bytes that are not one, from the network.
     Received(Received),
     /// The load after a batch of messages.
@@ -116,8 +115,8 @@ pub(crate) enum Input {
     Dialed {
         /// What was dialled.
         hop: NextHop,
-        /// The way found, or why none was.
-        result: Result<Target, DialError>,
+        /// The way found, or why none was (for the log).
+        result: Result<Target, String>,
     },
     /// A message could not be sent.
     SendFailed(Parked),
@@ -143,7 +142,7 @@ pub(crate) enum Input {
 
 /// Everything the node decides, without I/O: messages and reports in,
 /// [`Action`]s out, time passed in. The driver owns every socket and task.
-pub(crate) struct Core {
+pub struct Core {
     /// What the transport knows about open connections: facts, no I/O.
     links: Arc<dyn Links>,
     /// This node's listening addresses, for Via and Record-Route.
@@ -177,7 +176,7 @@ pub(crate) struct Core {
     delivery_counter: u64,
     /// Requests this node sent on its own (IM from an endpoint), with who
     /// waits for the final response.
-    originated: HashMap<ClientKey, Option<oneshot::Sender<SentMessage>>>,
+    originated: HashMap<ClientKey, Option<Reply<SentMessage>>>,
     /// IM sessions the node answers for webhook apps.
     sessions: ImSessions,
     next_session_sweep: Instant,
@@ -198,10 +197,11 @@ pub(crate) struct Core {
 /// The trusted networks as the transport sees them, kept in step with the
 /// policy in force: connections from them draw on the reserved slots.
 #[derive(Clone, Default)]
-pub(crate) struct TrustedNetworks(Arc<std::sync::RwLock<Vec<Network>>>);
+pub struct TrustedNetworks(Arc<std::sync::RwLock<Vec<Network>>>);
 
 impl TrustedNetworks {
-    pub(crate) fn set(&self, policy: &PolicyConfig) {
+    /// Follows the policy in force.
+    pub fn set(&self, policy: &PolicyConfig) {
         let networks = policy
             .edge
             .trusted_networks
@@ -213,7 +213,8 @@ impl TrustedNetworks {
         }
     }
 
-    pub(crate) fn source(&self) -> TrustedSource {
+    /// The transport's question for a new connection's address.
+    pub fn source(&self) -> TrustedSource {
         let networks = self.0.clone();
         Arc::new(move |ip| {
             networks
@@ -238,7 +239,7 @@ enum Waiting {
     /// The sender's server transaction.
     Transaction(ServerKey),
     /// An app writing to another endpoint of this node through the API.
-    Api(oneshot::Sender<SentMessage>),
+    Api(Reply<SentMessage>),
     /// Nobody: the first text of an IM session, whose INVITE is answered.
     Nobody,
 }
@@ -276,7 +277,7 @@ struct Branch {
 
 /// What the node brought up before the core takes over: its transport's
 /// facts, its names, and the state restored from the store.
-pub(crate) struct Started {
+pub struct Started {
     /// What the transport knows about open connections.
     pub links: Arc<dyn Links>,
     /// The bound listening addresses.
@@ -304,7 +305,7 @@ pub(crate) struct Started {
 impl Core {
     /// The core of a node configured by `config`, taking over what was
     /// brought up before it; the health probes to start wait as actions.
-    pub(crate) fn new(config: &Config, started: Started) -> Core {
+    pub fn new(config: &Config, started: Started) -> Core {
         let probes = started.probes;
         let mut core = Core {
             links: started.links,
@@ -358,19 +359,19 @@ impl Core {
     }
 
     /// The presence service, for the store writer to take changes from.
-    pub(crate) fn presence_mut(&mut self) -> &mut PresenceService {
+    pub fn presence_mut(&mut self) -> &mut PresenceService {
         &mut self.presence
     }
 
     /// Server transactions open, a measure of load.
-    pub(crate) fn server_transactions(&self) -> usize {
+    pub fn server_transactions(&self) -> usize {
         self.layer.len().0
     }
 
     /// The store writer's part of the status, from the core's side:
     /// changes not yet handed over, subscriptions restored at start and
     /// still being re-notified.
-    pub(crate) fn store_progress(&self) -> (usize, usize, usize) {
+    pub fn store_progress(&self) -> (usize, usize, usize) {
         (
             self.presence.changes_pending(),
             self.restored,
@@ -382,7 +383,7 @@ impl Core {
 impl Core {
     /// Takes one input; what the driver is to do then comes out of
     /// [`poll_output`](Self::poll_output).
-    pub(crate) fn handle(&mut self, now: Instant, input: Input) {
+    pub fn handle(&mut self, now: Instant, input: Input) {
         match input {
             Input::Received(received) => self.on_received(received, now),
             Input::Load(load) => self.on_load(load),
@@ -405,7 +406,7 @@ impl Core {
     /// The next thing for the driver to do. What a batch of inputs set in
     /// motion is gathered here, once: every answer of the batch before the
     /// NOTIFYs it causes.
-    pub(crate) fn poll_output(&mut self, now: Instant) -> Option<Action> {
+    pub fn poll_output(&mut self, now: Instant) -> Option<Action> {
         if self.actions.is_empty() {
             self.flush(now);
         }
@@ -413,7 +414,7 @@ impl Core {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) next has work.
-    pub(crate) fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         [
             self.layer.next_deadline(),
             self.presence.next_deadline(now),
@@ -426,7 +427,7 @@ impl Core {
     }
 
     /// Time has come to `now`: timers fire.
-    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Instant) {
         self.layer.handle_timeout(now);
         self.presence.handle_timeout(now);
         for action in self.proxy.handle_timeout(now) {
@@ -498,7 +499,7 @@ impl Core {
 
     /// The node's status as the core knows it; the driver adds what the
     /// transport and the store writer count.
-    pub(crate) fn status(&self, now: Instant) -> Status {
+    pub fn status(&self, now: Instant) -> Status {
         let (stats, in_flight) = self.presence.notifier_stats();
         let (servers, clients) = self.layer.len();
         Status {
@@ -536,16 +537,16 @@ impl Core {
         match query {
             // The driver answers it, adding what the transport counts.
             Query::Status(reply) => {
-                let _ = reply.send(self.status(now));
+                reply.send(self.status(now));
             }
             Query::Endpoint(uri, reply) => {
-                let _ = reply.send(self.presence.endpoint_detail(&uri));
+                reply.send(self.presence.endpoint_detail(&uri));
             }
             Query::Refusals(reply) => {
-                let _ = reply.send(self.presence.refusals());
+                reply.send(self.presence.refusals());
             }
             Query::SetPresence(uri, state, reply) => {
-                let _ = reply.send(self.presence.set_override(&uri, state));
+                reply.send(self.presence.set_override(&uri, state));
             }
             Query::Apply(policy, mut endpoints, reply) => {
                 let applied = self.presence.apply(*policy, &mut endpoints);
@@ -558,11 +559,11 @@ impl Core {
                     endpoints_removed: applied.removed,
                     ..crate::status::Imported::default()
                 };
-                let _ = reply.send((imported, endpoints));
+                reply.send((imported, endpoints));
             }
             Query::SendMessage(message, reply) => {
                 let Some(endpoint) = self.presence.directory().resolve(&message.from) else {
-                    let _ = reply.send(SentMessage {
+                    reply.send(SentMessage {
                         status: 404,
                         reason: format!("{} is not an endpoint of this node", message.from),
                     });
@@ -723,7 +724,7 @@ impl Core {
     }
 
     /// A dial finished: what waited for it goes, or fails.
-    fn on_dialed(&mut self, hop: NextHop, result: Result<Target, DialError>, now: Instant) {
+    fn on_dialed(&mut self, hop: NextHop, result: Result<Target, String>, now: Instant) {
         let waiting = self.dialer.finished(&hop, result.as_ref().ok(), now);
         match result {
             Ok(target) => {
@@ -1350,7 +1351,7 @@ impl Core {
         to: &str,
         content_type: &str,
         text: &str,
-        reply: Option<oneshot::Sender<SentMessage>>,
+        reply: Option<Reply<SentMessage>>,
         now: Instant,
     ) {
         match self
@@ -1400,7 +1401,7 @@ impl Core {
         &mut self,
         message: Message,
         next: NextHop,
-        reply: Option<oneshot::Sender<SentMessage>>,
+        reply: Option<Reply<SentMessage>>,
         now: Instant,
     ) {
         let reliable = next.is_reliable();
@@ -1473,7 +1474,7 @@ impl Core {
         match posting.waiting {
             Waiting::Transaction(key) => self.respond(&key, request, origin, answer, now),
             Waiting::Api(reply) => {
-                let _ = reply.send(SentMessage {
+                reply.send(SentMessage {
                     status: answer.code,
                     reason: answer.reason.clone(),
                 });
@@ -1491,10 +1492,10 @@ impl Core {
         to: &str,
         content_type: &str,
         text: &str,
-        reply: Option<oneshot::Sender<SentMessage>>,
+        reply: Option<Reply<SentMessage>>,
         now: Instant,
     ) {
-        let refuse = |reply: Option<oneshot::Sender<SentMessage>>, answer: Answer| {
+        let refuse = |reply: Option<Reply<SentMessage>>, answer: Answer| {
             tracing::info!(
                 to,
                 "IM from an endpoint not sent: {} {}",
@@ -1562,7 +1563,7 @@ impl Core {
     /// A request this node originated got its final response.
     fn originated_ended(&mut self, id: &ClientKey, status: u16, reason: &str) {
         if let Some(Some(reply)) = self.originated.remove(id) {
-            let _ = reply.send(SentMessage {
+            reply.send(SentMessage {
                 status,
                 reason: reason.to_owned(),
             });
@@ -1815,9 +1816,9 @@ impl Core {
 }
 
 /// Tells an app that asked through the API how its request ended.
-fn tell(reply: Option<oneshot::Sender<SentMessage>>, answer: Answer) {
+fn tell(reply: Option<Reply<SentMessage>>, answer: Answer) {
     if let Some(reply) = reply {
-        let _ = reply.send(SentMessage {
+        reply.send(SentMessage {
             status: answer.code,
             reason: answer.reason,
         });

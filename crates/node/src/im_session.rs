@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
+use porchlight_link::Target;
 use porchlight_sip::{Answer, Contacts, HeaderName, Message, MessageWriter};
 use porchlight_transaction::TimerConfig;
-use porchlight_transport::Target;
 
 use crate::outbound::NextHop;
 
@@ -558,7 +558,7 @@ Content-Length: 0
     fn a_2xx_over_udp_is_sent_again_until_its_ack_and_given_up_without_one() {
         let (mut sessions, key, now) = one_session();
         let target = Target::Address {
-            protocol: porchlight_transport::Protocol::Udp,
+            protocol: porchlight_link::Protocol::Udp,
             addr: "192.0.2.9:5060".parse().unwrap(),
             domain: None,
         };

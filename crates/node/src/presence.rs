@@ -13,6 +13,7 @@ use porchlight_endpoints::{
     Change, Credentials, Directory, Endpoint, EndpointSet, Gate, GuessGuard, HealthConfig, Lockout,
     Registrar, RegistrarConfig, SavedBinding, Sources,
 };
+use porchlight_link::{Origin, Protocol, Target};
 use porchlight_policy::{
     decide, verdict, Class, Decision, LocalParty, Modality, PolicyConfig, Remote,
     Request as PolicyRequest, Verification,
@@ -26,14 +27,13 @@ use porchlight_presence::{
 use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Uri};
 use porchlight_store::SavedRegistration;
 use porchlight_transaction::ClientKey;
-use porchlight_transport::{Origin, Protocol, Target};
 
 use crate::admission::{Admission, DecisionCount, DecisionRecord, Way};
 use crate::config::Config;
 use crate::delivery::{self, Delivery};
 use crate::edge;
 use crate::outbound::NextHop;
-use crate::persistence::reconnect_to;
+use crate::snapshot::reconnect_to;
 use crate::status::{EndpointDetail, EndpointView, MAX_LISTED_WATCHERS};
 
 /// The path back to a watcher or an endpoint: the stream it used, or its
@@ -822,7 +822,7 @@ impl PresenceService {
         saved: Vec<(String, Vec<SavedPublication>)>,
         now: Instant,
     ) -> Vec<String> {
-        let unix = crate::persistence::unix_now();
+        let unix = crate::snapshot::unix_now();
         let mut orphans = Vec::new();
         for (uri, publications) in saved {
             let Some(endpoint) = self.directory.resolve(&uri) else {
@@ -845,7 +845,7 @@ impl PresenceService {
         saved: Vec<(String, Vec<SavedRegistration>)>,
         now: Instant,
     ) -> (usize, Vec<String>) {
-        let unix = crate::persistence::unix_now();
+        let unix = crate::snapshot::unix_now();
         let mut restored = 0;
         let mut orphans = Vec::new();
         for (uri, bindings) in saved {
@@ -856,7 +856,7 @@ impl PresenceService {
             let bindings: Vec<_> = bindings
                 .into_iter()
                 .filter_map(|b| {
-                    let hop = crate::persistence::flow_from_text(&b.flow.flow, &b.contact)?;
+                    let hop = crate::snapshot::flow_from_text(&b.flow.flow, &b.contact)?;
                     let flow = b.flow.clone().with_flow(hop);
                     Some(b.with_flow(flow))
                 })
@@ -877,11 +877,10 @@ impl PresenceService {
         window: Duration,
         now: Instant,
     ) -> RestoreReport {
-        let unix = crate::persistence::unix_now();
+        let unix = crate::snapshot::unix_now();
         let mut report = RestoreReport::default();
         for s in saved {
-            let Some(hop) = crate::persistence::flow_from_text(&s.flow.flow, reconnect_to(&s))
-            else {
+            let Some(hop) = crate::snapshot::flow_from_text(&s.flow.flow, reconnect_to(&s)) else {
                 report
                     .dropped
                     .push((s.id.index, "its path back is unreadable".into()));

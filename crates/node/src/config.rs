@@ -801,17 +801,6 @@ fn fix_for(message: &str) -> String {
 }
 
 impl Config {
-    /// The DNS resolver the configuration asks for.
-    pub fn resolver(&self) -> std::io::Result<porchlight_resolve::Resolver> {
-        if self.dns.nameservers.is_empty() {
-            porchlight_resolve::Resolver::system()
-        } else {
-            Ok(porchlight_resolve::Resolver::with_nameservers(
-                &self.dns.nameservers,
-            ))
-        }
-    }
-
     /// The embedded defaults.
     pub fn embedded() -> Config {
         let mut config = Config::parse(DEFAULT_CONFIG, "<embedded defaults>", Path::new("."))

@@ -7,18 +7,16 @@
 //! request for a name, or for a stream address, with no usable connection
 //! is parked here, one dial task per destination runs the lookups, connects
 //! and handshakes, and its result releases everything parked for it.
-//! [`Dialer`] is that bookkeeping, without I/O; [`dial`] is the task.
+//! [`Dialer`] is that bookkeeping, without I/O; the driver runs the task.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use porchlight_resolve::{Resolver, SipTransport, UriTarget, SIPS_PORT};
-use porchlight_sip::Uri;
+use porchlight_link::{Protocol, Target};
 use porchlight_transaction::TxId;
-use porchlight_transport::{ConnectionId, Protocol, Target, Transport};
 
 /// Where a request goes, as the node knows it before any lookup.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -102,16 +100,6 @@ pub trait Reach {
     fn verified(&self, domain: &str) -> Option<Target>;
 }
 
-impl Reach for Transport {
-    fn ready(&self, target: &Target) -> Option<Target> {
-        Transport::ready(self, target)
-    }
-
-    fn verified(&self, domain: &str) -> Option<Target> {
-        self.verified_connection(domain).map(Target::Connection)
-    }
-}
-
 /// Messages parked per name, and the host names already resolved.
 pub struct Dialer {
     parked: HashMap<NextHop, Vec<Parked>>,
@@ -178,174 +166,6 @@ impl Dialer {
     }
 }
 
-/// Messages held, in order, for connections whose queue is full: the
-/// peer reads slower than the node writes. The event loop never waits for
-/// it to read; a bounded backlog rides out a burst (a fan-out over one
-/// partner's connection), and past the bound the peer is not reading and
-/// what it is sent fails.
-pub struct Backlogs {
-    held: HashMap<ConnectionId, VecDeque<Parked>>,
-    max_per_connection: usize,
-}
-
-/// What became of a message for a connection that has a backlog.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Held {
-    /// First in the backlog: wait for the connection to take more.
-    First,
-    /// Behind others already held.
-    Behind,
-    /// The backlog is full: the message fails.
-    Full(Parked),
-}
-
-impl Backlogs {
-    /// At most `max_per_connection` messages wait for any one connection.
-    pub fn new(max_per_connection: usize) -> Backlogs {
-        Backlogs {
-            held: HashMap::new(),
-            max_per_connection,
-        }
-    }
-
-    /// Whether messages wait for `id`: later ones queue behind them, so
-    /// a connection's messages keep their order.
-    pub fn holds(&self, id: ConnectionId) -> bool {
-        self.held.contains_key(&id)
-    }
-
-    /// Holds `message` until `id` takes more.
-    pub fn hold(&mut self, id: ConnectionId, message: Parked) -> Held {
-        let waiting = self.held.entry(id).or_default();
-        if waiting.len() >= self.max_per_connection {
-            return Held::Full(message);
-        }
-        waiting.push_back(message);
-        if waiting.len() == 1 {
-            Held::First
-        } else {
-            Held::Behind
-        }
-    }
-
-    /// Everything held for `id`, oldest first, to offer again.
-    pub fn release(&mut self, id: ConnectionId) -> VecDeque<Parked> {
-        self.held.remove(&id).unwrap_or_default()
-    }
-
-    /// Messages held, over all connections.
-    pub fn len(&self) -> usize {
-        self.held.values().map(VecDeque::len).sum()
-    }
-}
-
-/// Why a next hop could not be reached.
-#[derive(Debug, thiserror::Error)]
-pub enum DialError {
-    /// DNS gave nothing.
-    #[error(transparent)]
-    Resolve(#[from] porchlight_resolve::ResolveError),
-    /// Every address failed; the last reason.
-    #[error("{name}: no address answered ({last})")]
-    Unreachable {
-        /// What was dialled.
-        name: String,
-        /// The last address's failure.
-        last: porchlight_transport::SendError,
-    },
-    /// Not a SIP URI.
-    #[error("{0} is not a SIP URI")]
-    NotSip(String),
-}
-
-/// Finds and opens the way to `hop`. A partner is found through `pinned`
-/// or DNS and must prove its name in the TLS handshake; each address is
-/// tried in order. A host name is resolved for the URI's transport, and a
-/// stream is opened to the first address that accepts.
-pub async fn dial(
-    hop: &NextHop,
-    pinned: Option<&porchlight_policy::ProxyAddress>,
-    resolver: &Resolver,
-    transport: &Transport,
-) -> Result<Target, DialError> {
-    match hop {
-        NextHop::Direct(Target::Address {
-            protocol: protocol @ (Protocol::Tcp | Protocol::Tls),
-            addr,
-            domain,
-        }) => transport
-            .connect(*protocol, *addr, domain.as_deref())
-            .await
-            .map(Target::Connection)
-            .map_err(|last| DialError::Unreachable {
-                name: addr.to_string(),
-                last,
-            }),
-        NextHop::Direct(target) => Ok(target.clone()),
-        NextHop::Partner(name) => {
-            let pinned = pinned.map(|p| (p.host_text(), p.port.unwrap_or(SIPS_PORT)));
-            let pinned = pinned.as_ref().map(|(host, port)| (host.as_str(), *port));
-            let hops = resolver.federation_hops(name, pinned).await?;
-            let mut last = None;
-            for h in hops {
-                match transport.connect(Protocol::Tls, h.addr, Some(name)).await {
-                    Ok(id) => {
-                        tracing::info!(partner = %name, addr = %h.addr, rule = %h.source, "connected to partner edge");
-                        return Ok(Target::Connection(id));
-                    }
-                    Err(e) => {
-                        tracing::info!(partner = %name, addr = %h.addr, "partner edge address failed: {e}");
-                        last = Some(e);
-                    }
-                }
-            }
-            Err(DialError::Unreachable {
-                name: name.to_string(),
-                last: last.expect("federation_hops returns at least one hop"),
-            })
-        }
-        NextHop::Host { protocol, uri } => {
-            let Ok(Uri::Sip(sip, _)) = Uri::parse(uri) else {
-                return Err(DialError::NotSip(uri.to_string()));
-            };
-            let host = sip.host.to_string();
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let transport_of = |p: Protocol| match p {
-                Protocol::Udp => SipTransport::Udp,
-                Protocol::Tcp => SipTransport::Tcp,
-                Protocol::Tls => SipTransport::Tls,
-            };
-            let target = UriTarget {
-                host,
-                port: sip.port,
-                transport: Some(transport_of(*protocol)),
-                secure: sip.secure,
-            };
-            let addrs = resolver.uri_hops(&target).await?;
-            let domain = (*protocol == Protocol::Tls).then(|| host.to_owned());
-            let mut last = None;
-            for (_, addr) in addrs {
-                let target = Target::Address {
-                    protocol: *protocol,
-                    addr,
-                    domain: domain.clone(),
-                };
-                if *protocol == Protocol::Udp {
-                    return Ok(target);
-                }
-                match transport.connect(*protocol, addr, domain.as_deref()).await {
-                    Ok(_) => return Ok(target),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(DialError::Unreachable {
-                name: uri.to_string(),
-                last: last.expect("uri_hops returns at least one address"),
-            })
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,7 +221,7 @@ mod tests {
         let none = Links::default();
         assert_eq!(dialer.dispatch(&hop, parked(1), now, &none), Dispatch::Dial);
         assert_eq!(dialer.dispatch(&hop, parked(2), now, &none), Dispatch::Wait);
-        let connection = Target::Connection(porchlight_transport::ConnectionId(4));
+        let connection = Target::Connection(porchlight_link::ConnectionId(4));
         assert_eq!(dialer.finished(&hop, Some(&connection), now).len(), 2);
         let open = Links {
             open: vec![(address, connection.clone())],
@@ -417,28 +237,6 @@ mod tests {
             dialer.dispatch(&udp, parked(4), now, &none),
             Dispatch::Send(..)
         ));
-    }
-
-    #[test]
-    fn a_connection_that_does_not_read_holds_a_bounded_backlog_in_order() {
-        let mut backlogs = Backlogs::new(2);
-        let (slow, other) = (ConnectionId(1), ConnectionId(2));
-        assert!(!backlogs.holds(slow));
-        assert_eq!(backlogs.hold(slow, parked(1)), Held::First);
-        assert_eq!(backlogs.hold(slow, parked(2)), Held::Behind);
-        assert_eq!(
-            backlogs.hold(slow, parked(3)),
-            Held::Full(parked(3)),
-            "past the bound the message is handed back to fail"
-        );
-        assert!(
-            !backlogs.holds(other),
-            "one connection's backlog is its own"
-        );
-        assert_eq!(backlogs.len(), 2);
-        let released: Vec<u8> = backlogs.release(slow).iter().map(|p| p.bytes[0]).collect();
-        assert_eq!(released, [1, 2], "oldest first");
-        assert_eq!(backlogs.len(), 0);
     }
 
     #[test]
@@ -477,7 +275,7 @@ mod tests {
         let mut dialer = Dialer::new(8);
         let now = Instant::now();
         let partner = NextHop::Partner("fabrikam.com".into());
-        let connection = Target::Connection(porchlight_transport::ConnectionId(9));
+        let connection = Target::Connection(porchlight_link::ConnectionId(9));
         let links = Links {
             verified: vec![("fabrikam.com", connection.clone())],
             ..Links::default()

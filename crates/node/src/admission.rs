@@ -4,8 +4,8 @@
 
 use std::collections::VecDeque;
 
+use porchlight_link::RefusalLog;
 use porchlight_policy::{Decision, DiscoveredLimits, Modality};
-use porchlight_transport::RefusalLog;
 use serde::Serialize;
 
 /// How many recent decisions are kept for the admin.

@@ -6,10 +6,10 @@
 //! message out through the edge.
 
 use porchlight_endpoints::{Binding, Endpoint};
+use porchlight_link::{Origin, Target};
 use porchlight_policy::Modality;
 use porchlight_presence::FlowInfo;
 use porchlight_sip::Answer;
-use porchlight_transport::{Origin, Target};
 
 use crate::edge::hop_of;
 use crate::outbound::NextHop;
@@ -108,7 +108,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use porchlight_endpoints::EndpointConfig;
-    use porchlight_transport::{ConnectionId, Protocol};
+    use porchlight_link::{ConnectionId, Protocol};
 
     fn endpoint(extra: &str) -> Endpoint {
         let config: EndpointConfig = toml::from_str(&format!(

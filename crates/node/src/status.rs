@@ -1,0 +1,280 @@
+//! What the running node shows its admin: a snapshot of its counters, its
+//! endpoints with live presence and watchers, partner traffic and recent
+//! refusals. The core owns the state, so the admin surface asks it with a
+//! [`Query`] and gets a copy back; nothing is shared or locked on the SIP
+//! path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::admission::{DecisionCount, DecisionRecord, Way};
+
+/// The node's counters and gauges at one moment.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// The software version.
+    pub version: &'static str,
+    /// The domains served.
+    pub domains: Vec<String>,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Subscriptions alive now.
+    pub subscriptions_active: u64,
+    /// New subscriptions accepted since start.
+    pub subscriptions_created: u64,
+    /// Refreshes accepted since start.
+    pub subscriptions_refreshed: u64,
+    /// Subscriptions that ran out since start.
+    pub subscriptions_expired: u64,
+    /// NOTIFY and BENOTIFY requests sent since start.
+    pub notifies_sent: u64,
+    /// NOTIFYs that failed for good since start.
+    pub notifies_failed: u64,
+    /// NOTIFY transactions outstanding now.
+    pub notifies_in_flight: u32,
+    /// Open TCP and TLS connections.
+    pub connections: usize,
+    /// Whether new work is being shed for overload now.
+    pub overloaded: bool,
+    /// Live server transactions.
+    pub server_transactions: usize,
+    /// Live client transactions.
+    pub client_transactions: usize,
+    /// Requests being proxied now.
+    pub proxied_in_progress: usize,
+    /// IM sessions held for webhook apps.
+    pub im_sessions: usize,
+    /// Webhook deliveries under way.
+    pub webhook_deliveries: usize,
+    /// Messages waiting for a destination to be found.
+    pub parked: usize,
+    /// Messages held for connections whose peer reads slower than the
+    /// node writes.
+    pub backlogged: usize,
+    /// Destinations found and connected since start.
+    pub dials_succeeded: u64,
+    /// Destinations that could not be reached since start.
+    pub dials_failed: u64,
+    /// Policy decisions by way, kind and outcome.
+    pub decisions: Vec<DecisionCount>,
+    /// Connections and requests refused by a bound since start, by reason
+    /// (exact, whatever the log summed up).
+    pub refused: Vec<RefusedCount>,
+    /// Requests exchanged with each federated partner.
+    pub partners: Vec<PartnerTraffic>,
+    /// The endpoints.
+    pub endpoints: Vec<EndpointView>,
+    /// Write-behind to the store; None when state is kept in memory only.
+    pub store: Option<StoreStatus>,
+}
+
+/// How many were refused for one reason.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct RefusedCount {
+    /// Why, as the log says it.
+    pub reason: String,
+    /// How many since start.
+    pub count: u64,
+}
+
+/// How write-behind to the store is keeping up.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct StoreStatus {
+    /// Batches committed since start.
+    pub flushes: u64,
+    /// Records saved or deleted since start.
+    pub records_written: u64,
+    /// Batches that failed to commit since start.
+    pub failures: u64,
+    /// Time spent committing since start, in seconds.
+    pub flush_seconds_total: f64,
+    /// The longest commit since start, in seconds.
+    pub flush_seconds_max: f64,
+    /// Changed subscriptions not yet handed to the writer.
+    pub pending_changes: usize,
+    /// Batches waiting for the writer.
+    pub queued_batches: usize,
+    /// Subscriptions brought back at start.
+    pub restored: usize,
+    /// Restored subscriptions still owed their first NOTIFY.
+    pub recovering: usize,
+}
+
+/// Traffic with one partner, named as its certificate proves it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct PartnerTraffic {
+    /// The partner.
+    pub partner: String,
+    /// Requests received from it.
+    pub requests_in: u64,
+    /// Requests sent to it.
+    pub requests_out: u64,
+}
+
+/// An endpoint with its live presence.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct EndpointView {
+    /// Its URI.
+    pub uri: String,
+    /// The name clients show.
+    pub display_name: String,
+    /// The availability band, as admins name it (`online`, `away`, …).
+    pub availability: &'static str,
+    /// The availability number (the Microsoft scale).
+    pub availability_value: u32,
+    /// The activity token, if any.
+    pub activity: Option<String>,
+    /// The note, if any.
+    pub note: Option<String>,
+    /// Subscriptions watching it.
+    pub watchers: usize,
+    /// Whether its app is registered, when it registers at all.
+    pub registered: Option<bool>,
+    /// Its health probe's verdict, when it has one.
+    pub healthy: Option<bool>,
+    /// Whether an admin's setting decides its presence now.
+    pub set_by_admin: bool,
+}
+
+/// One endpoint in full: its presence and who watches it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct EndpointDetail {
+    /// The endpoint.
+    #[serde(flatten)]
+    pub endpoint: EndpointView,
+    /// The watchers' URIs (at most [`MAX_LISTED_WATCHERS`]).
+    pub watcher_uris: Vec<String>,
+}
+
+/// The most watchers one endpoint detail lists.
+pub const MAX_LISTED_WATCHERS: usize = 1000;
+
+/// Where the answer to a [`Query`] goes. The admin side waits on its own
+/// channel behind this function, so the core needs no runtime to answer.
+pub struct Reply<T>(Box<dyn FnOnce(T) + Send>);
+
+impl<T> Reply<T> {
+    /// A reply that hands the answer to `deliver`.
+    pub fn new(deliver: impl FnOnce(T) + Send + 'static) -> Reply<T> {
+        Reply(Box::new(deliver))
+    }
+
+    /// Answers; an asker that has gone away is not an error.
+    pub fn send(self, answer: T) {
+        (self.0)(answer)
+    }
+}
+
+/// A question for the node's core from the admin side.
+pub enum Query {
+    /// The counters, gauges and endpoints now.
+    Status(Reply<Status>),
+    /// One endpoint with its watchers, by URI.
+    Endpoint(String, Reply<Option<EndpointDetail>>),
+    /// The most recent refusals, newest first.
+    Refusals(Reply<Vec<DecisionRecord>>),
+    /// An admin's presence for an endpoint (None clears it).
+    SetPresence(
+        String,
+        Option<porchlight_presence::PresenceState>,
+        Reply<Option<EndpointView>>,
+    ),
+    /// The policy and endpoints to put in force; the answer gives back
+    /// the endpoints that were already in force, to be freed off the loop.
+    Apply(
+        Box<porchlight_policy::PolicyConfig>,
+        porchlight_endpoints::EndpointSet,
+        Reply<(Imported, porchlight_endpoints::EndpointSet)>,
+    ),
+    /// An IM to send as an endpoint.
+    SendMessage(OutgoingMessage, Reply<SentMessage>),
+}
+
+/// An IM an endpoint's app sends through the node (admin API).
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+pub struct OutgoingMessage {
+    /// The endpoint it is sent as (filled in from the path).
+    #[serde(skip)]
+    pub from: String,
+    /// The recipient's SIP URI, e.g. `sip:alice@fabrikam.com`.
+    pub to: String,
+    /// The text.
+    pub text: String,
+    /// Its media type; `text/plain` when absent.
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+/// How an IM sent through the node ended: the recipient's final SIP
+/// response, or the node's own when it never left (policy, routing).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct SentMessage {
+    /// The SIP status code.
+    pub status: u16,
+    /// Its reason phrase.
+    pub reason: String,
+}
+
+/// What an import did (everything in it saved and in force), or, for a
+/// dry run, would do.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct Imported {
+    /// URIs of endpoints now in service: watchable, registrable, callable.
+    pub endpoints_added: Vec<String>,
+    /// URIs of endpoints whose settings changed; watchers see the difference.
+    pub endpoints_changed: Vec<String>,
+    /// URIs of endpoints no longer served; their watchers were told.
+    pub endpoints_removed: Vec<String>,
+    /// Every change to the policy and endpoints, entry by entry.
+    pub changes: crate::ImportPlan,
+    /// Only shown: nothing was changed.
+    pub dry_run: bool,
+}
+
+/// Per-partner request counts, bounded so a flood of names cannot grow it.
+#[derive(Default)]
+pub struct PartnerCounts {
+    counts: HashMap<Arc<str>, (u64, u64)>,
+}
+
+/// The most partners counted one by one; the rest are not listed.
+const MAX_COUNTED_PARTNERS: usize = 1024;
+
+impl PartnerCounts {
+    /// Counts one request to (`outbound`) or from `partner`; past the
+    /// bound, new names go uncounted.
+    pub fn count(&mut self, partner: &str, outbound: bool) {
+        let bump = |entry: &mut (u64, u64)| {
+            if outbound {
+                entry.1 += 1;
+            } else {
+                entry.0 += 1;
+            }
+        };
+        if let Some(entry) = self.counts.get_mut(partner) {
+            return bump(entry);
+        }
+        if self.counts.len() < MAX_COUNTED_PARTNERS {
+            let mut entry = (0, 0);
+            bump(&mut entry);
+            self.counts.insert(partner.into(), entry);
+        }
+    }
+
+    /// Every counted partner with its traffic, by name.
+    pub fn list(&self) -> Vec<PartnerTraffic> {
+        let mut list: Vec<PartnerTraffic> = self
+            .counts
+            .iter()
+            .map(|(partner, &(requests_in, requests_out))| PartnerTraffic {
+                partner: partner.to_string(),
+                requests_in,
+                requests_out,
+            })
+            .collect();
+        list.sort_by(|a, b| a.partner.cmp(&b.partner));
+        list
+    }
+}

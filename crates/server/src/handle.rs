@@ -1,0 +1,223 @@
+//! The admin side's handle on a running node: it asks the core through
+//! the driver's channel and waits for the copy it gets back, and it saves
+//! imports and an admin's presence in the store off the event loop.
+
+use std::sync::Arc;
+
+use porchlight_node::status::{
+    DecisionRecord, EndpointDetail, EndpointView, Imported, OutgoingMessage, Query, Reply,
+    SentMessage, Status,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// Asks the running node about itself. Cloning shares it.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(crate) queries: mpsc::Sender<Query>,
+    /// The configuration in force; replaced by an import.
+    pub(crate) config: Arc<std::sync::RwLock<Arc<crate::Config>>>,
+    /// Where an imported configuration is kept; None: memory only.
+    pub(crate) store: Option<Arc<dyn porchlight_store::Store>>,
+    /// Held through each import, so two at once cannot leave the store
+    /// holding one document and the node running the other.
+    pub(crate) imports: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Why an import was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The document is invalid, incomplete or removes everything
+    /// unasked; nothing was changed.
+    #[error(transparent)]
+    Refused(#[from] crate::ImportRefusal),
+    /// The node keeps nothing: an import would not survive a restart.
+    #[error("this node has no store ([store] path = \"\"): change the configuration file instead")]
+    NoStore,
+    /// Saving failed; nothing was applied.
+    #[error(transparent)]
+    Store(#[from] porchlight_store::StoreError),
+    /// The node has stopped.
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
+    /// A change to the federation lists that contradicts them.
+    #[error(transparent)]
+    Federation(#[from] porchlight_policy::FederationChangeError),
+    /// An endpoint does not pass the checks.
+    #[error(transparent)]
+    Endpoint(#[from] porchlight_endpoints::EndpointError),
+}
+
+/// The node is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("the node has stopped")]
+pub struct Stopped;
+
+impl NodeHandle {
+    async fn ask<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(Reply<T>) -> Query,
+    ) -> Result<T, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply::new(move |answer| {
+            let _ = tx.send(answer);
+        });
+        self.queries.send(query(reply)).await.map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// The counters, gauges and endpoints now.
+    pub async fn status(&self) -> Result<Status, Stopped> {
+        self.ask(Query::Status).await
+    }
+
+    /// One endpoint with its watchers; None when the URI is not an endpoint.
+    pub async fn endpoint(&self, uri: &str) -> Result<Option<EndpointDetail>, Stopped> {
+        let uri = uri.to_owned();
+        self.ask(|tx| Query::Endpoint(uri, tx)).await
+    }
+
+    /// The most recent refusals, newest first, with their reasons.
+    pub async fn refusals(&self) -> Result<Vec<DecisionRecord>, Stopped> {
+        self.ask(Query::Refusals).await
+    }
+
+    /// Sets an endpoint's presence as the admin says (None clears it);
+    /// watchers are notified. None when the URI is not an endpoint.
+    pub async fn set_presence(
+        &self,
+        uri: &str,
+        state: Option<porchlight_presence::PresenceState>,
+    ) -> Result<Option<EndpointView>, Stopped> {
+        let saved = state.as_ref().map(|s| porchlight_store::AdminPresence {
+            availability: s.availability.0,
+            note: s.note.clone(),
+        });
+        let owned = uri.to_owned();
+        let view = self.ask(|tx| Query::SetPresence(owned, state, tx)).await?;
+        if let (Some(view), Some(store)) = (&view, self.store.clone()) {
+            // Kept under the endpoint's canonical URI, so it finds its
+            // endpoint after a restart whatever alias the admin used.
+            let endpoint = view.uri.clone();
+            let saving = tokio::task::spawn_blocking(move || {
+                store.save_admin_presence(&endpoint, saved.as_ref())
+            })
+            .await;
+            let failure = match saving {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = failure {
+                tracing::error!(
+                    endpoint = uri,
+                    "the admin's presence is in force but not saved: {e}"
+                );
+            }
+        }
+        Ok(view)
+    }
+
+    /// Sends an IM as one of the node's endpoints and waits for its final
+    /// response.
+    pub async fn send_message(&self, message: OutgoingMessage) -> Result<SentMessage, Stopped> {
+        self.ask(|tx| Query::SendMessage(message, tx)).await
+    }
+
+    /// Changes the federation lists (allow, block, remove a domain) as one
+    /// checked import: saved, and in force at once.
+    pub async fn change_federation(
+        &self,
+        change: porchlight_policy::FederationChange,
+    ) -> Result<Imported, ImportError> {
+        let held = self.imports.lock().await;
+        let mut provisioned = self.config().provisioned();
+        provisioned.policy.change_federation(change)?;
+        // One change, named by the admin: emptying a list with it is meant.
+        let options = crate::ImportOptions {
+            remove_all: true,
+            ..crate::ImportOptions::default()
+        };
+        self.import_holding(&provisioned.to_toml(), options, held)
+            .await
+    }
+
+    /// The configuration the node runs with, for offline-style questions
+    /// such as `explain`.
+    pub fn config(&self) -> Arc<crate::Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the policy and endpoints with a provisioned document
+    /// (`config import`): checked like a file, saved in the store, then
+    /// put in force at once, endpoints included. Removed endpoints' saved
+    /// admin presence is deleted with them.
+    pub async fn import(
+        &self,
+        document: &str,
+        options: crate::ImportOptions,
+    ) -> Result<Imported, ImportError> {
+        let held = self.imports.lock().await;
+        self.import_holding(document, options, held).await
+    }
+
+    /// [`import`](Self::import), for a caller that holds the import lock
+    /// (and read the configuration under it).
+    async fn import_holding(
+        &self,
+        document: &str,
+        options: crate::ImportOptions,
+        _held: tokio::sync::MutexGuard<'_, ()>,
+    ) -> Result<Imported, ImportError> {
+        let store = self.store.clone().ok_or(ImportError::NoStore)?;
+        // Checking thousands of endpoints takes milliseconds: not on the
+        // event loop, which only compares the checked set with its own.
+        let current = self.config();
+        let document = document.to_owned();
+        let (next, endpoints, changes) = tokio::task::spawn_blocking(move || {
+            let (next, changes) =
+                crate::check_import(&current, &document, "the imported document", options)?;
+            let endpoints = porchlight_endpoints::EndpointSet::new(next.endpoints.clone())?;
+            Ok::<_, ImportError>((next, endpoints, changes))
+        })
+        .await
+        .map_err(|_| Stopped)??;
+        if options.dry_run {
+            return Ok(Imported {
+                changes,
+                dry_run: true,
+                ..Imported::default()
+            });
+        }
+        let text = next.provisioned().to_toml();
+        let saving = store.clone();
+        tokio::task::spawn_blocking(move || saving.save_provisioned(&text))
+            .await
+            .map_err(|_| Stopped)??;
+        let policy = Box::new(next.policy.clone());
+        let (mut imported, unchanged) = self.ask(|tx| Query::Apply(policy, endpoints, tx)).await?;
+        imported.changes = changes;
+        tokio::task::spawn_blocking(move || drop(unchanged));
+        *self
+            .config
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(next);
+        let removed = imported.endpoints_removed.clone();
+        tokio::task::spawn_blocking(move || {
+            removed
+                .iter()
+                .try_for_each(|uri| store.save_admin_presence(uri, None))
+        })
+        .await
+        .map_err(|_| Stopped)??;
+        tracing::info!(
+            added = imported.endpoints_added.len(),
+            changed = imported.endpoints_changed.len(),
+            removed = imported.endpoints_removed.len(),
+            "configuration imported; the policy and endpoints are in force"
+        );
+        Ok(imported)
+    }
+}
