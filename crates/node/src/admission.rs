@@ -105,7 +105,7 @@ impl Admission {
     /// Logs a refusal with its reasons, or counts it when one from the same
     /// domain was logged within the interval: a flood cannot fill a disk.
     pub fn log_refusal(&mut self, way: Way, from: &str, to: &str, decision: &Decision) {
-        let domain = crate::presence::domain_of(from);
+        let domain = crate::edge::domain_of(from);
         let detail = format!("{way:?} {from} -> {to}:\n{decision}");
         self.log
             .note(std::time::Instant::now(), domain, "by policy", &detail);

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use porchlight_link::{Origin, Protocol};
 use porchlight_policy::PolicyConfig;
-use porchlight_sip::{Answer, Message, NameAddr, Uri};
+use porchlight_sip::{Answer, Message, Method, NameAddr, Uri};
 use sha2::{Digest, Sha256};
 
 use crate::outbound::NextHop;
@@ -217,6 +217,13 @@ pub fn partner_of(policy: &PolicyConfig, origin: &Origin, from_domain: &str) -> 
     peer.covers(&route.verify).then(|| route.verify.into())
 }
 
+/// The host part of a SIP URI's address of record (empty when it has none).
+pub fn domain_of(uri: &str) -> String {
+    porchlight_presence::aor(uri)
+        .and_then(|a| a.rsplit('@').next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 impl Edge {
     /// The user part of our Record-Route entries for a dialog joining
     /// `side` with the outside `partner`.
@@ -248,7 +255,7 @@ impl Edge {
         parties: Parties,
     ) -> Route {
         let trusted = speaks_for_inside(policy, &local.hosts, origin);
-        let method = request.method().unwrap_or_default();
+        let method = request.method_kind().unwrap_or(Method::Other(""));
         // Our own Route entries on top: a dialog this node record-routed.
         let mut consumed = 0;
         let mut token = None;
@@ -315,10 +322,10 @@ impl Edge {
         let in_dialog = request.to().is_ok_and(|to| to.tag().is_some());
         // ACK and CANCEL follow their INVITE; a request with a To tag but
         // no token is not a dialog this node routes.
-        if in_dialog || matches!(method, "ACK" | "CANCEL") {
+        if in_dialog || matches!(method, Method::Ack | Method::Cancel) {
             return Route::Local;
         }
-        if parties.to_endpoint && matches!(method, "INVITE" | "MESSAGE") {
+        if parties.to_endpoint && matches!(method, Method::Invite | Method::Message) {
             return Route::Deliver {
                 consumed_routes: consumed,
             };
@@ -327,7 +334,9 @@ impl Edge {
             // Only the inside and our endpoints' apps may send out through
             // the edge; the node's own services are not federated.
             let from_endpoint = !trusted && parties.from_endpoint;
-            if !(trusted || from_endpoint) || matches!(method, "REGISTER" | "PUBLISH" | "SERVICE") {
+            if !(trusted || from_endpoint)
+                || matches!(method, Method::Register | Method::Publish | Method::Service)
+            {
                 return Route::Local;
             }
             let domain = uri.host.to_string().to_ascii_lowercase();
@@ -348,8 +357,8 @@ impl Edge {
         // New requests for our domains that no endpoint serves go inside;
         // the node's own methods (presence, registration, OPTIONS to the
         // node itself) stay here.
-        let stays = matches!(method, "REGISTER" | "PUBLISH" | "SERVICE")
-            || (method == "OPTIONS" && uri.user.is_none());
+        let stays = matches!(method, Method::Register | Method::Publish | Method::Service)
+            || (method == Method::Options && uri.user.is_none());
         if parties.to_endpoint || stays {
             return Route::Local;
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use porchlight_link::Target;
-use porchlight_sip::{Answer, Contacts, HeaderName, Message, MessageWriter};
+use porchlight_sip::{Answer, Contacts, HeaderName, Message, MessageWriter, Method};
 use porchlight_transaction::TimerConfig;
 
 use crate::outbound::NextHop;
@@ -294,16 +294,16 @@ impl ImSessions {
     pub fn receive(
         &mut self,
         key: &SessionKey,
-        method: Option<&str>,
+        method: Option<Method>,
         now: Instant,
     ) -> Option<InSession> {
         let session = self.sessions.get_mut(key)?;
         session.last_active = now;
         Some(match method {
-            Some("MESSAGE") => InSession::Text {
+            Some(Method::Message) => InSession::Text {
                 endpoint: session.endpoint,
             },
-            Some("BYE") => {
+            Some(Method::Bye) => {
                 self.sessions.remove(key);
                 self.unacked.remove(key);
                 InSession::Ended
@@ -542,7 +542,7 @@ Content-Length: 0
         let receive = |sessions: &mut ImSessions, method: &str| {
             let request = in_dialog(method);
             let key = SessionKey::of(&request).expect("an in-dialog request");
-            sessions.receive(&key, request.method(), now)
+            sessions.receive(&key, request.method_kind(), now)
         };
         assert_eq!(
             receive(&mut sessions, "MESSAGE"),

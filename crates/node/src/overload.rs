@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use porchlight_sip::{Answer, Message};
+use porchlight_sip::{Answer, Message, Method};
 
 /// The high-water marks.
 #[derive(Clone, Copy, Debug)]
@@ -117,7 +117,7 @@ impl Overload {
 /// transaction plumbing (ACK, CANCEL).
 fn is_new_work(request: &Message) -> bool {
     let in_dialog = request.to().is_ok_and(|to| to.tag().is_some());
-    !in_dialog && !matches!(request.method(), Some("ACK" | "CANCEL"))
+    !in_dialog && !matches!(request.method_kind(), Some(Method::Ack | Method::Cancel))
 }
 
 #[cfg(test)]

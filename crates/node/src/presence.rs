@@ -24,14 +24,14 @@ use porchlight_presence::{
     Authorization, FlowInfo, Notifier, NotifierConfig, NotifierStats, NotifyRef, Publications,
     PublishBounds, PublishError, SavedPublication, SavedSubscription, SavedTarget, XmlLimits,
 };
-use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Uri};
+use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Method, Uri};
 use porchlight_store::SavedRegistration;
 use porchlight_transaction::ClientKey;
 
 use crate::admission::{Admission, DecisionCount, DecisionRecord, Way};
 use crate::config::Config;
 use crate::delivery::{self, Delivery};
-use crate::edge;
+use crate::edge::{self, domain_of};
 use crate::outbound::NextHop;
 use crate::snapshot::reconnect_to;
 use crate::status::{EndpointDetail, EndpointView, MAX_LISTED_WATCHERS};
@@ -170,10 +170,10 @@ pub fn local_party(e: &Endpoint) -> LocalParty<'_> {
 /// The policy's name for what a request wants. An INVITE is a call unless
 /// its offer has only `m=message` lines: a Microsoft IM session.
 pub fn modality_of(request: &Message) -> Modality {
-    match request.method() {
-        Some("INVITE") if is_im_session(request.body()) => Modality::Im,
-        Some("INVITE") => Modality::Audio,
-        Some("SUBSCRIBE" | "NOTIFY") => Modality::Presence,
+    match request.method_kind() {
+        Some(Method::Invite) if is_im_session(request.body()) => Modality::Im,
+        Some(Method::Invite) => Modality::Audio,
+        Some(Method::Subscribe | Method::Notify) => Modality::Presence,
         _ => Modality::Im,
     }
 }
@@ -966,8 +966,8 @@ impl PresenceService {
 
     /// Answers a SUBSCRIBE, PUBLISH, SERVICE or REGISTER.
     pub fn handle(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
-        match request.method().unwrap_or_default() {
-            "SUBSCRIBE" => {
+        match request.method_kind().unwrap_or(Method::Other("")) {
+            Method::Subscribe => {
                 if self.hides_missing_endpoint(request, origin)
                     || self.hides_refused(request, origin)
                 {
@@ -1000,9 +1000,9 @@ impl PresenceService {
                     now,
                 )
             }
-            "REGISTER" => self.register(request, origin, now),
-            "PUBLISH" => self.publish(request, origin, now),
-            "SERVICE" => self.service(request, origin, now),
+            Method::Register => self.register(request, origin, now),
+            Method::Publish => self.publish(request, origin, now),
+            Method::Service => self.service(request, origin, now),
             _ => Answer::new(501, "Not Implemented"),
         }
     }
@@ -1469,13 +1469,6 @@ fn trusted_peer<'a>(credentials: &'a Credentials, origin: &Origin) -> Option<&'a
         .tls_identity
         .as_deref()
         .filter(|trusted| origin.peer.as_ref().is_some_and(|p| p.covers(trusted)))
-}
-
-/// The host part of a SIP URI's address of record (empty when it has none).
-pub fn domain_of(uri: &str) -> String {
-    porchlight_presence::aor(uri)
-        .and_then(|a| a.rsplit('@').next().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn not_found() -> Answer {

@@ -5,18 +5,13 @@
 
 use std::net::IpAddr;
 
-use porchlight_sip::{Answer, HeaderName, Message, ParseError, ParseErrorKind, Uri};
+use porchlight_sip::{Answer, HeaderName, Message, Method, ParseError, ParseErrorKind, Uri};
 
 /// Methods this node implements.
 pub const ALLOWED_METHODS: &str =
     "OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH, SERVICE, REGISTER, INVITE, MESSAGE, BYE, INFO";
 /// Methods that reach the node's endpoints (calls and IM) or live inside
 /// their dialogs; here only when no endpoint or dialog takes them.
-const CALL_METHODS: &[&str] = &[
-    "INVITE", "MESSAGE", "BYE", "INFO", "UPDATE", "PRACK", "REFER",
-];
-/// Methods answered by the presence service rather than here.
-const PRESENCE_METHODS: &[&str] = &["SUBSCRIBE", "PUBLISH", "SERVICE", "REGISTER"];
 /// Option tags this node supports: the Microsoft presence extensions and
 /// RFC 4662 lists (which Microsoft batched subscriptions require).
 pub const SUPPORTED_OPTIONS: &[&str] = &[
@@ -92,8 +87,8 @@ pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
         };
         return Disposition::Respond(Answer::new(e.status(), reason));
     }
-    let method = request.method().unwrap_or_default();
-    if method == "ACK" {
+    let method = request.method_kind().unwrap_or(Method::Other(""));
+    if method == Method::Ack {
         return Disposition::Absorb;
     }
     let uri = Uri::parse(request.request_uri().unwrap_or_default());
@@ -107,20 +102,21 @@ pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
         }
         return Disposition::Respond(Answer::new(403, "Forbidden (relaying is not permitted)"));
     }
+    let in_dialog = request.to().is_ok_and(|to| to.tag().is_some());
     match method {
-        "OPTIONS" => {}
-        m if PRESENCE_METHODS.contains(&m) => {}
-        "CANCEL" => {
+        Method::Options => {}
+        m if m.is_service() => {}
+        Method::Cancel => {
             return Disposition::Respond(Answer::new(481, "Call/Transaction Does Not Exist"))
         }
         // A dialog no endpoint or session of this node holds (§12.2.2).
-        m if CALL_METHODS.contains(&m) && request.to().is_ok_and(|to| to.tag().is_some()) => {
+        Method::Invite | Method::Message if in_dialog => {
             return Disposition::Respond(Answer::new(481, "Call/Transaction Does Not Exist"))
         }
-        "INVITE" | "MESSAGE" => {
+        Method::Invite | Method::Message => {
             return Disposition::Respond(Answer::new(404, "Not Found (no endpoint by that name)"))
         }
-        m if CALL_METHODS.contains(&m) => {
+        m if m.is_in_call() => {
             return Disposition::Respond(Answer::new(481, "Call/Transaction Does Not Exist"))
         }
         _ => {
@@ -151,7 +147,7 @@ pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
             );
         }
     }
-    if method != "OPTIONS" {
+    if method != Method::Options {
         return Disposition::Deliver;
     }
     Disposition::Respond(
@@ -166,7 +162,7 @@ pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
 /// Decides the response to bytes that did not parse, when their header
 /// section could still be read. Responses are never answered.
 pub fn answer_malformed(error: &ParseError, head: &Message) -> Option<Answer> {
-    if !head.is_request() || head.method() == Some("ACK") {
+    if !head.is_request() || head.method_kind() == Some(Method::Ack) {
         return None;
     }
     Some(match error.kind {

@@ -23,7 +23,7 @@ pub mod status {
 }
 pub use status::NodeHandle;
 
-use porchlight_node::presence;
+use porchlight_node::{edge, presence};
 
 /// The policy decision the node with `config` would make, every step
 /// written down: for `from` outside reaching `to` (an endpoint, or someone
@@ -40,7 +40,7 @@ pub fn explain(
     use porchlight_policy::{decide, LocalParty, Remote, Request};
     let directory = config.directory().ok()?;
     let ours = |uri: &str| {
-        let domain = presence::domain_of(uri);
+        let domain = edge::domain_of(uri);
         config
             .node
             .domains
@@ -56,16 +56,16 @@ pub fn explain(
     let (remote_domain, remote, local) = if let Some(endpoint) = endpoint(to) {
         let remote = peer_domains.map_or(Remote::Unverified, Remote::Certified);
         (
-            presence::domain_of(from),
+            edge::domain_of(from),
             remote,
             presence::local_party(endpoint),
         )
     } else if ours(to) && !config.edge.internal_next_hop.is_empty() {
         let remote = peer_domains.map_or(Remote::Unverified, Remote::Certified);
-        (presence::domain_of(from), remote, anyone(to))
+        (edge::domain_of(from), remote, anyone(to))
     } else if ours(from) {
         let local = endpoint(from).map_or_else(|| anyone(from), presence::local_party);
-        (presence::domain_of(to), Remote::Destination, local)
+        (edge::domain_of(to), Remote::Destination, local)
     } else {
         return None;
     };

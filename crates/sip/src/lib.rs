@@ -9,6 +9,7 @@
 mod cursor;
 mod header_name;
 mod message;
+mod method;
 mod params;
 mod typed;
 mod uri;
@@ -17,6 +18,7 @@ mod write;
 
 pub use header_name::HeaderName;
 pub use message::{Frame, Framing, HeaderField, Limits, Message, ParseError, ParseErrorKind};
+pub use method::Method;
 pub use params::Params;
 pub use typed::{
     AuthValue, CSeq, Contacts, HeaderError, Items, MediaType, NameAddr, RetryAfter,

@@ -271,6 +271,11 @@ impl Message {
         }
     }
 
+    /// The request's method as a type (None for a response).
+    pub fn method_kind(&self) -> Option<crate::Method<'_>> {
+        self.method().map(crate::Method::of)
+    }
+
     /// The Request-URI exactly as written.
     pub fn request_uri(&self) -> Option<&str> {
         match self.start {

@@ -32,7 +32,8 @@ use porchlight_link::{
 };
 use porchlight_policy::{Network, PolicyConfig};
 use porchlight_sip::{
-    standard_reason, via_with_received, Answer, Contacts, HeaderName, Message, MessageWriter, Uri,
+    standard_reason, via_with_received, Answer, Contacts, HeaderName, Message, MessageWriter,
+    Method, Uri,
 };
 use porchlight_transaction::proxy::{forward, Forwarding, ProxyAction, ProxyError, ProxyTable};
 use porchlight_transaction::{
@@ -41,11 +42,13 @@ use porchlight_transaction::{
 
 use crate::config::Config;
 use crate::delivery::Delivery;
-use crate::edge::{self, partner_of, DialogSide, Direction, Edge, Parties, Route, NO_PARTNER};
+use crate::edge::{
+    self, domain_of, partner_of, DialogSide, Direction, Edge, Parties, Route, NO_PARTNER,
+};
 use crate::im_session::{first_text_of, ImSessions, InSession, OurSide, SessionKey};
 use crate::outbound::{Dialer, Dispatch, NextHop, Parked, Reach};
 use crate::overload::{Load, Overload, OverloadLimits, Transition};
-use crate::presence::{domain_of, modality_of, parse_own, PresenceService};
+use crate::presence::{modality_of, parse_own, PresenceService};
 use crate::status::{PartnerCounts, Query, RefusedCount, Reply, SentMessage, Status};
 use crate::uas::{answer_malformed, answer_request, Disposition, LocalNames, SERVER};
 use crate::webhook::{Outcome, WebhookMessage};
@@ -816,7 +819,9 @@ impl Core {
         let reliable = origin.protocol.is_reliable();
         let mut disposition = None;
         if request.validate_request().is_ok() {
-            if request.method() == Some("CANCEL") && self.cancel(&request, &origin, &target, now) {
+            if request.method_kind() == Some(Method::Cancel)
+                && self.cancel(&request, &origin, &target, now)
+            {
                 return;
             }
             if let Some(session) = SessionKey::of(&request)
@@ -824,8 +829,10 @@ impl Core {
             {
                 return self.in_session(session, request, origin, target, now);
             }
-            let method = request.method();
-            let new_call = matches!(method, Some("INVITE" | "MESSAGE"));
+            let new_call = matches!(
+                request.method_kind(),
+                Some(Method::Invite | Method::Message)
+            );
             // Edge mode asks of every request whether its target is an
             // endpoint (endpoints stay here); otherwise only calls and IM do.
             let to_endpoint = (new_call || self.edge.internal.is_some())
@@ -1067,7 +1074,7 @@ impl Core {
                 };
                 self.relay(key, branch, hop, trust, Some(&request_uri), now);
             }
-            Delivery::Webhook if request.method() == Some("INVITE") => {
+            Delivery::Webhook if request.method_kind() == Some(Method::Invite) => {
                 self.open_session(key, request, origin, endpoint, trust, now)
             }
             Delivery::Webhook => {
@@ -1242,7 +1249,7 @@ impl Core {
             // A retransmission the layer answers.
             _ => return,
         };
-        let Some(event) = self.sessions.receive(&session, request.method(), now) else {
+        let Some(event) = self.sessions.receive(&session, request.method_kind(), now) else {
             let answer = Answer::new(481, "Call/Transaction Does Not Exist");
             return self.respond(&key, &request, &origin, &answer, now);
         };
