@@ -8,6 +8,8 @@ use porchlight_link::RefusalLog;
 use porchlight_policy::{Decision, DiscoveredLimits, Modality};
 use serde::Serialize;
 
+use crate::clock::Now;
+
 /// How many recent decisions are kept for the admin.
 const RECENT: usize = 200;
 
@@ -89,16 +91,20 @@ pub struct Admission {
     recent: VecDeque<DecisionRecord>,
     /// Refusals logged once per sending domain per interval.
     log: RefusalLog<String>,
+    /// The time of the input being decided, as the driver told it.
+    pub clock: Now,
 }
 
 impl Admission {
-    /// Empty, logging refusals at most once per domain per `log_interval`.
-    pub fn new(log_interval: std::time::Duration) -> Admission {
+    /// Empty, logging refusals at most once per domain per `log_interval`;
+    /// `now` until the first input tells the time.
+    pub fn new(log_interval: std::time::Duration, now: Now) -> Admission {
         Admission {
             limits: DiscoveredLimits::default(),
             counts: Default::default(),
             recent: VecDeque::new(),
             log: RefusalLog::new(log_interval),
+            clock: now,
         }
     }
 
@@ -107,8 +113,7 @@ impl Admission {
     pub fn log_refusal(&mut self, way: Way, from: &str, to: &str, decision: &Decision) {
         let domain = crate::edge::domain_of(from);
         let detail = format!("{way:?} {from} -> {to}:\n{decision}");
-        self.log
-            .note(std::time::Instant::now(), domain, "by policy", &detail);
+        self.log.note(self.clock.mono, domain, "by policy", &detail);
     }
 
     /// Notes a decision.
@@ -130,7 +135,7 @@ impl Admission {
             self.recent.pop_front();
         }
         self.recent.push_back(DecisionRecord {
-            at: jiff::Timestamp::now().as_second().max(0) as u64,
+            at: self.clock.unix(),
             way,
             kind: kind_name(modality),
             from: from.to_owned(),

@@ -104,6 +104,9 @@ pub fn sent_by(endpoint: &Endpoint, bindings: &[Binding<Flow>], origin: &Origin)
 
 #[cfg(test)]
 mod tests {
+    // Virtual time starts from a real instant; only the tests read it.
+    #![allow(clippy::disallowed_methods)]
+
     use super::*;
     use std::time::{Duration, Instant};
 

@@ -407,6 +407,9 @@ pub fn first_text_of(invite: &Message) -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    // Virtual time starts from a real instant; only the tests read it.
+    #![allow(clippy::disallowed_methods)]
+
     use super::*;
     use porchlight_sip::{Framing, Limits};
 

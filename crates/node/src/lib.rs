@@ -6,6 +6,7 @@
 //! it with the network, tasks and threads.
 
 pub mod admission;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod delivery;

@@ -168,6 +168,9 @@ impl Dialer {
 
 #[cfg(test)]
 mod tests {
+    // Virtual time starts from a real instant; only the tests read it.
+    #![allow(clippy::disallowed_methods)]
+
     use super::*;
 
     fn parked(n: u8) -> Parked {

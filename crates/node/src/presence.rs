@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use porchlight_endpoints::digest::DigestAuth;
@@ -29,6 +29,7 @@ use porchlight_store::SavedRegistration;
 use porchlight_transaction::ClientKey;
 
 use crate::admission::{Admission, DecisionCount, DecisionRecord, Way};
+use crate::clock::Now;
 use crate::config::Config;
 use crate::delivery::{self, Delivery};
 use crate::edge::{self, domain_of};
@@ -101,9 +102,7 @@ fn authorize_subscription(
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut exceeded = None;
     if outcome.allowed && outcome.class == Some(Class::DiscoveredPartner) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let now = admission.clock.unix_f64();
         exceeded = admission
             .limits
             .admit(&policy.edge, &domain, endpoint, now)
@@ -222,6 +221,8 @@ pub struct PresenceService {
     /// Discovered partners' limits and the decisions made; a mutex only
     /// because the authorization callback borrows the service immutably.
     admission: Mutex<Admission>,
+    /// The time of the input being handled, as the driver told it.
+    clock: Now,
     notifier: Notifier<NextHop>,
     registrar: Registrar<FlowInfo<NextHop>>,
     /// Wrong passwords counted, guessers locked out.
@@ -250,15 +251,10 @@ pub struct PresenceService {
     recovery: Option<(Duration, Instant)>,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl PresenceService {
     /// Builds the service from a validated configuration.
-    pub fn new(config: &Config, salt: u64, now: Instant) -> PresenceService {
+    pub fn new(config: &Config, salt: u64, clock: Now) -> PresenceService {
+        let now = clock.mono;
         let directory = config
             .directory()
             .expect("validated with the configuration");
@@ -321,9 +317,11 @@ impl PresenceService {
             publications_changed: BTreeSet::new(),
             directory,
             policy: config.policy.clone(),
-            admission: Mutex::new(Admission::new(Duration::from_secs(
-                config.limits.refusal_log_interval_secs,
-            ))),
+            admission: Mutex::new(Admission::new(
+                Duration::from_secs(config.limits.refusal_log_interval_secs),
+                clock,
+            )),
+            clock,
             notifier,
             registrar,
             guesses: GuessGuard::new(config.registrar.guess_limits()),
@@ -360,7 +358,7 @@ impl PresenceService {
         self.registrar.grow(slots);
         self.health.resize(slots, (None, 0));
         self.overrides.resize(slots, None);
-        let at = jiff::Timestamp::now();
+        let at = self.clock.timestamp();
         let mut applied = EndpointsApplied::default();
         for change in changes {
             match change {
@@ -439,9 +437,10 @@ impl PresenceService {
                 .map(|_| self.registrar.is_registered(endpoint)),
             healthy: self.health[endpoint].0,
             // An admin's setting wins over the app's own publications.
-            published: self.overrides[endpoint]
-                .clone()
-                .or_else(|| self.publications.effective(endpoint as u32, Instant::now())),
+            published: self.overrides[endpoint].clone().or_else(|| {
+                self.publications
+                    .effective(endpoint as u32, self.clock.mono)
+            }),
         };
         e.effective_state(&sources, at)
     }
@@ -450,7 +449,7 @@ impl PresenceService {
     /// notifier who it is and how it is; watchers hear of a change.
     /// Nothing for a vacant slot (a report about an endpoint removed since).
     fn refresh(&mut self, endpoint: usize) {
-        let at = jiff::Timestamp::now();
+        let at = self.clock.timestamp();
         let Some(e) = self.directory.get(endpoint) else {
             return;
         };
@@ -822,7 +821,7 @@ impl PresenceService {
         saved: Vec<(String, Vec<SavedPublication>)>,
         now: Instant,
     ) -> Vec<String> {
-        let unix = crate::snapshot::unix_now();
+        let unix = self.clock.unix();
         let mut orphans = Vec::new();
         for (uri, publications) in saved {
             let Some(endpoint) = self.directory.resolve(&uri) else {
@@ -845,7 +844,7 @@ impl PresenceService {
         saved: Vec<(String, Vec<SavedRegistration>)>,
         now: Instant,
     ) -> (usize, Vec<String>) {
-        let unix = crate::snapshot::unix_now();
+        let unix = self.clock.unix();
         let mut restored = 0;
         let mut orphans = Vec::new();
         for (uri, bindings) in saved {
@@ -877,7 +876,7 @@ impl PresenceService {
         window: Duration,
         now: Instant,
     ) -> RestoreReport {
-        let unix = crate::snapshot::unix_now();
+        let unix = self.clock.unix();
         let mut report = RestoreReport::default();
         for s in saved {
             let Some(hop) = crate::snapshot::flow_from_text(&s.flow.flow, reconnect_to(&s)) else {
@@ -957,6 +956,16 @@ impl PresenceService {
     /// Restored subscriptions still owed their first NOTIFY.
     pub fn recovering(&self) -> usize {
         self.notifier.recovering()
+    }
+
+    /// The time of the input about to be handled: every date, expiry,
+    /// nonce and schedule the service works out is of this moment.
+    pub fn observe(&mut self, now: Now) {
+        self.clock = now;
+        self.admission
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .clock = now;
     }
 
     /// The endpoints, for the health probes the node starts.
@@ -1114,7 +1123,7 @@ impl PresenceService {
         let peer = trusted_peer(&credentials, origin);
         let outcome = self
             .registrar
-            .authenticate(request, &credentials, peer, unix_now());
+            .authenticate(request, &credentials, peer, self.clock.unix());
         let wrong = outcome.as_ref().is_err_and(|e| e.wrong_credentials);
         self.count_guess(origin, &name, wrong, outcome.is_ok(), now);
         outcome.map(|()| endpoint).map_err(|e| Box::new(e.answer))
@@ -1183,7 +1192,7 @@ impl PresenceService {
         }
         let offered = request.auth(HeaderName::Authorization).next().is_some();
         self.count_guess(origin, name, offered, false, now);
-        self.registrar.challenge(unix_now(), false, None)
+        self.registrar.challenge(self.clock.unix(), false, None)
     }
 
     fn register(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
@@ -1212,7 +1221,7 @@ impl PresenceService {
             peer,
             flow_info(origin, request),
             now,
-            unix_now(),
+            self.clock.unix(),
         );
         let proven = outcome.answer.code == 200;
         self.count_guess(origin, &name, outcome.wrong_credentials, proven, now);
@@ -1222,7 +1231,7 @@ impl PresenceService {
         if proven {
             self.registrations_changed.insert(endpoint);
         }
-        let date = httpdate(SystemTime::now());
+        let date = httpdate(self.clock.wall);
         outcome.answer.with("Date", date)
     }
 
@@ -1336,7 +1345,7 @@ impl PresenceService {
             }
         }
         self.refresh(endpoint);
-        self.begin_recovery_when_settled(Instant::now());
+        self.begin_recovery_when_settled(self.clock.mono);
     }
 
     /// Feeds a response to a request this service sent. False when it was

@@ -1,22 +1,13 @@
 //! What of a node's state is saved, in words: the next hop of a saved
-//! subscription or binding, read back after a restart, and the clock saved
-//! expiries are kept in. The store's own codec keeps the records; this is
+//! subscription or binding, read back after a restart. The store's own codec keeps the records; this is
 //! the node's part of them.
 
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use porchlight_link::{Protocol, Target};
 use porchlight_presence::SavedSubscription;
 
 use crate::outbound::NextHop;
-
-/// Seconds since the Unix epoch, the clock saved expiries are kept in.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// A next hop in words. A connection does not outlive the process, so it
 /// is saved as "reconnect": after a restart the watcher is reached the way

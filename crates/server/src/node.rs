@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use porchlight_resolve::Resolver;
@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use porchlight_node::clock::Now;
 use porchlight_node::config::{ClientAuthSetting, Config, DurabilitySetting};
 use porchlight_node::core::{Action, Core, Input, Links, Started, TrustedNetworks};
 use porchlight_node::outbound::{NextHop, Parked, Reach};
@@ -156,7 +157,7 @@ impl Node {
             None => NodeSecrets::generate()?,
         };
         let tag_seed = secrets.salt;
-        let mut presence = PresenceService::new(&config, tag_seed, Instant::now());
+        let mut presence = PresenceService::new(&config, tag_seed, clock());
         let (write_behind, restored) = match store {
             Some(store) => restore(&config, store, &mut presence)?,
             None => (None, 0),
@@ -186,7 +187,7 @@ impl Node {
                 restored,
                 trusted_networks,
                 probes,
-                now: Instant::now(),
+                now: clock(),
             },
         );
         let driver = Driver {
@@ -244,6 +245,11 @@ impl Node {
     pub async fn wait(self) {
         let _ = self.task.await;
     }
+}
+
+/// The time on both clocks, for the core: the only place it is read.
+fn clock() -> Now {
+    Now::from_clocks(Instant::now(), SystemTime::now())
 }
 
 /// The DNS resolver `config` asks for: its `[dns] nameservers`, else the
@@ -501,9 +507,9 @@ impl Driver {
         } = inbox;
         let mut flush_tick = tokio::time::interval(flush_interval);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.carry_out(Instant::now());
+        self.carry_out(clock());
         loop {
-            let deadline = self.core.poll_timeout(Instant::now());
+            let deadline = self.core.poll_timeout(clock());
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -513,7 +519,7 @@ impl Driver {
             tokio::select! {
                 message = received.recv() => match message {
                     Some(message) => {
-                        let now = Instant::now();
+                        let now = clock();
                         self.core.handle(now, Input::Received(message));
                         // Take what else is already queued before sending:
                         // under load this turns one wake-up per message
@@ -524,31 +530,31 @@ impl Driver {
                                 Err(_) => break,
                             }
                         }
-                        let load = self.load(received.len(), now);
+                        let load = self.load(received.len(), now.mono);
                         self.core.handle(now, Input::Load(load));
                     }
                     None => return,
                 },
                 Some((endpoint, probe, healthy)) = verdicts.recv() => {
-                    self.core.handle(Instant::now(), Input::Verdict { endpoint, probe, healthy });
+                    self.core.handle(clock(), Input::Verdict { endpoint, probe, healthy });
                 }
                 Some((hop, result)) = dials.recv() => {
                     let result = result.map_err(|e| e.to_string());
-                    self.core.handle(Instant::now(), Input::Dialed { hop, result });
+                    self.core.handle(clock(), Input::Dialed { hop, result });
                 }
                 Some(id) = writable.recv() => self.on_writable(id),
                 Some(query) = queries.recv() => self.answer_query(query),
                 Some((delivery, outcome)) = webhooks_done.recv() => {
-                    self.core.handle(Instant::now(), Input::Posted { delivery, outcome });
+                    self.core.handle(clock(), Input::Posted { delivery, outcome });
                 }
                 _ = flush_tick.tick(), if self.write_behind.is_some() => {
                     if let Some(writer) = &mut self.write_behind {
                         writer.tick(self.core.presence_mut(), Instant::now());
                     }
                 }
-                () = sleep => self.core.handle_timeout(Instant::now()),
+                () = sleep => self.core.handle_timeout(clock()),
             }
-            self.carry_out(Instant::now());
+            self.carry_out(clock());
         }
     }
 
@@ -566,7 +572,7 @@ impl Driver {
     }
 
     /// Does what the core asked, until it asks nothing more.
-    fn carry_out(&mut self, now: Instant) {
+    fn carry_out(&mut self, now: Now) {
         while let Some(action) = self.core.poll_output(now) {
             match action {
                 Action::Send { target, message } => self.offer(&target, message, now),
@@ -616,7 +622,7 @@ impl Driver {
     ///
     /// A connection whose queue is full gets its messages held, in order,
     /// until a task sees it take more; past the backlog's bound they fail.
-    fn offer(&mut self, target: &Target, message: Parked, now: Instant) {
+    fn offer(&mut self, target: &Target, message: Parked, now: Now) {
         if let Target::Connection(id) = target {
             if self.backlogs.holds(*id) {
                 return self.hold(*id, message, now);
@@ -640,7 +646,7 @@ impl Driver {
         }
     }
 
-    fn hold(&mut self, id: ConnectionId, message: Parked, now: Instant) {
+    fn hold(&mut self, id: ConnectionId, message: Parked, now: Now) {
         match self.backlogs.hold(id, message) {
             Held::First => {
                 let (transport, report) = (self.transport.clone(), self.writable_tx.clone());
@@ -660,7 +666,7 @@ impl Driver {
     /// A backlogged connection takes more: its messages are offered again,
     /// oldest first, until it is full again.
     fn on_writable(&mut self, id: ConnectionId) {
-        let now = Instant::now();
+        let now = clock();
         let target = Target::Connection(id);
         for message in self.backlogs.release(id) {
             self.offer(&target, message, now);
@@ -695,11 +701,11 @@ impl Driver {
     /// Answers the admin surface: what the transport and the store writer
     /// count is added here, the rest is the core's.
     fn answer_query(&mut self, query: Query) {
-        let now = Instant::now();
+        let now = clock();
         let Query::Status(reply) = query else {
             return self.core.handle(now, Input::Query(query));
         };
-        let mut status = self.core.status(now);
+        let mut status = self.core.status(now.mono);
         status.connections = self.transport.connection_count();
         status.backlogged = self.backlogs.len();
         status

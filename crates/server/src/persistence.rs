@@ -10,15 +10,22 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use porchlight_node::presence::PresenceService;
-use porchlight_node::snapshot::{flow_to_text, unix_now};
+use porchlight_node::snapshot::flow_to_text;
 use porchlight_store::{Batch, Store};
 
 /// Batches handed to the writer and not yet committed, beyond which the
 /// loop waits for it.
 const MAX_QUEUED_BATCHES: usize = 2;
+
+/// Seconds since the Unix epoch, the clock saved expiries are kept in.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// What the writer has done, for metrics and the status API.
 #[derive(Debug, Default)]

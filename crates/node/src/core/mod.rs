@@ -40,6 +40,7 @@ use porchlight_transaction::{
     ClientKey, Output, RequestMatch, ServerKey, TimerConfig, TransactionLayer, TxId,
 };
 
+use crate::clock::Now;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::edge::{
@@ -301,8 +302,8 @@ pub struct Started {
     pub trusted_networks: TrustedNetworks,
     /// Each endpoint's health probe, by slot.
     pub probes: Vec<(usize, Option<porchlight_endpoints::HealthConfig>)>,
-    /// When.
-    pub now: Instant,
+    /// When, on both clocks.
+    pub now: Now,
 }
 
 impl Core {
@@ -330,7 +331,7 @@ impl Core {
             domains: config.node.domains.clone(),
             branch_counter: 0,
             dialer: Dialer::new(config.limits.max_parked_per_destination),
-            started: started.now,
+            started: started.now.mono,
             partners: PartnerCounts::default(),
             dials_succeeded: 0,
             dials_failed: 0,
@@ -339,7 +340,7 @@ impl Core {
             delivery_counter: 0,
             originated: HashMap::new(),
             sessions: ImSessions::new(config.limits.max_im_sessions, started.timers),
-            next_session_sweep: started.now,
+            next_session_sweep: started.now.mono,
             probes: HashMap::new(),
             probe_counter: 0,
             trusted_networks: started.trusted_networks,
@@ -386,7 +387,9 @@ impl Core {
 impl Core {
     /// Takes one input; what the driver is to do then comes out of
     /// [`poll_output`](Self::poll_output).
-    pub fn handle(&mut self, now: Instant, input: Input) {
+    pub fn handle(&mut self, now: Now, input: Input) {
+        self.presence.observe(now);
+        let now = now.mono;
         match input {
             Input::Received(received) => self.on_received(received, now),
             Input::Load(load) => self.on_load(load),
@@ -409,18 +412,19 @@ impl Core {
     /// The next thing for the driver to do. What a batch of inputs set in
     /// motion is gathered here, once: every answer of the batch before the
     /// NOTIFYs it causes.
-    pub fn poll_output(&mut self, now: Instant) -> Option<Action> {
+    pub fn poll_output(&mut self, now: Now) -> Option<Action> {
         if self.actions.is_empty() {
-            self.flush(now);
+            self.presence.observe(now);
+            self.flush(now.mono);
         }
         self.actions.pop_front()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) next has work.
-    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+    pub fn poll_timeout(&self, now: Now) -> Option<Instant> {
         [
             self.layer.next_deadline(),
-            self.presence.next_deadline(now),
+            self.presence.next_deadline(now.mono),
             self.proxy.next_deadline(),
             self.sessions.next_deadline(),
         ]
@@ -430,7 +434,9 @@ impl Core {
     }
 
     /// Time has come to `now`: timers fire.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.presence.observe(now);
+        let now = now.mono;
         self.layer.handle_timeout(now);
         self.presence.handle_timeout(now);
         for action in self.proxy.handle_timeout(now) {
