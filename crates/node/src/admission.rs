@@ -5,7 +5,9 @@
 use std::collections::VecDeque;
 
 use porchlight_link::RefusalLog;
-use porchlight_policy::{Decision, DiscoveredLimits, Modality};
+use porchlight_policy::{
+    decide, verdict, Decision, DiscoveredLimits, Modality, PolicyConfig, Request,
+};
 use serde::Serialize;
 
 use crate::clock::Now;
@@ -106,6 +108,25 @@ impl Admission {
             log: RefusalLog::new(log_interval),
             clock: now,
         }
+    }
+
+    /// Decides a policy request on the hot path and records the decision;
+    /// a refusal is decided again with every step written down, and logged.
+    pub fn admit(
+        &mut self,
+        policy: &PolicyConfig,
+        way: Way,
+        request: &Request<'_>,
+        from: &str,
+        to: &str,
+    ) -> Decision {
+        let mut decision = verdict(policy, request);
+        if !decision.allowed {
+            decision = decide(policy, request);
+            self.log_refusal(way, from, to, &decision);
+        }
+        self.record(way, request.modality, from, to, &decision);
+        decision
     }
 
     /// Logs a refusal with its reasons, or counts it when one from the same

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -73,7 +73,7 @@ const KEEPALIVE_BRANCH: &str = "z9hG4bKka";
 fn authorize_subscription(
     policy: &PolicyConfig,
     directory: &Directory,
-    admission: &Mutex<Admission>,
+    admission: &mut Admission,
     inside: bool,
     origin: &Origin,
     endpoint: u32,
@@ -97,9 +97,6 @@ fn authorize_subscription(
         modality: Modality::Presence,
     };
     let outcome = verdict(policy, &request);
-    let mut admission = admission
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut exceeded = None;
     if outcome.allowed && outcome.class == Some(Class::DiscoveredPartner) {
         let now = admission.clock.unix_f64();
@@ -220,7 +217,7 @@ pub struct PresenceService {
     policy: PolicyConfig,
     /// Discovered partners' limits and the decisions made; a mutex only
     /// because the authorization callback borrows the service immutably.
-    admission: Mutex<Admission>,
+    admission: Admission,
     /// The time of the input being handled, as the driver told it.
     clock: Now,
     notifier: Notifier<NextHop>,
@@ -317,10 +314,10 @@ impl PresenceService {
             publications_changed: BTreeSet::new(),
             directory,
             policy: config.policy.clone(),
-            admission: Mutex::new(Admission::new(
+            admission: Admission::new(
                 Duration::from_secs(config.limits.refusal_log_interval_secs),
                 clock,
-            )),
+            ),
             clock,
             notifier,
             registrar,
@@ -529,25 +526,12 @@ impl PresenceService {
         }
     }
 
-    /// Decides a policy request on the hot path and records the decision;
-    /// a refusal is decided again with every step written down, and logged.
-    fn admit(&self, way: Way, request: &PolicyRequest<'_>, from: &str, to: &str) -> Decision {
-        let mut decision = verdict(&self.policy, request);
-        let mut admission = self.admission();
-        if !decision.allowed {
-            decision = decide(&self.policy, request);
-            admission.log_refusal(way, from, to, &decision);
-        }
-        admission.record(way, request.modality, from, to, &decision);
-        decision
-    }
-
     /// The policy check for a request entering from outside: calls, IM and
     /// subscriptions for people behind the edge (against the global
     /// policy), or calls and IM for one of our endpoints (against its grant
     /// or site). Ok carries the trust header value describing the peer.
     pub fn authorize_entering(
-        &self,
+        &mut self,
         request: &Message,
         origin: &Origin,
         endpoint: Option<usize>,
@@ -569,7 +553,9 @@ impl PresenceService {
             local,
             modality: modality_of(request),
         };
-        let outcome = self.admit(Way::Inbound, &policy_request, from, to);
+        let outcome = self
+            .admission
+            .admit(&self.policy, Way::Inbound, &policy_request, from, to);
         if !outcome.allowed {
             return Err(Box::new(Answer::new(403, "Forbidden")));
         }
@@ -600,7 +586,7 @@ impl PresenceService {
     /// endpoint grant or site, else the global policy) must allow the
     /// modality.
     pub fn authorize_leaving(
-        &self,
+        &mut self,
         our_domains: &[String],
         request: &Message,
         remote_domain: &str,
@@ -636,7 +622,11 @@ impl PresenceService {
             modality: modality_of(request),
         };
         let to = request.request_uri().unwrap_or_default();
-        if self.admit(Way::Outbound, &policy_request, from, to).allowed {
+        if self
+            .admission
+            .admit(&self.policy, Way::Outbound, &policy_request, from, to)
+            .allowed
+        {
             Ok(())
         } else {
             Err(Box::new(Answer::new(403, "Forbidden")))
@@ -750,20 +740,14 @@ impl PresenceService {
         (self.notifier.stats(), self.notifier.in_flight())
     }
 
-    fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
-        self.admission
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Policy decisions by way, kind and outcome.
     pub fn decision_counts(&self) -> Vec<DecisionCount> {
-        self.admission().counts()
+        self.admission.counts()
     }
 
     /// The most recent refusals, newest first.
     pub fn refusals(&self) -> Vec<DecisionRecord> {
-        self.admission().recent()
+        self.admission.recent()
     }
 
     /// Moves the subscription slots changed since the last call into `out`.
@@ -962,10 +946,7 @@ impl PresenceService {
     /// nonce and schedule the service works out is of this moment.
     pub fn observe(&mut self, now: Now) {
         self.clock = now;
-        self.admission
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .clock = now;
+        self.admission.clock = now;
     }
 
     /// The endpoints, for the health probes the node starts.
@@ -996,12 +977,12 @@ impl PresenceService {
                     }
                 }
                 let (directory, policy, admission) =
-                    (&self.directory, &self.policy, &self.admission);
+                    (&self.directory, &self.policy, &mut self.admission);
                 self.notifier.subscribe(
                     request,
                     flow,
                     &|uri| directory.resolve(uri).map(|i| i as u32),
-                    &|endpoint, watcher| {
+                    &mut |endpoint, watcher| {
                         authorize_subscription(
                             policy, directory, admission, inside, origin, endpoint, watcher,
                         )
@@ -1052,7 +1033,7 @@ impl PresenceService {
     /// refused before anything in it is checked, as a missing one is, so a
     /// malformed request cannot tell the two apart. The refusal is
     /// recorded like any other.
-    fn hides_refused(&self, request: &Message, origin: &Origin) -> bool {
+    fn hides_refused(&mut self, request: &Message, origin: &Origin) -> bool {
         if !self.policy.edge.hide_missing_endpoints
             || self.speaks_for_inside(origin)
             || request.to().is_ok_and(|to| to.tag().is_some())
@@ -1066,7 +1047,7 @@ impl PresenceService {
             return false;
         };
         let watcher = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
-        let (directory, policy, admission) = (&self.directory, &self.policy, &self.admission);
+        let (directory, policy, admission) = (&self.directory, &self.policy, &mut self.admission);
         let e = directory.get(endpoint).expect("resolved");
         let domain = domain_of(watcher);
         let policy_request = PolicyRequest {

@@ -68,7 +68,7 @@ fn notifier(watchers: u32) -> (Notifier<u32>, Instant) {
             &subscribe(i),
             flow(),
             &|_| Some(p),
-            &|_, _| Authorization::Allow,
+            &mut |_, _| Authorization::Allow,
             now,
         );
     }
@@ -102,7 +102,13 @@ fn benches(c: &mut Criterion) {
             || notifier(0),
             |(mut n, now)| {
                 for r in requests.iter().take(1000) {
-                    n.subscribe(r, flow(), &|_| Some(0), &|_, _| Authorization::Allow, now);
+                    n.subscribe(
+                        r,
+                        flow(),
+                        &|_| Some(0),
+                        &mut |_, _| Authorization::Allow,
+                        now,
+                    );
                     n.poll(now);
                 }
                 n

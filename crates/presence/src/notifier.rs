@@ -626,7 +626,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         request: &Message,
         flow: FlowInfo<F>,
         resolve: &dyn Fn(&str) -> Option<u32>,
-        authorize: &dyn Fn(u32, &str) -> Authorization,
+        authorize: &mut dyn FnMut(u32, &str) -> Authorization,
         now: Instant,
     ) -> Answer {
         let event = match request.event() {

@@ -73,7 +73,7 @@ impl Harness {
                 contact: "<sip:192.0.2.1:5060>".into(),
             },
             &move |uri| porchlight_presence::same_aor(uri, ENDPOINT).then_some(helpdesk),
-            &|_, watcher| {
+            &mut |_, watcher| {
                 if watcher.contains("blocked") {
                     Authorization::Deny {
                         code: 403,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use porchlight_policy::Network;
 use porchlight_resolve::Resolver;
 use porchlight_sip::Limits;
 use porchlight_store::{Batch, Durability, EmbeddedStore, NodeSecrets, Store};
@@ -16,7 +17,7 @@ use porchlight_transaction::TimerConfig;
 use porchlight_transport::pki::{AltName, CertificateAuthority};
 use porchlight_transport::{
     ClientAuth, ConnectionId, Offered, Protocol, Received, SendError, SlotLimits, Target,
-    TlsSettings, Transport, TransportConfig,
+    TlsSettings, Transport, TransportConfig, TrustedSource,
 };
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
@@ -24,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use porchlight_node::clock::Now;
 use porchlight_node::config::{ClientAuthSetting, Config, DurabilitySetting};
-use porchlight_node::core::{Action, Core, Input, Links, Started, TrustedNetworks};
+use porchlight_node::core::{Action, Core, Input, Links, Started};
 use porchlight_node::outbound::{NextHop, Parked, Reach};
 use porchlight_node::overload::Load;
 use porchlight_node::presence::PresenceService;
@@ -185,7 +186,6 @@ impl Node {
                 tag_seed,
                 edge_secret: secrets.edge_secret,
                 restored,
-                trusted_networks,
                 probes,
                 now: clock(),
             },
@@ -204,6 +204,7 @@ impl Node {
             verdicts_tx,
             next_load_sample: Instant::now(),
             resident: 0,
+            trusted_networks,
         };
         let inbox = Inbox {
             received,
@@ -430,6 +431,30 @@ fn store_status(writer: &WriteBehind, core: &Core) -> StoreStatus {
     }
 }
 
+/// The trusted networks as the transport sees them, kept in step with the
+/// policy in force: connections from them draw on the reserved slots.
+#[derive(Clone, Default)]
+struct TrustedNetworks(Arc<std::sync::RwLock<Vec<Network>>>);
+
+impl TrustedNetworks {
+    /// Follows the policy in force.
+    fn set(&self, networks: Vec<Network>) {
+        if let Ok(mut held) = self.0.write() {
+            *held = networks;
+        }
+    }
+
+    /// The transport's question for a new connection's address.
+    fn source(&self) -> TrustedSource {
+        let networks = self.0.clone();
+        Arc::new(move |ip| {
+            networks
+                .read()
+                .is_ok_and(|n| n.iter().any(|network| network.contains(ip)))
+        })
+    }
+}
+
 /// The transport as the core sees it: facts about its connections.
 struct TransportLinks(Transport);
 
@@ -493,6 +518,8 @@ struct Driver {
     next_load_sample: Instant,
     /// Resident memory when last read.
     resident: u64,
+    /// What the transport asks of a new connection's address.
+    trusted_networks: TrustedNetworks,
 }
 
 impl Driver {
@@ -605,6 +632,7 @@ impl Driver {
                         old.abort();
                     }
                 }
+                Action::TrustedNetworks(networks) => self.trusted_networks.set(networks),
                 Action::StopProbe { endpoint } => {
                     if let Some(old) = self.probes.remove(&endpoint) {
                         old.abort();

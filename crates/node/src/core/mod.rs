@@ -28,9 +28,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use porchlight_link::{
     ConnectionId, Origin, Protocol, Received, RefusalLog, SourceRateLimits, SourceRates, Target,
-    TrustedSource,
 };
-use porchlight_policy::{Network, PolicyConfig};
+use porchlight_policy::Network;
 use porchlight_sip::{
     standard_reason, via_with_received, Answer, Contacts, HeaderName, Message, MessageWriter,
     Method, Uri,
@@ -107,6 +106,9 @@ pub enum Action {
         /// The endpoint's slot.
         endpoint: usize,
     },
+    /// The trusted networks of the policy now in force, for the transport:
+    /// connections from them draw on the reserved slots.
+    TrustedNetworks(Vec<Network>),
 }
 
 /// What happens to the core.
@@ -189,43 +191,12 @@ pub struct Core {
     probes: HashMap<usize, u64>,
     probe_counter: u64,
     /// What the transport asks of a new connection's address.
-    trusted_networks: TrustedNetworks,
     /// Sheds new work past the load marks.
     overload: Overload,
     /// Refusals of the node's own (overload, source rate), logged once per interval.
     refusals: RefusalLog,
     /// Requests per anonymous source, so one flooder is dropped alone.
     source_rates: SourceRates,
-}
-
-/// The trusted networks as the transport sees them, kept in step with the
-/// policy in force: connections from them draw on the reserved slots.
-#[derive(Clone, Default)]
-pub struct TrustedNetworks(Arc<std::sync::RwLock<Vec<Network>>>);
-
-impl TrustedNetworks {
-    /// Follows the policy in force.
-    pub fn set(&self, policy: &PolicyConfig) {
-        let networks = policy
-            .edge
-            .trusted_networks
-            .iter()
-            .filter_map(|n| Network::parse(n))
-            .collect();
-        if let Ok(mut held) = self.0.write() {
-            *held = networks;
-        }
-    }
-
-    /// The transport's question for a new connection's address.
-    pub fn source(&self) -> TrustedSource {
-        let networks = self.0.clone();
-        Arc::new(move |ip| {
-            networks
-                .read()
-                .is_ok_and(|n| n.iter().any(|network| network.contains(ip)))
-        })
-    }
 }
 
 /// A text whose webhook delivery is under way.
@@ -298,8 +269,6 @@ pub struct Started {
     pub edge_secret: [u8; 32],
     /// Subscriptions brought back from the store.
     pub restored: usize,
-    /// The trusted networks as the transport sees them.
-    pub trusted_networks: TrustedNetworks,
     /// Each endpoint's health probe, by slot.
     pub probes: Vec<(usize, Option<porchlight_endpoints::HealthConfig>)>,
     /// When, on both clocks.
@@ -343,7 +312,6 @@ impl Core {
             next_session_sweep: started.now.mono,
             probes: HashMap::new(),
             probe_counter: 0,
-            trusted_networks: started.trusted_networks,
             overload: Overload::new(OverloadLimits {
                 max_backlog: config.limits.overload_backlog,
                 max_server_transactions: config.limits.overload_server_transactions,
@@ -357,9 +325,22 @@ impl Core {
                 max_sources: config.limits.max_rate_sources,
             }),
         };
-        core.trusted_networks.set(core.presence.policy());
+        core.tell_trusted_networks();
         core.set_probes(probes);
         core
+    }
+
+    /// Tells the driver the trusted networks of the policy in force.
+    fn tell_trusted_networks(&mut self) {
+        let networks = self
+            .presence
+            .policy()
+            .edge
+            .trusted_networks
+            .iter()
+            .filter_map(|n| Network::parse(n))
+            .collect();
+        self.actions.push_back(Action::TrustedNetworks(networks));
     }
 
     /// The presence service, for the store writer to take changes from.
@@ -559,7 +540,7 @@ impl Core {
             }
             Query::Apply(policy, mut endpoints, reply) => {
                 let applied = self.presence.apply(*policy, &mut endpoints);
-                self.trusted_networks.set(self.presence.policy());
+                self.tell_trusted_networks();
                 self.end_refused_sessions(now);
                 self.set_probes(applied.probes);
                 let imported = crate::status::Imported {

@@ -114,7 +114,6 @@ impl Harness {
                 tag_seed: 0x5eed,
                 edge_secret: [7; 32],
                 restored: 0,
-                trusted_networks: TrustedNetworks::default(),
                 probes,
                 now,
             },
