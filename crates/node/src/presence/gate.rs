@@ -1,0 +1,210 @@
+//! Federation admission for calls and IM, both ways, and what the
+//! services refuse a stranger without telling it more.
+
+use super::*;
+
+impl PresenceService {
+    /// The policy check for a request entering from outside: calls, IM and
+    /// subscriptions for people behind the edge (against the global
+    /// policy), or calls and IM for one of our endpoints (against its grant
+    /// or site). Ok carries the trust header value describing the peer.
+    pub fn authorize_entering(
+        &mut self,
+        request: &Message,
+        origin: &Origin,
+        endpoint: Option<usize>,
+    ) -> Result<String, Box<Answer>> {
+        let from = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
+        let to = request.request_uri().unwrap_or_default();
+        let from_domain = domain_of(from);
+        let local = match endpoint.and_then(|slot| self.directory.get(slot)) {
+            Some(e) => local_party(e),
+            None => LocalParty {
+                uri: to,
+                grant: None,
+                site: None,
+            },
+        };
+        let policy_request = PolicyRequest {
+            remote_domain: &from_domain,
+            remote: remote_of(origin),
+            local,
+            modality: modality_of(request),
+        };
+        let outcome = self
+            .admission
+            .admit(&self.policy, Way::Inbound, &policy_request, from, to);
+        if !outcome.allowed {
+            return Err(Box::new(Answer::new(403, "Forbidden")));
+        }
+        let class = match &outcome.class {
+            Some(Class::PublicProvider(name)) => format!("public-provider;provider=\"{name}\""),
+            _ => "federation".to_owned(),
+        };
+        let peer = origin
+            .peer
+            .as_deref()
+            .map(|p| p.domains.join(","))
+            .unwrap_or_default();
+        // Fails closed: only a class whose edge vouches for its users says yes.
+        let verified = match outcome
+            .class
+            .as_ref()
+            .map(|c| self.policy.verification(c, &from_domain))
+        {
+            Some(Verification::Verified) => "yes",
+            _ => "no",
+        };
+        Ok(format!("peer=\"{peer}\";verified={verified};class={class}"))
+    }
+
+    /// The policy check for a request from the inside to another domain:
+    /// the sender must be one of ours (our certificate speaks only for our
+    /// domains), and the remote domain's class and the sender's policy (its
+    /// endpoint grant or site, else the global policy) must allow the
+    /// modality.
+    pub fn authorize_leaving(
+        &mut self,
+        our_domains: &[String],
+        request: &Message,
+        remote_domain: &str,
+    ) -> Result<(), Box<Answer>> {
+        let from = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
+        let from_domain = domain_of(from);
+        if !our_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(&from_domain))
+        {
+            tracing::info!(
+                from,
+                "outbound request refused: the From domain is not one of ours"
+            );
+            return Err(Box::new(Answer::new(
+                403,
+                "Forbidden (the From domain is not served here)",
+            )));
+        }
+        let directory = &self.directory;
+        let local = match directory.resolve(from).and_then(|slot| directory.get(slot)) {
+            Some(e) => local_party(e),
+            None => LocalParty {
+                uri: from,
+                grant: None,
+                site: None,
+            },
+        };
+        let policy_request = PolicyRequest {
+            remote_domain,
+            remote: Remote::Destination,
+            local,
+            modality: modality_of(request),
+        };
+        let to = request.request_uri().unwrap_or_default();
+        if self
+            .admission
+            .admit(&self.policy, Way::Outbound, &policy_request, from, to)
+            .allowed
+        {
+            Ok(())
+        } else {
+            Err(Box::new(Answer::new(403, "Forbidden")))
+        }
+    }
+
+    /// Where a call or IM with `modality` for `endpoint` goes now.
+    pub fn delivery(&self, endpoint: usize, modality: Modality) -> Delivery {
+        match self.directory.get(endpoint) {
+            Some(e) => delivery::choose(e, self.registrar.bindings(endpoint), modality),
+            None => Delivery::Refuse(Answer::new(404, "Not Found")),
+        }
+    }
+
+    /// A call or IM for `endpoint` could not be sent to its registered
+    /// `contact`: the app's connection is gone, so is its registration,
+    /// and watchers see it go offline unless another source says up.
+    pub fn delivery_failed(&mut self, endpoint: usize, contact: &str) {
+        let Some(e) = self.directory.get(endpoint) else {
+            return;
+        };
+        if self.registrar.flow_failed(endpoint, contact) {
+            tracing::info!(
+                endpoint = %e.identity.uri,
+                contact,
+                "the app's connection is gone; its registration is dropped"
+            );
+        }
+        self.registrations_changed.insert(endpoint);
+        self.refresh(endpoint);
+    }
+
+    /// Whether `request` comes from the app of the endpoint in its From.
+    pub fn sent_by_endpoint(&self, request: &Message, origin: &Origin) -> bool {
+        let Ok(from) = request.from() else {
+            return false;
+        };
+        self.directory
+            .resolve(from.uri.as_str())
+            .and_then(|slot| Some((slot, self.directory.get(slot)?)))
+            .is_some_and(|(slot, e)| delivery::sent_by(e, self.registrar.bindings(slot), origin))
+    }
+
+    /// Whether an outsider's new request (a subscription, a call, IM) to
+    /// an endpoint that does not exist should get 403 rather than 404
+    /// (`hide_missing_endpoints`).
+    pub fn hides_missing_endpoint(&self, request: &Message, origin: &Origin) -> bool {
+        let in_dialog = request.to().is_ok_and(|to| to.tag().is_some());
+        let batched = request
+            .content_type()
+            .ok()
+            .flatten()
+            .is_some_and(|ct| ct.is("application/msrtc-adrl-categorylist+xml"));
+        self.policy.edge.hide_missing_endpoints
+            && !in_dialog
+            && !batched
+            && !self.speaks_for_inside(origin)
+            && self
+                .directory
+                .resolve(request.request_uri().unwrap_or_default())
+                .is_none()
+    }
+
+    /// Whether a stranger's new subscription to an existing endpoint is
+    /// one the policy refuses, when missing endpoints are hidden: it is
+    /// refused before anything in it is checked, as a missing one is, so a
+    /// malformed request cannot tell the two apart. The refusal is
+    /// recorded like any other.
+    pub(super) fn hides_refused(&mut self, request: &Message, origin: &Origin) -> bool {
+        if !self.policy.edge.hide_missing_endpoints
+            || self.speaks_for_inside(origin)
+            || request.to().is_ok_and(|to| to.tag().is_some())
+        {
+            return false;
+        }
+        let Some(endpoint) = self
+            .directory
+            .resolve(request.request_uri().unwrap_or_default())
+        else {
+            return false;
+        };
+        let watcher = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
+        let (directory, policy, admission) = (&self.directory, &self.policy, &mut self.admission);
+        let e = directory.get(endpoint).expect("resolved");
+        let domain = domain_of(watcher);
+        let policy_request = PolicyRequest {
+            remote_domain: &domain,
+            remote: remote_of(origin),
+            local: local_party(e),
+            modality: Modality::Presence,
+        };
+        !verdict(policy, &policy_request).allowed
+            && authorize_subscription(
+                policy,
+                directory,
+                admission,
+                false,
+                origin,
+                endpoint as u32,
+                watcher,
+            ) != Authorization::Allow
+    }
+}

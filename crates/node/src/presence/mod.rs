@@ -1,0 +1,744 @@
+//! The presence service of a node: joins the endpoint directory, the
+//! registrar, publications and the notifier, and speaks to the core in
+//! requests answered, requests to send and responses received. Its jobs
+//! live apart: where an endpoint's state comes from (`sources`), who may
+//! reach whom (`gate`), the SUBSCRIBE/REGISTER/PUBLISH/SERVICE services
+//! (`services`), what the store keeps (`snapshots`) and what the admin
+//! sees (`views`); this module holds the state they share and applies
+//! policy and endpoint changes.
+
+mod gate;
+mod services;
+mod snapshots;
+mod sources;
+mod views;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use porchlight_endpoints::digest::DigestAuth;
+use porchlight_endpoints::{
+    Change, Credentials, Directory, Endpoint, EndpointSet, Gate, GuessGuard, HealthConfig, Lockout,
+    Registrar, RegistrarConfig, SavedBinding, Sources,
+};
+use porchlight_link::{Origin, Protocol, Target};
+use porchlight_policy::{
+    decide, verdict, Class, Decision, LocalParty, Modality, PolicyConfig, Remote,
+    Request as PolicyRequest, Verification,
+};
+use porchlight_presence::check_length;
+use porchlight_presence::xml_in::{parse_category_publish, parse_pidf};
+use porchlight_presence::{
+    Authorization, FlowInfo, Notifier, NotifierConfig, NotifierStats, NotifyRef, Publications,
+    PublishBounds, PublishError, SavedPublication, SavedSubscription, SavedTarget, XmlLimits,
+};
+use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Method, Uri};
+use porchlight_store::SavedRegistration;
+use porchlight_transaction::ClientKey;
+
+use crate::admission::{Admission, DecisionCount, DecisionRecord, Way};
+use crate::clock::Now;
+use crate::config::Config;
+use crate::delivery::{self, Delivery};
+use crate::edge::{self, domain_of};
+use crate::outbound::NextHop;
+use crate::snapshot::reconnect_to;
+use crate::status::{EndpointDetail, EndpointView, MAX_LISTED_WATCHERS};
+
+/// The path back to a watcher or an endpoint: the stream it used, or its
+/// UDP source address (RFC 3581 symmetric response routing).
+fn flow_of(origin: &Origin) -> NextHop {
+    NextHop::Direct(match origin.connection {
+        Some(id) => Target::Connection(id),
+        None => Target::Address {
+            protocol: Protocol::Udp,
+            addr: origin.source,
+            domain: None,
+        },
+    })
+}
+
+/// A request the service wants sent.
+#[derive(Debug)]
+pub struct OutgoingRequest {
+    /// Where.
+    pub target: NextHop,
+    /// Whether that is a stream.
+    pub reliable: bool,
+    /// The request.
+    pub bytes: Bytes,
+    /// The client transaction it starts, under the key it was written
+    /// with; None for BENOTIFY, which gets no response.
+    pub transaction: Option<ClientKey>,
+}
+
+const KEEPALIVE_BRANCH: &str = "z9hG4bKka";
+
+/// The one place subscription decisions are made: requests from trusted
+/// networks are the inside of the edge; any other goes through the
+/// federation policy. Refusals are a plain 403 outside and every step in
+/// the log.
+fn authorize_subscription(
+    policy: &PolicyConfig,
+    directory: &Directory,
+    admission: &mut Admission,
+    inside: bool,
+    origin: &Origin,
+    endpoint: u32,
+    watcher: &str,
+) -> Authorization {
+    if inside {
+        return Authorization::Allow;
+    }
+    let domain = domain_of(watcher);
+    let Some(e) = directory.get(endpoint as usize) else {
+        return Authorization::Deny {
+            code: 404,
+            reason: "Not Found".into(),
+        };
+    };
+    let to = &e.identity.uri;
+    let request = PolicyRequest {
+        remote_domain: &domain,
+        remote: remote_of(origin),
+        local: local_party(e),
+        modality: Modality::Presence,
+    };
+    let outcome = verdict(policy, &request);
+    let mut exceeded = None;
+    if outcome.allowed && outcome.class == Some(Class::DiscoveredPartner) {
+        let now = admission.clock.unix_f64();
+        exceeded = admission
+            .limits
+            .admit(&policy.edge, &domain, endpoint, now)
+            .err();
+    }
+    if outcome.allowed && exceeded.is_none() {
+        admission.record(Way::Inbound, Modality::Presence, watcher, to, &outcome);
+        return Authorization::Allow;
+    }
+    // Refused: decide again, this time writing down why, for the log.
+    let mut decision = decide(policy, &request);
+    if let Some(exceeded) = exceeded {
+        decision.steps.push(exceeded.to_string());
+        decision.allowed = false;
+    }
+    admission.record(Way::Inbound, Modality::Presence, watcher, to, &decision);
+    admission.log_refusal(Way::Inbound, watcher, to, &decision);
+    Authorization::Deny {
+        code: 403,
+        reason: "Forbidden".into(),
+    }
+}
+
+/// The policy's full decision when it refuses `remote`, vouched for by
+/// `partner`'s certificate, `modality` with `endpoint`: the question a new
+/// request is asked, put to a subscription or IM session already held
+/// (after a policy change, or restored at start), so the live and the
+/// restarted node agree.
+fn refuses_held(
+    policy: &PolicyConfig,
+    endpoint: &Endpoint,
+    remote: &str,
+    partner: &str,
+    modality: Modality,
+) -> Option<Decision> {
+    let domain = domain_of(remote);
+    let partners = [partner.to_owned()];
+    let request = PolicyRequest {
+        remote_domain: &domain,
+        remote: Remote::Certified(&partners),
+        local: local_party(endpoint),
+        modality,
+    };
+    (!verdict(policy, &request).allowed).then(|| decide(policy, &request))
+}
+
+/// What the policy knows of an inbound request's sender.
+fn remote_of(origin: &Origin) -> Remote<'_> {
+    match origin.peer.as_deref() {
+        Some(peer) => Remote::Certified(&peer.domains),
+        None => Remote::Unverified,
+    }
+}
+
+/// An endpoint as the policy sees it: its URI, granted policy and site.
+pub fn local_party(e: &Endpoint) -> LocalParty<'_> {
+    LocalParty {
+        uri: &e.identity.uri,
+        grant: e.config.policy.as_deref(),
+        site: e.config.site.as_deref(),
+    }
+}
+
+/// The policy's name for what a request wants. An INVITE is a call unless
+/// its offer has only `m=message` lines: a Microsoft IM session.
+pub fn modality_of(request: &Message) -> Modality {
+    match request.method_kind() {
+        Some(Method::Invite) if is_im_session(request.body()) => Modality::Im,
+        Some(Method::Invite) => Modality::Audio,
+        Some(Method::Subscribe | Method::Notify) => Modality::Presence,
+        _ => Modality::Im,
+    }
+}
+
+/// Whether an SDP offer asks for text only (`m=message … sip null`).
+fn is_im_session(sdp: &[u8]) -> bool {
+    let mut media = sdp
+        .split(|b| *b == b'\n')
+        .filter(|line| line.starts_with(b"m="))
+        .peekable();
+    media.peek().is_some() && media.all(|line| line.starts_with(b"m=message "))
+}
+
+/// What [`PresenceService::apply_endpoints`] did, for the admin and for
+/// the node's health probes.
+#[derive(Debug, Default)]
+pub struct EndpointsApplied {
+    /// URIs of endpoints now in service.
+    pub added: Vec<String>,
+    /// URIs of endpoints whose declaration changed.
+    pub changed: Vec<String>,
+    /// URIs of endpoints no longer served.
+    pub removed: Vec<String>,
+    /// Slots whose health probe must be (re)started with this setting, or
+    /// stopped (None).
+    pub probes: Vec<(usize, Option<HealthConfig>)>,
+}
+
+/// What came of restoring saved subscriptions.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    /// Back in service.
+    pub restored: usize,
+    /// Left out, by slot, with the reason.
+    pub dropped: Vec<(u32, String)>,
+}
+
+/// Longest a restarted node waits for its endpoints' health probes before
+/// re-notifying restored watchers anyway.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Presence state and protocol handling of one node.
+pub struct PresenceService {
+    directory: Directory,
+    policy: PolicyConfig,
+    /// Discovered partners' limits and the decisions made; a mutex only
+    /// because the authorization callback borrows the service immutably.
+    admission: Admission,
+    /// The time of the input being handled, as the driver told it.
+    clock: Now,
+    notifier: Notifier<NextHop>,
+    registrar: Registrar<FlowInfo<NextHop>>,
+    /// Wrong passwords counted, guessers locked out.
+    guesses: GuessGuard,
+    publications: Publications,
+    health: Vec<(Option<bool>, u32)>,
+    /// Endpoints whose registered contacts changed since the store last
+    /// took them (a set: bounded by the endpoints, store or not).
+    registrations_changed: BTreeSet<usize>,
+    /// Endpoints whose publications changed since the store last took them.
+    publications_changed: BTreeSet<usize>,
+    /// Presence an admin set through the API, per endpoint.
+    overrides: Vec<Option<porchlight_presence::PresenceState>>,
+    xml: XmlLimits,
+    /// Longest note or activity accepted.
+    max_note_bytes: usize,
+    /// Our domains and aliases: a certificate naming only these is the
+    /// inside's.
+    own_domains: Vec<String>,
+    keepalives: HashMap<String, (usize, String)>,
+    keepalive_seq: u64,
+    next_schedule_check: Instant,
+    outgoing: std::collections::VecDeque<OutgoingRequest>,
+    /// Restored watchers wait for this window's pace until the endpoints'
+    /// sources have reported, or the deadline.
+    recovery: Option<(Duration, Instant)>,
+}
+
+impl PresenceService {
+    /// Builds the service from a validated configuration.
+    pub fn new(config: &Config, salt: u64, clock: Now) -> PresenceService {
+        let now = clock.mono;
+        let directory = config
+            .directory()
+            .expect("validated with the configuration");
+        let slots = directory.slots();
+        let p = &config.presence;
+        let xml = XmlLimits {
+            max_bytes: p.max_xml_bytes,
+            ..XmlLimits::default()
+        };
+        let notifier = Notifier::new(
+            NotifierConfig {
+                min_expires: p.min_expires,
+                max_expires: p.max_expires,
+                default_expires: p.default_expires,
+                min_notify_interval: Duration::from_millis(p.min_notify_interval_ms),
+                notify_rate: p.notify_rate,
+                max_in_flight: p.max_notify_in_flight,
+                max_in_flight_per_flow: p.max_notify_in_flight_per_flow,
+                max_subscriptions_per_watcher: p.max_subscriptions_per_watcher,
+                max_notify_retries: p.notify_retries,
+                retry_base: Duration::from_millis(p.notify_retry_base_ms),
+                max_winfo_watchers: p.max_winfo_watchers,
+                xml,
+                max_notify_bytes: config.limits.max_message_bytes,
+                max_dialog_bytes: p.max_dialog_bytes,
+            },
+            now,
+            salt,
+        );
+        let r = &config.registrar;
+        let registrar = Registrar::new(
+            RegistrarConfig {
+                min_expires: r.min_expires,
+                max_expires: r.max_expires,
+                default_expires: r.default_expires,
+                max_bindings: r.max_bindings,
+                keepalive_interval: Duration::from_secs(r.keepalive_secs),
+                keepalive_misses: r.keepalive_misses,
+            },
+            DigestAuth::new(
+                config.node.domains[0].clone(),
+                salt,
+                r.nonce_lifetime_secs,
+                r.algorithms(),
+            ),
+            slots,
+        );
+        let publications = Publications::new(
+            PublishBounds {
+                min_expires: p.publish_min_expires,
+                max_expires: p.publish_max_expires,
+                default_expires: p.publish_default_expires,
+            },
+            salt,
+        );
+        let mut service = PresenceService {
+            health: vec![(None, 0); slots],
+            overrides: vec![None; slots],
+            registrations_changed: BTreeSet::new(),
+            publications_changed: BTreeSet::new(),
+            directory,
+            policy: config.policy.clone(),
+            admission: Admission::new(
+                Duration::from_secs(config.limits.refusal_log_interval_secs),
+                clock,
+            ),
+            clock,
+            notifier,
+            registrar,
+            guesses: GuessGuard::new(config.registrar.guess_limits()),
+            publications,
+            xml,
+            max_note_bytes: p.max_note_bytes,
+            own_domains: config
+                .node
+                .domains
+                .iter()
+                .chain(&config.node.aliases)
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            keepalives: HashMap::new(),
+            keepalive_seq: 0,
+            next_schedule_check: now,
+            outgoing: Default::default(),
+            recovery: None,
+        };
+        for slot in 0..slots {
+            service.refresh(slot);
+        }
+        service
+    }
+
+    /// Makes the node serve exactly `set` from now on, without a restart:
+    /// new endpoints can be watched, registered with and called at once;
+    /// changed ones show their new name, state and sources to their
+    /// watchers; removed ones end their subscriptions (`noresource`) and
+    /// lose their registrations and publications.
+    fn apply_endpoints(&mut self, set: &mut EndpointSet) -> EndpointsApplied {
+        let changes = self.directory.apply(set);
+        let slots = self.directory.slots();
+        self.registrar.grow(slots);
+        self.health.resize(slots, (None, 0));
+        self.overrides.resize(slots, None);
+        let at = self.clock.timestamp();
+        let mut applied = EndpointsApplied::default();
+        for change in changes {
+            match change {
+                Change::Added(slot) => {
+                    let e = self.directory.get(slot).expect("just added");
+                    applied.added.push(e.identity.uri.clone());
+                    applied.probes.push((slot, e.health.clone()));
+                    // A new slot starts empty; a vacated one was emptied
+                    // when its endpoint was removed.
+                    self.refresh(slot);
+                }
+                Change::Changed { slot, before } => {
+                    let e = self.directory.get(slot).expect("just changed");
+                    applied.changed.push(e.identity.uri.clone());
+                    if e.health != before.health {
+                        applied.probes.push((slot, e.health.clone()));
+                        // The old probe's verdict stands until the new one
+                        // reports; none stands without a probe.
+                        self.health[slot].1 = 0;
+                        if e.health.is_none() {
+                            self.health[slot].0 = None;
+                        }
+                    }
+                    // A probe that has never reported decides when it
+                    // does (at once): watchers are not shown "offline,
+                    // nothing has said up yet" in between.
+                    let awaiting_probe = e.health.is_some() && self.health[slot].0.is_none();
+                    if e.credentials != before.credentials && self.registrar.forget(slot) {
+                        // Registered with credentials it no longer has.
+                        self.registrations_changed.insert(slot);
+                    }
+                    if !awaiting_probe {
+                        self.refresh(slot);
+                    }
+                }
+                Change::Removed { slot, endpoint } => {
+                    applied.removed.push(endpoint.identity.uri.clone());
+                    applied.probes.push((slot, None));
+                    self.registrar.forget(slot);
+                    self.registrations_changed.insert(slot);
+                    self.publications.forget(slot as u32);
+                    self.publications_changed.insert(slot);
+                    self.keepalives.retain(|_, (e, _)| *e != slot);
+                    self.health[slot] = (None, 0);
+                    self.overrides[slot] = None;
+                    self.notifier.remove_presentity(slot as u32, at);
+                }
+            }
+        }
+        for uri in &applied.added {
+            tracing::info!(endpoint = %uri, "endpoint added; in service now");
+        }
+        for uri in &applied.changed {
+            tracing::info!(endpoint = %uri, "endpoint changed; in force now");
+        }
+        for uri in &applied.removed {
+            tracing::info!(
+                endpoint = %uri,
+                "endpoint removed; its watchers are told (noresource), its registrations and publications dropped"
+            );
+        }
+        applied
+    }
+
+    /// The federation and access policy in force.
+    pub fn policy(&self) -> &PolicyConfig {
+        &self.policy
+    }
+
+    /// Puts a provisioned policy and endpoint set in force together, for
+    /// every request from now on and for what is already held: federated
+    /// subscriptions the new policy (or an endpoint's new grant) refuses
+    /// end with a final NOTIFY saying `rejected`, exactly as a restart
+    /// would drop them.
+    pub fn apply(&mut self, policy: PolicyConfig, set: &mut EndpointSet) -> EndpointsApplied {
+        self.policy = policy;
+        let applied = self.apply_endpoints(set);
+        self.revoke_refused();
+        applied
+    }
+
+    /// The policy's decision when it now refuses an IM session held with
+    /// `remote` (vouched for by `partner`) on `endpoint`; None while allowed.
+    pub fn refuses_session(
+        &self,
+        endpoint: usize,
+        remote: &str,
+        partner: &str,
+    ) -> Option<Decision> {
+        let endpoint = self.directory.get(endpoint)?;
+        refuses_held(&self.policy, endpoint, remote, partner, Modality::Im)
+    }
+
+    /// Ends the federated subscriptions the policy in force refuses.
+    fn revoke_refused(&mut self) {
+        let (policy, directory) = (&self.policy, &self.directory);
+        // One decision per endpoint, watcher domain and partner.
+        let mut decided: HashMap<(u32, String, Arc<str>), bool> = HashMap::new();
+        let revoked = self.notifier.revoke(&mut |slot, watcher, hop| {
+            let NextHop::Partner(partner) = hop else {
+                return false;
+            };
+            let Some(endpoint) = directory.get(slot as usize) else {
+                return false;
+            };
+            let key = (slot, domain_of(watcher), partner.clone());
+            if let Some(&refused) = decided.get(&key) {
+                return refused;
+            }
+            let refusal = refuses_held(policy, endpoint, watcher, partner, Modality::Presence);
+            if let Some(decision) = &refusal {
+                tracing::info!(
+                    watcher,
+                    endpoint = %endpoint.identity.uri,
+                    partner = %partner,
+                    "held subscriptions from this domain end: the policy now refuses them\n{decision}"
+                );
+            }
+            decided.insert(key, refusal.is_some());
+            refusal.is_some()
+        });
+        if revoked > 0 {
+            tracing::info!(revoked, "policy change ended held subscriptions");
+        }
+    }
+
+    /// Why the policy in force now refuses a federated watcher's saved
+    /// subscription (the configuration may have changed while the node
+    /// was down), by the partner identity it was accepted under.
+    fn refused_now(&self, saved: &SavedSubscription<String>, hop: &NextHop) -> Option<String> {
+        let (NextHop::Partner(partner), SavedTarget::Presence(uri)) = (hop, &saved.target) else {
+            return None;
+        };
+        let endpoint = self.directory.get(self.directory.resolve(uri)?)?;
+        refuses_held(
+            &self.policy,
+            endpoint,
+            &saved.remote_uri,
+            partner,
+            Modality::Presence,
+        )
+        .map(|decision| {
+            format!(
+                "the policy now refuses {}: {decision}",
+                domain_of(&saved.remote_uri)
+            )
+        })
+    }
+
+    /// The time of the input about to be handled: every date, expiry,
+    /// nonce and schedule the service works out is of this moment.
+    pub fn observe(&mut self, now: Now) {
+        self.clock = now;
+        self.admission.clock = now;
+    }
+
+    /// The endpoints, for the health probes the node starts.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Whether a request speaks for the inside of the edge (see
+    /// [`edge::speaks_for_inside`]).
+    pub fn speaks_for_inside(&self, origin: &Origin) -> bool {
+        edge::speaks_for_inside(&self.policy, &self.own_domains, origin)
+    }
+
+    /// Feeds a response to a request this service sent. False when it was
+    /// not ours.
+    pub fn on_response(&mut self, branch: &str, response: &Message, now: Instant) -> bool {
+        let code = response.status().unwrap_or(500);
+        if let Some(notify) = NotifyRef::from_branch(branch) {
+            let retry_after = response.retry_after().ok().flatten().map(|r| r.seconds);
+            self.notifier
+                .on_notify_response(notify, code, retry_after, now);
+            return true;
+        }
+        if let Some((endpoint, contact)) = self.keepalives.remove(branch) {
+            self.registrar.keepalive_answered(endpoint, &contact);
+            return true;
+        }
+        false
+    }
+
+    /// A request this service sent got no response (timeout or transport error).
+    pub fn on_failure(&mut self, branch: &str, now: Instant) {
+        if let Some(notify) = NotifyRef::from_branch(branch) {
+            self.notifier.on_notify_response(notify, 408, None, now);
+        }
+        self.keepalives.remove(branch);
+    }
+
+    /// Runs what is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.notifier.handle_timeout(now);
+        self.begin_recovery_when_settled(now);
+        for endpoint in self.registrar.expire(now) {
+            self.registrations_changed.insert(endpoint);
+            self.refresh(endpoint);
+        }
+        let (due, lost) = self.registrar.due_keepalives(now);
+        for endpoint in lost {
+            self.registrations_changed.insert(endpoint);
+            self.refresh(endpoint);
+        }
+        for (endpoint, contact, flow) in due {
+            self.keepalive(endpoint, contact, flow);
+        }
+        for endpoint in self.publications.expire(now) {
+            self.publications_changed.insert(endpoint as usize);
+            self.refresh(endpoint as usize);
+        }
+        if now >= self.next_schedule_check {
+            self.next_schedule_check = now + Duration::from_secs(15);
+            let scheduled: Vec<usize> = self
+                .directory
+                .iter()
+                .filter(|(_, e)| e.schedule.is_some())
+                .map(|(slot, _)| slot)
+                .collect();
+            for slot in scheduled {
+                self.refresh(slot);
+            }
+        }
+    }
+
+    /// An OPTIONS to a registered contact, over the flow it registered on.
+    fn keepalive(&mut self, endpoint: usize, contact: String, flow: FlowInfo<NextHop>) {
+        self.keepalive_seq += 1;
+        let branch = format!("{KEEPALIVE_BRANCH}{:x}", self.keepalive_seq);
+        let uri = &self.notifier.identity(endpoint as u32).uri;
+        let mut w = MessageWriter::request("OPTIONS", &contact);
+        w.header_fmt("Via", format_args!("{};branch={branch};rport", flow.via));
+        w.header("Max-Forwards", "70");
+        w.header_fmt(
+            "From",
+            format_args!("<{uri}>;tag=ka{:x}", self.keepalive_seq),
+        );
+        w.header_fmt("To", format_args!("<{contact}>"));
+        w.header_fmt(
+            "Call-ID",
+            format_args!("keepalive-{:x}-{endpoint}", self.keepalive_seq),
+        );
+        w.header("CSeq", "1 OPTIONS");
+        self.keepalives.insert(branch.clone(), (endpoint, contact));
+        self.outgoing.push_back(OutgoingRequest {
+            target: flow.flow,
+            reliable: flow.reliable,
+            bytes: w.finish(b""),
+            transaction: Some(ClientKey {
+                branch,
+                method: "OPTIONS".into(),
+            }),
+        });
+    }
+
+    /// The next request to send.
+    pub fn poll(&mut self, now: Instant) -> Option<OutgoingRequest> {
+        if let Some(out) = self.outgoing.pop_front() {
+            return Some(out);
+        }
+        self.notifier.poll(now).map(|o| OutgoingRequest {
+            target: o.flow,
+            reliable: o.reliable,
+            bytes: o.bytes,
+            transaction: o.branch.map(|branch| ClientKey {
+                branch,
+                method: "NOTIFY".into(),
+            }),
+        })
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) or [`poll`](Self::poll) next has work.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        [
+            self.notifier.next_deadline(now),
+            self.registrar.next_deadline(),
+            self.publications.next_expiry(),
+            self.directory
+                .iter()
+                .any(|(_, e)| e.schedule.is_some())
+                .then_some(self.next_schedule_check),
+            self.recovery.map(|(_, deadline)| deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// The endpoint's trusted mutual-TLS identity, when the request's peer
+/// certificate proves it.
+fn trusted_peer<'a>(credentials: &'a Credentials, origin: &Origin) -> Option<&'a str> {
+    credentials
+        .tls_identity
+        .as_deref()
+        .filter(|trusted| origin.peer.as_ref().is_some_and(|p| p.covers(trusted)))
+}
+
+fn not_found() -> Answer {
+    Answer::new(404, "Not Found")
+}
+
+fn no_credentials() -> Answer {
+    Answer::new(
+        403,
+        "Forbidden (this endpoint has no [endpoint.registration] credentials)",
+    )
+}
+
+fn publish_refusal(e: &PublishError) -> Answer {
+    match e {
+        PublishError::IntervalTooBrief(min) => {
+            Answer::new(423, "Interval Too Brief").with("Min-Expires", min.to_string())
+        }
+        PublishError::ConditionalFailed => Answer::new(412, "Conditional Request Failed"),
+        PublishError::MissingBody => {
+            Answer::new(400, "Bad Request (an initial PUBLISH needs a body)")
+        }
+        PublishError::VersionConflict {
+            category,
+            instance,
+            current,
+        } => {
+            let mut answer = Answer::new(409, "Conflict");
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Fault xmlns=\"http://schemas.microsoft.com/2006/09/sip/service-fault\">\
+                 <Faultcode>Client.BadCall.WrongDelta</Faultcode><details><operation index=\"0\" categoryName=\"{category}\" \
+                 instance=\"{instance}\"><curVersion>{current}</curVersion></operation></details></Fault>\n"
+            );
+            answer.body = Some(("application/msrtc-fault+xml".into(), Bytes::from(body)));
+            answer
+        }
+    }
+}
+
+/// Our Via and Contact on the flow a request came in on. A listener bound
+/// to a wildcard address does not know which of its addresses the peer
+/// used, so it names the host the peer put in the Request-URI.
+fn flow_info(origin: &Origin, request: &Message) -> FlowInfo<NextHop> {
+    let port = origin.local.port();
+    let host = if origin.local.ip().is_unspecified() {
+        request
+            .request_uri()
+            .and_then(|u| Uri::parse(u).ok())
+            .and_then(|u| u.sip().map(|s| s.host.to_string()))
+            .unwrap_or_else(|| "localhost".into())
+    } else {
+        match origin.local {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        }
+    };
+    let token = origin.protocol.via_token();
+    FlowInfo {
+        flow: flow_of(origin),
+        reliable: origin.protocol.is_reliable(),
+        via: format!("SIP/2.0/{token} {host}:{port}"),
+        contact: format!(
+            "<sip:{host}:{port};transport={}>",
+            token.to_ascii_lowercase()
+        ),
+    }
+}
+
+/// RFC 7231 IMF-fixdate, for the Date header of REGISTER responses.
+fn httpdate(at: SystemTime) -> String {
+    let ts = jiff::Timestamp::try_from(at).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    ts.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+/// Parses bytes this service wrote, for the transaction layer.
+pub fn parse_own(bytes: Bytes) -> Option<Message> {
+    Message::parse(bytes, Framing::Datagram, &Limits::default()).ok()
+}

@@ -1,0 +1,300 @@
+//! The node's own services: SUBSCRIBE, REGISTER (with digest and the
+//! guessing guard), PUBLISH and SERVICE.
+
+use super::*;
+
+impl PresenceService {
+    /// Answers a SUBSCRIBE, PUBLISH, SERVICE or REGISTER.
+    pub fn handle(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
+        match request.method_kind().unwrap_or(Method::Other("")) {
+            Method::Subscribe => {
+                if self.hides_missing_endpoint(request, origin)
+                    || self.hides_refused(request, origin)
+                {
+                    return Answer::new(403, "Forbidden");
+                }
+                let mut flow = flow_info(origin, request);
+                let inside = self.speaks_for_inside(origin);
+                // A federated watcher is reached through its partner's
+                // edge, by name: NOTIFYs survive the connection closing.
+                if !inside {
+                    let from = request.from().map(|f| domain_of(f.uri.as_str()));
+                    if let Some(partner) = from
+                        .ok()
+                        .and_then(|d| edge::partner_of(&self.policy, origin, &d))
+                    {
+                        flow.flow = NextHop::Partner(partner);
+                    }
+                }
+                let (directory, policy, admission) =
+                    (&self.directory, &self.policy, &mut self.admission);
+                self.notifier.subscribe(
+                    request,
+                    flow,
+                    &|uri| directory.resolve(uri).map(|i| i as u32),
+                    &mut |endpoint, watcher| {
+                        authorize_subscription(
+                            policy, directory, admission, inside, origin, endpoint, watcher,
+                        )
+                    },
+                    now,
+                )
+            }
+            Method::Register => self.register(request, origin, now),
+            Method::Publish => self.publish(request, origin, now),
+            Method::Service => self.service(request, origin, now),
+            _ => Answer::new(501, "Not Implemented"),
+        }
+    }
+
+    /// Password guesses refused unchecked, and wrong passwords, since start.
+    pub fn guess_counts(&self) -> (u64, u64) {
+        self.guesses.counts()
+    }
+
+    /// Finds the endpoint a request speaks for and checks it is really that
+    /// endpoint talking.
+    pub(super) fn authenticated_endpoint(
+        &mut self,
+        request: &Message,
+        origin: &Origin,
+        uri: &str,
+        now: Instant,
+    ) -> Result<usize, Box<Answer>> {
+        let name = porchlight_presence::aor(uri).unwrap_or_default();
+        self.guess_gate(origin, &name, now)?;
+        let Some(endpoint) = self.directory.resolve(uri) else {
+            return Err(Box::new(self.unknown_claim(
+                request,
+                origin,
+                &name,
+                not_found(),
+                now,
+            )));
+        };
+        let Some(credentials) = self
+            .directory
+            .get(endpoint)
+            .and_then(|e| e.credentials.clone())
+        else {
+            return Err(Box::new(self.unknown_claim(
+                request,
+                origin,
+                &name,
+                no_credentials(),
+                now,
+            )));
+        };
+        let peer = trusted_peer(&credentials, origin);
+        let outcome = self
+            .registrar
+            .authenticate(request, &credentials, peer, self.clock.unix());
+        let wrong = outcome.as_ref().is_err_and(|e| e.wrong_credentials);
+        self.count_guess(origin, &name, wrong, outcome.is_ok(), now);
+        outcome.map(|()| endpoint).map_err(|e| Box::new(e.answer))
+    }
+
+    /// Refuses, unchecked, a claim to be `name` from a source (or for a
+    /// name) locked out for guessing passwords.
+    pub(super) fn guess_gate(
+        &mut self,
+        origin: &Origin,
+        name: &str,
+        now: Instant,
+    ) -> Result<(), Box<Answer>> {
+        match self.guesses.gate(now, origin.source.ip(), name) {
+            Gate::Open => Ok(()),
+            Gate::Closed { retry_after } => Err(Box::new(
+                Answer::new(503, "Service Unavailable")
+                    .with("Retry-After", retry_after.as_secs().max(1).to_string()),
+            )),
+        }
+    }
+
+    /// Counts the outcome of checking a claim to be `name`; a lockout it
+    /// starts is logged once.
+    pub(super) fn count_guess(
+        &mut self,
+        origin: &Origin,
+        name: &str,
+        wrong: bool,
+        proven: bool,
+        now: Instant,
+    ) {
+        let source = origin.source.ip();
+        if proven {
+            self.guesses.succeeded(now, source, name);
+        }
+        if !wrong {
+            return;
+        }
+        for lockout in self.guesses.failed(now, source, name) {
+            match lockout {
+                Lockout::Source(ip, length) => tracing::warn!(
+                    source = %ip,
+                    "too many wrong passwords from this address: refused for {} s",
+                    length.as_secs()
+                ),
+                Lockout::Endpoint(name, length) => tracing::warn!(
+                    endpoint = %name,
+                    "too many wrong passwords for this endpoint: strangers refused for {} s",
+                    length.as_secs()
+                ),
+            }
+        }
+    }
+
+    /// The answer to a claim to be a name that is no endpoint, or one that
+    /// nothing can prove: `inside` says which, to the inside and to all
+    /// when missing endpoints are not hidden; an outsider otherwise gets
+    /// the challenge a real endpoint would give, and its answer counts as
+    /// a wrong guess — so nothing tells the two apart.
+    pub(super) fn unknown_claim(
+        &mut self,
+        request: &Message,
+        origin: &Origin,
+        name: &str,
+        inside: Answer,
+        now: Instant,
+    ) -> Answer {
+        if !self.policy.edge.hide_missing_endpoints || self.speaks_for_inside(origin) {
+            return inside;
+        }
+        let offered = request.auth(HeaderName::Authorization).next().is_some();
+        self.count_guess(origin, name, offered, false, now);
+        self.registrar.challenge(self.clock.unix(), false, None)
+    }
+
+    pub(super) fn register(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
+        let Ok(to) = request.to() else {
+            return Answer::new(400, "Bad Request (To)");
+        };
+        let name = porchlight_presence::aor(to.uri.as_str()).unwrap_or_default();
+        if let Err(locked) = self.guess_gate(origin, &name, now) {
+            return *locked;
+        }
+        let Some(endpoint) = self.directory.resolve(to.uri.as_str()) else {
+            return self.unknown_claim(request, origin, &name, not_found(), now);
+        };
+        let Some(credentials) = self
+            .directory
+            .get(endpoint)
+            .and_then(|e| e.credentials.clone())
+        else {
+            return self.unknown_claim(request, origin, &name, no_credentials(), now);
+        };
+        let peer = trusted_peer(&credentials, origin);
+        let outcome = self.registrar.register(
+            endpoint,
+            request,
+            &credentials,
+            peer,
+            flow_info(origin, request),
+            now,
+            self.clock.unix(),
+        );
+        let proven = outcome.answer.code == 200;
+        self.count_guess(origin, &name, outcome.wrong_credentials, proven, now);
+        if outcome.liveness_changed {
+            self.refresh(endpoint);
+        }
+        if proven {
+            self.registrations_changed.insert(endpoint);
+        }
+        let date = httpdate(self.clock.wall);
+        outcome.answer.with("Date", date)
+    }
+
+    pub(super) fn publish(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
+        let uri = request.request_uri().unwrap_or_default().to_owned();
+        let endpoint = match self.authenticated_endpoint(request, origin, &uri, now) {
+            Ok(e) => e,
+            Err(answer) => return *answer,
+        };
+        match request.event() {
+            Ok(Some(e)) if e.value.eq_ignore_ascii_case("presence") => {}
+            _ => return Answer::new(489, "Bad Event").with("Allow-Events", "presence"),
+        }
+        let (Ok(if_match), Ok(expires)) = (
+            request.entity_tag(HeaderName::SipIfMatch),
+            request.expires(),
+        ) else {
+            return Answer::new(400, "Bad Request (SIP-If-Match or Expires)");
+        };
+        let body = if request.body().is_empty() {
+            None
+        } else {
+            let is_pidf = request
+                .content_type()
+                .ok()
+                .flatten()
+                .is_some_and(|ct| ct.is("application/pidf+xml"));
+            if !is_pidf {
+                return Answer::new(415, "Unsupported Media Type")
+                    .with("Accept", "application/pidf+xml");
+            }
+            match parse_pidf(request.body(), self.xml) {
+                Ok(state) => match state.check_lengths(self.max_note_bytes) {
+                    Ok(()) => Some(state),
+                    Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
+                },
+                Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
+            }
+        };
+        match self
+            .publications
+            .publish(endpoint as u32, if_match, body, expires, now)
+        {
+            Ok(published) => {
+                self.publications_changed.insert(endpoint);
+                self.refresh(endpoint);
+                let mut answer =
+                    Answer::new(200, "OK").with("Expires", published.expires.to_string());
+                if let Some(tag) = published.etag {
+                    answer = answer.with("SIP-ETag", tag);
+                }
+                answer
+            }
+            Err(e) => publish_refusal(&e),
+        }
+    }
+
+    pub(super) fn service(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
+        let uri = request.request_uri().unwrap_or_default().to_owned();
+        let endpoint = match self.authenticated_endpoint(request, origin, &uri, now) {
+            Ok(e) => e,
+            Err(answer) => return *answer,
+        };
+        let is_publish = request
+            .content_type()
+            .ok()
+            .flatten()
+            .is_some_and(|ct| ct.is("application/msrtc-category-publish+xml"));
+        if !is_publish {
+            return Answer::new(415, "Unsupported Media Type")
+                .with("Accept", "application/msrtc-category-publish+xml");
+        }
+        let publications = match parse_category_publish(request.body(), self.xml) {
+            Ok(p) => p,
+            Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
+        };
+        let limit = self.max_note_bytes;
+        if let Err(e) = publications.iter().try_for_each(|p| {
+            check_length("note", p.note.as_deref(), limit)?;
+            check_length("activity", p.activity.as_deref(), limit)
+        }) {
+            return Answer::new(400, format!("Bad Request ({e})"));
+        }
+        match self
+            .publications
+            .publish_categories(endpoint as u32, publications)
+        {
+            Ok(()) => {
+                self.publications_changed.insert(endpoint);
+                self.refresh(endpoint);
+                Answer::new(200, "OK")
+            }
+            Err(e) => publish_refusal(&e),
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Where an endpoint's presence comes from: its registration, its app's
+//! publications, its health probe, its schedule and an admin's setting,
+//! combined into the one state its watchers see.
+
+use super::*;
+
+impl PresenceService {
+    /// The state the sources of endpoint `e` (in slot `endpoint`) give it now.
+    pub(super) fn effective(
+        &self,
+        endpoint: usize,
+        e: &Endpoint,
+        at: jiff::Timestamp,
+    ) -> porchlight_presence::PresenceState {
+        let sources = Sources {
+            registered: e
+                .credentials
+                .as_ref()
+                .map(|_| self.registrar.is_registered(endpoint)),
+            healthy: self.health[endpoint].0,
+            // An admin's setting wins over the app's own publications.
+            published: self.overrides[endpoint].clone().or_else(|| {
+                self.publications
+                    .effective(endpoint as u32, self.clock.mono)
+            }),
+        };
+        e.effective_state(&sources, at)
+    }
+
+    /// Recomputes an endpoint's state from its sources and tells the
+    /// notifier who it is and how it is; watchers hear of a change.
+    /// Nothing for a vacant slot (a report about an endpoint removed since).
+    pub(super) fn refresh(&mut self, endpoint: usize) {
+        let at = self.clock.timestamp();
+        let Some(e) = self.directory.get(endpoint) else {
+            return;
+        };
+        let state = self.effective(endpoint, e, at);
+        if self.notifier.is_declared(endpoint as u32)
+            && *self.notifier.state(endpoint as u32) != state
+        {
+            tracing::info!(
+                endpoint = %e.identity.uri,
+                availability = state.availability.0,
+                "presence changed"
+            );
+        }
+        self.notifier
+            .put_presentity(endpoint as u32, &e.identity, state, at);
+    }
+
+    /// Sets (or, with None, clears) an admin's presence for an endpoint:
+    /// it wins over every source until cleared. None when the URI is not
+    /// an endpoint.
+    pub fn set_override(
+        &mut self,
+        uri: &str,
+        state: Option<porchlight_presence::PresenceState>,
+    ) -> Option<EndpointView> {
+        let endpoint = self.directory.resolve(uri)?;
+        if let Some(state) = &state {
+            tracing::info!(
+                endpoint = uri,
+                availability = state.availability.0,
+                "presence set by the admin"
+            );
+        } else {
+            tracing::info!(endpoint = uri, "the admin's presence cleared");
+        }
+        self.overrides[endpoint] = state;
+        self.refresh(endpoint);
+        Some(self.endpoint_view(endpoint, self.directory.get(endpoint)?))
+    }
+
+    /// A health probe's verdict for an endpoint.
+    pub fn on_health(&mut self, endpoint: usize, healthy: bool) {
+        let Some(e) = self.directory.get(endpoint) else {
+            return;
+        };
+        let threshold = e.health.as_ref().map_or(1, |h| h.failures);
+        let (verdict, failures) = &mut self.health[endpoint];
+        if healthy {
+            *failures = 0;
+            *verdict = Some(true);
+        } else {
+            *failures += 1;
+            if *failures >= threshold {
+                *verdict = Some(false);
+            }
+        }
+        self.refresh(endpoint);
+        self.begin_recovery_when_settled(self.clock.mono);
+    }
+}
