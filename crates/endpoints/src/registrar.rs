@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use porchlight_sip::status;
 use porchlight_sip::{Answer, Contacts, HeaderName, Message};
 
 use crate::digest::{Algorithm, DigestAuth, Verdict};
@@ -195,7 +196,7 @@ impl<F: Clone> Registrar<F> {
         let Some((user, password)) = &credentials.digest else {
             return Err(Box::new(NotAuthenticated {
                 answer: Answer::new(
-                    403,
+                    status::FORBIDDEN,
                     "Forbidden (no credentials configured for this endpoint)",
                 ),
                 wrong_credentials: false,
@@ -228,7 +229,7 @@ impl<F: Clone> Registrar<F> {
     /// endpoint's list, else the node's) — also what an outsider gets for
     /// a name that is not an endpoint, when missing ones are hidden.
     pub fn challenge(&self, now_unix: u64, stale: bool, own: Option<&[Algorithm]>) -> Answer {
-        let mut answer = Answer::new(401, "Unauthorized");
+        let mut answer = Answer::new(status::UNAUTHORIZED, "Unauthorized");
         for challenge in self.auth.challenges(now_unix, stale, own) {
             answer = answer.with("WWW-Authenticate", challenge);
         }
@@ -243,14 +244,17 @@ impl<F: Clone> Registrar<F> {
             request.contacts(),
             request.expires(),
         ) else {
-            return Answer::new(400, "Bad Request (REGISTER headers)");
+            return Answer::new(status::BAD_REQUEST, "Bad Request (REGISTER headers)");
         };
         let bindings = &mut self.bindings[endpoint];
         bindings.retain(|b| b.expires_at > now);
         match contacts {
             Contacts::Star => {
                 if header_expires != Some(0) {
-                    return Answer::new(400, "Bad Request (Contact: * needs Expires: 0)");
+                    return Answer::new(
+                        status::BAD_REQUEST,
+                        "Bad Request (Contact: * needs Expires: 0)",
+                    );
                 }
                 bindings.retain(|b| b.call_id == call_id && b.cseq >= cseq.seq);
             }
@@ -272,7 +276,7 @@ impl<F: Clone> Registrar<F> {
                     .iter()
                     .any(|&(_, e)| e != 0 && e < self.config.min_expires)
                 {
-                    return Answer::new(423, "Interval Too Brief")
+                    return Answer::new(status::INTERVAL_TOO_BRIEF, "Interval Too Brief")
                         .with("Min-Expires", self.config.min_expires.to_string());
                 }
                 for (uri, expires) in asked {
@@ -281,8 +285,11 @@ impl<F: Clone> Registrar<F> {
                     if let Some(i) = existing {
                         let b = &bindings[i];
                         if b.call_id == call_id && cseq.seq <= b.cseq {
-                            return Answer::new(500, "Server Internal Error (CSeq out of order)")
-                                .with("Retry-After", "1");
+                            return Answer::new(
+                                status::SERVER_INTERNAL_ERROR,
+                                "Server Internal Error (CSeq out of order)",
+                            )
+                            .with("Retry-After", "1");
                         }
                         if expires == 0 {
                             bindings.remove(i);
@@ -291,7 +298,10 @@ impl<F: Clone> Registrar<F> {
                     } else if expires == 0 {
                         continue;
                     } else if bindings.len() >= self.config.max_bindings {
-                        return Answer::new(403, "Forbidden (too many registered contacts)");
+                        return Answer::new(
+                            status::FORBIDDEN,
+                            "Forbidden (too many registered contacts)",
+                        );
                     }
                     let binding = Binding {
                         contact: uri.to_owned(),
@@ -309,7 +319,7 @@ impl<F: Clone> Registrar<F> {
                 }
             }
         }
-        let mut answer = Answer::new(200, "OK");
+        let mut answer = Answer::new(status::OK, "OK");
         for b in bindings.iter() {
             let left = b.expires_at.saturating_duration_since(now).as_secs();
             answer = answer.with("Contact", format!("<{}>;expires={left}", b.contact));

@@ -9,6 +9,7 @@ use porchlight_endpoints::{Binding, Endpoint};
 use porchlight_link::{Origin, Target};
 use porchlight_policy::Modality;
 use porchlight_presence::FlowInfo;
+use porchlight_sip::status;
 use porchlight_sip::Answer;
 
 use crate::edge::hop_of;
@@ -75,7 +76,7 @@ pub fn choose(endpoint: &Endpoint, bindings: &[Binding<Flow>], modality: Modalit
         return Delivery::Webhook;
     }
     Delivery::Refuse(Answer::new(
-        480,
+        status::TEMPORARILY_UNAVAILABLE,
         "Temporarily Unavailable (the endpoint's app is not reachable now)",
     ))
 }

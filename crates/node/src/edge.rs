@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use porchlight_link::{Origin, Protocol};
 use porchlight_policy::PolicyConfig;
+use porchlight_sip::status;
 use porchlight_sip::{Answer, Message, Method, NameAddr, Uri};
 use sha2::{Digest, Sha256};
 
@@ -277,7 +278,10 @@ impl Edge {
         if let Some(token) = token {
             let call_id = request.call_id().unwrap_or_default();
             let Some((side, partner)) = self.check_token(call_id, &token) else {
-                return Route::Refuse(Answer::new(403, "Forbidden (not a dialog of this edge)"));
+                return Route::Refuse(Answer::new(
+                    status::FORBIDDEN,
+                    "Forbidden (not a dialog of this edge)",
+                ));
             };
             // Toward our side: the next Route entry, else the Request-URI.
             let onward = || {
@@ -297,7 +301,10 @@ impl Edge {
                 DialogSide::Endpoint => Some(NextHop::Partner(partner.into())),
                 DialogSide::Inside if trusted => Some(NextHop::Partner(partner.into())),
                 DialogSide::Inside => {
-                    return Route::Refuse(Answer::new(403, "Forbidden (not a dialog of this peer)"))
+                    return Route::Refuse(Answer::new(
+                        status::FORBIDDEN,
+                        "Forbidden (not a dialog of this peer)",
+                    ))
                 }
             };
             return match next {
@@ -306,7 +313,10 @@ impl Edge {
                     consumed_routes: consumed,
                     direction: Direction::InDialog,
                 }),
-                None => Route::Refuse(Answer::new(416, "Unsupported URI Scheme")),
+                None => Route::Refuse(Answer::new(
+                    status::UNSUPPORTED_URI_SCHEME,
+                    "Unsupported URI Scheme",
+                )),
             };
         }
         // Our entry without a token is a preloaded route (a client using
@@ -314,7 +324,10 @@ impl Edge {
         // judged as if it named no route — relaying onward is for the
         // inside only.
         if consumed > 0 && next_route().is_some() && !trusted {
-            return Route::Refuse(Answer::new(403, "Forbidden (relaying is not permitted)"));
+            return Route::Refuse(Answer::new(
+                status::FORBIDDEN,
+                "Forbidden (relaying is not permitted)",
+            ));
         }
         let Ok(Uri::Sip(uri, _)) = Uri::parse(request.request_uri().unwrap_or_default()) else {
             return Route::Local;

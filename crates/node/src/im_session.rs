@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use porchlight_link::Target;
+use porchlight_sip::status;
 use porchlight_sip::{Answer, Contacts, HeaderName, Message, MessageWriter, Method};
 use porchlight_transaction::TimerConfig;
 
@@ -208,11 +209,16 @@ impl ImSessions {
         } = ours;
         if self.sessions.len() >= self.max {
             return Err(Box::new(Answer::new(
-                486,
+                status::BUSY_HERE,
                 "Busy Here (too many IM sessions with apps)",
             )));
         }
-        let bad = |what: &str| Box::new(Answer::new(400, format!("Bad Request ({what})")));
+        let bad = |what: &str| {
+            Box::new(Answer::new(
+                status::BAD_REQUEST,
+                format!("Bad Request ({what})"),
+            ))
+        };
         let key = SessionKey {
             call_id: invite.call_id().map_err(|_| bad("Call-ID"))?.to_owned(),
             local_tag: local_tag.clone(),
@@ -243,7 +249,7 @@ impl ImSessions {
              m=message 5060 sip {local_uri}\r\na=accept-types:text/plain text/html\r\n"
         );
         // The writer copies the Record-Route (§12.1.1).
-        let mut answer = Answer::new(200, "OK").with("Contact", contact);
+        let mut answer = Answer::new(status::OK, "OK").with("Contact", contact);
         answer.to_tag = Some(local_tag);
         answer.body = Some(("application/sdp".into(), Bytes::from(sdp)));
         let first_text = first_text_of(invite);

@@ -20,6 +20,7 @@ pub mod snapshot;
 pub mod status;
 pub mod uas;
 pub mod webhook;
+pub mod wire;
 
 pub use config::{Config, ConfigError, Provisioned, DEFAULT_CONFIG};
 pub use import::{check_import, ImportOptions, ImportPlan, ImportRefusal};

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use porchlight_sip::status;
 use porchlight_sip::{Answer, Message, Method};
 
 /// The high-water marks.
@@ -107,7 +108,7 @@ impl Overload {
         // A cheap spread over [base, 2 base).
         self.jitter = (self.jitter + 7) % base;
         Some(
-            Answer::new(503, "Service Unavailable")
+            Answer::new(status::SERVICE_UNAVAILABLE, "Service Unavailable")
                 .with("Retry-After", (base + self.jitter).to_string()),
         )
     }

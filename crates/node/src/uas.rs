@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use porchlight_sip::status;
 use porchlight_sip::{Answer, HeaderName, Message, Method, ParseError, ParseErrorKind, Uri};
 
 /// Methods this node implements.
@@ -93,35 +94,54 @@ pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
     }
     let uri = Uri::parse(request.request_uri().unwrap_or_default());
     let Ok(Uri::Sip(sip_uri, _)) = uri else {
-        return Disposition::Respond(Answer::new(416, "Unsupported URI Scheme"));
+        return Disposition::Respond(Answer::new(
+            status::UNSUPPORTED_URI_SCHEME,
+            "Unsupported URI Scheme",
+        ));
     };
     if !local.is_local(&sip_uri) {
         // Not ours: a proxy would forward it, and with no hops left it may not.
         if request.max_forwards().ok().flatten() == Some(0) {
-            return Disposition::Respond(Answer::new(483, "Too Many Hops"));
+            return Disposition::Respond(Answer::new(status::TOO_MANY_HOPS, "Too Many Hops"));
         }
-        return Disposition::Respond(Answer::new(403, "Forbidden (relaying is not permitted)"));
+        return Disposition::Respond(Answer::new(
+            status::FORBIDDEN,
+            "Forbidden (relaying is not permitted)",
+        ));
     }
     let in_dialog = request.to().is_ok_and(|to| to.tag().is_some());
     match method {
         Method::Options => {}
         m if m.is_service() => {}
         Method::Cancel => {
-            return Disposition::Respond(Answer::new(481, "Call/Transaction Does Not Exist"))
+            return Disposition::Respond(Answer::new(
+                status::CALL_DOES_NOT_EXIST,
+                "Call/Transaction Does Not Exist",
+            ))
         }
         // A dialog no endpoint or session of this node holds (§12.2.2).
         Method::Invite | Method::Message if in_dialog => {
-            return Disposition::Respond(Answer::new(481, "Call/Transaction Does Not Exist"))
+            return Disposition::Respond(Answer::new(
+                status::CALL_DOES_NOT_EXIST,
+                "Call/Transaction Does Not Exist",
+            ))
         }
         Method::Invite | Method::Message => {
-            return Disposition::Respond(Answer::new(404, "Not Found (no endpoint by that name)"))
+            return Disposition::Respond(Answer::new(
+                status::NOT_FOUND,
+                "Not Found (no endpoint by that name)",
+            ))
         }
         m if m.is_in_call() => {
-            return Disposition::Respond(Answer::new(481, "Call/Transaction Does Not Exist"))
+            return Disposition::Respond(Answer::new(
+                status::CALL_DOES_NOT_EXIST,
+                "Call/Transaction Does Not Exist",
+            ))
         }
         _ => {
             return Disposition::Respond(
-                Answer::new(501, "Not Implemented").with("Allow", ALLOWED_METHODS),
+                Answer::new(status::NOT_IMPLEMENTED, "Not Implemented")
+                    .with("Allow", ALLOWED_METHODS),
             );
         }
     }
@@ -132,7 +152,8 @@ pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
         .collect();
     if !unsupported.is_empty() {
         return Disposition::Respond(
-            Answer::new(420, "Bad Extension").with("Unsupported", unsupported.join(", ")),
+            Answer::new(status::BAD_EXTENSION, "Bad Extension")
+                .with("Unsupported", unsupported.join(", ")),
         );
     }
     if !request.body().is_empty() {
@@ -143,7 +164,8 @@ pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
         });
         if !accepted {
             return Disposition::Respond(
-                Answer::new(415, "Unsupported Media Type").with("Accept", ACCEPTED_BODIES),
+                Answer::new(status::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type")
+                    .with("Accept", ACCEPTED_BODIES),
             );
         }
     }
@@ -151,7 +173,7 @@ pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
         return Disposition::Deliver;
     }
     Disposition::Respond(
-        Answer::new(200, "OK")
+        Answer::new(status::OK, "OK")
             .with("Allow", ALLOWED_METHODS)
             .with("Accept", ACCEPTED_BODIES)
             .with("Supported", SUPPORTED_OPTIONS.join(", "))
@@ -166,7 +188,9 @@ pub fn answer_malformed(error: &ParseError, head: &Message) -> Option<Answer> {
         return None;
     }
     Some(match error.kind {
-        ParseErrorKind::TooLarge { .. } => Answer::new(513, "Message Too Large"),
-        _ => Answer::new(400, format!("Bad Request ({})", error.kind)),
+        ParseErrorKind::TooLarge { .. } => {
+            Answer::new(status::MESSAGE_TOO_LARGE, "Message Too Large")
+        }
+        _ => Answer::new(status::BAD_REQUEST, format!("Bad Request ({})", error.kind)),
     })
 }

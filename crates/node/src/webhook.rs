@@ -12,6 +12,7 @@
 //! one `X-Porchlight-Delivery` id across its retries, so an app that got
 //! the first attempt after all can drop the repeats.
 
+use porchlight_sip::status;
 use porchlight_sip::Answer;
 use serde::Serialize;
 
@@ -68,22 +69,22 @@ impl Outcome {
     /// The SIP answer for the sender of the MESSAGE.
     pub fn answer(&self) -> Answer {
         match self {
-            Outcome::Delivered { status: 202, .. } => Answer::new(202, "Accepted"),
-            Outcome::Delivered { .. } => Answer::new(200, "OK"),
+            Outcome::Delivered { status: 202, .. } => Answer::new(status::ACCEPTED, "Accepted"),
+            Outcome::Delivered { .. } => Answer::new(status::OK, "OK"),
             Outcome::Refused(status) => Answer::new(
-                480,
+                status::TEMPORARILY_UNAVAILABLE,
                 format!("Temporarily Unavailable (the app refused the message: HTTP {status})"),
             ),
             Outcome::Unreachable => Answer::new(
-                480,
+                status::TEMPORARILY_UNAVAILABLE,
                 "Temporarily Unavailable (the app's webhook cannot be reached)",
             ),
             Outcome::TimedOut => Answer::new(
-                408,
+                status::REQUEST_TIMEOUT,
                 "Request Timeout (the app's webhook did not answer in time)",
             ),
             Outcome::Failed(status) => Answer::new(
-                503,
+                status::SERVICE_UNAVAILABLE,
                 format!("Service Unavailable (the app's webhook failed: HTTP {status})"),
             )
             .with("Retry-After", "30".to_owned()),

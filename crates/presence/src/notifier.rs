@@ -11,6 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use porchlight_sip::status;
 use porchlight_sip::{Answer, HeaderName, Message, MessageWriter};
 
 use crate::document::{
@@ -632,7 +633,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         let event = match request.event() {
             Ok(Some(e)) => e.value.to_ascii_lowercase(),
             Ok(None) => return bad_event(),
-            Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
+            Err(e) => return Answer::new(status::BAD_REQUEST, format!("Bad Request ({e})")),
         };
         let kind = match event.as_str() {
             "presence" => Kind::Presence,
@@ -641,7 +642,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         };
         let expires = match request.expires() {
             Ok(e) => e,
-            Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
+            Err(e) => return Answer::new(status::BAD_REQUEST, format!("Bad Request ({e})")),
         };
         let (Ok(from), Ok(to), Ok(call_id), Ok(cseq)) = (
             request.from(),
@@ -649,7 +650,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             request.call_id(),
             request.cseq(),
         ) else {
-            return Answer::new(400, "Bad Request (dialog headers)");
+            return Answer::new(status::BAD_REQUEST, "Bad Request (dialog headers)");
         };
         let dialog_bytes = [
             request
@@ -665,7 +666,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         .sum::<usize>();
         if dialog_bytes > self.config.max_dialog_bytes {
             return Answer::new(
-                400,
+                status::BAD_REQUEST,
                 format!(
                     "Bad Request (route set, Contact and dialog identifiers exceed {} bytes)",
                     self.config.max_dialog_bytes
@@ -688,10 +689,13 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             Err(answer) => return *answer,
         };
         let Some(remote_tag) = from.tag() else {
-            return Answer::new(400, "Bad Request (From without a tag)");
+            return Answer::new(status::BAD_REQUEST, "Bad Request (From without a tag)");
         };
         let Some(remote_target) = only_contact(request) else {
-            return Answer::new(400, "Bad Request (SUBSCRIBE needs exactly one Contact)");
+            return Answer::new(
+                status::BAD_REQUEST,
+                "Bad Request (SUBSCRIBE needs exactly one Contact)",
+            );
         };
         let watcher = from.uri.as_str();
         let is_batch = request
@@ -702,7 +706,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         let (kind, target, format, members) = if is_batch && kind == Kind::Presence {
             let batch = match parse_batch_subscribe(request.body(), self.config.xml) {
                 Ok(b) => b,
-                Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
+                Err(e) => return Answer::new(status::BAD_REQUEST, format!("Bad Request ({e})")),
             };
             let members: Vec<Member> = batch
                 .resources
@@ -715,7 +719,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             (Kind::List, 0, Format::MsCategories, Some(members))
         } else {
             let Some(presentity) = resolve(request.request_uri().unwrap_or_default()) else {
-                return Answer::new(404, "Not Found");
+                return Answer::new(status::NOT_FOUND, "Not Found");
             };
             let format = match kind {
                 Kind::WatcherInfo => {
@@ -743,7 +747,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             }
             if kind == Kind::WatcherInfo && !self.may_watch_watchers(presentity, watcher) {
                 return Answer::new(
-                    403,
+                    status::FORBIDDEN,
                     "Forbidden (only the endpoint itself may watch its watchers)",
                 );
             }
@@ -752,10 +756,16 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         let watcher_hash = keyed_hash(self.salt, |h| h.write(watcher.as_bytes()));
         let held = self.per_watcher.get(&watcher_hash).copied().unwrap_or(0);
         if held >= self.config.max_subscriptions_per_watcher {
-            return Answer::new(403, "Forbidden (too many subscriptions from this watcher)");
+            return Answer::new(
+                status::FORBIDDEN,
+                "Forbidden (too many subscriptions from this watcher)",
+            );
         }
         let Some(dialog) = DialogStrings::new(call_id, remote_tag, watcher, remote_target) else {
-            return Answer::new(400, "Bad Request (dialog identifiers too long)");
+            return Answer::new(
+                status::BAD_REQUEST,
+                "Bad Request (dialog identifiers too long)",
+            );
         };
         let route_set = route_set(request);
         // DIRTY: the first document is owed at once.
@@ -791,7 +801,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         });
         self.stats.created += 1;
         self.attach(id, members);
-        let mut answer = Answer::new(200, "OK")
+        let mut answer = Answer::new(status::OK, "OK")
             .with("Expires", expires.to_string())
             .with("Contact", flow.contact.clone());
         answer.to_tag = Some(self.local_tag(id));
@@ -839,7 +849,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         let expires = asked.unwrap_or(self.config.default_expires);
         if expires != 0 && expires < self.config.min_expires {
             return Err(Box::new(
-                Answer::new(423, "Interval Too Brief")
+                Answer::new(status::INTERVAL_TOO_BRIEF, "Interval Too Brief")
                     .with("Min-Expires", self.config.min_expires.to_string()),
             ));
         }
@@ -869,12 +879,15 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
                     && r.flags & TERMINATING == 0
             })
         }) else {
-            return Answer::new(481, "Subscription Does Not Exist");
+            return Answer::new(status::CALL_DOES_NOT_EXIST, "Subscription Does Not Exist");
         };
         let record = &self.records[id.index as usize];
         if seq <= record.remote_cseq {
-            return Answer::new(500, "Server Internal Error (CSeq out of order)")
-                .with("Retry-After", "1");
+            return Answer::new(
+                status::SERVER_INTERNAL_ERROR,
+                "Server Internal Error (CSeq out of order)",
+            )
+            .with("Retry-After", "1");
         }
         let expires = match self.granted_expires(expires) {
             Ok(e) => e,
@@ -901,7 +914,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             self.queue_urgent(id);
         }
         self.changed(id.index);
-        Answer::new(200, "OK")
+        Answer::new(status::OK, "OK")
             .with("Expires", expires.to_string())
             .with("Contact", contact)
     }
@@ -1629,11 +1642,11 @@ fn only_contact(request: &Message) -> Option<&str> {
 }
 
 fn bad_event() -> Answer {
-    Answer::new(489, "Bad Event").with("Allow-Events", "presence, presence.winfo")
+    Answer::new(status::BAD_EVENT, "Bad Event").with("Allow-Events", "presence, presence.winfo")
 }
 
 fn not_acceptable(types: &str) -> Answer {
-    Answer::new(406, "Not Acceptable").with("Accept", types)
+    Answer::new(status::NOT_ACCEPTABLE, "Not Acceptable").with("Accept", types)
 }
 
 /// The route set of a dialog we are the UAS of: the Record-Route values,

@@ -11,6 +11,7 @@ mod header_name;
 mod message;
 mod method;
 mod params;
+pub mod status;
 mod typed;
 mod uri;
 mod validate;

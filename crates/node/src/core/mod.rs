@@ -1,27 +1,29 @@
 //! The node's core: everything a node decides, with no I/O. Messages,
 //! dial results, probe verdicts, webhook outcomes and admin queries come in
-//! through [`Core::handle`] with the time; what the node is to do (send,
-//! dial, post, probe) comes out of [`Core::poll_output`]; timers go
-//! through [`Core::poll_timeout`] and [`Core::handle_timeout`]. It spawns
-//! nothing, reads no clock and awaits nothing: the driver in `node` owns
-//! every socket, task and thread, and a test can run the core in memory.
+//! through [`Core::handle`] with the time ([`Now`]); what the node is to do
+//! (send, dial, post, probe, trust these networks) comes out of
+//! [`Core::poll_output`]; timers go through [`Core::poll_timeout`] and
+//! [`Core::handle_timeout`]. It spawns nothing, reads no clock and awaits
+//! nothing: the driver (`porchlight-server`) owns every socket, task and
+//! thread, and the tests in `tests.rs` run the core in memory.
 //!
-//! One SUBSCRIBE, from socket to NOTIFY:
-//! 1. the transport parses it off the loop and the driver hands it in
-//!    ([`Input::Received`]);
-//! 2. `on_request` judges the source (rate, overload) and routes it
-//!    ([`crate::edge::Edge::route`]: local, proxied or delivered);
-//! 3. the transaction layer opens its server transaction and `uas`
-//!    decides it is the presence service's;
-//! 4. the presence service admits it (policy) and the notifier takes the
-//!    subscription (`Notifier::subscribe`), answered 200 by `respond`;
-//! 5. `flush` takes the initial NOTIFY from the notifier, written once,
-//!    into a client transaction ([`TransactionLayer::send_written`]);
-//! 6. both go out as [`Action::Send`], which the driver offers to the
+//! One SUBSCRIBE, from socket to NOTIFY, in six hops:
+//! 1. the transport parses it off the loop; the driver hands it in as
+//!    [`Input::Received`];
+//! 2. `on_request` judges the source (rate, overload) and the edge routes it
+//!    ([`Edge::route`]: here, proxied, or delivered to an endpoint);
+//! 3. [`answer_request`] finds it is the node's own service and the
+//!    transaction layer opens its server transaction;
+//! 4. [`PresenceService::handle`] admits it (the gate, the policy) and the
+//!    notifier takes the subscription; `respond` answers 200;
+//! 5. [`Core::poll_output`] flushes: the 200 from the transaction layer,
+//!    then the first NOTIFY, written once by the notifier and handed to a
+//!    client transaction as written ([`TransactionLayer::send_written`]);
+//! 6. both leave as [`Action::Send`], which the driver offers to the
 //!    connection or socket without waiting.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,7 @@ use porchlight_link::{
     ConnectionId, Origin, Protocol, Received, RefusalLog, SourceRateLimits, SourceRates, Target,
 };
 use porchlight_policy::Network;
+use porchlight_sip::status;
 use porchlight_sip::{
     standard_reason, via_with_received, Answer, Contacts, HeaderName, Message, MessageWriter,
     Method, Uri,
@@ -52,6 +55,7 @@ use crate::presence::{modality_of, parse_own, PresenceService};
 use crate::status::{PartnerCounts, Query, RefusedCount, Reply, SentMessage, Status};
 use crate::uas::{answer_malformed, answer_request, Disposition, LocalNames, SERVER};
 use crate::webhook::{Outcome, WebhookMessage};
+use crate::wire::{self, response_target, BranchKind};
 
 /// How often idle IM sessions are looked for.
 const SESSION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
@@ -858,9 +862,9 @@ impl Core {
             {
                 // As an endpoint's would be: the hop count comes first (§16.3).
                 Disposition::Respond(if request.max_forwards().ok().flatten() == Some(0) {
-                    Answer::new(483, "Too Many Hops")
+                    Answer::new(status::TOO_MANY_HOPS, "Too Many Hops")
                 } else {
-                    Answer::new(403, "Forbidden")
+                    Answer::new(status::FORBIDDEN, "Forbidden")
                 })
             }
             disposition => disposition,
@@ -882,9 +886,10 @@ impl Core {
             Err(_) => {
                 let answer = match disposition {
                     Disposition::Respond(answer) => Some(answer),
-                    Disposition::Deliver => {
-                        Some(Answer::new(400, "Bad Request (no transaction key)"))
-                    }
+                    Disposition::Deliver => Some(Answer::new(
+                        status::BAD_REQUEST,
+                        "Bad Request (no transaction key)",
+                    )),
                     Disposition::Absorb => None,
                 };
                 if let Some(answer) = answer {
@@ -916,7 +921,7 @@ impl Core {
             self.layer
                 .receive_request(request, NextHop::Direct(target.clone()), reliable, now)
         {
-            self.respond(&own, request, origin, &Answer::new(200, "OK"), now);
+            self.respond(&own, request, origin, &Answer::new(status::OK, "OK"), now);
         }
         if let Some(action) = downstream {
             self.apply(action, now);
@@ -964,14 +969,14 @@ impl Core {
             }
             Ok(_) => return None,
             Err(_) => {
-                let answer = Answer::new(400, "Bad Request (no transaction key)");
+                let answer = Answer::new(status::BAD_REQUEST, "Bad Request (no transaction key)");
                 let bytes = self.render(request, origin, &answer);
                 self.send_detached(response_target, bytes);
                 return None;
             }
         };
         if request.max_forwards().ok().flatten() == Some(0) {
-            let answer = Answer::new(483, "Too Many Hops");
+            let answer = Answer::new(status::TOO_MANY_HOPS, "Too Many Hops");
             self.respond(&key, request, origin, &answer, now);
             return None;
         }
@@ -1089,7 +1094,7 @@ impl Core {
         else {
             // Removed, or its webhook taken away, since the session began.
             let answer = Answer::new(
-                480,
+                status::TEMPORARILY_UNAVAILABLE,
                 "Temporarily Unavailable (the endpoint's app no longer takes IM here)",
             );
             return self.answer_posting(posting, &answer, now);
@@ -1237,7 +1242,10 @@ impl Core {
             _ => return,
         };
         let Some(event) = self.sessions.receive(&session, request.method_kind(), now) else {
-            let answer = Answer::new(481, "Call/Transaction Does Not Exist");
+            let answer = Answer::new(
+                status::CALL_DOES_NOT_EXIST,
+                "Call/Transaction Does Not Exist",
+            );
             return self.respond(&key, &request, &origin, &answer, now);
         };
         match event {
@@ -1252,7 +1260,7 @@ impl Core {
                 self.post_to_webhook(posting, trust, now);
             }
             InSession::Ended | InSession::Other => {
-                self.respond(&key, &request, &origin, &Answer::new(200, "OK"), now)
+                self.respond(&key, &request, &origin, &Answer::new(status::OK, "OK"), now)
             }
         }
     }
@@ -1281,7 +1289,7 @@ impl Core {
                 continue;
             };
             let via = self.via_for(&next);
-            let branch = next_branch(&mut self.branch_counter, self.tag_seed, "im");
+            let branch = BranchKind::Im.branch(self.tag_seed, &mut self.branch_counter);
             if let Some((bytes, next)) = self.sessions.end(&key, &via, &branch, now) {
                 self.send_in_session(bytes, next, now);
             }
@@ -1321,7 +1329,7 @@ impl Core {
                 format!("SIP/2.0/{} {}", own.protocol.via_token(), own.local)
             }
         };
-        let branch = next_branch(&mut self.branch_counter, self.tag_seed, "im");
+        let branch = BranchKind::Im.branch(self.tag_seed, &mut self.branch_counter);
         let tag = self.next_tag("im");
         let mut w = MessageWriter::request("MESSAGE", request_uri);
         w.header_fmt("Via", format_args!("{via};branch={branch}"));
@@ -1360,7 +1368,10 @@ impl Core {
                 else {
                     return tell(
                         reply,
-                        Answer::new(400, "Bad Request (the message cannot be written)"),
+                        Answer::new(
+                            status::BAD_REQUEST,
+                            "Bad Request (the message cannot be written)",
+                        ),
                     );
                 };
                 self.originate(message, next, reply, now);
@@ -1370,7 +1381,10 @@ impl Core {
                 else {
                     return tell(
                         reply,
-                        Answer::new(400, "Bad Request (the message cannot be written)"),
+                        Answer::new(
+                            status::BAD_REQUEST,
+                            "Bad Request (the message cannot be written)",
+                        ),
                     );
                 };
                 let posting = Posting {
@@ -1405,7 +1419,10 @@ impl Core {
             }
             Err(e) => tell(
                 reply,
-                Answer::new(500, format!("Server Internal Error ({e})")),
+                Answer::new(
+                    status::SERVER_INTERNAL_ERROR,
+                    format!("Server Internal Error ({e})"),
+                ),
             ),
         }
     }
@@ -1429,7 +1446,7 @@ impl Core {
             return;
         };
         let via = self.via_for(&next);
-        let branch = next_branch(&mut self.branch_counter, self.tag_seed, "im");
+        let branch = BranchKind::Im.branch(self.tag_seed, &mut self.branch_counter);
         if let Some((bytes, next)) = self.sessions.message(session, text, &via, &branch, now) {
             self.send_in_session(bytes, next, now);
         }
@@ -1506,7 +1523,7 @@ impl Core {
             return refuse(
                 reply,
                 Answer::new(
-                    400,
+                    status::BAD_REQUEST,
                     format!("\"to\" = {to:?} is not a SIP URI of a user: write it like \"sip:alice@fabrikam.com\""),
                 ),
             );
@@ -1517,7 +1534,10 @@ impl Core {
             .get(endpoint)
             .map(|e| e.identity.uri.clone())
         else {
-            return refuse(reply, Answer::new(404, "Not Found (no longer an endpoint)"));
+            return refuse(
+                reply,
+                Answer::new(status::NOT_FOUND, "Not Found (no longer an endpoint)"),
+            );
         };
         // Another endpoint here: delivered as a call or IM from outside
         // would be, to its app's contact, target or webhook.
@@ -1532,7 +1552,7 @@ impl Core {
             (true, None) => {
                 return refuse(
                     reply,
-                    Answer::new(404, "Not Found (no one here by that name)"),
+                    Answer::new(status::NOT_FOUND, "Not Found (no one here by that name)"),
                 )
             }
         };
@@ -1540,7 +1560,10 @@ impl Core {
         else {
             return refuse(
                 reply,
-                Answer::new(400, "Bad Request (the message cannot be written)"),
+                Answer::new(
+                    status::BAD_REQUEST,
+                    "Bad Request (the message cannot be written)",
+                ),
             );
         };
         if !self.local.is_local(uri) {
@@ -1567,8 +1590,7 @@ impl Core {
     /// Our Via (without branch) for a request sent to `next`.
     fn via_for(&self, next: &NextHop) -> String {
         let protocol = self.protocol_to(next);
-        let sent_by = self.sent_by(protocol);
-        format!("SIP/2.0/{} {sent_by}", protocol.via_token())
+        wire::via(protocol, &self.sent_by(protocol))
     }
 
     /// The transport a request to `next` travels on.
@@ -1602,9 +1624,15 @@ impl Core {
     ) {
         let Upstream { request, origin } = &branch.upstream;
         let forwarded = match self.forwarded(request, origin, &hop, trust, request_uri) {
-            Ok(bytes) => parse_own(bytes).ok_or_else(|| Answer::new(500, "Server Internal Error")),
-            Err(ProxyError::TooManyHops) => Err(Answer::new(483, "Too Many Hops")),
-            Err(e) => Err(Answer::new(400, format!("Bad Request ({e})"))),
+            Ok(bytes) => parse_own(bytes)
+                .ok_or_else(|| Answer::new(status::SERVER_INTERNAL_ERROR, "Server Internal Error")),
+            Err(ProxyError::TooManyHops) => {
+                Err(Answer::new(status::TOO_MANY_HOPS, "Too Many Hops"))
+            }
+            Err(e) => Err(Answer::new(
+                status::BAD_REQUEST,
+                format!("Bad Request ({e})"),
+            )),
         };
         let forwarded = match forwarded {
             Ok(forwarded) => forwarded,
@@ -1687,7 +1715,7 @@ impl Core {
         // Only what this node vouches for reaches the inside, and nothing
         // of it leaves: the header is removed from whatever passes.
         let strip: &[&str] = &[trust_header];
-        let branch = next_branch(&mut self.branch_counter, self.tag_seed, "px");
+        let branch = BranchKind::Proxied.branch(self.tag_seed, &mut self.branch_counter);
         forward(
             request,
             &Forwarding {
@@ -1816,33 +1844,6 @@ fn tell(reply: Option<Reply<SentMessage>>, answer: Answer) {
             status: answer.code,
             reason: answer.reason,
         });
-    }
-}
-
-/// A branch for a request this node sends (forwarded: `px`, its own IM:
-/// `im`), unique by `counter`, with the magic cookie (§8.1.1.7).
-fn next_branch(counter: &mut u64, seed: u64, kind: &str) -> String {
-    *counter += 1;
-    format!("z9hG4bK{kind}{:x}.{}", seed & 0xffff, counter)
-}
-
-/// Where a response goes (RFC 3261 §18.2.2, RFC 3581): back on the stream
-/// it came from; over UDP to the source address, at the source port when
-/// `rport` asked for it, else at the sent-by port.
-fn response_target(request: &Message, origin: &Origin) -> Target {
-    if let Some(id) = origin.connection {
-        return Target::Connection(id);
-    }
-    let ip: IpAddr = origin.source.ip();
-    let port = match request.top_via() {
-        Ok(via) if via.rport().is_some() => origin.source.port(),
-        Ok(via) => via.port.unwrap_or(5060),
-        Err(_) => origin.source.port(),
-    };
-    Target::Address {
-        protocol: Protocol::Udp,
-        addr: SocketAddr::new(ip, port),
-        domain: None,
     }
 }
 

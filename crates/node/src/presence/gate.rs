@@ -2,6 +2,7 @@
 //! services refuse a stranger without telling it more.
 
 use super::*;
+use porchlight_sip::status;
 
 impl PresenceService {
     /// The policy check for a request entering from outside: calls, IM and
@@ -35,7 +36,7 @@ impl PresenceService {
             .admission
             .admit(&self.policy, Way::Inbound, &policy_request, from, to);
         if !outcome.allowed {
-            return Err(Box::new(Answer::new(403, "Forbidden")));
+            return Err(Box::new(Answer::new(status::FORBIDDEN, "Forbidden")));
         }
         let class = match &outcome.class {
             Some(Class::PublicProvider(name)) => format!("public-provider;provider=\"{name}\""),
@@ -80,7 +81,7 @@ impl PresenceService {
                 "outbound request refused: the From domain is not one of ours"
             );
             return Err(Box::new(Answer::new(
-                403,
+                status::FORBIDDEN,
                 "Forbidden (the From domain is not served here)",
             )));
         }
@@ -107,7 +108,7 @@ impl PresenceService {
         {
             Ok(())
         } else {
-            Err(Box::new(Answer::new(403, "Forbidden")))
+            Err(Box::new(Answer::new(status::FORBIDDEN, "Forbidden")))
         }
     }
 
@@ -115,7 +116,7 @@ impl PresenceService {
     pub fn delivery(&self, endpoint: usize, modality: Modality) -> Delivery {
         match self.directory.get(endpoint) {
             Some(e) => delivery::choose(e, self.registrar.bindings(endpoint), modality),
-            None => Delivery::Refuse(Answer::new(404, "Not Found")),
+            None => Delivery::Refuse(Answer::new(status::NOT_FOUND, "Not Found")),
         }
     }
 

@@ -14,7 +14,6 @@ mod sources;
 mod views;
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +23,7 @@ use porchlight_endpoints::{
     Change, Credentials, Directory, Endpoint, EndpointSet, Gate, GuessGuard, HealthConfig, Lockout,
     Registrar, RegistrarConfig, SavedBinding, Sources,
 };
-use porchlight_link::{Origin, Protocol, Target};
+use porchlight_link::Origin;
 use porchlight_policy::{
     decide, verdict, Class, Decision, LocalParty, Modality, PolicyConfig, Remote,
     Request as PolicyRequest, Verification,
@@ -35,7 +34,8 @@ use porchlight_presence::{
     Authorization, FlowInfo, Notifier, NotifierConfig, NotifierStats, NotifyRef, Publications,
     PublishBounds, PublishError, SavedPublication, SavedSubscription, SavedTarget, XmlLimits,
 };
-use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Method, Uri};
+use porchlight_sip::status;
+use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Method};
 use porchlight_store::SavedRegistration;
 use porchlight_transaction::ClientKey;
 
@@ -47,19 +47,7 @@ use crate::edge::{self, domain_of};
 use crate::outbound::NextHop;
 use crate::snapshot::reconnect_to;
 use crate::status::{EndpointDetail, EndpointView, MAX_LISTED_WATCHERS};
-
-/// The path back to a watcher or an endpoint: the stream it used, or its
-/// UDP source address (RFC 3581 symmetric response routing).
-fn flow_of(origin: &Origin) -> NextHop {
-    NextHop::Direct(match origin.connection {
-        Some(id) => Target::Connection(id),
-        None => Target::Address {
-            protocol: Protocol::Udp,
-            addr: origin.source,
-            domain: None,
-        },
-    })
-}
+use crate::wire::{flow_info, BranchKind};
 
 /// A request the service wants sent.
 #[derive(Debug)]
@@ -74,8 +62,6 @@ pub struct OutgoingRequest {
     /// with; None for BENOTIFY, which gets no response.
     pub transaction: Option<ClientKey>,
 }
-
-const KEEPALIVE_BRANCH: &str = "z9hG4bKka";
 
 /// The one place subscription decisions are made: requests from trusted
 /// networks are the inside of the edge; any other goes through the
@@ -252,6 +238,8 @@ pub struct PresenceService {
     own_domains: Vec<String>,
     keepalives: HashMap<String, (usize, String)>,
     keepalive_seq: u64,
+    /// This node's seed, which keeps its branches apart from another's.
+    salt: u64,
     next_schedule_check: Instant,
     outgoing: std::collections::VecDeque<OutgoingRequest>,
     /// Restored watchers wait for this window's pace until the endpoints'
@@ -345,6 +333,7 @@ impl PresenceService {
                 .collect(),
             keepalives: HashMap::new(),
             keepalive_seq: 0,
+            salt,
             next_schedule_check: now,
             outgoing: Default::default(),
             recovery: None,
@@ -595,8 +584,7 @@ impl PresenceService {
 
     /// An OPTIONS to a registered contact, over the flow it registered on.
     fn keepalive(&mut self, endpoint: usize, contact: String, flow: FlowInfo<NextHop>) {
-        self.keepalive_seq += 1;
-        let branch = format!("{KEEPALIVE_BRANCH}{:x}", self.keepalive_seq);
+        let branch = BranchKind::Keepalive.branch(self.salt, &mut self.keepalive_seq);
         let uri = &self.notifier.identity(endpoint as u32).uri;
         let mut w = MessageWriter::request("OPTIONS", &contact);
         w.header_fmt("Via", format_args!("{};branch={branch};rport", flow.via));
@@ -667,12 +655,12 @@ fn trusted_peer<'a>(credentials: &'a Credentials, origin: &Origin) -> Option<&'a
 }
 
 fn not_found() -> Answer {
-    Answer::new(404, "Not Found")
+    Answer::new(status::NOT_FOUND, "Not Found")
 }
 
 fn no_credentials() -> Answer {
     Answer::new(
-        403,
+        status::FORBIDDEN,
         "Forbidden (this endpoint has no [endpoint.registration] credentials)",
     )
 }
@@ -680,18 +668,23 @@ fn no_credentials() -> Answer {
 fn publish_refusal(e: &PublishError) -> Answer {
     match e {
         PublishError::IntervalTooBrief(min) => {
-            Answer::new(423, "Interval Too Brief").with("Min-Expires", min.to_string())
+            Answer::new(status::INTERVAL_TOO_BRIEF, "Interval Too Brief")
+                .with("Min-Expires", min.to_string())
         }
-        PublishError::ConditionalFailed => Answer::new(412, "Conditional Request Failed"),
-        PublishError::MissingBody => {
-            Answer::new(400, "Bad Request (an initial PUBLISH needs a body)")
-        }
+        PublishError::ConditionalFailed => Answer::new(
+            status::CONDITIONAL_REQUEST_FAILED,
+            "Conditional Request Failed",
+        ),
+        PublishError::MissingBody => Answer::new(
+            status::BAD_REQUEST,
+            "Bad Request (an initial PUBLISH needs a body)",
+        ),
         PublishError::VersionConflict {
             category,
             instance,
             current,
         } => {
-            let mut answer = Answer::new(409, "Conflict");
+            let mut answer = Answer::new(status::CONFLICT, "Conflict");
             let body = format!(
                 "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Fault xmlns=\"http://schemas.microsoft.com/2006/09/sip/service-fault\">\
                  <Faultcode>Client.BadCall.WrongDelta</Faultcode><details><operation index=\"0\" categoryName=\"{category}\" \
@@ -700,35 +693,6 @@ fn publish_refusal(e: &PublishError) -> Answer {
             answer.body = Some(("application/msrtc-fault+xml".into(), Bytes::from(body)));
             answer
         }
-    }
-}
-
-/// Our Via and Contact on the flow a request came in on. A listener bound
-/// to a wildcard address does not know which of its addresses the peer
-/// used, so it names the host the peer put in the Request-URI.
-fn flow_info(origin: &Origin, request: &Message) -> FlowInfo<NextHop> {
-    let port = origin.local.port();
-    let host = if origin.local.ip().is_unspecified() {
-        request
-            .request_uri()
-            .and_then(|u| Uri::parse(u).ok())
-            .and_then(|u| u.sip().map(|s| s.host.to_string()))
-            .unwrap_or_else(|| "localhost".into())
-    } else {
-        match origin.local {
-            SocketAddr::V4(a) => a.ip().to_string(),
-            SocketAddr::V6(a) => format!("[{}]", a.ip()),
-        }
-    };
-    let token = origin.protocol.via_token();
-    FlowInfo {
-        flow: flow_of(origin),
-        reliable: origin.protocol.is_reliable(),
-        via: format!("SIP/2.0/{token} {host}:{port}"),
-        contact: format!(
-            "<sip:{host}:{port};transport={}>",
-            token.to_ascii_lowercase()
-        ),
     }
 }
 

@@ -2,6 +2,7 @@
 //! guessing guard), PUBLISH and SERVICE.
 
 use super::*;
+use porchlight_sip::status;
 
 impl PresenceService {
     /// Answers a SUBSCRIBE, PUBLISH, SERVICE or REGISTER.
@@ -11,7 +12,7 @@ impl PresenceService {
                 if self.hides_missing_endpoint(request, origin)
                     || self.hides_refused(request, origin)
                 {
-                    return Answer::new(403, "Forbidden");
+                    return Answer::new(status::FORBIDDEN, "Forbidden");
                 }
                 let mut flow = flow_info(origin, request);
                 let inside = self.speaks_for_inside(origin);
@@ -43,7 +44,7 @@ impl PresenceService {
             Method::Register => self.register(request, origin, now),
             Method::Publish => self.publish(request, origin, now),
             Method::Service => self.service(request, origin, now),
-            _ => Answer::new(501, "Not Implemented"),
+            _ => Answer::new(status::NOT_IMPLEMENTED, "Not Implemented"),
         }
     }
 
@@ -105,7 +106,7 @@ impl PresenceService {
         match self.guesses.gate(now, origin.source.ip(), name) {
             Gate::Open => Ok(()),
             Gate::Closed { retry_after } => Err(Box::new(
-                Answer::new(503, "Service Unavailable")
+                Answer::new(status::SERVICE_UNAVAILABLE, "Service Unavailable")
                     .with("Retry-After", retry_after.as_secs().max(1).to_string()),
             )),
         }
@@ -167,7 +168,7 @@ impl PresenceService {
 
     pub(super) fn register(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
         let Ok(to) = request.to() else {
-            return Answer::new(400, "Bad Request (To)");
+            return Answer::new(status::BAD_REQUEST, "Bad Request (To)");
         };
         let name = porchlight_presence::aor(to.uri.as_str()).unwrap_or_default();
         if let Err(locked) = self.guess_gate(origin, &name, now) {
@@ -213,13 +214,15 @@ impl PresenceService {
         };
         match request.event() {
             Ok(Some(e)) if e.value.eq_ignore_ascii_case("presence") => {}
-            _ => return Answer::new(489, "Bad Event").with("Allow-Events", "presence"),
+            _ => {
+                return Answer::new(status::BAD_EVENT, "Bad Event").with("Allow-Events", "presence")
+            }
         }
         let (Ok(if_match), Ok(expires)) = (
             request.entity_tag(HeaderName::SipIfMatch),
             request.expires(),
         ) else {
-            return Answer::new(400, "Bad Request (SIP-If-Match or Expires)");
+            return Answer::new(status::BAD_REQUEST, "Bad Request (SIP-If-Match or Expires)");
         };
         let body = if request.body().is_empty() {
             None
@@ -230,15 +233,17 @@ impl PresenceService {
                 .flatten()
                 .is_some_and(|ct| ct.is("application/pidf+xml"));
             if !is_pidf {
-                return Answer::new(415, "Unsupported Media Type")
+                return Answer::new(status::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type")
                     .with("Accept", "application/pidf+xml");
             }
             match parse_pidf(request.body(), self.xml) {
                 Ok(state) => match state.check_lengths(self.max_note_bytes) {
                     Ok(()) => Some(state),
-                    Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
+                    Err(e) => {
+                        return Answer::new(status::BAD_REQUEST, format!("Bad Request ({e})"))
+                    }
                 },
-                Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
+                Err(e) => return Answer::new(status::BAD_REQUEST, format!("Bad Request ({e})")),
             }
         };
         match self
@@ -249,7 +254,7 @@ impl PresenceService {
                 self.publications_changed.insert(endpoint);
                 self.refresh(endpoint);
                 let mut answer =
-                    Answer::new(200, "OK").with("Expires", published.expires.to_string());
+                    Answer::new(status::OK, "OK").with("Expires", published.expires.to_string());
                 if let Some(tag) = published.etag {
                     answer = answer.with("SIP-ETag", tag);
                 }
@@ -271,19 +276,19 @@ impl PresenceService {
             .flatten()
             .is_some_and(|ct| ct.is("application/msrtc-category-publish+xml"));
         if !is_publish {
-            return Answer::new(415, "Unsupported Media Type")
+            return Answer::new(status::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type")
                 .with("Accept", "application/msrtc-category-publish+xml");
         }
         let publications = match parse_category_publish(request.body(), self.xml) {
             Ok(p) => p,
-            Err(e) => return Answer::new(400, format!("Bad Request ({e})")),
+            Err(e) => return Answer::new(status::BAD_REQUEST, format!("Bad Request ({e})")),
         };
         let limit = self.max_note_bytes;
         if let Err(e) = publications.iter().try_for_each(|p| {
             check_length("note", p.note.as_deref(), limit)?;
             check_length("activity", p.activity.as_deref(), limit)
         }) {
-            return Answer::new(400, format!("Bad Request ({e})"));
+            return Answer::new(status::BAD_REQUEST, format!("Bad Request ({e})"));
         }
         match self
             .publications
@@ -292,7 +297,7 @@ impl PresenceService {
             Ok(()) => {
                 self.publications_changed.insert(endpoint);
                 self.refresh(endpoint);
-                Answer::new(200, "OK")
+                Answer::new(status::OK, "OK")
             }
             Err(e) => publish_refusal(&e),
         }
