@@ -38,16 +38,7 @@ install_missing "${need[@]}"
 cargo build --release -j2 -q -p porchlight -p porchlight-loadgen
 
 pl_config="$out/presence-bench.toml"
-target/release/porchlight config defaults | sed \
-  -e "s|udp = \[\"0.0.0.0:5060\"\]|udp = [\"127.0.0.1:$pl_port\"]|" \
-  -e "s|tcp = \[\"0.0.0.0:5060\"\]|tcp = []|; s|tls = \[\"0.0.0.0:5061\"\]|tls = []|" \
-  -e 's|porchlight.test|contoso.com|g' \
-  -e 's|^worker_threads = .*|worker_threads = 1|' \
-  -e 's|^min_notify_interval_ms = .*|min_notify_interval_ms = 0|' \
-  -e 's|^max_subscriptions_per_watcher = .*|max_subscriptions_per_watcher = 100000000|' \
-  -e 's|^digest_algorithms = .*|digest_algorithms = ["MD5"]|' \
-  -e 's|^path = "porchlight-data".*|path = ""|' > "$pl_config"
-printf '[endpoint.registration]\npassword = "bench"\n' >> "$pl_config"
+presence_config target/release/porchlight "$pl_port" "$pl_config"
 
 server=""
 stop() { if [ -n "$server" ]; then kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; server=""; fi; pkill -f "kamailio -f $PWD/bench/kamailio" 2>/dev/null || true; sleep 1; }

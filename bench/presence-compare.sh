@@ -45,16 +45,7 @@ declare -A binary=([head]="$out/head-target/release/porchlight" [base]="$out/bas
 loadgen="$out/head-target/release/porchlight-loadgen"
 
 for name in head base; do
-  "${binary[$name]}" config defaults | sed \
-    -e "s|udp = \[\"0.0.0.0:5060\"\]|udp = [\"127.0.0.1:$port\"]|" \
-    -e "s|tcp = \[\"0.0.0.0:5060\"\]|tcp = []|; s|tls = \[\"0.0.0.0:5061\"\]|tls = []|" \
-    -e 's|porchlight.test|contoso.com|g' \
-    -e 's|^worker_threads = .*|worker_threads = 1|' \
-    -e 's|^min_notify_interval_ms = .*|min_notify_interval_ms = 0|' \
-    -e 's|^max_subscriptions_per_watcher = .*|max_subscriptions_per_watcher = 100000000|' \
-    -e 's|^digest_algorithms = .*|digest_algorithms = ["MD5"]|' \
-    -e 's|^path = "porchlight-data".*|path = ""|' > "$out/$name.toml"
-  printf '[endpoint.registration]\npassword = "bench"\n' >> "$out/$name.toml"
+  presence_config "${binary[$name]}" "$port" "$out/$name.toml"
 done
 
 server=""

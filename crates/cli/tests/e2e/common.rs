@@ -657,7 +657,7 @@ impl Dnsmasq {
             .spawn()
             .expect("dnsmasq is installed (scripts/test.sh installs dnsmasq-base)");
         // Owned from here on, so it is stopped whatever happens next.
-        let dnsmasq = Dnsmasq(child);
+        let mut dnsmasq = Dnsmasq(child);
         // Ready once a query (A ready.test) gets any answer.
         let query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05ready\x04test\x00\x00\x01\x00\x01";
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -670,6 +670,9 @@ impl Dnsmasq {
             let _ = socket.send_to(query, ("127.0.0.1", port));
             if socket.recv(&mut buf).is_ok() {
                 return dnsmasq;
+            }
+            if let Ok(Some(status)) = dnsmasq.0.try_wait() {
+                panic!("dnsmasq exited ({status}): is port {port} taken?");
             }
             assert!(Instant::now() < deadline, "dnsmasq never answered");
         }

@@ -3,7 +3,6 @@
 //! plain addresses, and `porchlight resolve` must find the edge each rule gives,
 //! in RFC 2782 order, with a pinned proxy overriding DNS.
 
-use std::net::UdpSocket;
 use std::process::Command;
 
 use crate::common::*;
@@ -87,11 +86,8 @@ fn configured(port: u16, domain: &str, config: &std::path::Path) -> String {
 
 #[test]
 fn partners_are_found_through_a_real_dns_server() {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Outside the ephemeral range, which the flood tests' connections fill.
+    let port = free_port();
     let _dns = Dnsmasq::start(port, &RECORDS);
     let (ok, text) = resolve(port, "fabrikam.test", None);
     assert!(ok, "{text}");

@@ -592,47 +592,9 @@ impl Core {
                         };
                         self.send(&to, parked, now);
                     }
-                    Output::Response { id, response } if self.originated.contains_key(&id) => {
-                        let status = response.status().unwrap_or(500);
-                        if status >= 200 {
-                            let reason =
-                                String::from_utf8_lossy(response.reason().unwrap_or_default());
-                            self.originated_ended(&id, status, &reason);
-                        }
-                    }
-                    Output::Timeout(TxId::Client(id)) if self.originated.contains_key(&id) => {
-                        self.originated_ended(&id, 408, "Request Timeout (no answer)");
-                    }
-                    Output::TransportError(TxId::Client(id))
-                        if self.originated.contains_key(&id) =>
-                    {
-                        self.originated_ended(
-                            &id,
-                            503,
-                            "Service Unavailable (the next hop cannot be reached)",
-                        );
-                    }
-                    Output::Response { id, response } => {
-                        if self.proxy.contains(&id) {
-                            for action in self.proxy.on_response(&id, &response, now) {
-                                self.apply(action, now);
-                            }
-                        } else if !self.presence.on_response(&id.branch, &response, now) {
-                            tracing::debug!(?id, "stray response");
-                        }
-                    }
-                    Output::Timeout(TxId::Client(id)) if self.proxy.contains(&id) => {
-                        let action = self.proxy.on_failure(&id, true);
-                        action.into_iter().for_each(|a| self.apply(a, now));
-                    }
-                    Output::TransportError(TxId::Client(id)) if self.proxy.contains(&id) => {
-                        let action = self.proxy.on_failure(&id, false);
-                        action.into_iter().for_each(|a| self.apply(a, now));
-                    }
-                    Output::Timeout(TxId::Client(id))
-                    | Output::TransportError(TxId::Client(id)) => {
-                        self.presence.on_failure(&id.branch, now)
-                    }
+                    Output::Response { id, response } => self.on_answer(id, &response, now),
+                    Output::Timeout(TxId::Client(id)) => self.on_no_answer(id, true, now),
+                    Output::TransportError(TxId::Client(id)) => self.on_no_answer(id, false, now),
                     Output::Timeout(id) | Output::TransportError(id) => {
                         tracing::debug!(?id, "server transaction ended without ACK or transport")
                     }
@@ -665,6 +627,54 @@ impl Core {
             if !progressed {
                 return;
             }
+        }
+    }
+
+    /// A response to a request this node sent, to whoever sent it: the
+    /// branch's kind says who.
+    fn on_answer(&mut self, id: ClientKey, response: &Message, now: Instant) {
+        match BranchKind::of(&id.branch) {
+            Some(BranchKind::Im) if self.originated.contains_key(&id) => {
+                let status = response.status().unwrap_or(status::SERVER_INTERNAL_ERROR);
+                if status >= 200 {
+                    let reason = String::from_utf8_lossy(response.reason().unwrap_or_default());
+                    self.originated_ended(&id, status, &reason);
+                }
+            }
+            Some(BranchKind::Proxied) if self.proxy.contains(&id) => {
+                for action in self.proxy.on_response(&id, response, now) {
+                    self.apply(action, now);
+                }
+            }
+            Some(BranchKind::Notify | BranchKind::Keepalive)
+                if self.presence.on_response(&id.branch, response, now) => {}
+            _ => tracing::debug!(?id, "stray response"),
+        }
+    }
+
+    /// A request this node sent got no answer: it timed out, or the
+    /// transport could not carry it.
+    fn on_no_answer(&mut self, id: ClientKey, timed_out: bool, now: Instant) {
+        match BranchKind::of(&id.branch) {
+            Some(BranchKind::Im) if self.originated.contains_key(&id) => {
+                let (code, reason) = if timed_out {
+                    (status::REQUEST_TIMEOUT, "Request Timeout (no answer)")
+                } else {
+                    (
+                        status::SERVICE_UNAVAILABLE,
+                        "Service Unavailable (the next hop cannot be reached)",
+                    )
+                };
+                self.originated_ended(&id, code, reason);
+            }
+            Some(BranchKind::Proxied) if self.proxy.contains(&id) => {
+                let action = self.proxy.on_failure(&id, timed_out);
+                action.into_iter().for_each(|a| self.apply(a, now));
+            }
+            Some(BranchKind::Notify | BranchKind::Keepalive) => {
+                self.presence.on_failure(&id.branch, now)
+            }
+            _ => tracing::debug!(?id, "no answer to a request nobody waits for"),
         }
     }
 
@@ -1366,26 +1376,14 @@ impl Core {
                 let Some(message) =
                     self.write_message(from, to, &request_uri, Some(&next), content_type, text)
                 else {
-                    return tell(
-                        reply,
-                        Answer::new(
-                            status::BAD_REQUEST,
-                            "Bad Request (the message cannot be written)",
-                        ),
-                    );
+                    return tell(reply, unwritable());
                 };
                 self.originate(message, next, reply, now);
             }
             Delivery::Webhook => {
                 let Some(message) = self.write_message(from, to, to, None, content_type, text)
                 else {
-                    return tell(
-                        reply,
-                        Answer::new(
-                            status::BAD_REQUEST,
-                            "Bad Request (the message cannot be written)",
-                        ),
-                    );
+                    return tell(reply, unwritable());
                 };
                 let posting = Posting {
                     waiting: reply.map_or(Waiting::Nobody, Waiting::Api),
@@ -1835,6 +1833,14 @@ impl Core {
         answer.headers.push(("Server", SERVER.to_owned()));
         answer.write(request, top_via.as_deref(), tag)
     }
+}
+
+/// The answer for an IM whose headers cannot make a message.
+fn unwritable() -> Answer {
+    Answer::new(
+        status::BAD_REQUEST,
+        "Bad Request (the message cannot be written)",
+    )
 }
 
 /// Tells an app that asked through the API how its request ended.
