@@ -40,7 +40,7 @@ if cargo tree -p porchlight-node -e normal | grep -qE '^.* (tokio|mio|hyper|hick
   echo "porchlight-node depends on an async runtime or network crate" >&2
   exit 1
 fi
-if grep -nE 'std::(fs|thread|net::(Udp|Tcp))' crates/node/src/core/mod.rs; then
+if grep -nE 'std::(fs|thread|net::(Udp|Tcp))' crates/node/src/core/*.rs; then
   echo "crates/node/src/core does I/O; do it in the driver (crates/server)" >&2
   exit 1
 fi
