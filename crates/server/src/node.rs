@@ -651,9 +651,11 @@ impl Driver {
     /// A connection whose queue is full gets its messages held, in order,
     /// until a task sees it take more; past the backlog's bound they fail.
     fn offer(&mut self, target: &Target, message: Parked, now: Now) {
-        if let Target::Connection(id) = target {
-            if self.backlogs.holds(*id) {
-                return self.hold(*id, message, now);
+        // Whatever way the target is named, a connection with a backlog
+        // keeps its messages in order behind it.
+        if let Some(Target::Connection(id)) = self.transport.ready(target) {
+            if self.backlogs.holds(id) {
+                return self.hold(id, message, now);
             }
         }
         match self.transport.try_send(target, message.bytes.clone()) {

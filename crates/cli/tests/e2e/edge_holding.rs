@@ -939,19 +939,17 @@ impl Crowd {
                 scope.spawn(move || {
                     let local = socket.local_addr().unwrap();
                     for i in 0..per_group {
-                        let request = format!(
-                            "SUBSCRIBE sip:helpdesk@contoso.com SIP/2.0\r\n\
-                             Via: SIP/2.0/UDP {local};branch=z9hG4bKcrowd{g}x{i};rport\r\n\
-                             Max-Forwards: 70\r\nFrom: <sip:c{g}x{i}@contoso.com>;tag=c{i}\r\n\
-                             To: <sip:helpdesk@contoso.com>\r\nCall-ID: crowd-{g}-{i}\r\n\
-                             CSeq: 1 SUBSCRIBE\r\nContact: <sip:c{i}@{local}>\r\nEvent: presence\r\n\
-                             Accept: application/pidf+xml\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+                        let request = subscribe_to_helpdesk(
+                            local,
+                            &format!("crowd-{g}-{i}"),
+                            &format!("crowd{g}x{i}"),
                         );
                         socket.send_to(request.as_bytes(), server).unwrap();
                     }
                     let (mut accepted, mut notified) = (0, 0);
                     let deadline = Instant::now() + Duration::from_secs(30);
-                    while (accepted < per_group || notified < per_group) && Instant::now() < deadline
+                    while (accepted < per_group || notified < per_group)
+                        && Instant::now() < deadline
                     {
                         match receive_answering(socket) {
                             Some(m) if m.status() == Some(200) => accepted += 1,
