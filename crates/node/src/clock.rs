@@ -33,6 +33,12 @@ impl Now {
         self.since_epoch().as_secs()
     }
 
+    /// Microseconds since the Unix epoch: orders events across nodes whose
+    /// clocks agree to within what NTP keeps.
+    pub fn unix_micros(self) -> i64 {
+        self.since_epoch().as_micros() as i64
+    }
+
     /// Seconds since the Unix epoch, with their fraction.
     pub fn unix_f64(self) -> f64 {
         self.since_epoch().as_secs_f64()

@@ -303,6 +303,57 @@ impl Default for AdminSection {
     }
 }
 
+impl ClusterSection {
+    /// The lease, as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+
+    /// What makes no sense in the section, and the fix.
+    fn validate(&self) -> Result<(), (String, &'static str)> {
+        if self.redis.is_empty() {
+            return Err((
+                "[cluster] redis lists no address".into(),
+                "list at least one node of the Redis Cluster, e.g. redis = [\"redis://10.0.0.5:6379\"]",
+            ));
+        }
+        if self.node_id == 0 {
+            return Err((
+                "[cluster] node_id = 0".into(),
+                "number the nodes from 1, a different number on each",
+            ));
+        }
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err((
+                format!("[cluster] name = {:?} cannot prefix Redis keys", self.name),
+                "use letters, digits, '-' and '_' only (the default is \"pl\")",
+            ));
+        }
+        if self.lease_ms < 3000 {
+            return Err((
+                format!(
+                    "[cluster] lease_ms = {}: a lease this short lapses in a Redis failover \
+                     or a busy second, and the node would be taken for dead",
+                    self.lease_ms
+                ),
+                "use at least twice the Redis cluster-node-timeout plus 2000 (8000 for a 3 s timeout)",
+            ));
+        }
+        if self.sweep_secs == 0 || self.share_queue == 0 {
+            return Err((
+                "[cluster] sweep_secs or share_queue is 0".into(),
+                "use a positive number (30 and 65536 are the defaults)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl StoreSection {
     /// The write-behind interval.
     pub fn flush_interval(&self) -> Duration {
@@ -374,6 +425,102 @@ impl Default for StoreSection {
             renotify_window_secs: default_renotify_window_secs(),
         }
     }
+}
+
+/// How this node joins the others of a cluster: the Redis Cluster they
+/// share, and who this node is among them. Without it the node is alone and
+/// keeps everything in its own store.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Seed addresses of the Redis Cluster (`redis://host:port`, or
+    /// `rediss://host:port` for TLS); the client finds the other masters
+    /// and replicas from any one of them.
+    pub redis: Vec<RedisSeed>,
+    /// This node's number, unique in the cluster: it owns what it holds
+    /// under this number.
+    pub node_id: u16,
+    /// Where the other nodes reach this one (SIP over TCP), shown to the
+    /// admin with the members.
+    pub internal: SocketAddr,
+    /// Prefix of every key and channel, so several Porchlight clusters
+    /// can share one Redis Cluster.
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    /// ACL user for Redis AUTH; empty for the default user.
+    #[serde(default)]
+    pub username: String,
+    /// File holding the Redis password (relative to the configuration
+    /// file), so the secret is not in the configuration; empty for none.
+    #[serde(default)]
+    pub password_file: PathBuf,
+    /// PEM file of the CA that signed the Redis servers' certificates, for
+    /// `rediss://` seeds with a private CA; empty trusts the system's roots.
+    #[serde(default)]
+    pub ca_file: PathBuf,
+    /// How long this node's membership lasts without a renewal. It must
+    /// outlast a Redis failover (at least twice `cluster-node-timeout`
+    /// plus 2 s), or a failover would look like this node's death.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// How often every endpoint's shared sources are compared with Redis,
+    /// to heal a change whose event was lost (pub/sub is at most once).
+    #[serde(default = "default_sweep_secs")]
+    pub sweep_secs: u64,
+    /// Changes to share that may wait for Redis before the oldest are
+    /// dropped (and healed by the next sweep); the SIP path never waits.
+    #[serde(default = "default_share_queue")]
+    pub share_queue: usize,
+}
+
+/// A Redis Cluster seed address, checked where it is written so a typo
+/// names its line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSeed(pub String);
+
+impl<'de> Deserialize<'de> for RedisSeed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RedisSeed, D::Error> {
+        let text = String::deserialize(d)?;
+        let rest = text
+            .strip_prefix("redis://")
+            .or_else(|| text.strip_prefix("rediss://"))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid value: {text:?} is not a Redis address; write \"redis://HOST:PORT\" \
+                     (or \"rediss://HOST:PORT\" for TLS)"
+                ))
+            })?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        let hostport = authority.rsplit('@').next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err(serde::de::Error::custom(format!(
+                "invalid value: {text:?} carries a password; put it in [cluster] password_file"
+            )));
+        }
+        let port = hostport.rsplit(':').next().unwrap_or_default();
+        if hostport.is_empty() || !hostport.contains(':') || port.parse::<u16>().is_err() {
+            return Err(serde::de::Error::custom(format!(
+                "invalid value: {text:?} names no host and port; write \"redis://HOST:PORT\""
+            )));
+        }
+        Ok(RedisSeed(text))
+    }
+}
+
+fn default_cluster_name() -> String {
+    "pl".into()
+}
+
+fn default_lease_ms() -> u64 {
+    8000
+}
+
+fn default_sweep_secs() -> u64 {
+    30
+}
+
+fn default_share_queue() -> usize {
+    65536
 }
 
 /// Name servers for finding partners' edges and named next hops.
@@ -586,6 +733,9 @@ pub struct Config {
     /// Persistence.
     #[serde(default)]
     pub store: StoreSection,
+    /// Several nodes sharing one Redis Cluster; absent means one node alone.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
     /// Application endpoints.
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<porchlight_endpoints::EndpointConfig>,
@@ -636,7 +786,7 @@ fn from_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result
 
 /// The sections of a configuration file that a provisioned document does
 /// not carry: they are read at start, from the file.
-const FILE_ONLY_SECTIONS: [&str; 11] = [
+const FILE_ONLY_SECTIONS: [&str; 12] = [
     "node",
     "listen",
     "limits",
@@ -648,6 +798,7 @@ const FILE_ONLY_SECTIONS: [&str; 11] = [
     "dns",
     "admin",
     "store",
+    "cluster",
 ];
 
 /// A whole configuration file given where a provisioned document belongs
@@ -939,6 +1090,9 @@ impl Config {
             message,
             fix,
         };
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(|(message, fix)| invalid(message, fix))?;
+        }
         if self.node.domains.is_empty() {
             return Err(invalid(
                 "[node] domains is empty".into(),

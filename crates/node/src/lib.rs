@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod delivery;

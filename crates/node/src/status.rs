@@ -68,6 +68,8 @@ pub struct Status {
     pub endpoints: Vec<EndpointView>,
     /// Write-behind to the store; None when state is kept in memory only.
     pub store: Option<StoreStatus>,
+    /// The cluster this node is a member of; None when it is alone.
+    pub cluster: Option<crate::cluster::ClusterView>,
 }
 
 /// How many were refused for one reason.

@@ -271,6 +271,20 @@ impl Publications {
         best.map(|(_, s)| s)
     }
 
+    /// Until when an endpoint's publications last: the latest expiry of
+    /// its live PUBLISHes, or None when a SERVICE category (which does not
+    /// expire) is among them, or when it has none.
+    pub fn live_until(&self, presentity: u32, now: Instant) -> Option<Instant> {
+        if self.categories.keys().any(|k| k.0 == presentity) {
+            return None;
+        }
+        self.by_etag
+            .values()
+            .filter(|e| e.presentity == presentity && e.expires_at > now)
+            .map(|e| e.expires_at)
+            .max()
+    }
+
     /// Drops every publication of an endpoint no longer served. True when
     /// it had any.
     pub fn forget(&mut self, presentity: u32) -> bool {

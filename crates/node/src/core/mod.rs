@@ -45,6 +45,7 @@ use porchlight_transaction::{
 };
 
 use crate::clock::Now;
+use crate::cluster::{ClusterView, Share, Shared};
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::edge::{
@@ -118,6 +119,14 @@ pub enum Action {
     /// The trusted networks of the policy now in force, for the transport:
     /// connections from them draw on the reserved slots.
     TrustedNetworks(Vec<Network>),
+    /// Write a change of this node's sources (or an admin's setting) where
+    /// the other nodes of the cluster read it. Never waited for: a change
+    /// that cannot be written is healed by the driver's next sweep.
+    Share(Share),
+    /// Follow the shared sources of exactly these endpoints (canonical
+    /// URIs), reading each whole once and then its changes as
+    /// [`Input::Shared`]; sent at start and whenever the endpoints change.
+    Follow(Vec<String>),
 }
 
 /// What happens to the core.
@@ -153,6 +162,10 @@ pub enum Input {
     },
     /// The admin surface asks.
     Query(Query),
+    /// What other nodes of the cluster said of an endpoint.
+    Shared(Shared),
+    /// The cluster's members and the driver's counts, for status.
+    Cluster(ClusterView),
 }
 
 /// Everything the node decides, without I/O: messages and reports in,
@@ -206,6 +219,8 @@ pub struct Core {
     refusals: RefusalLog,
     /// Requests per anonymous source, so one flooder is dropped alone.
     source_rates: SourceRates,
+    /// The cluster as the driver last reported it; None when alone.
+    cluster: Option<ClusterView>,
 }
 
 /// A text whose webhook delivery is under way.
@@ -333,9 +348,19 @@ impl Core {
                 burst: config.limits.source_request_burst,
                 max_sources: config.limits.max_rate_sources,
             }),
+            cluster: None,
         };
         core.tell_trusted_networks();
         core.set_probes(probes);
+        if let Some(cluster) = &config.cluster {
+            core.presence.join_cluster(cluster.node_id);
+            core.cluster = Some(ClusterView {
+                node: cluster.node_id,
+                ..ClusterView::default()
+            });
+            core.actions
+                .push_back(Action::Follow(core.presence.shared_endpoints()));
+        }
         core
     }
 
@@ -396,6 +421,8 @@ impl Core {
             }
             Input::Posted { delivery, outcome } => self.on_posted(delivery, outcome, now),
             Input::Query(query) => self.answer_query(query, now),
+            Input::Shared(shared) => self.presence.apply_shared(shared),
+            Input::Cluster(view) => self.cluster = Some(view),
         }
     }
 
@@ -528,6 +555,10 @@ impl Core {
             partners: self.partners.list(),
             endpoints: self.presence.endpoint_views(),
             store: None,
+            cluster: self.cluster.clone().map(|mut view| {
+                view.applied = self.presence.shared_applied().unwrap_or(0);
+                view
+            }),
         }
     }
 
@@ -549,6 +580,12 @@ impl Core {
             }
             Query::Apply(policy, mut endpoints, reply) => {
                 let applied = self.presence.apply(*policy, &mut endpoints);
+                if self.cluster.is_some()
+                    && !(applied.added.is_empty() && applied.removed.is_empty())
+                {
+                    self.actions
+                        .push_back(Action::Follow(self.presence.shared_endpoints()));
+                }
                 self.tell_trusted_networks();
                 self.end_refused_sessions(now);
                 self.set_probes(applied.probes);
@@ -604,6 +641,9 @@ impl Core {
                         tracing::debug!(?id, "server transaction ended without ACK or transport")
                     }
                 }
+            }
+            while let Some(share) = self.presence.poll_share() {
+                self.actions.push_back(Action::Share(share));
             }
             while let Some(out) = self.presence.poll(now) {
                 progressed = true;

@@ -9,6 +9,7 @@
 
 mod gate;
 mod services;
+mod shared;
 mod snapshots;
 mod sources;
 mod views;
@@ -245,6 +246,8 @@ pub struct PresenceService {
     /// Restored watchers wait for this window's pace until the endpoints'
     /// sources have reported, or the deadline.
     recovery: Option<(Duration, Instant)>,
+    /// This node's part in a cluster; None when it is alone.
+    sharing: Option<shared::Sharing>,
 }
 
 impl PresenceService {
@@ -304,7 +307,9 @@ impl PresenceService {
                 max_expires: p.publish_max_expires,
                 default_expires: p.publish_default_expires,
             },
-            salt,
+            // Entity tags stay apart between the nodes of a cluster,
+            // which share one salt.
+            salt ^ config.cluster.as_ref().map_or(0, |c| u64::from(c.node_id)),
         );
         let mut service = PresenceService {
             health: vec![(None, 0); slots],
@@ -337,6 +342,7 @@ impl PresenceService {
             next_schedule_check: now,
             outgoing: Default::default(),
             recovery: None,
+            sharing: None,
         };
         for slot in 0..slots {
             service.refresh(slot);
@@ -355,6 +361,7 @@ impl PresenceService {
         self.registrar.grow(slots);
         self.health.resize(slots, (None, 0));
         self.overrides.resize(slots, None);
+        self.grow_shared(slots);
         let at = self.clock.timestamp();
         let mut applied = EndpointsApplied::default();
         for change in changes {
@@ -401,6 +408,7 @@ impl PresenceService {
                     self.keepalives.retain(|_, (e, _)| *e != slot);
                     self.health[slot] = (None, 0);
                     self.overrides[slot] = None;
+                    self.unshare(slot, &endpoint.identity.uri);
                     self.notifier.remove_presentity(slot as u32, at);
                 }
             }
@@ -568,6 +576,7 @@ impl PresenceService {
             self.publications_changed.insert(endpoint as usize);
             self.refresh(endpoint as usize);
         }
+        self.lapse_shared();
         if now >= self.next_schedule_check {
             self.next_schedule_check = now + Duration::from_secs(15);
             let scheduled: Vec<usize> = self
@@ -638,6 +647,7 @@ impl PresenceService {
                 .any(|(_, e)| e.schedule.is_some())
                 .then_some(self.next_schedule_check),
             self.recovery.map(|(_, deadline)| deadline),
+            self.next_shared_lapse(),
         ]
         .into_iter()
         .flatten()

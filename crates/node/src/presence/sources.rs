@@ -5,37 +5,24 @@
 use super::*;
 
 impl PresenceService {
-    /// The state the sources of endpoint `e` (in slot `endpoint`) give it now.
-    pub(super) fn effective(
-        &self,
-        endpoint: usize,
-        e: &Endpoint,
-        at: jiff::Timestamp,
-    ) -> porchlight_presence::PresenceState {
-        let sources = Sources {
-            registered: e
-                .credentials
-                .as_ref()
-                .map(|_| self.registrar.is_registered(endpoint)),
-            healthy: self.health[endpoint].0,
-            // An admin's setting wins over the app's own publications.
-            published: self.overrides[endpoint].clone().or_else(|| {
-                self.publications
-                    .effective(endpoint as u32, self.clock.mono)
-            }),
-        };
-        e.effective_state(&sources, at)
-    }
-
-    /// Recomputes an endpoint's state from its sources and tells the
-    /// notifier who it is and how it is; watchers hear of a change.
-    /// Nothing for a vacant slot (a report about an endpoint removed since).
+    /// Recomputes an endpoint's state from its sources (merged over the
+    /// cluster, when there is one) and tells the notifier who it is and
+    /// how it is; watchers hear of a change. Nothing for a vacant slot (a
+    /// report about an endpoint removed since).
     pub(super) fn refresh(&mut self, endpoint: usize) {
         let at = self.clock.timestamp();
-        let Some(e) = self.directory.get(endpoint) else {
+        let Some(uri) = self.directory.get(endpoint).map(|e| e.identity.uri.clone()) else {
             return;
         };
-        let state = self.effective(endpoint, e, at);
+        let (registered, published) = self.shared_sources(endpoint, &uri);
+        let e = self.directory.get(endpoint).expect("resolved above");
+        let sources = Sources {
+            registered: e.credentials.as_ref().map(|_| registered),
+            healthy: self.health[endpoint].0,
+            // An admin's setting wins over the app's own publications.
+            published: self.overrides[endpoint].clone().or(published),
+        };
+        let state = e.effective_state(&sources, at);
         if self.notifier.is_declared(endpoint as u32)
             && *self.notifier.state(endpoint as u32) != state
         {
@@ -67,6 +54,7 @@ impl PresenceService {
         } else {
             tracing::info!(endpoint = uri, "the admin's presence cleared");
         }
+        self.share_override(uri, state.as_ref());
         self.overrides[endpoint] = state;
         self.refresh(endpoint);
         Some(self.endpoint_view(endpoint, self.directory.get(endpoint)?))

@@ -1,0 +1,274 @@
+//! Presence on several nodes: what this node tells the others of its own
+//! sources, what they tell it, and how the two merge into the sources
+//! `effective` combines. A replicated change only updates the sources and
+//! recomputes the state; it runs none of the hooks of a local one (shares,
+//! stores, probes), so one change cannot echo round the cluster.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use porchlight_presence::PresenceState;
+
+use crate::cluster::{Contribution, Field, NodeId, Share, Shared, SharedPublication, Value};
+
+use super::*;
+
+/// This node's part in a cluster's presence.
+pub(super) struct Sharing {
+    node: NodeId,
+    /// This node's own sources per slot, as last shared.
+    local: Vec<Contribution>,
+    /// The other nodes' sources per slot.
+    remote: Vec<BTreeMap<NodeId, Contribution>>,
+    /// When an entry of a slot lapses (Unix seconds); stale pairs only
+    /// cause a recomputation that changes nothing.
+    lapses: BTreeSet<(i64, usize)>,
+    /// Changes for the driver to share, oldest first.
+    outbox: VecDeque<Share>,
+    /// Changes from other nodes applied.
+    pub(super) applied: u64,
+}
+
+impl Sharing {
+    pub(super) fn new(node: NodeId, slots: usize) -> Sharing {
+        Sharing {
+            node,
+            local: vec![Contribution::default(); slots],
+            remote: vec![BTreeMap::new(); slots],
+            lapses: BTreeSet::new(),
+            outbox: VecDeque::new(),
+            applied: 0,
+        }
+    }
+
+    fn grow(&mut self, slots: usize) {
+        self.local.resize(slots, Contribution::default());
+        self.remote.resize(slots, BTreeMap::new());
+    }
+
+    /// Registered anywhere in the cluster at `unix` seconds.
+    fn registered(&self, slot: usize, here: bool, unix: i64) -> bool {
+        here || self.remote[slot].values().any(|c| c.registered_at(unix))
+    }
+
+    /// The newest live publication of any node, this one included.
+    fn published(&self, slot: usize, unix: i64) -> Option<PresenceState> {
+        std::iter::once(&self.local[slot])
+            .chain(self.remote[slot].values())
+            .filter_map(|c| c.published_at(unix))
+            .max_by_key(|p| p.at)
+            .map(|p| p.state.clone())
+    }
+}
+
+impl PresenceService {
+    /// Joins a cluster as node `node`: from now on this node's own sources
+    /// are shared, and the others' merged.
+    pub fn join_cluster(&mut self, node: NodeId) {
+        self.sharing = Some(Sharing::new(node, self.directory.slots()));
+        for slot in 0..self.directory.slots() {
+            self.refresh(slot);
+        }
+    }
+
+    /// The registration and publication sources of a slot, merged over
+    /// the cluster when there is one.
+    pub(super) fn shared_sources(
+        &mut self,
+        slot: usize,
+        uri: &str,
+    ) -> (bool, Option<PresenceState>) {
+        let here = self.registrar.is_registered(slot);
+        let mono = self.clock.mono;
+        let Some(sharing) = self.sharing.as_mut() else {
+            return (here, self.publications.effective(slot as u32, mono));
+        };
+        let unix = self.clock.unix() as i64;
+        let to_unix = |at: Instant| unix + at.saturating_duration_since(mono).as_secs() as i64;
+        let registered_until = self
+            .registrar
+            .bindings(slot)
+            .iter()
+            .map(|b| b.expires_at)
+            .max()
+            .map(to_unix);
+        let published = self
+            .publications
+            .effective(slot as u32, mono)
+            .map(|state| SharedPublication {
+                state,
+                at: 0,
+                until: self.publications.live_until(slot as u32, mono).map(to_unix),
+            });
+        let mine = Contribution {
+            registered_until,
+            published,
+        };
+        if !mine.same_as(&sharing.local[slot]) {
+            let mut mine = mine;
+            if let Some(p) = mine.published.as_mut() {
+                let was = sharing.local[slot].published.as_ref();
+                // The same state refreshed keeps its age; a new one is newest.
+                p.at = match was.filter(|w| w.state == p.state) {
+                    Some(w) => w.at,
+                    None => self.clock.unix_micros(),
+                };
+            }
+            sharing.outbox.push_back(Share {
+                endpoint: uri.to_owned(),
+                field: Field::Node(sharing.node),
+                value: Some(Value::Node(mine.clone())),
+            });
+            sharing.local[slot] = mine;
+        }
+        (
+            sharing.registered(slot, here, unix),
+            sharing.published(slot, unix),
+        )
+    }
+
+    /// Applies what other nodes said of an endpoint. An entry for this
+    /// node that differs from what it holds is written again (memory is
+    /// the primary copy: Redis may have lost it in a failover).
+    pub fn apply_shared(&mut self, shared: Shared) {
+        let Some(slot) = self.directory.resolve(&shared.endpoint) else {
+            return; // not served here (yet): its import brings a reload
+        };
+        let Some(sharing) = self.sharing.as_mut() else {
+            return;
+        };
+        let mut admin = None;
+        let mut heard_self = false;
+        let mut listed = BTreeSet::new();
+        for (field, value) in shared.entries {
+            listed.insert(field);
+            match (field, value) {
+                (Field::Node(node), value) if node == sharing.node => {
+                    // An event is our own write coming back; only a
+                    // reload tells what Redis really holds of us.
+                    heard_self = true;
+                    let held = match value {
+                        Some(Value::Node(held)) => held,
+                        _ => Contribution::default(),
+                    };
+                    if shared.complete && !held.same_as(&sharing.local[slot]) {
+                        Self::reassert(sharing, slot, &shared.endpoint);
+                    }
+                }
+                (Field::Node(node), Some(Value::Node(c))) => {
+                    if let Some(lapse) = c.next_lapse() {
+                        sharing.lapses.insert((lapse, slot));
+                    }
+                    sharing.remote[slot].insert(node, c);
+                }
+                (Field::Node(node), _) => {
+                    sharing.remote[slot].remove(&node);
+                }
+                (Field::Admin, Some(Value::Admin(state))) => admin = Some(Some(state)),
+                (Field::Admin, _) => admin = Some(None),
+            }
+        }
+        if shared.complete {
+            sharing.remote[slot].retain(|node, _| listed.contains(&Field::Node(*node)));
+            if !listed.contains(&Field::Admin) {
+                admin = Some(None);
+            }
+            if !heard_self && !sharing.local[slot].same_as(&Contribution::default()) {
+                Self::reassert(sharing, slot, &shared.endpoint);
+            }
+        }
+        sharing.applied += 1;
+        if let Some(state) = admin {
+            self.overrides[slot] = state;
+        }
+        self.refresh(slot);
+    }
+
+    /// Queues this node's entry for a slot to be written again.
+    fn reassert(sharing: &mut Sharing, slot: usize, uri: &str) {
+        sharing.outbox.push_back(Share {
+            endpoint: uri.to_owned(),
+            field: Field::Node(sharing.node),
+            value: Some(Value::Node(sharing.local[slot].clone())),
+        });
+    }
+
+    /// Shares an admin's setting with the other nodes.
+    pub(super) fn share_override(&mut self, uri: &str, state: Option<&PresenceState>) {
+        if let Some(sharing) = self.sharing.as_mut() {
+            sharing.outbox.push_back(Share {
+                endpoint: uri.to_owned(),
+                field: Field::Admin,
+                value: state.cloned().map(Value::Admin),
+            });
+        }
+    }
+
+    /// An endpoint no longer served: what this node said of it is
+    /// withdrawn, and what the others said forgotten.
+    pub(super) fn unshare(&mut self, slot: usize, uri: &str) {
+        if let Some(sharing) = self.sharing.as_mut() {
+            sharing.remote[slot].clear();
+            if !sharing.local[slot].same_as(&Contribution::default()) {
+                sharing.local[slot] = Contribution::default();
+                sharing.outbox.push_back(Share {
+                    endpoint: uri.to_owned(),
+                    field: Field::Node(sharing.node),
+                    value: None,
+                });
+            }
+        }
+    }
+
+    /// The directory grew: room for the new slots.
+    pub(super) fn grow_shared(&mut self, slots: usize) {
+        if let Some(sharing) = self.sharing.as_mut() {
+            sharing.grow(slots);
+        }
+    }
+
+    /// Recomputes the endpoints whose entries from other nodes lapsed.
+    pub(super) fn lapse_shared(&mut self) {
+        let unix = self.clock.unix() as i64;
+        let Some(sharing) = self.sharing.as_mut() else {
+            return;
+        };
+        let mut due = Vec::new();
+        while let Some(&(at, slot)) = sharing.lapses.first() {
+            if at > unix {
+                break;
+            }
+            sharing.lapses.pop_first();
+            due.push(slot);
+        }
+        due.dedup();
+        for slot in due {
+            self.refresh(slot);
+        }
+    }
+
+    /// When the next entry from another node lapses.
+    pub(super) fn next_shared_lapse(&self) -> Option<Instant> {
+        let (at, _) = self.sharing.as_ref()?.lapses.first()?;
+        let left = (*at - self.clock.unix() as i64).max(0) as u64;
+        Some(self.clock.mono + Duration::from_secs(left))
+    }
+
+    /// The next change to share.
+    pub fn poll_share(&mut self) -> Option<Share> {
+        self.sharing.as_mut()?.outbox.pop_front()
+    }
+
+    /// The canonical URIs of the endpoints served, whose shared sources
+    /// this node follows.
+    pub fn shared_endpoints(&self) -> Vec<String> {
+        self.directory
+            .iter()
+            .map(|(_, e)| e.identity.uri.clone())
+            .collect()
+    }
+
+    /// Changes from other nodes applied since start; None when alone.
+    pub fn shared_applied(&self) -> Option<u64> {
+        self.sharing.as_ref().map(|s| s.applied)
+    }
+}
