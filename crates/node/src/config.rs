@@ -960,6 +960,13 @@ impl Config {
         config
     }
 
+    /// A seed of this node's own from a salt its cluster shares, so tags,
+    /// Call-IDs and entity tags stay apart between the nodes; the salt
+    /// itself for a node alone.
+    pub fn own_seed(&self, salt: u64) -> u64 {
+        salt ^ self.cluster.as_ref().map_or(0, |c| u64::from(c.node_id))
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -4,6 +4,7 @@
 //! the core decides without ever waiting for a peer.
 
 mod backlog;
+pub mod cluster;
 mod dial;
 mod handle;
 mod health;

@@ -34,6 +34,7 @@ use porchlight_node::uas::LocalNames;
 use porchlight_node::webhook::Outcome;
 
 use crate::backlog::{Backlogs, Held};
+use crate::cluster::{self, ClusterError, ClusterLink, Report};
 use crate::dial::{dial, DialError};
 use crate::handle::NodeHandle;
 use crate::health::Verdict;
@@ -73,6 +74,9 @@ pub enum StartError {
     /// The store's writer thread could not be started.
     #[error("starting the store writer: {0}")]
     Writer(std::io::Error),
+    /// The node cannot join its cluster.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// A started node.
@@ -153,16 +157,36 @@ impl Node {
                  provisioning commands); the configuration file's [policy] and [[endpoint]] are not used"
             );
         }
-        let secrets = match &store {
+        let mut secrets = match &store {
             Some(store) => store.secrets(),
             None => NodeSecrets::generate()?,
         };
-        let tag_seed = secrets.salt;
-        let mut presence = PresenceService::new(&config, tag_seed, clock());
+        let joined = match &config.cluster {
+            Some(cluster) => {
+                let holds_dialogs = match &store {
+                    Some(store) => store.holds_subscriptions()?,
+                    None => false,
+                };
+                let joined = cluster::join(&config, cluster, secrets, holds_dialogs).await?;
+                if joined.secrets != secrets {
+                    if let Some(store) = &store {
+                        store.adopt_secrets(joined.secrets)?;
+                    }
+                    secrets = joined.secrets;
+                }
+                Some(joined)
+            }
+            None => None,
+        };
+        let mut presence = PresenceService::new(&config, secrets.salt, clock());
         let (write_behind, restored) = match store {
             Some(store) => restore(&config, store, &mut presence)?,
             None => (None, 0),
         };
+        let (reports_tx, reports) = mpsc::channel(1024);
+        let cluster = config.cluster.as_ref().zip(joined).map(|(section, joined)| {
+            joined.spawn(section.share_queue, reports_tx)
+        });
         let (verdicts_tx, verdicts) = mpsc::channel(64);
         let probes = presence
             .directory()
@@ -183,7 +207,7 @@ impl Node {
                 local,
                 presence,
                 timers,
-                tag_seed,
+                tag_seed: config.own_seed(secrets.salt),
                 edge_secret: secrets.edge_secret,
                 restored,
                 probes,
@@ -205,6 +229,7 @@ impl Node {
             next_load_sample: Instant::now(),
             resident: 0,
             trusted_networks,
+            cluster,
         };
         let inbox = Inbox {
             received,
@@ -213,6 +238,7 @@ impl Node {
             writable,
             queries,
             webhooks_done,
+            reports,
         };
         let flush_interval = config.store.flush_interval();
         let task = tokio::spawn(driver.run(inbox, flush_interval));
@@ -287,7 +313,13 @@ fn restore(
     presence: &mut PresenceService,
 ) -> Result<(Option<WriteBehind>, usize), StartError> {
     let started = Instant::now();
-    for (endpoint, set) in store.admin_presence()? {
+    // In a cluster the admin's settings are the cluster's, read with the
+    // rest of the shared presence; a copy kept here could be stale.
+    let admin_presence = match config.cluster {
+        Some(_) => Vec::new(),
+        None => store.admin_presence()?,
+    };
+    for (endpoint, set) in admin_presence {
         let mut state = porchlight_presence::PresenceState::new(porchlight_presence::Availability(
             set.availability,
         ));
@@ -492,6 +524,8 @@ struct Inbox {
     writable: mpsc::Receiver<ConnectionId>,
     queries: mpsc::Receiver<Query>,
     webhooks_done: mpsc::Receiver<WebhookDone>,
+    /// What the cluster task read; never anything when alone.
+    reports: mpsc::Receiver<Report>,
 }
 
 /// The thin shell around the [`Core`]: owns the sockets, tasks and
@@ -520,6 +554,8 @@ struct Driver {
     resident: u64,
     /// What the transport asks of a new connection's address.
     trusted_networks: TrustedNetworks,
+    /// The cluster task; None when the node is alone.
+    cluster: Option<ClusterLink>,
 }
 
 impl Driver {
@@ -531,6 +567,7 @@ impl Driver {
             mut writable,
             mut queries,
             mut webhooks_done,
+            mut reports,
         } = inbox;
         let mut flush_tick = tokio::time::interval(flush_interval);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -573,6 +610,13 @@ impl Driver {
                 Some(query) = queries.recv() => self.answer_query(query),
                 Some((delivery, outcome)) = webhooks_done.recv() => {
                     self.core.handle(clock(), Input::Posted { delivery, outcome });
+                }
+                Some(report) = reports.recv(), if self.cluster.is_some() => {
+                    let input = match report {
+                        Report::Shared(shared) => Input::Shared(shared),
+                        Report::View(view) => Input::Cluster(view),
+                    };
+                    self.core.handle(clock(), input);
                 }
                 _ = flush_tick.tick(), if self.write_behind.is_some() => {
                     if let Some(writer) = &mut self.write_behind {
@@ -636,6 +680,21 @@ impl Driver {
                 Action::StopProbe { endpoint } => {
                     if let Some(old) = self.probes.remove(&endpoint) {
                         old.abort();
+                    }
+                }
+                Action::Share(share) => {
+                    if let Some(link) = &self.cluster {
+                        if link.shares.try_send(share).is_err() {
+                            // Redis is behind: the task reads everything
+                            // again and writes what differs.
+                            link.dropped.fetch_add(1, Ordering::Relaxed);
+                            link.resync.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Action::Follow(endpoints) => {
+                    if let Some(link) = &self.cluster {
+                        link.follow.send_replace(endpoints);
                     }
                 }
             }

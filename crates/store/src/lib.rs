@@ -47,7 +47,9 @@ impl NodeSecrets {
         Ok(NodeSecrets::from_bytes(&bytes))
     }
 
-    fn from_bytes(bytes: &[u8; 40]) -> NodeSecrets {
+    /// The secrets from the form [`to_bytes`](Self::to_bytes) writes, as a
+    /// cluster keeps them for all its nodes.
+    pub fn from_bytes(bytes: &[u8; 40]) -> NodeSecrets {
         let mut salt = [0u8; 8];
         salt.copy_from_slice(&bytes[..8]);
         let mut edge_secret = [0u8; 32];
@@ -58,7 +60,8 @@ impl NodeSecrets {
         }
     }
 
-    fn to_bytes(self) -> [u8; 40] {
+    /// The secrets as 40 bytes: salt, then the Record-Route key.
+    pub fn to_bytes(self) -> [u8; 40] {
         let mut out = [0u8; 40];
         out[..8].copy_from_slice(&self.salt.to_le_bytes());
         out[8..].copy_from_slice(&self.edge_secret);
@@ -141,6 +144,11 @@ pub enum StoreError {
 pub trait Store: Send + Sync {
     /// The node's keys, made once and kept.
     fn secrets(&self) -> NodeSecrets;
+    /// Keeps a cluster's keys in place of the node's own, on the disk
+    /// before returning, so the next start keys its tags as the cluster does.
+    fn adopt_secrets(&self, secrets: NodeSecrets) -> Result<(), StoreError>;
+    /// Whether any subscription is saved, without reading them.
+    fn holds_subscriptions(&self) -> Result<bool, StoreError>;
     /// Every saved subscription, to restore at start.
     fn subscriptions(&self) -> Result<Vec<SavedSubscription<String>>, StoreError>;
     /// Every endpoint's saved registered contacts, by endpoint URI.
@@ -185,7 +193,7 @@ pub struct EmbeddedStore {
     registrations: Keyspace,
     publications: Keyspace,
     meta: Keyspace,
-    secrets: NodeSecrets,
+    secrets: std::sync::Mutex<NodeSecrets>,
     durability: Durability,
 }
 
@@ -258,7 +266,7 @@ impl EmbeddedStore {
             registrations,
             publications,
             meta,
-            secrets,
+            secrets: std::sync::Mutex::new(secrets),
             durability,
         })
     }
@@ -311,7 +319,22 @@ fn write_by_endpoint<T>(
 
 impl Store for EmbeddedStore {
     fn secrets(&self) -> NodeSecrets {
-        self.secrets
+        *self.secrets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn adopt_secrets(&self, secrets: NodeSecrets) -> Result<(), StoreError> {
+        self.meta
+            .insert(SECRETS_KEY, secrets.to_bytes())
+            .map_err(|e| self.io(e))?;
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.io(e))?;
+        *self.secrets.lock().unwrap_or_else(|p| p.into_inner()) = secrets;
+        Ok(())
+    }
+
+    fn holds_subscriptions(&self) -> Result<bool, StoreError> {
+        Ok(!self.subscriptions.is_empty().map_err(|e| self.io(e))?)
     }
 
     fn subscriptions(&self) -> Result<Vec<SavedSubscription<String>>, StoreError> {

@@ -207,9 +207,14 @@ pub fn receive_answering(socket: &UdpSocket) -> Option<Message> {
 
 /// A SUBSCRIBE from alice@fabrikam.com at `watcher` to the help desk.
 pub fn subscribe_to_helpdesk(watcher: SocketAddr, call_id: &str, tag: &str) -> String {
+    subscribe_to("helpdesk", watcher, call_id, tag)
+}
+
+/// A SUBSCRIBE from alice@fabrikam.com at `watcher` to `user`@contoso.com.
+pub fn subscribe_to(user: &str, watcher: SocketAddr, call_id: &str, tag: &str) -> String {
     format!(
-        "SUBSCRIBE sip:helpdesk@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {watcher};branch=z9hG4bK{tag};rport\r\nMax-Forwards: 70\r\n\
-         From: <sip:alice@fabrikam.com>;tag={tag}\r\nTo: <sip:helpdesk@contoso.com>\r\nCall-ID: {call_id}\r\nCSeq: 1 SUBSCRIBE\r\n\
+        "SUBSCRIBE sip:{user}@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {watcher};branch=z9hG4bK{tag};rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:alice@fabrikam.com>;tag={tag}\r\nTo: <sip:{user}@contoso.com>\r\nCall-ID: {call_id}\r\nCSeq: 1 SUBSCRIBE\r\n\
          Contact: <sip:alice@{watcher}>\r\nEvent: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
     )
 }
@@ -1157,6 +1162,53 @@ pub async fn partner_request(
             return status;
         }
     }
+}
+
+/// A REGISTER for `user` from `socket`, with `auth` (an Authorization line
+/// or nothing); `n` makes it a new transaction.
+pub fn register(socket: &UdpSocket, server: SocketAddr, user: &str, n: u32, auth: &str) {
+    let a = socket.local_addr().unwrap();
+    let bytes = format!(
+        "REGISTER sip:contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-guess{n};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{user}@contoso.com>;tag=g\r\nTo: <sip:{user}@contoso.com>\r\n\
+         Call-ID: guess-{user}@test.invalid\r\nCSeq: {n} REGISTER\r\nContact: <sip:{user}@{a}>\r\n\
+         Expires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
+    );
+    socket.send_to(bytes.as_bytes(), server).unwrap();
+}
+
+/// The final answer to a REGISTER from `socket` (5 s at most).
+pub fn final_answer(socket: &UdpSocket) -> Message {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let n = socket.recv(&mut buf).expect("an answer in time");
+        let m = parse(&buf[..n]);
+        if m.status().is_some_and(|s| s >= 200) {
+            return m;
+        }
+    }
+}
+
+/// Registers `user` with `password` from `socket`: the status of the
+/// answer to the challenged REGISTER (or of the first, if not challenged).
+pub fn register_with(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    user: &str,
+    password: &str,
+    n: u32,
+) -> u16 {
+    register(socket, server, user, n, "");
+    let challenge = final_answer(socket);
+    if challenge.status() != Some(401) {
+        return challenge.status().unwrap();
+    }
+    let auth = answer_challenge(&challenge, user, password, "REGISTER", "sip:contoso.com");
+    register(socket, server, user, n + 1, &auth);
+    final_answer(socket).status().unwrap()
 }
 
 /// The `Authorization` header line (CRLF included) answering the first,

@@ -7,7 +7,6 @@ use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use porchlight_sip::Message;
 
 /// A TCP connection to `server` from `source`, one of the loopback
 /// addresses (all of 127.0.0.0/8 is local), so a test can be many peers.
@@ -290,34 +289,6 @@ fn udp_on(ip: [u8; 4]) -> UdpSocket {
     socket.into()
 }
 
-/// A REGISTER for `user` from `socket`, with `auth` (an Authorization line
-/// or nothing); `n` makes it a new transaction.
-fn register(socket: &UdpSocket, server: SocketAddr, user: &str, n: u32, auth: &str) {
-    let a = socket.local_addr().unwrap();
-    let bytes = format!(
-        "REGISTER sip:contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-guess{n};rport\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:{user}@contoso.com>;tag=g\r\nTo: <sip:{user}@contoso.com>\r\n\
-         Call-ID: guess-{user}@test.invalid\r\nCSeq: {n} REGISTER\r\nContact: <sip:{user}@{a}>\r\n\
-         Expires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
-    );
-    socket.send_to(bytes.as_bytes(), server).unwrap();
-}
-
-/// The final answer to a REGISTER from `socket` (5 s at most).
-fn final_answer(socket: &UdpSocket) -> Message {
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let n = socket.recv(&mut buf).expect("an answer in time");
-        let m = parse(&buf[..n]);
-        if m.status().is_some_and(|s| s >= 200) {
-            return m;
-        }
-    }
-}
-
 /// Sends `windows` windows of 100 requests from `socket` (`send(i)` sends
 /// the i-th), reading each window's final answers before the next so none
 /// is lost to a full socket buffer on a busy machine: how many of each
@@ -354,25 +325,6 @@ fn in_windows(
         }
     }
     counts
-}
-
-/// Registers `user` with `password` from `socket`: the status of the
-/// answer to the challenged REGISTER (or of the first, if not challenged).
-fn register_with(
-    socket: &UdpSocket,
-    server: SocketAddr,
-    user: &str,
-    password: &str,
-    n: u32,
-) -> u16 {
-    register(socket, server, user, n, "");
-    let challenge = final_answer(socket);
-    if challenge.status() != Some(401) {
-        return challenge.status().unwrap();
-    }
-    let auth = answer_challenge(&challenge, user, password, "REGISTER", "sip:contoso.com");
-    register(socket, server, user, n + 1, &auth);
-    final_answer(socket).status().unwrap()
 }
 
 fn log_lines(server: &Server, needle: &str) -> usize {

@@ -9,6 +9,7 @@ mod common;
 mod admin;
 mod baresip;
 mod calls_and_im;
+mod cluster;
 mod console;
 mod edge_holding;
 mod federation;

@@ -307,9 +307,7 @@ impl PresenceService {
                 max_expires: p.publish_max_expires,
                 default_expires: p.publish_default_expires,
             },
-            // Entity tags stay apart between the nodes of a cluster,
-            // which share one salt.
-            salt ^ config.cluster.as_ref().map_or(0, |c| u64::from(c.node_id)),
+            config.own_seed(salt),
         );
         let mut service = PresenceService {
             health: vec![(None, 0); slots],

@@ -1,0 +1,457 @@
+//! Several nodes on one real Redis Cluster (six `redis-server` processes
+//! on loopback: three masters, three replicas, made by
+//! `redis-cli --cluster create`): presence set on any node reaches every
+//! watcher on every node exactly once, through the node that holds it; a
+//! Redis master lost, planned or killed, loses nothing and the change
+//! after it still reaches everyone; and what a careless admin writes
+//! (two nodes with one number, an unreachable Redis, a seed without its
+//! scheme) stops the node with the fix.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use porchlight_sip::Message;
+
+/// A Redis Cluster of three masters with a replica each, on loopback
+/// ports of its own; every process is killed when it is dropped.
+struct RedisCluster {
+    servers: Vec<(u16, Child)>,
+    dir: PathBuf,
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.servers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl RedisCluster {
+    fn start(name: &str) -> RedisCluster {
+        let dir = temp_dir(&format!("redis-{name}"));
+        let mut servers = Vec::new();
+        for _ in 0..6 {
+            let (port, bus) = (free_port(), free_port());
+            let data = dir.join(port.to_string());
+            std::fs::create_dir_all(&data).unwrap();
+            // The timeouts of upstream's create-cluster script; a 3 s
+            // node timeout keeps a busy machine from failing over by itself.
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--cluster-port", &bus.to_string()])
+                .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "3000", "--appendonly", "yes"])
+                .args(["--save", "", "--logfile", "redis.log"])
+                .arg("--dir")
+                .arg(&data)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server runs (scripts/test.sh installs it)");
+            servers.push((port, child));
+        }
+        let cluster = RedisCluster { servers, dir };
+        for (port, _) in &cluster.servers {
+            cluster.wait_until(*port, "PING", "PONG", Duration::from_secs(10));
+        }
+        let addresses: Vec<String> = cluster
+            .servers
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        for (port, _) in &cluster.servers {
+            cluster.wait_until(
+                *port,
+                "CLUSTER INFO",
+                "cluster_state:ok",
+                Duration::from_secs(20),
+            );
+        }
+        cluster
+    }
+
+    /// `redis-cli -p port ARGS…`'s output.
+    fn cli(&self, port: u16, args: &str) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args.split(' '))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_until(&self, port: u16, args: &str, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.cli(port, args);
+            if out.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis {port} `{args}` never showed {needle:?}: {out}; logs in {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The seed list a node's `[cluster] redis` names: one server is enough.
+    fn seeds(&self) -> String {
+        format!("\"redis://127.0.0.1:{}\"", self.servers[0].0)
+    }
+
+    /// The ports of the master serving `key`'s slot and of its replica.
+    fn master_and_replica_of(&self, key: &str) -> (u16, u16) {
+        let slot: u16 = self
+            .cli(self.servers[0].0, &format!("CLUSTER KEYSLOT {key}"))
+            .trim()
+            .parse()
+            .unwrap();
+        let nodes = self.cli(self.servers[0].0, "CLUSTER NODES");
+        let port_of = |line: &str| -> u16 {
+            let addr = line.split(' ').nth(1).unwrap();
+            addr.split(['@', ':']).nth(1).unwrap().parse().unwrap()
+        };
+        let master = nodes
+            .lines()
+            .find(|l| {
+                l.contains("master")
+                    && !l.contains("fail")
+                    && l.split(' ').skip(8).any(|range| {
+                        let (a, b) = range.split_once('-').unwrap_or((range, range));
+                        matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+                    })
+            })
+            .expect("a master serves the slot");
+        let id = master.split(' ').next().unwrap();
+        let replica = nodes
+            .lines()
+            .find(|l| l.contains("slave") && l.split(' ').nth(3) == Some(id))
+            .expect("the master has a replica");
+        (port_of(master), port_of(replica))
+    }
+
+    fn kill_9(&mut self, port: u16) {
+        let (_, child) = self
+            .servers
+            .iter_mut()
+            .find(|(p, _)| *p == port)
+            .unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+/// The record key of an endpoint's shared presence, as the nodes name it.
+fn sources_key(name: &str, uri: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(uri.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{name}:{{p:{hex}}}:src")
+}
+
+/// A node of cluster `name` numbered `node`: NOTIFYs unpaced, the help
+/// desk and a queue whose app registers.
+fn node_config(redis: &RedisCluster, name: &str, node: u16, lease_ms: u64) -> String {
+    config(
+        &[(
+            "min_notify_interval_ms = 5000",
+            "min_notify_interval_ms = 0",
+        )],
+        &format!(
+            "\n[cluster]\nredis = [{}]\nnode_id = {node}\ninternal = \"127.0.0.1:{}\"\n\
+             name = \"{name}\"\nlease_ms = {lease_ms}\n\
+             \n[[endpoint]]\nuri = \"sip:queue@contoso.com\"\ndisplay_name = \"Support Queue\"\n\
+             [endpoint.registration]\npassword = \"s3cret\"\n",
+            redis.seeds(),
+            free_port(),
+        ),
+    )
+}
+
+/// Watchers of the queue held by one node: one socket, one dialog each.
+struct Crowd {
+    socket: UdpSocket,
+    node: SocketAddr,
+    call_ids: Vec<String>,
+    /// Every NOTIFY body heard, by Call-ID.
+    heard: HashMap<String, Vec<String>>,
+}
+
+impl Crowd {
+    fn subscribe(node: &Server, label: &str, count: usize) -> Crowd {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let at = socket.local_addr().unwrap();
+        let call_ids: Vec<String> = (0..count).map(|i| format!("{label}-{i}")).collect();
+        for (i, call_id) in call_ids.iter().enumerate() {
+            let request = subscribe_to("queue", at, call_id, &format!("{label}t{i}"));
+            socket.send_to(request.as_bytes(), node.udp).unwrap();
+        }
+        Crowd {
+            socket,
+            node: node.udp,
+            call_ids,
+            heard: HashMap::new(),
+        }
+    }
+
+    /// Answers NOTIFYs until every watcher has heard one containing
+    /// `needle` (after what it had heard before), or panics at the deadline.
+    fn expect_all(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let missing = self
+                .call_ids
+                .iter()
+                .filter(|c| !self.heard.get(*c).is_some_and(|h| h.iter().any(|b| b.contains(needle))))
+                .count();
+            if missing == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{missing} of {} watchers on {} never heard {needle:?}",
+                self.call_ids.len(),
+                self.node
+            );
+            if let Some(m) = receive_answering(&self.socket) {
+                self.note(&m);
+            }
+        }
+    }
+
+    fn note(&mut self, m: &Message) {
+        if m.method() == Some("NOTIFY") {
+            let body = String::from_utf8_lossy(m.body()).into_owned();
+            let call_id = m.call_id().unwrap().to_owned();
+            self.heard.entry(call_id).or_default().push(body);
+        }
+    }
+
+    /// How many NOTIFYs each watcher heard containing `needle`.
+    fn counts(&self, needle: &str) -> Vec<usize> {
+        self.call_ids
+            .iter()
+            .map(|c| {
+                self.heard
+                    .get(c)
+                    .map_or(0, |h| h.iter().filter(|b| b.contains(needle)).count())
+            })
+            .collect()
+    }
+}
+
+fn set_presence(node: &Server, args: &[&str]) {
+    let out = porchlight_ok(&node.dir.join("porchlight.toml"), args);
+    assert!(!out.is_empty());
+}
+
+const OPEN: &str = "<basic>open</basic>";
+const CLOSED: &str = "<basic>closed</basic>";
+
+#[test]
+fn presence_set_on_any_node_reaches_every_watcher_on_every_node_once() {
+    let redis = RedisCluster::start("fanout");
+    let nodes: Vec<Server> = (1..=3)
+        .map(|n| start(&format!("cluster-fanout-{n}"), &node_config(&redis, "fanout", n, 8000)))
+        .collect();
+    let mut crowds: Vec<Crowd> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| Crowd::subscribe(node, &format!("n{}", i + 1), 20))
+        .collect();
+    // The queue's app has not registered anywhere: Offline everywhere.
+    for crowd in &mut crowds {
+        crowd.expect_all(CLOSED, Duration::from_secs(10));
+    }
+
+    // The app registers with node 1 only; node 2's and 3's watchers see
+    // it Online, as node 1's do.
+    let app = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(register_with(&app, nodes[0].udp, "queue", "s3cret", 1), 200);
+    for crowd in &mut crowds {
+        crowd.expect_all(OPEN, Duration::from_secs(10));
+    }
+
+    // The admin sets the queue's presence on node 2; everyone hears it,
+    // then node 3 clears it and everyone hears the app's state again.
+    set_presence(
+        &nodes[1],
+        &["endpoint", "presence", "set", "sip:queue@contoso.com", "busy", "--note", "Cluster-wide"],
+    );
+    for crowd in &mut crowds {
+        crowd.expect_all("Cluster-wide", Duration::from_secs(10));
+    }
+    set_presence(&nodes[2], &["endpoint", "presence", "clear", "sip:queue@contoso.com"]);
+    for crowd in &mut crowds {
+        crowd.expect_all("<dm:note>Available</dm:note>", Duration::from_secs(10));
+    }
+    // One change, one NOTIFY per watcher: however many nodes saw the
+    // setting (the one it was set on, and the two it reached), each
+    // watcher heard it from its own node once.
+    for crowd in &crowds {
+        assert!(
+            crowd.counts("Cluster-wide").iter().all(|&n| n == 1),
+            "watchers on {} heard the admin's setting {:?} times",
+            crowd.node,
+            crowd.counts("Cluster-wide")
+        );
+    }
+
+    // Every node shows the members and their leases.
+    let status = nodes[2].api_get("/api/v1/status");
+    let members = status["cluster"]["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3, "{status}");
+    assert!(
+        members.iter().all(|m| m["lease_left_ms"].as_u64().is_some()),
+        "{members:?}"
+    );
+    assert!(status["cluster"]["applied"].as_u64().unwrap() >= 3);
+}
+
+#[test]
+fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
+    let mut redis = RedisCluster::start("failover");
+    let nodes: Vec<Server> = (1..=2)
+        .map(|n| start(&format!("cluster-failover-{n}"), &node_config(&redis, "failover", n, 8000)))
+        .collect();
+    let mut watchers = Crowd::subscribe(&nodes[1], "fo", 10);
+    watchers.expect_all(CLOSED, Duration::from_secs(10));
+    let app = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(register_with(&app, nodes[0].udp, "queue", "s3cret", 1), 200);
+    watchers.expect_all(OPEN, Duration::from_secs(10));
+    let key = sources_key("failover", "sip:queue@contoso.com");
+
+    // A planned failover of the queue's master: its replica takes over.
+    let (master, replica) = redis.master_and_replica_of(&key);
+    assert!(redis.cli(replica, "CLUSTER FAILOVER").contains("OK"));
+    redis.wait_until(replica, "ROLE", "master", Duration::from_secs(20));
+    set_presence(
+        &nodes[0],
+        &["endpoint", "presence", "set", "sip:queue@contoso.com", "away", "--note", "After the planned failover"],
+    );
+    watchers.expect_all("After the planned failover", Duration::from_secs(20));
+
+    // The new master killed: its replica (the old master) takes over
+    // once the cluster sees it fail.
+    let (master_now, replica_now) = redis.master_and_replica_of(&key);
+    assert_eq!((master_now, replica_now), (replica, master));
+    redis.kill_9(master_now);
+    redis.wait_until(replica_now, "ROLE", "master", Duration::from_secs(30));
+    redis.wait_until(replica_now, "CLUSTER INFO", "cluster_state:ok", Duration::from_secs(30));
+    set_presence(
+        &nodes[0],
+        &["endpoint", "presence", "set", "sip:queue@contoso.com", "busy", "--note", "After the master died"],
+    );
+    watchers.expect_all("After the master died", Duration::from_secs(30));
+
+    // Nothing node 1 holds was lost: a node that starts now reads the
+    // registration (and the admin's setting) from what Redis kept.
+    let late = start("cluster-failover-3", &node_config(&redis, "failover", 3, 8000));
+    let mut late_watchers = Crowd::subscribe(&late, "late", 5);
+    late_watchers.expect_all("After the master died", Duration::from_secs(10));
+    set_presence(&nodes[1], &["endpoint", "presence", "clear", "sip:queue@contoso.com"]);
+    // The registration on node 1 shows once the admin's setting is gone.
+    late_watchers.expect_all("<dm:note>Available</dm:note>", Duration::from_secs(10));
+    watchers.expect_all("<dm:note>Available</dm:note>", Duration::from_secs(10));
+}
+
+/// What `porchlight serve` prints and whether it stopped, within `within`.
+fn serve_fails(config_text: &str, name: &str, within: Duration) -> String {
+    let dir = temp_dir(name);
+    let path = dir.join("porchlight.toml");
+    std::fs::write(&path, config_text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("`serve` with {name}'s configuration still runs after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut out = String::new();
+    use std::io::Read;
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn what_a_careless_admin_writes_stops_the_node_with_the_fix() {
+    // A seed without its scheme names the line and the form.
+    let redis = RedisCluster::start("careless");
+    let dir = temp_dir("cluster-careless-seed");
+    let path = dir.join("porchlight.toml");
+    let text = node_config(&redis, "careless", 1, 8000).replace(
+        &format!("redis = [{}]", redis.seeds()),
+        &format!("redis = [\"127.0.0.1:{}\"]", redis.servers[0].0),
+    );
+    std::fs::write(&path, &text).unwrap();
+    let checked = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&checked.stderr).into_owned()
+        + &String::from_utf8_lossy(&checked.stdout);
+    let line = text.lines().position(|l| l.starts_with("redis = ")).unwrap() + 1;
+    assert!(!checked.status.success());
+    assert!(
+        out.contains(&format!("porchlight.toml:{line}:")) && out.contains("redis://HOST:PORT"),
+        "{out}"
+    );
+
+    // Nothing listens at the seed: the node does not start, and says why.
+    let closed = free_port();
+    let unreachable = node_config(&redis, "careless", 1, 8000)
+        .replace(&redis.seeds(), &format!("\"redis://127.0.0.1:{closed}\""));
+    let out = serve_fails(&unreachable, "cluster-careless-unreachable", Duration::from_secs(30));
+    assert!(out.contains("cannot reach the Redis Cluster"), "{out}");
+
+    // Two nodes with one number: the second waits out the lease, finds it
+    // still renewed, and stops naming the key to change.
+    let _first = start("cluster-careless-first", &node_config(&redis, "careless", 7, 3000));
+    let started = Instant::now();
+    let out = serve_fails(
+        &node_config(&redis, "careless", 7, 3000),
+        "cluster-careless-second",
+        Duration::from_secs(30),
+    );
+    assert!(out.contains("node_id = 7 is held by a running node"), "{out}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "it gave up before a restarted node's old lease could have lapsed"
+    );
+}

@@ -1,0 +1,832 @@
+//! The driver's side of a cluster: the Redis Cluster connection, this
+//! node's lease and membership, the secrets every node shares, and the
+//! endpoints' shared sources carried both ways.
+//!
+//! One task owns the connection. The event loop hands it the core's
+//! shares through a bounded queue and never waits for it; what it reads
+//! comes back as inputs. Redis supplies the consensus: each endpoint's
+//! shared record (`{p:H}:src`) and its change channel (`{p:H}:ev`) carry
+//! one hash tag, so one script writes the record and publishes the change
+//! in the same step, on one master. Pub/sub loses what is sent while a
+//! connection is down, so every endpoint is read whole after a
+//! disconnection and compared by revision on a sweep.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use porchlight_node::cluster::{ClusterView, Field, Member, NodeId, Share, Shared, Value};
+use porchlight_node::config::ClusterSection;
+use porchlight_node::Config;
+use porchlight_store::NodeSecrets;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Script};
+use sha2::{Digest, Sha256};
+use futures_util::future::join_all;
+use tokio::sync::{mpsc, watch};
+
+/// The layout of what the nodes keep in Redis; a cluster written with
+/// another refuses nodes of this build rather than be misread.
+const SCHEMA: &str = "1";
+
+/// Longest wait for the Redis Cluster at start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shares written at once, concurrently, before the task looks at
+/// anything else.
+const SHARE_BATCH: usize = 256;
+
+/// Pushes (change events) waiting for the task before the oldest are
+/// dropped and every endpoint is read again.
+const PUSH_QUEUE: usize = 65536;
+
+/// Why a node cannot join its cluster; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Redis could not be reached or refused us.
+    #[error("cannot reach the Redis Cluster at {seeds}: {reason}. Check [cluster] redis, that the servers run with cluster-enabled yes, and the password ([cluster] password_file)")]
+    Unreachable {
+        /// The seeds configured.
+        seeds: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// A file named in `[cluster]` could not be read.
+    #[error("[cluster] {key}: cannot read {path}: {source}")]
+    File {
+        /// Which key.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The cluster was written by a build with another layout.
+    #[error("the Redis Cluster holds Porchlight schema {found} under [cluster] name = {name:?}, and this build writes schema {SCHEMA}. Run the version the other nodes run, or use another [cluster] name")]
+    Schema {
+        /// The key prefix.
+        name: String,
+        /// The schema found.
+        found: String,
+    },
+    /// The store holds dialogs made with other secrets than the cluster's.
+    #[error("this node's store holds subscriptions whose tags are keyed by its own secrets, and the cluster already has others: joining would break them. Let them end (or move the store aside) before joining, or join this node first")]
+    SecretsDiffer,
+    /// Another running node holds this node's number.
+    #[error("[cluster] node_id = {0} is held by a running node: its lease is renewed. Give each node its own node_id")]
+    DuplicateNode(NodeId),
+    /// Redis answered what a Porchlight cluster never writes.
+    #[error("the Redis Cluster's {key} holds {found:?}, which is not what a Porchlight node writes; use another [cluster] name")]
+    Foreign {
+        /// The key.
+        key: String,
+        /// What it holds.
+        found: String,
+    },
+    /// The store could not take the cluster's secrets.
+    #[error(transparent)]
+    Store(#[from] porchlight_store::StoreError),
+}
+
+/// The names of everything a cluster keeps, under its prefix.
+#[derive(Clone)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn cluster(&self, what: &str) -> String {
+        format!("{}:{{c}}:{what}", self.prefix)
+    }
+
+    fn lease(&self, node: NodeId) -> String {
+        format!("{}:{{n:{node}}}:lease", self.prefix)
+    }
+
+    /// The hash tag of an endpoint: short, and free of braces whatever
+    /// its URI holds.
+    fn tag(uri: &str) -> String {
+        let digest = Sha256::digest(uri.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("p:{hex}")
+    }
+
+    fn sources(&self, uri: &str) -> String {
+        format!("{}:{{{}}}:src", self.prefix, Keys::tag(uri))
+    }
+
+    fn events(&self, uri: &str) -> String {
+        format!("{}:{{{}}}:ev", self.prefix, Keys::tag(uri))
+    }
+}
+
+/// Writes one entry of an endpoint's shared record and publishes the
+/// change in the same step. The revision only grows, even across a clock
+/// step back or a failover to a replica that missed the last writes.
+/// Numbers are formatted by hand: Lua would print a microsecond count in
+/// exponent notation.
+const WRITE_ENTRY: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local rev = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
+if now > rev then rev = now else rev = rev + 1 end
+local r = string.format('%.0f', rev)
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'rev', r, 'uri', ARGV[3])
+redis.call('SPUBLISH', KEYS[2], r .. '\n' .. ARGV[1] .. '\n' .. ARGV[2])
+return r
+"#;
+
+/// Renews this node's lease: 1 renewed, 2 taken again after it lapsed, 0
+/// held by another incarnation (another node with our number).
+const RENEW_LEASE: &str = r#"
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not held then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+return 0
+"#;
+
+/// A node that has joined its cluster, before its task runs.
+pub struct Joined {
+    /// The secrets every node of the cluster keys its tags with.
+    pub secrets: NodeSecrets,
+    connection: ClusterConnection,
+    pushes: mpsc::Receiver<PushInfo>,
+    pushes_lost: Arc<AtomicBool>,
+    keys: Keys,
+    node: NodeId,
+    incarnation: String,
+    lease: Duration,
+    sweep: Duration,
+}
+
+/// What the event loop holds of the cluster task.
+pub struct ClusterLink {
+    /// Where the core's shares go; full means Redis is behind.
+    pub shares: mpsc::Sender<Share>,
+    /// The endpoints to follow, latest only.
+    pub follow: watch::Sender<Vec<String>>,
+    /// Shares that did not fit the queue (healed by the next sweep).
+    pub dropped: Arc<AtomicU64>,
+    /// Asks the task to read every endpoint again, after a share was dropped.
+    pub resync: Arc<AtomicBool>,
+}
+
+/// What the cluster task reports to the event loop.
+pub enum Report {
+    /// What other nodes said of an endpoint.
+    Shared(Shared),
+    /// The members, leases and counts.
+    View(ClusterView),
+}
+
+/// Joins the cluster `config` names: connects, checks the layout, agrees
+/// on the secrets (this node's own, when it is the first), and takes this
+/// node's lease, waiting out one left by this node's previous run.
+pub async fn join(
+    config: &Config,
+    cluster: &ClusterSection,
+    own: NodeSecrets,
+    holds_dialogs: bool,
+) -> Result<Joined, ClusterError> {
+    let seeds = cluster
+        .redis
+        .iter()
+        .map(|s| s.0.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let unreachable = |e: redis::RedisError| ClusterError::Unreachable {
+        seeds: seeds.clone(),
+        reason: e.to_string(),
+    };
+    let (push_tx, pushes) = mpsc::channel(PUSH_QUEUE);
+    let pushes_lost = Arc::new(AtomicBool::new(false));
+    let lost = pushes_lost.clone();
+    let mut builder = ClusterClientBuilder::new(cluster.redis.iter().map(|s| s.0.as_str()))
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .connection_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(2))
+        .push_sender(move |push: PushInfo| {
+            // Never block the client: a lost event is healed by a reload.
+            if push_tx.try_send(push).is_err() {
+                lost.store(true, Ordering::Relaxed);
+            }
+            Ok::<(), redis::aio::SendError>(())
+        });
+    if !cluster.username.is_empty() {
+        builder = builder.username(&cluster.username);
+    }
+    if !cluster.password_file.as_os_str().is_empty() {
+        let path = config.resolve(&cluster.password_file);
+        let password = std::fs::read_to_string(&path).map_err(|source| ClusterError::File {
+            key: "password_file",
+            path: path.display().to_string(),
+            source,
+        })?;
+        builder = builder.password(password.trim_end_matches(['\r', '\n']));
+    }
+    if !cluster.ca_file.as_os_str().is_empty() {
+        let path = config.resolve(&cluster.ca_file);
+        let root = std::fs::read(&path).map_err(|source| ClusterError::File {
+            key: "ca_file",
+            path: path.display().to_string(),
+            source,
+        })?;
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root),
+        });
+    }
+    let client = builder.build().map_err(unreachable)?;
+    let mut connection = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection())
+        .await
+        .map_err(|_| ClusterError::Unreachable {
+            seeds: seeds.clone(),
+            reason: format!("no answer in {}s", CONNECT_TIMEOUT.as_secs()),
+        })?
+        .map_err(unreachable)?;
+    let keys = Keys {
+        prefix: cluster.name.clone(),
+    };
+    let c = &mut connection;
+    let schema = set_once(c, &keys.cluster("schema"), SCHEMA)
+        .await
+        .map_err(unreachable)?;
+    if schema != SCHEMA {
+        return Err(ClusterError::Schema {
+            name: cluster.name.clone(),
+            found: schema,
+        });
+    }
+    let secrets_key = keys.cluster("secrets");
+    let agreed = set_once(c, &secrets_key, &hex(&own.to_bytes()))
+        .await
+        .map_err(unreachable)?;
+    let secrets = unhex(&agreed)
+        .and_then(|b| <[u8; 40]>::try_from(b).ok())
+        .map(|b| NodeSecrets::from_bytes(&b))
+        .ok_or(ClusterError::Foreign {
+            key: secrets_key,
+            found: agreed,
+        })?;
+    if secrets != own && holds_dialogs {
+        return Err(ClusterError::SecretsDiffer);
+    }
+    let incarnation = format!("{:016x}", NodeSecrets::generate()?.salt);
+    take_lease(c, &keys, cluster, &incarnation)
+        .await
+        .map_err(|e| match e {
+            LeaseError::Redis(e) => unreachable(e),
+            LeaseError::Held => ClusterError::DuplicateNode(cluster.node_id),
+        })?;
+    let member = serde_json::json!({
+        "internal": cluster.internal.to_string(),
+        "incarnation": incarnation,
+        "since": unix_secs(),
+    });
+    redis::cmd("HSET")
+        .arg(keys.cluster("members"))
+        .arg(cluster.node_id)
+        .arg(member.to_string())
+        .exec_async(c)
+        .await
+        .map_err(unreachable)?;
+    tracing::info!(
+        node = cluster.node_id,
+        "joined the cluster {:?} on Redis at {seeds}",
+        cluster.name
+    );
+    Ok(Joined {
+        secrets,
+        connection,
+        pushes,
+        pushes_lost,
+        keys,
+        node: cluster.node_id,
+        incarnation,
+        lease: cluster.lease(),
+        sweep: Duration::from_secs(cluster.sweep_secs),
+    })
+}
+
+/// Sets a key unless it is set, then waits for a replica to have it (a
+/// failover right after must not lose what every node agreed on), and
+/// returns what it holds.
+async fn set_once(c: &mut ClusterConnection, key: &str, value: &str) -> redis::RedisResult<String> {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("NX")
+        .exec_async(c)
+        .await?;
+    let held: String = redis::cmd("GET").arg(key).query_async(c).await?;
+    wait_for_replica(c, key).await;
+    Ok(held)
+}
+
+/// `WAIT 1 100` on the master of `key`'s slot. It is not consistency,
+/// only a narrower window; a cluster without replicas answers 0 at once.
+async fn wait_for_replica(c: &mut ClusterConnection, key: &str) {
+    let route = redis::cluster_routing::RoutingInfo::SingleNode(
+        redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(
+            redis::cluster_routing::Route::with_key(key, redis::cluster_routing::SlotAddr::Master),
+        ),
+    );
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(1).arg(100);
+    if let Err(e) = c.route_command(wait, route).await {
+        tracing::debug!("WAIT for a replica of {key}: {e}");
+    }
+}
+
+enum LeaseError {
+    Redis(redis::RedisError),
+    Held,
+}
+
+/// Takes this node's lease. One left by a previous run of this node
+/// (killed, restarted quickly) lapses within the lease; one that is
+/// still renewed after that belongs to another running node.
+async fn take_lease(
+    c: &mut ClusterConnection,
+    keys: &Keys,
+    cluster: &ClusterSection,
+    incarnation: &str,
+) -> Result<(), LeaseError> {
+    let key = keys.lease(cluster.node_id);
+    let deadline = tokio::time::Instant::now() + cluster.lease() + Duration::from_secs(2);
+    let mut warned = false;
+    loop {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(incarnation)
+            .arg("NX")
+            .arg("PX")
+            .arg(cluster.lease_ms)
+            .query_async(c)
+            .await
+            .map_err(LeaseError::Redis)?;
+        if taken.is_some() {
+            wait_for_replica(c, &key).await;
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(LeaseError::Held);
+        }
+        if !warned {
+            warned = true;
+            tracing::warn!(
+                node = cluster.node_id,
+                "this node's lease is still held (by its previous run, or by another node \
+                 with the same node_id); waiting up to {} ms for it to lapse",
+                cluster.lease_ms
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What the task knows of one endpoint it follows.
+struct Followed {
+    uri: String,
+    /// The newest revision applied.
+    rev: i64,
+}
+
+impl Joined {
+    /// Starts the cluster task: it renews the lease, writes shares,
+    /// follows the endpoints and reports to `reports`.
+    pub fn spawn(self, queue: usize, reports: mpsc::Sender<Report>) -> ClusterLink {
+        let (shares, shares_rx) = mpsc::channel(queue);
+        let (follow, follow_rx) = watch::channel(Vec::new());
+        let dropped = Arc::new(AtomicU64::new(0));
+        let resync = Arc::new(AtomicBool::new(false));
+        let task = Task {
+            joined: self,
+            reports,
+            followed: HashMap::new(),
+            view: ClusterView::default(),
+            dropped: dropped.clone(),
+            resync: resync.clone(),
+            write: Script::new(WRITE_ENTRY),
+            renew: Script::new(RENEW_LEASE),
+        };
+        tokio::spawn(task.run(shares_rx, follow_rx));
+        ClusterLink {
+            shares,
+            follow,
+            dropped,
+            resync,
+        }
+    }
+}
+
+struct Task {
+    joined: Joined,
+    reports: mpsc::Sender<Report>,
+    /// By channel name.
+    followed: HashMap<String, Followed>,
+    view: ClusterView,
+    dropped: Arc<AtomicU64>,
+    resync: Arc<AtomicBool>,
+    write: Script,
+    renew: Script,
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut shares: mpsc::Receiver<Share>,
+        mut follow: watch::Receiver<Vec<String>>,
+    ) {
+        self.view.node = self.joined.node;
+        let mut lease_tick = tokio::time::interval(renewal_interval(self.joined.lease));
+        lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep_tick = tokio::time::interval(self.joined.sweep);
+        sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep_tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = lease_tick.tick() => {
+                    self.renew_lease().await;
+                    self.report_members().await;
+                }
+                share = shares.recv() => {
+                    let Some(share) = share else { return };
+                    let mut batch = vec![share];
+                    while batch.len() < SHARE_BATCH {
+                        match shares.try_recv() {
+                            Ok(share) => batch.push(share),
+                            Err(_) => break,
+                        }
+                    }
+                    self.write(batch).await;
+                }
+                changed = follow.changed() => {
+                    if changed.is_err() { return }
+                    let uris = follow.borrow_and_update().clone();
+                    self.follow(uris).await;
+                }
+                push = self.joined.pushes.recv() => {
+                    let Some(push) = push else { return };
+                    self.on_push(push).await;
+                }
+                _ = sweep_tick.tick() => self.sweep().await,
+            }
+            if self.joined.pushes_lost.swap(false, Ordering::Relaxed)
+                || self.resync.swap(false, Ordering::Relaxed)
+            {
+                self.reload_all().await;
+            }
+        }
+    }
+
+    async fn renew_lease(&mut self) {
+        let j = &mut self.joined;
+        let renewed: redis::RedisResult<i64> = self
+            .renew
+            .key(j.keys.lease(j.node))
+            .arg(&j.incarnation)
+            .arg(j.lease.as_millis() as u64)
+            .invoke_async(&mut j.connection)
+            .await;
+        match renewed {
+            Ok(1) => {}
+            Ok(2) => tracing::warn!(
+                node = j.node,
+                "this node's lease had lapsed (Redis failed over, or the node was paused); taken again"
+            ),
+            Ok(_) => tracing::error!(
+                node = j.node,
+                "another node holds this node's lease: two nodes run with the same [cluster] node_id"
+            ),
+            Err(e) => tracing::warn!(node = j.node, "renewing the lease: {e}"),
+        }
+    }
+
+    /// Reads the members and their leases, for status.
+    async fn report_members(&mut self) {
+        let j = &mut self.joined;
+        let members: redis::RedisResult<HashMap<NodeId, String>> = redis::cmd("HGETALL")
+            .arg(j.keys.cluster("members"))
+            .query_async(&mut j.connection)
+            .await;
+        let Ok(members) = members else {
+            return;
+        };
+        let mut listed = Vec::with_capacity(members.len());
+        for (node, record) in members {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(j.keys.lease(node))
+                .query_async(&mut j.connection)
+                .await
+                .unwrap_or(-2);
+            let internal = serde_json::from_str::<serde_json::Value>(&record)
+                .ok()
+                .and_then(|v| v.get("internal")?.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            listed.push(Member {
+                node,
+                internal,
+                lease_left_ms: u64::try_from(ttl).ok(),
+                this_node: node == j.node,
+            });
+        }
+        listed.sort_by_key(|m| m.node);
+        self.view.members = listed;
+        self.view.share_failures = self.dropped.load(Ordering::Relaxed);
+        let _ = self.reports.try_send(Report::View(self.view.clone()));
+    }
+
+    /// Writes a batch of shares concurrently; one that fails is written
+    /// again by the next full reload, which this asks for.
+    async fn write(&mut self, batch: Vec<Share>) {
+        let j = &self.joined;
+        let writes = batch.iter().map(|share| {
+            let mut connection = j.connection.clone();
+            let mut invocation = self.write.prepare_invoke();
+            invocation
+                .key(j.keys.sources(&share.endpoint))
+                .key(j.keys.events(&share.endpoint))
+                .arg(share.field.key())
+                .arg(share.value.as_ref().map(Value::encode).unwrap_or_default())
+                .arg(&share.endpoint);
+            async move {
+                let written: redis::RedisResult<String> =
+                    invocation.invoke_async(&mut connection).await;
+                written
+            }
+        });
+        let results = join_all(writes).await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        self.view.shared += (results.len() - failed) as u64;
+        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+            tracing::warn!("{failed} shared changes not written ({e}); all are written again");
+            self.dropped.fetch_add(failed as u64, Ordering::Relaxed);
+            self.resync.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Follows exactly `uris`: new ones are subscribed to and read whole.
+    async fn follow(&mut self, uris: Vec<String>) {
+        let keys = self.joined.keys.clone();
+        let wanted: HashMap<String, String> =
+            uris.into_iter().map(|u| (keys.events(&u), u)).collect();
+        let gone: Vec<String> = self
+            .followed
+            .keys()
+            .filter(|channel| !wanted.contains_key(*channel))
+            .cloned()
+            .collect();
+        for channel in gone {
+            self.followed.remove(&channel);
+            if let Err(e) = self.joined.connection.sunsubscribe(&channel).await {
+                tracing::debug!("SUNSUBSCRIBE {channel}: {e}");
+            }
+        }
+        let mut new = Vec::new();
+        for (channel, uri) in wanted {
+            if self.followed.contains_key(&channel) {
+                continue;
+            }
+            // Subscribed before the read: a change between the two is
+            // then seen twice, never missed.
+            if let Err(e) = self.joined.connection.ssubscribe(&channel).await {
+                tracing::warn!("SSUBSCRIBE {channel}: {e}; read again on the next sweep");
+            }
+            self.followed.insert(channel.clone(), Followed { uri, rev: -1 });
+            new.push(channel);
+        }
+        self.reload(new).await;
+    }
+
+    async fn on_push(&mut self, push: PushInfo) {
+        match push.kind {
+            PushKind::SMessage => {
+                let (Some(channel), Some(payload)) = (push.data.first(), push.data.get(1)) else {
+                    return;
+                };
+                let (Some(channel), Some(payload)) = (text(channel), text(payload)) else {
+                    return;
+                };
+                self.on_event(&channel, &payload);
+            }
+            PushKind::SUnsubscribe => {
+                // Redis ends shard subscriptions when their slot moves to
+                // another master (a failover, a resharding): follow the
+                // channel on its new master and read what was missed.
+                let Some(channel) = push.data.first().and_then(text) else {
+                    return;
+                };
+                if !self.followed.contains_key(&channel) {
+                    return; // our own SUNSUBSCRIBE
+                }
+                tracing::info!(channel, "a shard subscription moved with its slot; followed again");
+                if let Err(e) = self.joined.connection.ssubscribe(&channel).await {
+                    tracing::warn!("SSUBSCRIBE {channel}: {e}; every endpoint is read again");
+                    self.resync.store(true, Ordering::Relaxed);
+                }
+                self.reload(vec![channel]).await;
+            }
+            PushKind::Disconnection => {
+                tracing::warn!("a Redis connection closed; every endpoint is read again");
+                self.resync.store(true, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// One change event: `rev`, the entry's name and its value, on lines.
+    fn on_event(&mut self, channel: &str, payload: &str) {
+        let Some(followed) = self.followed.get_mut(channel) else {
+            return;
+        };
+        let mut lines = payload.splitn(3, '\n');
+        let (Some(rev), Some(key), Some(value)) = (lines.next(), lines.next(), lines.next()) else {
+            return;
+        };
+        let (Ok(rev), Some(field)) = (rev.parse::<i64>(), Field::parse(key)) else {
+            return;
+        };
+        if rev <= followed.rev {
+            return; // already in what a reload read
+        }
+        followed.rev = rev;
+        let value = decode(field, value);
+        let shared = Shared {
+            endpoint: followed.uri.clone(),
+            entries: vec![(field, value)],
+            complete: false,
+        };
+        let _ = self.reports.try_send(Report::Shared(shared));
+    }
+
+    /// Compares every followed endpoint's revision with Redis, and reads
+    /// again those that moved without an event.
+    async fn sweep(&mut self) {
+        let j = &self.joined;
+        let reads = self.followed.iter().map(|(channel, f)| {
+            let mut connection = j.connection.clone();
+            let key = j.keys.sources(&f.uri);
+            let (channel, seen) = (channel.clone(), f.rev);
+            async move {
+                let rev: redis::RedisResult<Option<i64>> = redis::cmd("HGET")
+                    .arg(key)
+                    .arg("rev")
+                    .query_async(&mut connection)
+                    .await;
+                (channel, seen, rev)
+            }
+        });
+        let stale: Vec<String> = join_all(reads)
+            .await
+            .into_iter()
+            .filter(|(_, seen, rev)| match rev {
+                Ok(rev) => rev.unwrap_or(0) != (*seen).max(0),
+                Err(_) => true,
+            })
+            .map(|(channel, _, _)| channel)
+            .collect();
+        if !stale.is_empty() {
+            tracing::info!(
+                endpoints = stale.len(),
+                "shared presence moved without an event; read again"
+            );
+            self.reload(stale).await;
+        }
+    }
+
+    async fn reload_all(&mut self) {
+        let all = self.followed.keys().cloned().collect();
+        self.reload(all).await;
+    }
+
+    /// Reads endpoints' shared records whole and reports them complete.
+    async fn reload(&mut self, channels: Vec<String>) {
+        let j = &self.joined;
+        let reads = channels.into_iter().filter_map(|channel| {
+            let uri = self.followed.get(&channel)?.uri.clone();
+            let mut connection = j.connection.clone();
+            let key = j.keys.sources(&uri);
+            Some(async move {
+                let record: redis::RedisResult<HashMap<String, String>> = redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async(&mut connection)
+                    .await;
+                (channel, uri, record)
+            })
+        });
+        for (channel, uri, record) in join_all(reads).await {
+            let record = match record {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::warn!(endpoint = uri, "reading shared presence: {e}");
+                    self.resync.store(true, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            self.view.reloads += 1;
+            let rev = record
+                .get("rev")
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            if let Some(f) = self.followed.get_mut(&channel) {
+                f.rev = rev;
+            }
+            let entries = record
+                .iter()
+                .filter_map(|(key, value)| {
+                    let field = Field::parse(key)?;
+                    Some((field, decode(field, value)))
+                })
+                .collect();
+            let shared = Shared {
+                endpoint: uri,
+                entries,
+                complete: true,
+            };
+            if self.reports.send(Report::Shared(shared)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A shared value, or None (withdrawn) for an empty or unreadable one.
+fn decode(field: Field, value: &str) -> Option<Value> {
+    if value.is_empty() {
+        return None;
+    }
+    Value::decode(field, value)
+        .map_err(|e| tracing::warn!("{e}; ignored until rewritten"))
+        .ok()
+}
+
+fn text(value: &redis::Value) -> Option<String> {
+    match value {
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A lease is renewed four times in its life, and at least every second.
+fn renewal_interval(lease: Duration) -> Duration {
+    (lease / 4).min(Duration::from_secs(1))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoints_record_and_channel_share_one_slot_apart_from_others() {
+        let keys = Keys {
+            prefix: "pl".into(),
+        };
+        let uri = "sip:help{desk}@contoso.com";
+        let (record, channel) = (keys.sources(uri), keys.events(uri));
+        let slot = |k: &str| redis::cluster_routing::Slot::for_key(k);
+        assert_eq!(slot(&record), slot(&channel));
+        assert!(record.starts_with("pl:{p:") && record.ends_with("}:src"), "{record}");
+        assert_ne!(keys.sources("sip:sales@contoso.com"), record);
+    }
+
+    #[test]
+    fn secrets_read_back_from_hex() {
+        let secrets = NodeSecrets::generate().unwrap();
+        let text = hex(&secrets.to_bytes());
+        let back = <[u8; 40]>::try_from(unhex(&text).unwrap()).unwrap();
+        assert_eq!(NodeSecrets::from_bytes(&back), secrets);
+        assert_eq!(unhex("zz"), None);
+    }
+}
