@@ -23,6 +23,7 @@ use porchlight_server::status::{
     DecisionRecord, EndpointDetail, EndpointView, ImportError, Imported, OutgoingMessage,
     SentMessage, Status,
 };
+use porchlight_server::cluster::PublishError;
 use porchlight_server::{ImportOptions, ImportRefusal, NodeHandle};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
@@ -190,6 +191,12 @@ fn import_answer(result: Result<Imported, ImportError>) -> Response {
         }
         Err(e @ (ImportError::NoStore | ImportError::Federation(_))) => {
             (StatusCode::CONFLICT, format!("{e}\n")).into_response()
+        }
+        Err(ImportError::Cluster(e @ PublishError::Conflict { .. })) => {
+            (StatusCode::CONFLICT, format!("{e}\n")).into_response()
+        }
+        Err(ImportError::Cluster(e @ PublishError::Redis(_))) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
         }
         Err(ImportError::Stopped(_)) => stopped(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),

@@ -158,10 +158,110 @@ end
 return 0
 "#;
 
+/// Replaces the cluster's provisioned configuration if it is still at the
+/// revision the importing node read (compare-and-swap), and tells every
+/// node. A conflict returns minus the revision found (0 or less).
+const PUBLISH_DOCUMENT: &str = r#"
+local rev = tonumber(redis.call('GET', KEYS[2]) or '0')
+if rev ~= tonumber(ARGV[1]) then return -rev end
+redis.call('SET', KEYS[1], ARGV[2])
+rev = redis.call('INCR', KEYS[2])
+redis.call('SPUBLISH', KEYS[3], 'provisioned\n' .. rev)
+return rev
+"#;
+
+/// Gives a new cluster its first provisioned configuration, the joining
+/// node's; returns the revision and document in force.
+const SEED_DOCUMENT: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], '1')
+end
+return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
+"#;
+
+/// The cluster's provisioned configuration (policy and endpoints), which
+/// every node runs: one document under one revision, replaced only by a
+/// compare-and-swap, so two imports at once cannot lose one.
+#[derive(Clone)]
+pub struct Provisioning {
+    connection: ClusterConnection,
+    keys: Keys,
+    /// The revision this node runs.
+    applied: Arc<AtomicU64>,
+}
+
+/// Why an import could not be made the cluster's.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Another node imported first.
+    #[error("the cluster's configuration changed meanwhile (now revision {found}, this node ran {read}): read it again (`porchlight config export`) and import again")]
+    Conflict {
+        /// The revision this node read.
+        read: u64,
+        /// The revision found.
+        found: u64,
+    },
+    /// Redis did not take it.
+    #[error("the Redis Cluster did not take the configuration: {0}; nothing was changed")]
+    Redis(String),
+}
+
+impl Provisioning {
+    /// The revision this node runs.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+
+    /// Notes that this node runs `rev`.
+    pub fn set_applied(&self, rev: u64) {
+        self.applied.fetch_max(rev, Ordering::SeqCst);
+    }
+
+    /// Makes `document` the cluster's configuration if it still is at
+    /// the revision this node runs; the new revision.
+    pub async fn publish(&self, document: &str) -> Result<u64, PublishError> {
+        let read = self.applied();
+        let mut connection = self.connection.clone();
+        let rev: i64 = Script::new(PUBLISH_DOCUMENT)
+            .key(self.keys.cluster("provisioned"))
+            .key(self.keys.cluster("rev"))
+            .key(self.keys.cluster("ev"))
+            .arg(read)
+            .arg(document)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| PublishError::Redis(e.to_string()))?;
+        if rev <= 0 {
+            return Err(PublishError::Conflict {
+                read,
+                found: rev.unsigned_abs(),
+            });
+        }
+        wait_for_replica(&mut connection, &self.keys.cluster("rev")).await;
+        Ok(rev as u64)
+    }
+
+    /// The cluster's configuration now: its revision and document.
+    pub async fn fetch(&self) -> redis::RedisResult<(u64, String)> {
+        let mut connection = self.connection.clone();
+        let (rev, document): (Option<u64>, Option<String>) = redis::pipe()
+            .get(self.keys.cluster("rev"))
+            .get(self.keys.cluster("provisioned"))
+            .query_async(&mut connection)
+            .await?;
+        Ok((rev.unwrap_or(0), document.unwrap_or_default()))
+    }
+}
+
 /// A node that has joined its cluster, before its task runs.
 pub struct Joined {
     /// The secrets every node of the cluster keys its tags with.
     pub secrets: NodeSecrets,
+    /// The cluster's configuration, which this node runs.
+    pub provisioning: Provisioning,
+    /// Its document as this node joined (the node's own, if it is the first).
+    pub provisioned: String,
     connection: ClusterConnection,
     pushes: mpsc::Receiver<PushInfo>,
     pushes_lost: Arc<AtomicBool>,
@@ -193,8 +293,9 @@ pub enum Report {
 }
 
 /// Joins the cluster `config` names: connects, checks the layout, agrees
-/// on the secrets (this node's own, when it is the first), and takes this
-/// node's lease, waiting out one left by this node's previous run.
+/// on the secrets and the provisioned configuration (this node's own,
+/// when it is the first), and takes this node's lease, waiting out one
+/// left by this node's previous run.
 pub async fn join(
     config: &Config,
     cluster: &ClusterSection,
@@ -284,6 +385,14 @@ pub async fn join(
     if secrets != own && holds_dialogs {
         return Err(ClusterError::SecretsDiffer);
     }
+    let (rev, provisioned): (u64, String) = Script::new(SEED_DOCUMENT)
+        .key(keys.cluster("provisioned"))
+        .key(keys.cluster("rev"))
+        .arg(config.provisioned().to_toml())
+        .invoke_async(c)
+        .await
+        .map_err(unreachable)?;
+    wait_for_replica(c, &keys.cluster("rev")).await;
     let incarnation = format!("{:016x}", NodeSecrets::generate()?.salt);
     take_lease(c, &keys, cluster, &incarnation)
         .await
@@ -308,8 +417,15 @@ pub async fn join(
         "joined the cluster {:?} on Redis at {seeds}",
         cluster.name
     );
+    let provisioning = Provisioning {
+        connection: connection.clone(),
+        keys: keys.clone(),
+        applied: Arc::new(AtomicU64::new(rev)),
+    };
     Ok(Joined {
         secrets,
+        provisioning,
+        provisioned,
         connection,
         pushes,
         pushes_lost,
@@ -407,8 +523,14 @@ struct Followed {
 
 impl Joined {
     /// Starts the cluster task: it renews the lease, writes shares,
-    /// follows the endpoints and reports to `reports`.
-    pub fn spawn(self, queue: usize, reports: mpsc::Sender<Report>) -> ClusterLink {
+    /// follows the endpoints and reports to `reports`, and tells
+    /// `provisioned` of each configuration revision newer than this node's.
+    pub fn spawn(
+        self,
+        queue: usize,
+        reports: mpsc::Sender<Report>,
+        provisioned: mpsc::Sender<u64>,
+    ) -> ClusterLink {
         let (shares, shares_rx) = mpsc::channel(queue);
         let (follow, follow_rx) = watch::channel(Vec::new());
         let dropped = Arc::new(AtomicU64::new(0));
@@ -416,6 +538,7 @@ impl Joined {
         let task = Task {
             joined: self,
             reports,
+            provisioned,
             followed: HashMap::new(),
             view: ClusterView::default(),
             dropped: dropped.clone(),
@@ -436,6 +559,7 @@ impl Joined {
 struct Task {
     joined: Joined,
     reports: mpsc::Sender<Report>,
+    provisioned: mpsc::Sender<u64>,
     /// By channel name.
     followed: HashMap<String, Followed>,
     view: ClusterView,
@@ -452,6 +576,10 @@ impl Task {
         mut follow: watch::Receiver<Vec<String>>,
     ) {
         self.view.node = self.joined.node;
+        let channel = self.joined.keys.cluster("ev");
+        if let Err(e) = self.joined.connection.ssubscribe(&channel).await {
+            tracing::warn!("SSUBSCRIBE {channel}: {e}; configuration changes are found by the sweep");
+        }
         let mut lease_tick = tokio::time::interval(renewal_interval(self.joined.lease));
         lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep_tick = tokio::time::interval(self.joined.sweep);
@@ -630,7 +758,7 @@ impl Task {
                 let Some(channel) = push.data.first().and_then(text) else {
                     return;
                 };
-                if !self.followed.contains_key(&channel) {
+                if !self.followed.contains_key(&channel) && channel != self.joined.keys.cluster("ev") {
                     return; // our own SUNSUBSCRIBE
                 }
                 tracing::info!(channel, "a shard subscription moved with its slot; followed again");
@@ -638,7 +766,13 @@ impl Task {
                     tracing::warn!("SSUBSCRIBE {channel}: {e}; every endpoint is read again");
                     self.resync.store(true, Ordering::Relaxed);
                 }
-                self.reload(vec![channel]).await;
+                if channel == self.joined.keys.cluster("ev") {
+                    if let Ok((rev, _)) = self.joined.provisioning.fetch().await {
+                        self.on_provisioned(rev);
+                    }
+                } else {
+                    self.reload(vec![channel]).await;
+                }
             }
             PushKind::Disconnection => {
                 tracing::warn!("a Redis connection closed; every endpoint is read again");
@@ -648,8 +782,15 @@ impl Task {
         }
     }
 
-    /// One change event: `rev`, the entry's name and its value, on lines.
+    /// One change event: `rev`, the entry's name and its value, on lines;
+    /// on the cluster's channel, a configuration's new revision.
     fn on_event(&mut self, channel: &str, payload: &str) {
+        if let Some(rev) = payload.strip_prefix("provisioned\n") {
+            if let Ok(rev) = rev.parse::<u64>() {
+                self.on_provisioned(rev);
+            }
+            return;
+        }
         let Some(followed) = self.followed.get_mut(channel) else {
             return;
         };
@@ -673,9 +814,19 @@ impl Task {
         let _ = self.reports.try_send(Report::Shared(shared));
     }
 
-    /// Compares every followed endpoint's revision with Redis, and reads
-    /// again those that moved without an event.
+    fn on_provisioned(&mut self, rev: u64) {
+        if rev > self.joined.provisioning.applied() {
+            // Full means one is pending already, and it reads the newest.
+            let _ = self.provisioned.try_send(rev);
+        }
+    }
+
+    /// Compares the configuration's and every followed endpoint's
+    /// revision with Redis, and reads again what moved without an event.
     async fn sweep(&mut self) {
+        if let Ok((rev, _)) = self.joined.provisioning.fetch().await {
+            self.on_provisioned(rev);
+        }
         let j = &self.joined;
         let reads = self.followed.iter().map(|(channel, f)| {
             let mut connection = j.connection.clone();

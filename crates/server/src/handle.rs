@@ -21,6 +21,9 @@ pub struct NodeHandle {
     /// Held through each import, so two at once cannot leave the store
     /// holding one document and the node running the other.
     pub(crate) imports: Arc<tokio::sync::Mutex<()>>,
+    /// The cluster's configuration, which an import replaces; None when
+    /// the node is alone.
+    pub(crate) cluster: Option<crate::cluster::Provisioning>,
 }
 
 /// Why an import was refused.
@@ -33,6 +36,9 @@ pub enum ImportError {
     /// The node keeps nothing: an import would not survive a restart.
     #[error("this node has no store ([store] path = \"\"): change the configuration file instead")]
     NoStore,
+    /// Another node of the cluster imported first, or Redis refused.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::PublishError),
     /// Saving failed; nothing was applied.
     #[error(transparent)]
     Store(#[from] porchlight_store::StoreError),
@@ -171,19 +177,11 @@ impl NodeHandle {
         options: crate::ImportOptions,
         _held: tokio::sync::MutexGuard<'_, ()>,
     ) -> Result<Imported, ImportError> {
-        let store = self.store.clone().ok_or(ImportError::NoStore)?;
-        // Checking thousands of endpoints takes milliseconds: not on the
-        // event loop, which only compares the checked set with its own.
-        let current = self.config();
-        let document = document.to_owned();
-        let (next, endpoints, changes) = tokio::task::spawn_blocking(move || {
-            let (next, changes) =
-                crate::check_import(&current, &document, "the imported document", options)?;
-            let endpoints = porchlight_endpoints::EndpointSet::new(next.endpoints.clone())?;
-            Ok::<_, ImportError>((next, endpoints, changes))
-        })
-        .await
-        .map_err(|_| Stopped)??;
+        if self.store.is_none() && self.cluster.is_none() {
+            return Err(ImportError::NoStore);
+        }
+        let (next, endpoints, changes) =
+            self.check(document, "the imported document", options).await?;
         if options.dry_run {
             return Ok(Imported {
                 changes,
@@ -192,26 +190,97 @@ impl NodeHandle {
             });
         }
         let text = next.provisioned().to_toml();
-        let saving = store.clone();
-        tokio::task::spawn_blocking(move || saving.save_provisioned(&text))
+        let rev = match &self.cluster {
+            Some(cluster) => Some(cluster.publish(&text).await?),
+            None => None,
+        };
+        let imported = self.put_in_force(next, endpoints, text).await?;
+        if let (Some(cluster), Some(rev)) = (&self.cluster, rev) {
+            cluster.set_applied(rev);
+        }
+        Ok(Imported { changes, ..imported })
+    }
+
+    /// Puts in force the configuration another node made the cluster's
+    /// (revision `rev`), unless this node runs it or a newer one already.
+    pub async fn adopt_cluster_configuration(&self) -> Result<(), ImportError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let _held = self.imports.lock().await;
+        let (rev, document) = cluster
+            .fetch()
             .await
-            .map_err(|_| Stopped)??;
+            .map_err(|e| crate::cluster::PublishError::Redis(e.to_string()))?;
+        if rev <= cluster.applied() {
+            return Ok(());
+        }
+        let origin = format!("the cluster's configuration (revision {rev})");
+        // Another node checked it already; removing everything was meant there.
+        let options = crate::ImportOptions {
+            remove_all: true,
+            ..crate::ImportOptions::default()
+        };
+        let (next, endpoints, _) = self.check(&document, &origin, options).await?;
+        let text = next.provisioned().to_toml();
+        self.put_in_force(next, endpoints, text).await?;
+        cluster.set_applied(rev);
+        tracing::info!("{origin} is in force");
+        Ok(())
+    }
+
+    /// Checks a document against the configuration in force, off the
+    /// event loop: checking thousands of endpoints takes milliseconds,
+    /// and the loop only compares the checked set with its own.
+    async fn check(
+        &self,
+        document: &str,
+        origin: &str,
+        options: crate::ImportOptions,
+    ) -> Result<(crate::Config, porchlight_endpoints::EndpointSet, crate::ImportPlan), ImportError>
+    {
+        let current = self.config();
+        let (document, origin) = (document.to_owned(), origin.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let (next, changes) = crate::check_import(&current, &document, &origin, options)?;
+            let endpoints = porchlight_endpoints::EndpointSet::new(next.endpoints.clone())?;
+            Ok::<_, ImportError>((next, endpoints, changes))
+        })
+        .await
+        .map_err(|_| Stopped)?
+    }
+
+    /// Saves a checked configuration in the store (when there is one) and
+    /// puts it in force, endpoints included; removed endpoints' saved
+    /// admin presence goes with them.
+    async fn put_in_force(
+        &self,
+        next: crate::Config,
+        endpoints: porchlight_endpoints::EndpointSet,
+        text: String,
+    ) -> Result<Imported, ImportError> {
+        if let Some(store) = self.store.clone() {
+            tokio::task::spawn_blocking(move || store.save_provisioned(&text))
+                .await
+                .map_err(|_| Stopped)??;
+        }
         let policy = Box::new(next.policy.clone());
-        let (mut imported, unchanged) = self.ask(|tx| Query::Apply(policy, endpoints, tx)).await?;
-        imported.changes = changes;
+        let (imported, unchanged) = self.ask(|tx| Query::Apply(policy, endpoints, tx)).await?;
         tokio::task::spawn_blocking(move || drop(unchanged));
         *self
             .config
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(next);
-        let removed = imported.endpoints_removed.clone();
-        tokio::task::spawn_blocking(move || {
-            removed
-                .iter()
-                .try_for_each(|uri| store.save_admin_presence(uri, None))
-        })
-        .await
-        .map_err(|_| Stopped)??;
+        if let Some(store) = self.store.clone() {
+            let removed = imported.endpoints_removed.clone();
+            tokio::task::spawn_blocking(move || {
+                removed
+                    .iter()
+                    .try_for_each(|uri| store.save_admin_presence(uri, None))
+            })
+            .await
+            .map_err(|_| Stopped)??;
+        }
         tracing::info!(
             added = imported.endpoints_added.len(),
             changed = imported.endpoints_changed.len(),

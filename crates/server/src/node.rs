@@ -168,6 +168,16 @@ impl Node {
                     None => false,
                 };
                 let joined = cluster::join(&config, cluster, secrets, holds_dialogs).await?;
+                if joined.provisioned != config.provisioned().to_toml() {
+                    config = config.with_provisioned(
+                        &joined.provisioned,
+                        "the cluster's provisioned configuration",
+                    )?;
+                    tracing::info!(
+                        "policy and endpoints from the cluster (set by an import on any node); \
+                         the configuration file's and the store's are not used"
+                    );
+                }
                 if joined.secrets != secrets {
                     if let Some(store) = &store {
                         store.adopt_secrets(joined.secrets)?;
@@ -184,8 +194,10 @@ impl Node {
             None => (None, 0),
         };
         let (reports_tx, reports) = mpsc::channel(1024);
+        let (provisioned_tx, mut provisioned) = mpsc::channel(16);
+        let provisioning = joined.as_ref().map(|j| j.provisioning.clone());
         let cluster = config.cluster.as_ref().zip(joined).map(|(section, joined)| {
-            joined.spawn(section.share_queue, reports_tx)
+            joined.spawn(section.share_queue, reports_tx, provisioned_tx)
         });
         let (verdicts_tx, verdicts) = mpsc::channel(64);
         let probes = presence
@@ -250,7 +262,16 @@ impl Node {
             config: Arc::new(std::sync::RwLock::new(Arc::new(config))),
             store: store_handle,
             imports: Arc::default(),
+            cluster: provisioning,
         };
+        let adopting = handle.clone();
+        tokio::spawn(async move {
+            while provisioned.recv().await.is_some() {
+                if let Err(e) = adopting.adopt_cluster_configuration().await {
+                    tracing::error!("the cluster's new configuration is not in force here: {e}");
+                }
+            }
+        });
         Ok(Node {
             transport,
             task,

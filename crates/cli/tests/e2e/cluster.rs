@@ -240,9 +240,24 @@ impl Crowd {
         }
     }
 
+    /// Answers NOTIFYs until every watcher has heard its subscription end
+    /// for `reason` (`Subscription-State: terminated;reason=…`).
+    fn expect_all_final(&mut self, reason: &str, within: Duration) {
+        self.expect_all(&format!("terminated;reason={reason}"), within);
+    }
+
+    /// Keeps a NOTIFY's Subscription-State and body, by Call-ID.
     fn note(&mut self, m: &Message) {
         if m.method() == Some("NOTIFY") {
-            let body = String::from_utf8_lossy(m.body()).into_owned();
+            let state = m
+                .text(porchlight_sip::HeaderName::SubscriptionState)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let body = format!(
+                "Subscription-State: {state}\n{}",
+                String::from_utf8_lossy(m.body())
+            );
             let call_id = m.call_id().unwrap().to_owned();
             self.heard.entry(call_id).or_default().push(body);
         }
@@ -454,4 +469,51 @@ fn what_a_careless_admin_writes_stops_the_node_with_the_fix() {
         started.elapsed() >= Duration::from_secs(3),
         "it gave up before a restarted node's old lease could have lapsed"
     );
+}
+
+#[test]
+fn an_import_on_one_node_is_in_force_on_every_node_and_a_stale_one_is_refused() {
+    let redis = RedisCluster::start("import");
+    let nodes: Vec<Server> = (1..=3)
+        .map(|n| start(&format!("cluster-import-{n}"), &node_config(&redis, "import", n, 8000)))
+        .collect();
+    let mut crowds: Vec<Crowd> = nodes[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, node)| Crowd::subscribe(node, &format!("imp{i}"), 10))
+        .collect();
+    for crowd in &mut crowds {
+        crowd.expect_all(CLOSED, Duration::from_secs(10));
+    }
+
+    // Node 1 removes the queue; the watchers held by nodes 2 and 3 are
+    // told at once that it is gone.
+    let file = |n: usize| nodes[n].dir.join("porchlight.toml");
+    porchlight_ok(&file(0), &["endpoint", "remove", "sip:queue@contoso.com"]);
+    let removed = Instant::now();
+    for crowd in &mut crowds {
+        crowd.expect_all_final("noresource", Duration::from_secs(5));
+    }
+    let everywhere = removed.elapsed();
+    assert!(
+        everywhere < Duration::from_secs(1),
+        "the removal took {everywhere:?} to reach every node's watchers"
+    );
+    let listed = porchlight_ok(&file(2), &["endpoint", "list"]);
+    assert!(!listed.contains("sip:queue@contoso.com"), "{listed}");
+
+    // Another node's import that node 2 has not seen yet (the revision
+    // moved without an event): node 2's own import is refused, not
+    // written over it, and changes nothing there.
+    let rev_key = "import:{c}:rev";
+    let bumped = redis.cli(redis.servers[0].0, &format!("-c INCR {rev_key}"));
+    assert!(bumped.trim().parse::<u64>().is_ok(), "{bumped}");
+    let (ok, out) = porchlight_at(
+        &file(1),
+        &["endpoint", "add", "sip:bot@contoso.com", "--name", "Bot"],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("changed meanwhile"), "{out}");
+    let listed = porchlight_ok(&file(1), &["endpoint", "list"]);
+    assert!(!listed.contains("sip:bot@contoso.com"), "{listed}");
 }
