@@ -184,6 +184,44 @@ pub fn render(status: &Status) -> String {
         );
     }
 
+    if let Some(cluster) = &status.cluster {
+        single(
+            "porchlight_cluster_shared_total",
+            "counter",
+            "Changes of this node's presence sources written for the other nodes.",
+            &cluster.shared,
+        );
+        single(
+            "porchlight_cluster_applied_total",
+            "counter",
+            "Changes from other nodes applied here (events and whole reads).",
+            &cluster.applied,
+        );
+        single(
+            "porchlight_cluster_share_failures_total",
+            "counter",
+            "Changes not written at once (Redis slow or away); every endpoint is then read and written again.",
+            &cluster.share_failures,
+        );
+        single(
+            "porchlight_cluster_reloads_total",
+            "counter",
+            "Endpoints' shared presence read whole (at start, after a lost event or a moved slot).",
+            &cluster.reloads,
+        );
+        let mut family = Family::start(
+            &mut out,
+            "porchlight_cluster_member_lease_seconds",
+            "gauge",
+            "Seconds each member's lease has left (0 when it lapsed: the member is gone).",
+        );
+        for m in &cluster.members {
+            let node = m.node.to_string();
+            let left = m.lease_left_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
+            family.sample(&[("node", &node), ("internal", &m.internal)], left);
+        }
+    }
+
     let mut family = Family::start(
         &mut out,
         "porchlight_transactions",

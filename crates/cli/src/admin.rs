@@ -177,6 +177,26 @@ pub fn status_text(s: &Value) -> String {
             p["requests_out"]
         );
     }
+    if let Some(cluster) = s["cluster"].as_object() {
+        let _ = writeln!(
+            out,
+            "cluster: node {}; {} changes shared, {} applied from other nodes, {} not shared at once, {} endpoints read again",
+            cluster["node"], cluster["shared"], cluster["applied"], cluster["share_failures"], cluster["reloads"]
+        );
+        for m in cluster["members"].as_array().into_iter().flatten() {
+            let lease = match m["lease_left_ms"].as_u64() {
+                Some(ms) => format!("lease {ms} ms left"),
+                None => "lease lapsed".into(),
+            };
+            let this = if m["this_node"] == true { " (this node)" } else { "" };
+            let _ = writeln!(
+                out,
+                "  member {} at {}: {lease}{this}",
+                m["node"],
+                m["internal"].as_str().unwrap_or("?")
+            );
+        }
+    }
     out.push_str("endpoints:\n");
     for e in s["endpoints"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  {}", endpoint_line(e));

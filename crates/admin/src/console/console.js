@@ -1,6 +1,6 @@
 // The Porchlight console: polls the admin API every two seconds and shows
 // endpoints with live presence (and, on a click, who watches one), partners
-// with their traffic, the federation lists, and policy decisions; forms set
+// with their traffic, the cluster's members, the federation lists, and policy decisions; forms set
 // an endpoint's presence, allow, block or remove a domain, and explain a
 // policy decision step by step. The token stays in this tab's session storage
 // and travels only in the Authorization header.
@@ -115,6 +115,21 @@ function renderPartners(partners) {
   $("#partners tbody").replaceChildren(...rows);
 }
 
+// A node alone has no cluster section; a member shows every node with
+// the time its lease has left (a lapsed lease is a node gone).
+function renderCluster(cluster) {
+  $("#cluster").hidden = !cluster;
+  if (!cluster) return;
+  $("#cluster-summary").textContent = "This is node " + cluster.node + ": " + cluster.shared +
+    " changes shared, " + cluster.applied + " applied from other nodes, " + cluster.share_failures +
+    " not shared at once.";
+  $("#members tbody").replaceChildren(...cluster.members.map((m) => element("tr", { "data-node": String(m.node) },
+    element("td", {}, String(m.node) + (m.this_node ? " (this node)" : "")),
+    element("td", {}, m.internal),
+    element("td", { class: m.lease_left_ms === null ? "lapsed" : "number" },
+      m.lease_left_ms === null ? "lapsed" : (m.lease_left_ms / 1000).toFixed(1) + " s"))));
+}
+
 function renderFederation(lists) {
   const items = [
     ...lists.allowed.map((d) => element("li", { "data-domain": d.domain, "data-list": "allowed" },
@@ -148,6 +163,7 @@ async function refresh() {
     renderCounters(status);
     renderEndpoints(status.endpoints);
     renderPartners(status.partners);
+    renderCluster(status.cluster);
     renderFederation(federation);
     renderDecisions(status.decisions, refusals);
     if (watched && !$("#watchers").hidden) showWatchers(watched);

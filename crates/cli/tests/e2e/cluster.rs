@@ -342,6 +342,49 @@ fn presence_set_on_any_node_reaches_every_watcher_on_every_node_once() {
         "{members:?}"
     );
     assert!(status["cluster"]["applied"].as_u64().unwrap() >= 3);
+    let text = porchlight_ok(&nodes[2].dir.join("porchlight.toml"), &["status"]);
+    assert!(text.contains("cluster: node 3") && text.contains("(this node)"), "{text}");
+    assert_eq!(text.matches("  member ").count(), 3, "{text}");
+    // Node 1 joined first: its view fills in as the others join.
+    let (admin, bearer) = nodes[0].api();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = ureq::get(&format!("http://{admin}/metrics"))
+            .set("Authorization", &bearer)
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let leases = metrics
+            .lines()
+            .filter(|l| l.starts_with("porchlight_cluster_member_lease_seconds{"))
+            .count();
+        if leases == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A node killed: its lease lapses and every other node shows it so.
+    let mut nodes = nodes;
+    nodes[0].kill_9();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = nodes[1].api_get("/api/v1/status");
+        let lapsed: Vec<u64> = status["cluster"]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["lease_left_ms"].is_null())
+            .map(|m| m["node"].as_u64().unwrap())
+            .collect();
+        if lapsed == [1] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1's lease never showed lapsed: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
