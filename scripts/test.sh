@@ -11,6 +11,8 @@ command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
 dpkg -s kamailio-tls-modules >/dev/null 2>&1 || need+=(kamailio-tls-modules)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# The cluster tests start their own Redis Cluster (six servers on loopback).
+{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing ${need[*]}: run as root or install them with apt-get" >&2

@@ -560,3 +560,46 @@ fn an_import_on_one_node_is_in_force_on_every_node_and_a_stale_one_is_refused() 
     let listed = porchlight_ok(&file(1), &["endpoint", "list"]);
     assert!(!listed.contains("sip:bot@contoso.com"), "{listed}");
 }
+
+#[test]
+fn a_node_restarted_within_its_lease_restores_its_own_watchers() {
+    let redis = RedisCluster::start("restart");
+    let first = start("cluster-restart-1", &node_config(&redis, "restart", 1, 4000));
+    // Node 2 on a fixed port, as the Contact its watchers hold, and with
+    // a short recovery window.
+    let port = free_port();
+    let second_config = node_config(&redis, "restart", 2, 4000)
+        .replace("udp = [\"127.0.0.1:0\"]", &format!("udp = [\"127.0.0.1:{port}\"]"))
+        .replace("renotify_window_secs = 30", "renotify_window_secs = 1");
+    let mut second = start("cluster-restart-2", &second_config);
+    let mut watchers = Crowd::subscribe(&second, "rs", 10);
+    watchers.expect_all(CLOSED, Duration::from_secs(10));
+    // Past the write-behind flush: the dialogs are on the disk.
+    let flushed = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < flushed {
+        let status = second.api_get("/api/v1/status");
+        if status["store"]["records_written"].as_u64().unwrap_or(0) >= 10 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    second.kill_9();
+    let (dir, path) = (second.dir.clone(), second.dir.join("porchlight.toml"));
+    let restarted = Instant::now();
+    let second = start_with_file(&path, dir);
+    // Its old lease was still held: it waited for it rather than run
+    // beside what might have been another node with its number.
+    assert!(
+        restarted.elapsed() >= Duration::from_secs(2),
+        "restarted in {:?}, inside the old lease",
+        restarted.elapsed()
+    );
+    let status = second.api_get("/api/v1/status");
+    assert_eq!(status["store"]["restored"], 10, "{status}");
+    // Its watchers hear the queue come online from node 1, in the dialogs
+    // they had.
+    let app = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(register_with(&app, first.udp, "queue", "s3cret", 1), 200);
+    watchers.expect_all(OPEN, Duration::from_secs(10));
+}
