@@ -99,6 +99,7 @@ mod tests {
                 via: String::new(),
                 contact: String::new(),
             },
+            tag: None,
         }
     }
 

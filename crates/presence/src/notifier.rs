@@ -339,6 +339,13 @@ pub struct Notifier<F> {
     /// NOTIFY says `rejected` (a set, as revocations are rare and a record
     /// has no flag bit left).
     revoked: HashSet<u32>,
+    /// In a cluster, what sets this node's tags apart from every other
+    /// node's (its number and era); None for a node alone.
+    origin: Option<Box<str>>,
+    /// Subscriptions taken over from another node keep the tag the watcher
+    /// holds: by tag, and by slot.
+    adopted: HashMap<Box<str>, u32>,
+    adopted_tags: HashMap<u32, Box<str>>,
 }
 
 impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
@@ -374,7 +381,28 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             journal: persist::Journal::default(),
             recovery: persist::Recovery::default(),
             revoked: HashSet::new(),
+            origin: None,
+            adopted: HashMap::new(),
+            adopted_tags: HashMap::new(),
         }
+    }
+
+    /// Names this node's tags from now on (`origin.index.generation.check`),
+    /// so tags stay apart between the nodes of a cluster, which share one
+    /// salt, and any node can tell whose a tag is.
+    pub fn set_origin(&mut self, origin: &str) {
+        self.origin = Some(origin.into());
+    }
+
+    /// The origin a tag names, when it is not this node's own: the node
+    /// that made the subscription, for a request that reached another.
+    pub fn foreign_origin<'t>(&self, tag: &'t str) -> Option<&'t str> {
+        let own = self.origin.as_deref()?;
+        if self.adopted.contains_key(tag) {
+            return None;
+        }
+        let (origin, _) = tag.split_once('.')?;
+        (origin != own && tag.matches('.').count() == 3).then_some(origin)
     }
 
     /// Counters.
@@ -598,18 +626,41 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
 
     fn tag_check(&self, id: SubscriptionId) -> u32 {
         keyed_hash(self.salt, |h| {
+            if let Some(origin) = &self.origin {
+                h.write(origin.as_bytes());
+            }
             h.write_u32(id.index);
             h.write_u32(id.generation);
         })
     }
 
+    /// The tag the watcher of `id` holds: the one it was given, by this
+    /// node or by the node it was taken over from.
     fn local_tag(&self, id: SubscriptionId) -> String {
+        match self.adopted_tags.get(&id.index) {
+            Some(tag) => tag.to_string(),
+            None => self.own_tag(id),
+        }
+    }
+
+    /// The tag this node gives the subscription `id`.
+    fn own_tag(&self, id: SubscriptionId) -> String {
         let check = self.tag_check(id);
-        format!("{:x}.{:x}.{check:x}", id.index, id.generation)
+        match &self.origin {
+            Some(origin) => format!("{origin}.{:x}.{:x}.{check:x}", id.index, id.generation),
+            None => format!("{:x}.{:x}.{check:x}", id.index, id.generation),
+        }
     }
 
     fn id_from_tag(&self, tag: &str) -> Option<SubscriptionId> {
-        let mut parts = tag.split('.');
+        if let Some(&index) = self.adopted.get(tag) {
+            return Some(self.id_of(index));
+        }
+        let own = match &self.origin {
+            Some(origin) => tag.strip_prefix(&**origin)?.strip_prefix('.')?,
+            None => tag,
+        };
+        let mut parts = own.split('.');
         let mut next = || u32::from_str_radix(parts.next()?, 16).ok();
         let id = SubscriptionId {
             index: next()?,
@@ -1069,6 +1120,9 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         record.generation = record.generation.wrapping_add(1);
         record.dialog = DialogStrings::default();
         self.revoked.remove(&id.index);
+        if let Some(tag) = self.adopted_tags.remove(&id.index) {
+            self.adopted.remove(&tag);
+        }
         self.free.push(id.index);
         self.stats.active -= 1;
         self.changed(id.index);

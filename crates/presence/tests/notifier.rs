@@ -692,6 +692,86 @@ fn saved_subscriptions_come_back_with_their_dialogs_and_are_renotified_paced() {
 }
 
 #[test]
+fn another_nodes_subscriptions_are_taken_over_with_the_tags_their_watchers_hold() {
+    // Node 1 of a cluster holds ten watchers; node 2 already holds its own
+    // in the same slots.
+    let mut one = Harness::new(NotifierConfig::default());
+    one.notifier.set_origin("1-0");
+    one.notifier.record_changes();
+    let tags: Vec<String> = (1..=10).map(|w| one.subscribe(w).to_tag.unwrap()).collect();
+    assert!(tags.iter().all(|t| t.starts_with("1-0.")), "{tags:?}");
+    for (_, n) in one.drain() {
+        one.reply(&n, 200);
+    }
+    let mut changed = Vec::new();
+    one.notifier.take_changed(&mut changed);
+    let unix_now = 1_800_000_000;
+    let saved: Vec<_> = changed
+        .iter()
+        .filter_map(|&i| one.notifier.saved(i, one.now, unix_now))
+        .collect();
+
+    let mut two = Harness::new(NotifierConfig::default());
+    two.notifier.set_origin("2-0");
+    two.notifier.record_changes();
+    let own: Vec<String> = (101..=110).map(|w| two.subscribe(w).to_tag.unwrap()).collect();
+    for (_, n) in two.drain() {
+        two.reply(&n, 200);
+    }
+    // Node 1's tags are not node 2's: a refresh reaching node 2 is told
+    // apart from a dialog it never had.
+    assert_eq!(two.notifier.foreign_origin(&tags[0]), Some("1-0"));
+    assert_eq!(two.notifier.foreign_origin(&own[0]), None);
+
+    let helpdesk = two.helpdesk;
+    for s in saved.iter().cloned() {
+        assert!(!two.notifier.is_own(&s));
+        let mut s = s;
+        s.local_cseq += 1000;
+        two.notifier
+            .restore(
+                s,
+                &|uri| porchlight_presence::same_aor(uri, ENDPOINT).then_some(helpdesk),
+                two.now,
+                unix_now,
+            )
+            .expect("taken over");
+    }
+    assert_eq!(two.notifier.stats().active, 20);
+    assert_eq!(two.notifier.foreign_origin(&tags[0]), None, "now node 2's");
+    two.notifier.pace_recovery(Duration::from_millis(100));
+    let mut notified = two.drain();
+    for _ in 0..5 {
+        two.advance(Duration::from_millis(50));
+        notified.extend(two.drain());
+    }
+    assert_eq!(notified.len(), 10, "each adopted watcher once, none of node 2's own");
+    for (_, n) in &notified {
+        let w: usize = n.call_id().unwrap()["call-".len()..].parse().unwrap();
+        assert_eq!(n.from().unwrap().tag(), Some(tags[w - 1].as_str()), "the tag it holds");
+        assert_eq!(n.cseq().unwrap().seq, 1002, "past what node 1 may have sent");
+    }
+    // Its refresh with the old tag finds the dialog on node 2, and node 2's
+    // own dialogs are untouched.
+    assert_eq!(two.answer(&resubscribe(4, &tags[3], 600), 4).code, 200);
+    assert_eq!(two.answer(&resubscribe(104, &own[3], 600), 104).code, 200);
+    // Saved again by node 2, an adopted dialog keeps its tag, and ending
+    // it frees the tag.
+    let mut changed = Vec::new();
+    two.notifier.take_changed(&mut changed);
+    let resaved: Vec<_> = changed
+        .iter()
+        .filter_map(|&i| two.notifier.saved(i, two.now, unix_now))
+        .collect();
+    assert!(tags.iter().all(|t| resaved.iter().any(|s| s.tag.as_deref() == Some(t.as_str()))));
+    assert_eq!(two.answer(&resubscribe(5, &tags[4], 0), 5).code, 200);
+    for (_, n) in two.drain() {
+        two.reply(&n, 200);
+    }
+    assert_eq!(two.answer(&resubscribe(5, &tags[4], 600), 5).code, 481);
+}
+
+#[test]
 fn a_policy_change_ends_the_subscriptions_it_refuses_with_rejected() {
     let mut h = Harness::new(NotifierConfig {
         min_notify_interval: Duration::ZERO,

@@ -35,6 +35,7 @@ fn subscription(index: u32) -> SavedSubscription<String> {
             via: "SIP/2.0/TLS 192.0.2.1:5061".into(),
             contact: "<sip:192.0.2.1:5061;transport=tls>".into(),
         },
+        tag: None,
     }
 }
 

@@ -11,7 +11,9 @@ use porchlight_presence::{
 };
 
 /// The layout version written first in every subscription value.
-const SUBSCRIPTION_LAYOUT: u8 = 1;
+const SUBSCRIPTION_LAYOUT: u8 = 2;
+/// The layout before the watcher's tag was kept; still read.
+const SUBSCRIPTION_LAYOUT_UNTAGGED: u8 = 1;
 /// The layout version written first in every registration value.
 const REGISTRATION_LAYOUT: u8 = 1;
 /// The layout version written first in every publications value.
@@ -193,6 +195,13 @@ pub fn encode_subscription(s: &SavedSubscription<String>) -> Vec<u8> {
         None => w.u8(0),
     }
     write_flow(&mut w, &s.flow);
+    match &s.tag {
+        Some(tag) => {
+            w.u8(1);
+            w.str(tag);
+        }
+        None => w.u8(0),
+    }
     w.0
 }
 
@@ -344,7 +353,7 @@ pub fn decode_publications(bytes: &[u8]) -> Result<Vec<SavedPublication>, Decode
 pub fn decode_subscription(bytes: &[u8]) -> Result<SavedSubscription<String>, DecodeError> {
     let mut r = Reader { bytes, at: 0 };
     let layout = r.u8()?;
-    if layout != SUBSCRIPTION_LAYOUT {
+    if layout != SUBSCRIPTION_LAYOUT && layout != SUBSCRIPTION_LAYOUT_UNTAGGED {
         return Err(DecodeError::Layout(layout));
     }
     let id = SubscriptionId {
@@ -401,6 +410,13 @@ pub fn decode_subscription(bytes: &[u8]) -> Result<SavedSubscription<String>, De
         _ => Some(r.string()?),
     };
     let flow = read_flow(&mut r)?;
+    let tag = match layout {
+        SUBSCRIPTION_LAYOUT_UNTAGGED => None,
+        _ => match r.u8()? {
+            0 => None,
+            _ => Some(r.string()?),
+        },
+    };
     r.finish()?;
     Ok(SavedSubscription {
         id,
@@ -416,6 +432,7 @@ pub fn decode_subscription(bytes: &[u8]) -> Result<SavedSubscription<String>, De
         remote_cseq,
         route_set,
         flow,
+        tag,
     })
 }
 
@@ -450,6 +467,7 @@ pub(crate) mod tests {
                 via: "SIP/2.0/TLS 192.0.2.1:5061".into(),
                 contact: "<sip:192.0.2.1:5061;transport=tls>".into(),
             },
+            tag: Some("n2-0.5.3.1f2e".into()),
         }
     }
 

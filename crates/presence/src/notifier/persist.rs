@@ -123,6 +123,9 @@ pub struct SavedSubscription<F> {
     pub route_set: Option<String>,
     /// The path back to the watcher.
     pub flow: FlowInfo<F>,
+    /// The tag the watcher holds for us (To of its SUBSCRIBE); None in
+    /// records saved before tags were kept, whose tag follows from `id`.
+    pub tag: Option<String>,
 }
 
 impl<F> SavedSubscription<F> {
@@ -143,6 +146,7 @@ impl<F> SavedSubscription<F> {
             remote_cseq: self.remote_cseq,
             route_set: self.route_set,
             flow: self.flow.with_flow(flow),
+            tag: self.tag,
         }
     }
 }
@@ -226,7 +230,17 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
             route_set: (record.route_set != NO_ROUTE)
                 .then(|| self.routes.get(record.route_set).to_string()),
             flow: self.flows.get(record.flow).clone(),
+            tag: Some(self.local_tag(self.id_of(index))),
         })
+    }
+
+    /// Whether a saved subscription was made by this node under its tag
+    /// (restored in its own slot), rather than by another (adopted).
+    pub fn is_own(&self, saved: &SavedSubscription<F>) -> bool {
+        saved
+            .tag
+            .as_deref()
+            .is_none_or(|tag| tag == self.own_tag(saved.id))
     }
 
     /// Puts a saved subscription back in its slot. Its first NOTIFY waits
@@ -268,8 +282,25 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
             &saved.remote_target,
         )
         .ok_or(RestoreError::TooLong)?;
-        let index = saved.id.index;
-        self.claim_slot(index)?;
+        let (index, generation) = if self.is_own(&saved) {
+            self.claim_slot(saved.id.index)?;
+            (saved.id.index, saved.id.generation)
+        } else {
+            // Another node's subscription, taken over: any free slot, and
+            // the tag the watcher holds.
+            let tag: Box<str> = saved.tag.clone().unwrap_or_default().into();
+            if self.adopted.contains_key(&tag) {
+                return Err(RestoreError::SlotTaken(saved.id.index));
+            }
+            let index = self.free.pop().unwrap_or_else(|| {
+                self.records.push(Record::vacant());
+                self.records.len() as u32 - 1
+            });
+            self.adopted.insert(tag.clone(), index);
+            self.adopted_tags.insert(index, tag);
+            (index, self.records[index as usize].generation)
+        };
+        let id = SubscriptionId { index, generation };
         let expires_at = self.now_secs(now)
             + u32::try_from(remaining.min(u64::from(self.config.max_expires))).unwrap_or(u32::MAX);
         let route_set = saved
@@ -279,7 +310,7 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
         let salt = self.salt;
         self.records[index as usize] = Record {
             dialog,
-            generation: saved.id.generation,
+            generation,
             target,
             position: 0,
             expires_at,
@@ -297,10 +328,13 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
             flags: ALIVE | DIRTY | if saved.benotify { BENOTIFY } else { 0 },
             attempts: 0,
         };
-        self.attach(saved.id, members);
+        self.attach(id, members);
         self.wheel.insert(expires_at, index);
-        self.recovery.queue.push_back(saved.id);
-        Ok(saved.id)
+        self.recovery.queue.push_back(id);
+        // Restored at start, the store has it; taken over, it is saved
+        // again under this node.
+        self.changed(index);
+        Ok(id)
     }
 
     /// Makes a free slot of `index`, growing the slab with free slots up to it.
