@@ -38,6 +38,17 @@ impl Protocol {
         }
     }
 
+    /// The protocol a Via transport token names (`UDP`, `TCP`, `TLS`), as
+    /// saved paths and Via values write it.
+    pub fn from_via_token(token: &str) -> Option<Protocol> {
+        match token {
+            "UDP" => Some(Protocol::Udp),
+            "TCP" => Some(Protocol::Tcp),
+            "TLS" => Some(Protocol::Tls),
+            _ => None,
+        }
+    }
+
     /// Reliable transports need no retransmissions (§17.1.1.2).
     pub fn is_reliable(self) -> bool {
         self != Protocol::Udp

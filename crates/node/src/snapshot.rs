@@ -46,12 +46,7 @@ pub fn reconnect_to(saved: &SavedSubscription<String>) -> &str {
 pub fn flow_from_text(text: &str, reconnect_to: &str) -> Option<NextHop> {
     let mut words = text.split(' ');
     let kind = words.next()?;
-    let protocol = |token: &str| match token {
-        "UDP" => Some(Protocol::Udp),
-        "TCP" => Some(Protocol::Tcp),
-        "TLS" => Some(Protocol::Tls),
-        _ => None,
-    };
+    let protocol = Protocol::from_via_token;
     match kind {
         "partner" => Some(NextHop::Partner(words.next()?.into())),
         "host" => Some(NextHop::Host {

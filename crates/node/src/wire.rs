@@ -120,16 +120,24 @@ pub fn flow_info(origin: &Origin, request: &Message) -> FlowInfo<NextHop> {
             SocketAddr::V6(a) => format!("[{}]", a.ip()),
         }
     };
-    let token = origin.protocol.via_token();
+    let (via, contact) = our_via_and_contact(origin.protocol, &host, port);
     FlowInfo {
         flow: flow_of(origin),
         reliable: origin.protocol.is_reliable(),
-        via: via(origin.protocol, &format!("{host}:{port}")),
-        contact: format!(
-            "<sip:{host}:{port};transport={}>",
-            token.to_ascii_lowercase()
-        ),
+        via,
+        contact,
     }
+}
+
+/// Our Via (without parameters) and Contact on a flow of `protocol` that
+/// leaves from `host:port`: what a subscription's requests carry, so the
+/// answers and the next requests come back to this node.
+pub fn our_via_and_contact(protocol: Protocol, host: &str, port: u16) -> (String, String) {
+    let token = protocol.via_token().to_ascii_lowercase();
+    (
+        via(protocol, &format!("{host}:{port}")),
+        format!("<sip:{host}:{port};transport={token}>"),
+    )
 }
 
 #[cfg(test)]

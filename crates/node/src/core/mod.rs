@@ -166,6 +166,13 @@ pub enum Input {
     Shared(Shared),
     /// The cluster's members and the driver's counts, for status.
     Cluster(ClusterView),
+    /// Subscriptions another node made, whose lease lapsed, to take over.
+    Adopt(Vec<porchlight_presence::SavedSubscription<String>>),
+    /// Whether this node's lease is too old for it to notify.
+    Fenced(bool),
+    /// Another node took this node's subscriptions over while its lease
+    /// was lost: they are dropped here.
+    Retired,
 }
 
 /// Everything the node decides, without I/O: messages and reports in,
@@ -221,6 +228,8 @@ pub struct Core {
     source_rates: SourceRates,
     /// The cluster as the driver last reported it; None when alone.
     cluster: Option<ClusterView>,
+    /// Over how long restored or adopted watchers get their first NOTIFY.
+    renotify_window: Duration,
 }
 
 /// A text whose webhook delivery is under way.
@@ -349,11 +358,11 @@ impl Core {
                 max_sources: config.limits.max_rate_sources,
             }),
             cluster: None,
+            renotify_window: Duration::from_secs(config.store.renotify_window_secs),
         };
         core.tell_trusted_networks();
         core.set_probes(probes);
         if let Some(cluster) = &config.cluster {
-            core.presence.join_cluster(cluster.node_id);
             core.cluster = Some(ClusterView {
                 node: cluster.node_id,
                 ..ClusterView::default()
@@ -362,6 +371,36 @@ impl Core {
                 .push_back(Action::Follow(core.presence.shared_endpoints()));
         }
         core
+    }
+
+    /// Takes over another node's subscriptions: each leaves from this
+    /// node from now on (our Via and Contact on its transport), so the
+    /// watcher's answers and refreshes come here.
+    fn adopt(&mut self, saved: Vec<porchlight_presence::SavedSubscription<String>>, now: Instant) {
+        let count = saved.len();
+        let relocated = saved
+            .into_iter()
+            .filter_map(|mut s| {
+                // "SIP/2.0/UDP host:port": the transport it was saved on.
+                let token = s.flow.via.split(' ').next()?.rsplit('/').next()?;
+                let protocol = Protocol::from_via_token(token)?;
+                let (_, addr) = self.local_addrs.iter().find(|(p, _)| *p == protocol)?;
+                let host = match addr.ip() {
+                    ip if ip.is_unspecified() => self.domains[0].clone(),
+                    std::net::IpAddr::V4(ip) => ip.to_string(),
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                };
+                (s.flow.via, s.flow.contact) = wire::our_via_and_contact(protocol, &host, addr.port());
+                Some(s)
+            })
+            .collect();
+        let adopted = self.presence.adopt(relocated, self.renotify_window, now);
+        tracing::info!(
+            adopted,
+            offered = count,
+            "took over subscriptions of a node whose lease lapsed; re-notifying them paced over {}s",
+            self.renotify_window.as_secs()
+        );
     }
 
     /// Tells the driver the trusted networks of the policy in force.
@@ -423,6 +462,11 @@ impl Core {
             Input::Query(query) => self.answer_query(query, now),
             Input::Shared(shared) => self.presence.apply_shared(shared),
             Input::Cluster(view) => self.cluster = Some(view),
+            Input::Adopt(saved) => self.adopt(saved, now),
+            Input::Fenced(fenced) => self.presence.set_fenced(fenced),
+            Input::Retired => {
+                self.presence.retire_subscriptions();
+            }
         }
     }
 

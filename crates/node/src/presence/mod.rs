@@ -248,6 +248,8 @@ pub struct PresenceService {
     recovery: Option<(Duration, Instant)>,
     /// This node's part in a cluster; None when it is alone.
     sharing: Option<shared::Sharing>,
+    /// Whether the node's cluster lease is too old to notify.
+    fenced: bool,
 }
 
 impl PresenceService {
@@ -341,6 +343,7 @@ impl PresenceService {
             outgoing: Default::default(),
             recovery: None,
             sharing: None,
+            fenced: false,
         };
         for slot in 0..slots {
             service.refresh(slot);
@@ -618,10 +621,13 @@ impl PresenceService {
         });
     }
 
-    /// The next request to send.
+    /// The next request to send; no NOTIFY while fenced.
     pub fn poll(&mut self, now: Instant) -> Option<OutgoingRequest> {
         if let Some(out) = self.outgoing.pop_front() {
             return Some(out);
+        }
+        if self.fenced {
+            return None;
         }
         self.notifier.poll(now).map(|o| OutgoingRequest {
             target: o.flow,

@@ -9,6 +9,9 @@ impl PresenceService {
     pub fn handle(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
         match request.method_kind().unwrap_or(Method::Other("")) {
             Method::Subscribe => {
+                if let Some(answer) = self.held_elsewhere(request) {
+                    return answer;
+                }
                 if self.hides_missing_endpoint(request, origin)
                     || self.hides_refused(request, origin)
                 {

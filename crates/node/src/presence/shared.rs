@@ -9,6 +9,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use porchlight_presence::PresenceState;
 
 use crate::cluster::{Contribution, Field, NodeId, Share, Shared, SharedPublication, Value};
+use crate::snapshot::reconnect_to;
+
+/// How far an adopted subscription's CSeq jumps: past every NOTIFY its
+/// old node may have sent after it last saved it, so the watcher never
+/// sees a CSeq again or going back.
+const ADOPTED_CSEQ_JUMP: u32 = 1000;
 
 use super::*;
 
@@ -60,14 +66,105 @@ impl Sharing {
     }
 }
 
+/// How long a watcher whose subscription another node holds is asked to
+/// wait before trying again: that node answers once the request reaches
+/// it, or has been taken over by then.
+const HELD_ELSEWHERE_RETRY_SECS: u32 = 5;
+
 impl PresenceService {
-    /// Joins a cluster as node `node`: from now on this node's own sources
-    /// are shared, and the others' merged.
-    pub fn join_cluster(&mut self, node: NodeId) {
+    /// Joins a cluster as node `node` in its `era` (which changes each
+    /// time another node takes this one's subscriptions over): from now on
+    /// this node's tags name it, its own sources are shared and the
+    /// others' merged. Called before saved subscriptions are restored, so
+    /// they are known by their tags.
+    pub fn join_cluster(&mut self, node: NodeId, era: u64) {
+        self.notifier.set_origin(&format!("{node}-{era}"));
         self.sharing = Some(Sharing::new(node, self.directory.slots()));
         for slot in 0..self.directory.slots() {
             self.refresh(slot);
         }
+    }
+
+    /// Whether this node may not notify now: its lease in the cluster is
+    /// older than it may be, so another node may be taking its watchers
+    /// over. NOTIFYs wait and new subscriptions are refused until the
+    /// lease is renewed.
+    pub fn set_fenced(&mut self, fenced: bool) {
+        if self.fenced != fenced {
+            if fenced {
+                tracing::warn!("this node's lease is not renewed: NOTIFYs wait, new subscriptions are refused");
+            } else {
+                tracing::info!("this node's lease is renewed: notifying again");
+            }
+        }
+        self.fenced = fenced;
+    }
+
+    /// This node's subscriptions were taken over by another node while it
+    /// could not renew its lease: they are that node's now, and are
+    /// dropped here without a word to their watchers.
+    pub fn retire_subscriptions(&mut self) -> usize {
+        let dropped = self.notifier.forget_all();
+        tracing::warn!(
+            dropped,
+            "another node took this node's subscriptions over; they are dropped here"
+        );
+        dropped
+    }
+
+    /// The answer to a SUBSCRIBE this node must not take: while fenced, or
+    /// a refresh of a subscription another node made (which that node, or
+    /// the one that takes it over, answers). Never 481, which would end the
+    /// watcher's subscription while its holder may be alive.
+    pub(super) fn held_elsewhere(&self, request: &Message) -> Option<Answer> {
+        let foreign = request
+            .to()
+            .ok()
+            .and_then(|to| to.tag().and_then(|t| self.notifier.foreign_origin(t).map(str::to_owned)));
+        if !self.fenced && foreign.is_none() {
+            return None;
+        }
+        if let Some(origin) = foreign {
+            tracing::debug!(origin, "a refresh for a subscription another node holds");
+        }
+        let mut answer = Answer::new(status::SERVICE_UNAVAILABLE, "Service Unavailable");
+        answer
+            .headers
+            .push(("Retry-After", HELD_ELSEWHERE_RETRY_SECS.to_string()));
+        Some(answer)
+    }
+
+    /// Takes over subscriptions another node made (its lease lapsed), with
+    /// their paths already rewritten to leave from this node: each keeps
+    /// the tag its watcher holds, its CSeq jumps past what the other node
+    /// may have sent after its last save, and the first NOTIFYs are spread
+    /// over `window`. Returns how many came over.
+    pub fn adopt(
+        &mut self,
+        saved: Vec<SavedSubscription<String>>,
+        window: Duration,
+        now: Instant,
+    ) -> usize {
+        let unix = self.clock.unix();
+        let mut adopted = 0;
+        for mut s in saved {
+            let Some(hop) = crate::snapshot::flow_from_text(&s.flow.flow, reconnect_to(&s)) else {
+                continue;
+            };
+            s.local_cseq = s.local_cseq.saturating_add(ADOPTED_CSEQ_JUMP);
+            let directory = &self.directory;
+            match self.notifier.restore(
+                s.with_flow(hop),
+                &|uri| directory.resolve(uri).map(|i| i as u32),
+                now,
+                unix,
+            ) {
+                Ok(_) => adopted += 1,
+                Err(e) => tracing::debug!("a subscription not taken over: {e}"),
+            }
+        }
+        self.notifier.pace_recovery(window);
+        adopted
     }
 
     /// The registration and publication sources of a slot, merged over

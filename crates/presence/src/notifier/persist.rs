@@ -365,6 +365,29 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
         self.recovery.at = None;
     }
 
+    /// Drops every subscription without a word to its watchers: another
+    /// node has taken them over and notifies them now. Returns how many.
+    pub fn forget_all(&mut self) -> usize {
+        let live: Vec<SubscriptionId> = (0..self.records.len() as u32)
+            .filter(|&i| self.records[i as usize].flags & ALIVE != 0)
+            .map(|i| self.id_of(i))
+            .collect();
+        for &id in &live {
+            self.remove(id);
+        }
+        // Nothing is owed to anyone any more.
+        self.in_flight = 0;
+        self.unanswered_in_flight = 0;
+        self.flow_in_flight.clear();
+        self.urgent.clear();
+        self.ready.clear();
+        self.deferred.clear();
+        self.retries.clear();
+        self.unanswered_waiting.clear();
+        self.recovery.queue.clear();
+        live.len()
+    }
+
     /// Restored subscriptions still waiting for their first NOTIFY.
     pub fn recovering(&self) -> usize {
         self.recovery.queue.len()
