@@ -159,6 +159,8 @@ pub struct ClusterView {
     /// Endpoints read again whole because an event was lost or Redis
     /// moved.
     pub reloads: u64,
+    /// Nodes whose subscriptions this node took over since start.
+    pub takeovers: u64,
 }
 
 /// A shared value that does not read back: written by another version,

@@ -105,6 +105,18 @@ impl Keys {
         format!("{}:{{n:{node}}}:lease", self.prefix)
     }
 
+    /// A node's own keys beside its lease: `takeover` (set by the node
+    /// that took its subscriptions over) and `era`.
+    fn node(&self, node: NodeId, what: &str) -> String {
+        format!("{}:{{n:{node}}}:{what}", self.prefix)
+    }
+
+    /// One of the buckets an origin's subscriptions are saved in: spread
+    /// over slots, so one node's watchers are not all on one master.
+    fn dialogs(&self, origin: &str, bucket: u32) -> String {
+        format!("{}:{{d:{origin}:{bucket}}}:subs", self.prefix)
+    }
+
     /// The hash tag of an endpoint: short, and free of braces whatever
     /// its URI holds.
     fn tag(uri: &str) -> String {
@@ -147,16 +159,43 @@ return r
 /// held by another incarnation (another node with our number).
 const RENEW_LEASE: &str = r#"
 local held = redis.call('GET', KEYS[1])
-if held == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not held then
+if held and held ~= ARGV[1] then return {0, 0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('DEL', KEYS[2])
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 2
+  return {3, tonumber(redis.call('GET', KEYS[3]) or '0')}
 end
-return 0
+if held then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, 0}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {2, 0}
 "#;
+
+/// Claims a node whose lease is gone: the first survivor to run it wins,
+/// retires the node's era, and takes its subscriptions over. The node's
+/// own renewal runs on the same slot, so the two cannot cross.
+const CLAIM_NODE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX') == false then return -1 end
+return redis.call('INCR', KEYS[3]) - 1
+"#;
+
+/// Buckets an origin's saved subscriptions are spread over.
+const DIALOG_BUCKETS: u32 = 64;
+
+/// Consecutive reads that must find a member's lease gone before it is
+/// taken for dead: one may miss a lease that a failover delayed.
+const MISSES_BEFORE_TAKEOVER: u32 = 2;
+
+/// How long a retired origin's saved subscriptions are kept after a
+/// takeover: long enough for the adopter's write-behind to have saved them
+/// under its own origin.
+const RETIRED_DIALOGS_KEPT: Duration = Duration::from_secs(10);
+
+/// Subscriptions handed to the event loop at once during a takeover.
+const ADOPT_CHUNK: usize = 5000;
 
 /// Replaces the cluster's provisioned configuration if it is still at the
 /// revision the importing node read (compare-and-swap), and tells every
@@ -262,6 +301,12 @@ pub struct Joined {
     pub provisioning: Provisioning,
     /// Its document as this node joined (the node's own, if it is the first).
     pub provisioned: String,
+    /// This node's era: its tags and saved subscriptions are under
+    /// `node-era`, which a takeover retires.
+    pub era: u64,
+    /// Whether another node took this node's subscriptions over while it
+    /// was gone: its store's are then no longer its own.
+    pub retired: bool,
     connection: ClusterConnection,
     pushes: mpsc::Receiver<PushInfo>,
     pushes_lost: Arc<AtomicBool>,
@@ -282,6 +327,26 @@ pub struct ClusterLink {
     pub dropped: Arc<AtomicU64>,
     /// Asks the task to read every endpoint again, after a share was dropped.
     pub resync: Arc<AtomicBool>,
+    /// Where write-behind sends this node's subscriptions for Redis.
+    pub dialogs: mpsc::Sender<DialogBatch>,
+    /// Dialog batches sent and not yet written.
+    pub dialogs_queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// When the lease was last renewed (milliseconds after `started`).
+    renewed_ms: Arc<AtomicU64>,
+    started: std::time::Instant,
+    /// Past this age of the last renewal the node must not notify.
+    fence_after: Duration,
+}
+
+impl ClusterLink {
+    /// Whether the lease is too old for this node to notify: another node
+    /// may be about to take its watchers over. Read from the monotonic
+    /// clock on the send path, so a node resumed after a pause is fenced
+    /// before it sends anything.
+    pub fn fenced(&self, now: std::time::Instant) -> bool {
+        let renewed = self.started + Duration::from_millis(self.renewed_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(renewed) > self.fence_after
+    }
 }
 
 /// What the cluster task reports to the event loop.
@@ -290,6 +355,22 @@ pub enum Report {
     Shared(Shared),
     /// The members, leases and counts.
     View(ClusterView),
+    /// Subscriptions of a node whose lease lapsed, this node's now.
+    Adopt(Vec<porchlight_presence::SavedSubscription<String>>),
+    /// Another node took this node's subscriptions over while its lease
+    /// was lost; this node goes on in `era`.
+    Retired(u64),
+}
+
+/// One write-behind batch of this node's subscriptions, for Redis: saved
+/// records by slot (in the store's encoding), and slots whose
+/// subscription ended.
+#[derive(Debug, Default)]
+pub struct DialogBatch {
+    /// Saved or updated, by slot.
+    pub saved: Vec<(u32, Vec<u8>)>,
+    /// Ended.
+    pub deleted: Vec<u32>,
 }
 
 /// Joins the cluster `config` names: connects, checks the layout, agrees
@@ -393,6 +474,9 @@ pub async fn join(
         .await
         .map_err(unreachable)?;
     wait_for_replica(c, &keys.cluster("rev")).await;
+    let (era, retired) = claim_era(c, &keys, cluster.node_id)
+        .await
+        .map_err(unreachable)?;
     let incarnation = format!("{:016x}", NodeSecrets::generate()?.salt);
     take_lease(c, &keys, cluster, &incarnation)
         .await
@@ -426,6 +510,8 @@ pub async fn join(
         secrets,
         provisioning,
         provisioned,
+        era,
+        retired,
         connection,
         pushes,
         pushes_lost,
@@ -435,6 +521,31 @@ pub async fn join(
         lease: cluster.lease(),
         sweep: Duration::from_secs(cluster.sweep_secs),
     })
+}
+
+/// This node's era, and whether its last one was retired by a takeover
+/// (the flag is cleared: this run starts the new era).
+async fn claim_era(
+    c: &mut ClusterConnection,
+    keys: &Keys,
+    node: NodeId,
+) -> redis::RedisResult<(u64, bool)> {
+    let (era, taken): (Option<u64>, Option<String>) = redis::pipe()
+        .get(keys.node(node, "era"))
+        .get(keys.node(node, "takeover"))
+        .query_async(c)
+        .await?;
+    if let Some(by) = &taken {
+        tracing::warn!(
+            node,
+            "node {by} took this node's subscriptions over while it was gone; it starts afresh"
+        );
+        redis::cmd("DEL")
+            .arg(keys.node(node, "takeover"))
+            .exec_async(c)
+            .await?;
+    }
+    Ok((era.unwrap_or(0), taken.is_some()))
 }
 
 /// Sets a key unless it is set, then waits for a replica to have it (a
@@ -533,9 +644,21 @@ impl Joined {
     ) -> ClusterLink {
         let (shares, shares_rx) = mpsc::channel(queue);
         let (follow, follow_rx) = watch::channel(Vec::new());
+        let (dialogs, dialogs_rx) = mpsc::channel(4);
         let dropped = Arc::new(AtomicU64::new(0));
         let resync = Arc::new(AtomicBool::new(false));
+        let dialogs_queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = std::time::Instant::now();
+        let renewed_ms = Arc::new(AtomicU64::new(0));
+        // Fenced 2 s before the lease lapses, so no NOTIFY leaves after
+        // another node may have taken over.
+        let fence_after = self.lease.saturating_sub(Duration::from_secs(2));
         let task = Task {
+            origin: format!("{}-{}", self.node, self.era),
+            misses: HashMap::new(),
+            dialogs_queued: dialogs_queued.clone(),
+            renewed_ms: renewed_ms.clone(),
+            started,
             joined: self,
             reports,
             provisioned,
@@ -546,12 +669,17 @@ impl Joined {
             write: Script::new(WRITE_ENTRY),
             renew: Script::new(RENEW_LEASE),
         };
-        tokio::spawn(task.run(shares_rx, follow_rx));
+        tokio::spawn(task.run(shares_rx, follow_rx, dialogs_rx));
         ClusterLink {
             shares,
             follow,
             dropped,
             resync,
+            dialogs,
+            dialogs_queued,
+            renewed_ms,
+            started,
+            fence_after,
         }
     }
 }
@@ -567,6 +695,13 @@ struct Task {
     resync: Arc<AtomicBool>,
     write: Script,
     renew: Script,
+    /// This node's `node-era`, under which its subscriptions are saved.
+    origin: String,
+    /// Consecutive reads that found each member's lease gone.
+    misses: HashMap<NodeId, u32>,
+    dialogs_queued: Arc<std::sync::atomic::AtomicUsize>,
+    renewed_ms: Arc<AtomicU64>,
+    started: std::time::Instant,
 }
 
 impl Task {
@@ -574,6 +709,7 @@ impl Task {
         mut self,
         mut shares: mpsc::Receiver<Share>,
         mut follow: watch::Receiver<Vec<String>>,
+        mut dialogs: mpsc::Receiver<DialogBatch>,
     ) {
         self.view.node = self.joined.node;
         let channel = self.joined.keys.cluster("ev");
@@ -588,8 +724,13 @@ impl Task {
         loop {
             tokio::select! {
                 _ = lease_tick.tick() => {
-                    self.renew_lease().await;
-                    self.report_members().await;
+                    let healthy = self.renew_lease().await;
+                    self.report_members(healthy).await;
+                }
+                batch = dialogs.recv() => {
+                    let Some(batch) = batch else { return };
+                    self.save_dialogs(batch).await;
+                    self.dialogs_queued.fetch_sub(1, Ordering::Relaxed);
                 }
                 share = shares.recv() => {
                     let Some(share) = share else { return };
@@ -621,31 +762,188 @@ impl Task {
         }
     }
 
-    async fn renew_lease(&mut self) {
+    /// Renews the lease; whether this node holds it now.
+    async fn renew_lease(&mut self) -> bool {
         let j = &mut self.joined;
-        let renewed: redis::RedisResult<i64> = self
+        let renewed: redis::RedisResult<(i64, u64)> = self
             .renew
             .key(j.keys.lease(j.node))
+            .key(j.keys.node(j.node, "takeover"))
+            .key(j.keys.node(j.node, "era"))
             .arg(&j.incarnation)
             .arg(j.lease.as_millis() as u64)
             .invoke_async(&mut j.connection)
             .await;
-        match renewed {
-            Ok(1) => {}
-            Ok(2) => tracing::warn!(
-                node = j.node,
-                "this node's lease had lapsed (Redis failed over, or the node was paused); taken again"
-            ),
-            Ok(_) => tracing::error!(
-                node = j.node,
-                "another node holds this node's lease: two nodes run with the same [cluster] node_id"
-            ),
-            Err(e) => tracing::warn!(node = j.node, "renewing the lease: {e}"),
+        let held = match renewed {
+            Ok((1, _)) => true,
+            Ok((2, _)) => {
+                tracing::warn!(
+                    node = j.node,
+                    "this node's lease had lapsed (Redis failed over, or the node was paused); taken again"
+                );
+                true
+            }
+            Ok((3, era)) => {
+                // Its dialogs are another node's now: a new era for new ones.
+                self.origin = format!("{}-{era}", j.node);
+                let _ = self.reports.send(Report::Retired(era)).await;
+                true
+            }
+            Ok(_) => {
+                tracing::error!(
+                    node = j.node,
+                    "another node holds this node's lease: two nodes run with the same [cluster] node_id"
+                );
+                false
+            }
+            Err(e) => {
+                tracing::warn!(node = j.node, "renewing the lease: {e}");
+                false
+            }
+        };
+        if held {
+            let ms = self.started.elapsed().as_millis() as u64;
+            self.renewed_ms.store(ms, Ordering::Relaxed);
+        }
+        held
+    }
+
+    /// Writes a batch of this node's subscriptions to their buckets, one
+    /// pipeline per bucket (one slot each).
+    async fn save_dialogs(&mut self, batch: DialogBatch) {
+        let mut buckets: HashMap<u32, redis::Pipeline> = HashMap::new();
+        let keys = &self.joined.keys;
+        for (slot, bytes) in &batch.saved {
+            let bucket = slot % DIALOG_BUCKETS;
+            buckets
+                .entry(bucket)
+                .or_default()
+                .hset(keys.dialogs(&self.origin, bucket), slot, bytes.as_slice())
+                .ignore();
+        }
+        for slot in &batch.deleted {
+            let bucket = slot % DIALOG_BUCKETS;
+            buckets
+                .entry(bucket)
+                .or_default()
+                .hdel(keys.dialogs(&self.origin, bucket), slot)
+                .ignore();
+        }
+        let writes = buckets.into_values().map(|pipe| {
+            let mut connection = self.joined.connection.clone();
+            async move { pipe.exec_async(&mut connection).await }
+        });
+        let failed = join_all(writes).await.into_iter().filter(|r| r.is_err()).count();
+        if failed > 0 {
+            tracing::warn!(
+                "{failed} buckets of saved subscriptions not written to Redis; \
+                 their next change writes them again"
+            );
         }
     }
 
-    /// Reads the members and their leases, for status.
-    async fn report_members(&mut self) {
+    /// Notes members whose lease is gone, and takes over one found gone
+    /// twice running, while this node holds its own (a node that cannot
+    /// renew its own lease proves nothing about the others').
+    async fn watch_members(&mut self, members: &[Member], healthy: bool) {
+        for m in members.iter().filter(|m| !m.this_node) {
+            if m.lease_left_ms.is_some() {
+                self.misses.remove(&m.node);
+                continue;
+            }
+            let misses = self.misses.entry(m.node).or_default();
+            *misses += 1;
+            if *misses >= MISSES_BEFORE_TAKEOVER && healthy {
+                self.misses.remove(&m.node);
+                self.take_over(m.node).await;
+            }
+        }
+    }
+
+    /// Claims a dead node and, having won, takes its subscriptions over:
+    /// reads its buckets and hands them to the event loop in chunks; its
+    /// membership ends, and its buckets go once this node has saved the
+    /// subscriptions under its own origin.
+    async fn take_over(&mut self, dead: NodeId) {
+        let j = &mut self.joined;
+        let claimed: redis::RedisResult<i64> = Script::new(CLAIM_NODE)
+            .key(j.keys.lease(dead))
+            .key(j.keys.node(dead, "takeover"))
+            .key(j.keys.node(dead, "era"))
+            .arg(j.node)
+            .invoke_async(&mut j.connection)
+            .await;
+        let era = match claimed {
+            Ok(era) if era >= 0 => era,
+            Ok(_) => return, // back, or claimed by another survivor
+            Err(e) => {
+                tracing::warn!(node = dead, "claiming a node whose lease lapsed: {e}");
+                return;
+            }
+        };
+        wait_for_replica(&mut j.connection, &j.keys.node(dead, "takeover")).await;
+        let origin = format!("{dead}-{era}");
+        let reads = (0..DIALOG_BUCKETS).map(|bucket| {
+            let mut connection = j.connection.clone();
+            let key = j.keys.dialogs(&origin, bucket);
+            async move {
+                let record: redis::RedisResult<Vec<(u32, Vec<u8>)>> = redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async(&mut connection)
+                    .await;
+                record
+            }
+        });
+        let mut saved = Vec::new();
+        let mut unreadable = 0;
+        for bucket in join_all(reads).await {
+            match bucket {
+                Ok(records) => {
+                    for (_, bytes) in records {
+                        match porchlight_store::codec::decode_subscription(&bytes) {
+                            Ok(s) => saved.push(s),
+                            Err(_) => unreadable += 1,
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(node = dead, "reading its saved subscriptions: {e}"),
+            }
+        }
+        tracing::warn!(
+            node = dead,
+            subscriptions = saved.len(),
+            unreadable,
+            "node {dead}'s lease lapsed: this node takes its subscriptions over"
+        );
+        self.view.takeovers += 1;
+        while !saved.is_empty() {
+            let rest = saved.split_off(saved.len().min(ADOPT_CHUNK));
+            if self.reports.send(Report::Adopt(saved)).await.is_err() {
+                return;
+            }
+            saved = rest;
+        }
+        let _ = redis::cmd("HDEL")
+            .arg(j.keys.cluster("members"))
+            .arg(dead)
+            .exec_async(&mut j.connection)
+            .await;
+        // Once the write-behind has saved them here, the old copies go.
+        let connection = j.connection.clone();
+        let keys: Vec<String> = (0..DIALOG_BUCKETS).map(|b| j.keys.dialogs(&origin, b)).collect();
+        tokio::spawn(async move {
+            tokio::time::sleep(RETIRED_DIALOGS_KEPT).await;
+            let deletes = keys.into_iter().map(|key| {
+                let mut connection = connection.clone();
+                async move { redis::cmd("DEL").arg(key).exec_async(&mut connection).await }
+            });
+            join_all(deletes).await;
+        });
+    }
+
+    /// Reads the members and their leases, for status and to find members
+    /// that are gone.
+    async fn report_members(&mut self, healthy: bool) {
         let j = &mut self.joined;
         let members: redis::RedisResult<HashMap<NodeId, String>> = redis::cmd("HGETALL")
             .arg(j.keys.cluster("members"))
@@ -673,6 +971,7 @@ impl Task {
             });
         }
         listed.sort_by_key(|m| m.node);
+        self.watch_members(&listed, healthy).await;
         self.view.members = listed;
         self.view.share_failures = self.dropped.load(Ordering::Relaxed);
         let _ = self.reports.try_send(Report::View(self.view.clone()));

@@ -38,7 +38,7 @@ use crate::cluster::{self, ClusterError, ClusterLink, Report};
 use crate::dial::{dial, DialError};
 use crate::handle::NodeHandle;
 use crate::health::Verdict;
-use crate::persistence::WriteBehind;
+use crate::persistence::{Mirror, WriteBehind};
 use crate::webhook::Webhooks;
 
 /// Why the node could not start.
@@ -189,16 +189,22 @@ impl Node {
             None => None,
         };
         let mut presence = PresenceService::new(&config, secrets.salt, clock());
-        let (write_behind, restored) = match store {
-            Some(store) => restore(&config, store, &mut presence)?,
-            None => (None, 0),
-        };
+        let retired = joined.as_ref().is_some_and(|j| j.retired);
+        if let (Some(section), Some(joined)) = (&config.cluster, &joined) {
+            // Before restoring: saved subscriptions are known by their tags.
+            presence.join_cluster(section.node_id, joined.era);
+        }
         let (reports_tx, reports) = mpsc::channel(1024);
         let (provisioned_tx, mut provisioned) = mpsc::channel(16);
         let provisioning = joined.as_ref().map(|j| j.provisioning.clone());
         let cluster = config.cluster.as_ref().zip(joined).map(|(section, joined)| {
             joined.spawn(section.share_queue, reports_tx, provisioned_tx)
         });
+        let mirror = cluster.as_ref().map(|link| Mirror {
+            batches: link.dialogs.clone(),
+            queued: link.dialogs_queued.clone(),
+        });
+        let (write_behind, restored) = restore(&config, store, mirror, retired, &mut presence)?;
         let (verdicts_tx, verdicts) = mpsc::channel(64);
         let probes = presence
             .directory()
@@ -242,6 +248,7 @@ impl Node {
             resident: 0,
             trusted_networks,
             cluster,
+            fenced: false,
         };
         let inbox = Inbox {
             received,
@@ -327,12 +334,26 @@ fn open_store(config: &Config) -> Result<Option<Arc<dyn Store>>, StartError> {
 }
 
 /// Brings back the saved subscriptions, deletes those that cannot come
-/// back, and starts writing changes behind.
+/// back, and starts writing changes behind, to the store and (in a
+/// cluster) to Redis. A `retired` node's subscriptions were taken over by
+/// another node while it was gone: they are deleted, not restored.
 fn restore(
     config: &Config,
-    store: Arc<dyn Store>,
+    store: Option<Arc<dyn Store>>,
+    mirror: Option<Mirror>,
+    retired: bool,
     presence: &mut PresenceService,
 ) -> Result<(Option<WriteBehind>, usize), StartError> {
+    let window = std::time::Duration::from_secs(config.store.renotify_window_secs);
+    let Some(store) = store else {
+        if mirror.is_none() {
+            return Ok((None, 0));
+        }
+        // Nothing to restore; every change from now on goes to Redis.
+        presence.restore(Vec::new(), window, Instant::now());
+        let writer = WriteBehind::start(None, mirror).map_err(StartError::Writer)?;
+        return Ok((Some(writer), 0));
+    };
     let started = Instant::now();
     // In a cluster the admin's settings are the cluster's, read with the
     // rest of the shared presence; a copy kept here could be stale.
@@ -377,9 +398,19 @@ fn restore(
             ..Batch::default()
         })?;
     }
-    let saved = store.subscriptions()?;
+    let mut saved = store.subscriptions()?;
+    if retired && !saved.is_empty() {
+        tracing::warn!(
+            "{} saved subscriptions were taken over by another node while this one was gone; deleted here",
+            saved.len()
+        );
+        store.write(&Batch {
+            deleted: saved.iter().map(|s| s.id.index).collect(),
+            ..Batch::default()
+        })?;
+        saved.clear();
+    }
     let found = saved.len();
-    let window = std::time::Duration::from_secs(config.store.renotify_window_secs);
     let report = presence.restore(saved, window, Instant::now());
     for (slot, reason) in report.dropped.iter().take(20) {
         tracing::info!(slot, "saved subscription not restored: {reason}");
@@ -398,7 +429,7 @@ fn restore(
             window.as_secs()
         );
     }
-    let writer = WriteBehind::start(store).map_err(StartError::Writer)?;
+    let writer = WriteBehind::start(Some(store), mirror).map_err(StartError::Writer)?;
     Ok((Some(writer), report.restored))
 }
 
@@ -577,6 +608,8 @@ struct Driver {
     trusted_networks: TrustedNetworks,
     /// The cluster task; None when the node is alone.
     cluster: Option<ClusterLink>,
+    /// Whether the core was last told the node is fenced.
+    fenced: bool,
 }
 
 impl Driver {
@@ -636,6 +669,8 @@ impl Driver {
                     let input = match report {
                         Report::Shared(shared) => Input::Shared(shared),
                         Report::View(view) => Input::Cluster(view),
+                        Report::Adopt(saved) => Input::Adopt(saved),
+                        Report::Retired(era) => Input::Retired { era },
                     };
                     self.core.handle(clock(), input);
                 }
@@ -646,6 +681,7 @@ impl Driver {
                 }
                 () = sleep => self.core.handle_timeout(clock()),
             }
+            self.check_fence();
             self.carry_out(clock());
         }
     }
@@ -660,6 +696,20 @@ impl Driver {
             backlog,
             server_transactions: self.core.server_transactions(),
             resident_bytes: self.resident,
+        }
+    }
+
+    /// Tells the core when this node's lease has grown too old for it to
+    /// notify, and when it is renewed again (the cluster task's reports
+    /// wake the loop every second).
+    fn check_fence(&mut self) {
+        let Some(link) = &self.cluster else {
+            return;
+        };
+        let fenced = link.fenced(Instant::now());
+        if fenced != self.fenced {
+            self.fenced = fenced;
+            self.core.handle(clock(), Input::Fenced(fenced));
         }
     }
 
@@ -731,6 +781,13 @@ impl Driver {
     /// A connection whose queue is full gets its messages held, in order,
     /// until a task sees it take more; past the backlog's bound they fail.
     fn offer(&mut self, target: &Target, message: Parked, now: Now) {
+        // A fenced node sends no NOTIFY, not even a retransmission already
+        // under way: another node may be notifying that watcher now.
+        if message.bytes.starts_with(b"NOTIFY ")
+            && self.cluster.as_ref().is_some_and(|link| link.fenced(now.mono))
+        {
+            return;
+        }
         // Whatever way the target is named, a connection with a backlog
         // keeps its messages in order behind it.
         if let Some(Target::Connection(id)) = self.transport.ready(target) {
@@ -833,6 +890,7 @@ impl Driver {
         status.store = self
             .write_behind
             .as_ref()
+            .filter(|w| w.has_store())
             .map(|w| store_status(w, &self.core));
         reply.send(status);
     }

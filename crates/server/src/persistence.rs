@@ -16,6 +16,8 @@ use porchlight_node::presence::PresenceService;
 use porchlight_node::snapshot::flow_to_text;
 use porchlight_store::{Batch, Store};
 
+use crate::cluster::DialogBatch;
+
 /// Batches handed to the writer and not yet committed, beyond which the
 /// loop waits for it.
 const MAX_QUEUED_BATCHES: usize = 2;
@@ -44,19 +46,50 @@ pub struct StoreCounters {
     pub queued: AtomicUsize,
 }
 
+/// Where a cluster node's subscriptions go besides its store: Redis,
+/// through the cluster task, so another node can take them over.
+pub struct Mirror {
+    /// The cluster task's queue.
+    pub batches: tokio::sync::mpsc::Sender<DialogBatch>,
+    /// Batches sent and not yet written.
+    pub queued: Arc<AtomicUsize>,
+}
+
 /// The loop's side of write-behind.
 pub struct WriteBehind {
-    batches: mpsc::Sender<Batch>,
+    /// The store writer's queue; None for a cluster node without a store.
+    batches: Option<mpsc::Sender<Batch>>,
     counters: Arc<StoreCounters>,
+    mirror: Option<Mirror>,
     changed: Vec<u32>,
 }
 
 impl WriteBehind {
-    /// Starts the writer thread for `store`.
-    pub fn start(store: Arc<dyn Store>) -> std::io::Result<WriteBehind> {
-        let (batches, incoming) = mpsc::channel::<Batch>();
+    /// Starts writing behind to `store` (on a thread of its own) and to
+    /// the `mirror`, either of which may be absent.
+    pub fn start(store: Option<Arc<dyn Store>>, mirror: Option<Mirror>) -> std::io::Result<WriteBehind> {
         let counters = Arc::new(StoreCounters::default());
-        let shared = counters.clone();
+        let batches = match store {
+            Some(store) => Some(Self::writer(store, counters.clone())?),
+            None => None,
+        };
+        Ok(WriteBehind {
+            batches,
+            counters,
+            mirror,
+            changed: Vec::new(),
+        })
+    }
+
+    /// Whether a store is written (rather than only the cluster).
+    pub fn has_store(&self) -> bool {
+        self.batches.is_some()
+    }
+
+    /// The writer thread for `store`.
+    fn writer(store: Arc<dyn Store>, counters: Arc<StoreCounters>) -> std::io::Result<mpsc::Sender<Batch>> {
+        let (batches, incoming) = mpsc::channel::<Batch>();
+        let shared = counters;
         std::thread::Builder::new()
             .name("porchlight-store".into())
             .spawn(move || {
@@ -79,11 +112,7 @@ impl WriteBehind {
                     shared.queued.fetch_sub(1, Ordering::Relaxed);
                 }
             })?;
-        Ok(WriteBehind {
-            batches,
-            counters,
-            changed: Vec::new(),
-        })
+        Ok(batches)
     }
 
     /// The writer's counters.
@@ -91,10 +120,15 @@ impl WriteBehind {
         self.counters.clone()
     }
 
-    /// Hands what changed since the last tick to the writer, unless it is
-    /// still busy with earlier batches.
+    /// Hands what changed since the last tick to the writer and the
+    /// mirror, unless either is still busy with earlier batches.
     pub fn tick(&mut self, presence: &mut PresenceService, now: Instant) {
-        if self.counters.queued.load(Ordering::Relaxed) >= MAX_QUEUED_BATCHES {
+        if self.counters.queued.load(Ordering::Relaxed) >= MAX_QUEUED_BATCHES
+            || self
+                .mirror
+                .as_ref()
+                .is_some_and(|m| m.queued.load(Ordering::Relaxed) >= MAX_QUEUED_BATCHES)
+        {
             return;
         }
         let unix = unix_now();
@@ -132,8 +166,28 @@ impl WriteBehind {
             }
         }
         self.changed.clear();
+        if let Some(mirror) = &self.mirror {
+            let dialogs = DialogBatch {
+                saved: batch
+                    .saved
+                    .iter()
+                    .map(|s| (s.id.index, porchlight_store::codec::encode_subscription(s)))
+                    .collect(),
+                deleted: batch.deleted.clone(),
+            };
+            if !(dialogs.saved.is_empty() && dialogs.deleted.is_empty()) {
+                mirror.queued.fetch_add(1, Ordering::Relaxed);
+                if mirror.batches.try_send(dialogs).is_err() {
+                    mirror.queued.fetch_sub(1, Ordering::Relaxed);
+                    tracing::error!("the cluster task has stopped; subscriptions are no longer saved in Redis");
+                }
+            }
+        }
+        let Some(batches) = &self.batches else {
+            return;
+        };
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        if self.batches.send(batch).is_err() {
+        if batches.send(batch).is_err() {
             self.counters.queued.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("the store writer has stopped; changes are no longer saved");
         }

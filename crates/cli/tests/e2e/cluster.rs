@@ -171,10 +171,10 @@ fn sources_key(name: &str, uri: &str) -> String {
 /// desk and a queue whose app registers.
 fn node_config(redis: &RedisCluster, name: &str, node: u16, lease_ms: u64) -> String {
     config(
-        &[(
-            "min_notify_interval_ms = 5000",
-            "min_notify_interval_ms = 0",
-        )],
+        &[
+            ("min_notify_interval_ms = 5000", "min_notify_interval_ms = 0"),
+            ("renotify_window_secs = 30", "renotify_window_secs = 2"),
+        ],
         &format!(
             "\n[cluster]\nredis = [{}]\nnode_id = {node}\ninternal = \"127.0.0.1:{}\"\n\
              name = \"{name}\"\nlease_ms = {lease_ms}\n\
@@ -569,8 +569,7 @@ fn a_node_restarted_within_its_lease_restores_its_own_watchers() {
     // a short recovery window.
     let port = free_port();
     let second_config = node_config(&redis, "restart", 2, 4000)
-        .replace("udp = [\"127.0.0.1:0\"]", &format!("udp = [\"127.0.0.1:{port}\"]"))
-        .replace("renotify_window_secs = 30", "renotify_window_secs = 1");
+        .replace("udp = [\"127.0.0.1:0\"]", &format!("udp = [\"127.0.0.1:{port}\"]"));
     let mut second = start("cluster-restart-2", &second_config);
     let mut watchers = Crowd::subscribe(&second, "rs", 10);
     watchers.expect_all(CLOSED, Duration::from_secs(10));
@@ -602,4 +601,181 @@ fn a_node_restarted_within_its_lease_restores_its_own_watchers() {
     let app = UdpSocket::bind("127.0.0.1:0").unwrap();
     assert_eq!(register_with(&app, first.udp, "queue", "s3cret", 1), 200);
     watchers.expect_all(OPEN, Duration::from_secs(10));
+}
+
+/// One NOTIFY as a watcher saw it.
+#[derive(Clone, Debug)]
+struct Heard {
+    from: SocketAddr,
+    cseq: u32,
+    from_tag: String,
+    contact: String,
+    text: String,
+}
+
+/// Watchers of the queue that keep each dialog's To tag (from the 200)
+/// and every NOTIFY with where it came from.
+struct Dialogs {
+    socket: UdpSocket,
+    to_tags: HashMap<String, String>,
+    heard: HashMap<String, Vec<Heard>>,
+    count: usize,
+}
+
+impl Dialogs {
+    fn subscribe(node: &Server, label: &str, count: usize) -> Dialogs {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let at = socket.local_addr().unwrap();
+        for i in 0..count {
+            let request = subscribe_to("queue", at, &format!("{label}-{i}"), &format!("{label}t{i}"));
+            socket.send_to(request.as_bytes(), node.udp).unwrap();
+        }
+        let mut dialogs = Dialogs {
+            socket,
+            to_tags: HashMap::new(),
+            heard: HashMap::new(),
+            count,
+        };
+        dialogs.until(Duration::from_secs(10), "a 200 and a NOTIFY for every watcher", |d| {
+            d.to_tags.len() == count && d.heard.len() == count
+        });
+        dialogs
+    }
+
+    /// Answers and keeps what arrives until `done`, or panics at the deadline.
+    fn until(&mut self, within: Duration, what: &str, done: impl Fn(&Dialogs) -> bool) {
+        let deadline = Instant::now() + within;
+        let mut buf = vec![0u8; 65536];
+        while !done(self) {
+            assert!(Instant::now() < deadline, "never saw {what}: {:?}", self.heard);
+            let Ok((n, from)) = self.socket.recv_from(&mut buf) else {
+                continue;
+            };
+            let m = parse(&buf[..n]);
+            let call_id = m.call_id().unwrap().to_owned();
+            if m.status() == Some(200) {
+                let tag = m.to().unwrap().tag().unwrap().to_owned();
+                self.to_tags.insert(call_id, tag);
+                continue;
+            }
+            if m.method() != Some("NOTIFY") {
+                continue;
+            }
+            let ok = porchlight_sip::response_to(&m, 200, "OK", None, None).finish(b"");
+            self.socket.send_to(&ok, from).unwrap();
+            let contact = match m.contacts() {
+                Ok(porchlight_sip::Contacts::List(list)) => {
+                    list.first().map(|c| c.uri.as_str().to_owned()).unwrap_or_default()
+                }
+                _ => String::new(),
+            };
+            let state = m
+                .text(porchlight_sip::HeaderName::SubscriptionState)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+                .to_owned();
+            self.heard.entry(call_id).or_default().push(Heard {
+                from,
+                cseq: m.cseq().unwrap().seq,
+                from_tag: m.from().unwrap().tag().unwrap_or_default().to_owned(),
+                contact,
+                text: format!("{state}\n{}", String::from_utf8_lossy(m.body())),
+            });
+        }
+    }
+
+    /// NOTIFYs heard since `marks` (a count per watcher).
+    fn since(&self, marks: &HashMap<String, usize>) -> HashMap<String, Vec<Heard>> {
+        self.heard
+            .iter()
+            .map(|(c, h)| (c.clone(), h[marks.get(c).copied().unwrap_or(0)..].to_vec()))
+            .collect()
+    }
+
+    fn marks(&self) -> HashMap<String, usize> {
+        self.heard.iter().map(|(c, h)| (c.clone(), h.len())).collect()
+    }
+}
+
+#[test]
+fn a_node_killed_loses_no_watcher_and_duplicates_none() {
+    let redis = RedisCluster::start("takeover");
+    let survivor = start("cluster-takeover-1", &node_config(&redis, "takeover", 1, 4000));
+    let mut doomed = start("cluster-takeover-2", &node_config(&redis, "takeover", 2, 4000));
+    let mut watchers = Dialogs::subscribe(&doomed, "tk", 20);
+    // Past the write-behind flush: the dialogs are in Redis.
+    let flushed = Instant::now() + Duration::from_secs(10);
+    while doomed.api_get("/api/v1/status")["store"]["records_written"].as_u64() < Some(20) {
+        assert!(Instant::now() < flushed, "the dialogs were never written behind");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = watchers.marks();
+    let before_kill = before.clone();
+    let last_cseq: HashMap<String, u32> = watchers
+        .heard
+        .iter()
+        .map(|(c, h)| (c.clone(), h.last().unwrap().cseq))
+        .collect();
+
+    doomed.kill_9();
+    let killed = Instant::now();
+    // Node 1 finds node 2's lease gone twice, claims it and re-notifies
+    // every one of its watchers, once, from itself, in the dialog it had.
+    watchers.until(Duration::from_secs(20), "a NOTIFY from the survivor to every watcher", |d| {
+        d.since(&before).values().filter(|h| !h.is_empty()).count() == d.count
+    });
+    let took = killed.elapsed();
+    let after = watchers.since(&before);
+    for (call_id, heard) in &after {
+        let h = &heard[0];
+        assert_eq!(h.from, survivor.udp, "{call_id}: from the survivor");
+        assert_eq!(&h.from_tag, &watchers.to_tags[call_id], "{call_id}: the dialog's tag");
+        assert!(h.cseq >= last_cseq[call_id] + 1000, "{call_id}: CSeq {} after {}", h.cseq, last_cseq[call_id]);
+        assert!(h.text.starts_with("active"), "{call_id}: {}", h.text);
+        assert!(h.contact.contains(&survivor.udp.port().to_string()), "{call_id}: {}", h.contact);
+    }
+    eprintln!("takeover: every watcher re-notified {took:?} after the kill");
+
+    // A refresh follows the new Contact into the same dialog.
+    let call_id = "tk-3";
+    let contact = &after[call_id][0].contact;
+    let at = watchers.socket.local_addr().unwrap();
+    let refresh = format!(
+        "SUBSCRIBE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {at};branch=z9hG4bKtkr3;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:alice@fabrikam.com>;tag=tkt3\r\nTo: <sip:queue@contoso.com>;tag={}\r\nCall-ID: {call_id}\r\n\
+         CSeq: 2 SUBSCRIBE\r\nContact: <sip:alice@{at}>\r\nEvent: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
+        watchers.to_tags[call_id]
+    );
+    watchers.socket.send_to(refresh.as_bytes(), survivor.udp).unwrap();
+    watchers.to_tags.remove(call_id);
+    watchers.until(Duration::from_secs(5), "the refresh's 200", |d| d.to_tags.contains_key(call_id));
+
+    // The next change reaches each watcher once, from the survivor.
+    let before = watchers.marks();
+    set_presence(
+        &survivor,
+        &["endpoint", "presence", "set", "sip:queue@contoso.com", "busy", "--note", "After the takeover"],
+    );
+    watchers.until(Duration::from_secs(10), "the change after the takeover", |d| {
+        d.since(&before)
+            .values()
+            .filter(|h| h.iter().any(|n| n.text.contains("After the takeover")))
+            .count()
+            == d.count
+    });
+    // Between the kill and that change, each watcher heard the takeover
+    // once: no duplicate, whichever node might have sent it.
+    for (call_id, heard) in watchers.since(&before_kill) {
+        let takeover = heard.iter().filter(|h| !h.text.contains("After the takeover")).count();
+        assert_eq!(takeover, 1 + usize::from(call_id == "tk-3"), "{call_id} heard {heard:?}");
+        let change = heard.iter().filter(|h| h.text.contains("After the takeover")).count();
+        assert_eq!(change, 1, "{call_id} heard {heard:?}");
+    }
+    let status = survivor.api_get("/api/v1/status");
+    assert_eq!(status["cluster"]["takeovers"], 1, "{status}");
+    assert_eq!(status["subscriptions_active"], 20, "{status}");
 }

@@ -171,8 +171,11 @@ pub enum Input {
     /// Whether this node's lease is too old for it to notify.
     Fenced(bool),
     /// Another node took this node's subscriptions over while its lease
-    /// was lost: they are dropped here.
-    Retired,
+    /// was lost: they are dropped here, and new ones are made in `era`.
+    Retired {
+        /// The node's new era.
+        era: u64,
+    },
 }
 
 /// Everything the node decides, without I/O: messages and reports in,
@@ -464,8 +467,8 @@ impl Core {
             Input::Cluster(view) => self.cluster = Some(view),
             Input::Adopt(saved) => self.adopt(saved, now),
             Input::Fenced(fenced) => self.presence.set_fenced(fenced),
-            Input::Retired => {
-                self.presence.retire_subscriptions();
+            Input::Retired { era } => {
+                self.presence.retire_subscriptions(era);
             }
         }
     }

@@ -102,9 +102,13 @@ impl PresenceService {
 
     /// This node's subscriptions were taken over by another node while it
     /// could not renew its lease: they are that node's now, and are
-    /// dropped here without a word to their watchers.
-    pub fn retire_subscriptions(&mut self) -> usize {
+    /// dropped here without a word to their watchers; new ones get tags
+    /// of the node's new `era`.
+    pub fn retire_subscriptions(&mut self, era: u64) -> usize {
         let dropped = self.notifier.forget_all();
+        if let Some(sharing) = &self.sharing {
+            self.notifier.set_origin(&format!("{}-{era}", sharing.node));
+        }
         tracing::warn!(
             dropped,
             "another node took this node's subscriptions over; they are dropped here"
