@@ -688,6 +688,12 @@ impl Dialogs {
         }
     }
 
+    /// Answers and keeps whatever arrives for `window`.
+    fn pump(&mut self, window: Duration) {
+        let end = Instant::now() + window;
+        self.until(window + Duration::from_secs(1), "", |_| Instant::now() >= end);
+    }
+
     /// NOTIFYs heard since `marks` (a count per watcher).
     fn since(&self, marks: &HashMap<String, usize>) -> HashMap<String, Vec<Heard>> {
         self.heard
@@ -778,4 +784,60 @@ fn a_node_killed_loses_no_watcher_and_duplicates_none() {
     let status = survivor.api_get("/api/v1/status");
     assert_eq!(status["cluster"]["takeovers"], 1, "{status}");
     assert_eq!(status["subscriptions_active"], 20, "{status}");
+}
+
+#[test]
+fn a_node_paused_past_its_lease_sends_nothing_for_watchers_taken_over() {
+    let redis = RedisCluster::start("paused");
+    let survivor = start("cluster-paused-1", &node_config(&redis, "paused", 1, 4000));
+    let paused = start("cluster-paused-2", &node_config(&redis, "paused", 2, 4000));
+    let mut watchers = Dialogs::subscribe(&paused, "ps", 10);
+    let flushed = Instant::now() + Duration::from_secs(10);
+    while paused.api_get("/api/v1/status")["store"]["records_written"].as_u64() < Some(10) {
+        assert!(Instant::now() < flushed, "the dialogs were never written behind");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = watchers.marks();
+
+    paused.signal("STOP");
+    watchers.until(Duration::from_secs(20), "the survivor's takeover", |d| {
+        d.since(&before).values().filter(|h| !h.is_empty()).count() == d.count
+    });
+    // A change while node 2 sleeps: the survivor tells every watcher. Node
+    // 2 finds the change, and its own unanswered NOTIFYs' timers, when it
+    // wakes.
+    set_presence(
+        &survivor,
+        &["endpoint", "presence", "set", "sip:queue@contoso.com", "away", "--note", "While node 2 slept"],
+    );
+    watchers.until(Duration::from_secs(10), "the change while node 2 slept", |d| {
+        d.heard
+            .values()
+            .filter(|h| h.iter().any(|n| n.text.contains("While node 2 slept")))
+            .count()
+            == d.count
+    });
+    paused.signal("CONT");
+    // Node 2 wakes fenced, learns on renewing its lease that its watchers
+    // were taken over, and drops them without a word.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while paused.api_get("/api/v1/status")["subscriptions_active"] != 0 {
+        assert!(Instant::now() < deadline, "node 2 still holds its watchers");
+        watchers.pump(Duration::from_millis(200));
+    }
+    watchers.pump(Duration::from_millis(200));
+    let from_paused: Vec<Heard> = watchers
+        .since(&before)
+        .into_values()
+        .flatten()
+        .filter(|h| h.from == paused.udp)
+        .collect();
+    assert!(from_paused.is_empty(), "node 2 notified after its lease lapsed: {from_paused:?}");
+    // New watchers may subscribe to it again, in its new era.
+    let fresh = Dialogs::subscribe(&paused, "fresh", 3);
+    assert!(
+        fresh.to_tags.values().all(|t| t.starts_with("2-1.")),
+        "{:?}",
+        fresh.to_tags
+    );
 }

@@ -57,6 +57,16 @@ impl Server {
             .expect("VmRSS in /proc status")
     }
 
+    /// Sends the process `signal` (`STOP`, `CONT`, …), as `kill -SIGNAL` does.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal}");
+    }
+
     /// Ends the process with SIGKILL, as a crash would: nothing is flushed
     /// or closed by the server itself.
     pub fn kill_9(&mut self) {
