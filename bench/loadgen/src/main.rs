@@ -3,7 +3,9 @@
 //! PUBLISH changes the presentity, and the tool reports how long the last
 //! watcher waited for its NOTIFY. With `--pid` it also reports the
 //! server's resident memory before and after the subscriptions, for the
-//! bytes-per-subscription figure. Protocol-level only, so the same run
+//! bytes-per-subscription figure. With several `--target`s the watchers
+//! are spread over them (the nodes of a cluster) and `--publish-to` names
+//! the node the change is made on. Protocol-level only, so the same run
 //! works against any presence server.
 
 use std::net::{SocketAddr, UdpSocket};
@@ -20,9 +22,13 @@ use porchlight_sip::{response_to, Framing, HeaderName, Limits, Message};
 #[derive(Parser)]
 #[command(about = "Presence fan-out and memory benchmark over UDP")]
 struct Args {
-    /// The server's UDP address.
+    /// The server's UDP address; several (comma-separated) spread the
+    /// watchers over them, watcher i on the i-th modulo their number.
+    #[arg(long, value_delimiter = ',', required = true)]
+    target: Vec<SocketAddr>,
+    /// Where the PUBLISH goes; the first target when absent.
     #[arg(long)]
-    target: SocketAddr,
+    publish_to: Option<SocketAddr>,
     /// The presentity's URI (SUBSCRIBE and PUBLISH Request-URI).
     #[arg(long)]
     uri: String,
@@ -78,6 +84,9 @@ struct Shared {
     publish_sent_ns: AtomicU64,
     first_later_ns: AtomicU64,
     last_notify_ns: AtomicU64,
+    /// NOTIFYs (new CSeqs) beyond the one expected after the build-up: a
+    /// duplicate, when nothing changed twice.
+    extra_notifies: AtomicU32,
     epoch: Instant,
 }
 
@@ -156,7 +165,9 @@ fn receive_loop(socket: UdpSocket, shared: Arc<Shared>) {
                     shared.last_notify_ns.fetch_max(now, Ordering::Relaxed);
                     shared.later_notifies.fetch_add(1, Ordering::Relaxed);
                 }
-                _ => {}
+                _ => {
+                    shared.extra_notifies.fetch_add(1, Ordering::Relaxed);
+                }
             }
         } else if message.cseq().is_ok_and(|c| c.method == "SUBSCRIBE") {
             match message.status() {
@@ -212,7 +223,8 @@ fn publish(args: &Args, socket: &UdpSocket) -> anyhow::Result<Instant> {
     let mut auth = String::new();
     loop {
         let sent_at = Instant::now();
-        socket.send_to(make(cseq, &auth).as_bytes(), args.target)?;
+        let to = args.publish_to.unwrap_or(args.target[0]);
+        socket.send_to(make(cseq, &auth).as_bytes(), to)?;
         let response = loop {
             let (n, _) = socket.recv_from(&mut buf).context("no answer to PUBLISH")?;
             let m = Message::parse(
@@ -257,6 +269,11 @@ fn publish(args: &Args, socket: &UdpSocket) -> anyhow::Result<Instant> {
     }
 }
 
+/// The server watcher `i` subscribes through.
+fn target_of(args: &Args, i: usize) -> SocketAddr {
+    args.target[i % args.target.len()]
+}
+
 fn wait_for(what: &str, deadline: Instant, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
     while !done() {
         if Instant::now() > deadline {
@@ -279,6 +296,7 @@ fn main() -> anyhow::Result<()> {
         publish_sent_ns: AtomicU64::new(0),
         first_later_ns: AtomicU64::new(u64::MAX),
         last_notify_ns: AtomicU64::new(0),
+        extra_notifies: AtomicU32::new(0),
         epoch: Instant::now(),
     });
     let sockets: Vec<UdpSocket> = (0..args.sockets)
@@ -303,7 +321,7 @@ fn main() -> anyhow::Result<()> {
         }
         let socket = &sockets[(i % args.sockets) as usize];
         let request = subscribe(i, &args.uri, socket.local_addr()?);
-        socket.send_to(request.as_bytes(), args.target)?;
+        socket.send_to(request.as_bytes(), target_of(&args, i as usize))?;
         if Instant::now() > deadline {
             bail!("could not send the subscriptions in time");
         }
@@ -328,7 +346,7 @@ fn main() -> anyhow::Result<()> {
                     if let Ok(local) = socket.local_addr() {
                         let _ = socket.send_to(
                             subscribe(i as u32, &args.uri, local).as_bytes(),
-                            args.target,
+                            target_of(&args, i),
                         );
                     }
                 }
@@ -383,6 +401,12 @@ fn main() -> anyhow::Result<()> {
         "fan-out: {got} of {subscribed} watchers notified; last NOTIFY {:.3} s after the PUBLISH",
         spread.as_secs_f64()
     );
+    // Anything more would be a duplicate; give it a moment to show.
+    std::thread::sleep(Duration::from_secs(1));
+    println!(
+        "repeated NOTIFYs: {}",
+        shared.extra_notifies.load(Ordering::Relaxed)
+    );
     result
 }
 
@@ -405,6 +429,24 @@ fn await_renotifies(args: &Args, shared: &Shared, subscribed: u32) -> anyhow::Re
         "re-notified {got} of {subscribed} watchers over {span:.2} s ({:.0}/s); lost {}",
         f64::from(got) / span.max(1e-9),
         subscribed - got.min(subscribed)
+    );
+    // When they came, on the wall clock, for the script that caused it.
+    let wall = |ns: u64| {
+        let at = shared.epoch + Duration::from_nanos(ns);
+        let ago = Instant::now().saturating_duration_since(at);
+        (std::time::SystemTime::now() - ago)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    println!(
+        "first re-notify at {:.3}, last at {:.3} (Unix time)",
+        wall(first),
+        wall(last)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    println!(
+        "repeated NOTIFYs: {}",
+        shared.extra_notifies.load(Ordering::Relaxed)
     );
     result
 }
