@@ -625,8 +625,12 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
     }
 
     fn tag_check(&self, id: SubscriptionId) -> u32 {
+        self.tag_check_in(self.origin.as_deref(), id)
+    }
+
+    fn tag_check_in(&self, origin: Option<&str>, id: SubscriptionId) -> u32 {
         keyed_hash(self.salt, |h| {
-            if let Some(origin) = &self.origin {
+            if let Some(origin) = origin {
                 h.write(origin.as_bytes());
             }
             h.write_u32(id.index);
@@ -645,8 +649,13 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
 
     /// The tag this node gives the subscription `id`.
     fn own_tag(&self, id: SubscriptionId) -> String {
-        let check = self.tag_check(id);
-        match &self.origin {
+        self.tag_in(self.origin.as_deref(), id)
+    }
+
+    /// The tag a node of `origin` (None: a node alone) gives `id`.
+    fn tag_in(&self, origin: Option<&str>, id: SubscriptionId) -> String {
+        let check = self.tag_check_in(origin, id);
+        match origin {
             Some(origin) => format!("{origin}.{:x}.{:x}.{check:x}", id.index, id.generation),
             None => format!("{:x}.{:x}.{check:x}", id.index, id.generation),
         }

@@ -412,6 +412,11 @@ fn restore(
     }
     let found = saved.len();
     let report = presence.restore(saved, window, Instant::now());
+    if mirror.is_some() {
+        // What the store brought back may not be in Redis yet (a node
+        // alone joining): saved there with the first write-behind.
+        presence.save_all();
+    }
     for (slot, reason) in report.dropped.iter().take(20) {
         tracing::info!(slot, "saved subscription not restored: {reason}");
     }

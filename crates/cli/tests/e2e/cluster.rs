@@ -841,3 +841,72 @@ fn a_node_paused_past_its_lease_sends_nothing_for_watchers_taken_over() {
         fresh.to_tags
     );
 }
+
+#[test]
+fn a_node_alone_joins_a_cluster_without_ending_its_dialogs() {
+    let redis = RedisCluster::start("join");
+    // A node alone, with a store, holding watchers.
+    let alone_config = config(
+        &[
+            ("min_notify_interval_ms = 5000", "min_notify_interval_ms = 0"),
+            ("renotify_window_secs = 30", "renotify_window_secs = 2"),
+        ],
+        "\n[[endpoint]]\nuri = \"sip:queue@contoso.com\"\ndisplay_name = \"Support Queue\"\n\
+         [endpoint.registration]\npassword = \"s3cret\"\n",
+    );
+    let port = free_port();
+    let alone_config =
+        alone_config.replace("udp = [\"127.0.0.1:0\"]", &format!("udp = [\"127.0.0.1:{port}\"]"));
+    let mut alone = start("cluster-join-1", &alone_config);
+    let mut watchers = Dialogs::subscribe(&alone, "jn", 10);
+    let flushed = Instant::now() + Duration::from_secs(10);
+    while alone.api_get("/api/v1/status")["store"]["records_written"].as_u64() < Some(10) {
+        assert!(Instant::now() < flushed, "the dialogs were never written behind");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // It joins a cluster: the same file with [cluster] added, restarted.
+    alone.kill_9();
+    let (dir, path) = (alone.dir.clone(), alone.dir.join("porchlight.toml"));
+    let joined = node_config(&redis, "join", 1, 4000);
+    let cluster_section = &joined[joined.find("\n[cluster]").unwrap()..joined.find("\n\n[[endpoint]]").unwrap()];
+    std::fs::write(&path, alone_config.clone() + cluster_section).unwrap();
+    let member = start_with_file(&path, dir);
+    assert_eq!(member.api_get("/api/v1/status")["store"]["restored"], 10);
+    let before = watchers.marks();
+    watchers.until(Duration::from_secs(10), "the re-notify after joining", |d| {
+        d.since(&before).values().filter(|h| !h.is_empty()).count() == d.count
+    });
+    for (call_id, heard) in watchers.since(&before) {
+        assert_eq!(heard[0].from_tag, watchers.to_tags[&call_id], "{call_id} keeps its dialog");
+    }
+
+    // A second node joins; the first dies; the second carries on every
+    // dialog the node alone made.
+    let second = start("cluster-join-2", &node_config(&redis, "join", 2, 4000));
+    let mut member = member;
+    // Past the first write-behind after joining: the dialogs are in Redis.
+    let saved = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys: usize = (0..64)
+            .map(|b| {
+                let out = redis.cli(redis.servers[0].0, &format!("-c HLEN join:{{d:1-0:{b}}}:subs"));
+                out.trim().parse::<usize>().unwrap_or(0)
+            })
+            .sum();
+        if keys == 10 {
+            break;
+        }
+        assert!(Instant::now() < saved, "{keys} of 10 dialogs in Redis");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    member.kill_9();
+    let before = watchers.marks();
+    watchers.until(Duration::from_secs(20), "the second node's takeover", |d| {
+        d.since(&before).values().filter(|h| !h.is_empty()).count() == d.count
+    });
+    for (call_id, heard) in watchers.since(&before) {
+        assert_eq!(heard[0].from, second.udp, "{call_id}");
+        assert_eq!(heard[0].from_tag, watchers.to_tags[&call_id], "{call_id} keeps its dialog");
+    }
+}

@@ -163,6 +163,12 @@ impl PresenceService {
         }
     }
 
+    /// Has every subscription saved again by the next write-behind (a node
+    /// alone joining a cluster: Redis must hold what its store brought back).
+    pub fn save_all(&mut self) {
+        self.notifier.save_all();
+    }
+
     /// Changed subscriptions not yet taken for the store.
     pub fn changes_pending(&self) -> usize {
         self.notifier.changes_pending()

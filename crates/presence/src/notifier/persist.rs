@@ -237,10 +237,27 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
     /// Whether a saved subscription was made by this node under its tag
     /// (restored in its own slot), rather than by another (adopted).
     pub fn is_own(&self, saved: &SavedSubscription<F>) -> bool {
-        saved
-            .tag
-            .as_deref()
-            .is_none_or(|tag| tag == self.own_tag(saved.id))
+        self.held_tag(saved) == self.own_tag(saved.id)
+    }
+
+    /// The tag a saved subscription's watcher holds; one saved without its
+    /// tag was made by a node alone (before tags were kept), under `id`.
+    fn held_tag(&self, saved: &SavedSubscription<F>) -> String {
+        match &saved.tag {
+            Some(tag) => tag.clone(),
+            None => self.tag_in(None, saved.id),
+        }
+    }
+
+    /// Notes every subscription as changed, so the next write-behind saves
+    /// them all: when a node alone joins a cluster, the dialogs its store
+    /// brought back must reach Redis before anything changes them.
+    pub fn save_all(&mut self) {
+        for index in 0..self.records.len() as u32 {
+            if self.records[index as usize].flags & ALIVE != 0 {
+                self.changed(index);
+            }
+        }
     }
 
     /// Puts a saved subscription back in its slot. Its first NOTIFY waits
@@ -288,7 +305,7 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
         } else {
             // Another node's subscription, taken over: any free slot, and
             // the tag the watcher holds.
-            let tag: Box<str> = saved.tag.clone().unwrap_or_default().into();
+            let tag: Box<str> = self.held_tag(&saved).into();
             if self.adopted.contains_key(&tag) {
                 return Err(RestoreError::SlotTaken(saved.id.index));
             }
