@@ -432,6 +432,13 @@ fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
     // The registration on node 1 shows once the admin's setting is gone.
     late_watchers.expect_all("<dm:note>Available</dm:note>", Duration::from_secs(10));
     watchers.expect_all("<dm:note>Available</dm:note>", Duration::from_secs(10));
+    // Neither failover looked like a node's death: no takeover, and node
+    // 2 still holds its watchers.
+    for node in &nodes {
+        let status = node.api_get("/api/v1/status");
+        assert_eq!(status["cluster"]["takeovers"], 0, "{status}");
+    }
+    assert_eq!(nodes[1].api_get("/api/v1/status")["subscriptions_active"], 10);
 }
 
 /// What `porchlight serve` prints and whether it stopped, within `within`.
@@ -745,6 +752,22 @@ fn a_node_killed_loses_no_watcher_and_duplicates_none() {
         assert!(h.contact.contains(&survivor.udp.port().to_string()), "{call_id}: {}", h.contact);
     }
     eprintln!("takeover: every watcher re-notified {took:?} after the kill");
+
+    // A refresh sent to a node that never held the dialog is asked to
+    // retry, not told the subscription is gone (481 would end it).
+    let third = start("cluster-takeover-3", &node_config(&redis, "takeover", 3, 4000));
+    let stray = Dialogs::subscribe(&third, "stray", 1);
+    let stray_tag = stray.to_tags["stray-0"].clone();
+    let misdirected = subscribe_to("queue", watchers.socket.local_addr().unwrap(), "stray-0", "straytx")
+        .replace(
+            "To: <sip:queue@contoso.com>",
+            &format!("To: <sip:queue@contoso.com>;tag={stray_tag}"),
+        )
+        .replace("CSeq: 1 SUBSCRIBE", "CSeq: 2 SUBSCRIBE");
+    let answers = udp_exchange(survivor.udp, misdirected.as_bytes(), Duration::from_secs(2));
+    let answer = answers.iter().find(|m| m.status().is_some()).expect("an answer");
+    assert_eq!(answer.status(), Some(503), "{answer:?}");
+    assert!(answer.text(porchlight_sip::HeaderName::RetryAfter).ok().flatten().is_some());
 
     // A refresh follows the new Contact into the same dialog.
     let call_id = "tk-3";
