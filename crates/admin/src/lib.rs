@@ -19,11 +19,11 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use porchlight_policy::{FederationChange, FederationChangeError, Modality};
 use porchlight_presence::{Availability, PresenceState};
+use porchlight_server::cluster::PublishError;
 use porchlight_server::status::{
     DecisionRecord, EndpointDetail, EndpointView, ImportError, Imported, OutgoingMessage,
     SentMessage, Status,
 };
-use porchlight_server::cluster::PublishError;
 use porchlight_server::{ImportOptions, ImportRefusal, NodeHandle};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;

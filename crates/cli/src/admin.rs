@@ -188,7 +188,11 @@ pub fn status_text(s: &Value) -> String {
                 Some(ms) => format!("lease {ms} ms left"),
                 None => "lease lapsed".into(),
             };
-            let this = if m["this_node"] == true { " (this node)" } else { "" };
+            let this = if m["this_node"] == true {
+                " (this node)"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
                 "  member {} at {}: {lease}{this}",

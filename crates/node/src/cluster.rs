@@ -243,7 +243,11 @@ impl Value {
             reason: e.to_string(),
         };
         Ok(match field {
-            Field::Admin => Value::Admin(serde_json::from_str::<WireState>(text).map_err(error)?.into()),
+            Field::Admin => Value::Admin(
+                serde_json::from_str::<WireState>(text)
+                    .map_err(error)?
+                    .into(),
+            ),
             Field::Node(_) => {
                 let wire: WireContribution = serde_json::from_str(text).map_err(error)?;
                 Value::Node(Contribution {

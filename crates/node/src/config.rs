@@ -1098,7 +1098,9 @@ impl Config {
             fix,
         };
         if let Some(cluster) = &self.cluster {
-            cluster.validate().map_err(|(message, fix)| invalid(message, fix))?;
+            cluster
+                .validate()
+                .map_err(|(message, fix)| invalid(message, fix))?;
         }
         if self.node.domains.is_empty() {
             return Err(invalid(

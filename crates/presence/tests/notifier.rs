@@ -714,7 +714,9 @@ fn another_nodes_subscriptions_are_taken_over_with_the_tags_their_watchers_hold(
     let mut two = Harness::new(NotifierConfig::default());
     two.notifier.set_origin("2-0");
     two.notifier.record_changes();
-    let own: Vec<String> = (101..=110).map(|w| two.subscribe(w).to_tag.unwrap()).collect();
+    let own: Vec<String> = (101..=110)
+        .map(|w| two.subscribe(w).to_tag.unwrap())
+        .collect();
     for (_, n) in two.drain() {
         two.reply(&n, 200);
     }
@@ -745,11 +747,23 @@ fn another_nodes_subscriptions_are_taken_over_with_the_tags_their_watchers_hold(
         two.advance(Duration::from_millis(50));
         notified.extend(two.drain());
     }
-    assert_eq!(notified.len(), 10, "each adopted watcher once, none of node 2's own");
+    assert_eq!(
+        notified.len(),
+        10,
+        "each adopted watcher once, none of node 2's own"
+    );
     for (_, n) in &notified {
         let w: usize = n.call_id().unwrap()["call-".len()..].parse().unwrap();
-        assert_eq!(n.from().unwrap().tag(), Some(tags[w - 1].as_str()), "the tag it holds");
-        assert_eq!(n.cseq().unwrap().seq, 1002, "past what node 1 may have sent");
+        assert_eq!(
+            n.from().unwrap().tag(),
+            Some(tags[w - 1].as_str()),
+            "the tag it holds"
+        );
+        assert_eq!(
+            n.cseq().unwrap().seq,
+            1002,
+            "past what node 1 may have sent"
+        );
     }
     // Its refresh with the old tag finds the dialog on node 2, and node 2's
     // own dialogs are untouched.
@@ -763,7 +777,9 @@ fn another_nodes_subscriptions_are_taken_over_with_the_tags_their_watchers_hold(
         .iter()
         .filter_map(|&i| two.notifier.saved(i, two.now, unix_now))
         .collect();
-    assert!(tags.iter().all(|t| resaved.iter().any(|s| s.tag.as_deref() == Some(t.as_str()))));
+    assert!(tags
+        .iter()
+        .all(|t| resaved.iter().any(|s| s.tag.as_deref() == Some(t.as_str()))));
     assert_eq!(two.answer(&resubscribe(5, &tags[4], 0), 5).code, 200);
     for (_, n) in two.drain() {
         two.reply(&n, 200);

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::join_all;
 use porchlight_node::cluster::{ClusterView, Field, Member, NodeId, Share, Shared, Value};
 use porchlight_node::config::ClusterSection;
 use porchlight_node::Config;
@@ -24,7 +25,6 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Script};
 use sha2::{Digest, Sha256};
-use futures_util::future::join_all;
 use tokio::sync::{mpsc, watch};
 
 /// The layout of what the nodes keep in Redis; a cluster written with
@@ -714,7 +714,9 @@ impl Task {
         self.view.node = self.joined.node;
         let channel = self.joined.keys.cluster("ev");
         if let Err(e) = self.joined.connection.ssubscribe(&channel).await {
-            tracing::warn!("SSUBSCRIBE {channel}: {e}; configuration changes are found by the sweep");
+            tracing::warn!(
+                "SSUBSCRIBE {channel}: {e}; configuration changes are found by the sweep"
+            );
         }
         let mut lease_tick = tokio::time::interval(renewal_interval(self.joined.lease));
         lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -833,7 +835,11 @@ impl Task {
             let mut connection = self.joined.connection.clone();
             async move { pipe.exec_async(&mut connection).await }
         });
-        let failed = join_all(writes).await.into_iter().filter(|r| r.is_err()).count();
+        let failed = join_all(writes)
+            .await
+            .into_iter()
+            .filter(|r| r.is_err())
+            .count();
         if failed > 0 {
             tracing::warn!(
                 "{failed} buckets of saved subscriptions not written to Redis; \
@@ -930,7 +936,9 @@ impl Task {
             .await;
         // Once the write-behind has saved them here, the old copies go.
         let connection = j.connection.clone();
-        let keys: Vec<String> = (0..DIALOG_BUCKETS).map(|b| j.keys.dialogs(&origin, b)).collect();
+        let keys: Vec<String> = (0..DIALOG_BUCKETS)
+            .map(|b| j.keys.dialogs(&origin, b))
+            .collect();
         tokio::spawn(async move {
             tokio::time::sleep(RETIRED_DIALOGS_KEPT).await;
             let deletes = keys.into_iter().map(|key| {
@@ -1033,7 +1041,8 @@ impl Task {
             if let Err(e) = self.joined.connection.ssubscribe(&channel).await {
                 tracing::warn!("SSUBSCRIBE {channel}: {e}; read again on the next sweep");
             }
-            self.followed.insert(channel.clone(), Followed { uri, rev: -1 });
+            self.followed
+                .insert(channel.clone(), Followed { uri, rev: -1 });
             new.push(channel);
         }
         self.reload(new).await;
@@ -1057,10 +1066,15 @@ impl Task {
                 let Some(channel) = push.data.first().and_then(text) else {
                     return;
                 };
-                if !self.followed.contains_key(&channel) && channel != self.joined.keys.cluster("ev") {
+                if !self.followed.contains_key(&channel)
+                    && channel != self.joined.keys.cluster("ev")
+                {
                     return; // our own SUNSUBSCRIBE
                 }
-                tracing::info!(channel, "a shard subscription moved with its slot; followed again");
+                tracing::info!(
+                    channel,
+                    "a shard subscription moved with its slot; followed again"
+                );
                 if let Err(e) = self.joined.connection.ssubscribe(&channel).await {
                     tracing::warn!("SSUBSCRIBE {channel}: {e}; every endpoint is read again");
                     self.resync.store(true, Ordering::Relaxed);
@@ -1188,10 +1202,7 @@ impl Task {
                 }
             };
             self.view.reloads += 1;
-            let rev = record
-                .get("rev")
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(0);
+            let rev = record.get("rev").and_then(|r| r.parse().ok()).unwrap_or(0);
             if let Some(f) = self.followed.get_mut(&channel) {
                 f.rev = rev;
             }
@@ -1267,7 +1278,10 @@ mod tests {
         let (record, channel) = (keys.sources(uri), keys.events(uri));
         let slot = |k: &str| redis::cluster_routing::Slot::for_key(k);
         assert_eq!(slot(&record), slot(&channel));
-        assert!(record.starts_with("pl:{p:") && record.ends_with("}:src"), "{record}");
+        assert!(
+            record.starts_with("pl:{p:") && record.ends_with("}:src"),
+            "{record}"
+        );
         assert_ne!(keys.sources("sip:sales@contoso.com"), record);
     }
 

@@ -180,8 +180,9 @@ impl NodeHandle {
         if self.store.is_none() && self.cluster.is_none() {
             return Err(ImportError::NoStore);
         }
-        let (next, endpoints, changes) =
-            self.check(document, "the imported document", options).await?;
+        let (next, endpoints, changes) = self
+            .check(document, "the imported document", options)
+            .await?;
         if options.dry_run {
             return Ok(Imported {
                 changes,
@@ -198,7 +199,10 @@ impl NodeHandle {
         if let (Some(cluster), Some(rev)) = (&self.cluster, rev) {
             cluster.set_applied(rev);
         }
-        Ok(Imported { changes, ..imported })
+        Ok(Imported {
+            changes,
+            ..imported
+        })
     }
 
     /// Puts in force the configuration another node made the cluster's
@@ -237,8 +241,14 @@ impl NodeHandle {
         document: &str,
         origin: &str,
         options: crate::ImportOptions,
-    ) -> Result<(crate::Config, porchlight_endpoints::EndpointSet, crate::ImportPlan), ImportError>
-    {
+    ) -> Result<
+        (
+            crate::Config,
+            porchlight_endpoints::EndpointSet,
+            crate::ImportPlan,
+        ),
+        ImportError,
+    > {
         let current = self.config();
         let (document, origin) = (document.to_owned(), origin.to_owned());
         tokio::task::spawn_blocking(move || {

@@ -197,9 +197,11 @@ impl Node {
         let (reports_tx, reports) = mpsc::channel(1024);
         let (provisioned_tx, mut provisioned) = mpsc::channel(16);
         let provisioning = joined.as_ref().map(|j| j.provisioning.clone());
-        let cluster = config.cluster.as_ref().zip(joined).map(|(section, joined)| {
-            joined.spawn(section.share_queue, reports_tx, provisioned_tx)
-        });
+        let cluster = config
+            .cluster
+            .as_ref()
+            .zip(joined)
+            .map(|(section, joined)| joined.spawn(section.share_queue, reports_tx, provisioned_tx));
         let mirror = cluster.as_ref().map(|link| Mirror {
             batches: link.dialogs.clone(),
             queued: link.dialogs_queued.clone(),
@@ -789,7 +791,10 @@ impl Driver {
         // A fenced node sends no NOTIFY, not even a retransmission already
         // under way: another node may be notifying that watcher now.
         if message.bytes.starts_with(b"NOTIFY ")
-            && self.cluster.as_ref().is_some_and(|link| link.fenced(now.mono))
+            && self
+                .cluster
+                .as_ref()
+                .is_some_and(|link| link.fenced(now.mono))
         {
             return;
         }

@@ -67,7 +67,10 @@ pub struct WriteBehind {
 impl WriteBehind {
     /// Starts writing behind to `store` (on a thread of its own) and to
     /// the `mirror`, either of which may be absent.
-    pub fn start(store: Option<Arc<dyn Store>>, mirror: Option<Mirror>) -> std::io::Result<WriteBehind> {
+    pub fn start(
+        store: Option<Arc<dyn Store>>,
+        mirror: Option<Mirror>,
+    ) -> std::io::Result<WriteBehind> {
         let counters = Arc::new(StoreCounters::default());
         let batches = match store {
             Some(store) => Some(Self::writer(store, counters.clone())?),
@@ -87,7 +90,10 @@ impl WriteBehind {
     }
 
     /// The writer thread for `store`.
-    fn writer(store: Arc<dyn Store>, counters: Arc<StoreCounters>) -> std::io::Result<mpsc::Sender<Batch>> {
+    fn writer(
+        store: Arc<dyn Store>,
+        counters: Arc<StoreCounters>,
+    ) -> std::io::Result<mpsc::Sender<Batch>> {
         let (batches, incoming) = mpsc::channel::<Batch>();
         let shared = counters;
         std::thread::Builder::new()
@@ -179,7 +185,9 @@ impl WriteBehind {
                 mirror.queued.fetch_add(1, Ordering::Relaxed);
                 if mirror.batches.try_send(dialogs).is_err() {
                     mirror.queued.fetch_sub(1, Ordering::Relaxed);
-                    tracing::error!("the cluster task has stopped; subscriptions are no longer saved in Redis");
+                    tracing::error!(
+                        "the cluster task has stopped; subscriptions are no longer saved in Redis"
+                    );
                 }
             }
         }

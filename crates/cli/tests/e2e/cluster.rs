@@ -43,7 +43,12 @@ impl RedisCluster {
             // The timeouts of upstream's create-cluster script; a 3 s
             // node timeout keeps a busy machine from failing over by itself.
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--cluster-port", &bus.to_string()])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
                 .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", "nodes.conf"])
                 .args(["--cluster-node-timeout", "3000", "--appendonly", "yes"])
@@ -149,11 +154,7 @@ impl RedisCluster {
     }
 
     fn kill_9(&mut self, port: u16) {
-        let (_, child) = self
-            .servers
-            .iter_mut()
-            .find(|(p, _)| *p == port)
-            .unwrap();
+        let (_, child) = self.servers.iter_mut().find(|(p, _)| *p == port).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
     }
@@ -172,7 +173,10 @@ fn sources_key(name: &str, uri: &str) -> String {
 fn node_config(redis: &RedisCluster, name: &str, node: u16, lease_ms: u64) -> String {
     config(
         &[
-            ("min_notify_interval_ms = 5000", "min_notify_interval_ms = 0"),
+            (
+                "min_notify_interval_ms = 5000",
+                "min_notify_interval_ms = 0",
+            ),
             ("renotify_window_secs = 30", "renotify_window_secs = 2"),
         ],
         &format!(
@@ -223,7 +227,12 @@ impl Crowd {
             let missing = self
                 .call_ids
                 .iter()
-                .filter(|c| !self.heard.get(*c).is_some_and(|h| h.iter().any(|b| b.contains(needle))))
+                .filter(|c| {
+                    !self
+                        .heard
+                        .get(*c)
+                        .is_some_and(|h| h.iter().any(|b| b.contains(needle)))
+                })
                 .count();
             if missing == 0 {
                 return;
@@ -288,7 +297,12 @@ const CLOSED: &str = "<basic>closed</basic>";
 fn presence_set_on_any_node_reaches_every_watcher_on_every_node_once() {
     let redis = RedisCluster::start("fanout");
     let nodes: Vec<Server> = (1..=3)
-        .map(|n| start(&format!("cluster-fanout-{n}"), &node_config(&redis, "fanout", n, 8000)))
+        .map(|n| {
+            start(
+                &format!("cluster-fanout-{n}"),
+                &node_config(&redis, "fanout", n, 8000),
+            )
+        })
         .collect();
     let mut crowds: Vec<Crowd> = nodes
         .iter()
@@ -312,12 +326,23 @@ fn presence_set_on_any_node_reaches_every_watcher_on_every_node_once() {
     // then node 3 clears it and everyone hears the app's state again.
     set_presence(
         &nodes[1],
-        &["endpoint", "presence", "set", "sip:queue@contoso.com", "busy", "--note", "Cluster-wide"],
+        &[
+            "endpoint",
+            "presence",
+            "set",
+            "sip:queue@contoso.com",
+            "busy",
+            "--note",
+            "Cluster-wide",
+        ],
     );
     for crowd in &mut crowds {
         crowd.expect_all("Cluster-wide", Duration::from_secs(10));
     }
-    set_presence(&nodes[2], &["endpoint", "presence", "clear", "sip:queue@contoso.com"]);
+    set_presence(
+        &nodes[2],
+        &["endpoint", "presence", "clear", "sip:queue@contoso.com"],
+    );
     for crowd in &mut crowds {
         crowd.expect_all("<dm:note>Available</dm:note>", Duration::from_secs(10));
     }
@@ -338,12 +363,17 @@ fn presence_set_on_any_node_reaches_every_watcher_on_every_node_once() {
     let members = status["cluster"]["members"].as_array().expect("members");
     assert_eq!(members.len(), 3, "{status}");
     assert!(
-        members.iter().all(|m| m["lease_left_ms"].as_u64().is_some()),
+        members
+            .iter()
+            .all(|m| m["lease_left_ms"].as_u64().is_some()),
         "{members:?}"
     );
     assert!(status["cluster"]["applied"].as_u64().unwrap() >= 3);
     let text = porchlight_ok(&nodes[2].dir.join("porchlight.toml"), &["status"]);
-    assert!(text.contains("cluster: node 3") && text.contains("(this node)"), "{text}");
+    assert!(
+        text.contains("cluster: node 3") && text.contains("(this node)"),
+        "{text}"
+    );
     assert_eq!(text.matches("  member ").count(), 3, "{text}");
     // Node 1 joined first: its view fills in as the others join.
     let (admin, bearer) = nodes[0].api();
@@ -382,7 +412,10 @@ fn presence_set_on_any_node_reaches_every_watcher_on_every_node_once() {
         if lapsed == [1] {
             break;
         }
-        assert!(Instant::now() < deadline, "node 1's lease never showed lapsed: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "node 1's lease never showed lapsed: {status}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -391,7 +424,12 @@ fn presence_set_on_any_node_reaches_every_watcher_on_every_node_once() {
 fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
     let mut redis = RedisCluster::start("failover");
     let nodes: Vec<Server> = (1..=2)
-        .map(|n| start(&format!("cluster-failover-{n}"), &node_config(&redis, "failover", n, 8000)))
+        .map(|n| {
+            start(
+                &format!("cluster-failover-{n}"),
+                &node_config(&redis, "failover", n, 8000),
+            )
+        })
         .collect();
     let mut watchers = Crowd::subscribe(&nodes[1], "fo", 10);
     watchers.expect_all(CLOSED, Duration::from_secs(10));
@@ -406,7 +444,15 @@ fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
     redis.wait_until(replica, "ROLE", "master", Duration::from_secs(20));
     set_presence(
         &nodes[0],
-        &["endpoint", "presence", "set", "sip:queue@contoso.com", "away", "--note", "After the planned failover"],
+        &[
+            "endpoint",
+            "presence",
+            "set",
+            "sip:queue@contoso.com",
+            "away",
+            "--note",
+            "After the planned failover",
+        ],
     );
     watchers.expect_all("After the planned failover", Duration::from_secs(20));
 
@@ -416,19 +462,38 @@ fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
     assert_eq!((master_now, replica_now), (replica, master));
     redis.kill_9(master_now);
     redis.wait_until(replica_now, "ROLE", "master", Duration::from_secs(30));
-    redis.wait_until(replica_now, "CLUSTER INFO", "cluster_state:ok", Duration::from_secs(30));
+    redis.wait_until(
+        replica_now,
+        "CLUSTER INFO",
+        "cluster_state:ok",
+        Duration::from_secs(30),
+    );
     set_presence(
         &nodes[0],
-        &["endpoint", "presence", "set", "sip:queue@contoso.com", "busy", "--note", "After the master died"],
+        &[
+            "endpoint",
+            "presence",
+            "set",
+            "sip:queue@contoso.com",
+            "busy",
+            "--note",
+            "After the master died",
+        ],
     );
     watchers.expect_all("After the master died", Duration::from_secs(30));
 
     // Nothing node 1 holds was lost: a node that starts now reads the
     // registration (and the admin's setting) from what Redis kept.
-    let late = start("cluster-failover-3", &node_config(&redis, "failover", 3, 8000));
+    let late = start(
+        "cluster-failover-3",
+        &node_config(&redis, "failover", 3, 8000),
+    );
     let mut late_watchers = Crowd::subscribe(&late, "late", 5);
     late_watchers.expect_all("After the master died", Duration::from_secs(10));
-    set_presence(&nodes[1], &["endpoint", "presence", "clear", "sip:queue@contoso.com"]);
+    set_presence(
+        &nodes[1],
+        &["endpoint", "presence", "clear", "sip:queue@contoso.com"],
+    );
     // The registration on node 1 shows once the admin's setting is gone.
     late_watchers.expect_all("<dm:note>Available</dm:note>", Duration::from_secs(10));
     watchers.expect_all("<dm:note>Available</dm:note>", Duration::from_secs(10));
@@ -438,7 +503,10 @@ fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
         let status = node.api_get("/api/v1/status");
         assert_eq!(status["cluster"]["takeovers"], 0, "{status}");
     }
-    assert_eq!(nodes[1].api_get("/api/v1/status")["subscriptions_active"], 10);
+    assert_eq!(
+        nodes[1].api_get("/api/v1/status")["subscriptions_active"],
+        10
+    );
 }
 
 /// What `porchlight serve` prints and whether it stopped, within `within`.
@@ -468,8 +536,18 @@ fn serve_fails(config_text: &str, name: &str, within: Duration) -> String {
     assert!(!status.success());
     let mut out = String::new();
     use std::io::Read;
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     out
 }
 
@@ -491,7 +569,11 @@ fn what_a_careless_admin_writes_stops_the_node_with_the_fix() {
         .unwrap();
     let out = String::from_utf8_lossy(&checked.stderr).into_owned()
         + &String::from_utf8_lossy(&checked.stdout);
-    let line = text.lines().position(|l| l.starts_with("redis = ")).unwrap() + 1;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("redis = "))
+        .unwrap()
+        + 1;
     assert!(!checked.status.success());
     assert!(
         out.contains(&format!("porchlight.toml:{line}:")) && out.contains("redis://HOST:PORT"),
@@ -502,19 +584,29 @@ fn what_a_careless_admin_writes_stops_the_node_with_the_fix() {
     let closed = free_port();
     let unreachable = node_config(&redis, "careless", 1, 8000)
         .replace(&redis.seeds(), &format!("\"redis://127.0.0.1:{closed}\""));
-    let out = serve_fails(&unreachable, "cluster-careless-unreachable", Duration::from_secs(30));
+    let out = serve_fails(
+        &unreachable,
+        "cluster-careless-unreachable",
+        Duration::from_secs(30),
+    );
     assert!(out.contains("cannot reach the Redis Cluster"), "{out}");
 
     // Two nodes with one number: the second waits out the lease, finds it
     // still renewed, and stops naming the key to change.
-    let _first = start("cluster-careless-first", &node_config(&redis, "careless", 7, 3000));
+    let _first = start(
+        "cluster-careless-first",
+        &node_config(&redis, "careless", 7, 3000),
+    );
     let started = Instant::now();
     let out = serve_fails(
         &node_config(&redis, "careless", 7, 3000),
         "cluster-careless-second",
         Duration::from_secs(30),
     );
-    assert!(out.contains("node_id = 7 is held by a running node"), "{out}");
+    assert!(
+        out.contains("node_id = 7 is held by a running node"),
+        "{out}"
+    );
     assert!(
         started.elapsed() >= Duration::from_secs(3),
         "it gave up before a restarted node's old lease could have lapsed"
@@ -525,7 +617,12 @@ fn what_a_careless_admin_writes_stops_the_node_with_the_fix() {
 fn an_import_on_one_node_is_in_force_on_every_node_and_a_stale_one_is_refused() {
     let redis = RedisCluster::start("import");
     let nodes: Vec<Server> = (1..=3)
-        .map(|n| start(&format!("cluster-import-{n}"), &node_config(&redis, "import", n, 8000)))
+        .map(|n| {
+            start(
+                &format!("cluster-import-{n}"),
+                &node_config(&redis, "import", n, 8000),
+            )
+        })
         .collect();
     let mut crowds: Vec<Crowd> = nodes[1..]
         .iter()
@@ -571,12 +668,17 @@ fn an_import_on_one_node_is_in_force_on_every_node_and_a_stale_one_is_refused() 
 #[test]
 fn a_node_restarted_within_its_lease_restores_its_own_watchers() {
     let redis = RedisCluster::start("restart");
-    let first = start("cluster-restart-1", &node_config(&redis, "restart", 1, 4000));
+    let first = start(
+        "cluster-restart-1",
+        &node_config(&redis, "restart", 1, 4000),
+    );
     // Node 2 on a fixed port, as the Contact its watchers hold, and with
     // a short recovery window.
     let port = free_port();
-    let second_config = node_config(&redis, "restart", 2, 4000)
-        .replace("udp = [\"127.0.0.1:0\"]", &format!("udp = [\"127.0.0.1:{port}\"]"));
+    let second_config = node_config(&redis, "restart", 2, 4000).replace(
+        "udp = [\"127.0.0.1:0\"]",
+        &format!("udp = [\"127.0.0.1:{port}\"]"),
+    );
     let mut second = start("cluster-restart-2", &second_config);
     let mut watchers = Crowd::subscribe(&second, "rs", 10);
     watchers.expect_all(CLOSED, Duration::from_secs(10));
@@ -637,7 +739,12 @@ impl Dialogs {
             .unwrap();
         let at = socket.local_addr().unwrap();
         for i in 0..count {
-            let request = subscribe_to("queue", at, &format!("{label}-{i}"), &format!("{label}t{i}"));
+            let request = subscribe_to(
+                "queue",
+                at,
+                &format!("{label}-{i}"),
+                &format!("{label}t{i}"),
+            );
             socket.send_to(request.as_bytes(), node.udp).unwrap();
         }
         let mut dialogs = Dialogs {
@@ -646,9 +753,11 @@ impl Dialogs {
             heard: HashMap::new(),
             count,
         };
-        dialogs.until(Duration::from_secs(10), "a 200 and a NOTIFY for every watcher", |d| {
-            d.to_tags.len() == count && d.heard.len() == count
-        });
+        dialogs.until(
+            Duration::from_secs(10),
+            "a 200 and a NOTIFY for every watcher",
+            |d| d.to_tags.len() == count && d.heard.len() == count,
+        );
         dialogs
     }
 
@@ -657,7 +766,11 @@ impl Dialogs {
         let deadline = Instant::now() + within;
         let mut buf = vec![0u8; 65536];
         while !done(self) {
-            assert!(Instant::now() < deadline, "never saw {what}: {:?}", self.heard);
+            assert!(
+                Instant::now() < deadline,
+                "never saw {what}: {:?}",
+                self.heard
+            );
             let Ok((n, from)) = self.socket.recv_from(&mut buf) else {
                 continue;
             };
@@ -674,9 +787,10 @@ impl Dialogs {
             let ok = porchlight_sip::response_to(&m, 200, "OK", None, None).finish(b"");
             self.socket.send_to(&ok, from).unwrap();
             let contact = match m.contacts() {
-                Ok(porchlight_sip::Contacts::List(list)) => {
-                    list.first().map(|c| c.uri.as_str().to_owned()).unwrap_or_default()
-                }
+                Ok(porchlight_sip::Contacts::List(list)) => list
+                    .first()
+                    .map(|c| c.uri.as_str().to_owned())
+                    .unwrap_or_default(),
                 _ => String::new(),
             };
             let state = m
@@ -698,7 +812,9 @@ impl Dialogs {
     /// Answers and keeps whatever arrives for `window`.
     fn pump(&mut self, window: Duration) {
         let end = Instant::now() + window;
-        self.until(window + Duration::from_secs(1), "", |_| Instant::now() >= end);
+        self.until(window + Duration::from_secs(1), "", |_| {
+            Instant::now() >= end
+        });
     }
 
     /// NOTIFYs heard since `marks` (a count per watcher).
@@ -710,20 +826,32 @@ impl Dialogs {
     }
 
     fn marks(&self) -> HashMap<String, usize> {
-        self.heard.iter().map(|(c, h)| (c.clone(), h.len())).collect()
+        self.heard
+            .iter()
+            .map(|(c, h)| (c.clone(), h.len()))
+            .collect()
     }
 }
 
 #[test]
 fn a_node_killed_loses_no_watcher_and_duplicates_none() {
     let redis = RedisCluster::start("takeover");
-    let survivor = start("cluster-takeover-1", &node_config(&redis, "takeover", 1, 4000));
-    let mut doomed = start("cluster-takeover-2", &node_config(&redis, "takeover", 2, 4000));
+    let survivor = start(
+        "cluster-takeover-1",
+        &node_config(&redis, "takeover", 1, 4000),
+    );
+    let mut doomed = start(
+        "cluster-takeover-2",
+        &node_config(&redis, "takeover", 2, 4000),
+    );
     let mut watchers = Dialogs::subscribe(&doomed, "tk", 20);
     // Past the write-behind flush: the dialogs are in Redis.
     let flushed = Instant::now() + Duration::from_secs(10);
     while doomed.api_get("/api/v1/status")["store"]["records_written"].as_u64() < Some(20) {
-        assert!(Instant::now() < flushed, "the dialogs were never written behind");
+        assert!(
+            Instant::now() < flushed,
+            "the dialogs were never written behind"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let before = watchers.marks();
@@ -738,36 +866,65 @@ fn a_node_killed_loses_no_watcher_and_duplicates_none() {
     let killed = Instant::now();
     // Node 1 finds node 2's lease gone twice, claims it and re-notifies
     // every one of its watchers, once, from itself, in the dialog it had.
-    watchers.until(Duration::from_secs(20), "a NOTIFY from the survivor to every watcher", |d| {
-        d.since(&before).values().filter(|h| !h.is_empty()).count() == d.count
-    });
+    watchers.until(
+        Duration::from_secs(20),
+        "a NOTIFY from the survivor to every watcher",
+        |d| d.since(&before).values().filter(|h| !h.is_empty()).count() == d.count,
+    );
     let took = killed.elapsed();
     let after = watchers.since(&before);
     for (call_id, heard) in &after {
         let h = &heard[0];
         assert_eq!(h.from, survivor.udp, "{call_id}: from the survivor");
-        assert_eq!(&h.from_tag, &watchers.to_tags[call_id], "{call_id}: the dialog's tag");
-        assert!(h.cseq >= last_cseq[call_id] + 1000, "{call_id}: CSeq {} after {}", h.cseq, last_cseq[call_id]);
+        assert_eq!(
+            &h.from_tag, &watchers.to_tags[call_id],
+            "{call_id}: the dialog's tag"
+        );
+        assert!(
+            h.cseq >= last_cseq[call_id] + 1000,
+            "{call_id}: CSeq {} after {}",
+            h.cseq,
+            last_cseq[call_id]
+        );
         assert!(h.text.starts_with("active"), "{call_id}: {}", h.text);
-        assert!(h.contact.contains(&survivor.udp.port().to_string()), "{call_id}: {}", h.contact);
+        assert!(
+            h.contact.contains(&survivor.udp.port().to_string()),
+            "{call_id}: {}",
+            h.contact
+        );
     }
     eprintln!("takeover: every watcher re-notified {took:?} after the kill");
 
     // A refresh sent to a node that never held the dialog is asked to
     // retry, not told the subscription is gone (481 would end it).
-    let third = start("cluster-takeover-3", &node_config(&redis, "takeover", 3, 4000));
+    let third = start(
+        "cluster-takeover-3",
+        &node_config(&redis, "takeover", 3, 4000),
+    );
     let stray = Dialogs::subscribe(&third, "stray", 1);
     let stray_tag = stray.to_tags["stray-0"].clone();
-    let misdirected = subscribe_to("queue", watchers.socket.local_addr().unwrap(), "stray-0", "straytx")
-        .replace(
-            "To: <sip:queue@contoso.com>",
-            &format!("To: <sip:queue@contoso.com>;tag={stray_tag}"),
-        )
-        .replace("CSeq: 1 SUBSCRIBE", "CSeq: 2 SUBSCRIBE");
+    let misdirected = subscribe_to(
+        "queue",
+        watchers.socket.local_addr().unwrap(),
+        "stray-0",
+        "straytx",
+    )
+    .replace(
+        "To: <sip:queue@contoso.com>",
+        &format!("To: <sip:queue@contoso.com>;tag={stray_tag}"),
+    )
+    .replace("CSeq: 1 SUBSCRIBE", "CSeq: 2 SUBSCRIBE");
     let answers = udp_exchange(survivor.udp, misdirected.as_bytes(), Duration::from_secs(2));
-    let answer = answers.iter().find(|m| m.status().is_some()).expect("an answer");
+    let answer = answers
+        .iter()
+        .find(|m| m.status().is_some())
+        .expect("an answer");
     assert_eq!(answer.status(), Some(503), "{answer:?}");
-    assert!(answer.text(porchlight_sip::HeaderName::RetryAfter).ok().flatten().is_some());
+    assert!(answer
+        .text(porchlight_sip::HeaderName::RetryAfter)
+        .ok()
+        .flatten()
+        .is_some());
 
     // A refresh follows the new Contact into the same dialog.
     let call_id = "tk-3";
@@ -779,29 +936,56 @@ fn a_node_killed_loses_no_watcher_and_duplicates_none() {
          CSeq: 2 SUBSCRIBE\r\nContact: <sip:alice@{at}>\r\nEvent: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
         watchers.to_tags[call_id]
     );
-    watchers.socket.send_to(refresh.as_bytes(), survivor.udp).unwrap();
+    watchers
+        .socket
+        .send_to(refresh.as_bytes(), survivor.udp)
+        .unwrap();
     watchers.to_tags.remove(call_id);
-    watchers.until(Duration::from_secs(5), "the refresh's 200", |d| d.to_tags.contains_key(call_id));
+    watchers.until(Duration::from_secs(5), "the refresh's 200", |d| {
+        d.to_tags.contains_key(call_id)
+    });
 
     // The next change reaches each watcher once, from the survivor.
     let before = watchers.marks();
     set_presence(
         &survivor,
-        &["endpoint", "presence", "set", "sip:queue@contoso.com", "busy", "--note", "After the takeover"],
+        &[
+            "endpoint",
+            "presence",
+            "set",
+            "sip:queue@contoso.com",
+            "busy",
+            "--note",
+            "After the takeover",
+        ],
     );
-    watchers.until(Duration::from_secs(10), "the change after the takeover", |d| {
-        d.since(&before)
-            .values()
-            .filter(|h| h.iter().any(|n| n.text.contains("After the takeover")))
-            .count()
-            == d.count
-    });
+    watchers.until(
+        Duration::from_secs(10),
+        "the change after the takeover",
+        |d| {
+            d.since(&before)
+                .values()
+                .filter(|h| h.iter().any(|n| n.text.contains("After the takeover")))
+                .count()
+                == d.count
+        },
+    );
     // Between the kill and that change, each watcher heard the takeover
     // once: no duplicate, whichever node might have sent it.
     for (call_id, heard) in watchers.since(&before_kill) {
-        let takeover = heard.iter().filter(|h| !h.text.contains("After the takeover")).count();
-        assert_eq!(takeover, 1 + usize::from(call_id == "tk-3"), "{call_id} heard {heard:?}");
-        let change = heard.iter().filter(|h| h.text.contains("After the takeover")).count();
+        let takeover = heard
+            .iter()
+            .filter(|h| !h.text.contains("After the takeover"))
+            .count();
+        assert_eq!(
+            takeover,
+            1 + usize::from(call_id == "tk-3"),
+            "{call_id} heard {heard:?}"
+        );
+        let change = heard
+            .iter()
+            .filter(|h| h.text.contains("After the takeover"))
+            .count();
         assert_eq!(change, 1, "{call_id} heard {heard:?}");
     }
     let status = survivor.api_get("/api/v1/status");
@@ -817,7 +1001,10 @@ fn a_node_paused_past_its_lease_sends_nothing_for_watchers_taken_over() {
     let mut watchers = Dialogs::subscribe(&paused, "ps", 10);
     let flushed = Instant::now() + Duration::from_secs(10);
     while paused.api_get("/api/v1/status")["store"]["records_written"].as_u64() < Some(10) {
-        assert!(Instant::now() < flushed, "the dialogs were never written behind");
+        assert!(
+            Instant::now() < flushed,
+            "the dialogs were never written behind"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let before = watchers.marks();
@@ -831,15 +1018,27 @@ fn a_node_paused_past_its_lease_sends_nothing_for_watchers_taken_over() {
     // wakes.
     set_presence(
         &survivor,
-        &["endpoint", "presence", "set", "sip:queue@contoso.com", "away", "--note", "While node 2 slept"],
+        &[
+            "endpoint",
+            "presence",
+            "set",
+            "sip:queue@contoso.com",
+            "away",
+            "--note",
+            "While node 2 slept",
+        ],
     );
-    watchers.until(Duration::from_secs(10), "the change while node 2 slept", |d| {
-        d.heard
-            .values()
-            .filter(|h| h.iter().any(|n| n.text.contains("While node 2 slept")))
-            .count()
-            == d.count
-    });
+    watchers.until(
+        Duration::from_secs(10),
+        "the change while node 2 slept",
+        |d| {
+            d.heard
+                .values()
+                .filter(|h| h.iter().any(|n| n.text.contains("While node 2 slept")))
+                .count()
+                == d.count
+        },
+    );
     paused.signal("CONT");
     // Node 2 wakes fenced, learns on renewing its lease that its watchers
     // were taken over, and drops them without a word.
@@ -855,7 +1054,10 @@ fn a_node_paused_past_its_lease_sends_nothing_for_watchers_taken_over() {
         .flatten()
         .filter(|h| h.from == paused.udp)
         .collect();
-    assert!(from_paused.is_empty(), "node 2 notified after its lease lapsed: {from_paused:?}");
+    assert!(
+        from_paused.is_empty(),
+        "node 2 notified after its lease lapsed: {from_paused:?}"
+    );
     // New watchers may subscribe to it again, in its new era.
     let fresh = Dialogs::subscribe(&paused, "fresh", 3);
     assert!(
@@ -871,20 +1073,28 @@ fn a_node_alone_joins_a_cluster_without_ending_its_dialogs() {
     // A node alone, with a store, holding watchers.
     let alone_config = config(
         &[
-            ("min_notify_interval_ms = 5000", "min_notify_interval_ms = 0"),
+            (
+                "min_notify_interval_ms = 5000",
+                "min_notify_interval_ms = 0",
+            ),
             ("renotify_window_secs = 30", "renotify_window_secs = 2"),
         ],
         "\n[[endpoint]]\nuri = \"sip:queue@contoso.com\"\ndisplay_name = \"Support Queue\"\n\
          [endpoint.registration]\npassword = \"s3cret\"\n",
     );
     let port = free_port();
-    let alone_config =
-        alone_config.replace("udp = [\"127.0.0.1:0\"]", &format!("udp = [\"127.0.0.1:{port}\"]"));
+    let alone_config = alone_config.replace(
+        "udp = [\"127.0.0.1:0\"]",
+        &format!("udp = [\"127.0.0.1:{port}\"]"),
+    );
     let mut alone = start("cluster-join-1", &alone_config);
     let mut watchers = Dialogs::subscribe(&alone, "jn", 10);
     let flushed = Instant::now() + Duration::from_secs(10);
     while alone.api_get("/api/v1/status")["store"]["records_written"].as_u64() < Some(10) {
-        assert!(Instant::now() < flushed, "the dialogs were never written behind");
+        assert!(
+            Instant::now() < flushed,
+            "the dialogs were never written behind"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -892,16 +1102,22 @@ fn a_node_alone_joins_a_cluster_without_ending_its_dialogs() {
     alone.kill_9();
     let (dir, path) = (alone.dir.clone(), alone.dir.join("porchlight.toml"));
     let joined = node_config(&redis, "join", 1, 4000);
-    let cluster_section = &joined[joined.find("\n[cluster]").unwrap()..joined.find("\n\n[[endpoint]]").unwrap()];
+    let cluster_section =
+        &joined[joined.find("\n[cluster]").unwrap()..joined.find("\n\n[[endpoint]]").unwrap()];
     std::fs::write(&path, alone_config.clone() + cluster_section).unwrap();
     let member = start_with_file(&path, dir);
     assert_eq!(member.api_get("/api/v1/status")["store"]["restored"], 10);
     let before = watchers.marks();
-    watchers.until(Duration::from_secs(10), "the re-notify after joining", |d| {
-        d.since(&before).values().filter(|h| !h.is_empty()).count() == d.count
-    });
+    watchers.until(
+        Duration::from_secs(10),
+        "the re-notify after joining",
+        |d| d.since(&before).values().filter(|h| !h.is_empty()).count() == d.count,
+    );
     for (call_id, heard) in watchers.since(&before) {
-        assert_eq!(heard[0].from_tag, watchers.to_tags[&call_id], "{call_id} keeps its dialog");
+        assert_eq!(
+            heard[0].from_tag, watchers.to_tags[&call_id],
+            "{call_id} keeps its dialog"
+        );
     }
 
     // A second node joins; the first dies; the second carries on every
@@ -913,7 +1129,10 @@ fn a_node_alone_joins_a_cluster_without_ending_its_dialogs() {
     loop {
         let keys: usize = (0..64)
             .map(|b| {
-                let out = redis.cli(redis.servers[0].0, &format!("-c HLEN join:{{d:1-0:{b}}}:subs"));
+                let out = redis.cli(
+                    redis.servers[0].0,
+                    &format!("-c HLEN join:{{d:1-0:{b}}}:subs"),
+                );
                 out.trim().parse::<usize>().unwrap_or(0)
             })
             .sum();
@@ -930,6 +1149,9 @@ fn a_node_alone_joins_a_cluster_without_ending_its_dialogs() {
     });
     for (call_id, heard) in watchers.since(&before) {
         assert_eq!(heard[0].from, second.udp, "{call_id}");
-        assert_eq!(heard[0].from_tag, watchers.to_tags[&call_id], "{call_id} keeps its dialog");
+        assert_eq!(
+            heard[0].from_tag, watchers.to_tags[&call_id],
+            "{call_id} keeps its dialog"
+        );
     }
 }

@@ -393,7 +393,8 @@ impl Core {
                     std::net::IpAddr::V4(ip) => ip.to_string(),
                     std::net::IpAddr::V6(ip) => format!("[{ip}]"),
                 };
-                (s.flow.via, s.flow.contact) = wire::our_via_and_contact(protocol, &host, addr.port());
+                (s.flow.via, s.flow.contact) =
+                    wire::our_via_and_contact(protocol, &host, addr.port());
                 Some(s)
             })
             .collect();

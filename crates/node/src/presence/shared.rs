@@ -92,7 +92,9 @@ impl PresenceService {
     pub fn set_fenced(&mut self, fenced: bool) {
         if self.fenced != fenced {
             if fenced {
-                tracing::warn!("this node's lease is not renewed: NOTIFYs wait, new subscriptions are refused");
+                tracing::warn!(
+                    "this node's lease is not renewed: NOTIFYs wait, new subscriptions are refused"
+                );
             } else {
                 tracing::info!("this node's lease is renewed: notifying again");
             }
@@ -121,10 +123,10 @@ impl PresenceService {
     /// the one that takes it over, answers). Never 481, which would end the
     /// watcher's subscription while its holder may be alive.
     pub(super) fn held_elsewhere(&self, request: &Message) -> Option<Answer> {
-        let foreign = request
-            .to()
-            .ok()
-            .and_then(|to| to.tag().and_then(|t| self.notifier.foreign_origin(t).map(str::to_owned)));
+        let foreign = request.to().ok().and_then(|to| {
+            to.tag()
+                .and_then(|t| self.notifier.foreign_origin(t).map(str::to_owned))
+        });
         if !self.fenced && foreign.is_none() {
             return None;
         }
@@ -192,14 +194,14 @@ impl PresenceService {
             .map(|b| b.expires_at)
             .max()
             .map(to_unix);
-        let published = self
-            .publications
-            .effective(slot as u32, mono)
-            .map(|state| SharedPublication {
-                state,
-                at: 0,
-                until: self.publications.live_until(slot as u32, mono).map(to_unix),
-            });
+        let published =
+            self.publications
+                .effective(slot as u32, mono)
+                .map(|state| SharedPublication {
+                    state,
+                    at: 0,
+                    until: self.publications.live_until(slot as u32, mono).map(to_unix),
+                });
         let mine = Contribution {
             registered_until,
             published,
