@@ -712,6 +712,29 @@ fn a_node_restarted_within_its_lease_restores_its_own_watchers() {
     watchers.expect_all(OPEN, Duration::from_secs(10));
 }
 
+/// Waits until Redis holds `count` saved subscriptions of `origin` in
+/// cluster `name` (the write-behind reached it).
+fn wait_for_saved(redis: &RedisCluster, name: &str, origin: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let saved: usize = (0..64)
+            .map(|b| {
+                let key = format!("-c HLEN {name}:{{d:{origin}:{b}}}:subs");
+                let out = redis.cli(redis.servers[0].0, &key);
+                out.trim().parse::<usize>().unwrap_or(0)
+            })
+            .sum();
+        if saved == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{saved} of {count} subscriptions of {origin} in Redis"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// One NOTIFY as a watcher saw it.
 #[derive(Clone, Debug)]
 struct Heard {
@@ -846,14 +869,7 @@ fn a_node_killed_loses_no_watcher_and_duplicates_none() {
     );
     let mut watchers = Dialogs::subscribe(&doomed, "tk", 20);
     // Past the write-behind flush: the dialogs are in Redis.
-    let flushed = Instant::now() + Duration::from_secs(10);
-    while doomed.api_get("/api/v1/status")["store"]["records_written"].as_u64() < Some(20) {
-        assert!(
-            Instant::now() < flushed,
-            "the dialogs were never written behind"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_saved(&redis, "takeover", "2-0", 20);
     let before = watchers.marks();
     let before_kill = before.clone();
     let last_cseq: HashMap<String, u32> = watchers
@@ -999,14 +1015,8 @@ fn a_node_paused_past_its_lease_sends_nothing_for_watchers_taken_over() {
     let survivor = start("cluster-paused-1", &node_config(&redis, "paused", 1, 4000));
     let paused = start("cluster-paused-2", &node_config(&redis, "paused", 2, 4000));
     let mut watchers = Dialogs::subscribe(&paused, "ps", 10);
-    let flushed = Instant::now() + Duration::from_secs(10);
-    while paused.api_get("/api/v1/status")["store"]["records_written"].as_u64() < Some(10) {
-        assert!(
-            Instant::now() < flushed,
-            "the dialogs were never written behind"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Past the write-behind flush: the dialogs are in Redis.
+    wait_for_saved(&redis, "paused", "2-0", 10);
     let before = watchers.marks();
 
     paused.signal("STOP");
@@ -1125,23 +1135,7 @@ fn a_node_alone_joins_a_cluster_without_ending_its_dialogs() {
     let second = start("cluster-join-2", &node_config(&redis, "join", 2, 4000));
     let mut member = member;
     // Past the first write-behind after joining: the dialogs are in Redis.
-    let saved = Instant::now() + Duration::from_secs(10);
-    loop {
-        let keys: usize = (0..64)
-            .map(|b| {
-                let out = redis.cli(
-                    redis.servers[0].0,
-                    &format!("-c HLEN join:{{d:1-0:{b}}}:subs"),
-                );
-                out.trim().parse::<usize>().unwrap_or(0)
-            })
-            .sum();
-        if keys == 10 {
-            break;
-        }
-        assert!(Instant::now() < saved, "{keys} of 10 dialogs in Redis");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_saved(&redis, "join", "1-0", 10);
     member.kill_9();
     let before = watchers.marks();
     watchers.until(Duration::from_secs(20), "the second node's takeover", |d| {
