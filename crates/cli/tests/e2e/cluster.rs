@@ -32,8 +32,20 @@ impl Drop for RedisCluster {
     }
 }
 
+/// One Redis Cluster at a time: six servers and two or three nodes per
+/// test are a heavy load on a two-core machine, and the other end-to-end
+/// tests run beside them.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl RedisCluster {
-    fn start(name: &str) -> RedisCluster {
+    /// Starts a cluster; the guard keeps any other test's from starting
+    /// until this test ends.
+    fn start(name: &str) -> (RedisCluster, std::sync::MutexGuard<'static, ()>) {
+        let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        (RedisCluster::start_alone(name), guard)
+    }
+
+    fn start_alone(name: &str) -> RedisCluster {
         let dir = temp_dir(&format!("redis-{name}"));
         let mut servers = Vec::new();
         for _ in 0..6 {
@@ -295,7 +307,7 @@ const CLOSED: &str = "<basic>closed</basic>";
 
 #[test]
 fn presence_set_on_any_node_reaches_every_watcher_on_every_node_once() {
-    let redis = RedisCluster::start("fanout");
+    let (redis, _one) = RedisCluster::start("fanout");
     let nodes: Vec<Server> = (1..=3)
         .map(|n| {
             start(
@@ -422,7 +434,7 @@ fn presence_set_on_any_node_reaches_every_watcher_on_every_node_once() {
 
 #[test]
 fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
-    let mut redis = RedisCluster::start("failover");
+    let (mut redis, _one) = RedisCluster::start("failover");
     let nodes: Vec<Server> = (1..=2)
         .map(|n| {
             start(
@@ -554,7 +566,7 @@ fn serve_fails(config_text: &str, name: &str, within: Duration) -> String {
 #[test]
 fn what_a_careless_admin_writes_stops_the_node_with_the_fix() {
     // A seed without its scheme names the line and the form.
-    let redis = RedisCluster::start("careless");
+    let (redis, _one) = RedisCluster::start("careless");
     let dir = temp_dir("cluster-careless-seed");
     let path = dir.join("porchlight.toml");
     let text = node_config(&redis, "careless", 1, 8000).replace(
@@ -615,7 +627,7 @@ fn what_a_careless_admin_writes_stops_the_node_with_the_fix() {
 
 #[test]
 fn an_import_on_one_node_is_in_force_on_every_node_and_a_stale_one_is_refused() {
-    let redis = RedisCluster::start("import");
+    let (redis, _one) = RedisCluster::start("import");
     let nodes: Vec<Server> = (1..=3)
         .map(|n| {
             start(
@@ -667,7 +679,7 @@ fn an_import_on_one_node_is_in_force_on_every_node_and_a_stale_one_is_refused() 
 
 #[test]
 fn a_node_restarted_within_its_lease_restores_its_own_watchers() {
-    let redis = RedisCluster::start("restart");
+    let (redis, _one) = RedisCluster::start("restart");
     let first = start(
         "cluster-restart-1",
         &node_config(&redis, "restart", 1, 4000),
@@ -858,7 +870,7 @@ impl Dialogs {
 
 #[test]
 fn a_node_killed_loses_no_watcher_and_duplicates_none() {
-    let redis = RedisCluster::start("takeover");
+    let (redis, _one) = RedisCluster::start("takeover");
     let survivor = start(
         "cluster-takeover-1",
         &node_config(&redis, "takeover", 1, 4000),
@@ -1011,7 +1023,7 @@ fn a_node_killed_loses_no_watcher_and_duplicates_none() {
 
 #[test]
 fn a_node_paused_past_its_lease_sends_nothing_for_watchers_taken_over() {
-    let redis = RedisCluster::start("paused");
+    let (redis, _one) = RedisCluster::start("paused");
     let survivor = start("cluster-paused-1", &node_config(&redis, "paused", 1, 4000));
     let paused = start("cluster-paused-2", &node_config(&redis, "paused", 2, 4000));
     let mut watchers = Dialogs::subscribe(&paused, "ps", 10);
@@ -1079,7 +1091,7 @@ fn a_node_paused_past_its_lease_sends_nothing_for_watchers_taken_over() {
 
 #[test]
 fn a_node_alone_joins_a_cluster_without_ending_its_dialogs() {
-    let redis = RedisCluster::start("join");
+    let (redis, _one) = RedisCluster::start("join");
     // A node alone, with a store, holding watchers.
     let alone_config = config(
         &[
