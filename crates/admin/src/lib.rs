@@ -19,7 +19,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use porchlight_policy::{FederationChange, FederationChangeError, Modality};
 use porchlight_presence::{Availability, PresenceState};
-use porchlight_server::cluster::PublishError;
+use porchlight_server::cluster::{DrainError, PublishError};
 use porchlight_server::status::{
     DecisionRecord, EndpointDetail, EndpointView, ImportError, Imported, OutgoingMessage,
     SentMessage, Status,
@@ -57,6 +57,7 @@ pub fn router(node: NodeHandle, token: &str) -> Router {
         .route("/api/v1/federation/allowed/{domain}", put(allow_domain))
         .route("/api/v1/federation/blocked/{domain}", put(block_domain))
         .route("/api/v1/federation/{domain}", delete(remove_domain))
+        .route("/api/v1/cluster/members/{node}/drain", post(drain))
         .route("/api/v1/decisions", get(decisions))
         .route("/api/v1/explain", get(explain))
         .route("/api/v1/openapi.json", get(openapi))
@@ -489,10 +490,47 @@ async fn metrics(State(admin): State<Admin>) -> Response {
 }
 
 /// The OpenAPI document of this API.
+/// A drain under way.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Draining {
+    /// The member drained.
+    node: u16,
+    /// Subscriptions it held at its last renewal, which the others take over.
+    subscriptions: u64,
+}
+
+#[utoipa::path(post, path = "/api/v1/cluster/members/{node}/drain", tag = "cluster",
+    params(("node" = u16, Path, description = "The member's node_id")),
+    responses(
+        (status = 202, description = "Asked: at its next renewal the member stops notifying, saves its subscriptions and gives up its lease; another node takes its watchers over and re-notifies them paced. It takes no new ones until restarted", body = Draining),
+        (status = 404, description = "No such member, or its lease has lapsed"),
+        (status = 409, description = "Draining already, the only live member, or this node is not in a cluster"),
+        (status = 503, description = "Redis did not answer")),
+    security(("token" = [])))]
+async fn drain(State(admin): State<Admin>, Path(node): Path<u16>) -> Response {
+    match admin.node.drain(node).await {
+        Ok(subscriptions) => (
+            StatusCode::ACCEPTED,
+            Json(Draining {
+                node,
+                subscriptions,
+            }),
+        )
+            .into_response(),
+        Err(e @ (DrainError::NotMember(_) | DrainError::Lapsed(_))) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()
+        }
+        Err(e @ DrainError::Redis(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
+        }
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Porchlight admin API", description = "The running node: status, endpoints, policy decisions, metrics."),
-    paths(status, endpoints, endpoint, set_presence, clear_presence, send_message, federation, allow_domain, block_domain, remove_domain, export_config, import_config, decisions, explain, metrics),
+    paths(status, endpoints, endpoint, set_presence, clear_presence, send_message, federation, allow_domain, block_domain, remove_domain, export_config, import_config, drain, decisions, explain, metrics),
     modifiers(&BearerToken)
 )]
 struct ApiDoc;

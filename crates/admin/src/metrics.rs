@@ -209,6 +209,12 @@ pub fn render(status: &Status) -> String {
             "Endpoints' shared presence read whole (at start, after a lost event or a moved slot).",
             &cluster.reloads,
         );
+        single(
+            "porchlight_cluster_takeovers_total",
+            "counter",
+            "Members whose subscriptions this node took over (their lease lapsed, or they were drained).",
+            &cluster.takeovers,
+        );
         let mut family = Family::start(
             &mut out,
             "porchlight_cluster_member_lease_seconds",
@@ -219,6 +225,24 @@ pub fn render(status: &Status) -> String {
             let node = m.node.to_string();
             let left = m.lease_left_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
             family.sample(&[("node", &node), ("internal", &m.internal)], left);
+        }
+        let mut family = Family::start(
+            &mut out,
+            "porchlight_cluster_member_subscriptions",
+            "gauge",
+            "Subscriptions each member held at its last renewal.",
+        );
+        for m in &cluster.members {
+            family.sample(&[("node", &m.node.to_string())], m.subscriptions);
+        }
+        let mut family = Family::start(
+            &mut out,
+            "porchlight_cluster_member_draining",
+            "gauge",
+            "1 for a member an admin drained (it takes no new watchers until restarted).",
+        );
+        for m in &cluster.members {
+            family.sample(&[("node", &m.node.to_string())], u64::from(m.draining));
         }
     }
 

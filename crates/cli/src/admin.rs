@@ -122,6 +122,34 @@ pub fn get_at(base: &str, token: &str, path: &str) -> anyhow::Result<Value> {
     }
 }
 
+/// Asks the node `target` names to drain cluster member `node`; what
+/// happens next, for the admin.
+pub fn drain(target: &AdminTarget, node: u16) -> anyhow::Result<String> {
+    let (base, token) = locate(target)?;
+    let url = format!("{base}/api/v1/cluster/members/{node}/drain");
+    let response = ureq::post(&url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .timeout(std::time::Duration::from_secs(10))
+        .call();
+    let answer: Value = match response {
+        Ok(r) => r.into_json().with_context(|| format!("{url}: not JSON"))?,
+        Err(ureq::Error::Status(_, r)) => {
+            anyhow::bail!(
+                "cluster drain: {}",
+                r.into_string().unwrap_or_default().trim()
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("is the node running? {url}")),
+    };
+    Ok(format!(
+        "node {node} drains: at its next renewal it stops notifying, saves its {} subscriptions \
+         and gives up its lease; another node takes them over and re-notifies them paced over its \
+         renotify_window_secs. It takes no new watchers until restarted; `porchlight status` \
+         shows it holding none when it may be stopped.",
+        answer["subscriptions"]
+    ))
+}
+
 /// One endpoint on one line: URI, availability, watchers, liveness.
 pub fn endpoint_line(e: &Value) -> String {
     let mut line = format!(
@@ -193,11 +221,17 @@ pub fn status_text(s: &Value) -> String {
             } else {
                 ""
             };
+            let draining = if m["draining"] == true {
+                ", draining"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
-                "  member {} at {}: {lease}{this}",
+                "  member {} at {}: {lease}, {} subscriptions{draining}{this}",
                 m["node"],
-                m["internal"].as_str().unwrap_or("?")
+                m["internal"].as_str().unwrap_or("?"),
+                m["subscriptions"]
             );
         }
     }

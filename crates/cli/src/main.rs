@@ -61,6 +61,11 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Work with the nodes of a Redis Cluster ([cluster]).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// The edge access switches, on the running node or offline.
     Edge {
         #[command(subcommand)]
@@ -202,6 +207,18 @@ enum PresenceCommand {
     Clear {
         /// The endpoint's SIP URI.
         uri: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Move a member's watchers to the other nodes, paced, for
+    /// maintenance: `cluster drain 2`. Any member can be asked.
+    Drain {
+        /// The member's [cluster] node_id.
+        node: u16,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -451,6 +468,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { target } => {
             print!("{}", provision::status(&target)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster {
+            command: ClusterCommand::Drain { node, target },
+        } => {
+            print_line(&admin::drain(&target, node)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Console { target } => {

@@ -140,6 +140,11 @@ pub struct Member {
     pub lease_left_ms: Option<u64>,
     /// Whether it is this node.
     pub this_node: bool,
+    /// Subscriptions it held at its last renewal.
+    pub subscriptions: u64,
+    /// Whether an admin drained it: it hands its watchers to the others
+    /// and takes no new ones until it is restarted.
+    pub draining: bool,
 }
 
 /// The cluster as one node sees it, for status and metrics.

@@ -106,7 +106,8 @@ impl Keys {
     }
 
     /// A node's own keys beside its lease: `takeover` (set by the node
-    /// that took its subscriptions over) and `era`.
+    /// that took its subscriptions over), `era`, and `drain` (an admin's
+    /// request that it hand its watchers over).
     fn node(&self, node: NodeId, what: &str) -> String {
         format!("{}:{{n:{node}}}:{what}", self.prefix)
     }
@@ -155,8 +156,10 @@ redis.call('SPUBLISH', KEYS[2], r .. '\n' .. ARGV[1] .. '\n' .. ARGV[2])
 return r
 "#;
 
-/// Renews this node's lease: 1 renewed, 2 taken again after it lapsed, 0
-/// held by another incarnation (another node with our number).
+/// Renews this node's lease: 1 renewed, 2 taken again after it lapsed, 3
+/// taken again after another node took its subscriptions over (with the
+/// new era), 4 renewed with an admin's request to drain, 0 held by
+/// another incarnation (another node with our number).
 const RENEW_LEASE: &str = r#"
 local held = redis.call('GET', KEYS[1])
 if held and held ~= ARGV[1] then return {0, 0} end
@@ -167,10 +170,25 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
 end
 if held then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if redis.call('DEL', KEYS[4]) == 1 then return {4, 0} end
   return {1, 0}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {2, 0}
+"#;
+
+/// Gives up this node's lease, if it still holds it, so that another
+/// node takes its subscriptions over at once: the end of a drain.
+const RELEASE_LEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+"#;
+
+/// Asks a live node to drain: 1 asked, 0 its lease is gone, -1 already
+/// asked. The request lapses if the node never acts on it.
+const REQUEST_DRAIN: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) == false then return -1 end
+return 1
 "#;
 
 /// Claims a node whose lease is gone: the first survivor to run it wins,
@@ -219,13 +237,35 @@ end
 return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
 "#;
 
-/// The cluster's provisioned configuration (policy and endpoints), which
-/// every node runs: one document under one revision, replaced only by a
-/// compare-and-swap, so two imports at once cannot lose one.
+/// What a node says of itself in the members' record, rewritten at each
+/// renewal; the others show it and find who holds what.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct MemberRecord {
+    /// Where the other nodes reach it.
+    internal: String,
+    /// Which run of the node holds the lease.
+    incarnation: String,
+    /// When that run joined (Unix seconds).
+    since: u64,
+    /// Subscriptions it holds.
+    #[serde(default)]
+    subscriptions: u64,
+    /// Whether it is drained.
+    #[serde(default)]
+    draining: bool,
+}
+
+/// What an admin's command asks of the cluster: its provisioned
+/// configuration (policy and endpoints), which every node runs: one
+/// document under one revision, replaced only by a compare-and-swap, so
+/// two imports at once cannot lose one; and drains.
 #[derive(Clone)]
-pub struct Provisioning {
+pub struct ClusterControl {
     connection: ClusterConnection,
     keys: Keys,
+    /// This node, and its lease (a drain request lapses after two).
+    node: NodeId,
+    lease: Duration,
     /// The revision this node runs.
     applied: Arc<AtomicU64>,
 }
@@ -246,7 +286,36 @@ pub enum PublishError {
     Redis(String),
 }
 
-impl Provisioning {
+/// Why a node cannot be drained.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// The node asked is alone, not in a cluster.
+    #[error("this node is not in a cluster (no [cluster] in its configuration file): no other node would take its watchers")]
+    NotClustered,
+    /// No member has that number.
+    #[error("node {0} is not a member of the cluster (`porchlight status` lists the members)")]
+    NotMember(NodeId),
+    /// Its lease is gone: the others take it over already.
+    #[error("node {0}'s lease has lapsed: the other nodes take its watchers over without a drain")]
+    Lapsed(NodeId),
+    /// Asked before, and not yet done or still in force.
+    #[error("node {0} is draining already; restart it to have it take watchers again")]
+    Draining(NodeId),
+    /// No other live node would take its watchers.
+    #[error("node {0} is the only live node that is not draining: no other would take its watchers; start another node first")]
+    Alone(NodeId),
+    /// Redis did not answer.
+    #[error("the Redis Cluster did not answer: {0}; nothing was changed")]
+    Redis(String),
+}
+
+impl From<redis::RedisError> for DrainError {
+    fn from(e: redis::RedisError) -> Self {
+        DrainError::Redis(e.to_string())
+    }
+}
+
+impl ClusterControl {
     /// The revision this node runs.
     pub fn applied(&self) -> u64 {
         self.applied.load(Ordering::SeqCst)
@@ -281,6 +350,41 @@ impl Provisioning {
         Ok(rev as u64)
     }
 
+    /// Asks `node` to drain: at its next renewal it stops notifying, saves
+    /// every subscription and gives up its lease, and the first other
+    /// node to see it gone takes its watchers over, re-notifying them
+    /// paced. Answers how many subscriptions it held at its last renewal.
+    pub async fn drain(&self, node: NodeId) -> Result<u64, DrainError> {
+        let mut connection = self.connection.clone();
+        let members = read_members(&mut connection, &self.keys, self.node).await?;
+        let Some(target) = members.iter().find(|m| m.node == node) else {
+            return Err(DrainError::NotMember(node));
+        };
+        if target.lease_left_ms.is_none() {
+            return Err(DrainError::Lapsed(node));
+        }
+        if target.draining {
+            return Err(DrainError::Draining(node));
+        }
+        if !members
+            .iter()
+            .any(|m| m.node != node && m.lease_left_ms.is_some() && !m.draining)
+        {
+            return Err(DrainError::Alone(node));
+        }
+        let asked: i64 = Script::new(REQUEST_DRAIN)
+            .key(self.keys.lease(node))
+            .key(self.keys.node(node, "drain"))
+            .arg((self.lease * 2).as_millis() as u64)
+            .invoke_async(&mut connection)
+            .await?;
+        match asked {
+            1 => Ok(target.subscriptions),
+            0 => Err(DrainError::Lapsed(node)),
+            _ => Err(DrainError::Draining(node)),
+        }
+    }
+
     /// The cluster's configuration now: its revision and document.
     pub async fn fetch(&self) -> redis::RedisResult<(u64, String)> {
         let mut connection = self.connection.clone();
@@ -297,8 +401,8 @@ impl Provisioning {
 pub struct Joined {
     /// The secrets every node of the cluster keys its tags with.
     pub secrets: NodeSecrets,
-    /// The cluster's configuration, which this node runs.
-    pub provisioning: Provisioning,
+    /// The admin's commands to the cluster.
+    pub control: ClusterControl,
     /// Its document as this node joined (the node's own, if it is the first).
     pub provisioned: String,
     /// This node's era: its tags and saved subscriptions are under
@@ -312,7 +416,8 @@ pub struct Joined {
     pushes_lost: Arc<AtomicBool>,
     keys: Keys,
     node: NodeId,
-    incarnation: String,
+    /// What this node says of itself; `incarnation` holds the lease.
+    record: MemberRecord,
     lease: Duration,
     sweep: Duration,
 }
@@ -331,11 +436,15 @@ pub struct ClusterLink {
     pub dialogs: mpsc::Sender<DialogBatch>,
     /// Dialog batches sent and not yet written.
     pub dialogs_queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Subscriptions the node holds, for its member record.
+    pub held: Arc<AtomicU64>,
     /// When the lease was last renewed (milliseconds after `started`).
     renewed_ms: Arc<AtomicU64>,
     started: std::time::Instant,
     /// Past this age of the last renewal the node must not notify.
     fence_after: Duration,
+    /// Set when an admin drains the node: fenced until it restarts.
+    draining: Arc<AtomicBool>,
 }
 
 impl ClusterLink {
@@ -344,6 +453,9 @@ impl ClusterLink {
     /// clock on the send path, so a node resumed after a pause is fenced
     /// before it sends anything.
     pub fn fenced(&self, now: std::time::Instant) -> bool {
+        if self.draining.load(Ordering::Relaxed) {
+            return true;
+        }
         let renewed = self.started + Duration::from_millis(self.renewed_ms.load(Ordering::Relaxed));
         now.saturating_duration_since(renewed) > self.fence_after
     }
@@ -360,6 +472,9 @@ pub enum Report {
     /// Another node took this node's subscriptions over while its lease
     /// was lost; this node goes on in `era`.
     Retired(u64),
+    /// An admin drains this node: every subscription is to be saved in
+    /// one last batch, after which the lease is given up.
+    Drain,
 }
 
 /// One write-behind batch of this node's subscriptions, for Redis: saved
@@ -371,6 +486,9 @@ pub struct DialogBatch {
     pub saved: Vec<(u32, Vec<u8>)>,
     /// Ended.
     pub deleted: Vec<u32>,
+    /// The last batch of a drain: once it is written the node gives up
+    /// its lease, and another takes these subscriptions over.
+    pub last: bool,
 }
 
 /// Joins the cluster `config` names: connects, checks the layout, agrees
@@ -484,16 +602,13 @@ pub async fn join(
             LeaseError::Redis(e) => unreachable(e),
             LeaseError::Held => ClusterError::DuplicateNode(cluster.node_id),
         })?;
-    let member = serde_json::json!({
-        "internal": cluster.internal.to_string(),
-        "incarnation": incarnation,
-        "since": unix_secs(),
-    });
-    redis::cmd("HSET")
-        .arg(keys.cluster("members"))
-        .arg(cluster.node_id)
-        .arg(member.to_string())
-        .exec_async(c)
+    let record = MemberRecord {
+        internal: cluster.internal.to_string(),
+        incarnation: incarnation.clone(),
+        since: unix_secs(),
+        ..MemberRecord::default()
+    };
+    write_member(c, &keys, cluster.node_id, &record)
         .await
         .map_err(unreachable)?;
     tracing::info!(
@@ -501,14 +616,16 @@ pub async fn join(
         "joined the cluster {:?} on Redis at {seeds}",
         cluster.name
     );
-    let provisioning = Provisioning {
+    let control = ClusterControl {
         connection: connection.clone(),
         keys: keys.clone(),
+        node: cluster.node_id,
+        lease: cluster.lease(),
         applied: Arc::new(AtomicU64::new(rev)),
     };
     Ok(Joined {
         secrets,
-        provisioning,
+        control,
         provisioned,
         era,
         retired,
@@ -517,7 +634,7 @@ pub async fn join(
         pushes_lost,
         keys,
         node: cluster.node_id,
-        incarnation,
+        record,
         lease: cluster.lease(),
         sweep: Duration::from_secs(cluster.sweep_secs),
     })
@@ -650,6 +767,8 @@ impl Joined {
         let dialogs_queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let started = std::time::Instant::now();
         let renewed_ms = Arc::new(AtomicU64::new(0));
+        let held = Arc::new(AtomicU64::new(0));
+        let draining = Arc::new(AtomicBool::new(false));
         // Fenced 2 s before the lease lapses, so no NOTIFY leaves after
         // another node may have taken over.
         let fence_after = self.lease.saturating_sub(Duration::from_secs(2));
@@ -659,6 +778,9 @@ impl Joined {
             dialogs_queued: dialogs_queued.clone(),
             renewed_ms: renewed_ms.clone(),
             started,
+            held: held.clone(),
+            draining: draining.clone(),
+            drain: Drain::Serving,
             joined: self,
             reports,
             provisioned,
@@ -677,9 +799,11 @@ impl Joined {
             resync,
             dialogs,
             dialogs_queued,
+            held,
             renewed_ms,
             started,
             fence_after,
+            draining,
         }
     }
 }
@@ -702,6 +826,23 @@ struct Task {
     dialogs_queued: Arc<std::sync::atomic::AtomicUsize>,
     renewed_ms: Arc<AtomicU64>,
     started: std::time::Instant,
+    held: Arc<AtomicU64>,
+    draining: Arc<AtomicBool>,
+    drain: Drain,
+}
+
+/// Where a drain of this node stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Drain {
+    /// Not asked.
+    Serving,
+    /// Asked: fenced, saving every subscription, lease still held.
+    Saving,
+    /// Lease given up; waiting for another node to take over (renewing
+    /// now would take the lease back before it can).
+    Released,
+    /// Taken over: a member again with nothing held, still fenced.
+    Drained,
 }
 
 impl Task {
@@ -731,8 +872,12 @@ impl Task {
                 }
                 batch = dialogs.recv() => {
                     let Some(batch) = batch else { return };
+                    let last = batch.last;
                     self.save_dialogs(batch).await;
                     self.dialogs_queued.fetch_sub(1, Ordering::Relaxed);
+                    if last {
+                        self.release_lease().await;
+                    }
                 }
                 share = shares.recv() => {
                     let Some(share) = share else { return };
@@ -764,15 +909,28 @@ impl Task {
         }
     }
 
-    /// Renews the lease; whether this node holds it now.
+    /// Renews the lease and this node's member record; whether this node
+    /// holds the lease now. A drained node that gave its lease up waits
+    /// for the takeover instead, and counts as not holding it.
     async fn renew_lease(&mut self) -> bool {
         let j = &mut self.joined;
+        if self.drain == Drain::Released {
+            let taken: redis::RedisResult<bool> = redis::cmd("EXISTS")
+                .arg(j.keys.node(j.node, "takeover"))
+                .query_async(&mut j.connection)
+                .await;
+            if !taken.unwrap_or(false) {
+                return false;
+            }
+            self.drain = Drain::Drained;
+        }
         let renewed: redis::RedisResult<(i64, u64)> = self
             .renew
             .key(j.keys.lease(j.node))
             .key(j.keys.node(j.node, "takeover"))
             .key(j.keys.node(j.node, "era"))
-            .arg(&j.incarnation)
+            .key(j.keys.node(j.node, "drain"))
+            .arg(&j.record.incarnation)
             .arg(j.lease.as_millis() as u64)
             .invoke_async(&mut j.connection)
             .await;
@@ -791,6 +949,18 @@ impl Task {
                 let _ = self.reports.send(Report::Retired(era)).await;
                 true
             }
+            Ok((4, _)) if self.drain == Drain::Serving => {
+                tracing::warn!(
+                    node = j.node,
+                    "an admin drains this node: it notifies no more, saves its subscriptions \
+                     and hands them to the other nodes; it takes no new ones until restarted"
+                );
+                self.drain = Drain::Saving;
+                self.draining.store(true, Ordering::Relaxed);
+                let _ = self.reports.send(Report::Drain).await;
+                true
+            }
+            Ok((4, _)) => true,
             Ok(_) => {
                 tracing::error!(
                     node = j.node,
@@ -806,8 +976,40 @@ impl Task {
         if held {
             let ms = self.started.elapsed().as_millis() as u64;
             self.renewed_ms.store(ms, Ordering::Relaxed);
+            j.record.subscriptions = self.held.load(Ordering::Relaxed);
+            j.record.draining = self.drain != Drain::Serving;
+            if let Err(e) = write_member(&mut j.connection, &j.keys, j.node, &j.record).await {
+                tracing::warn!(node = j.node, "writing this node's member record: {e}");
+            }
         }
         held
+    }
+
+    /// Gives the lease up once a drain's last batch is saved, so the
+    /// first other node to see it gone takes the subscriptions over.
+    async fn release_lease(&mut self) {
+        if self.drain != Drain::Saving {
+            return;
+        }
+        let j = &mut self.joined;
+        let released: redis::RedisResult<()> = Script::new(RELEASE_LEASE)
+            .key(j.keys.lease(j.node))
+            .arg(&j.record.incarnation)
+            .invoke_async(&mut j.connection)
+            .await;
+        match released {
+            Ok(()) => {
+                tracing::warn!(
+                    node = j.node,
+                    subscriptions = self.held.load(Ordering::Relaxed),
+                    "drained: every subscription is saved and the lease given up; \
+                     another node takes them over"
+                );
+                self.drain = Drain::Released;
+            }
+            // The lease lapses anyway; the takeover then follows it.
+            Err(e) => tracing::warn!(node = j.node, "giving up the lease: {e}"),
+        }
     }
 
     /// Writes a batch of this node's subscriptions to their buckets, one
@@ -919,7 +1121,7 @@ impl Task {
             node = dead,
             subscriptions = saved.len(),
             unreadable,
-            "node {dead}'s lease lapsed: this node takes its subscriptions over"
+            "node {dead}'s lease is gone (lapsed, or given up by a drain): this node takes its subscriptions over"
         );
         self.view.takeovers += 1;
         while !saved.is_empty() {
@@ -953,32 +1155,9 @@ impl Task {
     /// that are gone.
     async fn report_members(&mut self, healthy: bool) {
         let j = &mut self.joined;
-        let members: redis::RedisResult<HashMap<NodeId, String>> = redis::cmd("HGETALL")
-            .arg(j.keys.cluster("members"))
-            .query_async(&mut j.connection)
-            .await;
-        let Ok(members) = members else {
+        let Ok(listed) = read_members(&mut j.connection, &j.keys, j.node).await else {
             return;
         };
-        let mut listed = Vec::with_capacity(members.len());
-        for (node, record) in members {
-            let ttl: i64 = redis::cmd("PTTL")
-                .arg(j.keys.lease(node))
-                .query_async(&mut j.connection)
-                .await
-                .unwrap_or(-2);
-            let internal = serde_json::from_str::<serde_json::Value>(&record)
-                .ok()
-                .and_then(|v| v.get("internal")?.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            listed.push(Member {
-                node,
-                internal,
-                lease_left_ms: u64::try_from(ttl).ok(),
-                this_node: node == j.node,
-            });
-        }
-        listed.sort_by_key(|m| m.node);
         self.watch_members(&listed, healthy).await;
         self.view.members = listed;
         self.view.share_failures = self.dropped.load(Ordering::Relaxed);
@@ -1080,7 +1259,7 @@ impl Task {
                     self.resync.store(true, Ordering::Relaxed);
                 }
                 if channel == self.joined.keys.cluster("ev") {
-                    if let Ok((rev, _)) = self.joined.provisioning.fetch().await {
+                    if let Ok((rev, _)) = self.joined.control.fetch().await {
                         self.on_provisioned(rev);
                     }
                 } else {
@@ -1128,7 +1307,7 @@ impl Task {
     }
 
     fn on_provisioned(&mut self, rev: u64) {
-        if rev > self.joined.provisioning.applied() {
+        if rev > self.joined.control.applied() {
             // Full means one is pending already, and it reads the newest.
             let _ = self.provisioned.try_send(rev);
         }
@@ -1137,7 +1316,7 @@ impl Task {
     /// Compares the configuration's and every followed endpoint's
     /// revision with Redis, and reads again what moved without an event.
     async fn sweep(&mut self) {
-        if let Ok((rev, _)) = self.joined.provisioning.fetch().await {
+        if let Ok((rev, _)) = self.joined.control.fetch().await {
             self.on_provisioned(rev);
         }
         let j = &self.joined;
@@ -1226,6 +1405,53 @@ impl Task {
 }
 
 /// A shared value, or None (withdrawn) for an empty or unreadable one.
+/// The members and their leases, as each last said of itself.
+async fn read_members(
+    c: &mut ClusterConnection,
+    keys: &Keys,
+    this: NodeId,
+) -> redis::RedisResult<Vec<Member>> {
+    let members: HashMap<NodeId, String> = redis::cmd("HGETALL")
+        .arg(keys.cluster("members"))
+        .query_async(c)
+        .await?;
+    let mut listed = Vec::with_capacity(members.len());
+    for (node, record) in members {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(keys.lease(node))
+            .query_async(c)
+            .await
+            .unwrap_or(-2);
+        let record: MemberRecord = serde_json::from_str(&record).unwrap_or_default();
+        listed.push(Member {
+            node,
+            internal: record.internal,
+            lease_left_ms: u64::try_from(ttl).ok(),
+            this_node: node == this,
+            subscriptions: record.subscriptions,
+            draining: record.draining,
+        });
+    }
+    listed.sort_by_key(|m| m.node);
+    Ok(listed)
+}
+
+/// Writes what a node says of itself into the members' record.
+async fn write_member(
+    c: &mut ClusterConnection,
+    keys: &Keys,
+    node: NodeId,
+    record: &MemberRecord,
+) -> redis::RedisResult<()> {
+    let text = serde_json::to_string(record).unwrap_or_default();
+    redis::cmd("HSET")
+        .arg(keys.cluster("members"))
+        .arg(node)
+        .arg(text)
+        .exec_async(c)
+        .await
+}
+
 fn decode(field: Field, value: &str) -> Option<Value> {
     if value.is_empty() {
         return None;

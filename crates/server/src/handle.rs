@@ -21,9 +21,9 @@ pub struct NodeHandle {
     /// Held through each import, so two at once cannot leave the store
     /// holding one document and the node running the other.
     pub(crate) imports: Arc<tokio::sync::Mutex<()>>,
-    /// The cluster's configuration, which an import replaces; None when
-    /// the node is alone.
-    pub(crate) cluster: Option<crate::cluster::Provisioning>,
+    /// The cluster (its configuration, which an import replaces, and
+    /// drains); None when the node is alone.
+    pub(crate) cluster: Option<crate::cluster::ClusterControl>,
 }
 
 /// Why an import was refused.
@@ -203,6 +203,19 @@ impl NodeHandle {
             changes,
             ..imported
         })
+    }
+
+    /// Drains cluster member `node` (this one or another): it hands its
+    /// watchers to the other nodes and takes no new ones until restarted.
+    /// Answers how many subscriptions it held.
+    pub async fn drain(
+        &self,
+        node: porchlight_node::cluster::NodeId,
+    ) -> Result<u64, crate::cluster::DrainError> {
+        match &self.cluster {
+            Some(cluster) => cluster.drain(node).await,
+            None => Err(crate::cluster::DrainError::NotClustered),
+        }
     }
 
     /// Puts in force the configuration another node made the cluster's

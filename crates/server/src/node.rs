@@ -196,7 +196,7 @@ impl Node {
         }
         let (reports_tx, reports) = mpsc::channel(1024);
         let (provisioned_tx, mut provisioned) = mpsc::channel(16);
-        let provisioning = joined.as_ref().map(|j| j.provisioning.clone());
+        let control = joined.as_ref().map(|j| j.control.clone());
         let cluster = config
             .cluster
             .as_ref()
@@ -271,7 +271,7 @@ impl Node {
             config: Arc::new(std::sync::RwLock::new(Arc::new(config))),
             store: store_handle,
             imports: Arc::default(),
-            cluster: provisioning,
+            cluster: control,
         };
         let adopting = handle.clone();
         tokio::spawn(async move {
@@ -672,15 +672,7 @@ impl Driver {
                 Some((delivery, outcome)) = webhooks_done.recv() => {
                     self.core.handle(clock(), Input::Posted { delivery, outcome });
                 }
-                Some(report) = reports.recv(), if self.cluster.is_some() => {
-                    let input = match report {
-                        Report::Shared(shared) => Input::Shared(shared),
-                        Report::View(view) => Input::Cluster(view),
-                        Report::Adopt(saved) => Input::Adopt(saved),
-                        Report::Retired(era) => Input::Retired { era },
-                    };
-                    self.core.handle(clock(), input);
-                }
+                Some(report) = reports.recv(), if self.cluster.is_some() => self.on_report(report),
                 _ = flush_tick.tick(), if self.write_behind.is_some() => {
                     if let Some(writer) = &mut self.write_behind {
                         writer.tick(self.core.presence_mut(), Instant::now());
@@ -706,13 +698,34 @@ impl Driver {
         }
     }
 
+    /// Hands what the cluster task read to the core; a drain goes to the
+    /// write-behind, which saves every subscription for the takeover.
+    fn on_report(&mut self, report: Report) {
+        let input = match report {
+            Report::Shared(shared) => Input::Shared(shared),
+            Report::View(view) => Input::Cluster(view),
+            Report::Adopt(saved) => Input::Adopt(saved),
+            Report::Retired(era) => Input::Retired { era },
+            Report::Drain => {
+                if let Some(writer) = &mut self.write_behind {
+                    writer.hand_over(self.core.presence_mut());
+                }
+                return;
+            }
+        };
+        self.core.handle(clock(), input);
+    }
+
     /// Tells the core when this node's lease has grown too old for it to
-    /// notify, and when it is renewed again (the cluster task's reports
-    /// wake the loop every second).
+    /// notify (or it is drained), and when it is renewed again (the
+    /// cluster task's reports wake the loop every second); and tells the
+    /// task how many subscriptions the node holds.
     fn check_fence(&mut self) {
         let Some(link) = &self.cluster else {
             return;
         };
+        link.held
+            .store(self.core.subscriptions_active(), Ordering::Relaxed);
         let fenced = link.fenced(Instant::now());
         if fenced != self.fenced {
             self.fenced = fenced;

@@ -62,6 +62,8 @@ pub struct WriteBehind {
     counters: Arc<StoreCounters>,
     mirror: Option<Mirror>,
     changed: Vec<u32>,
+    /// The next batch to the mirror is a drain's last.
+    handing_over: bool,
 }
 
 impl WriteBehind {
@@ -81,6 +83,7 @@ impl WriteBehind {
             counters,
             mirror,
             changed: Vec::new(),
+            handing_over: false,
         })
     }
 
@@ -121,6 +124,14 @@ impl WriteBehind {
         Ok(batches)
     }
 
+    /// Saves every subscription in the next batch to the mirror and marks
+    /// it the last: the node is drained, and gives them to another node
+    /// once they are in Redis.
+    pub fn hand_over(&mut self, presence: &mut PresenceService) {
+        presence.save_all();
+        self.handing_over = self.mirror.is_some();
+    }
+
     /// The writer's counters.
     pub fn counters(&self) -> Arc<StoreCounters> {
         self.counters.clone()
@@ -141,7 +152,8 @@ impl WriteBehind {
         presence.take_changed(&mut self.changed);
         let registrations = presence.take_registration_changes(now, unix);
         let publications = presence.take_publication_changes(now, unix);
-        if self.changed.is_empty() && registrations.is_empty() && publications.is_empty() {
+        let last = std::mem::take(&mut self.handing_over);
+        if self.changed.is_empty() && registrations.is_empty() && publications.is_empty() && !last {
             return;
         }
         let mut batch = Batch {
@@ -180,8 +192,9 @@ impl WriteBehind {
                     .map(|s| (s.id.index, porchlight_store::codec::encode_subscription(s)))
                     .collect(),
                 deleted: batch.deleted.clone(),
+                last,
             };
-            if !(dialogs.saved.is_empty() && dialogs.deleted.is_empty()) {
+            if last || !(dialogs.saved.is_empty() && dialogs.deleted.is_empty()) {
                 mirror.queued.fetch_add(1, Ordering::Relaxed);
                 if mirror.batches.try_send(dialogs).is_err() {
                     mirror.queued.fetch_sub(1, Ordering::Relaxed);

@@ -116,7 +116,8 @@ function renderPartners(partners) {
 }
 
 // A node alone has no cluster section; a member shows every node with
-// the time its lease has left (a lapsed lease is a node gone).
+// the time its lease has left (a lapsed lease is a node gone) and the
+// subscriptions it holds (a drained node hands them over).
 function renderCluster(cluster) {
   $("#cluster").hidden = !cluster;
   if (!cluster) return;
@@ -127,7 +128,8 @@ function renderCluster(cluster) {
     element("td", {}, String(m.node) + (m.this_node ? " (this node)" : "")),
     element("td", {}, m.internal),
     element("td", { class: m.lease_left_ms === null ? "lapsed" : "number" },
-      m.lease_left_ms === null ? "lapsed" : (m.lease_left_ms / 1000).toFixed(1) + " s"))));
+      m.lease_left_ms === null ? "lapsed" : (m.lease_left_ms / 1000).toFixed(1) + " s"),
+    element("td", { class: "number" }, String(m.subscriptions) + (m.draining ? " (draining)" : "")))));
 }
 
 function renderFederation(lists) {

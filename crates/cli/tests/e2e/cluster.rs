@@ -1161,3 +1161,169 @@ fn a_node_alone_joins_a_cluster_without_ending_its_dialogs() {
         );
     }
 }
+
+#[test]
+fn a_drained_node_hands_every_watcher_to_another_once_and_takes_no_new_ones() {
+    let (redis, _one) = RedisCluster::start("drain");
+    let survivor = start("cluster-drain-1", &node_config(&redis, "drain", 1, 4000));
+    let survivor_file = survivor.dir.join("porchlight.toml");
+
+    // What a careless admin asks first: a number that is no member, and
+    // the only live node, which no other would relieve.
+    let (ok, said) = porchlight_at(&survivor_file, &["cluster", "drain", "9"]);
+    assert!(!ok && said.contains("node 9 is not a member"), "{said}");
+    let (ok, said) = porchlight_at(&survivor_file, &["cluster", "drain", "1"]);
+    assert!(!ok && said.contains("only live node"), "{said}");
+
+    let drained = start("cluster-drain-2", &node_config(&redis, "drain", 2, 4000));
+    let mut watchers = Dialogs::subscribe(&drained, "dr", 20);
+    let last_cseq: HashMap<String, u32> = watchers
+        .heard
+        .iter()
+        .map(|(c, h)| (c.clone(), h.last().unwrap().cseq))
+        .collect();
+    // A watcher we did not write: baresip, held by the node to be drained.
+    let baresip = Baresip::start(
+        &drained.dir.join("baresip"),
+        free_port(),
+        &["account", "contact", "presence"],
+        "<sip:alice@127.0.0.1>;regint=0",
+        &format!("\"Queue\" <sip:queue@{}>;presence=p2p", drained.udp),
+    );
+    baresip.expect("Subscribing to 1 contacts", Duration::from_secs(10));
+    let members_hold = |node: &Server, want: &[(u16, u64)]| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = node.api_get("/api/v1/status");
+            let members = status["cluster"]["members"].as_array().unwrap().clone();
+            let held = |n: u16| {
+                members
+                    .iter()
+                    .find(|m| m["node"] == n)
+                    .and_then(|m| m["subscriptions"].as_u64())
+            };
+            if want.iter().all(|&(n, count)| held(n) == Some(count)) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members never held {want:?}: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // Every member says at its renewal how many it holds.
+    members_hold(&survivor, &[(1, 0), (2, 21)]);
+
+    // Drained from the other node: nothing was waited for, the drain saves
+    // every dialog itself before it lets go.
+    let before = watchers.marks();
+    let said = porchlight_ok(&survivor_file, &["cluster", "drain", "2"]);
+    assert!(
+        said.contains("node 2 drains") && said.contains("21 subscriptions"),
+        "{said}"
+    );
+    let (ok, said) = porchlight_at(&survivor_file, &["cluster", "drain", "2"]);
+    assert!(!ok && said.contains("draining already"), "{said}");
+
+    watchers.until(
+        Duration::from_secs(20),
+        "a NOTIFY from the survivor to every watcher",
+        |d| d.since(&before).values().filter(|h| !h.is_empty()).count() == d.count,
+    );
+    let moved = watchers.since(&before);
+    for (call_id, heard) in &moved {
+        let h = &heard[0];
+        assert_eq!(h.from, survivor.udp, "{call_id}: from the survivor");
+        assert_eq!(
+            &h.from_tag, &watchers.to_tags[call_id],
+            "{call_id}: its dialog"
+        );
+        assert!(
+            h.cseq >= last_cseq[call_id] + 1000,
+            "{call_id}: CSeq {}",
+            h.cseq
+        );
+        assert!(h.text.starts_with("active"), "{call_id}: {}", h.text);
+        assert!(
+            h.contact.contains(&survivor.udp.port().to_string()),
+            "{call_id}: {}",
+            h.contact
+        );
+    }
+    let status = members_hold(&survivor, &[(1, 21), (2, 0)]);
+    assert_eq!(status["cluster"]["takeovers"], 1, "{status}");
+    let drained_member = status["cluster"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node"] == 2)
+        .unwrap()
+        .clone();
+    assert_eq!(drained_member["draining"], true, "{status}");
+    let shown = porchlight_ok(&survivor_file, &["status"]);
+    assert!(shown.contains("0 subscriptions, draining"), "{shown}");
+    let metrics = ureq::get(&format!("http://{}/metrics", survivor.api().0))
+        .set("Authorization", &survivor.api().1)
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("porchlight_cluster_member_draining{node=\"2\"} 1"),
+        "{metrics}"
+    );
+
+    // The drained node takes no new watcher: it asks it to retry elsewhere.
+    let fresh = subscribe_to(
+        "queue",
+        watchers.socket.local_addr().unwrap(),
+        "dr-new",
+        "drn",
+    );
+    let answers = udp_exchange(drained.udp, fresh.as_bytes(), Duration::from_secs(2));
+    let answer = answers
+        .iter()
+        .find(|m| m.status().is_some())
+        .expect("an answer");
+    assert_eq!(answer.status(), Some(503), "{answer:?}");
+
+    // The next change reaches every watcher once, from the survivor, and
+    // baresip shows it; the drained node sent nothing since the drain.
+    let marks = watchers.marks();
+    set_presence(
+        &survivor,
+        &[
+            "endpoint",
+            "presence",
+            "set",
+            "sip:queue@contoso.com",
+            "busy",
+            "--note",
+            "After the drain",
+        ],
+    );
+    watchers.until(Duration::from_secs(10), "the change after the drain", |d| {
+        d.since(&marks)
+            .values()
+            .filter(|h| h.iter().any(|n| n.text.contains("After the drain")))
+            .count()
+            == d.count
+    });
+    baresip.expect(
+        "changed status from Offline to Busy",
+        Duration::from_secs(10),
+    );
+    watchers.pump(Duration::from_secs(1));
+    for (call_id, heard) in watchers.since(&before) {
+        assert_eq!(
+            heard.len(),
+            2,
+            "{call_id}: the takeover and the change, once each: {heard:?}"
+        );
+        assert!(
+            heard.iter().all(|h| h.from == survivor.udp),
+            "{call_id}: {heard:?}"
+        );
+    }
+}

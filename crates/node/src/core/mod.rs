@@ -402,7 +402,7 @@ impl Core {
         tracing::info!(
             adopted,
             offered = count,
-            "took over subscriptions of a node whose lease lapsed; re-notifying them paced over {}s",
+            "took over subscriptions of a node whose lease is gone (lapsed, or given up by a drain); re-notifying them paced over {}s",
             self.renotify_window.as_secs()
         );
     }
@@ -428,6 +428,12 @@ impl Core {
     /// Server transactions open, a measure of load.
     pub fn server_transactions(&self) -> usize {
         self.layer.len().0
+    }
+
+    /// Subscriptions this node holds, which a cluster member tells the
+    /// others (so an admin sees where the watchers are).
+    pub fn subscriptions_active(&self) -> u64 {
+        self.presence.notifier_stats().0.active
     }
 
     /// The store writer's part of the status, from the core's side:

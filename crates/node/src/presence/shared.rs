@@ -93,7 +93,7 @@ impl PresenceService {
         if self.fenced != fenced {
             if fenced {
                 tracing::warn!(
-                    "this node's lease is not renewed: NOTIFYs wait, new subscriptions are refused"
+                    "this node is fenced (its lease is not renewed, or an admin drained it): NOTIFYs wait, new subscriptions are refused"
                 );
             } else {
                 tracing::info!("this node's lease is renewed: notifying again");
