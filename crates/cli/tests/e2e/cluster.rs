@@ -468,10 +468,41 @@ fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
     );
     watchers.expect_all("After the planned failover", Duration::from_secs(20));
 
-    // The new master killed: its replica (the old master) takes over
-    // once the cluster sees it fail.
+    // The new master killed under load: SIPp watchers subscribe, refresh
+    // and unsubscribe on both nodes (each a dialog saved to Redis and
+    // deleted) while it dies, and none waits for Redis. Its replica (the
+    // old master) takes over once the cluster sees it fail.
     let (master_now, replica_now) = redis.master_and_replica_of(&key);
     assert_eq!((master_now, replica_now), (replica, master));
+    let load: Vec<Child> = nodes
+        .iter()
+        .map(|node| {
+            sipp_calls(
+                &[
+                    &node.udp.to_string(),
+                    "-sf",
+                    &scenario("subscribe-uac.xml"),
+                    "-s",
+                    "helpdesk",
+                    "-r",
+                    "40",
+                    "-l",
+                    "100",
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    &free_port().to_string(),
+                ],
+                400,
+            )
+        })
+        .collect();
+    let loaded = Instant::now() + Duration::from_secs(20);
+    while nodes[0].api_get("/api/v1/status")["subscriptions_created"].as_u64() < Some(50) {
+        assert!(Instant::now() < loaded, "SIPp never started subscribing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let heard_before: Vec<usize> = watchers.counts("");
     redis.kill_9(master_now);
     redis.wait_until(replica_now, "ROLE", "master", Duration::from_secs(30));
     redis.wait_until(
@@ -493,6 +524,19 @@ fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
         ],
     );
     watchers.expect_all("After the master died", Duration::from_secs(30));
+    for (i, child) in load.into_iter().enumerate() {
+        finished_ok(child, &format!("SIPp watchers on node {}", i + 1));
+    }
+    // Reconciling after the failover sent nothing where nothing changed:
+    // each watcher heard the change, once, and no more.
+    let heard_after = watchers.counts("");
+    for (before, after) in heard_before.iter().zip(&heard_after) {
+        assert_eq!(
+            after - before,
+            1,
+            "NOTIFYs per watcher: {heard_before:?} -> {heard_after:?}"
+        );
+    }
 
     // Nothing node 1 holds was lost: a node that starts now reads the
     // registration (and the admin's setting) from what Redis kept.

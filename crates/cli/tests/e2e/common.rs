@@ -817,9 +817,16 @@ impl Kamailio {
 
 /// Runs one SIPp call (`-m 1`) with `args`, bounded to 30 s.
 pub fn sipp(args: &[&str]) -> Child {
+    sipp_calls(args, 1)
+}
+
+/// SIPp making `calls` calls of its scenario (at its `-r` rate, when
+/// given), failing if any fails or the run passes 30 s.
+pub fn sipp_calls(args: &[&str], calls: u32) -> Child {
     Command::new("sipp")
         .args(args)
-        .args(["-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin"])
+        .args(["-m", &calls.to_string()])
+        .args(["-timeout", "30s", "-timeout_error", "-nostdin"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
