@@ -66,7 +66,8 @@ redis_memory() { local t=0; for p in "${redis_ports[@]}"; do
     t=$((t + $(redis-cli -p "$p" info memory | awk -F: '/^used_memory:/{print $2}' | tr -d '\r')))
   fi; done; echo "$t"; }
 
-# node N [cluster|alone] [store|nostore] [name]: a node's configuration, UDP 251N0, admin 251N9.
+# node N [cluster|alone] [store|nostore] [name]: a node's configuration, UDP 251N0 (and TCP,
+# where the other nodes reach it, in a cluster), admin 251N9.
 node_config() {
   local n=$1 mode=$2 store=$3 name=${4:-bench} dir="$out/node$1-$2-$3"
   rm -rf "$dir"; mkdir -p "$dir"
@@ -75,6 +76,7 @@ node_config() {
     -e "s|renotify_window_secs = 30|renotify_window_secs = $window|" "$dir/porchlight.toml"
   if [ "$store" = store ]; then sed -i 's|^path = ""|path = "porchlight-data"|' "$dir/porchlight.toml"; fi
   if [ "$mode" = cluster ]; then
+    sed -i "s|^tcp = \[\]|tcp = [\"127.0.0.1:251${n}0\"]|" "$dir/porchlight.toml"
     printf '\n[cluster]\nredis = ["redis://127.0.0.1:%s"]\nnode_id = %s\ninternal = "127.0.0.1:251%s0"\nname = "%s"\n' \
       "${redis_ports[0]}" "$n" "$n" "$name" >> "$dir/porchlight.toml"
   fi

@@ -140,6 +140,9 @@ pub struct Member {
     pub lease_left_ms: Option<u64>,
     /// Whether it is this node.
     pub this_node: bool,
+    /// Its era: the subscriptions it made in this run have tags that
+    /// begin `node-era`.
+    pub era: u64,
     /// Subscriptions it held at its last renewal.
     pub subscriptions: u64,
     /// Whether an admin drained it: it hands its watchers to the others

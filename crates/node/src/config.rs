@@ -440,8 +440,9 @@ pub struct ClusterSection {
     /// This node's number, unique in the cluster: it owns what it holds
     /// under this number.
     pub node_id: u16,
-    /// Where the other nodes reach this one (SIP over TCP), shown to the
-    /// admin with the members.
+    /// Where the other nodes reach this one: one of its TCP listeners,
+    /// to which they forward refreshes of the subscriptions it holds;
+    /// shown to the admin with the members.
     pub internal: SocketAddr,
     /// Prefix of every key and channel, so several Porchlight clusters
     /// can share one Redis Cluster.
@@ -1101,6 +1102,20 @@ impl Config {
             cluster
                 .validate()
                 .map_err(|(message, fix)| invalid(message, fix))?;
+            let internal = cluster.internal;
+            let listened = self.listen.tcp.iter().any(|l| {
+                l.port() == internal.port() && (l.ip().is_unspecified() || l.ip() == internal.ip())
+            });
+            if !listened {
+                return Err(invalid(
+                    format!(
+                        "[cluster] internal = \"{internal}\" is not one of this node's [listen] tcp \
+                         addresses: the other nodes forward refreshes there"
+                    ),
+                    "use the address the other nodes reach one of [listen] tcp at (its port, \
+                     and its IP unless that listener binds 0.0.0.0)",
+                ));
+            }
         }
         if self.node.domains.is_empty() {
             return Err(invalid(

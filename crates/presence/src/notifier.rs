@@ -396,13 +396,25 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
 
     /// The origin a tag names, when it is not this node's own: the node
     /// that made the subscription, for a request that reached another.
+    /// The tag's check is verified (every node keys it alike), so a made-up
+    /// tag names no node and is not sent on to one.
     pub fn foreign_origin<'t>(&self, tag: &'t str) -> Option<&'t str> {
         let own = self.origin.as_deref()?;
         if self.adopted.contains_key(tag) {
             return None;
         }
-        let (origin, _) = tag.split_once('.')?;
-        (origin != own && tag.matches('.').count() == 3).then_some(origin)
+        let (origin, rest) = tag.split_once('.')?;
+        if origin == own {
+            return None;
+        }
+        let mut parts = rest.split('.');
+        let mut next = || u32::from_str_radix(parts.next()?, 16).ok();
+        let id = SubscriptionId {
+            index: next()?,
+            generation: next()?,
+        };
+        let check = next()?;
+        (parts.next().is_none() && check == self.tag_check_in(Some(origin), id)).then_some(origin)
     }
 
     /// Counters.

@@ -724,6 +724,11 @@ fn another_nodes_subscriptions_are_taken_over_with_the_tags_their_watchers_hold(
     // apart from a dialog it never had.
     assert_eq!(two.notifier.foreign_origin(&tags[0]), Some("1-0"));
     assert_eq!(two.notifier.foreign_origin(&own[0]), None);
+    // A made-up tag in node 1's form names no node: its check fails.
+    let (prefix, check) = tags[0].rsplit_once('.').unwrap();
+    let forged = format!("{prefix}.{:x}", u32::from_str_radix(check, 16).unwrap() ^ 1);
+    assert_eq!(two.notifier.foreign_origin(&forged), None);
+    assert_eq!(two.notifier.foreign_origin("1-0.1.0"), None);
 
     let helpdesk = two.helpdesk;
     for s in saved.iter().cloned() {

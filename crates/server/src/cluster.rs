@@ -247,6 +247,9 @@ struct MemberRecord {
     incarnation: String,
     /// When that run joined (Unix seconds).
     since: u64,
+    /// Its era: its subscriptions' tags begin `node-era`.
+    #[serde(default)]
+    era: u64,
     /// Subscriptions it holds.
     #[serde(default)]
     subscriptions: u64,
@@ -606,6 +609,7 @@ pub async fn join(
         internal: cluster.internal.to_string(),
         incarnation: incarnation.clone(),
         since: unix_secs(),
+        era,
         ..MemberRecord::default()
     };
     write_member(c, &keys, cluster.node_id, &record)
@@ -946,6 +950,7 @@ impl Task {
             Ok((3, era)) => {
                 // Its dialogs are another node's now: a new era for new ones.
                 self.origin = format!("{}-{era}", j.node);
+                j.record.era = era;
                 let _ = self.reports.send(Report::Retired(era)).await;
                 true
             }
@@ -1430,6 +1435,7 @@ async fn read_members(
             this_node: node == this,
             subscriptions: record.subscriptions,
             draining: record.draining,
+            era: record.era,
         });
     }
     listed.sort_by_key(|m| m.node);

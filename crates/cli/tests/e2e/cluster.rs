@@ -181,8 +181,10 @@ fn sources_key(name: &str, uri: &str) -> String {
 }
 
 /// A node of cluster `name` numbered `node`: NOTIFYs unpaced, the help
-/// desk and a queue whose app registers.
+/// desk and a queue whose app registers; the other nodes reach it on its
+/// TCP listener.
 fn node_config(redis: &RedisCluster, name: &str, node: u16, lease_ms: u64) -> String {
+    let internal = free_port();
     config(
         &[
             (
@@ -190,6 +192,10 @@ fn node_config(redis: &RedisCluster, name: &str, node: u16, lease_ms: u64) -> St
                 "min_notify_interval_ms = 0",
             ),
             ("renotify_window_secs = 30", "renotify_window_secs = 2"),
+            (
+                "tcp = [\"127.0.0.1:0\"]",
+                &format!("tcp = [\"127.0.0.1:{internal}\"]"),
+            ),
         ],
         &format!(
             "\n[cluster]\nredis = [{}]\nnode_id = {node}\ninternal = \"127.0.0.1:{}\"\n\
@@ -197,7 +203,7 @@ fn node_config(redis: &RedisCluster, name: &str, node: u16, lease_ms: u64) -> St
              \n[[endpoint]]\nuri = \"sip:queue@contoso.com\"\ndisplay_name = \"Support Queue\"\n\
              [endpoint.registration]\npassword = \"s3cret\"\n",
             redis.seeds(),
-            free_port(),
+            internal,
         ),
     )
 }
@@ -636,6 +642,23 @@ fn what_a_careless_admin_writes_stops_the_node_with_the_fix() {
         "{out}"
     );
 
+    // An internal address the node does not listen at (its UDP port, say)
+    // could never take a forwarded refresh: refused with the fix.
+    let text = node_config(&redis, "careless", 1, 8000);
+    let tcp = text.lines().find(|l| l.starts_with("tcp = ")).unwrap();
+    std::fs::write(&path, text.replace(tcp, "tcp = []")).unwrap();
+    let checked = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&checked.stderr);
+    assert!(!checked.status.success());
+    assert!(
+        out.contains("porchlight.toml") && out.contains("is not one of this node's [listen] tcp"),
+        "{out}"
+    );
+
     // Nothing listens at the seed: the node does not start, and says why.
     let closed = free_port();
     let unreachable = node_config(&redis, "careless", 1, 8000)
@@ -967,26 +990,65 @@ fn a_node_killed_loses_no_watcher_and_duplicates_none() {
     }
     eprintln!("takeover: every watcher re-notified {took:?} after the kill");
 
-    // A refresh sent to a node that never held the dialog is asked to
-    // retry, not told the subscription is gone (481 would end it).
+    // A refresh sent to a node that never held the dialog is forwarded
+    // to the live member that holds it, which answers and notifies.
     let third = start(
         "cluster-takeover-3",
         &node_config(&redis, "takeover", 3, 4000),
     );
-    let stray = Dialogs::subscribe(&third, "stray", 1);
-    let stray_tag = stray.to_tags["stray-0"].clone();
-    let misdirected = subscribe_to(
-        "queue",
-        watchers.socket.local_addr().unwrap(),
+    let mut stray = Dialogs::subscribe(&third, "stray", 1);
+    let known = Instant::now() + Duration::from_secs(10);
+    while !survivor.api_get("/api/v1/status")["cluster"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["node"] == 3 && m["lease_left_ms"].is_u64())
+    {
+        assert!(Instant::now() < known, "node 1 never saw node 3 join");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A refresh in a watcher's dialog: its From tag, the To tag it was
+    // given, the next CSeq, a branch of its own.
+    let refresh_of = |call_id: &str, tag: &str, at: SocketAddr| {
+        subscribe_to("queue", at, call_id, &call_id.replace('-', "t"))
+            .replace(";branch=z9hG4bK", ";branch=z9hG4bKrefresh")
+            .replace(
+                "To: <sip:queue@contoso.com>",
+                &format!("To: <sip:queue@contoso.com>;tag={tag}"),
+            )
+            .replace("CSeq: 1 SUBSCRIBE", "CSeq: 2 SUBSCRIBE")
+    };
+    let misdirected = refresh_of(
         "stray-0",
-        "straytx",
-    )
-    .replace(
-        "To: <sip:queue@contoso.com>",
-        &format!("To: <sip:queue@contoso.com>;tag={stray_tag}"),
-    )
-    .replace("CSeq: 1 SUBSCRIBE", "CSeq: 2 SUBSCRIBE");
-    let answers = udp_exchange(survivor.udp, misdirected.as_bytes(), Duration::from_secs(2));
+        &stray.to_tags["stray-0"],
+        stray.socket.local_addr().unwrap(),
+    );
+    let marks = stray.marks();
+    stray.to_tags.clear();
+    stray
+        .socket
+        .send_to(misdirected.as_bytes(), survivor.udp)
+        .unwrap();
+    stray.until(
+        Duration::from_secs(5),
+        "the forwarded refresh's 200 and NOTIFY",
+        |d| d.to_tags.contains_key("stray-0") && !d.since(&marks)["stray-0"].is_empty(),
+    );
+    assert_eq!(stray.since(&marks)["stray-0"][0].from, third.udp);
+    assert_eq!(
+        third.api_get("/api/v1/status")["subscriptions_refreshed"],
+        1
+    );
+
+    // One whose node is gone, at a node that did not take it over, is
+    // asked to retry (where the node that did answers), never told the
+    // subscription is gone (481 would end it).
+    let orphaned = refresh_of(
+        "tk-5",
+        &watchers.to_tags["tk-5"],
+        watchers.socket.local_addr().unwrap(),
+    );
+    let answers = udp_exchange(third.udp, orphaned.as_bytes(), Duration::from_secs(2));
     let answer = answers
         .iter()
         .find(|m| m.status().is_some())
@@ -1170,7 +1232,10 @@ fn a_node_alone_joins_a_cluster_without_ending_its_dialogs() {
     let joined = node_config(&redis, "join", 1, 4000);
     let cluster_section =
         &joined[joined.find("\n[cluster]").unwrap()..joined.find("\n\n[[endpoint]]").unwrap()];
-    std::fs::write(&path, alone_config.clone() + cluster_section).unwrap();
+    // Where the others reach it: the TCP listener its [cluster] names.
+    let tcp = joined.lines().find(|l| l.starts_with("tcp = ")).unwrap();
+    let member_config = alone_config.replace("tcp = [\"127.0.0.1:0\"]", tcp) + cluster_section;
+    std::fs::write(&path, member_config).unwrap();
     let member = start_with_file(&path, dir);
     assert_eq!(member.api_get("/api/v1/status")["store"]["restored"], 10);
     let before = watchers.marks();

@@ -952,7 +952,11 @@ impl Core {
                 self.presence.policy(),
                 parties,
             ) {
-                Route::Local => {}
+                Route::Local => {
+                    if let Some(hop) = self.holder_hop(&request) {
+                        return self.proxy_request(request, origin, target, hop, now);
+                    }
+                }
                 Route::Refuse(answer) => disposition = Some(Disposition::Respond(answer)),
                 Route::Forward(hop) => {
                     return self.proxy_request(request, origin, target, hop, now)

@@ -126,6 +126,31 @@ impl Core {
         }
     }
 
+    /// Where a refresh goes that names a subscription another live member
+    /// of the cluster made in its current run: to that member, over TCP at
+    /// its internal address, as a proxy in the dialog. A subscription whose
+    /// node is gone, or not yet known here, gets none: it is answered 503
+    /// with Retry-After, and the node that takes it over answers the retry.
+    pub(super) fn holder_hop(&self, request: &Message) -> Option<edge::Forward> {
+        if request.method_kind() != Some(Method::Subscribe) {
+            return None;
+        }
+        let origin = self.presence.made_elsewhere(request)?;
+        let (node, era) = origin.split_once('-')?;
+        let holder = self.cluster.as_ref()?.members.iter().find(|m| {
+            !m.this_node
+                && m.lease_left_ms.is_some()
+                && m.node.to_string() == node
+                && m.era.to_string() == era
+        })?;
+        let addr = holder.internal.parse().ok()?;
+        Some(edge::Forward {
+            next: NextHop::address(Protocol::Tcp, addr),
+            consumed_routes: 0,
+            direction: Direction::InDialog,
+        })
+    }
+
     /// Sends the copy of an admitted request on through a client
     /// transaction paired with its server transaction `key`.
     pub(super) fn relay(

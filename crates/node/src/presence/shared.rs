@@ -118,20 +118,28 @@ impl PresenceService {
         dropped
     }
 
+    /// The origin (`node-era`) of the node that made the subscription an
+    /// in-dialog request names, when that is not this node (nor one whose
+    /// subscriptions it took over).
+    pub fn made_elsewhere<'a>(&self, request: &'a Message) -> Option<&'a str> {
+        let tag = request.to().ok()?.tag()?;
+        self.notifier.foreign_origin(tag)
+    }
+
     /// The answer to a SUBSCRIBE this node must not take: while fenced, or
     /// a refresh of a subscription another node made (which that node, or
     /// the one that takes it over, answers). Never 481, which would end the
     /// watcher's subscription while its holder may be alive.
     pub(super) fn held_elsewhere(&self, request: &Message) -> Option<Answer> {
-        let foreign = request.to().ok().and_then(|to| {
-            to.tag()
-                .and_then(|t| self.notifier.foreign_origin(t).map(str::to_owned))
-        });
+        let foreign = self.made_elsewhere(request);
         if !self.fenced && foreign.is_none() {
             return None;
         }
         if let Some(origin) = foreign {
-            tracing::debug!(origin, "a refresh for a subscription another node holds");
+            tracing::debug!(
+                origin,
+                "a refresh for a subscription of a node that is gone or not yet known here"
+            );
         }
         let mut answer = Answer::new(status::SERVICE_UNAVAILABLE, "Service Unavailable");
         answer
