@@ -214,6 +214,18 @@ enum PresenceCommand {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
+    /// Move a stopped node's state into the cluster without ending its
+    /// dialogs: `cluster init --from-store porchlight-data --config node.toml`.
+    /// The running members take its subscriptions over; a cluster without
+    /// a configuration takes the store's.
+    Init {
+        /// The stopped node's store (its [store] path).
+        #[arg(long)]
+        from_store: PathBuf,
+        /// The configuration with the [cluster] section the node joins with.
+        #[arg(long, short, env = "PORCHLIGHT_CONFIG")]
+        config: PathBuf,
+    },
     /// Move a member's watchers to the other nodes, paced, for
     /// maintenance: `cluster drain 2`. Any member can be asked.
     Drain {
@@ -474,6 +486,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ClusterCommand::Drain { node, target },
         } => {
             print_line(&admin::drain(&target, node)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster {
+            command: ClusterCommand::Init { from_store, config },
+        } => {
+            print_line(&provision::cluster_init(&config, &from_store)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Console { target } => {

@@ -927,3 +927,64 @@ pub fn endpoint_list(target: &AdminTarget) -> anyhow::Result<String> {
     }
     Ok(out)
 }
+
+/// Hands a stopped node's state, from its store at `store_dir`, to the
+/// cluster its configuration names; what happened, for the admin.
+pub fn cluster_init(config_path: &Path, store_dir: &Path) -> anyhow::Result<String> {
+    let config = Config::load(config_path)?;
+    let Some(cluster) = config.cluster.clone() else {
+        bail!(
+            "cluster init: {} has no [cluster] section: add the one this node will join with \
+             (redis, node_id, internal)",
+            config_path.display()
+        );
+    };
+    let store = EmbeddedStore::open(store_dir, Durability::Process).with_context(|| {
+        format!(
+            "cluster init: opening the store at {} (stop the node first)",
+            store_dir.display()
+        )
+    })?;
+    let config = match store.provisioned()? {
+        Some(document) => {
+            config.with_provisioned(&document, "the store's provisioned configuration")?
+        }
+        None => config,
+    };
+    let wait = cluster.lease() * 3 + std::time::Duration::from_secs(5);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let handed = runtime.block_on(porchlight_server::cluster::hand_over_store(
+        &config, &cluster, &store, wait,
+    ))?;
+    let mut out = format!(
+        "{} subscriptions of the store at {} are in the cluster as node {}'s",
+        handed.subscriptions,
+        store_dir.display(),
+        cluster.node_id
+    );
+    out.push_str(&match handed.adopted_by {
+        Some(node) => format!(
+            "; node {node} took them over and re-notifies them paced over its renotify_window_secs"
+        ),
+        None => format!(
+            "; no running node took them over within {} s: the first member to find node {} gone does",
+            wait.as_secs(),
+            cluster.node_id
+        ),
+    });
+    out.push_str(if handed.configuration_seeded {
+        ".\nThe store's policy and endpoints are the cluster's configuration."
+    } else {
+        ".\nThe cluster already had a configuration: it stays in force (`porchlight config import` changes it)."
+    });
+    if handed.untagged > 0 {
+        out.push_str(&format!(
+            "\n{} subscriptions saved by an older version carry no tag and could not move: they end when their watchers refresh.",
+            handed.untagged
+        ));
+    }
+    Ok(out)
+}

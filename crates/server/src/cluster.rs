@@ -72,7 +72,7 @@ pub enum ClusterError {
         found: String,
     },
     /// The store holds dialogs made with other secrets than the cluster's.
-    #[error("this node's store holds subscriptions whose tags are keyed by its own secrets, and the cluster already has others: joining would break them. Let them end (or move the store aside) before joining, or join this node first")]
+    #[error("this node's store holds subscriptions whose tags are keyed by its own secrets, and the cluster already has others: joining would break them. Hand them to the running nodes with `porchlight cluster init --from-store DIR` (the node stopped), let them end, or join this node first")]
     SecretsDiffer,
     /// Another running node holds this node's number.
     #[error("[cluster] node_id = {0} is held by a running node: its lease is renewed. Give each node its own node_id")]
@@ -494,40 +494,34 @@ pub struct DialogBatch {
     pub last: bool,
 }
 
-/// Joins the cluster `config` names: connects, checks the layout, agrees
-/// on the secrets and the provisioned configuration (this node's own,
-/// when it is the first), and takes this node's lease, waiting out one
-/// left by this node's previous run.
-pub async fn join(
-    config: &Config,
-    cluster: &ClusterSection,
-    own: NodeSecrets,
-    holds_dialogs: bool,
-) -> Result<Joined, ClusterError> {
-    let seeds = cluster
+/// The error for a Redis that cannot be reached or refuses us.
+fn unreachable(cluster: &ClusterSection, e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Unreachable {
+        seeds: seeds_of(cluster),
+        reason: e.to_string(),
+    }
+}
+
+/// The seeds, for messages.
+fn seeds_of(cluster: &ClusterSection) -> String {
+    cluster
         .redis
         .iter()
         .map(|s| s.0.as_str())
         .collect::<Vec<_>>()
-        .join(", ");
-    let unreachable = |e: redis::RedisError| ClusterError::Unreachable {
-        seeds: seeds.clone(),
-        reason: e.to_string(),
-    };
-    let (push_tx, pushes) = mpsc::channel(PUSH_QUEUE);
-    let pushes_lost = Arc::new(AtomicBool::new(false));
-    let lost = pushes_lost.clone();
+        .join(", ")
+}
+
+/// A client for the cluster's seeds, with the AUTH and TLS `[cluster]`
+/// asks for.
+fn client_builder(
+    config: &Config,
+    cluster: &ClusterSection,
+) -> Result<ClusterClientBuilder, ClusterError> {
     let mut builder = ClusterClientBuilder::new(cluster.redis.iter().map(|s| s.0.as_str()))
         .use_protocol(redis::ProtocolVersion::RESP3)
         .connection_timeout(Duration::from_secs(2))
-        .response_timeout(Duration::from_secs(2))
-        .push_sender(move |push: PushInfo| {
-            // Never block the client: a lost event is healed by a reload.
-            if push_tx.try_send(push).is_err() {
-                lost.store(true, Ordering::Relaxed);
-            }
-            Ok::<(), redis::aio::SendError>(())
-        });
+        .response_timeout(Duration::from_secs(2));
     if !cluster.username.is_empty() {
         builder = builder.username(&cluster.username);
     }
@@ -552,18 +546,38 @@ pub async fn join(
             root_cert: Some(root),
         });
     }
-    let client = builder.build().map_err(unreachable)?;
-    let mut connection = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection())
+    Ok(builder)
+}
+
+/// Connects, within [`CONNECT_TIMEOUT`].
+async fn connect(
+    builder: ClusterClientBuilder,
+    cluster: &ClusterSection,
+) -> Result<ClusterConnection, ClusterError> {
+    let client = builder.build().map_err(|e| unreachable(cluster, e))?;
+    tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection())
         .await
-        .map_err(|_| ClusterError::Unreachable {
-            seeds: seeds.clone(),
-            reason: format!("no answer in {}s", CONNECT_TIMEOUT.as_secs()),
+        .map_err(|_| {
+            unreachable(
+                cluster,
+                format!("no answer in {}s", CONNECT_TIMEOUT.as_secs()),
+            )
         })?
-        .map_err(unreachable)?;
-    let keys = Keys {
-        prefix: cluster.name.clone(),
-    };
-    let c = &mut connection;
+        .map_err(|e| unreachable(cluster, e))
+}
+
+/// Agrees with the cluster on the layout, the secrets (`own`, if it is
+/// the first) and the provisioned configuration (`config`'s, if it is the
+/// first): the secrets, and the configuration's revision and document.
+async fn agree(
+    c: &mut ClusterConnection,
+    keys: &Keys,
+    config: &Config,
+    cluster: &ClusterSection,
+    own: NodeSecrets,
+    holds_dialogs: bool,
+) -> Result<(NodeSecrets, u64, String), ClusterError> {
+    let unreachable = |e: redis::RedisError| unreachable(cluster, e);
     let schema = set_once(c, &keys.cluster("schema"), SCHEMA)
         .await
         .map_err(unreachable)?;
@@ -595,6 +609,36 @@ pub async fn join(
         .await
         .map_err(unreachable)?;
     wait_for_replica(c, &keys.cluster("rev")).await;
+    Ok((secrets, rev, provisioned))
+}
+
+/// Joins the cluster `config` names: connects, checks the layout, agrees
+/// on the secrets and the provisioned configuration (this node's own,
+/// when it is the first), and takes this node's lease, waiting out one
+/// left by this node's previous run.
+pub async fn join(
+    config: &Config,
+    cluster: &ClusterSection,
+    own: NodeSecrets,
+    holds_dialogs: bool,
+) -> Result<Joined, ClusterError> {
+    let (push_tx, pushes) = mpsc::channel(PUSH_QUEUE);
+    let pushes_lost = Arc::new(AtomicBool::new(false));
+    let lost = pushes_lost.clone();
+    let builder = client_builder(config, cluster)?.push_sender(move |push: PushInfo| {
+        // Never block the client: a lost event is healed by a reload.
+        if push_tx.try_send(push).is_err() {
+            lost.store(true, Ordering::Relaxed);
+        }
+        Ok::<(), redis::aio::SendError>(())
+    });
+    let mut connection = connect(builder, cluster).await?;
+    let keys = Keys {
+        prefix: cluster.name.clone(),
+    };
+    let c = &mut connection;
+    let (secrets, rev, provisioned) = agree(c, &keys, config, cluster, own, holds_dialogs).await?;
+    let unreachable = |e: redis::RedisError| unreachable(cluster, e);
     let (era, retired) = claim_era(c, &keys, cluster.node_id)
         .await
         .map_err(unreachable)?;
@@ -617,8 +661,9 @@ pub async fn join(
         .map_err(unreachable)?;
     tracing::info!(
         node = cluster.node_id,
-        "joined the cluster {:?} on Redis at {seeds}",
-        cluster.name
+        "joined the cluster {:?} on Redis at {}",
+        cluster.name,
+        seeds_of(cluster)
     );
     let control = ClusterControl {
         connection: connection.clone(),
@@ -641,6 +686,106 @@ pub async fn join(
         record,
         lease: cluster.lease(),
         sweep: Duration::from_secs(cluster.sweep_secs),
+    })
+}
+
+/// What a stopped node's store handed to the cluster.
+#[derive(Debug)]
+pub struct Handover {
+    /// Subscriptions written for the running nodes to take over.
+    pub subscriptions: usize,
+    /// Saved by an older version without their tag: they cannot move, and
+    /// end when their watchers refresh.
+    pub untagged: usize,
+    /// Whether the store's configuration became the cluster's (it had
+    /// none); otherwise the cluster's stays in force.
+    pub configuration_seeded: bool,
+    /// The node that took the subscriptions over, if one did in time.
+    pub adopted_by: Option<NodeId>,
+}
+
+/// Moves a stopped node's state from its `store` into the cluster, as
+/// `[cluster] node_id`: the secrets and configuration if the cluster has
+/// none, and every subscription, saved as that node's and left without a
+/// lease, so a running node takes them over as it would a dead node's
+/// (each keeps its tag, its CSeq moves forward, and it is re-notified
+/// paced); the store keeps them no more. Waits up to `wait` for a node
+/// to take them.
+pub async fn hand_over_store(
+    config: &Config,
+    cluster: &ClusterSection,
+    store: &dyn porchlight_store::Store,
+    wait: Duration,
+) -> Result<Handover, ClusterError> {
+    let unreachable = |e: redis::RedisError| unreachable(cluster, e);
+    let mut connection = connect(client_builder(config, cluster)?, cluster).await?;
+    let keys = Keys {
+        prefix: cluster.name.clone(),
+    };
+    let c = &mut connection;
+    let (_, _, provisioned) = agree(c, &keys, config, cluster, store.secrets(), false).await?;
+    let node = cluster.node_id;
+    let running: Option<String> = redis::cmd("GET")
+        .arg(keys.lease(node))
+        .query_async(c)
+        .await
+        .map_err(unreachable)?;
+    if running.is_some() {
+        return Err(ClusterError::DuplicateNode(node));
+    }
+    let (era, _) = claim_era(c, &keys, node).await.map_err(unreachable)?;
+    let (tagged, untagged): (Vec<_>, Vec<_>) = store
+        .subscriptions()?
+        .into_iter()
+        .partition(|s| s.tag.is_some());
+    let batch = DialogBatch {
+        saved: tagged
+            .iter()
+            .map(|s| (s.id.index, porchlight_store::codec::encode_subscription(s)))
+            .collect(),
+        ..DialogBatch::default()
+    };
+    let origin = format!("{node}-{era}");
+    if write_dialogs(c, &keys, &origin, &batch).await > 0 {
+        return Err(self::unreachable(
+            cluster,
+            "some of the subscriptions were not written; nothing was handed over, run it again",
+        ));
+    }
+    let record = MemberRecord {
+        internal: cluster.internal.to_string(),
+        incarnation: "handed over from a store".into(),
+        since: unix_secs(),
+        era,
+        subscriptions: tagged.len() as u64,
+        draining: true,
+    };
+    write_member(c, &keys, node, &record)
+        .await
+        .map_err(unreachable)?;
+    // They are the cluster's now: the store must not bring them back if
+    // it is started alone again, or two nodes would notify one watcher.
+    store.write(&porchlight_store::Batch {
+        deleted: tagged.iter().map(|s| s.id.index).collect(),
+        ..porchlight_store::Batch::default()
+    })?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let adopted_by = loop {
+        let by: Option<NodeId> = redis::cmd("GET")
+            .arg(keys.node(node, "takeover"))
+            .query_async(c)
+            .await
+            .map_err(unreachable)?;
+        if by.is_some() || tokio::time::Instant::now() >= deadline {
+            break by;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    Ok(Handover {
+        subscriptions: tagged.len(),
+        untagged: untagged.len(),
+        configuration_seeded: provisioned == config.provisioned().to_toml(),
+        adopted_by,
     })
 }
 
@@ -1020,33 +1165,8 @@ impl Task {
     /// Writes a batch of this node's subscriptions to their buckets, one
     /// pipeline per bucket (one slot each).
     async fn save_dialogs(&mut self, batch: DialogBatch) {
-        let mut buckets: HashMap<u32, redis::Pipeline> = HashMap::new();
-        let keys = &self.joined.keys;
-        for (slot, bytes) in &batch.saved {
-            let bucket = slot % DIALOG_BUCKETS;
-            buckets
-                .entry(bucket)
-                .or_default()
-                .hset(keys.dialogs(&self.origin, bucket), slot, bytes.as_slice())
-                .ignore();
-        }
-        for slot in &batch.deleted {
-            let bucket = slot % DIALOG_BUCKETS;
-            buckets
-                .entry(bucket)
-                .or_default()
-                .hdel(keys.dialogs(&self.origin, bucket), slot)
-                .ignore();
-        }
-        let writes = buckets.into_values().map(|pipe| {
-            let mut connection = self.joined.connection.clone();
-            async move { pipe.exec_async(&mut connection).await }
-        });
-        let failed = join_all(writes)
-            .await
-            .into_iter()
-            .filter(|r| r.is_err())
-            .count();
+        let j = &self.joined;
+        let failed = write_dialogs(&j.connection, &j.keys, &self.origin, &batch).await;
         if failed > 0 {
             tracing::warn!(
                 "{failed} buckets of saved subscriptions not written to Redis; \
@@ -1410,6 +1530,42 @@ impl Task {
 }
 
 /// A shared value, or None (withdrawn) for an empty or unreadable one.
+/// Writes a batch of an origin's subscriptions to its buckets, one
+/// pipeline per bucket (one slot each); how many buckets failed.
+async fn write_dialogs(
+    connection: &ClusterConnection,
+    keys: &Keys,
+    origin: &str,
+    batch: &DialogBatch,
+) -> usize {
+    let mut buckets: HashMap<u32, redis::Pipeline> = HashMap::new();
+    for (slot, bytes) in &batch.saved {
+        let bucket = slot % DIALOG_BUCKETS;
+        buckets
+            .entry(bucket)
+            .or_default()
+            .hset(keys.dialogs(origin, bucket), slot, bytes.as_slice())
+            .ignore();
+    }
+    for slot in &batch.deleted {
+        let bucket = slot % DIALOG_BUCKETS;
+        buckets
+            .entry(bucket)
+            .or_default()
+            .hdel(keys.dialogs(origin, bucket), slot)
+            .ignore();
+    }
+    let writes = buckets.into_values().map(|pipe| {
+        let mut connection = connection.clone();
+        async move { pipe.exec_async(&mut connection).await }
+    });
+    join_all(writes)
+        .await
+        .into_iter()
+        .filter(|r| r.is_err())
+        .count()
+}
+
 /// The members and their leases, as each last said of itself.
 async fn read_members(
     c: &mut ClusterConnection,

@@ -1436,3 +1436,88 @@ fn a_drained_node_hands_every_watcher_to_another_once_and_takes_no_new_ones() {
         );
     }
 }
+
+#[test]
+fn cluster_init_hands_a_stopped_node_alones_watchers_to_the_running_members() {
+    let (redis, _one) = RedisCluster::start("init");
+    let member = start("cluster-init-1", &node_config(&redis, "init", 1, 4000));
+    // A node alone, with a store, holding watchers; then stopped.
+    let alone_config = config(
+        &[("renotify_window_secs = 30", "renotify_window_secs = 2")],
+        "\n[[endpoint]]\nuri = \"sip:queue@contoso.com\"\ndisplay_name = \"Support Queue\"\n",
+    );
+    let mut alone = start("cluster-init-alone", &alone_config);
+    let mut watchers = Dialogs::subscribe(&alone, "in", 10);
+    let flushed = Instant::now() + Duration::from_secs(10);
+    while alone.api_get("/api/v1/status")["store"]["records_written"].as_u64() < Some(10) {
+        assert!(
+            Instant::now() < flushed,
+            "the dialogs were never written behind"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let store = alone.dir.join("porchlight-data");
+    let joined = node_config(&redis, "init", 2, 4000);
+    let cluster_section =
+        &joined[joined.find("\n[cluster]").unwrap()..joined.find("\n\n[[endpoint]]").unwrap()];
+    let tcp = joined.lines().find(|l| l.starts_with("tcp = ")).unwrap();
+    let handover = alone.dir.join("member.toml");
+    std::fs::write(
+        &handover,
+        alone_config.replace("tcp = [\"127.0.0.1:0\"]", tcp) + cluster_section,
+    )
+    .unwrap();
+    let init = |file: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+            .args(["cluster", "init", "--from-store"])
+            .arg(&store)
+            .arg("--config")
+            .arg(file)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+
+    // What a careless admin tries first: the node still running, and a
+    // configuration without [cluster].
+    let (ok, said) = init(&handover);
+    assert!(!ok && said.contains("stop the node first"), "{said}");
+    alone.kill_9();
+    let (ok, said) = init(&alone.dir.join("porchlight.toml"));
+    assert!(!ok && said.contains("has no [cluster] section"), "{said}");
+
+    let before = watchers.marks();
+    let (ok, said) = init(&handover);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("10 subscriptions") && said.contains("node 1 took them over"),
+        "{said}"
+    );
+    watchers.until(
+        Duration::from_secs(20),
+        "a NOTIFY from the member to every watcher",
+        |d| d.since(&before).values().filter(|h| !h.is_empty()).count() == d.count,
+    );
+    for (call_id, heard) in watchers.since(&before) {
+        assert_eq!(heard[0].from, member.udp, "{call_id}");
+        assert_eq!(
+            heard[0].from_tag, watchers.to_tags[&call_id],
+            "{call_id} keeps its dialog"
+        );
+        assert!(
+            heard[0].text.starts_with("active"),
+            "{call_id}: {}",
+            heard[0].text
+        );
+    }
+    assert_eq!(member.api_get("/api/v1/status")["subscriptions_active"], 10);
+
+    // Handed over once: the store keeps them no more, so neither a second
+    // init nor the node started alone again can notify them twice.
+    let (ok, said) = init(&handover);
+    assert!(ok && said.contains("0 subscriptions"), "{said}");
+    let again = start_with_file(&alone.dir.join("porchlight.toml"), alone.dir.clone());
+    assert_eq!(again.api_get("/api/v1/status")["store"]["restored"], 0);
+}
