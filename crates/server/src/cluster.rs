@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
@@ -140,7 +140,9 @@ impl Keys {
 /// step back or a failover to a replica that missed the last writes.
 /// Numbers are formatted by hand: Lua would print a microsecond count in
 /// exponent notation.
-const WRITE_ENTRY: &str = r#"
+static WRITE_ENTRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local rev = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
@@ -154,13 +156,17 @@ end
 redis.call('HSET', KEYS[1], 'rev', r, 'uri', ARGV[3])
 redis.call('SPUBLISH', KEYS[2], r .. '\n' .. ARGV[1] .. '\n' .. ARGV[2])
 return r
-"#;
+"#,
+    )
+});
 
 /// Renews this node's lease: 1 renewed, 2 taken again after it lapsed, 3
 /// taken again after another node took its subscriptions over (with the
 /// new era), 4 renewed with an admin's request to drain, 0 held by
 /// another incarnation (another node with our number).
-const RENEW_LEASE: &str = r#"
+static RENEW_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local held = redis.call('GET', KEYS[1])
 if held and held ~= ARGV[1] then return {0, 0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -175,30 +181,44 @@ if held then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {2, 0}
-"#;
+"#,
+    )
+});
 
 /// Gives up this node's lease, if it still holds it, so that another
 /// node takes its subscriptions over at once: the end of a drain.
-const RELEASE_LEASE: &str = r#"
+static RELEASE_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-"#;
+"#,
+    )
+});
 
 /// Asks a live node to drain: 1 asked, 0 its lease is gone, -1 already
 /// asked. The request lapses if the node never acts on it.
-const REQUEST_DRAIN: &str = r#"
+static REQUEST_DRAIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) == false then return -1 end
 return 1
-"#;
+"#,
+    )
+});
 
 /// Claims a node whose lease is gone: the first survivor to run it wins,
 /// retires the node's era, and takes its subscriptions over. The node's
 /// own renewal runs on the same slot, so the two cannot cross.
-const CLAIM_NODE: &str = r#"
+static CLAIM_NODE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX') == false then return -1 end
 return redis.call('INCR', KEYS[3]) - 1
-"#;
+"#,
+    )
+});
 
 /// Buckets an origin's saved subscriptions are spread over.
 const DIALOG_BUCKETS: u32 = 64;
@@ -218,24 +238,32 @@ const ADOPT_CHUNK: usize = 5000;
 /// Replaces the cluster's provisioned configuration if it is still at the
 /// revision the importing node read (compare-and-swap), and tells every
 /// node. A conflict returns minus the revision found (0 or less).
-const PUBLISH_DOCUMENT: &str = r#"
+static PUBLISH_DOCUMENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local rev = tonumber(redis.call('GET', KEYS[2]) or '0')
 if rev ~= tonumber(ARGV[1]) then return -rev end
 redis.call('SET', KEYS[1], ARGV[2])
 rev = redis.call('INCR', KEYS[2])
 redis.call('SPUBLISH', KEYS[3], 'provisioned\n' .. rev)
 return rev
-"#;
+"#,
+    )
+});
 
 /// Gives a new cluster its first provisioned configuration, the joining
 /// node's; returns the revision and document in force.
-const SEED_DOCUMENT: &str = r#"
+static SEED_DOCUMENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[1], ARGV[1])
   redis.call('SET', KEYS[2], '1')
 end
 return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
-"#;
+"#,
+    )
+});
 
 /// What a node says of itself in the members' record, rewritten at each
 /// renewal; the others show it and find who holds what.
@@ -334,7 +362,7 @@ impl ClusterControl {
     pub async fn publish(&self, document: &str) -> Result<u64, PublishError> {
         let read = self.applied();
         let mut connection = self.connection.clone();
-        let rev: i64 = Script::new(PUBLISH_DOCUMENT)
+        let rev: i64 = PUBLISH_DOCUMENT
             .key(self.keys.cluster("provisioned"))
             .key(self.keys.cluster("rev"))
             .key(self.keys.cluster("ev"))
@@ -375,7 +403,7 @@ impl ClusterControl {
         {
             return Err(DrainError::Alone(node));
         }
-        let asked: i64 = Script::new(REQUEST_DRAIN)
+        let asked: i64 = REQUEST_DRAIN
             .key(self.keys.lease(node))
             .key(self.keys.node(node, "drain"))
             .arg((self.lease * 2).as_millis() as u64)
@@ -601,7 +629,7 @@ async fn agree(
     if secrets != own && holds_dialogs {
         return Err(ClusterError::SecretsDiffer);
     }
-    let (rev, provisioned): (u64, String) = Script::new(SEED_DOCUMENT)
+    let (rev, provisioned): (u64, String) = SEED_DOCUMENT
         .key(keys.cluster("provisioned"))
         .key(keys.cluster("rev"))
         .arg(config.provisioned().to_toml())
@@ -937,8 +965,6 @@ impl Joined {
             view: ClusterView::default(),
             dropped: dropped.clone(),
             resync: resync.clone(),
-            write: Script::new(WRITE_ENTRY),
-            renew: Script::new(RENEW_LEASE),
         };
         tokio::spawn(task.run(shares_rx, follow_rx, dialogs_rx));
         ClusterLink {
@@ -966,8 +992,6 @@ struct Task {
     view: ClusterView,
     dropped: Arc<AtomicU64>,
     resync: Arc<AtomicBool>,
-    write: Script,
-    renew: Script,
     /// This node's `node-era`, under which its subscriptions are saved.
     origin: String,
     /// Consecutive reads that found each member's lease gone.
@@ -1073,8 +1097,7 @@ impl Task {
             }
             self.drain = Drain::Drained;
         }
-        let renewed: redis::RedisResult<(i64, u64)> = self
-            .renew
+        let renewed: redis::RedisResult<(i64, u64)> = RENEW_LEASE
             .key(j.keys.lease(j.node))
             .key(j.keys.node(j.node, "takeover"))
             .key(j.keys.node(j.node, "era"))
@@ -1142,7 +1165,7 @@ impl Task {
             return;
         }
         let j = &mut self.joined;
-        let released: redis::RedisResult<()> = Script::new(RELEASE_LEASE)
+        let released: redis::RedisResult<()> = RELEASE_LEASE
             .key(j.keys.lease(j.node))
             .arg(&j.record.incarnation)
             .invoke_async(&mut j.connection)
@@ -1199,7 +1222,7 @@ impl Task {
     /// subscriptions under its own origin.
     async fn take_over(&mut self, dead: NodeId) {
         let j = &mut self.joined;
-        let claimed: redis::RedisResult<i64> = Script::new(CLAIM_NODE)
+        let claimed: redis::RedisResult<i64> = CLAIM_NODE
             .key(j.keys.lease(dead))
             .key(j.keys.node(dead, "takeover"))
             .key(j.keys.node(dead, "era"))
@@ -1295,7 +1318,7 @@ impl Task {
         let j = &self.joined;
         let writes = batch.iter().map(|share| {
             let mut connection = j.connection.clone();
-            let mut invocation = self.write.prepare_invoke();
+            let mut invocation = WRITE_ENTRY.prepare_invoke();
             invocation
                 .key(j.keys.sources(&share.endpoint))
                 .key(j.keys.events(&share.endpoint))
