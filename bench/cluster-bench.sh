@@ -9,12 +9,15 @@
 #      PUBLISH on node 1, time to the last NOTIFY;
 #   3. node loss: TAKEOVER watchers held by node 2, kill -9, time from the
 #      kill to the first and last re-NOTIFY from the survivors, watchers
-#      lost and NOTIFYs repeated; Redis memory per saved subscription.
+#      lost and NOTIFYs repeated; Redis memory per saved subscription;
+#   4. drain: TAKEOVER watchers held by node 2, `porchlight cluster drain 2`
+#      asked of node 1, time from the command to the first and last
+#      re-NOTIFY, watchers lost and NOTIFYs repeated.
 # On a 2-core machine six Redis servers, three nodes and the load tool
 # share the cores, so throughput is not meaningful here (see RESULTS.md).
 # Loopback only; every phase is bounded in count and time.
 # Usage: bench/cluster-bench.sh   Env: ROUNDS (3), SUBSCRIPTIONS (20000),
-#   FANOUT (10000), TAKEOVER (100000), WINDOW_SECS (30)
+#   FANOUT (10000), TAKEOVER (100000), WINDOW_SECS (30), PHASES (1234)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
@@ -22,6 +25,7 @@ subscriptions=${SUBSCRIPTIONS:-20000}
 fanout=${FANOUT:-10000}
 takeover=${TAKEOVER:-100000}
 window=${WINDOW_SECS:-30}
+phases=${PHASES:-1234}
 out=$PWD/bench/out/cluster; rm -rf "$out"; mkdir -p "$out"
 source bench/lib.sh
 need=()
@@ -92,6 +96,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2
 
 echo "## 1. CPU per new subscription ($subscriptions watchers at 5000/s, $rounds alternating rounds)"
 start_redis
+if [[ $phases == *1* ]]; then
 printf "%-22s %-6s %-12s %-14s\n" setup round "node_us/sub" "redis_us/sub"
 for round in $(seq "$rounds"); do
   for setup in alone-store cluster-nostore cluster-store; do
@@ -116,6 +121,9 @@ for setup in alone-store cluster-nostore cluster-store; do
     "$(awk -v s="$setup" '$1==s{print $4}' "$out/cpu.txt" | median)"
 done
 
+fi
+
+if [[ $phases == *2* ]]; then
 echo "## 2. cross-node fan-out: $fanout watchers on nodes 2 and 3, PUBLISH on node 1 ($rounds rounds)"
 for round in $(seq "$rounds"); do
   for n in 1 2 3; do start_node "$(node_config "$n" cluster nostore "fan$round")" "$n"; done
@@ -126,6 +134,9 @@ for round in $(seq "$rounds"); do
 done
 echo "median last NOTIFY: $(grep -h 'fan-out:' "$out"/fanout-*.txt | awk '{print $(NF-4)}' | median) s"
 
+fi
+
+if [[ $phases == *3* ]]; then
 echo "## 3. node loss: $takeover watchers on node 2, kill -9, re-NOTIFYs from the survivors"
 for n in 1 2 3; do start_node "$(node_config "$n" cluster nostore loss)" "$n"; done
 doomed=${nodes[1]}
@@ -145,3 +156,22 @@ read -r first last < <(awk '/first re-notify at/{gsub(",", ""); print $4, $7}' "
 awk -v k="$killed" -v f="$first" -v l="$last" 'BEGIN{printf "from the kill: first re-NOTIFY %.2f s, last %.2f s\n", f-k, l-k}'
 awk -v b="$memory_before" -v a="$memory_after" -v n="$takeover" \
   'BEGIN{printf "Redis memory (masters, used_memory): %.0f bytes per saved subscription\n", (a-b)/n}'
+stop_nodes
+fi
+
+if [[ $phases == *4* ]]; then
+echo "## 4. drain: $takeover watchers on node 2, \`porchlight cluster drain 2\` asked of node 1"
+for n in 1 2 3; do start_node "$(node_config "$n" cluster nostore drain)" "$n"; done
+timeout 600 "$loadgen" --target 127.0.0.1:25120 --uri sip:helpdesk@contoso.com --watchers "$takeover" \
+  --rate 10000 --then restart --settle-secs 2 --timeout-secs 300 >"$out/drain.txt" 2>&1 &
+lg=$!
+for _ in $(seq 300); do grep -q "ready for restart" "$out/drain.txt" && break; sleep 1; done
+grep -q "ready for restart" "$out/drain.txt" || { cat "$out/drain.txt"; exit 1; }
+asked=$(date +%s.%N)
+"$bin" cluster drain 2 --config "$out/node1-cluster-nostore/porchlight.toml"
+wait "$lg" || true
+grep -v '^ ' "$out/drain.txt"
+read -r first last < <(awk '/first re-notify at/{gsub(",", ""); print $4, $7}' "$out/drain.txt")
+awk -v k="$asked" -v f="$first" -v l="$last" 'BEGIN{printf "from the drain command: first re-NOTIFY %.2f s, last %.2f s\n", f-k, l-k}'
+stop_nodes
+fi

@@ -461,7 +461,9 @@ pub struct ClusterSection {
     pub ca_file: PathBuf,
     /// How long this node's membership lasts without a renewal. It must
     /// outlast a Redis failover (at least twice `cluster-node-timeout`
-    /// plus 2 s), or a failover would look like this node's death.
+    /// plus 2 s; plus 6 s where Redis shares busy machines), or a failover
+    /// fences the node (no NOTIFY, new subscriptions 503) and could look
+    /// like its death.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
     /// How often every endpoint's shared sources are compared with Redis,

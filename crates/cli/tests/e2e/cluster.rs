@@ -445,7 +445,9 @@ fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
         .map(|n| {
             start(
                 &format!("cluster-failover-{n}"),
-                &node_config(&redis, "failover", n, 8000),
+                // The whole suite shares the machine: failovers are slow,
+                // and the lease outlasts them as the README asks.
+                &node_config(&redis, "failover", n, 12000),
             )
         })
         .collect();
@@ -548,7 +550,7 @@ fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
     // registration (and the admin's setting) from what Redis kept.
     let late = start(
         "cluster-failover-3",
-        &node_config(&redis, "failover", 3, 8000),
+        &node_config(&redis, "failover", 3, 12000),
     );
     let mut late_watchers = Crowd::subscribe(&late, "late", 5);
     late_watchers.expect_all("After the master died", Duration::from_secs(10));
