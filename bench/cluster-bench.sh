@@ -94,9 +94,9 @@ start_node() {
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
-echo "## 1. CPU per new subscription ($subscriptions watchers at 5000/s, $rounds alternating rounds)"
 start_redis
 if [[ $phases == *1* ]]; then
+echo "## 1. CPU per new subscription ($subscriptions watchers at 5000/s, $rounds alternating rounds)"
 printf "%-22s %-6s %-12s %-14s\n" setup round "node_us/sub" "redis_us/sub"
 for round in $(seq "$rounds"); do
   for setup in alone-store cluster-nostore cluster-store; do

@@ -929,6 +929,35 @@ impl Dialogs {
             .collect()
     }
 
+    /// Asserts that the first NOTIFY each watcher heard in `after` is a
+    /// takeover's by `survivor`: from it, in the dialog the watcher had
+    /// (its To tag), CSeq past `last_cseq` by the jump, active, and with
+    /// the survivor's Contact for what follows.
+    fn assert_taken_over(
+        &self,
+        after: &HashMap<String, Vec<Heard>>,
+        survivor: &Server,
+        last_cseq: &HashMap<String, u32>,
+    ) {
+        for (call_id, heard) in after {
+            let h = &heard[0];
+            assert_eq!(h.from, survivor.udp, "{call_id}: from the survivor");
+            assert_eq!(&h.from_tag, &self.to_tags[call_id], "{call_id}: its dialog");
+            assert!(
+                h.cseq >= last_cseq[call_id] + 1000,
+                "{call_id}: CSeq {} after {}",
+                h.cseq,
+                last_cseq[call_id]
+            );
+            assert!(h.text.starts_with("active"), "{call_id}: {}", h.text);
+            assert!(
+                h.contact.contains(&survivor.udp.port().to_string()),
+                "{call_id}: {}",
+                h.contact
+            );
+        }
+    }
+
     fn marks(&self) -> HashMap<String, usize> {
         self.heard
             .iter()
@@ -970,26 +999,7 @@ fn a_node_killed_loses_no_watcher_and_duplicates_none() {
     );
     let took = killed.elapsed();
     let after = watchers.since(&before);
-    for (call_id, heard) in &after {
-        let h = &heard[0];
-        assert_eq!(h.from, survivor.udp, "{call_id}: from the survivor");
-        assert_eq!(
-            &h.from_tag, &watchers.to_tags[call_id],
-            "{call_id}: the dialog's tag"
-        );
-        assert!(
-            h.cseq >= last_cseq[call_id] + 1000,
-            "{call_id}: CSeq {} after {}",
-            h.cseq,
-            last_cseq[call_id]
-        );
-        assert!(h.text.starts_with("active"), "{call_id}: {}", h.text);
-        assert!(
-            h.contact.contains(&survivor.udp.port().to_string()),
-            "{call_id}: {}",
-            h.contact
-        );
-    }
+    watchers.assert_taken_over(&after, &survivor, &last_cseq);
     eprintln!("takeover: every watcher re-notified {took:?} after the kill");
 
     // A refresh sent to a node that never held the dialog is forwarded
@@ -1342,26 +1352,7 @@ fn a_drained_node_hands_every_watcher_to_another_once_and_takes_no_new_ones() {
         "a NOTIFY from the survivor to every watcher",
         |d| d.since(&before).values().filter(|h| !h.is_empty()).count() == d.count,
     );
-    let moved = watchers.since(&before);
-    for (call_id, heard) in &moved {
-        let h = &heard[0];
-        assert_eq!(h.from, survivor.udp, "{call_id}: from the survivor");
-        assert_eq!(
-            &h.from_tag, &watchers.to_tags[call_id],
-            "{call_id}: its dialog"
-        );
-        assert!(
-            h.cseq >= last_cseq[call_id] + 1000,
-            "{call_id}: CSeq {}",
-            h.cseq
-        );
-        assert!(h.text.starts_with("active"), "{call_id}: {}", h.text);
-        assert!(
-            h.contact.contains(&survivor.udp.port().to_string()),
-            "{call_id}: {}",
-            h.contact
-        );
-    }
+    watchers.assert_taken_over(&watchers.since(&before), &survivor, &last_cseq);
     let status = members_hold(&survivor, &[(1, 21), (2, 0)]);
     assert_eq!(status["cluster"]["takeovers"], 1, "{status}");
     let drained_member = status["cluster"]["members"]
