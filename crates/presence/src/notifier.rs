@@ -407,14 +407,8 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         if origin == own {
             return None;
         }
-        let mut parts = rest.split('.');
-        let mut next = || u32::from_str_radix(parts.next()?, 16).ok();
-        let id = SubscriptionId {
-            index: next()?,
-            generation: next()?,
-        };
-        let check = next()?;
-        (parts.next().is_none() && check == self.tag_check_in(Some(origin), id)).then_some(origin)
+        let (id, check) = split_tag(rest)?;
+        (check == self.tag_check_in(Some(origin), id)).then_some(origin)
     }
 
     /// Counters.
@@ -681,13 +675,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             Some(origin) => tag.strip_prefix(&**origin)?.strip_prefix('.')?,
             None => tag,
         };
-        let mut parts = own.split('.');
-        let mut next = || u32::from_str_radix(parts.next()?, 16).ok();
-        let id = SubscriptionId {
-            index: next()?,
-            generation: next()?,
-        };
-        let check = next()?;
+        let (id, check) = split_tag(own)?;
         (check == self.tag_check(id)).then_some(id)
     }
 
@@ -1658,6 +1646,19 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             .iter()
             .map(|&i| self.records[i as usize].dialog.remote_uri())
     }
+}
+
+/// The slot, generation and check a tag carries after its origin
+/// (`index.generation.check`, in hex); None for anything else.
+fn split_tag(body: &str) -> Option<(SubscriptionId, u32)> {
+    let mut parts = body.split('.');
+    let mut next = || u32::from_str_radix(parts.next()?, 16).ok();
+    let id = SubscriptionId {
+        index: next()?,
+        generation: next()?,
+    };
+    let check = next()?;
+    parts.next().is_none().then_some((id, check))
 }
 
 /// A deterministic keyed hash: tags must verify again after a restart with
