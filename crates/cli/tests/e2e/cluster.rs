@@ -308,6 +308,22 @@ fn set_presence(node: &Server, args: &[&str]) {
     assert!(!out.is_empty());
 }
 
+/// Sets the queue's presence on `node`, as an admin, with a note.
+fn set_queue(node: &Server, availability: &str, note: &str) {
+    set_presence(
+        node,
+        &[
+            "endpoint",
+            "presence",
+            "set",
+            "sip:queue@contoso.com",
+            availability,
+            "--note",
+            note,
+        ],
+    );
+}
+
 const OPEN: &str = "<basic>open</basic>";
 const CLOSED: &str = "<basic>closed</basic>";
 
@@ -342,18 +358,7 @@ fn presence_set_on_any_node_reaches_every_watcher_on_every_node_once() {
 
     // The admin sets the queue's presence on node 2; everyone hears it,
     // then node 3 clears it and everyone hears the app's state again.
-    set_presence(
-        &nodes[1],
-        &[
-            "endpoint",
-            "presence",
-            "set",
-            "sip:queue@contoso.com",
-            "busy",
-            "--note",
-            "Cluster-wide",
-        ],
-    );
+    set_queue(&nodes[1], "busy", "Cluster-wide");
     for crowd in &mut crowds {
         crowd.expect_all("Cluster-wide", Duration::from_secs(10));
     }
@@ -462,18 +467,7 @@ fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
     let (master, replica) = redis.master_and_replica_of(&key);
     assert!(redis.cli(replica, "CLUSTER FAILOVER").contains("OK"));
     redis.wait_until(replica, "ROLE", "master", Duration::from_secs(20));
-    set_presence(
-        &nodes[0],
-        &[
-            "endpoint",
-            "presence",
-            "set",
-            "sip:queue@contoso.com",
-            "away",
-            "--note",
-            "After the planned failover",
-        ],
-    );
+    set_queue(&nodes[0], "away", "After the planned failover");
     watchers.expect_all("After the planned failover", Duration::from_secs(20));
 
     // The new master killed under load: SIPp watchers subscribe, refresh
@@ -519,18 +513,7 @@ fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
         "cluster_state:ok",
         Duration::from_secs(30),
     );
-    set_presence(
-        &nodes[0],
-        &[
-            "endpoint",
-            "presence",
-            "set",
-            "sip:queue@contoso.com",
-            "busy",
-            "--note",
-            "After the master died",
-        ],
-    );
+    set_queue(&nodes[0], "busy", "After the master died");
     watchers.expect_all("After the master died", Duration::from_secs(30));
     for (i, child) in load.into_iter().enumerate() {
         finished_ok(child, &format!("SIPp watchers on node {}", i + 1));
@@ -816,6 +799,28 @@ fn wait_for_saved(redis: &RedisCluster, name: &str, origin: &str, count: usize) 
     }
 }
 
+/// Waits until `node`'s write-behind has written `count` records to its store.
+fn wait_for_written(node: &Server, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.api_get("/api/v1/status")["store"]["records_written"].as_u64() < Some(count) {
+        assert!(
+            Instant::now() < deadline,
+            "the dialogs were never written behind"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A node alone's configuration made a member's: the `[cluster]` of
+/// `member` (a [`node_config`]), and the TCP listener it names as where
+/// the others reach it.
+fn as_member(alone: &str, member: &str) -> String {
+    let section =
+        &member[member.find("\n[cluster]").unwrap()..member.find("\n\n[[endpoint]]").unwrap()];
+    let tcp = member.lines().find(|l| l.starts_with("tcp = ")).unwrap();
+    alone.replace("tcp = [\"127.0.0.1:0\"]", tcp) + section
+}
+
 /// One NOTIFY as a watcher saw it.
 #[derive(Clone, Debug)]
 struct Heard {
@@ -958,6 +963,20 @@ impl Dialogs {
         }
     }
 
+    /// Sets the queue busy with `note` on `node`, and answers what
+    /// arrives until every watcher has heard it.
+    fn hear_busy(&mut self, node: &Server, note: &str) {
+        let marks = self.marks();
+        set_queue(node, "busy", note);
+        self.until(Duration::from_secs(10), note, |d| {
+            d.since(&marks)
+                .values()
+                .filter(|h| h.iter().any(|n| n.text.contains(note)))
+                .count()
+                == d.count
+        });
+    }
+
     fn marks(&self) -> HashMap<String, usize> {
         self.heard
             .iter()
@@ -1092,30 +1111,7 @@ fn a_node_killed_loses_no_watcher_and_duplicates_none() {
     });
 
     // The next change reaches each watcher once, from the survivor.
-    let before = watchers.marks();
-    set_presence(
-        &survivor,
-        &[
-            "endpoint",
-            "presence",
-            "set",
-            "sip:queue@contoso.com",
-            "busy",
-            "--note",
-            "After the takeover",
-        ],
-    );
-    watchers.until(
-        Duration::from_secs(10),
-        "the change after the takeover",
-        |d| {
-            d.since(&before)
-                .values()
-                .filter(|h| h.iter().any(|n| n.text.contains("After the takeover")))
-                .count()
-                == d.count
-        },
-    );
+    watchers.hear_busy(&survivor, "After the takeover");
     // Between the kill and that change, each watcher heard the takeover
     // once: no duplicate, whichever node might have sent it.
     for (call_id, heard) in watchers.since(&before_kill) {
@@ -1156,18 +1152,7 @@ fn a_node_paused_past_its_lease_sends_nothing_for_watchers_taken_over() {
     // A change while node 2 sleeps: the survivor tells every watcher. Node
     // 2 finds the change, and its own unanswered NOTIFYs' timers, when it
     // wakes.
-    set_presence(
-        &survivor,
-        &[
-            "endpoint",
-            "presence",
-            "set",
-            "sip:queue@contoso.com",
-            "away",
-            "--note",
-            "While node 2 slept",
-        ],
-    );
+    set_queue(&survivor, "away", "While node 2 slept");
     watchers.until(
         Duration::from_secs(10),
         "the change while node 2 slept",
@@ -1229,24 +1214,12 @@ fn a_node_alone_joins_a_cluster_without_ending_its_dialogs() {
     );
     let mut alone = start("cluster-join-1", &alone_config);
     let mut watchers = Dialogs::subscribe(&alone, "jn", 10);
-    let flushed = Instant::now() + Duration::from_secs(10);
-    while alone.api_get("/api/v1/status")["store"]["records_written"].as_u64() < Some(10) {
-        assert!(
-            Instant::now() < flushed,
-            "the dialogs were never written behind"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_written(&alone, 10);
 
     // It joins a cluster: the same file with [cluster] added, restarted.
     alone.kill_9();
     let (dir, path) = (alone.dir.clone(), alone.dir.join("porchlight.toml"));
-    let joined = node_config(&redis, "join", 1, 4000);
-    let cluster_section =
-        &joined[joined.find("\n[cluster]").unwrap()..joined.find("\n\n[[endpoint]]").unwrap()];
-    // Where the others reach it: the TCP listener its [cluster] names.
-    let tcp = joined.lines().find(|l| l.starts_with("tcp = ")).unwrap();
-    let member_config = alone_config.replace("tcp = [\"127.0.0.1:0\"]", tcp) + cluster_section;
+    let member_config = as_member(&alone_config, &node_config(&redis, "join", 1, 4000));
     std::fs::write(&path, member_config).unwrap();
     let member = start_with_file(&path, dir);
     assert_eq!(member.api_get("/api/v1/status")["store"]["restored"], 10);
@@ -1392,26 +1365,7 @@ fn a_drained_node_hands_every_watcher_to_another_once_and_takes_no_new_ones() {
 
     // The next change reaches every watcher once, from the survivor, and
     // baresip shows it; the drained node sent nothing since the drain.
-    let marks = watchers.marks();
-    set_presence(
-        &survivor,
-        &[
-            "endpoint",
-            "presence",
-            "set",
-            "sip:queue@contoso.com",
-            "busy",
-            "--note",
-            "After the drain",
-        ],
-    );
-    watchers.until(Duration::from_secs(10), "the change after the drain", |d| {
-        d.since(&marks)
-            .values()
-            .filter(|h| h.iter().any(|n| n.text.contains("After the drain")))
-            .count()
-            == d.count
-    });
+    watchers.hear_busy(&survivor, "After the drain");
     baresip.expect(
         "changed status from Offline to Busy",
         Duration::from_secs(10),
@@ -1441,25 +1395,11 @@ fn cluster_init_hands_a_stopped_node_alones_watchers_to_the_running_members() {
     );
     let mut alone = start("cluster-init-alone", &alone_config);
     let mut watchers = Dialogs::subscribe(&alone, "in", 10);
-    let flushed = Instant::now() + Duration::from_secs(10);
-    while alone.api_get("/api/v1/status")["store"]["records_written"].as_u64() < Some(10) {
-        assert!(
-            Instant::now() < flushed,
-            "the dialogs were never written behind"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_written(&alone, 10);
     let store = alone.dir.join("porchlight-data");
-    let joined = node_config(&redis, "init", 2, 4000);
-    let cluster_section =
-        &joined[joined.find("\n[cluster]").unwrap()..joined.find("\n\n[[endpoint]]").unwrap()];
-    let tcp = joined.lines().find(|l| l.starts_with("tcp = ")).unwrap();
     let handover = alone.dir.join("member.toml");
-    std::fs::write(
-        &handover,
-        alone_config.replace("tcp = [\"127.0.0.1:0\"]", tcp) + cluster_section,
-    )
-    .unwrap();
+    let member_config = as_member(&alone_config, &node_config(&redis, "init", 2, 4000));
+    std::fs::write(&handover, member_config).unwrap();
     let init = |file: &std::path::Path| {
         let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
             .args(["cluster", "init", "--from-store"])
