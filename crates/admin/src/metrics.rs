@@ -306,6 +306,22 @@ pub fn render(status: &Status) -> String {
         );
     }
 
+    if let Some(capture) = &status.capture {
+        let mut family = Family::start(
+            &mut out,
+            "porchlight_capture_messages_total",
+            "counter",
+            "Copies of SIP messages for the HEP capture server, by outcome (dropped: queue full or too large; failed: refused by the socket).",
+        );
+        for (outcome, count) in [
+            ("sent", capture.sent),
+            ("dropped", capture.dropped),
+            ("failed", capture.failed),
+        ] {
+            family.sample(&[("outcome", outcome)], count);
+        }
+    }
+
     let mut family = Family::start(
         &mut out,
         "porchlight_endpoint_watchers",

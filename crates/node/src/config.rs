@@ -526,6 +526,56 @@ fn default_share_queue() -> usize {
     65536
 }
 
+/// A copy of every SIP message for a HEP capture server (Homer, sngrep),
+/// where SIP operators look first when a partner says a message never came.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSection {
+    /// The capture server, `host:port` (HEP v3 over UDP).
+    pub hep: HepCollector,
+    /// The capture agent number shown with each message; None: the
+    /// cluster's `node_id`, else 1, so the nodes of a cluster differ.
+    #[serde(default)]
+    pub agent_id: Option<u32>,
+    /// Copies that may wait to be sent before new ones are dropped (and
+    /// counted): capture never holds SIP up.
+    #[serde(default = "default_capture_queue")]
+    pub queue: usize,
+}
+
+fn default_capture_queue() -> usize {
+    8192
+}
+
+impl Config {
+    /// The capture agent number: the one set, else the cluster node's.
+    pub fn capture_agent_id(&self) -> Option<u32> {
+        let capture = self.capture.as_ref()?;
+        let node = self.cluster.as_ref().map(|c| u32::from(c.node_id));
+        Some(capture.agent_id.or(node).unwrap_or(1))
+    }
+}
+
+/// A capture server's `host:port`, checked where it is written so a typo
+/// names its line; the name is looked up when the node starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HepCollector(pub String);
+
+impl<'de> Deserialize<'de> for HepCollector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<HepCollector, D::Error> {
+        let text = String::deserialize(d)?;
+        let (host, port) = text.rsplit_once(':').unwrap_or((text.as_str(), ""));
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(serde::de::Error::custom(format!(
+                "invalid value: {text:?} is not a capture server; write \"HOST:PORT\", \
+                 e.g. \"10.0.0.9:9060\" (HEP over UDP)"
+            )));
+        }
+        Ok(HepCollector(text))
+    }
+}
+
 /// Name servers for finding partners' edges and named next hops.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -736,6 +786,9 @@ pub struct Config {
     /// Persistence.
     #[serde(default)]
     pub store: StoreSection,
+    /// Copies of every message for a capture server; absent means none.
+    #[serde(default)]
+    pub capture: Option<CaptureSection>,
     /// Several nodes sharing one Redis Cluster; absent means one node alone.
     #[serde(default)]
     pub cluster: Option<ClusterSection>,
@@ -1371,6 +1424,42 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_capture_server_without_a_port_names_its_line_and_the_form() {
+        let text =
+            "[node]\ndomains = [\"apps.example.com\"]\n\n[capture]\nhep = \"homer.example.com\"\n";
+        let err = Config::parse(text, "edge.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("edge.toml:5:"), "{err}");
+        assert!(err.contains("write \"HOST:PORT\""), "{err}");
+        for good in [
+            "homer.example.com:9060",
+            "[2001:db8::9]:9060",
+            "10.0.0.9:9060",
+        ] {
+            let text = format!("[node]\ndomains = [\"a.example\"]\n[capture]\nhep = \"{good}\"\n");
+            let config = Config::parse(&text, "edge.toml", Path::new(".")).unwrap();
+            assert_eq!(config.capture.unwrap().hep.0, good);
+        }
+    }
+
+    #[test]
+    fn the_capture_agent_is_the_cluster_node_unless_set() {
+        let base = "[node]\ndomains = [\"a.example\"]\n[listen]\ntcp = [\"10.0.0.11:5060\"]\n[capture]\nhep = \"10.0.0.9:9060\"\n";
+        let alone = Config::parse(base, "a.toml", Path::new(".")).unwrap();
+        assert_eq!(alone.capture_agent_id(), Some(1));
+        let clustered = format!(
+            "{base}[cluster]\nredis = [\"redis://10.0.0.5:6379\"]\nnode_id = 4\ninternal = \"10.0.0.11:5060\"\n"
+        );
+        let member = Config::parse(&clustered, "a.toml", Path::new(".")).unwrap();
+        assert_eq!(member.capture_agent_id(), Some(4));
+        let set = base.replace("9060\"\n", "9060\"\nagent_id = 9\n");
+        let set = Config::parse(&set, "a.toml", Path::new(".")).unwrap();
+        assert_eq!(set.capture_agent_id(), Some(9));
+        assert_eq!(Config::embedded().capture_agent_id(), None);
+    }
 
     #[test]
     fn a_configuration_file_is_no_import_and_says_what_to_import() {

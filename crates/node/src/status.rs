@@ -70,6 +70,23 @@ pub struct Status {
     pub store: Option<StoreStatus>,
     /// The cluster this node is a member of; None when it is alone.
     pub cluster: Option<crate::cluster::ClusterView>,
+    /// Copies of messages for a capture server; None when capture is off.
+    pub capture: Option<CaptureStatus>,
+}
+
+/// Whether the capture server is getting its copies: a rising `dropped`
+/// means the capture path cannot keep up (SIP is never held for it).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct CaptureStatus {
+    /// The capture server, as looked up at start.
+    pub collector: String,
+    /// Copies sent since start.
+    pub sent: u64,
+    /// Copies dropped since start: the queue full, or a message too
+    /// large for HEP.
+    pub dropped: u64,
+    /// Copies the socket refused since start (capture server unreachable).
+    pub failed: u64,
 }
 
 /// How many were refused for one reason.

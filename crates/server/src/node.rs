@@ -16,8 +16,8 @@ use porchlight_store::{Batch, Durability, EmbeddedStore, NodeSecrets, Store};
 use porchlight_transaction::TimerConfig;
 use porchlight_transport::pki::{AltName, CertificateAuthority};
 use porchlight_transport::{
-    ClientAuth, ConnectionId, Offered, Protocol, Received, SendError, SlotLimits, Target,
-    TlsSettings, Transport, TransportConfig, TrustedSource,
+    Capture, CaptureConfig, ClientAuth, ConnectionId, Offered, Protocol, Received, SendError,
+    SlotLimits, Target, TlsSettings, Transport, TransportConfig, TrustedSource,
 };
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
@@ -29,7 +29,7 @@ use porchlight_node::core::{Action, Core, Input, Links, Started};
 use porchlight_node::outbound::{NextHop, Parked, Reach};
 use porchlight_node::overload::Load;
 use porchlight_node::presence::PresenceService;
-use porchlight_node::status::{Query, RefusedCount, StoreStatus};
+use porchlight_node::status::{CaptureStatus, Query, RefusedCount, StoreStatus};
 use porchlight_node::uas::LocalNames;
 use porchlight_node::webhook::Outcome;
 
@@ -74,9 +74,43 @@ pub enum StartError {
     /// The store's writer thread could not be started.
     #[error("starting the store writer: {0}")]
     Writer(std::io::Error),
+    /// The capture server cannot be found, or no socket reaches it.
+    #[error("[capture] hep = {collector:?}: {source}; correct the name, or remove [capture]")]
+    Capture {
+        /// The capture server as written.
+        collector: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The node cannot join its cluster.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+}
+
+/// Starts sending copies of every message to the capture server, when
+/// `[capture]` names one; its name is looked up once, here.
+async fn start_capture(config: &Config) -> Result<Option<Capture>, StartError> {
+    let (Some(section), Some(agent_id)) = (&config.capture, config.capture_agent_id()) else {
+        return Ok(None);
+    };
+    let failed = |source| StartError::Capture {
+        collector: section.hep.0.clone(),
+        source,
+    };
+    let collector = tokio::net::lookup_host(section.hep.0.as_str())
+        .await
+        .map_err(failed)?
+        .next()
+        .ok_or_else(|| failed(std::io::ErrorKind::NotFound.into()))?;
+    let capture = Capture::start(&CaptureConfig {
+        collector,
+        agent_id,
+        queue_depth: section.queue,
+    })
+    .await
+    .map_err(failed)?;
+    tracing::info!(%collector, agent_id, "capturing every SIP message as HEP v3");
+    Ok(Some(capture))
 }
 
 /// A started node.
@@ -114,6 +148,7 @@ impl Node {
             queue_depth: config.limits.receive_queue_depth,
             connection_queue_depth: config.limits.connection_queue_depth,
             udp_buffer_bytes: config.limits.udp_buffer_bytes,
+            capture: start_capture(&config).await?,
         };
         let (transport, received) = Transport::bind(transport_config)
             .await
@@ -910,6 +945,15 @@ impl Driver {
                     }),
             );
         status.refused.sort_by(|a, b| a.reason.cmp(&b.reason));
+        status.capture = self
+            .transport
+            .capture_totals()
+            .map(|(collector, totals)| CaptureStatus {
+                collector: collector.to_string(),
+                sent: totals.sent,
+                dropped: totals.dropped,
+                failed: totals.failed,
+            });
         status.store = self
             .write_behind
             .as_ref()

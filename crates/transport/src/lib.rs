@@ -10,7 +10,9 @@
 //! connection is reused for requests toward a domain only after the peer's
 //! certificate proved that domain (RFC 5923).
 
+mod capture;
 pub mod framer;
+pub mod hep;
 pub mod pki;
 mod slots;
 mod stream;
@@ -27,6 +29,7 @@ use bytes::Bytes;
 use porchlight_sip::Limits;
 use tokio::sync::{mpsc, Notify};
 
+pub use capture::{Capture, CaptureConfig, CaptureSender, CaptureTotals};
 pub use porchlight_link::{
     identity_from_certificate, ConnectionId, IdentityError, IdentitySource, Origin, PeerIdentity,
     Protocol, Received, RefusalLog, SourceRateLimits, SourceRates, Target, TrustedSource,
@@ -111,6 +114,8 @@ pub struct TransportConfig {
     /// Kernel buffer of each UDP socket, each way; 0: as large as the
     /// kernel allows, up to 8 MiB, without a warning when it caps it.
     pub udp_buffer_bytes: usize,
+    /// Where a copy of every message received and sent goes; None: nowhere.
+    pub capture: Option<Capture>,
 }
 
 impl Default for TransportConfig {
@@ -134,6 +139,7 @@ impl Default for TransportConfig {
             queue_depth: 65_536,
             connection_queue_depth: 1_024,
             udp_buffer_bytes: 0,
+            capture: None,
         }
     }
 }
@@ -283,6 +289,12 @@ impl Transport {
             .unwrap_or_default()
     }
 
+    /// What became of the capture copies, when capture is on.
+    pub fn capture_totals(&self) -> Option<(SocketAddr, CaptureTotals)> {
+        let capture = self.shared.config.capture.as_ref()?;
+        Some((capture.collector(), capture.totals()))
+    }
+
     /// The verified identity of a connection's peer.
     pub fn peer_identity(&self, id: ConnectionId) -> Option<Arc<PeerIdentity>> {
         self.shared
@@ -363,8 +375,12 @@ impl Transport {
                 Ok(Offered::Sent)
             }
             Some(Target::Address { addr, .. }) => {
-                match self.udp_socket_for(addr)?.try_send_to(&bytes, addr) {
-                    Ok(_) => Ok(Offered::Sent),
+                let socket = self.udp_socket_for(addr)?;
+                match socket.try_send_to(&bytes, addr) {
+                    Ok(_) => {
+                        self.shared.capture_udp_sent(socket, addr, &bytes);
+                        Ok(Offered::Sent)
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         Ok(Offered::WouldBlock(bytes))
                     }
@@ -423,7 +439,9 @@ impl Transport {
                 addr,
                 ..
             } => {
-                self.udp_socket_for(*addr)?.send_to(&bytes, addr).await?;
+                let socket = self.udp_socket_for(*addr)?;
+                socket.send_to(&bytes, addr).await?;
+                self.shared.capture_udp_sent(socket, *addr, &bytes);
                 Ok(())
             }
             Target::Address {
@@ -434,6 +452,30 @@ impl Transport {
                 let id = stream::connection_for(&self.shared, *protocol, *addr, domain.as_deref())
                     .await?;
                 Box::pin(self.send(&Target::Connection(id), bytes)).await
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Copies a message for capture, when capture is on.
+    pub(crate) fn capture(
+        &self,
+        protocol: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        bytes: &Bytes,
+    ) {
+        if let Some(capture) = &self.config.capture {
+            capture.copy(protocol, source, destination, bytes);
+        }
+    }
+
+    /// Copies a datagram `socket` sent to `to`, when capture is on.
+    fn capture_udp_sent(&self, socket: &tokio::net::UdpSocket, to: SocketAddr, bytes: &Bytes) {
+        if self.config.capture.is_some() {
+            if let Ok(local) = socket.local_addr() {
+                self.capture(Protocol::Udp, local, to, bytes);
             }
         }
     }

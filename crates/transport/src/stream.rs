@@ -135,10 +135,14 @@ where
         remote,
         peer: peer.clone(),
     });
+    let writer_shared = shared.clone();
     tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
             if writer.write_all(&bytes).await.is_err() {
                 break;
+            }
+            if bytes != PONG {
+                writer_shared.capture(protocol, local, remote, &bytes);
             }
         }
         let _ = writer.shutdown().await;
@@ -190,6 +194,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let close = loop {
         match framer.next_frame() {
             Framed::Message(bytes) => {
+                shared.capture(origin.protocol, origin.source, origin.local, &bytes);
                 if awaiting_first {
                     awaiting_first = false;
                     slot.proven();
@@ -209,6 +214,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 continue;
             }
             Framed::Malformed { error, bytes } => {
+                shared.capture(origin.protocol, origin.source, origin.local, &bytes);
                 let head = Message::parse_head_only(bytes, limits).ok();
                 let _ = shared
                     .inbound

@@ -67,6 +67,7 @@ pub(crate) async fn receive_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
             peer: None,
         };
         let bytes = Bytes::copy_from_slice(data);
+        shared.capture(Protocol::Udp, source, local, &bytes);
         let limits = &shared.config.limits;
         let received = match Message::parse(bytes.clone(), Framing::Datagram, limits) {
             Ok(m) => Received::Message(m, origin),

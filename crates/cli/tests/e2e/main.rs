@@ -1,7 +1,7 @@
 //! Porchlight end to end: the real `porchlight` binary on ephemeral
 //! loopback ports, talked to over real sockets by the tests and by programs
-//! we did not write (SIPp, baresip, Kamailio, dnsmasq, Chromium, SIPVicious),
-//! which `scripts/test.sh` installs. One test binary, so the shared support
+//! we did not write (SIPp, baresip, Kamailio, dnsmasq, Chromium, SIPVicious,
+//! sngrep), which `scripts/test.sh` installs. One test binary, so the shared support
 //! in `common` is compiled once; each module is one capability.
 
 mod common;
@@ -9,6 +9,7 @@ mod common;
 mod admin;
 mod baresip;
 mod calls_and_im;
+mod capture;
 mod cluster;
 mod console;
 mod edge_holding;

@@ -609,6 +609,7 @@ impl Core {
             partners: self.partners.list(),
             endpoints: self.presence.endpoint_views(),
             store: None,
+            capture: None,
             cluster: self.cluster.clone().map(|mut view| {
                 view.applied = self.presence.shared_applied().unwrap_or(0);
                 view
