@@ -322,6 +322,27 @@ pub fn render(status: &Status) -> String {
         }
     }
 
+    if let Some(not_after) = status.certificate_not_after {
+        Family::start(
+            &mut out,
+            "porchlight_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When this node's TLS certificate expires (Unix seconds); partners refuse it after that.",
+        )
+        .sample(&[], not_after);
+    }
+    let mut family = Family::start(
+        &mut out,
+        "porchlight_partner_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When the TLS certificate each partner last presented expires (Unix seconds).",
+    );
+    for p in &status.partners {
+        if let Some(not_after) = p.certificate_not_after {
+            family.sample(&[("partner", &p.partner)], not_after);
+        }
+    }
+
     let mut family = Family::start(
         &mut out,
         "porchlight_endpoint_watchers",

@@ -167,6 +167,13 @@ pub fn endpoint_line(e: &Value) -> String {
     line
 }
 
+/// A Unix time as the UTC instant an admin reads, e.g. `2027-03-01T12:00:00Z`.
+fn unix_date(seconds: i64) -> String {
+    jiff::Timestamp::from_second(seconds)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| seconds.to_string())
+}
+
 /// The status summary.
 pub fn status_text(s: &Value) -> String {
     let domains: Vec<&str> = s["domains"]
@@ -196,10 +203,17 @@ pub fn status_text(s: &Value) -> String {
         s["proxied_in_progress"],
         s["parked"],
     );
+    if let Some(expires) = s["certificate_not_after"].as_i64() {
+        let _ = writeln!(out, "TLS certificate expires {}", unix_date(expires));
+    }
     for p in s["partners"].as_array().into_iter().flatten() {
+        let certificate = match p["certificate_not_after"].as_i64() {
+            Some(expires) => format!("; certificate expires {}", unix_date(expires)),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "partner {}: {} requests in, {} out",
+            "partner {}: {} requests in, {} out{certificate}",
             p["partner"].as_str().unwrap_or("?"),
             p["requests_in"],
             p["requests_out"]

@@ -23,6 +23,9 @@ pub struct PeerIdentity {
     pub domains: Vec<String>,
     /// Which certificate field they came from.
     pub source: IdentitySource,
+    /// When the certificate expires (Unix seconds): a partner's lapsing
+    /// certificate ends the federation, so the admin is told ahead.
+    pub not_after: i64,
 }
 
 impl PeerIdentity {
@@ -49,9 +52,16 @@ fn usable(name: &str) -> Option<String> {
     (!name.is_empty() && !name.contains('*')).then(|| name.to_ascii_lowercase())
 }
 
+/// When a certificate (DER) expires, in Unix seconds.
+pub fn certificate_not_after(der: &[u8]) -> Result<i64, IdentityError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::Unparseable)?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 /// Reads the identity of an end-entity certificate (DER).
 pub fn identity_from_certificate(der: &[u8]) -> Result<PeerIdentity, IdentityError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::Unparseable)?;
+    let not_after = cert.validity().not_after.timestamp();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         let (mut uris, mut dns) = (Vec::new(), Vec::new());
         for name in &san.value.general_names {
@@ -78,10 +88,12 @@ pub fn identity_from_certificate(der: &[u8]) -> Result<PeerIdentity, IdentityErr
             (false, _) => Ok(PeerIdentity {
                 domains: uris,
                 source: IdentitySource::SanUri,
+                not_after,
             }),
             (true, false) => Ok(PeerIdentity {
                 domains: dns,
                 source: IdentitySource::SanDns,
+                not_after,
             }),
             (true, true) => Err(IdentityError::NoIdentity),
         };
@@ -98,5 +110,6 @@ pub fn identity_from_certificate(der: &[u8]) -> Result<PeerIdentity, IdentityErr
     Ok(PeerIdentity {
         domains: cn,
         source: IdentitySource::CommonName,
+        not_after,
     })
 }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use porchlight_sip::{Message, ParseError};
 
-pub use identity::{identity_from_certificate, IdentityError, IdentitySource, PeerIdentity};
+pub use identity::{
+    certificate_not_after, identity_from_certificate, IdentityError, IdentitySource, PeerIdentity,
+};
 pub use rates::{SourceRateLimits, SourceRates};
 pub use refusals::RefusalLog;
 

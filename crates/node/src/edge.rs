@@ -440,6 +440,7 @@ mod tests {
                 Arc::new(PeerIdentity {
                     domains: vec![d.to_owned()],
                     source: IdentitySource::SanDns,
+                    not_after: 4_102_444_800,
                 })
             }),
         }

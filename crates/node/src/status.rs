@@ -70,6 +70,9 @@ pub struct Status {
     pub store: Option<StoreStatus>,
     /// The cluster this node is a member of; None when it is alone.
     pub cluster: Option<crate::cluster::ClusterView>,
+    /// When this node's own TLS certificate expires (Unix seconds); None
+    /// without a TLS listener.
+    pub certificate_not_after: Option<i64>,
     /// Copies of messages for a capture server; None when capture is off.
     pub capture: Option<CaptureStatus>,
 }
@@ -130,6 +133,9 @@ pub struct PartnerTraffic {
     pub requests_in: u64,
     /// Requests sent to it.
     pub requests_out: u64,
+    /// When the certificate it last presented expires (Unix seconds);
+    /// None until it has connected to us with one.
+    pub certificate_not_after: Option<i64>,
 }
 
 /// An endpoint with its live presence.
@@ -255,45 +261,125 @@ pub struct Imported {
 /// Per-partner request counts, bounded so a flood of names cannot grow it.
 #[derive(Default)]
 pub struct PartnerCounts {
-    counts: HashMap<Arc<str>, (u64, u64)>,
+    counts: HashMap<Arc<str>, PartnerTraffic>,
 }
 
 /// The most partners counted one by one; the rest are not listed.
 const MAX_COUNTED_PARTNERS: usize = 1024;
 
 impl PartnerCounts {
+    /// The partner's entry, made when there is room.
+    fn entry(&mut self, partner: &str) -> Option<&mut PartnerTraffic> {
+        if !self.counts.contains_key(partner) && self.counts.len() < MAX_COUNTED_PARTNERS {
+            let traffic = PartnerTraffic {
+                partner: partner.to_owned(),
+                requests_in: 0,
+                requests_out: 0,
+                certificate_not_after: None,
+            };
+            self.counts.insert(partner.into(), traffic);
+        }
+        self.counts.get_mut(partner)
+    }
+
     /// Counts one request to (`outbound`) or from `partner`; past the
     /// bound, new names go uncounted.
     pub fn count(&mut self, partner: &str, outbound: bool) {
-        let bump = |entry: &mut (u64, u64)| {
+        if let Some(traffic) = self.entry(partner) {
             if outbound {
-                entry.1 += 1;
+                traffic.requests_out += 1;
             } else {
-                entry.0 += 1;
+                traffic.requests_in += 1;
             }
-        };
-        if let Some(entry) = self.counts.get_mut(partner) {
-            return bump(entry);
         }
-        if self.counts.len() < MAX_COUNTED_PARTNERS {
-            let mut entry = (0, 0);
-            bump(&mut entry);
-            self.counts.insert(partner.into(), entry);
-        }
+    }
+
+    /// Notes the expiry of the certificate `partner` presented; true when
+    /// it is new or changed (a renewed certificate), so it is looked at.
+    pub fn note_certificate(&mut self, partner: &str, not_after: i64) -> bool {
+        self.entry(partner).is_some_and(|traffic| {
+            traffic.certificate_not_after.replace(not_after) != Some(not_after)
+        })
+    }
+
+    /// Each partner's certificate expiry, as last seen.
+    pub fn certificates(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.counts
+            .values()
+            .filter_map(|t| Some((t.partner.as_str(), t.certificate_not_after?)))
     }
 
     /// Every counted partner with its traffic, by name.
     pub fn list(&self) -> Vec<PartnerTraffic> {
-        let mut list: Vec<PartnerTraffic> = self
-            .counts
-            .iter()
-            .map(|(partner, &(requests_in, requests_out))| PartnerTraffic {
-                partner: partner.to_string(),
-                requests_in,
-                requests_out,
-            })
-            .collect();
+        let mut list: Vec<PartnerTraffic> = self.counts.values().cloned().collect();
         list.sort_by(|a, b| a.partner.cmp(&b.partner));
         list
+    }
+}
+
+/// How long ahead of its expiry a certificate is warned of: time to renew
+/// it, or to ask a partner to.
+pub const CERTIFICATE_WARNING_SECS: i64 = 14 * 86_400;
+
+/// Logs a warning when the certificate of `whose` (ours, or a partner's)
+/// expires within [`CERTIFICATE_WARNING_SECS`] of `now_unix`; true when it
+/// did.
+pub fn warn_if_expiring(whose: &str, not_after: i64, now_unix: i64) -> bool {
+    let left = not_after - now_unix;
+    if left >= CERTIFICATE_WARNING_SECS {
+        return false;
+    }
+    let expires = jiff::Timestamp::from_second(not_after)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| not_after.to_string());
+    if left <= 0 {
+        tracing::warn!(certificate = whose, %expires, "the TLS certificate of {whose} has expired: TLS with it fails; renew it");
+    } else {
+        let days = left / 86_400;
+        tracing::warn!(certificate = whose, %expires, days_left = days, "the TLS certificate of {whose} expires in {days} days: renew it before then");
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partner_certificate_is_looked_at_when_new_or_renewed_only() {
+        let mut partners = PartnerCounts::default();
+        assert!(partners.note_certificate("fabrikam.com", 1_000));
+        assert!(!partners.note_certificate("fabrikam.com", 1_000));
+        assert!(partners.note_certificate("fabrikam.com", 2_000), "renewed");
+        partners.count("fabrikam.com", false);
+        let listed = partners.list();
+        assert_eq!(listed[0].certificate_not_after, Some(2_000));
+        assert_eq!(listed[0].requests_in, 1);
+    }
+
+    #[test]
+    fn certificates_are_warned_of_within_two_weeks_of_expiry_and_after() {
+        let now = 1_800_000_000;
+        assert!(!warn_if_expiring(
+            "this node",
+            now + CERTIFICATE_WARNING_SECS,
+            now
+        ));
+        assert!(warn_if_expiring(
+            "this node",
+            now + CERTIFICATE_WARNING_SECS - 1,
+            now
+        ));
+        assert!(warn_if_expiring("this node", now - 1, now), "expired");
+    }
+
+    #[test]
+    fn partners_past_the_bound_are_not_remembered() {
+        let mut partners = PartnerCounts::default();
+        for n in 0..MAX_COUNTED_PARTNERS {
+            partners.count(&format!("p{n}.example"), false);
+        }
+        assert!(!partners.note_certificate("one-too-many.example", 1_000));
+        assert_eq!(partners.certificates().count(), 0);
     }
 }

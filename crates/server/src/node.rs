@@ -29,7 +29,7 @@ use porchlight_node::core::{Action, Core, Input, Links, Started};
 use porchlight_node::outbound::{NextHop, Parked, Reach};
 use porchlight_node::overload::Load;
 use porchlight_node::presence::PresenceService;
-use porchlight_node::status::{CaptureStatus, Query, RefusedCount, StoreStatus};
+use porchlight_node::status::{warn_if_expiring, CaptureStatus, Query, RefusedCount, StoreStatus};
 use porchlight_node::uas::LocalNames;
 use porchlight_node::webhook::Outcome;
 
@@ -128,6 +128,7 @@ impl Node {
         } else {
             Some(tls_settings(&config)?)
         };
+        let certificate_not_after = tls_settings.as_ref().map(|tls| tls.not_after);
         let trusted_networks = TrustedNetworks::default();
         let transport_config = TransportConfig {
             udp: config.listen.udp.clone(),
@@ -286,6 +287,7 @@ impl Node {
             trusted_networks,
             cluster,
             fenced: false,
+            certificate_not_after,
         };
         let inbox = Inbox {
             received,
@@ -529,6 +531,10 @@ fn tls_settings(config: &Config) -> Result<TlsSettings, StartError> {
 /// How often resident memory is read for overload control.
 const LOAD_SAMPLE: Duration = Duration::from_millis(100);
 
+/// How often certificates are looked at for expiry: daily warnings over
+/// the last two weeks, and a partner's is also looked at when first seen.
+const CERTIFICATE_CHECK: Duration = Duration::from_secs(86_400);
+
 /// The process's resident memory in bytes, from `/proc/self/statm` (0
 /// where there is none). Pages are taken as 4 KiB, the size on the
 /// platforms the node is built for.
@@ -652,6 +658,8 @@ struct Driver {
     cluster: Option<ClusterLink>,
     /// Whether the core was last told the node is fenced.
     fenced: bool,
+    /// When our TLS certificate expires (Unix seconds); None without TLS.
+    certificate_not_after: Option<i64>,
 }
 
 impl Driver {
@@ -667,6 +675,7 @@ impl Driver {
         } = inbox;
         let mut flush_tick = tokio::time::interval(flush_interval);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut certificate_tick = tokio::time::interval(CERTIFICATE_CHECK);
         self.carry_out(clock());
         loop {
             let deadline = self.core.poll_timeout(clock());
@@ -713,10 +722,23 @@ impl Driver {
                         writer.tick(self.core.presence_mut(), Instant::now());
                     }
                 }
+                _ = certificate_tick.tick() => self.check_certificates(),
                 () = sleep => self.core.handle_timeout(clock()),
             }
             self.check_fence();
             self.carry_out(clock());
+        }
+    }
+
+    /// Warns of each certificate, ours or a partner's, that expires within
+    /// the warning time: once at start, then every [`CERTIFICATE_CHECK`].
+    fn check_certificates(&self) {
+        let now = clock().unix() as i64;
+        if let Some(not_after) = self.certificate_not_after {
+            warn_if_expiring("this node", not_after, now);
+        }
+        for (partner, not_after) in self.core.partner_certificates() {
+            warn_if_expiring(&format!("partner {partner}"), not_after, now);
         }
     }
 
@@ -933,6 +955,7 @@ impl Driver {
         let mut status = self.core.status(now.mono);
         status.connections = self.transport.connection_count();
         status.backlogged = self.backlogs.len();
+        status.certificate_not_after = self.certificate_not_after;
         status
             .refused
             .extend(

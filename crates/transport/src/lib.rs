@@ -31,8 +31,9 @@ use tokio::sync::{mpsc, Notify};
 
 pub use capture::{Capture, CaptureConfig, CaptureSender, CaptureTotals};
 pub use porchlight_link::{
-    identity_from_certificate, ConnectionId, IdentityError, IdentitySource, Origin, PeerIdentity,
-    Protocol, Received, RefusalLog, SourceRateLimits, SourceRates, Target, TrustedSource,
+    certificate_not_after, identity_from_certificate, ConnectionId, IdentityError, IdentitySource,
+    Origin, PeerIdentity, Protocol, Received, RefusalLog, SourceRateLimits, SourceRates, Target,
+    TrustedSource,
 };
 pub use slots::{Refusal, SlotLimits};
 pub use tls::{ClientAuth, TlsError, TlsSettings};

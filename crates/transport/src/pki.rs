@@ -54,8 +54,23 @@ impl CertificateAuthority {
         common_name: &str,
         alt_names: &[AltName<'_>],
     ) -> Result<IssuedCertificate, rcgen::Error> {
+        self.issue_valid_for(common_name, alt_names, None)
+    }
+
+    /// [`issue`](Self::issue) with the leaf expiring `valid_for` from now
+    /// (None: far in the future), so a certificate about to expire can be
+    /// modelled.
+    pub fn issue_valid_for(
+        &self,
+        common_name: &str,
+        alt_names: &[AltName<'_>],
+        valid_for: Option<std::time::Duration>,
+    ) -> Result<IssuedCertificate, rcgen::Error> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
+        if let Some(valid_for) = valid_for {
+            params.not_after = time::OffsetDateTime::now_utc() + valid_for;
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);

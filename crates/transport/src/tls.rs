@@ -45,6 +45,9 @@ pub struct TlsSettings {
     pub server: Arc<ServerConfig>,
     /// For outbound connections.
     pub client: Arc<ClientConfig>,
+    /// When our certificate (the chain's first) expires, in Unix seconds:
+    /// every partner refuses us after that.
+    pub not_after: i64,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -72,6 +75,11 @@ impl TlsSettings {
                 reason: "no CERTIFICATE block".into(),
             });
         }
+        let not_after =
+            porchlight_link::certificate_not_after(&chain[0]).map_err(|e| TlsError::Pem {
+                what: "certificate chain",
+                reason: e.to_string(),
+            })?;
         let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem {
             what: "private key",
             reason: e.to_string(),
@@ -103,6 +111,7 @@ impl TlsSettings {
         Ok(TlsSettings {
             server: Arc::new(server),
             client: Arc::new(client),
+            not_after,
         })
     }
 }

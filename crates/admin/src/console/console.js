@@ -106,12 +106,26 @@ function renderEndpoints(endpoints) {
   }
 }
 
+// A certificate within two weeks of its expiry is shown as a warning,
+// the same time ahead the node logs one.
+const CERTIFICATE_WARNING_SECS = 14 * 86400;
+
+function unixDate(seconds) {
+  return new Date(seconds * 1000).toISOString().slice(0, 10);
+}
+
+function expiresSoon(seconds) {
+  return seconds != null && seconds - Date.now() / 1000 < CERTIFICATE_WARNING_SECS;
+}
+
 function renderPartners(partners) {
   const rows = partners.length ? partners.map((p) => element("tr", {},
     element("td", {}, p.partner),
     element("td", { class: "number" }, String(p.requests_in)),
-    element("td", { class: "number" }, String(p.requests_out))))
-    : [element("tr", {}, element("td", { colspan: "3", class: "muted" }, "No federated traffic yet."))];
+    element("td", { class: "number" }, String(p.requests_out)),
+    element("td", { class: expiresSoon(p.certificate_not_after) ? "warning" : "muted" },
+      p.certificate_not_after == null ? "not seen" : unixDate(p.certificate_not_after))))
+    : [element("tr", {}, element("td", { colspan: "4", class: "muted" }, "No federated traffic yet."))];
   $("#partners tbody").replaceChildren(...rows);
 }
 

@@ -121,19 +121,6 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
-fn metric(server: &Server, sample: &str) -> u64 {
-    let (admin, bearer) = server.api();
-    let text = ureq::get(&format!("http://{admin}/metrics"))
-        .set("Authorization", &bearer)
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {sample} in /metrics"))
-}
-
 #[test]
 fn sngrep_sees_a_watchers_subscribe_200_and_notify_with_the_real_addresses() {
     let dir = temp_dir("capture-sngrep");
@@ -253,17 +240,9 @@ fn sngrep_sees_a_watchers_subscribe_200_and_notify_with_the_real_addresses() {
         .expect("the OPTIONS over TCP is captured from its real source");
     assert_eq!(options.destination, server.tcp);
 
-    assert!(
-        metric(
-            &server,
-            "porchlight_capture_messages_total{outcome=\"sent\"}"
-        ) >= 6
-    );
+    assert!(server.metric("porchlight_capture_messages_total{outcome=\"sent\"}") >= 6);
     assert_eq!(
-        metric(
-            &server,
-            "porchlight_capture_messages_total{outcome=\"dropped\"}"
-        ),
+        server.metric("porchlight_capture_messages_total{outcome=\"dropped\"}"),
         0
     );
 }
@@ -297,10 +276,9 @@ fn an_unreachable_capture_server_costs_sip_nothing_and_is_counted() {
         ["sent", "dropped", "failed"]
             .iter()
             .map(|o| {
-                metric(
-                    &server,
-                    &format!("porchlight_capture_messages_total{{outcome=\"{o}\"}}"),
-                )
+                server.metric(&format!(
+                    "porchlight_capture_messages_total{{outcome=\"{o}\"}}"
+                ))
             })
             .sum::<u64>()
     };
@@ -313,10 +291,7 @@ fn an_unreachable_capture_server_costs_sip_nothing_and_is_counted() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        metric(
-            &server,
-            "porchlight_capture_messages_total{outcome=\"failed\"}"
-        ) > 0,
+        server.metric("porchlight_capture_messages_total{outcome=\"failed\"}") > 0,
         "refused sends are counted"
     );
     assert!(

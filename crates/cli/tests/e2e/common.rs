@@ -47,6 +47,35 @@ impl Server {
             .unwrap()
     }
 
+    /// The node's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let (admin, bearer) = self.api();
+        ureq::get(&format!("http://{admin}/metrics"))
+            .set("Authorization", &bearer)
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    }
+
+    /// The value of the `/metrics` sample that starts with `sample` (name
+    /// and labels).
+    pub fn metric(&self, sample: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {sample} in /metrics"))
+    }
+
+    /// How many lines of the node's log so far contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> usize {
+        std::fs::read_to_string(self.dir.join("server.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     /// The node's resident memory in KiB, as the kernel counts it.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -80,6 +109,18 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Polls until `done` holds, for at most `within`; whether it did.
+pub fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
@@ -319,13 +360,20 @@ pub fn repo_path(rel: &str) -> PathBuf {
 pub struct Pki {
     pub ca: CertificateAuthority,
     pub dir: std::path::PathBuf,
+    /// How long the leaves it issues are valid; None: far in the future.
+    valid_for: Option<Duration>,
 }
 
 impl Pki {
     pub fn new(name: &str) -> Pki {
+        Pki::with_leaves_valid_for(name, None)
+    }
+
+    /// A Pki whose leaves, the edge's among them, expire `valid_for` from now.
+    pub fn with_leaves_valid_for(name: &str, valid_for: Option<Duration>) -> Pki {
         let dir = temp_dir(name);
         let ca = CertificateAuthority::new("federation CA").unwrap();
-        let pki = Pki { ca, dir };
+        let pki = Pki { ca, dir, valid_for };
         pki.write_leaf(&pki.dir, "edge", "contoso.com");
         pki
     }
@@ -350,9 +398,10 @@ impl Pki {
     /// A certificate proving `domain` (SAN `sip:` URI and dNSName).
     fn leaf(&self, domain: &str) -> IssuedCertificate {
         self.ca
-            .issue(
+            .issue_valid_for(
                 domain,
                 &[AltName::Uri(&format!("sip:{domain}")), AltName::Dns(domain)],
+                self.valid_for,
             )
             .unwrap()
     }

@@ -33,18 +33,6 @@ fn closed_by_node(mut stream: &TcpStream) -> bool {
     closed
 }
 
-/// Polls until `done` holds, for at most `within`; whether it did.
-fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    done()
-}
-
 /// The node answers a plain OPTIONS over a fresh connection: not wedged.
 fn still_answers(server: &Server) {
     let mut tcp = TcpStream::connect(server.tcp).unwrap();
@@ -266,7 +254,7 @@ fn one_flooding_source_is_dropped_alone() {
         dropped(),
         2_000 - answered
     );
-    assert!(log_lines(&server, "source rate: request dropped") <= 2);
+    assert!(server.log_lines("source rate: request dropped") <= 2);
     still_answers(&server);
 }
 
@@ -327,14 +315,6 @@ fn in_windows(
     counts
 }
 
-fn log_lines(server: &Server, needle: &str) -> usize {
-    std::fs::read_to_string(server.dir.join("server.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .count()
-}
-
 #[test]
 fn password_guessing_is_slowed_per_source_and_per_endpoint() {
     let server = start(
@@ -379,10 +359,9 @@ fn password_guessing_is_slowed_per_source_and_per_endpoint() {
     );
     assert!(real_tries + refused >= 19_900, "every guess is answered");
     assert!(
-        eventually(Duration::from_secs(5), || log_lines(
-            &server,
-            "too many wrong passwords from this address"
-        ) == 1),
+        eventually(Duration::from_secs(5), || server
+            .log_lines("too many wrong passwords from this address")
+            == 1),
         "one log line for the lockout, not one per guess"
     );
     // The app's own address is not locked out, and the guesser is let

@@ -3,6 +3,8 @@
 //! policy, a spoofed From domain is refused, and `porchlight explain` gives
 //! the same verdict with its reasons.
 
+use std::time::Duration;
+
 use crate::common::*;
 
 /// Sends a SUBSCRIBE from `from` over mutual TLS with `partner_domain`'s certificate; returns the status.
@@ -193,4 +195,91 @@ async fn discovered_partners_are_limited_and_missing_endpoints_can_be_hidden() {
     );
     // Calls and IM to no one are hidden the same way.
     assert_eq!(missing_endpoint_answers(&pki, &server).await, [403, 403]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_near_their_expiry_are_warned_of_shown_and_exported() {
+    // Four whole days and some hours left: "expires in 4 days".
+    let valid_for = Duration::from_secs(5 * 86_400 - 3600);
+    let pki = Pki::with_leaves_valid_for("cert-expiry", Some(valid_for));
+    let expected = (std::time::SystemTime::now() + valid_for)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let near = |value: u64| value.abs_diff(expected) <= 120;
+    // A fixed admin port, so the CLI finds the API from the configuration.
+    let listen = format!("listen = \"127.0.0.1:{}\"", free_port());
+    let server = start(
+        "cert-expiry-node",
+        &pki.config(&[
+            (
+                "allowed_domains = []                 # e.g.",
+                "allowed_domains = [{ domain = \"fabrikam.com\" }] #",
+            ),
+            ("listen = \"127.0.0.1:0\"", &listen),
+        ]),
+    );
+
+    // Our own certificate: warned of at start, its expiry exported.
+    assert!(
+        eventually(Duration::from_secs(10), || server
+            .log_lines("the TLS certificate of this node expires in 4 days")
+            == 1),
+        "a warning at start for the node's certificate"
+    );
+    let ours = server.metric("porchlight_tls_certificate_expiry_timestamp_seconds ");
+    assert!(near(ours), "{ours} is not about {expected}");
+
+    // Nothing is known of a partner before it connects.
+    let partner_metric =
+        "porchlight_partner_certificate_expiry_timestamp_seconds{partner=\"fabrikam.com\"}";
+    assert!(!server.metrics().contains(partner_metric));
+
+    // A partner's certificate: warned of once when first presented, not
+    // on every request with it.
+    for _ in 0..3 {
+        assert_eq!(
+            subscribe(&pki, &server, "fabrikam.com", "sip:alice@fabrikam.com").await,
+            200
+        );
+    }
+    let warned = "the TLS certificate of partner fabrikam.com expires in 4 days";
+    assert!(
+        eventually(Duration::from_secs(10), || server.log_lines(warned) >= 1),
+        "a warning for the partner's certificate"
+    );
+    assert_eq!(
+        server.log_lines(warned),
+        1,
+        "one warning, not one per request"
+    );
+    let theirs = server.metric(partner_metric);
+    assert!(near(theirs), "{theirs} is not about {expected}");
+
+    // The API and the CLI say the same.
+    let status = server.api_get("/api/v1/status");
+    assert_eq!(status["certificate_not_after"].as_u64(), Some(ours));
+    assert_eq!(
+        status["partners"][0]["certificate_not_after"].as_u64(),
+        Some(theirs)
+    );
+    let text = porchlight_ok(&server.dir.join("porchlight.toml"), &["status"]);
+    let day = |seconds: u64| {
+        jiff::Timestamp::from_second(seconds as i64)
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        text.contains(&format!("TLS certificate expires {}", day(ours))),
+        "{text}"
+    );
+    // Its NOTIFYs count as requests out, however many are sent yet.
+    let partner_line = text
+        .lines()
+        .find(|l| l.starts_with("partner fabrikam.com: 3 requests in, "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        partner_line.ends_with(&format!("; certificate expires {}", day(theirs))),
+        "{text}"
+    );
 }

@@ -55,7 +55,9 @@ use crate::im_session::{first_text_of, ImSessions, InSession, OurSide, SessionKe
 use crate::outbound::{Dialer, Dispatch, NextHop, Parked, Reach};
 use crate::overload::{Load, Overload, OverloadLimits, Transition};
 use crate::presence::{modality_of, parse_own, PresenceService};
-use crate::status::{PartnerCounts, Query, RefusedCount, Reply, SentMessage, Status};
+use crate::status::{
+    warn_if_expiring, PartnerCounts, Query, RefusedCount, Reply, SentMessage, Status,
+};
 use crate::uas::{answer_malformed, answer_request, Disposition, LocalNames, SERVER};
 use crate::webhook::{Outcome, WebhookMessage};
 use crate::wire::{self, response_target, BranchKind};
@@ -453,9 +455,15 @@ impl Core {
     /// [`poll_output`](Self::poll_output).
     pub fn handle(&mut self, now: Now, input: Input) {
         self.presence.observe(now);
+        let wall = now.unix() as i64;
         let now = now.mono;
         match input {
-            Input::Received(received) => self.on_received(received, now),
+            Input::Received(received) => {
+                if let Received::Message(_, origin) = &received {
+                    self.note_certificate(origin, wall);
+                }
+                self.on_received(received, now)
+            }
             Input::Load(load) => self.on_load(load),
             Input::Dialed { hop, result } => self.on_dialed(hop, result, now),
             Input::SendFailed(message) => self.fail(message, now),
@@ -609,12 +617,36 @@ impl Core {
             partners: self.partners.list(),
             endpoints: self.presence.endpoint_views(),
             store: None,
+            certificate_not_after: None,
             capture: None,
             cluster: self.cluster.clone().map(|mut view| {
                 view.applied = self.presence.shared_applied().unwrap_or(0);
                 view
             }),
         }
+    }
+
+    /// Remembers when the certificate a partner presented expires, and
+    /// warns once per certificate when that is near.
+    fn note_certificate(&mut self, origin: &Origin, now_unix: i64) {
+        let Some(peer) = origin.peer.as_deref() else {
+            return;
+        };
+        let Some(partner) = peer.domains.first() else {
+            return;
+        };
+        if self.partners.note_certificate(partner, peer.not_after) {
+            warn_if_expiring(&format!("partner {partner}"), peer.not_after, now_unix);
+        }
+    }
+
+    /// Each partner's certificate expiry as last presented, for the
+    /// driver's daily look at what is about to lapse.
+    pub fn partner_certificates(&self) -> Vec<(String, i64)> {
+        self.partners
+            .certificates()
+            .map(|(partner, not_after)| (partner.to_owned(), not_after))
+            .collect()
     }
 
     /// Answers the admin surface from the state the core owns.

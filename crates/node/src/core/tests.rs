@@ -214,6 +214,7 @@ fn partner() -> Origin {
         peer: Some(Arc::new(PeerIdentity {
             domains: vec!["fabrikam.com".into()],
             source: IdentitySource::SanUri,
+            not_after: 4_102_444_800,
         })),
     }
 }
