@@ -15,6 +15,7 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 { command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || need+=(redis-server)
 # The capture tests send HEP to sngrep; the alerting rules are checked by promtool.
 command -v sngrep >/dev/null 2>&1 || need+=(sngrep)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing ${need[*]}: run as root or install them with apt-get" >&2

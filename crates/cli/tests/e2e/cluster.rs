@@ -343,6 +343,13 @@ fn presence_set_on_any_node_reaches_every_watcher_on_every_node_once() {
         .enumerate()
         .map(|(i, node)| Crowd::subscribe(node, &format!("n{}", i + 1), 20))
         .collect();
+    // The alerting rules' and dashboard's cluster metrics are what a member exports.
+    let exported = exported_metric_names(&nodes[0].metrics());
+    for name in deploy_metric_names() {
+        if name.starts_with("porchlight_cluster_") {
+            assert!(exported.contains(&name), "{name} is not exported");
+        }
+    }
     // The queue's app has not registered anywhere: Offline everywhere.
     for crowd in &mut crowds {
         crowd.expect_all(CLOSED, Duration::from_secs(10));

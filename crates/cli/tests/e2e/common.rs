@@ -1307,3 +1307,32 @@ pub fn answer_challenge(
          response=\"{response}\", algorithm=SHA-256, qop=auth, nc=00000001, cnonce=\"c0ffee\"\r\n"
     )
 }
+
+/// Every `porchlight_*` metric name the alerting rules and the dashboard
+/// under `deploy/` use, so a renamed metric cannot leave them silently blank.
+pub fn deploy_metric_names() -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for file in [
+        "deploy/prometheus/porchlight-rules.yml",
+        "deploy/grafana/porchlight.json",
+    ] {
+        let text = std::fs::read_to_string(repo_path(file)).unwrap();
+        for (at, _) in text.match_indices("porchlight_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            names.insert(name);
+        }
+    }
+    names
+}
+
+/// The metric names a node's `/metrics` text declares (`# TYPE` lines).
+pub fn exported_metric_names(metrics: &str) -> std::collections::BTreeSet<String> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}

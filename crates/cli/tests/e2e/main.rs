@@ -1,7 +1,7 @@
 //! Porchlight end to end: the real `porchlight` binary on ephemeral
 //! loopback ports, talked to over real sockets by the tests and by programs
 //! we did not write (SIPp, baresip, Kamailio, dnsmasq, Chromium, SIPVicious,
-//! sngrep), which `scripts/test.sh` installs. One test binary, so the shared support
+//! sngrep, promtool), which `scripts/test.sh` installs. One test binary, so the shared support
 //! in `common` is compiled once; each module is one capability.
 
 mod common;
@@ -12,6 +12,7 @@ mod calls_and_im;
 mod capture;
 mod cluster;
 mod console;
+mod deploy;
 mod edge_holding;
 mod federation;
 mod interop;
