@@ -163,9 +163,15 @@ pub fn start(name: &str, config_text: &str) -> Server {
 }
 
 pub fn start_with_file(path: &std::path::Path, dir: PathBuf) -> Server {
+    start_with_args(path, dir, &[])
+}
+
+/// [`start_with_file`] with more `serve` arguments (e.g. `--json-logs`).
+pub fn start_with_args(path: &std::path::Path, dir: PathBuf, args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_porchlight"))
         .args(["serve", "--config"])
         .arg(path)
+        .args(args)
         .env(
             "RUST_LOG",
             std::env::var("PORCHLIGHT_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -190,16 +196,21 @@ pub fn start_with_file(path: &std::path::Path, dir: PathBuf) -> Server {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("server reports its listeners");
+        // An address ends the line in text logs, a JSON string in JSON ones.
+        let address = |rest: &str| -> SocketAddr {
+            let end = rest.find(['"', ' ']).unwrap_or(rest.len());
+            rest[..end].trim().parse().unwrap()
+        };
         // The admin API is bound, and reported, before the SIP listeners.
         if let Some(url) = line.split("admin API at http://").nth(1) {
-            admin = Some(url.trim().parse().unwrap());
+            admin = Some(address(url.trim()));
             continue;
         }
         let Some(rest) = line.split("listening on ").nth(1) else {
             continue;
         };
         let (proto, addr) = rest.trim().split_once(' ').unwrap();
-        let addr: SocketAddr = addr.parse().unwrap();
+        let addr = address(addr);
         match proto {
             "UDP" => udp = Some(addr),
             "TCP" => tcp = Some(addr),

@@ -283,3 +283,48 @@ async fn certificates_near_their_expiry_are_warned_of_shown_and_exported() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_the_call_id_partner_and_endpoint_of_a_refused_request() {
+    let pki = Pki::new("json-logs");
+    let dir = temp_dir("json-logs-node");
+    let path = dir.join("porchlight.toml");
+    let blocked = pki.config(&[(
+        "blocked_domains = []",
+        "blocked_domains = [\"fabrikam.com\"]",
+    )]);
+    std::fs::write(&path, blocked).unwrap();
+    let server = start_with_args(&path, dir, &["--json-logs"]);
+    assert_eq!(
+        subscribe(&pki, &server, "fabrikam.com", "sip:alice@fabrikam.com").await,
+        403
+    );
+
+    let refused = || {
+        std::fs::read_to_string(server.dir.join("server.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("refused: by policy"))
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+            })
+            .next()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || refused().is_some()),
+        "the refusal is logged"
+    );
+    let line = refused().unwrap();
+    let span = &line["span"];
+    assert_eq!(span["name"], "sip", "{line}");
+    let call_id = span["call_id"].as_str().unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        call_id.starts_with("fed")
+            && call_id.ends_with("-fabrikam.com-sip:alice@fabrikam.com-SUBSCRIBE"),
+        "{line}"
+    );
+    assert_eq!(span["partner"], "fabrikam.com", "{line}");
+    assert_eq!(span["endpoint"], "sip:helpdesk@contoso.com", "{line}");
+    assert_eq!(line["level"], "INFO");
+    assert!(line["timestamp"].is_string());
+}

@@ -459,9 +459,14 @@ impl Core {
         let now = now.mono;
         match input {
             Input::Received(received) => {
-                if let Received::Message(_, origin) = &received {
-                    self.note_certificate(origin, wall);
-                }
+                let span = match &received {
+                    Received::Message(message, origin) => {
+                        self.note_certificate(origin, wall);
+                        self.message_span(message, origin)
+                    }
+                    Received::Malformed { .. } => tracing::Span::none(),
+                };
+                let _in_span = span.entered();
                 self.on_received(received, now)
             }
             Input::Load(load) => self.on_load(load),
@@ -624,6 +629,33 @@ impl Core {
                 view
             }),
         }
+    }
+
+    /// The span every log line about one received message is in, so
+    /// machine-read (JSON) logs carry its Call-ID, the partner whose
+    /// certificate it came under and the endpoint of ours it addresses.
+    /// At WARN level, so it is there whenever warnings are logged; when
+    /// logging is off nothing of it is built.
+    fn message_span(&self, message: &Message, origin: &Origin) -> tracing::Span {
+        let span = tracing::warn_span!(
+            "sip",
+            call_id = message.call_id().unwrap_or_default(),
+            partner = tracing::field::Empty,
+            endpoint = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return span;
+        }
+        if let Some(partner) = origin.peer.as_deref().and_then(|p| p.domains.first()) {
+            span.record("partner", partner.as_str());
+        }
+        if let Some(uri) = message.request_uri() {
+            let domain = domain_of(uri);
+            if self.domains.iter().any(|d| d.eq_ignore_ascii_case(&domain)) {
+                span.record("endpoint", uri);
+            }
+        }
+        span
     }
 
     /// Remembers when the certificate a partner presented expires, and
