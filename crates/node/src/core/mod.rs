@@ -637,25 +637,25 @@ impl Core {
     /// At WARN level, so it is there whenever warnings are logged; when
     /// logging is off nothing of it is built.
     fn message_span(&self, message: &Message, origin: &Origin) -> tracing::Span {
-        let span = tracing::warn_span!(
+        // Built only when enabled, in one go: a field recorded later costs
+        // a second formatting of the span's fields.
+        tracing::warn_span!(
             "sip",
             call_id = message.call_id().unwrap_or_default(),
-            partner = tracing::field::Empty,
-            endpoint = tracing::field::Empty,
-        );
-        if span.is_disabled() {
-            return span;
-        }
-        if let Some(partner) = origin.peer.as_deref().and_then(|p| p.domains.first()) {
-            span.record("partner", partner.as_str());
-        }
-        if let Some(uri) = message.request_uri() {
-            let domain = domain_of(uri);
-            if self.domains.iter().any(|d| d.eq_ignore_ascii_case(&domain)) {
-                span.record("endpoint", uri);
-            }
-        }
-        span
+            partner = origin
+                .peer
+                .as_deref()
+                .and_then(|p| p.domains.first())
+                .map(String::as_str),
+            endpoint = message.request_uri().filter(|uri| self.is_ours(uri)),
+        )
+    }
+
+    /// Whether `uri` names this node (a domain, alias or address of ours).
+    fn is_ours(&self, uri: &str) -> bool {
+        porchlight_sip::Uri::parse(uri)
+            .ok()
+            .is_some_and(|parsed| parsed.sip().is_some_and(|sip| self.local.is_local(sip)))
     }
 
     /// Remembers when the certificate a partner presented expires, and
