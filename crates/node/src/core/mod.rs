@@ -462,7 +462,11 @@ impl Core {
                 let span = match &received {
                     Received::Message(message, origin) => {
                         self.note_certificate(origin, wall);
-                        self.message_span(message, origin)
+                        if message.is_request() {
+                            self.request_span(message, origin)
+                        } else {
+                            tracing::Span::none()
+                        }
                     }
                     Received::Malformed { .. } => tracing::Span::none(),
                 };
@@ -631,12 +635,14 @@ impl Core {
         }
     }
 
-    /// The span every log line about one received message is in, so
+    /// The span every log line about one received request is in, so
     /// machine-read (JSON) logs carry its Call-ID, the partner whose
     /// certificate it came under and the endpoint of ours it addresses.
     /// At WARN level, so it is there whenever warnings are logged; when
-    /// logging is off nothing of it is built.
-    fn message_span(&self, message: &Message, origin: &Origin) -> tracing::Span {
+    /// logging is off nothing of it is built. Responses get none: they
+    /// are a fan-out's bulk (a 200 per NOTIFY) and rarely logged, and a
+    /// span costs about a microsecond.
+    fn request_span(&self, message: &Message, origin: &Origin) -> tracing::Span {
         // Built only when enabled, in one go: a field recorded later costs
         // a second formatting of the span's fields.
         tracing::warn_span!(
