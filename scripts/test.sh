@@ -16,6 +16,10 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # The capture tests send HEP to sngrep; the alerting rules are checked by promtool.
 command -v sngrep >/dev/null 2>&1 || need+=(sngrep)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# The package test installs the .deb (adduser in its postinst) and verifies
+# its unit with systemd-analyze.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v adduser >/dev/null 2>&1 || need+=(adduser)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing ${need[*]}: run as root or install them with apt-get" >&2
@@ -53,3 +57,10 @@ fi
 cargo fmt --all -- --check
 cargo clippy -j2 --workspace --all-targets -- -D warnings
 cargo test -j2 --workspace
+
+# The Debian package, installed here, served from and purged (as root).
+if [ "$(id -u)" -ne 0 ]; then
+  echo "the package test installs the .deb with dpkg: run as root" >&2
+  exit 1
+fi
+bash scripts/package-test.sh

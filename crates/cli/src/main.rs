@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use porchlight_policy::Modality;
 use porchlight_server::{Config, Node, DEFAULT_CONFIG};
 
@@ -115,6 +115,14 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell), for
+    /// packages and for `source <(porchlight completions bash)`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), for packages and `man -l -`.
+    Manual,
 }
 
 /// Which node a command is about, found the same way from any directory:
@@ -450,6 +458,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     hop.addr, hop.host, hop.source, route.verify
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "porchlight", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manual => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain {
