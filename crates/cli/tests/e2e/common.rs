@@ -1241,6 +1241,20 @@ pub async fn partner_request(
     }
 }
 
+/// The final status of a SUBSCRIBE from alice@fabrikam.com to the help
+/// desk, over mutual TLS with fabrikam.com's certificate.
+pub async fn alice_of_fabrikam_subscribes(pki: &Pki, server: &Server) -> u16 {
+    partner_request(
+        pki,
+        server,
+        "fabrikam.com",
+        "SUBSCRIBE",
+        "sip:alice@fabrikam.com",
+        "sip:helpdesk@contoso.com",
+    )
+    .await
+}
+
 /// A REGISTER for `user` from `socket`, with `auth` (an Authorization line
 /// or nothing); `n` makes it a new transaction.
 pub fn register(socket: &UdpSocket, server: SocketAddr, user: &str, n: u32, auth: &str) {

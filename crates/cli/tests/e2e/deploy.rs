@@ -51,15 +51,7 @@ async fn every_metric_the_rules_and_dashboard_use_is_exported_by_a_node() {
             "allowed_domains = [{ domain = \"fabrikam.com\" }] #",
         )]) + &capture),
     );
-    let status = partner_request(
-        &pki,
-        &server,
-        "fabrikam.com",
-        "SUBSCRIBE",
-        "sip:alice@fabrikam.com",
-        "sip:helpdesk@contoso.com",
-    )
-    .await;
+    let status = alice_of_fabrikam_subscribes(&pki, &server).await;
     assert_eq!(status, 200);
 
     let wanted: Vec<String> = deploy_metric_names()

@@ -188,15 +188,7 @@ async fn anonymous_floods_cannot_keep_a_partner_out() {
     assert!(displaced(2_000), "the anonymous share (8,000) holds");
     assert_eq!(open_connections(&server), 8_000);
     // The partner still connects over mutual TLS and subscribes.
-    let status = partner_request(
-        &pki,
-        &server,
-        "fabrikam.com",
-        "SUBSCRIBE",
-        "sip:alice@fabrikam.com",
-        "sip:helpdesk@contoso.com",
-    )
-    .await;
+    let status = alice_of_fabrikam_subscribes(&pki, &server).await;
     assert_eq!(status, 200, "the partner's SUBSCRIBE through the flood");
     assert!(displaced(2_001), "the partner took the place of one more");
     drop(flood);
