@@ -59,6 +59,7 @@ pub fn router(node: NodeHandle, token: &str) -> Router {
         .route("/api/v1/federation/{domain}", delete(remove_domain))
         .route("/api/v1/cluster/members/{node}/drain", post(drain))
         .route("/api/v1/decisions", get(decisions))
+        .route("/api/v1/history", get(history))
         .route("/api/v1/explain", get(explain))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
@@ -144,6 +145,16 @@ async fn endpoint(State(admin): State<Admin>, Path(uri): Path<String>) -> Respon
 async fn decisions(State(admin): State<Admin>) -> Response {
     match admin.node.refusals().await {
         Ok(list) => Json(list).into_response(),
+        Err(_) => stopped(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/history", tag = "node",
+    responses((status = 200, description = "The node's own samples of the last hour, oldest first: subscriptions, NOTIFYs, refusals and the busiest partners' traffic, counters as totals since start", body = porchlight_server::status::HistoryView)),
+    security(("token" = [])))]
+async fn history(State(admin): State<Admin>) -> Response {
+    match admin.node.history().await {
+        Ok(view) => Json(view).into_response(),
         Err(_) => stopped(),
     }
 }
@@ -530,7 +541,7 @@ async fn drain(State(admin): State<Admin>, Path(node): Path<u16>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Porchlight admin API", description = "The running node: status, endpoints, policy decisions, metrics."),
-    paths(status, endpoints, endpoint, set_presence, clear_presence, send_message, federation, allow_domain, block_domain, remove_domain, export_config, import_config, drain, decisions, explain, metrics),
+    paths(status, endpoints, endpoint, set_presence, clear_presence, send_message, federation, allow_domain, block_domain, remove_domain, export_config, import_config, drain, decisions, history, explain, metrics),
     modifiers(&BearerToken)
 )]
 struct ApiDoc;

@@ -284,6 +284,30 @@ pub struct AdminSection {
     /// The file holding the bearer token, made on first start when missing.
     #[serde(default = "default_token_file")]
     pub token_file: PathBuf,
+    /// Seconds between the samples of the last hour the console charts.
+    #[serde(
+        default = "default_history_interval_secs",
+        deserialize_with = "history_interval"
+    )]
+    pub history_interval_secs: u64,
+}
+
+/// A sampling interval, checked where it is written so a bad one names
+/// its line: 0 would never sample, past ten minutes the hour's chart has
+/// too few points to read.
+fn history_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let secs = u64::deserialize(d)?;
+    if !(1..=600).contains(&secs) {
+        return Err(serde::de::Error::custom(format!(
+            "invalid value: {secs} is not a sampling interval; use 10 (seconds between \
+             the console's samples, 1 to 600)"
+        )));
+    }
+    Ok(secs)
+}
+
+fn default_history_interval_secs() -> u64 {
+    10
 }
 
 fn default_admin_listen() -> String {
@@ -299,6 +323,7 @@ impl Default for AdminSection {
         AdminSection {
             listen: default_admin_listen(),
             token_file: default_token_file(),
+            history_interval_secs: default_history_interval_secs(),
         }
     }
 }
@@ -1443,6 +1468,23 @@ mod tests {
             let config = Config::parse(&text, "edge.toml", Path::new(".")).unwrap();
             assert_eq!(config.capture.unwrap().hep.0, good);
         }
+    }
+
+    #[test]
+    fn a_history_interval_of_zero_or_past_ten_minutes_names_its_line_and_the_fix() {
+        for bad in ["0", "601"] {
+            let text = format!(
+                "[node]\ndomains = [\"a.example\"]\n[admin]\nhistory_interval_secs = {bad}\n"
+            );
+            let err = Config::parse(&text, "edge.toml", Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("edge.toml:4:"), "{err}");
+            assert!(err.contains("use 10"), "{err}");
+        }
+        let text = "[node]\ndomains = [\"a.example\"]\n[admin]\nhistory_interval_secs = 1\n";
+        let config = Config::parse(text, "edge.toml", Path::new(".")).unwrap();
+        assert_eq!(config.admin.history_interval_secs, 1);
     }
 
     #[test]

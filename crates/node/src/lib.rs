@@ -12,6 +12,7 @@ pub mod config;
 pub mod core;
 pub mod delivery;
 pub mod edge;
+pub mod history;
 pub mod im_session;
 pub mod import;
 pub mod outbound;

@@ -215,6 +215,8 @@ pub enum Query {
     ),
     /// An IM to send as an endpoint.
     SendMessage(OutgoingMessage, Reply<SentMessage>),
+    /// The samples of the last hour.
+    History(Reply<crate::history::HistoryView>),
 }
 
 /// An IM an endpoint's app sends through the node (admin API).

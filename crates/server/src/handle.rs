@@ -87,6 +87,11 @@ impl NodeHandle {
         self.ask(Query::Refusals).await
     }
 
+    /// The samples of the last hour the node took of itself.
+    pub async fn history(&self) -> Result<porchlight_node::history::HistoryView, Stopped> {
+        self.ask(Query::History).await
+    }
+
     /// Sets an endpoint's presence as the admin says (None clears it);
     /// watchers are notified. None when the URI is not an endpoint.
     pub async fn set_presence(

@@ -20,6 +20,7 @@ pub use porchlight_node::{Config, ConfigError, Provisioned, DEFAULT_CONFIG};
 /// What the running node shows its admin, and the handle that asks it.
 pub mod status {
     pub use crate::handle::{ImportError, NodeHandle, Stopped};
+    pub use porchlight_node::history::{HistorySample, HistoryView, PartnerSample};
     pub use porchlight_node::status::*;
 }
 pub use status::NodeHandle;

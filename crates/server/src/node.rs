@@ -29,7 +29,9 @@ use porchlight_node::core::{Action, Core, Input, Links, Started};
 use porchlight_node::outbound::{NextHop, Parked, Reach};
 use porchlight_node::overload::Load;
 use porchlight_node::presence::PresenceService;
-use porchlight_node::status::{warn_if_expiring, CaptureStatus, Query, RefusedCount, StoreStatus};
+use porchlight_node::status::{
+    warn_if_expiring, CaptureStatus, Query, RefusedCount, Status, StoreStatus,
+};
 use porchlight_node::uas::LocalNames;
 use porchlight_node::webhook::Outcome;
 
@@ -676,6 +678,8 @@ impl Driver {
         let mut flush_tick = tokio::time::interval(flush_interval);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut certificate_tick = tokio::time::interval(CERTIFICATE_CHECK);
+        let mut history_tick = tokio::time::interval(self.core.history_interval());
+        history_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.carry_out(clock());
         loop {
             let deadline = self.core.poll_timeout(clock());
@@ -723,6 +727,7 @@ impl Driver {
                     }
                 }
                 _ = certificate_tick.tick() => self.check_certificates(),
+                _ = history_tick.tick() => self.record_history(),
                 () = sleep => self.core.handle_timeout(clock()),
             }
             self.check_fence();
@@ -952,6 +957,18 @@ impl Driver {
         let Query::Status(reply) = query else {
             return self.core.handle(now, Input::Query(query));
         };
+        reply.send(self.status(now));
+    }
+
+    /// Samples the node for the console's charts of the last hour.
+    fn record_history(&mut self) {
+        let now = clock();
+        let status = self.status(now);
+        self.core.record_history(now.unix() as i64, &status);
+    }
+
+    /// The core's status with what the transport and the store writer count.
+    fn status(&mut self, now: Now) -> Status {
         let mut status = self.core.status(now.mono);
         status.connections = self.transport.connection_count();
         status.backlogged = self.backlogs.len();
@@ -982,6 +999,6 @@ impl Driver {
             .as_ref()
             .filter(|w| w.has_store())
             .map(|w| store_status(w, &self.core));
-        reply.send(status);
+        status
     }
 }

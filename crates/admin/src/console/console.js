@@ -1,6 +1,6 @@
 // The Porchlight console: polls the admin API every two seconds and shows
 // endpoints with live presence (and, on a click, who watches one), partners
-// with their traffic, the cluster's members, the federation lists, and policy decisions; forms set
+// with their traffic, charts of the last hour, the cluster's members, the federation lists, and policy decisions; forms set
 // an endpoint's presence, allow, block or remove a domain, and explain a
 // policy decision step by step. The token stays in this tab's session storage
 // and travels only in the Authorization header.
@@ -171,10 +171,99 @@ function renderDecisions(counts, refusals) {
     element("pre", {}, r.steps.join("\n")))));
 }
 
+// The last hour, from the samples the node keeps of itself (no external
+// service): gauges as they were, counters as rates between two samples.
+// Fetched again only once a new sample can be there.
+const SVG = "http://www.w3.org/2000/svg";
+const CHART_WIDTH = 300, CHART_HEIGHT = 80, HOUR_SECS = 3600;
+const PALETTE = ["#2f5fd0", "#d0612f", "#2f9e5f", "#9e2fd0", "#c9a227", "#2fb5d0", "#d02f7a", "#6b7385"];
+let historyFetched = 0, historyInterval = 0;
+
+function gauge(samples, value) {
+  return samples.map((s) => [s.at, value(s)]);
+}
+
+function rate(samples, value) {
+  const points = [];
+  for (let i = 1; i < samples.length; i++) {
+    const [a, b] = [samples[i - 1], samples[i]];
+    const [va, vb] = [value(a), value(b)];
+    if (va != null && vb != null && b.at > a.at && vb >= va) points.push([b.at, (vb - va) / (b.at - a.at)]);
+  }
+  return points;
+}
+
+function shown(value) {
+  return Number.isInteger(value) ? String(value) : value.toFixed(1);
+}
+
+function ago(seconds) {
+  return seconds >= 120 ? "\u2212" + Math.round(seconds / 60) + " min" : "\u2212" + seconds + " s";
+}
+
+// Draws `lines` ({name, points}) from `start` to `end` (at most the
+// hour) into the figure `id`; its caption gives each line's latest value.
+function drawChart(id, title, lines, start, end) {
+  const span = Math.max(1, end - start);
+  const figure = $("#" + id);
+  const top = Math.max(1, ...lines.flatMap((l) => l.points.map((p) => p[1])));
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", `0 0 ${CHART_WIDTH} ${CHART_HEIGHT}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  lines.forEach((line, i) => {
+    const polyline = document.createElementNS(SVG, "polyline");
+    polyline.setAttribute("points", line.points.map(([at, v]) =>
+      ((at - start) / span * CHART_WIDTH).toFixed(1) + "," +
+      (CHART_HEIGHT - v / top * (CHART_HEIGHT - 4)).toFixed(1)).join(" "));
+    polyline.setAttribute("stroke", PALETTE[i % PALETTE.length]);
+    polyline.dataset.name = line.name;
+    svg.append(polyline);
+  });
+  const legend = lines.length ? lines.map((line, i) => {
+    const last = line.points.length ? shown(line.points[line.points.length - 1][1]) : "–";
+    return element("span", { class: "legend", style: "color:" + PALETTE[i % PALETTE.length] },
+      (lines.length > 1 ? line.name + " " : "") + last);
+  }) : [element("span", { class: "muted" }, "none yet")];
+  figure.dataset.last = lines.length && lines[0].points.length
+    ? shown(lines[0].points[lines[0].points.length - 1][1]) : "";
+  figure.dataset.points = String(lines.length ? lines[0].points.length : 0);
+  figure.replaceChildren(element("figcaption", {}, title, " ", ...legend), svg, element("div", { class: "axis muted" },
+    element("span", {}, ago(span)), element("span", {}, "top " + shown(top)), element("span", {}, "now")));
+}
+
+function renderHistory(history) {
+  const samples = history.samples;
+  if (!samples.length) return;
+  const end = samples[samples.length - 1].at;
+  // A node up for less than the hour is charted over the time it has.
+  const start = Math.max(end - HOUR_SECS, samples[0].at);
+  drawChart("chart-subscriptions", "Subscriptions",
+    [{ name: "active", points: gauge(samples, (s) => s.subscriptions_active) }], start, end);
+  drawChart("chart-notifies", "NOTIFYs per second", [
+    { name: "sent", points: rate(samples, (s) => s.notifies_sent) },
+    { name: "failed", points: rate(samples, (s) => s.notifies_failed) }], start, end);
+  drawChart("chart-refusals", "Refusals per second",
+    [{ name: "refused", points: rate(samples, (s) => s.refused) }], start, end);
+  const partners = [...new Set(samples.flatMap((s) => s.partners.map((p) => p.partner)))].sort();
+  drawChart("chart-partners", "Partner requests per second", partners.map((partner) => ({
+    name: partner,
+    points: rate(samples, (s) => s.partners.find((p) => p.partner === partner)?.requests),
+  })), start, end);
+}
+
+async function refreshHistory() {
+  if (Date.now() - historyFetched < historyInterval * 1000) return;
+  const history = await api("GET", "/api/v1/history");
+  historyFetched = Date.now();
+  historyInterval = history.interval_secs;
+  renderHistory(history);
+}
+
 async function refresh() {
   try {
     const [status, refusals, federation] = await Promise.all([
-      api("GET", "/api/v1/status"), api("GET", "/api/v1/decisions"), api("GET", "/api/v1/federation")]);
+      api("GET", "/api/v1/status"), api("GET", "/api/v1/decisions"), api("GET", "/api/v1/federation"),
+      refreshHistory()]);
     $("#node").textContent = status.domains.join(", ") + " \u00b7 Porchlight " + status.version;
     renderCounters(status);
     renderEndpoints(status.endpoints);

@@ -66,6 +66,7 @@ fn the_admin_api_shows_the_running_node_and_requires_its_token() {
     let doc = json(&get(admin, "/api/v1/openapi.json", Some(token)).1);
     for (path, method) in [
         ("/api/v1/status", "get"),
+        ("/api/v1/history", "get"),
         ("/api/v1/config", "put"),
         ("/api/v1/endpoints/{uri}/messages", "post"),
     ] {

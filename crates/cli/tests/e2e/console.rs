@@ -188,7 +188,10 @@ fn the_console_shows_live_presence_and_sets_it() {
     let server = start(
         "console",
         &config(
-            &[(HELPDESK_NOTE, &with_health_probe(health_port))],
+            &[
+                (HELPDESK_NOTE, &with_health_probe(health_port)),
+                ("history_interval_secs = 10", "history_interval_secs = 1"),
+            ],
             more_endpoints,
         ),
     );
@@ -210,6 +213,35 @@ fn the_console_shows_live_presence_and_sets_it() {
         Duration::from_secs(15),
     );
     browser.wait_for(&cell(helpdesk, "watchers"), "1", Duration::from_secs(10));
+    // The last hour's charts, from the samples the node takes of itself
+    // (one a second here): the subscription, and the NOTIFYs sent for it.
+    browser.wait_for(
+        "const f = document.querySelector('#chart-subscriptions'); \
+         return Number(f.dataset.points) >= 2 && f.dataset.last === '1' \
+         && f.querySelectorAll('polyline').length === 1 ? 'charted' : 'not yet';",
+        "charted",
+        Duration::from_secs(15),
+    );
+    browser.wait_for(
+        "const f = document.querySelector('#chart-notifies'); \
+         return Number(f.dataset.points) >= 1 && f.querySelectorAll('polyline').length === 2 \
+         ? 'charted' : 'not yet';",
+        "charted",
+        Duration::from_secs(15),
+    );
+    // A few more samples, so the charts show a line, then a picture of them.
+    browser.wait_for(
+        "return Number(document.querySelector('#chart-subscriptions').dataset.points) >= 5 ? 'charted' : 'not yet';",
+        "charted",
+        Duration::from_secs(15),
+    );
+    browser.script("document.querySelector('#history').scrollIntoView(); return null;");
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+    std::fs::write(server.dir.join("console-history.png"), &png).unwrap();
+    if let Ok(path) = std::env::var("PORCHLIGHT_CONSOLE_HISTORY_SCREENSHOT") {
+        std::fs::write(path, &png).unwrap();
+    }
     assert_eq!(
         browser.script("return location.href.includes('token=') ? 'kept' : 'dropped';"),
         "dropped",

@@ -46,13 +46,28 @@ async fn every_metric_the_rules_and_dashboard_use_is_exported_by_a_node() {
     let capture = format!("\n[capture]\nhep = \"127.0.0.1:{}\"\n", free_port());
     let server = start(
         "deploy-metrics-node",
-        &(pki.config(&[(
-            "allowed_domains = []                 # e.g.",
-            "allowed_domains = [{ domain = \"fabrikam.com\" }] #",
-        )]) + &capture),
+        &(pki.config(&[
+            (
+                "allowed_domains = []                 # e.g.",
+                "allowed_domains = [{ domain = \"fabrikam.com\" }] #",
+            ),
+            ("history_interval_secs = 10", "history_interval_secs = 1"),
+        ]) + &capture),
     );
-    let status = alice_of_fabrikam_subscribes(&pki, &server).await;
-    assert_eq!(status, 200);
+    assert_eq!(alice_of_fabrikam_subscribes(&pki, &server).await, 200);
+
+    // The console's history samples the partner's traffic too.
+    let charted = eventually(Duration::from_secs(10), || {
+        let history = server.api_get("/api/v1/history");
+        history["samples"]
+            .as_array()
+            .and_then(|s| s.last())
+            .is_some_and(|last| {
+                last["partners"][0]["partner"] == "fabrikam.com"
+                    && last["partners"][0]["requests"].as_u64() >= Some(1)
+            })
+    });
+    assert!(charted, "{}", server.api_get("/api/v1/history"));
 
     let wanted: Vec<String> = deploy_metric_names()
         .into_iter()

@@ -51,6 +51,7 @@ use crate::delivery::Delivery;
 use crate::edge::{
     self, domain_of, partner_of, DialogSide, Direction, Edge, Parties, Route, NO_PARTNER,
 };
+use crate::history::History;
 use crate::im_session::{first_text_of, ImSessions, InSession, OurSide, SessionKey};
 use crate::outbound::{Dialer, Dispatch, NextHop, Parked, Reach};
 use crate::overload::{Load, Overload, OverloadLimits, Transition};
@@ -207,6 +208,8 @@ pub struct Core {
     started: Instant,
     /// Requests exchanged with each partner.
     partners: PartnerCounts,
+    /// The last hour's samples, for the console's charts.
+    history: History,
     dials_succeeded: u64,
     dials_failed: u64,
     /// Subscriptions brought back from the store at start.
@@ -340,6 +343,7 @@ impl Core {
             dialer: Dialer::new(config.limits.max_parked_per_destination),
             started: started.now.mono,
             partners: PartnerCounts::default(),
+            history: History::new(config.admin.history_interval_secs),
             dials_succeeded: 0,
             dials_failed: 0,
             restored: started.restored,
@@ -678,6 +682,17 @@ impl Core {
         }
     }
 
+    /// Keeps a sample of `status` (the driver's, with what the transport
+    /// counts) taken at `at` (Unix seconds) for the console's charts.
+    pub fn record_history(&mut self, at: i64, status: &Status) {
+        self.history.record(at, status);
+    }
+
+    /// How often the driver is to call [`record_history`](Self::record_history).
+    pub fn history_interval(&self) -> Duration {
+        Duration::from_secs(self.history.interval_secs())
+    }
+
     /// Each partner's certificate expiry as last presented, for the
     /// driver's daily look at what is about to lapse.
     pub fn partner_certificates(&self) -> Vec<(String, i64)> {
@@ -722,6 +737,7 @@ impl Core {
                 };
                 reply.send((imported, endpoints));
             }
+            Query::History(reply) => reply.send(self.history.view()),
             Query::SendMessage(message, reply) => {
                 let Some(endpoint) = self.presence.directory().resolve(&message.from) else {
                     reply.send(SentMessage {

@@ -508,3 +508,48 @@ fn a_webhook_apps_reply_goes_back_to_the_sender() {
         text(reply)
     );
 }
+
+#[test]
+fn the_history_keeps_the_last_hour_of_samples_and_the_busiest_partners() {
+    let mut h = Harness::new(&config(
+        &[("history_interval_secs = 10", "history_interval_secs = 60")],
+        "",
+    ));
+    h.receive(
+        &subscribe("hist1", "sip:alice@contoso.com", "UDP 127.0.0.1:5070", 600),
+        &inside(),
+    );
+    let mut status = h.core.status(h.now.mono);
+    // More partners than a sample keeps: the busiest are kept.
+    status.partners = (0..20u64)
+        .map(|n| crate::status::PartnerTraffic {
+            partner: format!("p{n:02}.example"),
+            requests_in: n,
+            requests_out: 1,
+            certificate_not_after: None,
+        })
+        .collect();
+    // Two hours of samples a minute apart: only the last hour stays.
+    for minute in 0..120 {
+        h.core.record_history(1_800_000_000 + minute * 60, &status);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reply = crate::status::Reply::new(move |answer| {
+        let _ = tx.send(answer);
+    });
+    h.core.handle(h.now, Input::Query(Query::History(reply)));
+    let view = rx.try_recv().expect("the core answers at once");
+    assert_eq!(view.interval_secs, 60);
+    assert_eq!(view.samples.len(), 60, "an hour at one a minute");
+    assert_eq!(
+        view.samples[0].at,
+        1_800_000_000 + 60 * 60,
+        "the oldest hour is gone"
+    );
+    let last = view.samples.last().unwrap();
+    assert_eq!(last.subscriptions_active, 1);
+    let kept: Vec<&str> = last.partners.iter().map(|p| p.partner.as_str()).collect();
+    assert_eq!(kept.len(), crate::history::MAX_CHARTED_PARTNERS);
+    assert_eq!(kept[0], "p19.example");
+    assert_eq!(last.partners[0].requests, 20);
+}
