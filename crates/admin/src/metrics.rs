@@ -305,6 +305,15 @@ pub fn render(status: &Status) -> String {
             p.requests_out,
         );
     }
+    let mut family = Family::start(
+        &mut out,
+        "porchlight_partner_refused_total",
+        "counter",
+        "Requests of each federated partner (the domain its certificate proves) the policy refused.",
+    );
+    for p in &status.partners {
+        family.sample(&[("partner", &p.partner)], p.requests_refused);
+    }
 
     if let Some(capture) = &status.capture {
         let mut family = Family::start(

@@ -213,9 +213,10 @@ pub fn status_text(s: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "partner {}: {} requests in, {} out{certificate}",
+            "partner {}: {} requests in ({} refused), {} out{certificate}",
             p["partner"].as_str().unwrap_or("?"),
             p["requests_in"],
+            p["requests_refused"],
             p["requests_out"]
         );
     }

@@ -2,11 +2,11 @@
 //! partners' limits it enforces, and for the admin how many decisions went
 //! which way and the most recent refusals with their reasons.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use porchlight_link::RefusalLog;
 use porchlight_policy::{
-    decide, verdict, Decision, DiscoveredLimits, Modality, PolicyConfig, Request,
+    decide, verdict, Decision, DiscoveredLimits, Modality, PolicyConfig, Remote, Request,
 };
 use serde::Serialize;
 
@@ -84,6 +84,9 @@ fn modality_index(modality: Modality) -> usize {
     }
 }
 
+/// The most partners whose refusals are counted one by one.
+const MAX_REFUSED_PARTNERS: usize = 1024;
+
 /// Admission state of one node.
 pub struct Admission {
     /// Rate and contact counts of discovered partners.
@@ -93,6 +96,9 @@ pub struct Admission {
     recent: VecDeque<DecisionRecord>,
     /// Refusals logged once per sending domain per interval.
     log: RefusalLog<String>,
+    /// Policy refusals of each certified partner, bounded like the
+    /// partners' traffic so a flood of names cannot grow it.
+    refused_partners: HashMap<String, u64>,
     /// The time of the input being decided, as the driver told it.
     pub clock: Now,
 }
@@ -106,6 +112,7 @@ impl Admission {
             counts: Default::default(),
             recent: VecDeque::new(),
             log: RefusalLog::new(log_interval),
+            refused_partners: HashMap::new(),
             clock: now,
         }
     }
@@ -123,15 +130,45 @@ impl Admission {
         let mut decision = verdict(policy, request);
         if !decision.allowed {
             decision = decide(policy, request);
-            self.log_refusal(way, from, to, &decision);
+            self.refused(way, &request.remote, from, to, &decision);
         }
         self.record(way, request.modality, from, to, &decision);
         decision
     }
 
+    /// Logs a refusal and counts it against the partner whose
+    /// certificate the request came under, if any.
+    pub fn refused(
+        &mut self,
+        way: Way,
+        remote: &Remote<'_>,
+        from: &str,
+        to: &str,
+        decision: &Decision,
+    ) {
+        self.log_refusal(way, from, to, decision);
+        if let Remote::Certified([partner, ..]) = remote {
+            self.count_partner_refusal(partner);
+        }
+    }
+
+    fn count_partner_refusal(&mut self, partner: &str) {
+        if let Some(count) = self.refused_partners.get_mut(partner) {
+            *count += 1;
+        } else if self.refused_partners.len() < MAX_REFUSED_PARTNERS {
+            self.refused_partners.insert(partner.to_owned(), 1);
+        }
+    }
+
+    /// How many requests of `partner` (the domain its certificate proves)
+    /// the policy refused since start.
+    pub fn partner_refusals(&self, partner: &str) -> u64 {
+        self.refused_partners.get(partner).copied().unwrap_or(0)
+    }
+
     /// Logs a refusal with its reasons, or counts it when one from the same
     /// domain was logged within the interval: a flood cannot fill a disk.
-    pub fn log_refusal(&mut self, way: Way, from: &str, to: &str, decision: &Decision) {
+    fn log_refusal(&mut self, way: Way, from: &str, to: &str, decision: &Decision) {
         let domain = crate::edge::domain_of(from);
         let detail = format!("{way:?} {from} -> {to}:\n{decision}");
         self.log.note(self.clock.mono, domain, "by policy", &detail);

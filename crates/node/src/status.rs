@@ -133,6 +133,8 @@ pub struct PartnerTraffic {
     pub requests_in: u64,
     /// Requests sent to it.
     pub requests_out: u64,
+    /// Its requests the policy refused.
+    pub requests_refused: u64,
     /// When the certificate it last presented expires (Unix seconds);
     /// None until it has connected to us with one.
     pub certificate_not_after: Option<i64>,
@@ -277,6 +279,7 @@ impl PartnerCounts {
                 partner: partner.to_owned(),
                 requests_in: 0,
                 requests_out: 0,
+                requests_refused: 0,
                 certificate_not_after: None,
             };
             self.counts.insert(partner.into(), traffic);

@@ -122,10 +122,11 @@ function renderPartners(partners) {
   const rows = partners.length ? partners.map((p) => element("tr", {},
     element("td", {}, p.partner),
     element("td", { class: "number" }, String(p.requests_in)),
+    element("td", { class: "number" }, String(p.requests_refused)),
     element("td", { class: "number" }, String(p.requests_out)),
     element("td", { class: expiresSoon(p.certificate_not_after) ? "warning" : "muted" },
       p.certificate_not_after == null ? "not seen" : unixDate(p.certificate_not_after))))
-    : [element("tr", {}, element("td", { colspan: "4", class: "muted" }, "No federated traffic yet."))];
+    : [element("tr", {}, element("td", { colspan: "5", class: "muted" }, "No federated traffic yet."))];
   $("#partners tbody").replaceChildren(...rows);
 }
 

@@ -221,12 +221,12 @@ async fn certificates_near_their_expiry_are_warned_of_shown_and_exported() {
     );
 
     // Our own certificate: warned of at start, its expiry exported.
+    let warned = "the TLS certificate of this node expires in 4 days";
     assert!(
-        eventually(Duration::from_secs(10), || server
-            .log_lines("the TLS certificate of this node expires in 4 days")
-            == 1),
+        eventually(Duration::from_secs(30), || server.log_lines(warned) >= 1),
         "a warning at start for the node's certificate"
     );
+    assert_eq!(server.log_lines(warned), 1, "one warning at start");
     let ours = server.metric("porchlight_tls_certificate_expiry_timestamp_seconds ");
     assert!(near(ours), "{ours} is not about {expected}");
 
@@ -245,7 +245,7 @@ async fn certificates_near_their_expiry_are_warned_of_shown_and_exported() {
     }
     let warned = "the TLS certificate of partner fabrikam.com expires in 4 days";
     assert!(
-        eventually(Duration::from_secs(10), || server.log_lines(warned) >= 1),
+        eventually(Duration::from_secs(30), || server.log_lines(warned) >= 1),
         "a warning for the partner's certificate"
     );
     assert_eq!(
@@ -276,7 +276,7 @@ async fn certificates_near_their_expiry_are_warned_of_shown_and_exported() {
     // Its NOTIFYs count as requests out, however many are sent yet.
     let partner_line = text
         .lines()
-        .find(|l| l.starts_with("partner fabrikam.com: 3 requests in, "))
+        .find(|l| l.starts_with("partner fabrikam.com: 3 requests in (0 refused), "))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(
         partner_line.ends_with(&format!("; certificate expires {}", day(theirs))),
@@ -327,4 +327,9 @@ async fn json_logs_carry_the_call_id_partner_and_endpoint_of_a_refused_request()
     assert_eq!(span["endpoint"], "sip:helpdesk@contoso.com", "{line}");
     assert_eq!(line["level"], "INFO");
     assert!(line["timestamp"].is_string());
+    // And the refusal is counted against the partner.
+    assert_eq!(
+        server.metric("porchlight_partner_refused_total{partner=\"fabrikam.com\"}"),
+        1
+    );
 }

@@ -627,7 +627,15 @@ impl Core {
             dials_failed: self.dials_failed,
             decisions: self.presence.decision_counts(),
             refused: self.refused_counts(),
-            partners: self.partners.list(),
+            partners: self
+                .partners
+                .list()
+                .into_iter()
+                .map(|mut p| {
+                    p.requests_refused = self.presence.partner_refusals(&p.partner);
+                    p
+                })
+                .collect(),
             endpoints: self.presence.endpoint_views(),
             store: None,
             certificate_not_after: None,

@@ -526,6 +526,7 @@ fn the_history_keeps_the_last_hour_of_samples_and_the_busiest_partners() {
             partner: format!("p{n:02}.example"),
             requests_in: n,
             requests_out: 1,
+            requests_refused: 0,
             certificate_not_after: None,
         })
         .collect();

@@ -114,7 +114,7 @@ fn authorize_subscription(
         decision.allowed = false;
     }
     admission.record(Way::Inbound, Modality::Presence, watcher, to, &decision);
-    admission.log_refusal(Way::Inbound, watcher, to, &decision);
+    admission.refused(Way::Inbound, &request.remote, watcher, to, &decision);
     Authorization::Deny {
         code: 403,
         reason: "Forbidden".into(),

@@ -55,6 +55,11 @@ impl PresenceService {
         self.admission.counts()
     }
 
+    /// Requests of `partner` the policy refused since start.
+    pub fn partner_refusals(&self, partner: &str) -> u64 {
+        self.admission.partner_refusals(partner)
+    }
+
     /// The most recent refusals, newest first.
     pub fn refusals(&self) -> Vec<DecisionRecord> {
         self.admission.recent()
