@@ -141,28 +141,38 @@ impl RedisCluster {
             .trim()
             .parse()
             .unwrap();
-        let nodes = self.cli(self.servers[0].0, "CLUSTER NODES");
         let port_of = |line: &str| -> u16 {
             let addr = line.split(' ').nth(1).unwrap();
             addr.split(['@', ':']).nth(1).unwrap().parse().unwrap()
         };
-        let master = nodes
-            .lines()
-            .find(|l| {
+        // The cluster's view settles by gossip: a replica may not be known
+        // to the server asked yet, so ask until it is.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let nodes = self.cli(self.servers[0].0, "CLUSTER NODES");
+            let master = nodes.lines().find(|l| {
                 l.contains("master")
                     && !l.contains("fail")
                     && l.split(' ').skip(8).any(|range| {
                         let (a, b) = range.split_once('-').unwrap_or((range, range));
                         matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
                     })
-            })
-            .expect("a master serves the slot");
-        let id = master.split(' ').next().unwrap();
-        let replica = nodes
-            .lines()
-            .find(|l| l.contains("slave") && l.split(' ').nth(3) == Some(id))
-            .expect("the master has a replica");
-        (port_of(master), port_of(replica))
+            });
+            let replica = master.and_then(|master| {
+                let id = master.split(' ').next().unwrap();
+                nodes
+                    .lines()
+                    .find(|l| l.contains("slave") && l.split(' ').nth(3) == Some(id))
+            });
+            if let (Some(master), Some(replica)) = (master, replica) {
+                return (port_of(master), port_of(replica));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no master with a replica serves slot {slot}:\n{nodes}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn kill_9(&mut self, port: u16) {
