@@ -1420,6 +1420,35 @@ impl Config {
         Ok(())
     }
 
+    /// This node's domains and aliases, lower-case: a certificate naming
+    /// only these (or hosts under them) is the inside's.
+    pub fn own_domains(&self) -> Vec<String> {
+        self.node
+            .domains
+            .iter()
+            .chain(&self.node.aliases)
+            .map(|d| d.to_ascii_lowercase())
+            .collect()
+    }
+
+    /// The names and addresses that make a Request-URI this node's: its
+    /// domains, aliases and Record-Route host, and the addresses it
+    /// listens on.
+    pub fn local_names(&self, listening: &[SocketAddr]) -> crate::uas::LocalNames {
+        crate::uas::LocalNames {
+            hosts: self
+                .node
+                .domains
+                .iter()
+                .chain(&self.node.aliases)
+                .chain(std::iter::once(&self.edge.record_route_host).filter(|h| !h.is_empty()))
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            addresses: listening.iter().map(SocketAddr::ip).collect(),
+            ports: listening.iter().map(SocketAddr::port).collect(),
+        }
+    }
+
     /// The validated endpoints.
     pub fn directory(
         &self,

@@ -6,8 +6,6 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use crate::status::Status;
-
 /// The busiest partners kept in each sample; the rest are left out so a
 /// sample's size does not grow with the partners counted.
 pub const MAX_CHARTED_PARTNERS: usize = 8;
@@ -76,30 +74,12 @@ impl History {
         self.interval_secs
     }
 
-    /// Keeps what `status` says at `at` (Unix seconds), dropping the
-    /// oldest sample past the hour.
-    pub fn record(&mut self, at: i64, status: &Status) {
-        let mut partners: Vec<PartnerSample> = status
-            .partners
-            .iter()
-            .map(|p| PartnerSample {
-                partner: p.partner.clone(),
-                requests: p.requests_in + p.requests_out,
-            })
-            .collect();
-        partners.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.partner.cmp(&b.partner)));
-        partners.truncate(MAX_CHARTED_PARTNERS);
+    /// Keeps `sample`, dropping the oldest one past the hour.
+    pub fn record(&mut self, sample: HistorySample) {
         if self.samples.len() == Self::capacity(self.interval_secs) {
             self.samples.pop_front();
         }
-        self.samples.push_back(HistorySample {
-            at,
-            subscriptions_active: status.subscriptions_active,
-            notifies_sent: status.notifies_sent,
-            notifies_failed: status.notifies_failed,
-            refused: status.refused.iter().map(|r| r.count).sum(),
-            partners,
-        });
+        self.samples.push_back(sample);
     }
 
     /// Every sample kept, oldest first.

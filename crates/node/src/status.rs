@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use crate::admission::{DecisionCount, DecisionRecord, Way};
+use crate::history::{HistorySample, PartnerSample, MAX_CHARTED_PARTNERS};
 
 /// The node's counters and gauges at one moment.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -75,6 +76,32 @@ pub struct Status {
     pub certificate_not_after: Option<i64>,
     /// Copies of messages for a capture server; None when capture is off.
     pub capture: Option<CaptureStatus>,
+}
+
+impl Status {
+    /// What the console charts of this status, taken at `at` (Unix
+    /// seconds): the gauges, the totals, and only the busiest partners, so
+    /// a sample's size does not grow with the partners counted.
+    pub fn sample(&self, at: i64) -> HistorySample {
+        let mut partners: Vec<PartnerSample> = self
+            .partners
+            .iter()
+            .map(|p| PartnerSample {
+                partner: p.partner.clone(),
+                requests: p.requests_in + p.requests_out,
+            })
+            .collect();
+        partners.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.partner.cmp(&b.partner)));
+        partners.truncate(MAX_CHARTED_PARTNERS);
+        HistorySample {
+            at,
+            subscriptions_active: self.subscriptions_active,
+            notifies_sent: self.notifies_sent,
+            notifies_failed: self.notifies_failed,
+            refused: self.refused.iter().map(|r| r.count).sum(),
+            partners,
+        }
+    }
 }
 
 /// Whether the capture server is getting its copies: a rising `dropped`

@@ -1,18 +1,16 @@
-//! How this node answers requests addressed to it, as pure functions of the
-//! request and the node's names: validation (400, 505), URI scheme (416),
-//! locality and hop count (483, 403), method (501, 481, 404), extensions (420)
-//! and bodies (415), in the order of RFC 3261 §8.2 and §16.3.
+//! What this node says of itself as a user agent server: the methods,
+//! extensions, bodies and events it takes (which the router checks a
+//! request against, and its answers list), the names that make a
+//! Request-URI ours, and the answer to bytes that did not parse.
 
 use std::net::IpAddr;
 
 use porchlight_sip::status;
-use porchlight_sip::{Answer, HeaderName, Message, Method, ParseError, ParseErrorKind, Uri};
+use porchlight_sip::{Answer, Message, Method, ParseError, ParseErrorKind};
 
 /// Methods this node implements.
 pub const ALLOWED_METHODS: &str =
     "OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH, SERVICE, REGISTER, INVITE, MESSAGE, BYE, INFO";
-/// Methods that reach the node's endpoints (calls and IM) or live inside
-/// their dialogs; here only when no endpoint or dialog takes them.
 /// Option tags this node supports: the Microsoft presence extensions and
 /// RFC 4662 lists (which Microsoft batched subscriptions require).
 pub const SUPPORTED_OPTIONS: &[&str] = &[
@@ -66,119 +64,6 @@ impl LocalNames {
                 .port
                 .is_none_or(|p| self.ports.is_empty() || self.ports.contains(&p))
     }
-}
-
-/// What to do with a received request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Disposition {
-    /// Send this final response.
-    Respond(Answer),
-    /// No response (ACK).
-    Absorb,
-    /// Well-formed and ours: the presence service answers it.
-    Deliver,
-}
-
-/// Decides the response to a parsed request.
-pub fn answer_request(request: &Message, local: &LocalNames) -> Disposition {
-    if let Err(e) = request.validate_request() {
-        let reason = match e.status() {
-            505 => "Version Not Supported".to_owned(),
-            _ => format!("Bad Request ({e})"),
-        };
-        return Disposition::Respond(Answer::new(e.status(), reason));
-    }
-    let method = request.method_kind().unwrap_or(Method::Other(""));
-    if method == Method::Ack {
-        return Disposition::Absorb;
-    }
-    let uri = Uri::parse(request.request_uri().unwrap_or_default());
-    let Ok(Uri::Sip(sip_uri, _)) = uri else {
-        return Disposition::Respond(Answer::new(
-            status::UNSUPPORTED_URI_SCHEME,
-            "Unsupported URI Scheme",
-        ));
-    };
-    if !local.is_local(&sip_uri) {
-        // Not ours: a proxy would forward it, and with no hops left it may not.
-        if request.max_forwards().ok().flatten() == Some(0) {
-            return Disposition::Respond(Answer::new(status::TOO_MANY_HOPS, "Too Many Hops"));
-        }
-        return Disposition::Respond(Answer::new(
-            status::FORBIDDEN,
-            "Forbidden (relaying is not permitted)",
-        ));
-    }
-    let in_dialog = request.to().is_ok_and(|to| to.tag().is_some());
-    match method {
-        Method::Options => {}
-        m if m.is_service() => {}
-        Method::Cancel => {
-            return Disposition::Respond(Answer::new(
-                status::CALL_DOES_NOT_EXIST,
-                "Call/Transaction Does Not Exist",
-            ))
-        }
-        // A dialog no endpoint or session of this node holds (§12.2.2).
-        Method::Invite | Method::Message if in_dialog => {
-            return Disposition::Respond(Answer::new(
-                status::CALL_DOES_NOT_EXIST,
-                "Call/Transaction Does Not Exist",
-            ))
-        }
-        Method::Invite | Method::Message => {
-            return Disposition::Respond(Answer::new(
-                status::NOT_FOUND,
-                "Not Found (no endpoint by that name)",
-            ))
-        }
-        m if m.is_in_call() => {
-            return Disposition::Respond(Answer::new(
-                status::CALL_DOES_NOT_EXIST,
-                "Call/Transaction Does Not Exist",
-            ))
-        }
-        _ => {
-            return Disposition::Respond(
-                Answer::new(status::NOT_IMPLEMENTED, "Not Implemented")
-                    .with("Allow", ALLOWED_METHODS),
-            );
-        }
-    }
-    let unsupported: Vec<&str> = request
-        .tokens(HeaderName::Require)
-        .filter_map(Result::ok)
-        .filter(|t| !SUPPORTED_OPTIONS.iter().any(|s| s.eq_ignore_ascii_case(t)))
-        .collect();
-    if !unsupported.is_empty() {
-        return Disposition::Respond(
-            Answer::new(status::BAD_EXTENSION, "Bad Extension")
-                .with("Unsupported", unsupported.join(", ")),
-        );
-    }
-    if !request.body().is_empty() {
-        let accepted = request.content_type().ok().flatten().is_some_and(|ct| {
-            ACCEPTED_BODIES
-                .split(", ")
-                .any(|a| !a.is_empty() && ct.is(a))
-        });
-        if !accepted {
-            return Disposition::Respond(
-                Answer::new(status::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type")
-                    .with("Accept", ACCEPTED_BODIES),
-            );
-        }
-    }
-    if method != Method::Options {
-        return Disposition::Deliver;
-    }
-    Disposition::Respond(
-        Answer::new(status::OK, "OK")
-            .with("Allow", ALLOWED_METHODS)
-            .with("Accept", ACCEPTED_BODIES)
-            .with("Supported", SUPPORTED_OPTIONS.join(", "))
-            .with("Allow-Events", ALLOWED_EVENTS),
-    )
 }
 
 /// Decides the response to bytes that did not parse, when their header

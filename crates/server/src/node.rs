@@ -32,7 +32,6 @@ use porchlight_node::presence::PresenceService;
 use porchlight_node::status::{
     warn_if_expiring, CaptureStatus, Query, RefusedCount, Status, StoreStatus,
 };
-use porchlight_node::uas::LocalNames;
 use porchlight_node::webhook::Outcome;
 
 use crate::backlog::{Backlogs, Held};
@@ -156,26 +155,8 @@ impl Node {
         let (transport, received) = Transport::bind(transport_config)
             .await
             .map_err(StartError::Bind)?;
-        let local = LocalNames {
-            hosts: config
-                .node
-                .domains
-                .iter()
-                .chain(&config.node.aliases)
-                .chain(std::iter::once(&config.edge.record_route_host).filter(|h| !h.is_empty()))
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
-            addresses: transport
-                .local_addrs()
-                .iter()
-                .map(|(_, a)| a.ip())
-                .collect(),
-            ports: transport
-                .local_addrs()
-                .iter()
-                .map(|(_, a)| a.port())
-                .collect(),
-        };
+        let listening: Vec<_> = transport.local_addrs().iter().map(|(_, a)| *a).collect();
+        let local = config.local_names(&listening);
         let timers = TimerConfig {
             t1: std::time::Duration::from_millis(config.timers.t1_ms),
             t2: std::time::Duration::from_millis(config.timers.t2_ms),

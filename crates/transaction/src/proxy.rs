@@ -382,6 +382,12 @@ impl<U> ProxyTable<U> {
         })
     }
 
+    /// Whether a branch serves the INVITE server transaction `invite`: a
+    /// CANCEL for it is this proxy's to answer (§16.10).
+    pub fn serves(&self, invite: &ServerKey) -> bool {
+        self.by_server.contains_key(invite)
+    }
+
     /// A CANCEL matched the INVITE server transaction `invite` (§16.10).
     /// None when no branch serves it (the driver answers 481); otherwise
     /// the CANCEL to send now, or nothing yet when no provisional response

@@ -10,14 +10,16 @@
 //! and `deliver` brings calls and IM to endpoints and their apps.
 //!
 //! One SUBSCRIBE, from socket to NOTIFY, in six hops:
-//! 1. the transport parses it off the loop; the driver hands it in as
-//!    [`Input::Received`];
-//! 2. `on_request` judges the source (rate, overload) and the edge routes it
-//!    ([`Edge::route`]: here, proxied, or delivered to an endpoint);
-//! 3. [`answer_request`] finds it is the node's own service and the
-//!    transaction layer opens its server transaction;
-//! 4. [`PresenceService::handle`] admits it (the gate, the policy) and the
-//!    notifier takes the subscription; `respond` answers 200;
+//! 1. `transport/src/udp.rs` (or `stream.rs`) parses it off the loop;
+//!    `server/src/node.rs` `Node::run` hands it in as [`Input::Received`];
+//! 2. `core/mod.rs` `on_request` judges the source (rate, overload) and
+//!    reads its [`Facts`] once (`Core::facts`);
+//! 3. `router.rs` [`router::classify`] decides it is the node's own
+//!    [`Service::Subscribe`](crate::router::Service); the transaction layer
+//!    opens its server transaction;
+//! 4. `presence/services.rs` `PresenceService::handle` admits it (the
+//!    gate, the policy) and the notifier takes the subscription; `respond`
+//!    answers 200;
 //! 5. [`Core::poll_output`] flushes: the 200 from the transaction layer,
 //!    then the first NOTIFY, written once by the notifier and handed to a
 //!    client transaction as written ([`TransactionLayer::send_written`]);
@@ -48,18 +50,17 @@ use crate::clock::Now;
 use crate::cluster::{ClusterView, Share, Shared};
 use crate::config::Config;
 use crate::delivery::Delivery;
-use crate::edge::{
-    self, domain_of, partner_of, DialogSide, Direction, Edge, Parties, Route, NO_PARTNER,
-};
+use crate::edge::{self, domain_of, partner_of, DialogSide, Direction, Edge, NO_PARTNER};
 use crate::history::History;
 use crate::im_session::{first_text_of, ImSessions, InSession, OurSide, SessionKey};
 use crate::outbound::{Dialer, Dispatch, NextHop, Parked, Reach};
 use crate::overload::{Load, Overload, OverloadLimits, Transition};
 use crate::presence::{modality_of, parse_own, PresenceService};
+use crate::router::{self, Facts, Holder, RouteCtx, Source};
 use crate::status::{
     warn_if_expiring, PartnerCounts, Query, RefusedCount, Reply, SentMessage, Status,
 };
-use crate::uas::{answer_malformed, answer_request, Disposition, LocalNames, SERVER};
+use crate::uas::{answer_malformed, LocalNames, SERVER};
 use crate::webhook::{Outcome, WebhookMessage};
 use crate::wire::{self, response_target, BranchKind};
 
@@ -693,7 +694,7 @@ impl Core {
     /// Keeps a sample of `status` (the driver's, with what the transport
     /// counts) taken at `at` (Unix seconds) for the console's charts.
     pub fn record_history(&mut self, at: i64, status: &Status) {
-        self.history.record(at, status);
+        self.history.record(status.sample(at));
     }
 
     /// How often the driver is to call [`record_history`](Self::record_history).
@@ -1011,101 +1012,88 @@ impl Core {
             self.partners.count(partner, false);
         }
         let target = response_target(&request, &origin);
-        let reliable = origin.protocol.is_reliable();
-        let mut disposition = None;
-        if request.validate_request().is_ok() {
-            if request.method_kind() == Some(Method::Cancel)
-                && self.cancel(&request, &origin, &target, now)
-            {
-                return;
-            }
-            if let Some(session) = SessionKey::of(&request)
-                .filter(|k| !self.sessions.is_empty() && self.sessions.contains(k))
-            {
+        let facts = self.facts(&request, &origin);
+        let dispatch = router::classify(&facts, &self.route_ctx());
+        let answer = match dispatch {
+            router::Dispatch::Cancel => return self.cancel(&request, &origin, &target, now),
+            router::Dispatch::InSession => {
+                let session = SessionKey::of(&request).expect("a session's request has its key");
                 return self.in_session(session, request, origin, target, now);
             }
-            let new_call = matches!(
-                request.method_kind(),
-                Some(Method::Invite | Method::Message)
-            );
-            // Edge mode asks of every request whether its target is an
-            // endpoint (endpoints stay here); otherwise only calls and IM do.
-            let to_endpoint = (new_call || self.edge.internal.is_some())
-                .then(|| request.request_uri())
-                .flatten()
-                .and_then(|uri| self.presence.directory().resolve(uri));
-            let parties = Parties {
-                to_endpoint: to_endpoint.is_some(),
-                from_endpoint: new_call
-                    && !self.presence.speaks_for_inside(&origin)
-                    && self.presence.sent_by_endpoint(&request, &origin),
-            };
-            match self.edge.route(
-                &request,
-                &origin,
-                &self.local,
-                self.presence.policy(),
-                parties,
-            ) {
-                Route::Local => {
-                    if let Some(hop) = self.holder_hop(&request) {
-                        return self.proxy_request(request, origin, target, hop, now);
-                    }
-                }
-                Route::Refuse(answer) => disposition = Some(Disposition::Respond(answer)),
-                Route::Forward(hop) => {
-                    return self.proxy_request(request, origin, target, hop, now)
-                }
-                Route::Deliver { consumed_routes } => {
-                    let endpoint = to_endpoint.expect("delivered requests name an endpoint");
-                    return self.deliver(request, origin, target, endpoint, consumed_routes, now);
-                }
+            router::Dispatch::Proxy(hop) => {
+                return self.proxy_request(request, origin, target, hop, now)
             }
-        }
-        let disposition = match disposition.unwrap_or_else(|| answer_request(&request, &self.local))
-        {
-            Disposition::Respond(answer)
-                if answer.code == 404
-                    && self.presence.hides_missing_endpoint(&request, &origin) =>
-            {
-                // As an endpoint's would be: the hop count comes first (§16.3).
-                Disposition::Respond(if request.max_forwards().ok().flatten() == Some(0) {
-                    Answer::new(status::TOO_MANY_HOPS, "Too Many Hops")
-                } else {
-                    Answer::new(status::FORBIDDEN, "Forbidden")
-                })
-            }
-            disposition => disposition,
+            router::Dispatch::Deliver {
+                endpoint,
+                consumed_routes,
+            } => return self.deliver(request, origin, target, endpoint, consumed_routes, now),
+            router::Dispatch::Absorb => None,
+            router::Dispatch::Answer(answer) => Some(Ok(answer)),
+            router::Dispatch::Service(service) => Some(Err(service)),
         };
+        let reliable = origin.protocol.is_reliable();
         match self
             .layer
             .receive_request(&request, NextHop::Direct(target.clone()), reliable, now)
         {
             Ok(RequestMatch::New(key)) => {
-                let answer = match disposition {
-                    Disposition::Respond(answer) => answer,
-                    Disposition::Deliver => self.presence.handle(&request, &origin, now),
-                    Disposition::Absorb => return,
+                let answer = match answer {
+                    Some(Ok(answer)) => answer,
+                    Some(Err(service)) => self
+                        .presence
+                        .handle(service, &request, &origin, &facts, now),
+                    None => return,
                 };
                 self.respond(&key, &request, &origin, &answer, now);
             }
             Ok(_) => {}
             // Too malformed for a transaction key: answer statelessly.
             Err(_) => {
-                let answer = match disposition {
-                    Disposition::Respond(answer) => Some(answer),
-                    Disposition::Deliver => Some(Answer::new(
-                        status::BAD_REQUEST,
-                        "Bad Request (no transaction key)",
-                    )),
-                    Disposition::Absorb => None,
-                };
+                let answer = answer.map(|answer| {
+                    answer.unwrap_or_else(|_| {
+                        Answer::new(status::BAD_REQUEST, "Bad Request (no transaction key)")
+                    })
+                });
                 if let Some(answer) = answer {
                     let bytes = self.render(&request, &origin, &answer);
                     self.send_detached(target, bytes);
                 }
             }
         }
+    }
+
+    /// What the router reads requests with: the node's names, its edge,
+    /// the policy in force and whether it may take subscriptions.
+    fn route_ctx(&self) -> RouteCtx<'_> {
+        RouteCtx {
+            local: &self.local,
+            edge: &self.edge,
+            policy: self.presence.policy(),
+            own_domains: self.presence.own_domains(),
+            fenced: self.presence.fenced(),
+        }
+    }
+
+    /// The facts of a request: what it and its origin say, and what the
+    /// node's state says of it — each looked up once.
+    fn facts<'m>(&self, request: &'m Message, origin: &Origin) -> Facts<'m> {
+        let ctx = self.route_ctx();
+        let mut facts = Facts::read(request, Source::of(origin, &ctx), &ctx);
+        let directory = self.presence.directory();
+        facts.endpoint = request.request_uri().and_then(|uri| directory.resolve(uri));
+        facts.from_endpoint = facts.is_new_call()
+            && !facts.source.is_inside()
+            && self.presence.sent_by_endpoint(request, origin);
+        facts.in_session = facts.in_dialog
+            && !self.sessions.is_empty()
+            && SessionKey::of(request).is_some_and(|k| self.sessions.contains(&k));
+        facts.cancels_proxied = facts.method == Method::Cancel
+            && !self.proxy.is_empty()
+            && ServerKey::of(request).is_ok_and(|k| self.proxy.serves(&k.cancelled_invite()));
+        if facts.method == Method::Subscribe {
+            facts.held_by = self.holder(request);
+        }
+        facts
     }
 
     /// Our Via (without branch) for a request sent to `next`.

@@ -6,20 +6,20 @@ use super::*;
 
 impl Core {
     /// A CANCEL for an INVITE this node proxies (§16.10): 200 for the
-    /// CANCEL, and the CANCEL goes on downstream. False when no proxied
-    /// INVITE matches (the node answers it as its own).
+    /// CANCEL, and the CANCEL goes on downstream. The router sends here
+    /// only a CANCEL whose INVITE a branch serves.
     pub(super) fn cancel(
         &mut self,
         request: &Message,
         origin: &Origin,
         target: &Target,
         now: Instant,
-    ) -> bool {
+    ) {
         let Ok(key) = ServerKey::of(request) else {
-            return false;
+            return;
         };
         let Some(downstream) = self.proxy.cancel(&key.cancelled_invite()) else {
-            return false;
+            return;
         };
         let reliable = origin.protocol.is_reliable();
         if let Ok(RequestMatch::New(own)) =
@@ -31,7 +31,6 @@ impl Core {
         if let Some(action) = downstream {
             self.apply(action, now);
         }
-        true
     }
 
     /// Opens the server transaction of a request this node proxies or
@@ -126,29 +125,33 @@ impl Core {
         }
     }
 
-    /// Where a refresh goes that names a subscription another live member
-    /// of the cluster made in its current run: to that member, over TCP at
-    /// its internal address, as a proxy in the dialog. A subscription whose
-    /// node is gone, or not yet known here, gets none: it is answered 503
-    /// with Retry-After, and the node that takes it over answers the retry.
-    pub(super) fn holder_hop(&self, request: &Message) -> Option<edge::Forward> {
-        if request.method_kind() != Some(Method::Subscribe) {
-            return None;
-        }
+    /// Where the subscription a refresh names is held when another node
+    /// made it: a live member of the cluster in the run that made it, at
+    /// its internal address (the refresh is proxied there over TCP, in the
+    /// dialog), or a node that is gone or not yet known here (answered 503
+    /// with Retry-After; the node that takes it over answers the retry).
+    pub(super) fn holder(&self, request: &Message) -> Option<Holder> {
         let origin = self.presence.made_elsewhere(request)?;
-        let (node, era) = origin.split_once('-')?;
-        let holder = self.cluster.as_ref()?.members.iter().find(|m| {
-            !m.this_node
-                && m.lease_left_ms.is_some()
-                && m.node.to_string() == node
-                && m.era.to_string() == era
-        })?;
-        let addr = holder.internal.parse().ok()?;
-        Some(edge::Forward {
-            next: NextHop::address(Protocol::Tcp, addr),
-            consumed_routes: 0,
-            direction: Direction::InDialog,
-        })
+        let live = || -> Option<std::net::SocketAddr> {
+            let (node, era) = origin.split_once('-')?;
+            let holder = self.cluster.as_ref()?.members.iter().find(|m| {
+                !m.this_node
+                    && m.lease_left_ms.is_some()
+                    && m.node.to_string() == node
+                    && m.era.to_string() == era
+            })?;
+            holder.internal.parse().ok()
+        };
+        Some(live().map_or_else(
+            || {
+                tracing::debug!(
+                    origin,
+                    "a refresh for a subscription of a node that is gone or not yet known here"
+                );
+                Holder::Away
+            },
+            Holder::Member,
+        ))
     }
 
     /// Sends the copy of an admitted request on through a client

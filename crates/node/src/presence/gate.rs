@@ -149,42 +149,22 @@ impl PresenceService {
             .is_some_and(|(slot, e)| delivery::sent_by(e, self.registrar.bindings(slot), origin))
     }
 
-    /// Whether an outsider's new request (a subscription, a call, IM) to
-    /// an endpoint that does not exist should get 403 rather than 404
-    /// (`hide_missing_endpoints`).
-    pub fn hides_missing_endpoint(&self, request: &Message, origin: &Origin) -> bool {
-        let in_dialog = request.to().is_ok_and(|to| to.tag().is_some());
-        let batched = request
-            .content_type()
-            .ok()
-            .flatten()
-            .is_some_and(|ct| ct.is("application/msrtc-adrl-categorylist+xml"));
-        self.policy.edge.hide_missing_endpoints
-            && !in_dialog
-            && !batched
-            && !self.speaks_for_inside(origin)
-            && self
-                .directory
-                .resolve(request.request_uri().unwrap_or_default())
-                .is_none()
-    }
-
-    /// Whether a stranger's new subscription to an existing endpoint is
-    /// one the policy refuses, when missing endpoints are hidden: it is
+    /// Whether a stranger's new subscription (the caller checks it is one)
+    /// to an existing endpoint is one the policy refuses, when missing
+    /// endpoints are hidden: it is
     /// refused before anything in it is checked, as a missing one is, so a
     /// malformed request cannot tell the two apart. The refusal is
     /// recorded like any other.
-    pub(super) fn hides_refused(&mut self, request: &Message, origin: &Origin) -> bool {
-        if !self.policy.edge.hide_missing_endpoints
-            || self.speaks_for_inside(origin)
-            || request.to().is_ok_and(|to| to.tag().is_some())
-        {
+    pub(super) fn hides_refused(
+        &mut self,
+        request: &Message,
+        origin: &Origin,
+        endpoint: Option<usize>,
+    ) -> bool {
+        if !self.policy.edge.hide_missing_endpoints {
             return false;
         }
-        let Some(endpoint) = self
-            .directory
-            .resolve(request.request_uri().unwrap_or_default())
-        else {
+        let Some(endpoint) = endpoint else {
             return false;
         };
         let watcher = request.from().map(|f| f.uri.as_str()).unwrap_or_default();

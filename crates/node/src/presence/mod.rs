@@ -329,13 +329,7 @@ impl PresenceService {
             publications,
             xml,
             max_note_bytes: p.max_note_bytes,
-            own_domains: config
-                .node
-                .domains
-                .iter()
-                .chain(&config.node.aliases)
-                .map(|d| d.to_ascii_lowercase())
-                .collect(),
+            own_domains: config.own_domains(),
             keepalives: HashMap::new(),
             keepalive_seq: 0,
             salt,
@@ -530,6 +524,12 @@ impl PresenceService {
     /// [`edge::speaks_for_inside`]).
     pub fn speaks_for_inside(&self, origin: &Origin) -> bool {
         edge::speaks_for_inside(&self.policy, &self.own_domains, origin)
+    }
+
+    /// This node's domains and aliases, lower-case: a certificate naming
+    /// only these (or hosts under them) is the inside's.
+    pub fn own_domains(&self) -> &[String] {
+        &self.own_domains
     }
 
     /// Feeds a response to a request this service sent. False when it was

@@ -2,53 +2,64 @@
 //! guessing guard), PUBLISH and SERVICE.
 
 use super::*;
+use crate::router::{Facts, Service};
 use porchlight_sip::status;
 
 impl PresenceService {
-    /// Answers a SUBSCRIBE, PUBLISH, SERVICE or REGISTER.
-    pub fn handle(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
-        match request.method_kind().unwrap_or(Method::Other("")) {
-            Method::Subscribe => {
-                if let Some(answer) = self.held_elsewhere(request) {
-                    return answer;
-                }
-                if self.hides_missing_endpoint(request, origin)
-                    || self.hides_refused(request, origin)
-                {
-                    return Answer::new(status::FORBIDDEN, "Forbidden");
-                }
-                let mut flow = flow_info(origin, request);
-                let inside = self.speaks_for_inside(origin);
-                // A federated watcher is reached through its partner's
-                // edge, by name: NOTIFYs survive the connection closing.
-                if !inside {
-                    let from = request.from().map(|f| domain_of(f.uri.as_str()));
-                    if let Some(partner) = from
-                        .ok()
-                        .and_then(|d| edge::partner_of(&self.policy, origin, &d))
-                    {
-                        flow.flow = NextHop::Partner(partner);
-                    }
-                }
-                let (directory, policy, admission) =
-                    (&self.directory, &self.policy, &mut self.admission);
-                self.notifier.subscribe(
-                    request,
-                    flow,
-                    &|uri| directory.resolve(uri).map(|i| i as u32),
-                    &mut |endpoint, watcher| {
-                        authorize_subscription(
-                            policy, directory, admission, inside, origin, endpoint, watcher,
-                        )
-                    },
-                    now,
-                )
-            }
-            Method::Register => self.register(request, origin, now),
-            Method::Publish => self.publish(request, origin, now),
-            Method::Service => self.service(request, origin, now),
-            _ => Answer::new(status::NOT_IMPLEMENTED, "Not Implemented"),
+    /// Answers what the router handed to one of the node's services; its
+    /// facts say who sent it and which endpoint it names.
+    pub fn handle(
+        &mut self,
+        service: Service,
+        request: &Message,
+        origin: &Origin,
+        facts: &Facts<'_>,
+        now: Instant,
+    ) -> Answer {
+        match service {
+            Service::Subscribe => self.subscribe(request, origin, facts, now),
+            Service::Register => self.register(request, origin, now),
+            Service::Publish => self.publish(request, origin, now),
+            Service::Service => self.service(request, origin, now),
         }
+    }
+
+    /// Takes a subscription, new or refreshed, through the gate.
+    fn subscribe(
+        &mut self,
+        request: &Message,
+        origin: &Origin,
+        facts: &Facts<'_>,
+        now: Instant,
+    ) -> Answer {
+        let inside = facts.source.is_inside();
+        if !inside && !facts.in_dialog && self.hides_refused(request, origin, facts.endpoint) {
+            return Answer::new(status::FORBIDDEN, "Forbidden");
+        }
+        let mut flow = flow_info(origin, request);
+        // A federated watcher is reached through its partner's edge, by
+        // name: NOTIFYs survive the connection closing.
+        if !inside {
+            let from = request.from().map(|f| domain_of(f.uri.as_str()));
+            if let Some(partner) = from
+                .ok()
+                .and_then(|d| edge::partner_of(&self.policy, origin, &d))
+            {
+                flow.flow = NextHop::Partner(partner);
+            }
+        }
+        let (directory, policy, admission) = (&self.directory, &self.policy, &mut self.admission);
+        self.notifier.subscribe(
+            request,
+            flow,
+            &|uri| directory.resolve(uri).map(|i| i as u32),
+            &mut |endpoint, watcher| {
+                authorize_subscription(
+                    policy, directory, admission, inside, origin, endpoint, watcher,
+                )
+            },
+            now,
+        )
     }
 
     /// Password guesses refused unchecked, and wrong passwords, since start.

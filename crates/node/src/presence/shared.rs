@@ -66,11 +66,6 @@ impl Sharing {
     }
 }
 
-/// How long a watcher whose subscription another node holds is asked to
-/// wait before trying again: that node answers once the request reaches
-/// it, or has been taken over by then.
-const HELD_ELSEWHERE_RETRY_SECS: u32 = 5;
-
 impl PresenceService {
     /// Joins a cluster as node `node` in its `era` (which changes each
     /// time another node takes this one's subscriptions over): from now on
@@ -126,26 +121,10 @@ impl PresenceService {
         self.notifier.foreign_origin(tag)
     }
 
-    /// The answer to a SUBSCRIBE this node must not take: while fenced, or
-    /// a refresh of a subscription another node made (which that node, or
-    /// the one that takes it over, answers). Never 481, which would end the
-    /// watcher's subscription while its holder may be alive.
-    pub(super) fn held_elsewhere(&self, request: &Message) -> Option<Answer> {
-        let foreign = self.made_elsewhere(request);
-        if !self.fenced && foreign.is_none() {
-            return None;
-        }
-        if let Some(origin) = foreign {
-            tracing::debug!(
-                origin,
-                "a refresh for a subscription of a node that is gone or not yet known here"
-            );
-        }
-        let mut answer = Answer::new(status::SERVICE_UNAVAILABLE, "Service Unavailable");
-        answer
-            .headers
-            .push(("Retry-After", HELD_ELSEWHERE_RETRY_SECS.to_string()));
-        Some(answer)
+    /// Whether this node's lease is too old for it to notify: it takes no
+    /// subscription then.
+    pub fn fenced(&self) -> bool {
+        self.fenced
     }
 
     /// Takes over subscriptions another node made (its lease lapsed), with
