@@ -468,7 +468,7 @@ fn a_redis_master_lost_planned_or_killed_loses_no_presence() {
             start(
                 &format!("cluster-failover-{n}"),
                 // The whole suite shares the machine: failovers are slow,
-                // and the lease outlasts them as the README asks.
+                // and the lease outlasts them as docs/cluster.md asks.
                 &node_config(&redis, "failover", n, 12000),
             )
         })
