@@ -41,16 +41,19 @@ fi
 # raise the hard limit, anyone the soft one up to it.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-# The node's core (crates/node) does no I/O: its Cargo.toml has no async
-# runtime or network crate, so the compiler refuses them; its clippy.toml
-# disallows reading a clock (the driver passes the time in); and its state
-# machine touches no file, thread or socket.
-if cargo tree -p porchlight-node -e normal | grep -qE '^.* (tokio|mio|hyper|hickory)'; then
-  echo "porchlight-node depends on an async runtime or network crate" >&2
+# The node's core (crates/node) does no I/O: none of its dependencies is
+# an async runtime, a socket or HTTP library, a DNS resolver, a store's
+# engine or OS randomness, so the compiler refuses them; its clippy.toml
+# disallows reading a clock (the driver passes the time in); and no file
+# of it touches a file, thread, socket, process or the environment.
+io_crates='tokio|mio|async-std|smol|hyper|axum|ureq|reqwest|socket2|hickory-[a-z]+|rustls|tokio-rustls|redis|fjall|lsm-tree|getrandom|rand|rand_core'
+if cargo tree -p porchlight-node -e normal --prefix none | grep -qE "^($io_crates) "; then
+  echo "porchlight-node depends on an I/O crate:" >&2
+  cargo tree -p porchlight-node -e normal --prefix none | grep -E "^($io_crates) " >&2
   exit 1
 fi
-if grep -nE 'std::(fs|thread|net::(Udp|Tcp))' crates/node/src/core/*.rs; then
-  echo "crates/node/src/core does I/O; do it in the driver (crates/server)" >&2
+if grep -rnE 'std::(fs|thread|process|env|net::(Udp|Tcp))|File::(open|create)' crates/node/src; then
+  echo "crates/node does I/O; do it in the driver (crates/server)" >&2
   exit 1
 fi
 

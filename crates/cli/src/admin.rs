@@ -15,7 +15,7 @@ use crate::AdminTarget;
 /// are taken from the current directory.
 pub fn config_of(target: &AdminTarget) -> anyhow::Result<Config> {
     Ok(match &target.config {
-        Some(path) => Config::load(path)?,
+        Some(path) => porchlight_server::load_config(path)?,
         None => Config::embedded(),
     })
 }

@@ -352,7 +352,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config, json_logs } => {
             init_logging(json_logs);
             let config = match &config {
-                Some(path) => Config::load(path)?,
+                Some(path) => porchlight_server::load_config(path)?,
                 None => Config::embedded(),
             };
             raise_descriptor_limit(config.limits.max_connections);
@@ -531,7 +531,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
-            Config::load(&file)?;
+            porchlight_server::load_config(&file)?;
             println!("{}: valid", file.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -931,7 +931,7 @@ pub fn endpoint_list(target: &AdminTarget) -> anyhow::Result<String> {
 /// Hands a stopped node's state, from its store at `store_dir`, to the
 /// cluster its configuration names; what happened, for the admin.
 pub fn cluster_init(config_path: &Path, store_dir: &Path) -> anyhow::Result<String> {
-    let config = Config::load(config_path)?;
+    let config = porchlight_server::load_config(config_path)?;
     let Some(cluster) = config.cluster.clone() else {
         bail!(
             "cluster init: {} has no [cluster] section: add the one this node will join with \

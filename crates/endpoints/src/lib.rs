@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use guesses::{Gate, GuessGuard, GuessLimits, Lockout};
 pub use registrar::{
     Binding, Credentials, NotAuthenticated, Registrar, RegistrarConfig, SavedBinding,
+    SavedRegistration,
 };
 pub use schedule::{Schedule, ScheduleConfig, ScheduleError};
 

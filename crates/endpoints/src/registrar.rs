@@ -28,6 +28,11 @@ pub struct Binding<F> {
     pub next_keepalive: Instant,
 }
 
+/// A registered contact as saved: its flow in words, as for
+/// subscriptions. The node hands these to the store and gets them back at
+/// start, without knowing how the store keeps them.
+pub type SavedRegistration = SavedBinding<porchlight_presence::FlowInfo<String>>;
+
 /// A binding as the store keeps it: what a restarted node needs to go on
 /// counting the endpoint as registered and keep probing its contact.
 #[derive(Clone, Debug, PartialEq, Eq)]

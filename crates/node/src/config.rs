@@ -1048,14 +1048,12 @@ impl Config {
         salt ^ self.cluster.as_ref().map_or(0, |c| u64::from(c.node_id))
     }
 
-    /// Reads and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+    /// Validates the text of the configuration file at `path` (which the
+    /// caller read: this crate touches no file), resolving relative paths
+    /// from its directory.
+    pub fn from_file_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let base = path.parent().unwrap_or(Path::new(".")).to_owned();
-        Config::parse(&text, &path.display().to_string(), &base)
+        Config::parse(text, &path.display().to_string(), &base)
     }
 
     /// Parses and validates configuration text.

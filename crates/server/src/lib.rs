@@ -24,3 +24,13 @@ pub mod status {
     pub use porchlight_node::status::*;
 }
 pub use status::NodeHandle;
+
+/// Reads and validates a configuration file. The node's crate reads no
+/// file, so the reading is done here, by the crate that does I/O.
+pub fn load_config(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Config::from_file_text(&text, path)
+}

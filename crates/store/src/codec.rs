@@ -19,8 +19,7 @@ const REGISTRATION_LAYOUT: u8 = 1;
 /// The layout version written first in every publications value.
 const PUBLICATION_LAYOUT: u8 = 1;
 
-/// A registered contact as saved: its flow in words, as for subscriptions.
-pub type SavedRegistration = SavedBinding<FlowInfo<String>>;
+pub use porchlight_endpoints::SavedRegistration;
 
 /// Why a stored value could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use porchlight_endpoints::digest::DigestAuth;
 use porchlight_endpoints::{
     Change, Credentials, Directory, Endpoint, EndpointSet, Gate, GuessGuard, HealthConfig, Lockout,
-    Registrar, RegistrarConfig, SavedBinding, Sources,
+    Registrar, RegistrarConfig, SavedBinding, SavedRegistration, Sources,
 };
 use porchlight_link::Origin;
 use porchlight_policy::{
@@ -37,7 +37,6 @@ use porchlight_presence::{
 };
 use porchlight_sip::status;
 use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Method};
-use porchlight_store::SavedRegistration;
 use porchlight_transaction::ClientKey;
 
 use crate::admission::{Admission, DecisionCount, DecisionRecord, Way};
