@@ -554,3 +554,104 @@ fn the_history_keeps_the_last_hour_of_samples_and_the_busiest_partners() {
     assert_eq!(kept[0], "p19.example");
     assert_eq!(last.partners[0].requests, 20);
 }
+
+/// The final answers among what was sent (an INVITE's 100 Trying left out).
+fn finals(sent: &[(Target, Message)]) -> Vec<u16> {
+    statuses(sent).into_iter().filter(|c| *c >= 200).collect()
+}
+
+/// A request of `method` to `uri` from fabrikam.com's edge.
+fn from_partner(method: &str, uri: &str, call_id: &str) -> String {
+    format!(
+        "{method} {uri} SIP/2.0\n\
+         Via: SIP/2.0/TLS edge.fabrikam.com;branch=z9hG4bK{call_id}\n\
+         Max-Forwards: 70\nFrom: <sip:bob@fabrikam.com>;tag=b1\nTo: <{uri}>\n\
+         Call-ID: {call_id}\nCSeq: 1 {method}\nContact: <sip:bob@192.0.2.10>\n\
+         Event: presence\nContent-Length: 0\n\n"
+    )
+}
+
+#[test]
+fn the_router_answers_what_the_node_answers_itself_through_a_transaction() {
+    let mut h = Harness::new(&config(&[], ""));
+    let fabrikam = partner();
+    // (request, the answer, a header it must carry)
+    let cases = [
+        ("OPTIONS", "sip:contoso.com", 200, Some("Allow-Events")),
+        ("FROB", "sip:contoso.com", 501, Some("Allow")),
+        ("CANCEL", "sip:helpdesk@contoso.com", 481, None),
+        ("BYE", "sip:helpdesk@contoso.com", 481, None),
+        ("INVITE", "sip:nobody@contoso.com", 404, None),
+        ("MESSAGE", "sip:carol@northwind.example", 403, None),
+    ];
+    for (i, (method, uri, code, header)) in cases.into_iter().enumerate() {
+        h.receive(&from_partner(method, uri, &format!("r{i}")), &fabrikam);
+        let sent = h.take_sent();
+        assert_eq!(finals(&sent), [code], "{method} {uri}");
+        if let Some(header) = header {
+            let answer = sent
+                .iter()
+                .map(|(_, m)| m)
+                .find(|m| m.status() == Some(code));
+            assert!(
+                text(answer.unwrap()).contains(&format!("\r\n{header}: ")),
+                "{method}"
+            );
+        }
+        // A retransmission gets the same answer, from the transaction.
+        h.receive(&from_partner(method, uri, &format!("r{i}")), &fabrikam);
+        assert_eq!(finals(&h.take_sent()), [code], "{method} again");
+    }
+}
+
+#[test]
+fn a_missing_endpoint_is_hidden_from_a_partner_and_not_from_the_inside() {
+    let mut h = Harness::new(&config(
+        &[(
+            "hide_missing_endpoints = false",
+            "hide_missing_endpoints = true",
+        )],
+        "",
+    ));
+    for method in ["SUBSCRIBE", "INVITE", "MESSAGE"] {
+        h.receive(
+            &from_partner(method, "sip:nobody@contoso.com", method),
+            &partner(),
+        );
+        assert_eq!(finals(&h.take_sent()), [403], "{method}");
+    }
+    // The one that exists is served, so the 403 says nothing of it.
+    h.receive(
+        &subscribe("known", "sip:bob@fabrikam.com", "TLS edge.fabrikam.com", 60),
+        &partner(),
+    );
+    assert_eq!(finals(&h.take_sent()), [200]);
+    h.receive(
+        &subscribe("inside", "sip:alice@contoso.com", "UDP 127.0.0.1:5070", 60)
+            .replace("helpdesk@", "nobody@"),
+        &inside(),
+    );
+    assert_eq!(finals(&h.take_sent()), [404], "the inside is told");
+}
+
+#[test]
+fn a_fenced_node_asks_new_watchers_to_come_back_rather_than_refusing_them() {
+    let mut h = Harness::new(&config(&[], ""));
+    h.core.handle(h.now, Input::Fenced(true));
+    h.drain();
+    h.receive(
+        &subscribe("fenced", "sip:alice@contoso.com", "UDP 127.0.0.1:5070", 60),
+        &inside(),
+    );
+    let sent = h.take_sent();
+    assert_eq!(finals(&sent), [503]);
+    assert!(text(&sent[0].1).contains("\r\nRetry-After: 5\r\n"));
+    assert!(requests(&sent, "NOTIFY").is_empty());
+    h.core.handle(h.now, Input::Fenced(false));
+    h.drain();
+    h.receive(
+        &subscribe("later", "sip:alice@contoso.com", "UDP 127.0.0.1:5070", 60),
+        &inside(),
+    );
+    assert_eq!(finals(&h.take_sent()), [200]);
+}
