@@ -223,7 +223,7 @@ impl Edge {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use porchlight_link::{IdentitySource, PeerIdentity};
 
@@ -231,9 +231,15 @@ mod tests {
         toml::from_str(r#"edge = { trusted_networks = ["10.0.0.0/8"] }"#).unwrap()
     }
 
-    fn from(source: &str, peer: Option<&str>) -> Origin {
+    /// A request's origin at `source`, over mutual TLS with a certificate
+    /// proving `peer` when there is one (for the router's tests too).
+    pub(crate) fn origin_at(source: &str, peer: Option<&str>) -> Origin {
         Origin {
-            protocol: Protocol::Tls,
+            protocol: if peer.is_some() {
+                Protocol::Tls
+            } else {
+                Protocol::Udp
+            },
             source: source.parse().unwrap(),
             local: "10.0.0.2:5061".parse().unwrap(),
             connection: None,
@@ -249,7 +255,7 @@ mod tests {
 
     #[test]
     fn a_certificate_outranks_a_trusted_address() {
-        let inside = |peer| from("10.0.0.7:40000", peer);
+        let inside = |peer| origin_at("10.0.0.7:40000", peer);
         let own = ["contoso.com".to_owned()];
         assert!(speaks_for_inside(&policy(), &own, &inside(None)));
         assert!(
@@ -269,7 +275,7 @@ mod tests {
         assert!(!speaks_for_inside(
             &policy(),
             &own,
-            &from("192.0.2.9:40000", None)
+            &origin_at("192.0.2.9:40000", None)
         ));
     }
 

@@ -2,8 +2,8 @@
 //! says of it, and where it must go. Each row names the rule it checks.
 
 use super::*;
+use crate::edge::tests::origin_at;
 use bytes::Bytes;
-use porchlight_link::IdentitySource;
 use porchlight_sip::{Framing, Limits};
 
 /// The node of these tests: contoso.com at 10.0.0.2, the inside on
@@ -111,26 +111,6 @@ fn with_body(method: &str, uri: &str, content_type: &str, body: &str) -> Message
         body.len()
     );
     Message::parse(Bytes::from(text), Framing::Stream, &Limits::default()).unwrap()
-}
-
-fn origin_at(source: &str, peer: Option<&str>) -> Origin {
-    Origin {
-        protocol: if peer.is_some() {
-            Protocol::Tls
-        } else {
-            Protocol::Udp
-        },
-        source: source.parse().unwrap(),
-        local: "10.0.0.2:5061".parse().unwrap(),
-        connection: None,
-        peer: peer.map(|d| {
-            Arc::new(PeerIdentity {
-                domains: vec![d.to_owned()],
-                source: IdentitySource::SanDns,
-                not_after: 4_102_444_800,
-            })
-        }),
-    }
 }
 
 /// The inside: a trusted address, no certificate.
