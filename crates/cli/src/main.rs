@@ -33,6 +33,11 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long)]
         json_logs: bool,
+        /// Once every listener is bound, write their addresses here as
+        /// JSON (`udp`, `tcp`, `tls`, `admin`): for scripts that start the
+        /// node on port 0.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
     /// Work with SIP messages.
     Sip {
@@ -349,7 +354,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, json_logs } => {
+        Command::Serve {
+            config,
+            json_logs,
+            ready_file,
+        } => {
             init_logging(json_logs);
             let config = match &config {
                 Some(path) => porchlight_server::load_config(path)?,
@@ -384,6 +393,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     None => None,
                 };
                 let node = Node::start(config).await?;
+                let admin_addr = admin.as_ref().and_then(|(l, _)| l.local_addr().ok());
                 if let Some((listener, token)) = admin {
                     let router = porchlight_admin::router(node.handle(), &token);
                     tokio::spawn(async move {
@@ -391,6 +401,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             tracing::error!("admin API stopped: {e}");
                         }
                     });
+                }
+                if let Some(path) = &ready_file {
+                    node.listening(admin_addr).write(path).with_context(|| {
+                        format!("writing the listening addresses to {}", path.display())
+                    })?;
                 }
                 tokio::select! {
                     () = node.wait() => {}

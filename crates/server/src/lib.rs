@@ -12,7 +12,7 @@ mod node;
 mod persistence;
 mod webhook;
 
-pub use node::{resolver, Node, StartError};
+pub use node::{resolver, Listening, Node, StartError};
 pub use porchlight_node::{check_import, ImportOptions, ImportPlan, ImportRefusal};
 pub use porchlight_node::{config, import, uas};
 pub use porchlight_node::{explain, Config, ConfigError, Provisioned, DEFAULT_CONFIG};

@@ -313,6 +313,17 @@ impl Node {
         self.transport.local_addr(protocol)
     }
 
+    /// Where the node listens, with the admin API's address (bound by the
+    /// caller), as `serve --ready-file` reports it.
+    pub fn listening(&self, admin: Option<SocketAddr>) -> Listening {
+        Listening {
+            udp: self.local_addr(Protocol::Udp),
+            tcp: self.local_addr(Protocol::Tcp),
+            tls: self.local_addr(Protocol::Tls),
+            admin,
+        }
+    }
+
     /// Asks the running node about itself (the admin surface).
     pub fn handle(&self) -> NodeHandle {
         self.handle.clone()
@@ -321,6 +332,32 @@ impl Node {
     /// Runs until the event loop ends.
     pub async fn wait(self) {
         let _ = self.task.await;
+    }
+}
+
+/// The addresses a started node listens on, for scripts and tests that
+/// start it on port 0: read from a file rather than from the log, whose
+/// wording is for people.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Listening {
+    /// SIP over UDP.
+    pub udp: Option<SocketAddr>,
+    /// SIP over TCP.
+    pub tcp: Option<SocketAddr>,
+    /// SIP over TLS.
+    pub tls: Option<SocketAddr>,
+    /// The admin API.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Listening {
+    /// Writes these addresses to `path` as JSON, whole or not at all (a
+    /// reader polling for the file never sees half of it).
+    pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let partial = path.with_extension("partial");
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&partial, json)?;
+        std::fs::rename(&partial, path)
     }
 }
 

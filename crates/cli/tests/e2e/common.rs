@@ -168,9 +168,13 @@ pub fn start_with_file(path: &std::path::Path, dir: PathBuf) -> Server {
 
 /// [`start_with_file`] with more `serve` arguments (e.g. `--json-logs`).
 pub fn start_with_args(path: &std::path::Path, dir: PathBuf, args: &[&str]) -> Server {
+    let ready = dir.join("listening.json");
+    let _ = std::fs::remove_file(&ready);
     let mut child = Command::new(env!("CARGO_BIN_EXE_porchlight"))
         .args(["serve", "--config"])
         .arg(path)
+        .arg("--ready-file")
+        .arg(&ready)
         .args(args)
         .env(
             "RUST_LOG",
@@ -181,56 +185,39 @@ pub fn start_with_args(path: &std::path::Path, dir: PathBuf, args: &[&str]) -> S
         .stderr(Stdio::inherit())
         .spawn()
         .expect("porchlight binary runs");
+    // The log is kept next to the configuration, for diagnosis, and shown
+    // with a failing test's output.
     let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // Shown with a failing test's output.
-            eprintln!("[node] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let (mut udp, mut tcp, mut tls, mut admin) = (None, None, None, None);
-    while udp.is_none() || tcp.is_none() || tls.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server reports its listeners");
-        // An address ends the line in text logs, a JSON string in JSON ones.
-        let address = |rest: &str| -> SocketAddr {
-            let end = rest.find(['"', ' ']).unwrap_or(rest.len());
-            rest[..end].trim().parse().unwrap()
-        };
-        // The admin API is bound, and reported, before the SIP listeners.
-        if let Some(url) = line.split("admin API at http://").nth(1) {
-            admin = Some(address(url.trim()));
-            continue;
-        }
-        let Some(rest) = line.split("listening on ").nth(1) else {
-            continue;
-        };
-        let (proto, addr) = rest.trim().split_once(' ').unwrap();
-        let addr = address(addr);
-        match proto {
-            "UDP" => udp = Some(addr),
-            "TCP" => tcp = Some(addr),
-            _ => tls = Some(addr),
-        }
-    }
-    // Keep the rest of the log next to the configuration, for diagnosis.
     let mut log = std::fs::File::create(dir.join("server.log")).unwrap();
     std::thread::spawn(move || {
         use std::io::Write;
-        while let Ok(line) = rx.recv() {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[node] {line}");
             let _ = writeln!(log, "{line}");
         }
     });
+    // The node says where it listens in a file once everything is bound.
+    let mut listening = None;
+    let bound = eventually(Duration::from_secs(20), || {
+        listening = std::fs::read(&ready)
+            .ok()
+            .and_then(|json| serde_json::from_slice::<porchlight_server::Listening>(&json).ok());
+        listening.is_some() || child.try_wait().unwrap().is_some()
+    });
+    let listening = listening.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!(
+            "the node reported no listeners (bound: {bound}); see {}",
+            dir.display()
+        )
+    });
     Server {
         child,
-        udp: udp.unwrap(),
-        tcp: tcp.unwrap(),
-        tls: tls.unwrap(),
-        admin,
+        udp: listening.udp.expect("a UDP listener"),
+        tcp: listening.tcp.expect("a TCP listener"),
+        tls: listening.tls.expect("a TLS listener"),
+        admin: listening.admin,
         dir,
     }
 }
