@@ -22,6 +22,8 @@ pub mod presence;
 pub mod router;
 pub mod snapshot;
 pub mod status;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod uas;
 pub mod webhook;
 pub mod wire;

@@ -5,7 +5,8 @@
 //! [`Core::poll_output`]; timers go through [`Core::poll_timeout`] and
 //! [`Core::handle_timeout`]. It spawns nothing, reads no clock and awaits
 //! nothing: the driver (`porchlight-server`) owns every socket, task and
-//! thread, and the tests in `tests.rs` run the core in memory. Here is the
+//! thread, and the scenarios in `tests/scenarios` run the core in memory on
+//! the test kit (`testkit`, a feature of this crate). Here is the
 //! boundary and the routing of each request; `proxy` sends requests on
 //! and `deliver` brings calls and IM to endpoints and their apps.
 //!
@@ -1206,6 +1207,3 @@ fn tell(reply: Option<Reply<SentMessage>>, answer: Answer) {
         });
     }
 }
-
-#[cfg(test)]
-mod tests;
