@@ -3,6 +3,10 @@
 //! scripted links, every action looked at). The end-to-end suite keeps
 //! only what real sockets and real peers can show.
 
+// The scenarios time themselves against the real clock, to show that
+// virtual time is what they ran in.
+#![allow(clippy::disallowed_methods)]
+
 mod admin;
 mod cluster;
 mod messaging;
