@@ -1588,7 +1588,11 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) or [`poll`](Self::poll) next has work.
-    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+    /// `sending`: whether the caller polls for NOTIFYs now. One that does
+    /// not (a node fenced off its watchers) gets no deadline for the
+    /// NOTIFYs waiting to go, which would otherwise be due at once, every
+    /// time, and keep its driver spinning.
+    pub fn next_deadline(&self, now: Instant, sending: bool) -> Option<Instant> {
         let from_tenths = |t: u32| self.epoch + Duration::from_millis(u64::from(t) * 100);
         let mut next: Option<Instant> = None;
         let mut consider = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
@@ -1605,7 +1609,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         let pacing_work = (!self.ready.is_empty() || !self.fanouts.is_empty())
             && self.answered_in_flight() < self.config.max_in_flight
             || !self.unanswered_waiting.is_empty() && room;
-        if pacing_work {
+        if sending && pacing_work {
             let wait = if self.tokens >= 1.0 {
                 Duration::ZERO
             } else {

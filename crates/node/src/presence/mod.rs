@@ -642,7 +642,7 @@ impl PresenceService {
     /// When [`handle_timeout`](Self::handle_timeout) or [`poll`](Self::poll) next has work.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         [
-            self.notifier.next_deadline(now),
+            self.notifier.next_deadline(now, !self.fenced),
             self.registrar.next_deadline(),
             self.publications.next_expiry(),
             self.directory

@@ -61,3 +61,100 @@ fn a_webhook_apps_reply_goes_back_to_the_sender() {
         text(reply)
     );
 }
+
+/// The bot receives "hello" from bob@fabrikam.com; the webhook's outcome
+/// is `outcome`; the sender's final answer.
+fn sender_hears(outcome: Outcome) -> porchlight_sip::Message {
+    let mut node = TestNode::new(&config(&[], BOT));
+    let message = Req::new("MESSAGE", "sip:bot@contoso.com")
+        .from("sip:bob@fabrikam.com")
+        .body("text/plain", "hello");
+    node.receive(&message.text(), &partner());
+    node.take_sent();
+    let (delivery, _, _) = posted(&node);
+    node.input(Input::Posted { delivery, outcome });
+    let sent = node.take_sent();
+    let finals: Vec<_> = sent
+        .into_iter()
+        .filter(|(_, m)| m.status().is_some())
+        .collect();
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    finals.into_iter().next().unwrap().1
+}
+
+#[test]
+fn the_sender_hears_what_the_webhook_said() {
+    assert_eq!(sender_hears(Outcome::Refused(404)).status(), Some(480));
+    assert_eq!(sender_hears(Outcome::Unreachable).status(), Some(480));
+    assert_eq!(sender_hears(Outcome::TimedOut).status(), Some(408));
+    let failed = sender_hears(Outcome::Failed(502));
+    assert_eq!(failed.status(), Some(503));
+    assert!(text(&failed).contains("\r\nRetry-After: 30\r\n"));
+    let accepted = sender_hears(Outcome::Delivered {
+        status: 202,
+        reply: None,
+    });
+    assert_eq!(accepted.status(), Some(202));
+}
+
+#[test]
+fn a_partners_message_to_an_app_with_a_static_target_is_proxied_there() {
+    let ivr = "\n[[endpoint]]\nuri = \"sip:ivr@contoso.com\"\ndisplay_name = \"IVR\"\n\
+               sip_target = \"sip:10.0.0.7:5080\"\n";
+    let mut node = TestNode::new(&config(&[], ivr));
+    let message = Req::new("MESSAGE", "sip:ivr@contoso.com")
+        .from("sip:bob@fabrikam.com")
+        .body("text/plain", "menu");
+    node.receive(&message.text(), &partner());
+    let sent = node.take_sent();
+    let out = requests(&sent, "MESSAGE");
+    assert_eq!(out.len(), 1, "{sent:?}");
+    let (to, copy) = out[0];
+    assert_eq!(
+        *to,
+        Target::Address {
+            protocol: porchlight_link::Protocol::Udp,
+            addr: "10.0.0.7:5080".parse().unwrap(),
+            domain: None
+        }
+    );
+    assert_eq!(copy.request_uri(), Some("sip:10.0.0.7:5080"));
+    assert!(
+        text(copy).contains("X-Porchlight-Trust"),
+        "the app is told who the sender is: {}",
+        text(copy)
+    );
+    let copy = copy.clone();
+    node.answer(&copy, 200, &inside());
+    assert_eq!(finals(&node.take_sent()), [200]);
+}
+
+#[test]
+fn a_call_for_an_endpoint_nobody_serves_gets_480() {
+    // The help desk is Online by declaration, but has no app to ring.
+    let mut node = TestNode::new(&config(&[], ""));
+    let call = Req::new("INVITE", "sip:helpdesk@contoso.com").from("sip:bob@fabrikam.com");
+    node.receive(&call.text(), &partner());
+    assert_eq!(finals(&node.take_sent()), [480]);
+}
+
+#[test]
+fn a_forged_trust_header_from_outside_never_reaches_the_app() {
+    let ivr = "\n[[endpoint]]\nuri = \"sip:ivr@contoso.com\"\ndisplay_name = \"IVR\"\n\
+               sip_target = \"sip:10.0.0.7:5080\"\n";
+    let mut node = TestNode::new(&config(&[], ivr));
+    let message = Req::new("MESSAGE", "sip:ivr@contoso.com")
+        .from("sip:bob@fabrikam.com")
+        .header("X-Porchlight-Trust", "peer=contoso.com;verified=yes")
+        .body("text/plain", "menu");
+    node.receive(&message.text(), &partner());
+    let sent = node.take_sent();
+    let (_, copy) = requests(&sent, "MESSAGE")[0];
+    let trust: Vec<String> = text(copy)
+        .lines()
+        .filter(|l| l.starts_with("X-Porchlight-Trust"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(trust.len(), 1, "{trust:?}");
+    assert!(trust[0].contains("fabrikam.com"), "{trust:?}");
+}
