@@ -333,6 +333,23 @@ pub fn finals(sent: &[(Target, Message)]) -> Vec<u16> {
     statuses(sent).into_iter().filter(|c| *c >= 200).collect()
 }
 
+/// The NOTIFYs among `sent`, each once: a retransmission (the same
+/// Call-ID and CSeq) is left out.
+pub fn notifies(sent: &[(Target, Message)]) -> Vec<&Message> {
+    let mut seen = std::collections::HashSet::new();
+    requests(sent, "NOTIFY")
+        .into_iter()
+        .map(|(_, m)| m)
+        .filter(|m| {
+            let key = (
+                m.call_id().unwrap_or_default().to_owned(),
+                m.cseq().map(|c| c.seq).unwrap_or_default(),
+            );
+            seen.insert(key)
+        })
+        .collect()
+}
+
 /// The requests of `method` among `sent`.
 pub fn requests<'a>(sent: &'a [(Target, Message)], method: &str) -> Vec<&'a (Target, Message)> {
     sent.iter()
@@ -395,9 +412,16 @@ impl Req {
         self
     }
 
+    /// The To URI, when it is not the Request-URI (a REGISTER's address
+    /// of record).
+    pub fn to(mut self, uri: &str) -> Req {
+        self.to = format!("<{uri}>");
+        self
+    }
+
     /// A To tag: the request is in a dialog.
     pub fn to_tag(mut self, tag: &str) -> Req {
-        self.to = format!("<{}>;tag={tag}", self.uri);
+        self.to = format!("{};tag={tag}", self.to);
         self
     }
 
@@ -458,4 +482,49 @@ impl Req {
         let _ = write!(text, "Content-Length: {}\r\n\r\n{body}", body.len());
         text
     }
+}
+
+/// What a SIP client answers a digest challenge with (RFC 8760 SHA-256,
+/// `qop=auth`): the Authorization header's value for `method` on `uri` as
+/// `user` with `password`, the `nc`-th use of the challenge's nonce.
+pub fn digest_answer(
+    challenge: &str,
+    method: &str,
+    uri: &str,
+    (user, password): (&str, &str),
+    nc: u32,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let param = |name: &str| {
+        let start = challenge.find(&format!("{name}=\""))? + name.len() + 2;
+        let len = challenge[start..].find('"')?;
+        Some(challenge[start..start + len].to_owned())
+    };
+    let realm = param("realm").expect("a realm");
+    let nonce = param("nonce").expect("a nonce");
+    let hex = |input: String| {
+        Sha256::digest(input.as_bytes())
+            .iter()
+            .fold(String::new(), |mut out, b| {
+                let _ = write!(out, "{b:02x}");
+                out
+            })
+    };
+    let (nc, cnonce) = (format!("{nc:08x}"), "0a4f113b");
+    let ha1 = hex(format!("{user}:{realm}:{password}"));
+    let ha2 = hex(format!("{method}:{uri}"));
+    let response = hex(format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm=SHA-256, qop=auth, nc={nc}, cnonce=\"{cnonce}\""
+    )
+}
+
+/// The SHA-256 challenge among a 401's WWW-Authenticate headers.
+pub fn sha256_challenge(answer: &Message) -> String {
+    text(answer)
+        .lines()
+        .find(|l| l.starts_with("WWW-Authenticate:") && l.contains("SHA-256"))
+        .expect("a SHA-256 challenge")
+        .to_owned()
 }

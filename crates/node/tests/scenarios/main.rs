@@ -13,5 +13,6 @@ mod messaging;
 mod overload;
 mod policy;
 mod proxy;
+mod registration;
 mod requests;
 mod subscriptions;
