@@ -15,4 +15,5 @@ mod policy;
 mod proxy;
 mod registration;
 mod requests;
+mod sources;
 mod subscriptions;

@@ -158,3 +158,113 @@ fn a_forged_trust_header_from_outside_never_reaches_the_app() {
     assert_eq!(trust.len(), 1, "{trust:?}");
     assert!(trust[0].contains("fabrikam.com"), "{trust:?}");
 }
+
+/// The outcome an app that wrote through the API hears.
+fn sent_through_the_api(
+    node: &mut TestNode,
+    to: &str,
+) -> std::sync::mpsc::Receiver<porchlight_node::status::SentMessage> {
+    use porchlight_node::status::{OutgoingMessage, Query, Reply};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reply = Reply::new(move |answer| {
+        let _ = tx.send(answer);
+    });
+    let message = OutgoingMessage {
+        from: "sip:bot@contoso.com".into(),
+        to: to.into(),
+        text: "your ticket is solved".into(),
+        content_type: None,
+    };
+    node.input(Input::Query(Query::SendMessage(message, reply)));
+    rx
+}
+
+#[test]
+fn an_app_writes_first_through_the_api_and_hears_the_recipients_answer() {
+    let mut node = TestNode::new(&config(&[], BOT));
+    let outcome = sent_through_the_api(&mut node, "sip:bob@fabrikam.com");
+    let sent = node.take_sent();
+    let out = requests(&sent, "MESSAGE");
+    assert_eq!(out.len(), 1, "{sent:?}");
+    assert_eq!(out[0].0, Target::Connection(PARTNER));
+    assert_eq!(out[0].1.body(), b"your ticket is solved");
+    assert!(outcome.try_recv().is_err(), "nothing before the answer");
+    let copy = out[0].1.clone();
+    node.answer(&copy, 200, &partner());
+    assert_eq!(outcome.try_recv().expect("the app is told").status, 200);
+}
+
+#[test]
+fn an_app_cannot_write_to_a_domain_the_policy_blocks() {
+    let mut node = TestNode::new(&config(
+        &[(
+            "blocked_domains = []",
+            "blocked_domains = [\"evil.example\"]",
+        )],
+        BOT,
+    ));
+    let outcome = sent_through_the_api(&mut node, "sip:mallory@evil.example");
+    assert!(requests(&node.take_sent(), "MESSAGE").is_empty());
+    assert_eq!(outcome.try_recv().expect("told at once").status, 403);
+}
+
+#[test]
+fn a_partner_found_by_dialling_gets_what_waited_for_it_and_a_dead_one_fails_it() {
+    use porchlight_node::outbound::NextHop;
+    // No verified connection to fabrikam.com yet.
+    let links = ScriptedLinks {
+        verified: Default::default(),
+    };
+    let allowed = (
+        "allowed_domains = [{ domain = \"fabrikam.com\" }]",
+        "allowed_domains = [{ domain = \"fabrikam.com\" }, { domain = \"northwind.example\" }]",
+    );
+    let mut node = TestNode::with_links(&config(&[allowed], BOT), links);
+    let outcome = sent_through_the_api(&mut node, "sip:bob@fabrikam.com");
+    assert!(
+        requests(&node.take_sent(), "MESSAGE").is_empty(),
+        "it waits"
+    );
+    let hop = node
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Dial { hop, .. } => Some(hop.clone()),
+            _ => None,
+        })
+        .expect("the driver is asked to find fabrikam.com's edge");
+    assert_eq!(hop, NextHop::Partner("fabrikam.com".into()));
+    node.input(Input::Dialed {
+        hop: hop.clone(),
+        result: Ok(Target::Connection(PARTNER)),
+    });
+    let sent = node.take_sent();
+    assert_eq!(
+        requests(&sent, "MESSAGE").len(),
+        1,
+        "what waited goes: {sent:?}"
+    );
+    let copy = requests(&sent, "MESSAGE")[0].1.clone();
+    node.answer(&copy, 200, &partner());
+    assert_eq!(outcome.try_recv().unwrap().status, 200);
+
+    // An allowed partner whose edge cannot be found: the app hears 503 at
+    // once, not after the transaction's timeout.
+    let outcome = sent_through_the_api(&mut node, "sip:carol@northwind.example");
+    let hop = node
+        .actions
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::Dial { hop, .. } => Some(hop.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(hop, NextHop::Partner("northwind.example".into()));
+    node.input(Input::Dialed {
+        hop,
+        result: Err("no SRV, no A".into()),
+    });
+    assert!(requests(&node.take_sent(), "MESSAGE").is_empty());
+    assert_eq!(outcome.try_recv().expect("told at once").status, 503);
+}
