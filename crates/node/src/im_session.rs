@@ -7,7 +7,7 @@
 //! replies as MESSAGEs in the dialog. I/O-free: the node feeds requests in
 //! and sends what comes out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -19,8 +19,10 @@ use porchlight_transaction::TimerConfig;
 
 use crate::outbound::NextHop;
 
-/// Names one session: its Call-ID and the tag this node gave it.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+/// Names one session: its Call-ID and the tag this node gave it. Ordered,
+/// so the retransmissions due at one moment go out in one order, run
+/// after run.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SessionKey {
     call_id: String,
     local_tag: String,
@@ -103,7 +105,7 @@ pub struct ImSessions {
     sessions: HashMap<SessionKey, Session>,
     /// 2xx answers sent over UDP and not yet ACKed (§13.3.1.4): few at a
     /// time, so kept apart from the sessions.
-    unacked: HashMap<SessionKey, Unacked>,
+    unacked: BTreeMap<SessionKey, Unacked>,
     max: usize,
     idle: Duration,
     timers: TimerConfig,
@@ -128,7 +130,7 @@ impl ImSessions {
     pub fn new(max: usize, timers: TimerConfig) -> ImSessions {
         ImSessions {
             sessions: HashMap::new(),
-            unacked: HashMap::new(),
+            unacked: BTreeMap::new(),
             max,
             idle: IDLE_TIMEOUT,
             timers,

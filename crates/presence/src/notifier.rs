@@ -5,7 +5,7 @@
 //! time go in; answers and NOTIFY requests to send come out.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
@@ -164,18 +164,61 @@ pub struct NotifierStats {
 
 const NO_ROUTE: u32 = u32::MAX;
 
-// Record flags.
-const ALIVE: u16 = 1;
-const BENOTIFY: u16 = 2;
-const IN_FLIGHT: u16 = 4;
-const DIRTY: u16 = 8;
-const TERMINATING: u16 = 16;
-const DEFERRED: u16 = 32;
-const QUEUED: u16 = 64;
-const NOTIFIED: u16 = 128;
+/// A record's state, packed in two bytes: what it is (alive, BENOTIFY),
+/// what it owes (dirty, terminating) and where it waits (in flight,
+/// deferred, queued), as one typed set rather than loose bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Flags(u16);
+
+impl Flags {
+    /// None set.
+    const NONE: Flags = Flags(0);
+
+    /// Whether every flag of `flags` is set.
+    fn has(self, flags: Flags) -> bool {
+        self.0 & flags.0 == flags.0
+    }
+
+    /// Whether any flag of `flags` is set.
+    fn any(self, flags: Flags) -> bool {
+        self.0 & flags.0 != 0
+    }
+
+    fn set(&mut self, flags: Flags) {
+        self.0 |= flags.0;
+    }
+
+    fn clear(&mut self, flags: Flags) {
+        self.0 &= !flags.0;
+    }
+}
+
+impl std::ops::BitOr for Flags {
+    type Output = Flags;
+    fn bitor(self, other: Flags) -> Flags {
+        Flags(self.0 | other.0)
+    }
+}
+
+/// The slot holds a live subscription.
+const ALIVE: Flags = Flags(1);
+/// The watcher takes Microsoft's BENOTIFY (no response) after the first.
+const BENOTIFY: Flags = Flags(2);
+/// A NOTIFY of this dialog awaits its response.
+const IN_FLIGHT: Flags = Flags(4);
+/// A newer document (or the final NOTIFY) is owed.
+const DIRTY: Flags = Flags(8);
+/// The subscription is ending: its final NOTIFY is owed or on its way.
+const TERMINATING: Flags = Flags(16);
+/// Waiting out the per-watcher interval in the deferred queue.
+const DEFERRED: Flags = Flags(32);
+/// Waiting for room in the in-flight window.
+const QUEUED: Flags = Flags(64);
+/// At least one NOTIFY has been sent.
+const NOTIFIED: Flags = Flags(128);
 /// The watcher has answered a NOTIFY of this dialog with 2xx: it is there,
 /// so its NOTIFYs may use the whole in-flight window.
-const ANSWERED: u16 = 256;
+const ANSWERED: Flags = Flags(256);
 
 /// What a subscription watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,7 +254,7 @@ struct Record {
     watcher_hash: u32,
     kind: Kind,
     format: Format,
-    flags: u16,
+    flags: Flags,
     attempts: u8,
 }
 
@@ -305,7 +348,9 @@ pub struct Notifier<F> {
     records: Vec<Record>,
     free: Vec<u32>,
     presentities: Vec<Presentity>,
-    lists: HashMap<u32, Vec<Member>>,
+    /// Each batched list's members, by record: ordered, so what a policy
+    /// change sends to lists goes out in one order, run after run.
+    lists: BTreeMap<u32, Vec<Member>>,
     routes: Interner<Box<str>>,
     flows: Interner<FlowInfo<F>>,
     flow_in_flight: Vec<u32>,
@@ -360,7 +405,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             records: Vec::new(),
             free: Vec::new(),
             presentities: Vec::new(),
-            lists: HashMap::new(),
+            lists: BTreeMap::new(),
             routes: Interner::new(),
             flows: Interner::new(),
             flow_in_flight: Vec::new(),
@@ -508,7 +553,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         for (slot, p) in self.presentities.iter().enumerate() {
             for &index in &p.watchers {
                 let record = &self.records[index as usize];
-                if record.flags & TERMINATING == 0
+                if !record.flags.has(TERMINATING)
                     && refused(
                         slot as u32,
                         record.dialog.remote_uri(),
@@ -527,7 +572,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         let mut lists_changed = Vec::new();
         for (&index, members) in self.lists.iter_mut() {
             let record = &self.records[index as usize];
-            if record.flags & TERMINATING != 0 {
+            if record.flags.has(TERMINATING) {
                 continue;
             }
             let (watcher, flow) = (
@@ -627,7 +672,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
     fn live(&self, id: SubscriptionId) -> Option<&Record> {
         self.records
             .get(id.index as usize)
-            .filter(|r| r.flags & ALIVE != 0 && r.generation == id.generation)
+            .filter(|r| r.flags.has(ALIVE) && r.generation == id.generation)
     }
 
     fn tag_check(&self, id: SubscriptionId) -> u32 {
@@ -834,7 +879,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             | if request.lists_token(HeaderName::Supported, "ms-benotify") {
                 BENOTIFY
             } else {
-                0
+                Flags::NONE
             };
         let piggyback = kind == Kind::Presence
             && request.lists_token(HeaderName::Supported, "ms-piggyback-first-notify");
@@ -866,7 +911,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             .with("Contact", flow.contact.clone());
         answer.to_tag = Some(self.local_tag(id));
         let mut supported = Vec::new();
-        if flags & BENOTIFY != 0 {
+        if flags.has(BENOTIFY) {
             supported.push("ms-benotify");
         }
         if kind == Kind::List {
@@ -883,7 +928,8 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             let now_tenths = self.now_tenths(now);
             let record = &mut self.records[id.index as usize];
             record.sent_version = version;
-            record.flags = (record.flags & !DIRTY) | NOTIFIED;
+            record.flags.clear(DIRTY);
+            record.flags.set(NOTIFIED);
             record.last_sent = now_tenths;
             answer = answer.with("ms-piggyback-cseq", cseq.to_string());
             answer.body = Some((content_type, body));
@@ -936,7 +982,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             self.live(*id).is_some_and(|r| {
                 r.dialog.call_id() == call_id
                     && r.dialog.remote_tag() == remote_tag
-                    && r.flags & TERMINATING == 0
+                    && !r.flags.has(TERMINATING)
             })
         }) else {
             return Answer::new(status::CALL_DOES_NOT_EXIST, "Subscription Does Not Exist");
@@ -964,7 +1010,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             }
         }
         // RFC 6665 §4.2.1.2: a refresh is answered with the current state.
-        record.flags |= DIRTY;
+        record.flags.set(DIRTY);
         if expires == 0 {
             self.begin_end(id);
         } else {
@@ -1033,7 +1079,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
     /// and the record is freed when that is answered.
     fn begin_end(&mut self, id: SubscriptionId) {
         let record = &mut self.records[id.index as usize];
-        record.flags |= TERMINATING | DIRTY;
+        record.flags.set(TERMINATING | DIRTY);
         self.queue_urgent(id);
     }
 
@@ -1047,15 +1093,15 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
     fn queue_ready(&mut self, index: u32) {
         let id = self.id_of(index);
         let record = &mut self.records[index as usize];
-        if record.flags & QUEUED == 0 {
-            record.flags |= QUEUED;
+        if !record.flags.has(QUEUED) {
+            record.flags.set(QUEUED);
             self.ready.push_back(id);
         }
     }
 
     /// A list or watcher-info subscription whose document changed.
     fn mark_dirty(&mut self, index: u32) {
-        self.records[index as usize].flags |= DIRTY;
+        self.records[index as usize].flags.set(DIRTY);
         self.queue_ready(index);
     }
 
@@ -1125,7 +1171,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             }
         }
         let record = &mut self.records[id.index as usize];
-        record.flags = 0;
+        record.flags = Flags::NONE;
         record.generation = record.generation.wrapping_add(1);
         record.dialog = DialogStrings::default();
         self.revoked.remove(&id.index);
@@ -1221,7 +1267,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
     }
 
     fn needs_notify(&self, record: &Record) -> bool {
-        record.flags & (DIRTY | TERMINATING) != 0
+        record.flags.any(DIRTY | TERMINATING)
             || (record.kind == Kind::Presence
                 && record.sent_version != self.presentities[record.target as usize].version)
     }
@@ -1238,8 +1284,8 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         self.records[index].local_cseq += 1;
         let (content_type, body) = self.document(id.index);
         let record = &self.records[index];
-        let terminating = record.flags & TERMINATING != 0;
-        let benotify = record.flags & (BENOTIFY | NOTIFIED) == BENOTIFY | NOTIFIED && !terminating;
+        let terminating = record.flags.has(TERMINATING);
+        let benotify = record.flags.has(BENOTIFY | NOTIFIED) && !terminating;
         let method = if benotify { "BENOTIFY" } else { "NOTIFY" };
         let flow = self.flows.get(record.flow);
         let branch = NotifyRef {
@@ -1329,11 +1375,12 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         let flow_id = record.flow;
         let record = &mut self.records[index];
         record.sent_version = version;
-        record.flags = (record.flags & !DIRTY) | NOTIFIED;
+        record.flags.clear(DIRTY);
+        record.flags.set(NOTIFIED);
         record.last_sent = now_tenths;
         if !benotify {
-            let answered = record.flags & ANSWERED != 0;
-            record.flags |= IN_FLIGHT;
+            let answered = record.flags.has(ANSWERED);
+            record.flags.set(IN_FLIGHT);
             self.in_flight += 1;
             self.unanswered_in_flight += u32::from(!answered);
             self.flow_counter(flow_id, 1);
@@ -1356,7 +1403,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
     /// requests and final NOTIFYs are not paced.
     fn try_notify(&mut self, id: SubscriptionId, paced: bool, now: Instant) -> Option<Outgoing<F>> {
         let record = self.live(id)?;
-        if record.flags & IN_FLIGHT != 0 {
+        if record.flags.has(IN_FLIGHT) {
             // One NOTIFY at a time: its answer sends whatever is owed then
             // (a newer version, or DIRTY set by whoever queued this).
             return None;
@@ -1364,12 +1411,12 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         if !self.needs_notify(record) {
             return None;
         }
-        if paced && record.flags & TERMINATING == 0 {
+        if paced && !record.flags.has(TERMINATING) {
             let interval = (self.config.min_notify_interval.as_millis() / 100) as u32;
             let due = record.last_sent.saturating_add(interval);
-            if record.flags & NOTIFIED != 0 && due > self.now_tenths(now) {
-                if record.flags & DEFERRED == 0 {
-                    self.records[id.index as usize].flags |= DEFERRED;
+            if record.flags.has(NOTIFIED) && due > self.now_tenths(now) {
+                if !record.flags.has(DEFERRED) {
+                    self.records[id.index as usize].flags.set(DEFERRED);
                     self.deferred.push_back((due, id));
                 }
                 return None;
@@ -1381,9 +1428,9 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
                 self.blocked.entry(flow).or_default().push_back(id);
                 return None;
             }
-            if record.flags & ANSWERED == 0 && self.in_flight >= self.config.max_in_flight {
+            if !record.flags.has(ANSWERED) && self.in_flight >= self.config.max_in_flight {
                 // Kept QUEUED while it waits, so a change does not queue it twice.
-                self.records[id.index as usize].flags |= QUEUED;
+                self.records[id.index as usize].flags.set(QUEUED);
                 self.unanswered_waiting.push_back(id);
                 return None;
             }
@@ -1403,7 +1450,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         while let Some(id) = self.urgent.pop_front() {
             if let Some(r) = self.records.get_mut(id.index as usize) {
                 if r.generation == id.generation {
-                    r.flags &= !QUEUED;
+                    r.flags.clear(QUEUED);
                 }
             }
             if let Some(out) = self.try_notify(id, false, now) {
@@ -1424,7 +1471,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             let id = if let Some(id) = waiting.or_else(|| self.ready.pop_front()) {
                 if let Some(r) = self.records.get_mut(id.index as usize) {
                     if r.generation == id.generation {
-                        r.flags &= !QUEUED;
+                        r.flags.clear(QUEUED);
                     }
                 }
                 id
@@ -1438,7 +1485,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
                 // turn in the recovery window. Either will be sent the
                 // newest state from its own queue; a fan-out must not turn
                 // recovery into a storm.
-                if self.live(id).is_some_and(|r| r.flags & NOTIFIED == 0) {
+                if self.live(id).is_some_and(|r| !r.flags.has(NOTIFIED)) {
                     continue;
                 }
                 id
@@ -1486,13 +1533,15 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         let Some(record) = self.live(notify.id) else {
             return;
         };
-        if record.flags & IN_FLIGHT == 0 || record.local_cseq != notify.cseq || code < 200 {
+        if !record.flags.has(IN_FLIGHT) || record.local_cseq != notify.cseq || code < 200 {
             return;
         }
         let flow = record.flow;
-        let terminating = record.flags & TERMINATING != 0;
-        let answered = record.flags & ANSWERED != 0;
-        self.records[notify.id.index as usize].flags &= !IN_FLIGHT;
+        let terminating = record.flags.has(TERMINATING);
+        let answered = record.flags.has(ANSWERED);
+        self.records[notify.id.index as usize]
+            .flags
+            .clear(IN_FLIGHT);
         self.in_flight -= 1;
         self.unanswered_in_flight -= u32::from(!answered);
         self.flow_counter(flow, -1);
@@ -1507,10 +1556,10 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         let record = &mut self.records[notify.id.index as usize];
         if (200..300).contains(&code) {
             record.attempts = 0;
-            record.flags |= ANSWERED;
+            record.flags.set(ANSWERED);
             // Writing the final NOTIFY clears DIRTY; still set means this
             // answer is for an earlier NOTIFY and the final one is owed.
-            let final_answered = record.flags & DIRTY == 0;
+            let final_answered = !record.flags.has(DIRTY);
             if terminating && final_answered {
                 self.remove(notify.id);
             } else if terminating {
@@ -1530,7 +1579,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             self.remove(notify.id);
             return;
         }
-        record.flags |= DIRTY;
+        record.flags.set(DIRTY);
         let backoff = self.config.retry_base * (1 << (record.attempts - 1).min(10));
         let delay = retry_after.map_or(backoff, |s| Duration::from_secs(s.into()));
         let due = self.now_tenths(now + delay);
@@ -1545,7 +1594,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
         self.wheel.advance(now_secs + 1, &mut due);
         for &index in &due {
             let record = &self.records[index as usize];
-            if record.flags & ALIVE == 0 || record.flags & TERMINATING != 0 {
+            if !record.flags.has(ALIVE) || record.flags.has(TERMINATING) {
                 continue;
             }
             if record.expires_at <= now_secs {
@@ -1570,7 +1619,7 @@ impl<F: Clone + Eq + Hash + std::fmt::Debug> Notifier<F> {
             self.deferred.pop_front();
             if let Some(r) = self.records.get_mut(id.index as usize) {
                 if r.generation == id.generation {
-                    r.flags &= !DEFERRED;
+                    r.flags.clear(DEFERRED);
                     self.ready.push_back(id);
                 }
             }

@@ -12,8 +12,8 @@ use std::hash::Hasher;
 use std::time::{Duration, Instant};
 
 use super::{
-    keyed_hash, Format, Kind, Member, Notifier, Record, SubscriptionId, ALIVE, BENOTIFY, DIRTY,
-    NO_ROUTE, TERMINATING,
+    keyed_hash, Flags, Format, Kind, Member, Notifier, Record, SubscriptionId, ALIVE, BENOTIFY,
+    DIRTY, NO_ROUTE, TERMINATING,
 };
 use crate::notifier::FlowInfo;
 use crate::table::DialogStrings;
@@ -191,7 +191,7 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
     /// free or its subscription is ending, which the store deletes.
     pub fn saved(&self, index: u32, now: Instant, unix_now: u64) -> Option<SavedSubscription<F>> {
         let record = self.records.get(index as usize)?;
-        if record.flags & ALIVE == 0 || record.flags & TERMINATING != 0 {
+        if !record.flags.has(ALIVE) || record.flags.has(TERMINATING) {
             return None;
         }
         let uri_of = |p: u32| self.presentities[p as usize].identity.uri.clone();
@@ -219,7 +219,7 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
             id: self.id_of(index),
             target,
             format: record.format,
-            benotify: record.flags & BENOTIFY != 0,
+            benotify: record.flags.has(BENOTIFY),
             call_id: record.dialog.call_id().to_owned(),
             remote_tag: record.dialog.remote_tag().to_owned(),
             remote_uri: record.dialog.remote_uri().to_owned(),
@@ -254,7 +254,7 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
     /// brought back must reach Redis before anything changes them.
     pub fn save_all(&mut self) {
         for index in 0..self.records.len() as u32 {
-            if self.records[index as usize].flags & ALIVE != 0 {
+            if self.records[index as usize].flags.has(ALIVE) {
                 self.changed(index);
             }
         }
@@ -342,7 +342,13 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
             format: saved.format,
             // Not NOTIFIED: the first NOTIFY after a restart is a full
             // NOTIFY and is not held back by the per-watcher interval.
-            flags: ALIVE | DIRTY | if saved.benotify { BENOTIFY } else { 0 },
+            flags: ALIVE
+                | DIRTY
+                | if saved.benotify {
+                    BENOTIFY
+                } else {
+                    Flags::NONE
+                },
             attempts: 0,
         };
         self.attach(id, members);
@@ -358,7 +364,7 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
     fn claim_slot(&mut self, index: u32) -> Result<(), RestoreError> {
         let len = self.records.len() as u32;
         if index < len {
-            if self.records[index as usize].flags & ALIVE != 0 {
+            if self.records[index as usize].flags.has(ALIVE) {
                 return Err(RestoreError::SlotTaken(index));
             }
             self.free.retain(|&f| f != index);
@@ -386,7 +392,7 @@ impl<F: Clone + Eq + std::hash::Hash + std::fmt::Debug> Notifier<F> {
     /// node has taken them over and notifies them now. Returns how many.
     pub fn forget_all(&mut self) -> usize {
         let live: Vec<SubscriptionId> = (0..self.records.len() as u32)
-            .filter(|&i| self.records[i as usize].flags & ALIVE != 0)
+            .filter(|&i| self.records[i as usize].flags.has(ALIVE))
             .map(|i| self.id_of(i))
             .collect();
         for &id in &live {
@@ -429,7 +435,7 @@ impl Record {
             watcher_hash: 0,
             kind: Kind::Presence,
             format: Format::Pidf,
-            flags: 0,
+            flags: Flags::NONE,
             attempts: 0,
         }
     }
