@@ -99,21 +99,17 @@ pub struct Admission {
     /// Policy refusals of each certified partner, bounded like the
     /// partners' traffic so a flood of names cannot grow it.
     refused_partners: HashMap<String, u64>,
-    /// The time of the input being decided, as the driver told it.
-    pub clock: Now,
 }
 
 impl Admission {
-    /// Empty, logging refusals at most once per domain per `log_interval`;
-    /// `now` until the first input tells the time.
-    pub fn new(log_interval: std::time::Duration, now: Now) -> Admission {
+    /// Empty, logging refusals at most once per domain per `log_interval`.
+    pub fn new(log_interval: std::time::Duration) -> Admission {
         Admission {
             limits: DiscoveredLimits::default(),
             counts: Default::default(),
             recent: VecDeque::new(),
             log: RefusalLog::new(log_interval),
             refused_partners: HashMap::new(),
-            clock: now,
         }
     }
 
@@ -126,13 +122,14 @@ impl Admission {
         request: &Request<'_>,
         from: &str,
         to: &str,
+        now: Now,
     ) -> Decision {
         let mut decision = verdict(policy, request);
         if !decision.allowed {
             decision = decide(policy, request);
-            self.refused(way, &request.remote, from, to, &decision);
+            self.refused(way, &request.remote, from, to, &decision, now);
         }
-        self.record(way, request.modality, from, to, &decision);
+        self.record(way, request.modality, from, to, &decision, now);
         decision
     }
 
@@ -145,8 +142,9 @@ impl Admission {
         from: &str,
         to: &str,
         decision: &Decision,
+        now: Now,
     ) {
-        self.log_refusal(way, from, to, decision);
+        self.log_refusal(way, from, to, decision, now);
         if let Remote::Certified([partner, ..]) = remote {
             self.count_partner_refusal(partner);
         }
@@ -168,10 +166,10 @@ impl Admission {
 
     /// Logs a refusal with its reasons, or counts it when one from the same
     /// domain was logged within the interval: a flood cannot fill a disk.
-    fn log_refusal(&mut self, way: Way, from: &str, to: &str, decision: &Decision) {
+    fn log_refusal(&mut self, way: Way, from: &str, to: &str, decision: &Decision, now: Now) {
         let domain = crate::edge::domain_of(from);
         let detail = format!("{way:?} {from} -> {to}:\n{decision}");
-        self.log.note(self.clock.mono, domain, "by policy", &detail);
+        self.log.note(now.mono, domain, "by policy", &detail);
     }
 
     /// Notes a decision.
@@ -182,6 +180,7 @@ impl Admission {
         from: &str,
         to: &str,
         decision: &Decision,
+        now: Now,
     ) {
         self.counts[way as usize][modality_index(modality)][usize::from(decision.allowed)] += 1;
         // Only refusals are kept: they carry their reasons, and admitting a
@@ -193,7 +192,7 @@ impl Admission {
             self.recent.pop_front();
         }
         self.recent.push_back(DecisionRecord {
-            at: self.clock.unix(),
+            at: now.unix(),
             way,
             kind: kind_name(modality),
             from: from.to_owned(),

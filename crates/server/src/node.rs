@@ -211,7 +211,7 @@ impl Node {
         let retired = joined.as_ref().is_some_and(|j| j.retired);
         if let (Some(section), Some(joined)) = (&config.cluster, &joined) {
             // Before restoring: saved subscriptions are known by their tags.
-            presence.join_cluster(section.node_id, joined.era);
+            presence.join_cluster(section.node_id, joined.era, clock());
         }
         let (reports_tx, reports) = mpsc::channel(1024);
         let (provisioned_tx, mut provisioned) = mpsc::channel(16);
@@ -409,7 +409,7 @@ fn restore(
             return Ok((None, 0));
         }
         // Nothing to restore; every change from now on goes to Redis.
-        presence.restore(Vec::new(), window, Instant::now());
+        presence.restore(Vec::new(), window, clock());
         let writer = WriteBehind::start(None, mirror).map_err(StartError::Writer)?;
         return Ok((Some(writer), 0));
     };
@@ -425,7 +425,10 @@ fn restore(
             set.availability,
         ));
         state.note = set.note;
-        if presence.set_override(&endpoint, Some(state)).is_none() {
+        if presence
+            .set_override(&endpoint, Some(state), clock())
+            .is_none()
+        {
             // Gone with its endpoint: an endpoint added later under the
             // same URI starts from its own sources.
             tracing::info!(
@@ -435,12 +438,11 @@ fn restore(
             store.save_admin_presence(&endpoint, None)?;
         }
     }
-    let (contacts, mut orphans) =
-        presence.restore_registrations(store.registrations()?, Instant::now());
+    let (contacts, mut orphans) = presence.restore_registrations(store.registrations()?, clock());
     if contacts > 0 {
         tracing::info!("restored {contacts} registered contacts");
     }
-    orphans.extend(presence.restore_publications(store.publications()?, Instant::now()));
+    orphans.extend(presence.restore_publications(store.publications()?, clock()));
     orphans.sort_unstable();
     orphans.dedup();
     if !orphans.is_empty() {
@@ -470,7 +472,7 @@ fn restore(
         saved.clear();
     }
     let found = saved.len();
-    let report = presence.restore(saved, window, Instant::now());
+    let report = presence.restore(saved, window, clock());
     if mirror.is_some() {
         // What the store brought back may not be in Redis yet (a node
         // alone joining): saved there with the first write-behind.
@@ -741,7 +743,7 @@ impl Driver {
                 Some(report) = reports.recv(), if self.cluster.is_some() => self.on_report(report),
                 _ = flush_tick.tick(), if self.write_behind.is_some() => {
                     if let Some(writer) = &mut self.write_behind {
-                        writer.tick(self.core.presence_mut(), Instant::now());
+                        writer.tick(self.core.presence_mut(), clock());
                     }
                 }
                 _ = certificate_tick.tick() => self.check_certificates(),
@@ -987,7 +989,7 @@ impl Driver {
 
     /// The core's status with what the transport and the store writer count.
     fn status(&mut self, now: Now) -> Status {
-        let mut status = self.core.status(now.mono);
+        let mut status = self.core.status(now);
         status.connections = self.transport.connection_count();
         status.backlogged = self.backlogs.len();
         status.certificate_not_after = self.certificate_not_after;

@@ -10,8 +10,9 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
+use porchlight_node::clock::Now;
 use porchlight_node::presence::PresenceService;
 use porchlight_node::snapshot::flow_to_text;
 use porchlight_store::{Batch, Store};
@@ -21,13 +22,6 @@ use crate::cluster::DialogBatch;
 /// Batches handed to the writer and not yet committed, beyond which the
 /// loop waits for it.
 const MAX_QUEUED_BATCHES: usize = 2;
-
-/// Seconds since the Unix epoch, the clock saved expiries are kept in.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// What the writer has done, for metrics and the status API.
 #[derive(Debug, Default)]
@@ -139,7 +133,7 @@ impl WriteBehind {
 
     /// Hands what changed since the last tick to the writer and the
     /// mirror, unless either is still busy with earlier batches.
-    pub fn tick(&mut self, presence: &mut PresenceService, now: Instant) {
+    pub fn tick(&mut self, presence: &mut PresenceService, now: Now) {
         if self.counters.queued.load(Ordering::Relaxed) >= MAX_QUEUED_BATCHES
             || self
                 .mirror
@@ -148,10 +142,9 @@ impl WriteBehind {
         {
             return;
         }
-        let unix = unix_now();
         presence.take_changed(&mut self.changed);
-        let registrations = presence.take_registration_changes(now, unix);
-        let publications = presence.take_publication_changes(now, unix);
+        let registrations = presence.take_registration_changes(now);
+        let publications = presence.take_publication_changes(now);
         let last = std::mem::take(&mut self.handing_over);
         if self.changed.is_empty() && registrations.is_empty() && publications.is_empty() && !last {
             return;
@@ -175,7 +168,7 @@ impl WriteBehind {
             ..Batch::default()
         };
         for &slot in &self.changed {
-            match presence.saved(slot, now, unix) {
+            match presence.saved(slot, now) {
                 Some(saved) => {
                     let flow = flow_to_text(&saved.flow.flow);
                     batch.saved.push(saved.with_flow(flow));

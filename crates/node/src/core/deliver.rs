@@ -15,7 +15,7 @@ impl Core {
         response_target: Target,
         endpoint: usize,
         consumed_routes: usize,
-        now: Instant,
+        now: Now,
     ) {
         let Some(key) = self.server_transaction(&request, &origin, response_target, None, now)
         else {
@@ -26,7 +26,7 @@ impl Core {
         } else {
             match self
                 .presence
-                .authorize_entering(&request, &origin, Some(endpoint))
+                .authorize_entering(&request, &origin, Some(endpoint), now)
             {
                 Ok(trust) => Some(trust),
                 Err(answer) => return self.respond(&key, &request, &origin, &answer, now),
@@ -69,12 +69,7 @@ impl Core {
     /// Hands a text to its endpoint's webhook in a task of its own; the
     /// server transaction, if any, waits for the outcome. `trust` is the
     /// trust header value the sender was admitted with.
-    pub(super) fn post_to_webhook(
-        &mut self,
-        posting: Posting,
-        trust: Option<String>,
-        now: Instant,
-    ) {
+    pub(super) fn post_to_webhook(&mut self, posting: Posting, trust: Option<String>, now: Now) {
         let Some((e, config)) = self
             .presence
             .directory()
@@ -143,7 +138,7 @@ impl Core {
         origin: Origin,
         endpoint: usize,
         trust: Option<String>,
-        now: Instant,
+        now: Now,
     ) {
         let local_tag = self.next_tag("s");
         let here = if origin.local.ip().is_unspecified() {
@@ -188,13 +183,14 @@ impl Core {
             next,
             trust: trust.clone(),
         };
-        match self.sessions.accept(&request, endpoint, ours, now) {
+        match self.sessions.accept(&request, endpoint, ours, now.mono) {
             Ok(accepted) => {
                 let bytes = self.render(&request, &origin, &accepted.answer);
-                self.layer.respond(&key, 200, bytes.clone(), now);
+                self.layer.respond(&key, 200, bytes.clone(), now.mono);
                 if !origin.protocol.is_reliable() {
                     let target = response_target(&request, &origin);
-                    self.sessions.await_ack(&accepted.key, bytes, target, now);
+                    self.sessions
+                        .await_ack(&accepted.key, bytes, target, now.mono);
                 }
                 if accepted.first_text.is_some() {
                     let posting = Posting {
@@ -218,19 +214,23 @@ impl Core {
         request: Message,
         origin: Origin,
         target: Target,
-        now: Instant,
+        now: Now,
     ) {
         let reliable = origin.protocol.is_reliable();
-        let key = match self
-            .layer
-            .receive_request(&request, NextHop::Direct(target), reliable, now)
-        {
-            Ok(RequestMatch::New(key)) => key,
-            Ok(RequestMatch::DialogAck) => return self.sessions.acked(&session),
-            // A retransmission the layer answers.
-            _ => return,
-        };
-        let Some(event) = self.sessions.receive(&session, request.method_kind(), now) else {
+        let key =
+            match self
+                .layer
+                .receive_request(&request, NextHop::Direct(target), reliable, now.mono)
+            {
+                Ok(RequestMatch::New(key)) => key,
+                Ok(RequestMatch::DialogAck) => return self.sessions.acked(&session),
+                // A retransmission the layer answers.
+                _ => return,
+            };
+        let Some(event) = self
+            .sessions
+            .receive(&session, request.method_kind(), now.mono)
+        else {
             let answer = Answer::new(
                 status::CALL_DOES_NOT_EXIST,
                 "Call/Transaction Does Not Exist",
@@ -256,7 +256,7 @@ impl Core {
 
     /// Ends the federated IM sessions the policy in force refuses, with a
     /// BYE, as a policy change ends the subscriptions it refuses.
-    pub(super) fn end_refused_sessions(&mut self, now: Instant) {
+    pub(super) fn end_refused_sessions(&mut self, now: Now) {
         let refused: Vec<SessionKey> = self
             .sessions
             .held()
@@ -279,19 +279,19 @@ impl Core {
             };
             let via = self.via_for(&next);
             let branch = BranchKind::Im.branch(self.tag_seed, &mut self.branch_counter);
-            if let Some((bytes, next)) = self.sessions.end(&key, &via, &branch, now) {
+            if let Some((bytes, next)) = self.sessions.end(&key, &via, &branch, now.mono) {
                 self.send_in_session(bytes, next, now);
             }
         }
     }
 
     /// Sends a request of ours in an IM session.
-    pub(super) fn send_in_session(&mut self, bytes: Bytes, next: NextHop, now: Instant) {
+    pub(super) fn send_in_session(&mut self, bytes: Bytes, next: NextHop, now: Now) {
         let Some(request) = parse_own(bytes) else {
             return;
         };
         let reliable = next.is_reliable();
-        match self.layer.send_request(request, next, reliable, now) {
+        match self.layer.send_request(request, next, reliable, now.mono) {
             Ok(client) => {
                 self.originated.insert(client, None);
             }
@@ -343,7 +343,7 @@ impl Core {
         content_type: &str,
         text: &str,
         reply: Option<Reply<SentMessage>>,
-        now: Instant,
+        now: Now,
     ) {
         match self
             .presence
@@ -387,10 +387,10 @@ impl Core {
         message: Message,
         next: NextHop,
         reply: Option<Reply<SentMessage>>,
-        now: Instant,
+        now: Now,
     ) {
         let reliable = next.is_reliable();
-        match self.layer.send_request(message, next, reliable, now) {
+        match self.layer.send_request(message, next, reliable, now.mono) {
             Ok(client) => {
                 self.originated.insert(client, reply);
             }
@@ -418,20 +418,23 @@ impl Core {
     }
 
     /// Sends the app's `text` into an IM session.
-    pub(super) fn session_message(&mut self, session: &SessionKey, text: &str, now: Instant) {
+    pub(super) fn session_message(&mut self, session: &SessionKey, text: &str, now: Now) {
         let Some(next) = self.sessions.next_hop(session).cloned() else {
             return;
         };
         let via = self.via_for(&next);
         let branch = BranchKind::Im.branch(self.tag_seed, &mut self.branch_counter);
-        if let Some((bytes, next)) = self.sessions.message(session, text, &via, &branch, now) {
+        if let Some((bytes, next)) = self
+            .sessions
+            .message(session, text, &via, &branch, now.mono)
+        {
             self.send_in_session(bytes, next, now);
         }
     }
 
     /// A webhook delivery ended: the sender gets its answer, and the app's
     /// reply, if any, goes back to the sender as IM.
-    pub(super) fn on_posted(&mut self, id: u64, outcome: Outcome, now: Instant) {
+    pub(super) fn on_posted(&mut self, id: u64, outcome: Outcome, now: Now) {
         let Some(posting) = self.posting.remove(&id) else {
             return;
         };
@@ -457,7 +460,7 @@ impl Core {
     }
 
     /// Tells whoever waits for a webhook delivery how it ended.
-    pub(super) fn answer_posting(&mut self, posting: Posting, answer: &Answer, now: Instant) {
+    pub(super) fn answer_posting(&mut self, posting: Posting, answer: &Answer, now: Now) {
         let Upstream { request, origin } = &posting.upstream;
         match posting.waiting {
             Waiting::Transaction(key) => self.respond(&key, request, origin, answer, now),
@@ -481,7 +484,7 @@ impl Core {
         content_type: &str,
         text: &str,
         reply: Option<Reply<SentMessage>>,
-        now: Instant,
+        now: Now,
     ) {
         let refuse = |reply: Option<Reply<SentMessage>>, answer: Answer| {
             tracing::info!(
@@ -544,9 +547,9 @@ impl Core {
             );
         };
         if !self.local.is_local(uri) {
-            if let Err(answer) = self
-                .presence
-                .authorize_leaving(&self.domains, &message, &domain)
+            if let Err(answer) =
+                self.presence
+                    .authorize_leaving(&self.domains, &message, &domain, now)
             {
                 return refuse(reply, *answer);
             }

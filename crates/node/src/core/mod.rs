@@ -387,7 +387,7 @@ impl Core {
     /// Takes over another node's subscriptions: each leaves from this
     /// node from now on (our Via and Contact on its transport), so the
     /// watcher's answers and refreshes come here.
-    fn adopt(&mut self, saved: Vec<porchlight_presence::SavedSubscription<String>>, now: Instant) {
+    fn adopt(&mut self, saved: Vec<porchlight_presence::SavedSubscription<String>>, now: Now) {
         let count = saved.len();
         let relocated = saved
             .into_iter()
@@ -460,9 +460,7 @@ impl Core {
     /// Takes one input; what the driver is to do then comes out of
     /// [`poll_output`](Self::poll_output).
     pub fn handle(&mut self, now: Now, input: Input) {
-        self.presence.observe(now);
         let wall = now.unix() as i64;
-        let now = now.mono;
         match input {
             Input::Received(received) => {
                 let span = match &received {
@@ -488,12 +486,12 @@ impl Core {
                 healthy,
             } => {
                 if self.probes.get(&endpoint) == Some(&probe) {
-                    self.presence.on_health(endpoint, healthy);
+                    self.presence.on_health(endpoint, healthy, now);
                 }
             }
             Input::Posted { delivery, outcome } => self.on_posted(delivery, outcome, now),
             Input::Query(query) => self.answer_query(query, now),
-            Input::Shared(shared) => self.presence.apply_shared(shared),
+            Input::Shared(shared) => self.presence.apply_shared(shared, now),
             Input::Cluster(view) => self.cluster = Some(view),
             Input::Adopt(saved) => self.adopt(saved, now),
             Input::Fenced(fenced) => self.presence.set_fenced(fenced),
@@ -508,8 +506,7 @@ impl Core {
     /// NOTIFYs it causes.
     pub fn poll_output(&mut self, now: Now) -> Option<Action> {
         if self.actions.is_empty() {
-            self.presence.observe(now);
-            self.flush(now.mono);
+            self.flush(now);
         }
         self.actions.pop_front()
     }
@@ -518,7 +515,7 @@ impl Core {
     pub fn poll_timeout(&self, now: Now) -> Option<Instant> {
         [
             self.layer.next_deadline(),
-            self.presence.next_deadline(now.mono),
+            self.presence.next_deadline(now),
             self.proxy.next_deadline(),
             self.sessions.next_deadline(),
         ]
@@ -529,19 +526,17 @@ impl Core {
 
     /// Time has come to `now`: timers fire.
     pub fn handle_timeout(&mut self, now: Now) {
-        self.presence.observe(now);
-        let now = now.mono;
-        self.layer.handle_timeout(now);
+        self.layer.handle_timeout(now.mono);
         self.presence.handle_timeout(now);
-        for action in self.proxy.handle_timeout(now) {
+        for action in self.proxy.handle_timeout(now.mono) {
             self.apply(action, now);
         }
-        for (bytes, target) in self.sessions.retransmissions(now) {
+        for (bytes, target) in self.sessions.retransmissions(now.mono) {
             self.send_detached(target, bytes);
         }
-        if now >= self.next_session_sweep {
-            self.sessions.expire(now);
-            self.next_session_sweep = now + SESSION_SWEEP;
+        if now.mono >= self.next_session_sweep {
+            self.sessions.expire(now.mono);
+            self.next_session_sweep = now.mono + SESSION_SWEEP;
         }
     }
 
@@ -602,13 +597,13 @@ impl Core {
 
     /// The node's status as the core knows it; the driver adds what the
     /// transport and the store writer count.
-    pub fn status(&self, now: Instant) -> Status {
+    pub fn status(&self, now: Now) -> Status {
         let (stats, in_flight) = self.presence.notifier_stats();
         let (servers, clients) = self.layer.len();
         Status {
             version: env!("CARGO_PKG_VERSION"),
             domains: self.domains.clone(),
-            uptime_secs: now.saturating_duration_since(self.started).as_secs(),
+            uptime_secs: now.mono.saturating_duration_since(self.started).as_secs(),
             subscriptions_active: stats.active,
             subscriptions_created: stats.created,
             subscriptions_refreshed: stats.refreshed,
@@ -713,7 +708,7 @@ impl Core {
     }
 
     /// Answers the admin surface from the state the core owns.
-    fn answer_query(&mut self, query: Query, now: Instant) {
+    fn answer_query(&mut self, query: Query, now: Now) {
         match query {
             // The driver answers it, adding what the transport counts.
             Query::Status(reply) => {
@@ -726,10 +721,10 @@ impl Core {
                 reply.send(self.presence.refusals());
             }
             Query::SetPresence(uri, state, reply) => {
-                reply.send(self.presence.set_override(&uri, state));
+                reply.send(self.presence.set_override(&uri, state, now));
             }
             Query::Apply(policy, mut endpoints, reply) => {
-                let applied = self.presence.apply(*policy, &mut endpoints);
+                let applied = self.presence.apply(*policy, &mut endpoints, now);
                 if self.cluster.is_some()
                     && !(applied.added.is_empty() && applied.removed.is_empty())
                 {
@@ -772,7 +767,7 @@ impl Core {
     /// Sends what the transaction layer and the presence service have for
     /// the network, feeding transaction outcomes back to the service, until
     /// neither has more.
-    fn flush(&mut self, now: Instant) {
+    fn flush(&mut self, now: Now) {
         loop {
             let mut progressed = false;
             while let Some(output) = self.layer.poll_output() {
@@ -812,7 +807,7 @@ impl Core {
                 let branch = key.branch.clone();
                 if let Err(e) =
                     self.layer
-                        .send_written(key, out.bytes, out.target, out.reliable, now)
+                        .send_written(key, out.bytes, out.target, out.reliable, now.mono)
                 {
                     tracing::error!("cannot start a client transaction: {e}");
                     self.presence.on_failure(&branch, now);
@@ -828,7 +823,7 @@ impl Core {
 
     /// A response to a request this node sent, to whoever sent it: the
     /// branch's kind says who.
-    fn on_answer(&mut self, id: ClientKey, response: &Message, now: Instant) {
+    fn on_answer(&mut self, id: ClientKey, response: &Message, now: Now) {
         match BranchKind::of(&id.branch) {
             Some(BranchKind::Im) if self.originated.contains_key(&id) => {
                 let status = response.status().unwrap_or(status::SERVER_INTERNAL_ERROR);
@@ -838,7 +833,7 @@ impl Core {
                 }
             }
             Some(BranchKind::Proxied) if self.proxy.contains(&id) => {
-                for action in self.proxy.on_response(&id, response, now) {
+                for action in self.proxy.on_response(&id, response, now.mono) {
                     self.apply(action, now);
                 }
             }
@@ -850,7 +845,7 @@ impl Core {
 
     /// A request this node sent got no answer: it timed out, or the
     /// transport could not carry it.
-    fn on_no_answer(&mut self, id: ClientKey, timed_out: bool, now: Instant) {
+    fn on_no_answer(&mut self, id: ClientKey, timed_out: bool, now: Now) {
         match BranchKind::of(&id.branch) {
             Some(BranchKind::Im) if self.originated.contains_key(&id) => {
                 let (code, reason) = if timed_out {
@@ -877,7 +872,7 @@ impl Core {
     /// Sends a message to its next hop, or parks it while the hop is found.
     /// A message that cannot go ends its transaction now rather than at
     /// its timeout.
-    fn send(&mut self, hop: &NextHop, message: Parked, now: Instant) {
+    fn send(&mut self, hop: &NextHop, message: Parked, now: Now) {
         if let NextHop::Partner(partner) = hop {
             self.partners.count(partner, true);
         }
@@ -888,13 +883,8 @@ impl Core {
 
     /// Where a message can go now; otherwise parks it (starting a dial for
     /// the first one) or, beyond the bound, fails it.
-    fn dispatch(
-        &mut self,
-        hop: &NextHop,
-        message: Parked,
-        now: Instant,
-    ) -> Option<(Target, Parked)> {
-        let dispatch = self.dialer.dispatch(hop, message, now, &*self.links);
+    fn dispatch(&mut self, hop: &NextHop, message: Parked, now: Now) -> Option<(Target, Parked)> {
+        let dispatch = self.dialer.dispatch(hop, message, now.mono, &*self.links);
         match dispatch {
             Dispatch::Send(target, message) => return Some((target, message)),
             Dispatch::Dial => self.start_dial(hop.clone()),
@@ -907,9 +897,9 @@ impl Core {
         None
     }
 
-    fn fail(&mut self, message: Parked, now: Instant) {
+    fn fail(&mut self, message: Parked, now: Now) {
         if let Some(id) = message.transaction {
-            self.layer.transport_error(&id, now);
+            self.layer.transport_error(&id, now.mono);
         }
     }
 
@@ -924,8 +914,8 @@ impl Core {
     }
 
     /// A dial finished: what waited for it goes, or fails.
-    fn on_dialed(&mut self, hop: NextHop, result: Result<Target, String>, now: Instant) {
-        let waiting = self.dialer.finished(&hop, result.as_ref().ok(), now);
+    fn on_dialed(&mut self, hop: NextHop, result: Result<Target, String>, now: Now) {
+        let waiting = self.dialer.finished(&hop, result.as_ref().ok(), now.mono);
         match result {
             Ok(target) => {
                 self.dials_succeeded += 1;
@@ -960,14 +950,14 @@ impl Core {
         self.actions.push_back(Action::Send { target, message });
     }
 
-    fn on_received(&mut self, received: Received, now: Instant) {
+    fn on_received(&mut self, received: Received, now: Now) {
         match received {
             Received::Message(message, origin) if message.is_request() => {
                 self.on_request(message, origin, now)
             }
             Received::Message(response, _) => {
                 if response.validate_response().is_ok() {
-                    self.layer.receive_response(response, now);
+                    self.layer.receive_response(response, now.mono);
                 }
             }
             Received::Malformed {
@@ -986,21 +976,29 @@ impl Core {
         }
     }
 
-    fn on_request(&mut self, request: Message, origin: Origin, now: Instant) {
+    fn on_request(&mut self, request: Message, origin: Origin, now: Now) {
         // First and cheapest: an anonymous source past its rate is not
         // answered at all; under overload, new work is turned away before
         // it is parsed further, decided or given a transaction.
         if origin.peer.is_none()
             && !self.presence.speaks_for_inside(&origin)
-            && !self.source_rates.admit(origin.source.ip(), now)
+            && !self.source_rates.admit(origin.source.ip(), now.mono)
         {
-            self.refusals
-                .note(now, origin.source.ip(), "source rate: request dropped", "");
+            self.refusals.note(
+                now.mono,
+                origin.source.ip(),
+                "source rate: request dropped",
+                "",
+            );
             return;
         }
         if let Some(answer) = self.overload.shed(&request) {
-            self.refusals
-                .note(now, origin.source.ip(), "overloaded: new request shed", "");
+            self.refusals.note(
+                now.mono,
+                origin.source.ip(),
+                "overloaded: new request shed",
+                "",
+            );
             let tag = match ServerKey::of(&request) {
                 Ok(key) => self.stateless_tag(&key),
                 Err(_) => self.next_tag(""),
@@ -1033,10 +1031,12 @@ impl Core {
             router::Dispatch::Service(service) => Some(Err(service)),
         };
         let reliable = origin.protocol.is_reliable();
-        match self
-            .layer
-            .receive_request(&request, NextHop::Direct(target.clone()), reliable, now)
-        {
+        match self.layer.receive_request(
+            &request,
+            NextHop::Direct(target.clone()),
+            reliable,
+            now.mono,
+        ) {
             Ok(RequestMatch::New(key)) => {
                 let answer = match answer {
                     Some(Ok(answer)) => answer,
@@ -1128,7 +1128,7 @@ impl Core {
         request: &Message,
         origin: &Origin,
         answer: &Answer,
-        now: Instant,
+        now: Now,
     ) {
         // Refusals are answered without keeping state, each retransmission
         // again with the same To tag (RFC 3261 §8.2.7), so a flood of them
@@ -1139,7 +1139,7 @@ impl Core {
             self.layer.refuse(key, bytes);
         } else {
             let bytes = self.render(request, origin, answer);
-            self.layer.respond(key, answer.code, bytes, now);
+            self.layer.respond(key, answer.code, bytes, now.mono);
         }
     }
 

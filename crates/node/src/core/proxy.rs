@@ -8,13 +8,7 @@ impl Core {
     /// A CANCEL for an INVITE this node proxies (§16.10): 200 for the
     /// CANCEL, and the CANCEL goes on downstream. The router sends here
     /// only a CANCEL whose INVITE a branch serves.
-    pub(super) fn cancel(
-        &mut self,
-        request: &Message,
-        origin: &Origin,
-        target: &Target,
-        now: Instant,
-    ) {
+    pub(super) fn cancel(&mut self, request: &Message, origin: &Origin, target: &Target, now: Now) {
         let Ok(key) = ServerKey::of(request) else {
             return;
         };
@@ -24,7 +18,7 @@ impl Core {
         let reliable = origin.protocol.is_reliable();
         if let Ok(RequestMatch::New(own)) =
             self.layer
-                .receive_request(request, NextHop::Direct(target.clone()), reliable, now)
+                .receive_request(request, NextHop::Direct(target.clone()), reliable, now.mono)
         {
             self.respond(&own, request, origin, &Answer::new(status::OK, "OK"), now);
         }
@@ -45,14 +39,14 @@ impl Core {
         origin: &Origin,
         response_target: Target,
         hop: Option<&edge::Forward>,
-        now: Instant,
+        now: Now,
     ) -> Option<ServerKey> {
         let reliable = origin.protocol.is_reliable();
         let key = match self.layer.receive_request(
             request,
             NextHop::Direct(response_target.clone()),
             reliable,
-            now,
+            now.mono,
         ) {
             Ok(RequestMatch::New(key)) => key,
             Ok(RequestMatch::DialogAck) => {
@@ -95,7 +89,7 @@ impl Core {
         origin: Origin,
         response_target: Target,
         hop: edge::Forward,
-        now: Instant,
+        now: Now,
     ) {
         let Some(key) =
             self.server_transaction(&request, &origin, response_target, Some(&hop), now)
@@ -105,11 +99,11 @@ impl Core {
         let admitted = match &hop.direction {
             Direction::Entering => self
                 .presence
-                .authorize_entering(&request, &origin, None)
+                .authorize_entering(&request, &origin, None, now)
                 .map(Some),
             Direction::Leaving { domain, .. } => self
                 .presence
-                .authorize_leaving(&self.domains, &request, domain)
+                .authorize_leaving(&self.domains, &request, domain, now)
                 .map(|()| None),
             Direction::ToEndpoint(_) | Direction::InDialog => Ok(None),
         };
@@ -163,7 +157,7 @@ impl Core {
         hop: edge::Forward,
         trust: Option<String>,
         request_uri: Option<&str>,
-        now: Instant,
+        now: Now,
     ) {
         let Upstream { request, origin } = &branch.upstream;
         let forwarded = match self.forwarded(request, origin, &hop, trust, request_uri) {
@@ -188,9 +182,9 @@ impl Core {
         let reliable_out = hop.next.is_reliable();
         match self
             .layer
-            .send_request(forwarded.clone(), hop.next, reliable_out, now)
+            .send_request(forwarded.clone(), hop.next, reliable_out, now.mono)
         {
-            Ok(client) => self.proxy.insert(key, client, forwarded, branch, now),
+            Ok(client) => self.proxy.insert(key, client, forwarded, branch, now.mono),
             Err(e) => tracing::error!("cannot start a client transaction: {e}"),
         }
     }
@@ -274,14 +268,14 @@ impl Core {
     }
 
     /// Carries out what the proxy table asks for.
-    pub(super) fn apply(&mut self, action: ProxyAction<Branch>, now: Instant) {
+    pub(super) fn apply(&mut self, action: ProxyAction<Branch>, now: Now) {
         match action {
             ProxyAction::Respond {
                 server,
                 code,
                 bytes,
             } => {
-                self.layer.respond(&server, code, bytes, now);
+                self.layer.respond(&server, code, bytes, now.mono);
             }
             ProxyAction::Fail { server, code, user } => {
                 let reason = if code == 408 {
@@ -293,7 +287,7 @@ impl Core {
                 if code == 503 {
                     answer = answer.with("Retry-After", "30".to_owned());
                     if let Some((endpoint, contact)) = &user.registration {
-                        self.presence.delivery_failed(*endpoint, contact);
+                        self.presence.delivery_failed(*endpoint, contact, now);
                     }
                 }
                 let Upstream { request, origin } = &user.upstream;
@@ -303,7 +297,7 @@ impl Core {
                 let target = self.layer.context(&TxId::Client(client)).cloned();
                 if let (Some(target), Some(cancel)) = (target, parse_own(bytes)) {
                     let reliable = target.is_reliable();
-                    if let Err(e) = self.layer.send_request(cancel, target, reliable, now) {
+                    if let Err(e) = self.layer.send_request(cancel, target, reliable, now.mono) {
                         tracing::error!("cannot send CANCEL: {e}");
                     }
                 }

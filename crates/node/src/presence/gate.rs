@@ -14,6 +14,7 @@ impl PresenceService {
         request: &Message,
         origin: &Origin,
         endpoint: Option<usize>,
+        now: Now,
     ) -> Result<String, Box<Answer>> {
         let from = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
         let to = request.request_uri().unwrap_or_default();
@@ -32,9 +33,9 @@ impl PresenceService {
             local,
             modality: modality_of(request),
         };
-        let outcome = self
-            .admission
-            .admit(&self.policy, Way::Inbound, &policy_request, from, to);
+        let outcome =
+            self.admission
+                .admit(&self.policy, Way::Inbound, &policy_request, from, to, now);
         if !outcome.allowed {
             return Err(Box::new(Answer::new(status::FORBIDDEN, "Forbidden")));
         }
@@ -69,6 +70,7 @@ impl PresenceService {
         our_domains: &[String],
         request: &Message,
         remote_domain: &str,
+        now: Now,
     ) -> Result<(), Box<Answer>> {
         let from = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
         let from_domain = domain_of(from);
@@ -103,7 +105,7 @@ impl PresenceService {
         let to = request.request_uri().unwrap_or_default();
         if self
             .admission
-            .admit(&self.policy, Way::Outbound, &policy_request, from, to)
+            .admit(&self.policy, Way::Outbound, &policy_request, from, to, now)
             .allowed
         {
             Ok(())
@@ -123,7 +125,7 @@ impl PresenceService {
     /// A call or IM for `endpoint` could not be sent to its registered
     /// `contact`: the app's connection is gone, so is its registration,
     /// and watchers see it go offline unless another source says up.
-    pub fn delivery_failed(&mut self, endpoint: usize, contact: &str) {
+    pub fn delivery_failed(&mut self, endpoint: usize, contact: &str, now: Now) {
         let Some(e) = self.directory.get(endpoint) else {
             return;
         };
@@ -135,7 +137,7 @@ impl PresenceService {
             );
         }
         self.registrations_changed.insert(endpoint);
-        self.refresh(endpoint);
+        self.refresh(endpoint, now);
     }
 
     /// Whether `request` comes from the app of the endpoint in its From.
@@ -160,6 +162,7 @@ impl PresenceService {
         request: &Message,
         origin: &Origin,
         endpoint: Option<usize>,
+        now: Now,
     ) -> bool {
         if !self.policy.edge.hide_missing_endpoints {
             return false;
@@ -182,10 +185,10 @@ impl PresenceService {
                 policy,
                 directory,
                 admission,
-                false,
                 origin,
                 endpoint as u32,
                 watcher,
+                now,
             ) != Authorization::Allow
     }
 }

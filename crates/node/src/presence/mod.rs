@@ -63,22 +63,18 @@ pub struct OutgoingRequest {
     pub transaction: Option<ClientKey>,
 }
 
-/// The one place subscription decisions are made: requests from trusted
-/// networks are the inside of the edge; any other goes through the
-/// federation policy. Refusals are a plain 403 outside and every step in
-/// the log.
+/// The one place an outsider's subscription is decided: through the
+/// federation policy (the inside of the edge is not asked). Refusals are a
+/// plain 403 outside and every step in the log.
 fn authorize_subscription(
     policy: &PolicyConfig,
     directory: &Directory,
     admission: &mut Admission,
-    inside: bool,
     origin: &Origin,
     endpoint: u32,
     watcher: &str,
+    now: Now,
 ) -> Authorization {
-    if inside {
-        return Authorization::Allow;
-    }
     let domain = domain_of(watcher);
     let Some(e) = directory.get(endpoint as usize) else {
         return Authorization::Deny {
@@ -96,14 +92,13 @@ fn authorize_subscription(
     let outcome = verdict(policy, &request);
     let mut exceeded = None;
     if outcome.allowed && outcome.class == Some(Class::DiscoveredPartner) {
-        let now = admission.clock.unix_f64();
         exceeded = admission
             .limits
-            .admit(&policy.edge, &domain, endpoint, now)
+            .admit(&policy.edge, &domain, endpoint, now.unix_f64())
             .err();
     }
     if outcome.allowed && exceeded.is_none() {
-        admission.record(Way::Inbound, Modality::Presence, watcher, to, &outcome);
+        admission.record(Way::Inbound, Modality::Presence, watcher, to, &outcome, now);
         return Authorization::Allow;
     }
     // Refused: decide again, this time writing down why, for the log.
@@ -112,8 +107,15 @@ fn authorize_subscription(
         decision.steps.push(exceeded.to_string());
         decision.allowed = false;
     }
-    admission.record(Way::Inbound, Modality::Presence, watcher, to, &decision);
-    admission.refused(Way::Inbound, &request.remote, watcher, to, &decision);
+    admission.record(
+        Way::Inbound,
+        Modality::Presence,
+        watcher,
+        to,
+        &decision,
+        now,
+    );
+    admission.refused(Way::Inbound, &request.remote, watcher, to, &decision, now);
     Authorization::Deny {
         code: 403,
         reason: "Forbidden".into(),
@@ -212,11 +214,8 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 pub struct PresenceService {
     directory: Directory,
     policy: PolicyConfig,
-    /// Discovered partners' limits and the decisions made; a mutex only
-    /// because the authorization callback borrows the service immutably.
+    /// Discovered partners' limits and the decisions made.
     admission: Admission,
-    /// The time of the input being handled, as the driver told it.
-    clock: Now,
     notifier: Notifier<NextHop>,
     registrar: Registrar<FlowInfo<NextHop>>,
     /// Wrong passwords counted, guessers locked out.
@@ -317,11 +316,7 @@ impl PresenceService {
             publications_changed: BTreeSet::new(),
             directory,
             policy: config.policy.clone(),
-            admission: Admission::new(
-                Duration::from_secs(config.limits.refusal_log_interval_secs),
-                clock,
-            ),
-            clock,
+            admission: Admission::new(Duration::from_secs(config.limits.refusal_log_interval_secs)),
             notifier,
             registrar,
             guesses: GuessGuard::new(config.registrar.guess_limits()),
@@ -339,7 +334,7 @@ impl PresenceService {
             fenced: false,
         };
         for slot in 0..slots {
-            service.refresh(slot);
+            service.refresh(slot, clock);
         }
         service
     }
@@ -349,14 +344,14 @@ impl PresenceService {
     /// changed ones show their new name, state and sources to their
     /// watchers; removed ones end their subscriptions (`noresource`) and
     /// lose their registrations and publications.
-    fn apply_endpoints(&mut self, set: &mut EndpointSet) -> EndpointsApplied {
+    fn apply_endpoints(&mut self, set: &mut EndpointSet, now: Now) -> EndpointsApplied {
         let changes = self.directory.apply(set);
         let slots = self.directory.slots();
         self.registrar.grow(slots);
         self.health.resize(slots, (None, 0));
         self.overrides.resize(slots, None);
         self.grow_shared(slots);
-        let at = self.clock.timestamp();
+        let at = now.timestamp();
         let mut applied = EndpointsApplied::default();
         for change in changes {
             match change {
@@ -366,7 +361,7 @@ impl PresenceService {
                     applied.probes.push((slot, e.health.clone()));
                     // A new slot starts empty; a vacated one was emptied
                     // when its endpoint was removed.
-                    self.refresh(slot);
+                    self.refresh(slot, now);
                 }
                 Change::Changed { slot, before } => {
                     let e = self.directory.get(slot).expect("just changed");
@@ -389,7 +384,7 @@ impl PresenceService {
                         self.registrations_changed.insert(slot);
                     }
                     if !awaiting_probe {
-                        self.refresh(slot);
+                        self.refresh(slot, now);
                     }
                 }
                 Change::Removed { slot, endpoint } => {
@@ -432,9 +427,14 @@ impl PresenceService {
     /// subscriptions the new policy (or an endpoint's new grant) refuses
     /// end with a final NOTIFY saying `rejected`, exactly as a restart
     /// would drop them.
-    pub fn apply(&mut self, policy: PolicyConfig, set: &mut EndpointSet) -> EndpointsApplied {
+    pub fn apply(
+        &mut self,
+        policy: PolicyConfig,
+        set: &mut EndpointSet,
+        now: Now,
+    ) -> EndpointsApplied {
         self.policy = policy;
-        let applied = self.apply_endpoints(set);
+        let applied = self.apply_endpoints(set, now);
         self.revoke_refused();
         applied
     }
@@ -507,13 +507,6 @@ impl PresenceService {
         })
     }
 
-    /// The time of the input about to be handled: every date, expiry,
-    /// nonce and schedule the service works out is of this moment.
-    pub fn observe(&mut self, now: Now) {
-        self.clock = now;
-        self.admission.clock = now;
-    }
-
     /// The endpoints, for the health probes the node starts.
     pub fn directory(&self) -> &Directory {
         &self.directory
@@ -533,12 +526,12 @@ impl PresenceService {
 
     /// Feeds a response to a request this service sent. False when it was
     /// not ours.
-    pub fn on_response(&mut self, branch: &str, response: &Message, now: Instant) -> bool {
+    pub fn on_response(&mut self, branch: &str, response: &Message, now: Now) -> bool {
         let code = response.status().unwrap_or(500);
         if let Some(notify) = NotifyRef::from_branch(branch) {
             let retry_after = response.retry_after().ok().flatten().map(|r| r.seconds);
             self.notifier
-                .on_notify_response(notify, code, retry_after, now);
+                .on_notify_response(notify, code, retry_after, now.mono);
             return true;
         }
         if let Some((endpoint, contact)) = self.keepalives.remove(branch) {
@@ -549,36 +542,37 @@ impl PresenceService {
     }
 
     /// A request this service sent got no response (timeout or transport error).
-    pub fn on_failure(&mut self, branch: &str, now: Instant) {
+    pub fn on_failure(&mut self, branch: &str, now: Now) {
         if let Some(notify) = NotifyRef::from_branch(branch) {
-            self.notifier.on_notify_response(notify, 408, None, now);
+            self.notifier
+                .on_notify_response(notify, 408, None, now.mono);
         }
         self.keepalives.remove(branch);
     }
 
     /// Runs what is due.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.notifier.handle_timeout(now);
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.notifier.handle_timeout(now.mono);
         self.begin_recovery_when_settled(now);
-        for endpoint in self.registrar.expire(now) {
+        for endpoint in self.registrar.expire(now.mono) {
             self.registrations_changed.insert(endpoint);
-            self.refresh(endpoint);
+            self.refresh(endpoint, now);
         }
-        let (due, lost) = self.registrar.due_keepalives(now);
+        let (due, lost) = self.registrar.due_keepalives(now.mono);
         for endpoint in lost {
             self.registrations_changed.insert(endpoint);
-            self.refresh(endpoint);
+            self.refresh(endpoint, now);
         }
         for (endpoint, contact, flow) in due {
             self.keepalive(endpoint, contact, flow);
         }
-        for endpoint in self.publications.expire(now) {
+        for endpoint in self.publications.expire(now.mono) {
             self.publications_changed.insert(endpoint as usize);
-            self.refresh(endpoint as usize);
+            self.refresh(endpoint as usize, now);
         }
-        self.lapse_shared();
-        if now >= self.next_schedule_check {
-            self.next_schedule_check = now + Duration::from_secs(15);
+        self.lapse_shared(now);
+        if now.mono >= self.next_schedule_check {
+            self.next_schedule_check = now.mono + Duration::from_secs(15);
             let scheduled: Vec<usize> = self
                 .directory
                 .iter()
@@ -586,7 +580,7 @@ impl PresenceService {
                 .map(|(slot, _)| slot)
                 .collect();
             for slot in scheduled {
-                self.refresh(slot);
+                self.refresh(slot, now);
             }
         }
     }
@@ -621,14 +615,14 @@ impl PresenceService {
     }
 
     /// The next request to send; no NOTIFY while fenced.
-    pub fn poll(&mut self, now: Instant) -> Option<OutgoingRequest> {
+    pub fn poll(&mut self, now: Now) -> Option<OutgoingRequest> {
         if let Some(out) = self.outgoing.pop_front() {
             return Some(out);
         }
         if self.fenced {
             return None;
         }
-        self.notifier.poll(now).map(|o| OutgoingRequest {
+        self.notifier.poll(now.mono).map(|o| OutgoingRequest {
             target: o.flow,
             reliable: o.reliable,
             bytes: o.bytes,
@@ -640,9 +634,9 @@ impl PresenceService {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) or [`poll`](Self::poll) next has work.
-    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+    pub fn next_deadline(&self, now: Now) -> Option<Instant> {
         [
-            self.notifier.next_deadline(now, !self.fenced),
+            self.notifier.next_deadline(now.mono, !self.fenced),
             self.registrar.next_deadline(),
             self.publications.next_expiry(),
             self.directory
@@ -650,7 +644,7 @@ impl PresenceService {
                 .any(|(_, e)| e.schedule.is_some())
                 .then_some(self.next_schedule_check),
             self.recovery.map(|(_, deadline)| deadline),
-            self.next_shared_lapse(),
+            self.next_shared_lapse(now),
         ]
         .into_iter()
         .flatten()

@@ -14,7 +14,7 @@ impl PresenceService {
         request: &Message,
         origin: &Origin,
         facts: &Facts<'_>,
-        now: Instant,
+        now: Now,
     ) -> Answer {
         match service {
             Service::Subscribe => self.subscribe(request, origin, facts, now),
@@ -30,10 +30,10 @@ impl PresenceService {
         request: &Message,
         origin: &Origin,
         facts: &Facts<'_>,
-        now: Instant,
+        now: Now,
     ) -> Answer {
         let inside = facts.source.is_inside();
-        if !inside && !facts.in_dialog && self.hides_refused(request, origin, facts.endpoint) {
+        if !inside && !facts.in_dialog && self.hides_refused(request, origin, facts.endpoint, now) {
             return Answer::new(status::FORBIDDEN, "Forbidden");
         }
         let mut flow = flow_info(origin, request);
@@ -54,11 +54,15 @@ impl PresenceService {
             flow,
             &|uri| directory.resolve(uri).map(|i| i as u32),
             &mut |endpoint, watcher| {
-                authorize_subscription(
-                    policy, directory, admission, inside, origin, endpoint, watcher,
-                )
+                if inside {
+                    Authorization::Allow
+                } else {
+                    authorize_subscription(
+                        policy, directory, admission, origin, endpoint, watcher, now,
+                    )
+                }
             },
-            now,
+            now.mono,
         )
     }
 
@@ -74,7 +78,7 @@ impl PresenceService {
         request: &Message,
         origin: &Origin,
         uri: &str,
-        now: Instant,
+        now: Now,
     ) -> Result<usize, Box<Answer>> {
         let name = porchlight_presence::aor(uri).unwrap_or_default();
         self.guess_gate(origin, &name, now)?;
@@ -103,7 +107,7 @@ impl PresenceService {
         let peer = trusted_peer(&credentials, origin);
         let outcome = self
             .registrar
-            .authenticate(request, &credentials, peer, self.clock.unix());
+            .authenticate(request, &credentials, peer, now.unix());
         let wrong = outcome.as_ref().is_err_and(|e| e.wrong_credentials);
         self.count_guess(origin, &name, wrong, outcome.is_ok(), now);
         outcome.map(|()| endpoint).map_err(|e| Box::new(e.answer))
@@ -115,9 +119,9 @@ impl PresenceService {
         &mut self,
         origin: &Origin,
         name: &str,
-        now: Instant,
+        now: Now,
     ) -> Result<(), Box<Answer>> {
-        match self.guesses.gate(now, origin.source.ip(), name) {
+        match self.guesses.gate(now.mono, origin.source.ip(), name) {
             Gate::Open => Ok(()),
             Gate::Closed { retry_after } => Err(Box::new(
                 Answer::new(status::SERVICE_UNAVAILABLE, "Service Unavailable")
@@ -134,16 +138,16 @@ impl PresenceService {
         name: &str,
         wrong: bool,
         proven: bool,
-        now: Instant,
+        now: Now,
     ) {
         let source = origin.source.ip();
         if proven {
-            self.guesses.succeeded(now, source, name);
+            self.guesses.succeeded(now.mono, source, name);
         }
         if !wrong {
             return;
         }
-        for lockout in self.guesses.failed(now, source, name) {
+        for lockout in self.guesses.failed(now.mono, source, name) {
             match lockout {
                 Lockout::Source(ip, length) => tracing::warn!(
                     source = %ip,
@@ -170,17 +174,17 @@ impl PresenceService {
         origin: &Origin,
         name: &str,
         inside: Answer,
-        now: Instant,
+        now: Now,
     ) -> Answer {
         if !self.policy.edge.hide_missing_endpoints || self.speaks_for_inside(origin) {
             return inside;
         }
         let offered = request.auth(HeaderName::Authorization).next().is_some();
         self.count_guess(origin, name, offered, false, now);
-        self.registrar.challenge(self.clock.unix(), false, None)
+        self.registrar.challenge(now.unix(), false, None)
     }
 
-    pub(super) fn register(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
+    pub(super) fn register(&mut self, request: &Message, origin: &Origin, now: Now) -> Answer {
         let Ok(to) = request.to() else {
             return Answer::new(status::BAD_REQUEST, "Bad Request (To)");
         };
@@ -205,22 +209,22 @@ impl PresenceService {
             &credentials,
             peer,
             flow_info(origin, request),
-            now,
-            self.clock.unix(),
+            now.mono,
+            now.unix(),
         );
         let proven = outcome.answer.code == 200;
         self.count_guess(origin, &name, outcome.wrong_credentials, proven, now);
         if outcome.liveness_changed {
-            self.refresh(endpoint);
+            self.refresh(endpoint, now);
         }
         if proven {
             self.registrations_changed.insert(endpoint);
         }
-        let date = httpdate(self.clock.wall);
+        let date = httpdate(now.wall);
         outcome.answer.with("Date", date)
     }
 
-    pub(super) fn publish(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
+    pub(super) fn publish(&mut self, request: &Message, origin: &Origin, now: Now) -> Answer {
         let uri = request.request_uri().unwrap_or_default().to_owned();
         let endpoint = match self.authenticated_endpoint(request, origin, &uri, now) {
             Ok(e) => e,
@@ -262,11 +266,11 @@ impl PresenceService {
         };
         match self
             .publications
-            .publish(endpoint as u32, if_match, body, expires, now)
+            .publish(endpoint as u32, if_match, body, expires, now.mono)
         {
             Ok(published) => {
                 self.publications_changed.insert(endpoint);
-                self.refresh(endpoint);
+                self.refresh(endpoint, now);
                 let mut answer =
                     Answer::new(status::OK, "OK").with("Expires", published.expires.to_string());
                 if let Some(tag) = published.etag {
@@ -278,7 +282,7 @@ impl PresenceService {
         }
     }
 
-    pub(super) fn service(&mut self, request: &Message, origin: &Origin, now: Instant) -> Answer {
+    pub(super) fn service(&mut self, request: &Message, origin: &Origin, now: Now) -> Answer {
         let uri = request.request_uri().unwrap_or_default().to_owned();
         let endpoint = match self.authenticated_endpoint(request, origin, &uri, now) {
             Ok(e) => e,
@@ -310,7 +314,7 @@ impl PresenceService {
         {
             Ok(()) => {
                 self.publications_changed.insert(endpoint);
-                self.refresh(endpoint);
+                self.refresh(endpoint, now);
                 Answer::new(status::OK, "OK")
             }
             Err(e) => publish_refusal(&e),

@@ -72,11 +72,11 @@ impl PresenceService {
     /// this node's tags name it, its own sources are shared and the
     /// others' merged. Called before saved subscriptions are restored, so
     /// they are known by their tags.
-    pub fn join_cluster(&mut self, node: NodeId, era: u64) {
+    pub fn join_cluster(&mut self, node: NodeId, era: u64, now: Now) {
         self.notifier.set_origin(&format!("{node}-{era}"));
         self.sharing = Some(Sharing::new(node, self.directory.slots()));
         for slot in 0..self.directory.slots() {
-            self.refresh(slot);
+            self.refresh(slot, now);
         }
     }
 
@@ -136,9 +136,9 @@ impl PresenceService {
         &mut self,
         saved: Vec<SavedSubscription<String>>,
         window: Duration,
-        now: Instant,
+        now: Now,
     ) -> usize {
-        let unix = self.clock.unix();
+        let unix = now.unix();
         let mut adopted = 0;
         for mut s in saved {
             let Some(hop) = crate::snapshot::flow_from_text(&s.flow.flow, reconnect_to(&s)) else {
@@ -149,7 +149,7 @@ impl PresenceService {
             match self.notifier.restore(
                 s.with_flow(hop),
                 &|uri| directory.resolve(uri).map(|i| i as u32),
-                now,
+                now.mono,
                 unix,
             ) {
                 Ok(_) => adopted += 1,
@@ -166,13 +166,14 @@ impl PresenceService {
         &mut self,
         slot: usize,
         uri: &str,
+        now: Now,
     ) -> (bool, Option<PresenceState>) {
         let here = self.registrar.is_registered(slot);
-        let mono = self.clock.mono;
+        let mono = now.mono;
         let Some(sharing) = self.sharing.as_mut() else {
             return (here, self.publications.effective(slot as u32, mono));
         };
-        let unix = self.clock.unix() as i64;
+        let unix = now.unix() as i64;
         let to_unix = |at: Instant| unix + at.saturating_duration_since(mono).as_secs() as i64;
         let registered_until = self
             .registrar
@@ -200,7 +201,7 @@ impl PresenceService {
                 // The same state refreshed keeps its age; a new one is newest.
                 p.at = match was.filter(|w| w.state == p.state) {
                     Some(w) => w.at,
-                    None => self.clock.unix_micros(),
+                    None => now.unix_micros(),
                 };
             }
             sharing.outbox.push_back(Share {
@@ -219,7 +220,7 @@ impl PresenceService {
     /// Applies what other nodes said of an endpoint. An entry for this
     /// node that differs from what it holds is written again (memory is
     /// the primary copy: Redis may have lost it in a failover).
-    pub fn apply_shared(&mut self, shared: Shared) {
+    pub fn apply_shared(&mut self, shared: Shared, now: Now) {
         let Some(slot) = self.directory.resolve(&shared.endpoint) else {
             return; // not served here (yet): its import brings a reload
         };
@@ -270,7 +271,7 @@ impl PresenceService {
         if let Some(state) = admin {
             self.overrides[slot] = state;
         }
-        self.refresh(slot);
+        self.refresh(slot, now);
     }
 
     /// Queues this node's entry for a slot to be written again.
@@ -317,8 +318,8 @@ impl PresenceService {
     }
 
     /// Recomputes the endpoints whose entries from other nodes lapsed.
-    pub(super) fn lapse_shared(&mut self) {
-        let unix = self.clock.unix() as i64;
+    pub(super) fn lapse_shared(&mut self, now: Now) {
+        let unix = now.unix() as i64;
         let Some(sharing) = self.sharing.as_mut() else {
             return;
         };
@@ -332,15 +333,15 @@ impl PresenceService {
         }
         due.dedup();
         for slot in due {
-            self.refresh(slot);
+            self.refresh(slot, now);
         }
     }
 
     /// When the next entry from another node lapses.
-    pub(super) fn next_shared_lapse(&self) -> Option<Instant> {
+    pub(super) fn next_shared_lapse(&self, now: Now) -> Option<Instant> {
         let (at, _) = self.sharing.as_ref()?.lapses.first()?;
-        let left = (*at - self.clock.unix() as i64).max(0) as u64;
-        Some(self.clock.mono + Duration::from_secs(left))
+        let left = (*at - now.unix() as i64).max(0) as u64;
+        Some(now.mono + Duration::from_secs(left))
     }
 
     /// The next change to share.

@@ -10,23 +10,22 @@ impl PresenceService {
     }
 
     /// The saved form of a subscription slot; None: delete it.
-    pub fn saved(&self, slot: u32, now: Instant, unix: u64) -> Option<SavedSubscription<NextHop>> {
-        self.notifier.saved(slot, now, unix)
+    pub fn saved(&self, slot: u32, now: Now) -> Option<SavedSubscription<NextHop>> {
+        self.notifier.saved(slot, now.mono, now.unix())
     }
 
     /// Each endpoint whose registered contacts changed since the last
     /// call, with its contacts now (an empty list: none left).
     pub fn take_registration_changes(
         &mut self,
-        now: Instant,
-        unix: u64,
+        now: Now,
     ) -> Vec<(String, Vec<SavedBinding<FlowInfo<NextHop>>>)> {
         std::mem::take(&mut self.registrations_changed)
             .into_iter()
             .map(|endpoint| {
                 (
                     self.notifier.identity(endpoint as u32).uri.clone(),
-                    self.registrar.saved(endpoint, now, unix),
+                    self.registrar.saved(endpoint, now.mono, now.unix()),
                 )
             })
             .collect()
@@ -34,17 +33,14 @@ impl PresenceService {
 
     /// The endpoints whose publications changed, with their publications
     /// now (empty: none left), for the store.
-    pub fn take_publication_changes(
-        &mut self,
-        now: Instant,
-        unix: u64,
-    ) -> Vec<(String, Vec<SavedPublication>)> {
+    pub fn take_publication_changes(&mut self, now: Now) -> Vec<(String, Vec<SavedPublication>)> {
         std::mem::take(&mut self.publications_changed)
             .into_iter()
             .map(|endpoint| {
                 (
                     self.notifier.identity(endpoint as u32).uri.clone(),
-                    self.publications.saved(endpoint as u32, now, unix),
+                    self.publications
+                        .saved(endpoint as u32, now.mono, now.unix()),
                 )
             })
             .collect()
@@ -57,9 +53,9 @@ impl PresenceService {
     pub fn restore_publications(
         &mut self,
         saved: Vec<(String, Vec<SavedPublication>)>,
-        now: Instant,
+        now: Now,
     ) -> Vec<String> {
-        let unix = self.clock.unix();
+        let unix = now.unix();
         let mut orphans = Vec::new();
         for (uri, publications) in saved {
             let Some(endpoint) = self.directory.resolve(&uri) else {
@@ -67,8 +63,8 @@ impl PresenceService {
                 continue;
             };
             self.publications
-                .restore(endpoint as u32, publications, now, unix);
-            self.refresh(endpoint);
+                .restore(endpoint as u32, publications, now.mono, unix);
+            self.refresh(endpoint, now);
         }
         orphans
     }
@@ -80,9 +76,9 @@ impl PresenceService {
     pub fn restore_registrations(
         &mut self,
         saved: Vec<(String, Vec<SavedRegistration>)>,
-        now: Instant,
+        now: Now,
     ) -> (usize, Vec<String>) {
-        let unix = self.clock.unix();
+        let unix = now.unix();
         let mut restored = 0;
         let mut orphans = Vec::new();
         for (uri, bindings) in saved {
@@ -99,8 +95,8 @@ impl PresenceService {
                 })
                 .collect();
             restored += bindings.len();
-            self.registrar.restore(endpoint, bindings, now, unix);
-            self.refresh(endpoint);
+            self.registrar.restore(endpoint, bindings, now.mono, unix);
+            self.refresh(endpoint, now);
         }
         (restored, orphans)
     }
@@ -112,9 +108,9 @@ impl PresenceService {
         &mut self,
         saved: Vec<SavedSubscription<String>>,
         window: Duration,
-        now: Instant,
+        now: Now,
     ) -> RestoreReport {
-        let unix = self.clock.unix();
+        let unix = now.unix();
         let mut report = RestoreReport::default();
         for s in saved {
             let Some(hop) = crate::snapshot::flow_from_text(&s.flow.flow, reconnect_to(&s)) else {
@@ -132,14 +128,14 @@ impl PresenceService {
             match self.notifier.restore(
                 s.with_flow(hop),
                 &|uri| directory.resolve(uri).map(|i| i as u32),
-                now,
+                now.mono,
                 unix,
             ) {
                 Ok(_) => report.restored += 1,
                 Err(e) => report.dropped.push((slot, e.to_string())),
             }
         }
-        self.recovery = Some((window, now + SETTLE_LIMIT));
+        self.recovery = Some((window, now.mono + SETTLE_LIMIT));
         self.begin_recovery_when_settled(now);
         self.notifier.record_changes();
         report
@@ -149,7 +145,7 @@ impl PresenceService {
     /// probe has reported (or [`SETTLE_LIMIT`] has passed), so the first
     /// NOTIFY after a restart carries the endpoint's real state, not the
     /// "unknown yet" of a node that just started.
-    pub(super) fn begin_recovery_when_settled(&mut self, now: Instant) {
+    pub(super) fn begin_recovery_when_settled(&mut self, now: Now) {
         let Some((window, deadline)) = self.recovery else {
             return;
         };
@@ -157,7 +153,7 @@ impl PresenceService {
             .directory
             .iter()
             .all(|(slot, e)| e.health.is_none() || self.health[slot].0.is_some());
-        if settled || now >= deadline {
+        if settled || now.mono >= deadline {
             self.notifier.pace_recovery(window);
             self.recovery = None;
         }

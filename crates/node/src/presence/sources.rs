@@ -9,12 +9,12 @@ impl PresenceService {
     /// cluster, when there is one) and tells the notifier who it is and
     /// how it is; watchers hear of a change. Nothing for a vacant slot (a
     /// report about an endpoint removed since).
-    pub(super) fn refresh(&mut self, endpoint: usize) {
-        let at = self.clock.timestamp();
+    pub(super) fn refresh(&mut self, endpoint: usize, now: Now) {
+        let at = now.timestamp();
         let Some(uri) = self.directory.get(endpoint).map(|e| e.identity.uri.clone()) else {
             return;
         };
-        let (registered, published) = self.shared_sources(endpoint, &uri);
+        let (registered, published) = self.shared_sources(endpoint, &uri, now);
         let e = self.directory.get(endpoint).expect("resolved above");
         let sources = Sources {
             registered: e.credentials.as_ref().map(|_| registered),
@@ -43,6 +43,7 @@ impl PresenceService {
         &mut self,
         uri: &str,
         state: Option<porchlight_presence::PresenceState>,
+        now: Now,
     ) -> Option<EndpointView> {
         let endpoint = self.directory.resolve(uri)?;
         if let Some(state) = &state {
@@ -56,12 +57,12 @@ impl PresenceService {
         }
         self.share_override(uri, state.as_ref());
         self.overrides[endpoint] = state;
-        self.refresh(endpoint);
+        self.refresh(endpoint, now);
         Some(self.endpoint_view(endpoint, self.directory.get(endpoint)?))
     }
 
     /// A health probe's verdict for an endpoint.
-    pub fn on_health(&mut self, endpoint: usize, healthy: bool) {
+    pub fn on_health(&mut self, endpoint: usize, healthy: bool, now: Now) {
         let Some(e) = self.directory.get(endpoint) else {
             return;
         };
@@ -76,7 +77,7 @@ impl PresenceService {
                 *verdict = Some(false);
             }
         }
-        self.refresh(endpoint);
-        self.begin_recovery_when_settled(self.clock.mono);
+        self.refresh(endpoint, now);
+        self.begin_recovery_when_settled(now);
     }
 }

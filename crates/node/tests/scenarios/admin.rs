@@ -13,7 +13,7 @@ fn the_history_keeps_the_last_hour_of_samples_and_the_busiest_partners() {
         .from("sip:alice@contoso.com")
         .via("UDP 127.0.0.1:5070");
     node.receive(&watch.text(), &inside());
-    let mut status = node.core.status(node.now.mono);
+    let mut status = node.core.status(node.now);
     // More partners than a sample keeps: the busiest are kept.
     status.partners = (0..20u64)
         .map(|n| PartnerTraffic {

@@ -61,9 +61,9 @@ fn a_retired_node_drops_the_watchers_taken_over_without_a_word() {
     node.receive(&watch().text(), &inside());
     let sent = node.take_sent();
     node.answer_notifies(&sent, &inside(), 200);
-    assert_eq!(node.core.status(node.now.mono).subscriptions_active, 1);
+    assert_eq!(node.core.status(node.now).subscriptions_active, 1);
     node.input(Input::Retired { era: 2 });
-    assert_eq!(node.core.status(node.now.mono).subscriptions_active, 0);
+    assert_eq!(node.core.status(node.now).subscriptions_active, 0);
     node.ask(|reply| Query::SetPresence("sip:helpdesk@contoso.com".into(), busy(), reply));
     node.advance(Duration::from_secs(700));
     assert!(

@@ -83,7 +83,7 @@ fn a_stranger_without_a_certificate_cannot_watch_from_outside() {
     let from = stranger("203.0.113.9:5060");
     node.receive(&watch_from("sip:bob@fabrikam.com").text(), &from);
     assert_eq!(statuses(&node.take_sent()), [403]);
-    assert_eq!(node.core.status(node.now.mono).subscriptions_active, 0);
+    assert_eq!(node.core.status(node.now).subscriptions_active, 0);
 }
 
 #[test]

@@ -99,7 +99,7 @@ fn a_partners_call_to_the_inside_is_proxied_and_cancelled() {
         1,
         "the 487 is acknowledged hop by hop"
     );
-    assert_eq!(node.core.status(node.now.mono).proxied_in_progress, 0);
+    assert_eq!(node.core.status(node.now).proxied_in_progress, 0);
 }
 
 /// The Route set a caller's later requests carry: the Record-Route of a
@@ -186,7 +186,7 @@ fn a_call_the_inside_never_answers_gets_408_upstream() {
             .any(|(to, m)| *to == Target::Connection(PARTNER) && m.status() == Some(408)),
         "{sent:?}"
     );
-    assert_eq!(node.core.status(node.now.mono).proxied_in_progress, 0);
+    assert_eq!(node.core.status(node.now).proxied_in_progress, 0);
 }
 
 #[test]

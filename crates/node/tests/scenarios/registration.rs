@@ -115,7 +115,7 @@ fn a_wrong_password_is_challenged_again_and_binds_nothing() {
     let mut node = TestNode::new(&config(&[], QUEUE));
     let answer = register_with(&mut node, "guess", 1, 600);
     assert_eq!(answer.status(), Some(401));
-    let status = node.core.status(node.now.mono);
+    let status = node.core.status(node.now);
     let queue = status
         .endpoints
         .iter()

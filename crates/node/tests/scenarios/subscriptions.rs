@@ -63,7 +63,7 @@ fn a_subscription_is_notified_and_ends_with_a_final_notify_at_expiry() {
         requests(&node.take_sent(), "NOTIFY").is_empty(),
         "answered, it is not sent again"
     );
-    assert_eq!(node.core.status(node.now.mono).subscriptions_active, 0);
+    assert_eq!(node.core.status(node.now).subscriptions_active, 0);
     assert!(started.elapsed() < Duration::from_secs(1), "virtual time");
 }
 
@@ -178,7 +178,7 @@ fn an_expiry_shorter_than_the_minimum_gets_423_with_min_expires() {
         "{}",
         text_of(&sent)
     );
-    assert_eq!(node.core.status(node.now.mono).subscriptions_active, 0);
+    assert_eq!(node.core.status(node.now).subscriptions_active, 0);
 }
 
 #[test]
@@ -211,7 +211,7 @@ fn a_fetch_gets_one_notify_and_holds_nothing() {
         "the state, once"
     );
     node.answer_notifies(&sent, &inside(), 200);
-    assert_eq!(node.core.status(node.now.mono).subscriptions_active, 0);
+    assert_eq!(node.core.status(node.now).subscriptions_active, 0);
 }
 
 #[test]
@@ -232,7 +232,7 @@ fn a_refresh_keeps_the_subscription_past_its_first_expiry_and_an_unsubscribe_end
         requests(&node.take_sent(), "NOTIFY").is_empty(),
         "100 s in, no final NOTIFY: the refresh moved the expiry"
     );
-    assert_eq!(node.core.status(node.now.mono).subscriptions_active, 1);
+    assert_eq!(node.core.status(node.now).subscriptions_active, 1);
     node.receive(&alice(0).cseq(3).to_tag(&tag).text(), &watcher);
     let sent = node.take_sent();
     assert_eq!(statuses(&sent), [200]);
@@ -243,7 +243,7 @@ fn a_refresh_keeps_the_subscription_past_its_first_expiry_and_an_unsubscribe_end
         text(&last)
     );
     node.answer_notifies(&sent, &watcher, 200);
-    assert_eq!(node.core.status(node.now.mono).subscriptions_active, 0);
+    assert_eq!(node.core.status(node.now).subscriptions_active, 0);
 }
 
 #[test]
@@ -252,7 +252,7 @@ fn a_watcher_that_answers_481_is_gone() {
     node.receive(&alice(600).text(), &inside());
     let sent = node.take_sent();
     node.answer_notifies(&sent, &inside(), 481);
-    assert_eq!(node.core.status(node.now.mono).subscriptions_active, 0);
+    assert_eq!(node.core.status(node.now).subscriptions_active, 0);
 }
 
 #[test]
