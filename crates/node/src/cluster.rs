@@ -12,6 +12,39 @@ use serde::{Deserialize, Serialize};
 /// A node's number in its cluster (`[cluster] node_id`).
 pub type NodeId = u16;
 
+/// How long this node may still notify its watchers, as its cluster lease
+/// was last renewed. Past it, another node may be taking the watchers
+/// over, so this node sends no NOTIFY (not even a retransmission under
+/// way) and takes no new subscription: it is fenced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// Until this moment (monotonic), unless renewed before.
+    Until(std::time::Instant),
+    /// Given up (an admin drains the node): never again.
+    GivenUp,
+}
+
+impl Lease {
+    /// Whether a node holding this lease is fenced at `now`.
+    pub fn fenced(self, now: std::time::Instant) -> bool {
+        match self {
+            Lease::Until(until) => now > until,
+            Lease::GivenUp => true,
+        }
+    }
+
+    /// When, if ever, the lease runs out without a renewal: the moment
+    /// the node must fence itself, though nothing else happens then.
+    pub fn runs_out(self, now: std::time::Instant) -> Option<std::time::Instant> {
+        match self {
+            Lease::Until(until) if now <= until => {
+                Some(until + std::time::Duration::from_millis(1))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// What one node's own sources say of an endpoint. Each bound is wall
 /// time, so an entry left by a node that died ages out on every other.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
-use porchlight_node::cluster::{ClusterView, Field, Member, NodeId, Share, Shared, Value};
+use porchlight_node::cluster::{ClusterView, Field, Lease, Member, NodeId, Share, Shared, Value};
 use porchlight_node::config::ClusterSection;
 use porchlight_node::Config;
 use porchlight_store::NodeSecrets;
@@ -479,16 +479,16 @@ pub struct ClusterLink {
 }
 
 impl ClusterLink {
-    /// Whether the lease is too old for this node to notify: another node
-    /// may be about to take its watchers over. Read from the monotonic
-    /// clock on the send path, so a node resumed after a pause is fenced
+    /// The lease as last renewed, for the core, which fences itself when
+    /// it runs out: another node may be about to take its watchers over.
+    /// On the monotonic clock, so a node resumed after a pause is fenced
     /// before it sends anything.
-    pub fn fenced(&self, now: std::time::Instant) -> bool {
+    pub fn lease(&self) -> Lease {
         if self.draining.load(Ordering::Relaxed) {
-            return true;
+            return Lease::GivenUp;
         }
         let renewed = self.started + Duration::from_millis(self.renewed_ms.load(Ordering::Relaxed));
-        now.saturating_duration_since(renewed) > self.fence_after
+        Lease::Until(renewed + self.fence_after)
     }
 }
 

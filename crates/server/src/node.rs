@@ -269,7 +269,7 @@ impl Node {
             resident: 0,
             trusted_networks,
             cluster,
-            fenced: false,
+            lease: None,
             certificate_not_after,
         };
         let inbox = Inbox {
@@ -678,8 +678,8 @@ struct Driver {
     trusted_networks: TrustedNetworks,
     /// The cluster task; None when the node is alone.
     cluster: Option<ClusterLink>,
-    /// Whether the core was last told the node is fenced.
-    fenced: bool,
+    /// The lease the core was last told of; None before the first, or alone.
+    lease: Option<porchlight_node::cluster::Lease>,
     /// When our TLS certificate expires (Unix seconds); None without TLS.
     certificate_not_after: Option<i64>,
 }
@@ -798,20 +798,20 @@ impl Driver {
         self.core.handle(clock(), input);
     }
 
-    /// Tells the core when this node's lease has grown too old for it to
-    /// notify (or it is drained), and when it is renewed again (the
-    /// cluster task's reports wake the loop every second); and tells the
-    /// task how many subscriptions the node holds.
+    /// Tells the core its lease whenever it is renewed or given up (the
+    /// cluster task's reports wake the loop every second), and the task
+    /// how many subscriptions the node holds. The core fences itself when
+    /// the lease runs out.
     fn check_fence(&mut self) {
         let Some(link) = &self.cluster else {
             return;
         };
         link.held
             .store(self.core.subscriptions_active(), Ordering::Relaxed);
-        let fenced = link.fenced(Instant::now());
-        if fenced != self.fenced {
-            self.fenced = fenced;
-            self.core.handle(clock(), Input::Fenced(fenced));
+        let lease = link.lease();
+        if Some(lease) != self.lease {
+            self.lease = Some(lease);
+            self.core.handle(clock(), Input::Lease(lease));
         }
     }
 
@@ -883,16 +883,6 @@ impl Driver {
     /// A connection whose queue is full gets its messages held, in order,
     /// until a task sees it take more; past the backlog's bound they fail.
     fn offer(&mut self, target: &Target, message: Parked, now: Now) {
-        // A fenced node sends no NOTIFY, not even a retransmission already
-        // under way: another node may be notifying that watcher now.
-        if message.bytes.starts_with(b"NOTIFY ")
-            && self
-                .cluster
-                .as_ref()
-                .is_some_and(|link| link.fenced(now.mono))
-        {
-            return;
-        }
         // Whatever way the target is named, a connection with a backlog
         // keeps its messages in order behind it.
         if let Some(Target::Connection(id)) = self.transport.ready(target) {

@@ -48,7 +48,7 @@ use porchlight_transaction::{
 };
 
 use crate::clock::Now;
-use crate::cluster::{ClusterView, Share, Shared};
+use crate::cluster::{ClusterView, Lease, Share, Shared};
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::edge::{self, domain_of, partner_of, DialogSide, Direction, Edge, NO_PARTNER};
@@ -173,8 +173,9 @@ pub enum Input {
     Cluster(ClusterView),
     /// Subscriptions another node made, whose lease lapsed, to take over.
     Adopt(Vec<porchlight_presence::SavedSubscription<String>>),
-    /// Whether this node's lease is too old for it to notify.
-    Fenced(bool),
+    /// The cluster lease as last renewed (or given up): the core fences
+    /// itself when it runs out.
+    Lease(Lease),
     /// Another node took this node's subscriptions over while its lease
     /// was lost: they are dropped here, and new ones are made in `era`.
     Retired {
@@ -240,6 +241,8 @@ pub struct Core {
     cluster: Option<ClusterView>,
     /// Over how long restored or adopted watchers get their first NOTIFY.
     renotify_window: Duration,
+    /// The cluster lease as the driver last told it; None while alone.
+    lease: Option<Lease>,
 }
 
 /// A text whose webhook delivery is under way.
@@ -370,6 +373,7 @@ impl Core {
             }),
             cluster: None,
             renotify_window: Duration::from_secs(config.store.renotify_window_secs),
+            lease: None,
         };
         core.tell_trusted_networks();
         core.set_probes(probes);
@@ -460,6 +464,7 @@ impl Core {
     /// Takes one input; what the driver is to do then comes out of
     /// [`poll_output`](Self::poll_output).
     pub fn handle(&mut self, now: Now, input: Input) {
+        self.fence(now);
         let wall = now.unix() as i64;
         match input {
             Input::Received(received) => {
@@ -494,7 +499,10 @@ impl Core {
             Input::Shared(shared) => self.presence.apply_shared(shared, now),
             Input::Cluster(view) => self.cluster = Some(view),
             Input::Adopt(saved) => self.adopt(saved, now),
-            Input::Fenced(fenced) => self.presence.set_fenced(fenced),
+            Input::Lease(lease) => {
+                self.lease = Some(lease);
+                self.fence(now);
+            }
             Input::Retired { era } => {
                 self.presence.retire_subscriptions(era);
             }
@@ -506,6 +514,7 @@ impl Core {
     /// NOTIFYs it causes.
     pub fn poll_output(&mut self, now: Now) -> Option<Action> {
         if self.actions.is_empty() {
+            self.fence(now);
             self.flush(now);
         }
         self.actions.pop_front()
@@ -518,6 +527,7 @@ impl Core {
             self.presence.next_deadline(now),
             self.proxy.next_deadline(),
             self.sessions.next_deadline(),
+            self.lease.and_then(|lease| lease.runs_out(now.mono)),
         ]
         .into_iter()
         .flatten()
@@ -526,6 +536,7 @@ impl Core {
 
     /// Time has come to `now`: timers fire.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.fence(now);
         self.layer.handle_timeout(now.mono);
         self.presence.handle_timeout(now);
         for action in self.proxy.handle_timeout(now.mono) {
@@ -873,11 +884,31 @@ impl Core {
     /// A message that cannot go ends its transaction now rather than at
     /// its timeout.
     fn send(&mut self, hop: &NextHop, message: Parked, now: Now) {
+        if self.fences(&message, now) {
+            return;
+        }
         if let NextHop::Partner(partner) = hop {
             self.partners.count(partner, true);
         }
         if let Some((target, message)) = self.dispatch(hop, message, now) {
             self.actions.push_back(Action::Send { target, message });
+        }
+    }
+
+    /// Whether `message` is a NOTIFY (a first one or a retransmission) that
+    /// a fenced node must not send: another node may be notifying that
+    /// watcher now. Its transaction goes on and times out as if unanswered.
+    fn fences(&self, message: &Parked, now: Now) -> bool {
+        matches!(&message.transaction, Some(TxId::Client(key)) if key.method == "NOTIFY")
+            && self.lease.is_some_and(|lease| lease.fenced(now.mono))
+    }
+
+    /// Takes the fence up or down as the lease and the time say: fenced,
+    /// the node sends no NOTIFY and takes no new subscription.
+    fn fence(&mut self, now: Now) {
+        let fenced = self.lease.is_some_and(|lease| lease.fenced(now.mono));
+        if fenced != self.presence.fenced() {
+            self.presence.set_fenced(fenced);
         }
     }
 
@@ -919,6 +950,10 @@ impl Core {
         match result {
             Ok(target) => {
                 self.dials_succeeded += 1;
+                let waiting: Vec<Parked> = waiting
+                    .into_iter()
+                    .filter(|m| !self.fences(m, now))
+                    .collect();
                 for message in waiting {
                     self.actions.push_back(Action::Send {
                         target: target.clone(),

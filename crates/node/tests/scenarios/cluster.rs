@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use porchlight_node::cluster::Lease;
 use porchlight_node::core::Input;
 use porchlight_node::status::Query;
 use porchlight_node::testkit::*;
@@ -30,28 +31,59 @@ fn a_refresh_of_a_subscription_no_node_made_gets_481() {
 }
 
 #[test]
-fn a_fenced_node_holds_its_notifies_until_its_lease_is_back() {
+fn a_node_whose_lease_runs_out_fences_itself_and_notifies_again_once_renewed() {
     let mut node = TestNode::new(&config(&[], ""));
+    let lease = |node: &TestNode, secs| {
+        Input::Lease(Lease::Until(node.now.mono + Duration::from_secs(secs)))
+    };
+    node.input(lease(&node, 8));
     node.receive(&watch().text(), &inside());
     let sent = node.take_sent();
+    assert_eq!(notifies(&sent).len(), 1, "notifies while the lease holds");
     node.answer_notifies(&sent, &inside(), 200);
-    node.input(Input::Fenced(true));
+    // Nothing renews the lease: at 8 s the node fences itself, though no
+    // input came to say so.
+    node.advance(Duration::from_secs(9));
     node.ask(|reply| Query::SetPresence("sip:helpdesk@contoso.com".into(), busy(), reply));
     node.advance(Duration::from_secs(10));
     assert!(
         requests(&node.take_sent(), "NOTIFY").is_empty(),
         "another node may hold these watchers now"
     );
-    // Unfenced, the held change goes at once (before any retransmission).
-    node.input(Input::Fenced(false));
+    let refused = watch().call_id("while-fenced");
+    node.receive(&refused.text(), &inside());
+    assert_eq!(statuses(&node.take_sent()), [503], "no new watcher either");
+    // Renewed, the held change goes at once (before any retransmission).
+    node.input(lease(&node, 8));
     node.advance(Duration::from_millis(100));
     let sent = node.take_sent();
-    let notifies = requests(&sent, "NOTIFY");
-    assert_eq!(notifies.len(), 1, "{sent:?}");
+    let fresh = notifies(&sent);
+    assert_eq!(fresh.len(), 1, "{sent:?}");
     assert!(
-        text(&notifies[0].1).contains("<rpid:busy/>"),
+        text(fresh[0]).contains("<rpid:busy/>"),
         "{}",
-        text(&notifies[0].1)
+        text(fresh[0])
+    );
+}
+
+#[test]
+fn a_notify_under_way_is_not_retransmitted_once_the_lease_runs_out() {
+    let mut node = TestNode::new(&config(&[], ""));
+    node.input(Input::Lease(Lease::Until(
+        node.now.mono + Duration::from_secs(2),
+    )));
+    node.receive(&watch().text(), &inside());
+    assert_eq!(notifies(&node.take_sent()).len(), 1);
+    // The watcher does not answer: UDP retransmits at 0.5, 1.5, 3.5 s...
+    node.advance(Duration::from_millis(1_600));
+    assert!(
+        !requests(&node.take_sent(), "NOTIFY").is_empty(),
+        "retransmitted while leased"
+    );
+    node.advance(Duration::from_secs(20));
+    assert!(
+        requests(&node.take_sent(), "NOTIFY").is_empty(),
+        "fenced, not even a retransmission goes"
     );
 }
 

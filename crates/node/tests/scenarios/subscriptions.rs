@@ -125,13 +125,16 @@ pub fn apply(node: &mut TestNode, config: &porchlight_node::Config) {
 #[test]
 fn a_fenced_node_asks_new_watchers_to_come_back_rather_than_refusing_them() {
     let mut node = TestNode::new(&config(&[], ""));
-    node.input(porchlight_node::core::Input::Fenced(true));
+    use porchlight_node::cluster::Lease;
+    use porchlight_node::core::Input;
+    node.input(Input::Lease(Lease::GivenUp));
     node.receive(&alice(60).call_id("fenced").text(), &inside());
     let sent = node.take_sent();
     assert_eq!(statuses(&sent), [503]);
     assert!(text(&sent[0].1).contains("\r\nRetry-After: 5\r\n"));
     assert!(requests(&sent, "NOTIFY").is_empty());
-    node.input(porchlight_node::core::Input::Fenced(false));
+    let renewed = Lease::Until(node.now.mono + Duration::from_secs(8));
+    node.input(Input::Lease(renewed));
     node.receive(&alice(60).call_id("later").text(), &inside());
     assert_eq!(statuses(&node.take_sent()), [200]);
 }
