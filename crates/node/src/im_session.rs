@@ -109,6 +109,8 @@ pub struct ImSessions {
     max: usize,
     idle: Duration,
     timers: TimerConfig,
+    /// When idle sessions are next looked for; None: at the first chance.
+    next_sweep: Option<Instant>,
 }
 
 /// A 2xx the node retransmits until its ACK arrives.
@@ -124,6 +126,9 @@ struct Unacked {
 /// vanished one must not hold memory for ever.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// How often idle sessions are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
 impl ImSessions {
     /// At most `max` sessions at once; further INVITEs get 486. `timers`
     /// pace the 2xx retransmissions over UDP.
@@ -134,6 +139,7 @@ impl ImSessions {
             max,
             idle: IDLE_TIMEOUT,
             timers,
+            next_sweep: None,
         }
     }
 
@@ -386,6 +392,15 @@ impl ImSessions {
         w.header("Call-ID", &key.call_id);
         w.header_fmt("CSeq", format_args!("{} {method}", session.local_cseq));
         Some((w, session.next.clone()))
+    }
+
+    /// Forgets sessions silent for longer than the idle timeout, looking
+    /// once a minute at most.
+    pub fn sweep(&mut self, now: Instant) {
+        if self.next_sweep.is_none_or(|at| now >= at) {
+            self.expire(now);
+            self.next_sweep = Some(now + SWEEP_INTERVAL);
+        }
     }
 
     /// Forgets sessions silent for longer than the idle timeout.

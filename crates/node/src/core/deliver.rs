@@ -87,12 +87,11 @@ impl Core {
             return;
         };
         let Upstream { request, origin } = &posting.upstream;
-        self.delivery_counter += 1;
-        let id = self.delivery_counter;
+        let (id, delivery_id) = self.ids.delivery();
         let from = request.from().ok();
         let message = WebhookMessage {
             event: "message",
-            delivery_id: format!("{:x}-{id:x}", self.tag_seed & 0xffff_ffff),
+            delivery_id,
             endpoint: e.identity.uri.clone(),
             from: from
                 .as_ref()
@@ -115,7 +114,10 @@ impl Core {
                 // any other domain it names is a claim nobody proved.
                 None => from.as_ref().is_some_and(|f| {
                     let domain = domain_of(f.uri.as_str());
-                    self.domains.iter().any(|d| d.eq_ignore_ascii_case(&domain))
+                    self.names
+                        .domains
+                        .iter()
+                        .any(|d| d.eq_ignore_ascii_case(&domain))
                 }),
             },
             call_id: request.call_id().unwrap_or_default().to_owned(),
@@ -140,11 +142,12 @@ impl Core {
         trust: Option<String>,
         now: Now,
     ) {
-        let local_tag = self.next_tag("s");
+        let local_tag = self.ids.tag("s");
         let here = if origin.local.ip().is_unspecified() {
-            self.record_route_host
+            self.names
+                .record_route_host
                 .clone()
-                .unwrap_or_else(|| self.domains[0].clone())
+                .unwrap_or_else(|| self.names.domains[0].clone())
         } else {
             origin.local.to_string()
         };
@@ -278,7 +281,7 @@ impl Core {
                 continue;
             };
             let via = self.via_for(&next);
-            let branch = BranchKind::Im.branch(self.tag_seed, &mut self.branch_counter);
+            let branch = self.ids.branch(BranchKind::Im);
             if let Some((bytes, next)) = self.sessions.end(&key, &via, &branch, now.mono) {
                 self.send_in_session(bytes, next, now);
             }
@@ -318,14 +321,14 @@ impl Core {
                 format!("SIP/2.0/{} {}", own.protocol.via_token(), own.local)
             }
         };
-        let branch = BranchKind::Im.branch(self.tag_seed, &mut self.branch_counter);
-        let tag = self.next_tag("im");
+        let branch = self.ids.branch(BranchKind::Im);
+        let tag = self.ids.tag("im");
         let mut w = MessageWriter::request("MESSAGE", request_uri);
         w.header_fmt("Via", format_args!("{via};branch={branch}"));
         w.header("Max-Forwards", "70");
         w.header_fmt("From", format_args!("<{from}>;tag={tag}"));
         w.header_fmt("To", format_args!("<{to}>"));
-        w.header_fmt("Call-ID", format_args!("{tag}@{}", self.domains[0]));
+        w.header_fmt("Call-ID", format_args!("{tag}@{}", self.names.domains[0]));
         w.header("CSeq", "1 MESSAGE");
         w.header("Content-Type", content_type);
         parse_own(w.finish(text.as_bytes()))
@@ -407,7 +410,7 @@ impl Core {
     /// Where the node's own requests come from, for the delivery paths
     /// that ask: this node, with no certificate of a peer.
     pub(super) fn own_origin(&self) -> Origin {
-        let (protocol, local) = self.local_addrs[0];
+        let (protocol, local) = self.names.listening[0];
         Origin {
             protocol,
             source: local,
@@ -423,7 +426,7 @@ impl Core {
             return;
         };
         let via = self.via_for(&next);
-        let branch = BranchKind::Im.branch(self.tag_seed, &mut self.branch_counter);
+        let branch = self.ids.branch(BranchKind::Im);
         if let Some((bytes, next)) = self
             .sessions
             .message(session, text, &via, &branch, now.mono)
@@ -525,8 +528,8 @@ impl Core {
             return self.message_endpoint(&from, recipient, to, content_type, text, reply, now);
         }
         let domain = uri.host.to_string().to_ascii_lowercase();
-        let internal = self.edge.internal;
-        let next = match (self.local.is_local(uri), internal) {
+        let internal = self.names.edge.internal;
+        let next = match (self.names.local.is_local(uri), internal) {
             (false, _) => NextHop::Partner(self.presence.policy().route_to(&domain).verify.into()),
             (true, Some((protocol, addr))) => NextHop::address(protocol, addr),
             (true, None) => {
@@ -546,10 +549,10 @@ impl Core {
                 ),
             );
         };
-        if !self.local.is_local(uri) {
+        if !self.names.local.is_local(uri) {
             if let Err(answer) =
                 self.presence
-                    .authorize_leaving(&self.domains, &message, &domain, now)
+                    .authorize_leaving(&self.names.domains, &message, &domain, now)
             {
                 return refuse(reply, *answer);
             }

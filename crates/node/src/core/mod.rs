@@ -33,9 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use porchlight_link::{
-    ConnectionId, Origin, Protocol, Received, RefusalLog, SourceRateLimits, SourceRates, Target,
-};
+use porchlight_link::{ConnectionId, Origin, Protocol, Received, Target};
 use porchlight_policy::Network;
 use porchlight_sip::status;
 use porchlight_sip::{
@@ -52,24 +50,28 @@ use crate::cluster::{ClusterView, Lease, Share, Shared};
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::edge::{self, domain_of, partner_of, DialogSide, Direction, Edge, NO_PARTNER};
-use crate::history::History;
 use crate::im_session::{first_text_of, ImSessions, InSession, OurSide, SessionKey};
 use crate::outbound::{Dialer, Dispatch, NextHop, Parked, Reach};
-use crate::overload::{Load, Overload, OverloadLimits, Transition};
+use crate::overload::Load;
 use crate::presence::{modality_of, parse_own, PresenceService};
 use crate::router::{self, Facts, Holder, RouteCtx, Source};
-use crate::status::{
-    warn_if_expiring, PartnerCounts, Query, RefusedCount, Reply, SentMessage, Status,
-};
+use crate::status::{warn_if_expiring, Query, RefusedCount, Reply, SentMessage, Status};
 use crate::uas::{answer_malformed, LocalNames, SERVER};
 use crate::webhook::{Outcome, WebhookMessage};
 use crate::wire::{self, response_target, BranchKind};
+use ids::Ids;
+use membership::Membership;
+use names::Names;
+use shield::{Entry, Shield};
+use tally::Tally;
 
 mod deliver;
+mod ids;
+mod membership;
+mod names;
 mod proxy;
-
-/// How often idle IM sessions are looked for.
-const SESSION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+mod shield;
+mod tally;
 
 /// What the core asks of the transport: facts about open connections,
 /// never I/O.
@@ -189,60 +191,36 @@ pub enum Input {
 pub struct Core {
     /// What the transport knows about open connections: facts, no I/O.
     links: Arc<dyn Links>,
-    /// This node's listening addresses, for Via and Record-Route.
-    local_addrs: Vec<(Protocol, SocketAddr)>,
     /// What the driver is to do, in order.
     actions: VecDeque<Action>,
+    /// Every transaction, server and client (RFC 3261 §17).
     layer: TransactionLayer<NextHop>,
-    local: LocalNames,
+    /// This node's names, addresses and edge.
+    names: Names,
+    /// Endpoints, policy, registrations, publications and subscriptions.
     presence: PresenceService,
-    tag_seed: u64,
-    tag_counter: u64,
+    /// Tags, branches and numbers, unique to this node.
+    ids: Ids,
     /// Proxied requests in progress (edge mode).
     proxy: ProxyTable<Branch>,
-    edge: Edge,
-    trust_header: String,
-    record_route_host: Option<String>,
-    /// Our domains: the only From domains sent out to partners.
-    domains: Vec<String>,
-    branch_counter: u64,
     /// Messages waiting for a partner's edge or a host name to be found.
     dialer: Dialer,
-    started: Instant,
-    /// Requests exchanged with each partner.
-    partners: PartnerCounts,
-    /// The last hour's samples, for the console's charts.
-    history: History,
-    dials_succeeded: u64,
-    dials_failed: u64,
-    /// Subscriptions brought back from the store at start.
-    restored: usize,
+    /// What the admin is shown: age, partners, history, dials.
+    tally: Tally,
     /// MESSAGEs waiting for their webhook delivery, by delivery number.
     posting: HashMap<u64, Posting>,
-    delivery_counter: u64,
     /// Requests this node sent on its own (IM from an endpoint), with who
     /// waits for the final response.
     originated: HashMap<ClientKey, Option<Reply<SentMessage>>>,
     /// IM sessions the node answers for webhook apps.
     sessions: ImSessions,
-    next_session_sweep: Instant,
     /// The number of each probed endpoint's running health probe, by
     /// slot: a stopped probe's late verdicts are ignored.
     probes: HashMap<usize, u64>,
-    probe_counter: u64,
-    /// What the transport asks of a new connection's address.
-    /// Sheds new work past the load marks.
-    overload: Overload,
-    /// Refusals of the node's own (overload, source rate), logged once per interval.
-    refusals: RefusalLog,
-    /// Requests per anonymous source, so one flooder is dropped alone.
-    source_rates: SourceRates,
-    /// The cluster as the driver last reported it; None when alone.
-    cluster: Option<ClusterView>,
-    /// Over how long restored or adopted watchers get their first NOTIFY.
-    renotify_window: Duration,
-    /// The cluster lease as the driver last told it; None while alone.
-    lease: Option<Lease>,
+    /// Source rates and overload, in front of the router.
+    shield: Shield,
+    /// The cluster and this node's lease in it.
+    membership: Membership,
 }
 
 /// A text whose webhook delivery is under way.
@@ -328,57 +306,40 @@ impl Core {
         let probes = started.probes;
         let mut core = Core {
             links: started.links,
-            local_addrs: started.local_addrs,
             actions: VecDeque::new(),
             layer: TransactionLayer::new(started.timers),
-            local: started.local,
-            presence: started.presence,
-            tag_seed: started.tag_seed,
-            tag_counter: 0,
-            proxy: ProxyTable::new(std::time::Duration::from_secs(config.timers.timer_c_secs)),
-            edge: Edge {
-                internal: edge::address_of(&config.edge.internal_next_hop),
-                secret: started.edge_secret,
+            names: Names {
+                domains: config.node.domains.clone(),
+                local: started.local,
+                listening: started.local_addrs,
+                edge: Edge {
+                    internal: edge::address_of(&config.edge.internal_next_hop),
+                    secret: started.edge_secret,
+                },
+                trust_header: config.edge.trust_header.clone(),
+                record_route_host: (!config.edge.record_route_host.is_empty())
+                    .then(|| config.edge.record_route_host.clone()),
             },
-            trust_header: config.edge.trust_header.clone(),
-            record_route_host: (!config.edge.record_route_host.is_empty())
-                .then(|| config.edge.record_route_host.clone()),
-            domains: config.node.domains.clone(),
-            branch_counter: 0,
+            presence: started.presence,
+            ids: Ids::new(started.tag_seed),
+            proxy: ProxyTable::new(std::time::Duration::from_secs(config.timers.timer_c_secs)),
             dialer: Dialer::new(config.limits.max_parked_per_destination),
-            started: started.now.mono,
-            partners: PartnerCounts::default(),
-            history: History::new(config.admin.history_interval_secs),
-            dials_succeeded: 0,
-            dials_failed: 0,
-            restored: started.restored,
+            tally: Tally::new(
+                started.now.mono,
+                config.admin.history_interval_secs,
+                started.restored,
+            ),
             posting: HashMap::new(),
-            delivery_counter: 0,
             originated: HashMap::new(),
             sessions: ImSessions::new(config.limits.max_im_sessions, started.timers),
-            next_session_sweep: started.now.mono,
             probes: HashMap::new(),
-            probe_counter: 0,
-            overload: Overload::new(OverloadLimits {
-                max_backlog: config.limits.overload_backlog,
-                max_server_transactions: config.limits.overload_server_transactions,
-                memory_budget_bytes: config.limits.memory_budget_mib << 20,
-                retry_after: Duration::from_secs(config.limits.overload_retry_after_secs),
-            }),
-            refusals: RefusalLog::new(Duration::from_secs(config.limits.refusal_log_interval_secs)),
-            source_rates: SourceRates::new(SourceRateLimits {
-                per_sec: config.limits.source_request_rate,
-                burst: config.limits.source_request_burst,
-                max_sources: config.limits.max_rate_sources,
-            }),
-            cluster: None,
-            renotify_window: Duration::from_secs(config.store.renotify_window_secs),
-            lease: None,
+            shield: Shield::new(&config.limits),
+            membership: Membership::new(Duration::from_secs(config.store.renotify_window_secs)),
         };
         core.tell_trusted_networks();
         core.set_probes(probes);
         if let Some(cluster) = &config.cluster {
-            core.cluster = Some(ClusterView {
+            core.membership.set_view(ClusterView {
                 node: cluster.node_id,
                 ..ClusterView::default()
             });
@@ -399,9 +360,9 @@ impl Core {
                 // "SIP/2.0/UDP host:port": the transport it was saved on.
                 let token = s.flow.via.split(' ').next()?.rsplit('/').next()?;
                 let protocol = Protocol::from_via_token(token)?;
-                let (_, addr) = self.local_addrs.iter().find(|(p, _)| *p == protocol)?;
+                let (_, addr) = self.names.listening.iter().find(|(p, _)| *p == protocol)?;
                 let host = match addr.ip() {
-                    ip if ip.is_unspecified() => self.domains[0].clone(),
+                    ip if ip.is_unspecified() => self.names.domains[0].clone(),
                     std::net::IpAddr::V4(ip) => ip.to_string(),
                     std::net::IpAddr::V6(ip) => format!("[{ip}]"),
                 };
@@ -410,12 +371,14 @@ impl Core {
                 Some(s)
             })
             .collect();
-        let adopted = self.presence.adopt(relocated, self.renotify_window, now);
+        let adopted = self
+            .presence
+            .adopt(relocated, self.membership.renotify_window, now);
         tracing::info!(
             adopted,
             offered = count,
             "took over subscriptions of a node whose lease is gone (lapsed, or given up by a drain); re-notifying them paced over {}s",
-            self.renotify_window.as_secs()
+            self.membership.renotify_window.as_secs()
         );
     }
 
@@ -454,7 +417,7 @@ impl Core {
     pub fn store_progress(&self) -> (usize, usize, usize) {
         (
             self.presence.changes_pending(),
-            self.restored,
+            self.tally.restored,
             self.presence.recovering(),
         )
     }
@@ -482,7 +445,7 @@ impl Core {
                 let _in_span = span.entered();
                 self.on_received(received, now)
             }
-            Input::Load(load) => self.on_load(load),
+            Input::Load(load) => self.shield.on_load(load),
             Input::Dialed { hop, result } => self.on_dialed(hop, result, now),
             Input::SendFailed(message) => self.fail(message, now),
             Input::Verdict {
@@ -497,10 +460,10 @@ impl Core {
             Input::Posted { delivery, outcome } => self.on_posted(delivery, outcome, now),
             Input::Query(query) => self.answer_query(query, now),
             Input::Shared(shared) => self.presence.apply_shared(shared, now),
-            Input::Cluster(view) => self.cluster = Some(view),
+            Input::Cluster(view) => self.membership.set_view(view),
             Input::Adopt(saved) => self.adopt(saved, now),
             Input::Lease(lease) => {
-                self.lease = Some(lease);
+                self.membership.set_lease(lease);
                 self.fence(now);
             }
             Input::Retired { era } => {
@@ -527,7 +490,7 @@ impl Core {
             self.presence.next_deadline(now),
             self.proxy.next_deadline(),
             self.sessions.next_deadline(),
-            self.lease.and_then(|lease| lease.runs_out(now.mono)),
+            self.membership.runs_out(now.mono),
         ]
         .into_iter()
         .flatten()
@@ -545,10 +508,7 @@ impl Core {
         for (bytes, target) in self.sessions.retransmissions(now.mono) {
             self.send_detached(target, bytes);
         }
-        if now.mono >= self.next_session_sweep {
-            self.sessions.expire(now.mono);
-            self.next_session_sweep = now.mono + SESSION_SWEEP;
-        }
+        self.sessions.sweep(now.mono);
     }
 
     /// Starts, restarts (with new settings) or stops endpoints' health
@@ -560,41 +520,21 @@ impl Core {
                 self.actions.push_back(Action::StopProbe { endpoint });
                 continue;
             };
-            self.probe_counter += 1;
-            self.probes.insert(endpoint, self.probe_counter);
+            let probe = self.ids.probe();
+            self.probes.insert(endpoint, probe);
             self.actions.push_back(Action::StartProbe {
                 endpoint,
-                probe: self.probe_counter,
+                probe,
                 health,
             });
-        }
-    }
-
-    /// Tells the overload controller the load after each batch; a change
-    /// of state is logged once.
-    fn on_load(&mut self, load: Load) {
-        match self.overload.observe(load) {
-            Some(Transition::Shedding(load)) => tracing::warn!(
-                backlog = load.backlog,
-                server_transactions = load.server_transactions,
-                resident_mib = load.resident_bytes >> 20,
-                "overloaded: new requests get 503 with Retry-After until the load halves"
-            ),
-            Some(Transition::Recovered(shed)) => {
-                tracing::warn!(
-                    shed,
-                    "load back under half the marks: new requests taken again"
-                )
-            }
-            None => {}
         }
     }
 
     /// The node's own refusal counters (the transport keeps its own).
     fn refused_counts(&self) -> Vec<RefusedCount> {
         let (unchecked, wrong) = self.presence.guess_counts();
-        self.refusals
-            .totals()
+        self.shield
+            .refused()
             .chain([
                 ("wrong password", wrong),
                 ("password guessing: refused unchecked", unchecked),
@@ -613,8 +553,11 @@ impl Core {
         let (servers, clients) = self.layer.len();
         Status {
             version: env!("CARGO_PKG_VERSION"),
-            domains: self.domains.clone(),
-            uptime_secs: now.mono.saturating_duration_since(self.started).as_secs(),
+            domains: self.names.domains.clone(),
+            uptime_secs: now
+                .mono
+                .saturating_duration_since(self.tally.started)
+                .as_secs(),
             subscriptions_active: stats.active,
             subscriptions_created: stats.created,
             subscriptions_refreshed: stats.refreshed,
@@ -623,7 +566,7 @@ impl Core {
             notifies_failed: stats.notifies_failed,
             notifies_in_flight: in_flight,
             connections: 0,
-            overloaded: self.overload.is_shedding(),
+            overloaded: self.shield.is_shedding(),
             server_transactions: servers,
             client_transactions: clients,
             proxied_in_progress: self.proxy.len(),
@@ -631,11 +574,12 @@ impl Core {
             webhook_deliveries: self.posting.len(),
             parked: self.dialer.parked(),
             backlogged: 0,
-            dials_succeeded: self.dials_succeeded,
-            dials_failed: self.dials_failed,
+            dials_succeeded: self.tally.dials_succeeded,
+            dials_failed: self.tally.dials_failed,
             decisions: self.presence.decision_counts(),
             refused: self.refused_counts(),
             partners: self
+                .tally
                 .partners
                 .list()
                 .into_iter()
@@ -648,7 +592,7 @@ impl Core {
             store: None,
             certificate_not_after: None,
             capture: None,
-            cluster: self.cluster.clone().map(|mut view| {
+            cluster: self.membership.view().cloned().map(|mut view| {
                 view.applied = self.presence.shared_applied().unwrap_or(0);
                 view
             }),
@@ -679,9 +623,11 @@ impl Core {
 
     /// Whether `uri` names this node (a domain, alias or address of ours).
     fn is_ours(&self, uri: &str) -> bool {
-        porchlight_sip::Uri::parse(uri)
-            .ok()
-            .is_some_and(|parsed| parsed.sip().is_some_and(|sip| self.local.is_local(sip)))
+        porchlight_sip::Uri::parse(uri).ok().is_some_and(|parsed| {
+            parsed
+                .sip()
+                .is_some_and(|sip| self.names.local.is_local(sip))
+        })
     }
 
     /// Remembers when the certificate a partner presented expires, and
@@ -693,7 +639,11 @@ impl Core {
         let Some(partner) = peer.domains.first() else {
             return;
         };
-        if self.partners.note_certificate(partner, peer.not_after) {
+        if self
+            .tally
+            .partners
+            .note_certificate(partner, peer.not_after)
+        {
             warn_if_expiring(&format!("partner {partner}"), peer.not_after, now_unix);
         }
     }
@@ -701,18 +651,19 @@ impl Core {
     /// Keeps a sample of `status` (the driver's, with what the transport
     /// counts) taken at `at` (Unix seconds) for the console's charts.
     pub fn record_history(&mut self, at: i64, status: &Status) {
-        self.history.record(status.sample(at));
+        self.tally.history.record(status.sample(at));
     }
 
     /// How often the driver is to call [`record_history`](Self::record_history).
     pub fn history_interval(&self) -> Duration {
-        Duration::from_secs(self.history.interval_secs())
+        Duration::from_secs(self.tally.history.interval_secs())
     }
 
     /// Each partner's certificate expiry as last presented, for the
     /// driver's daily look at what is about to lapse.
     pub fn partner_certificates(&self) -> Vec<(String, i64)> {
-        self.partners
+        self.tally
+            .partners
             .certificates()
             .map(|(partner, not_after)| (partner.to_owned(), not_after))
             .collect()
@@ -736,7 +687,7 @@ impl Core {
             }
             Query::Apply(policy, mut endpoints, reply) => {
                 let applied = self.presence.apply(*policy, &mut endpoints, now);
-                if self.cluster.is_some()
+                if self.membership.view().is_some()
                     && !(applied.added.is_empty() && applied.removed.is_empty())
                 {
                     self.actions
@@ -753,7 +704,7 @@ impl Core {
                 };
                 reply.send((imported, endpoints));
             }
-            Query::History(reply) => reply.send(self.history.view()),
+            Query::History(reply) => reply.send(self.tally.history.view()),
             Query::SendMessage(message, reply) => {
                 let Some(endpoint) = self.presence.directory().resolve(&message.from) else {
                     reply.send(SentMessage {
@@ -888,7 +839,7 @@ impl Core {
             return;
         }
         if let NextHop::Partner(partner) = hop {
-            self.partners.count(partner, true);
+            self.tally.partners.count(partner, true);
         }
         if let Some((target, message)) = self.dispatch(hop, message, now) {
             self.actions.push_back(Action::Send { target, message });
@@ -900,13 +851,13 @@ impl Core {
     /// watcher now. Its transaction goes on and times out as if unanswered.
     fn fences(&self, message: &Parked, now: Now) -> bool {
         matches!(&message.transaction, Some(TxId::Client(key)) if key.method == "NOTIFY")
-            && self.lease.is_some_and(|lease| lease.fenced(now.mono))
+            && self.membership.fenced(now.mono)
     }
 
     /// Takes the fence up or down as the lease and the time say: fenced,
     /// the node sends no NOTIFY and takes no new subscription.
     fn fence(&mut self, now: Now) {
-        let fenced = self.lease.is_some_and(|lease| lease.fenced(now.mono));
+        let fenced = self.membership.fenced(now.mono);
         if fenced != self.presence.fenced() {
             self.presence.set_fenced(fenced);
         }
@@ -949,7 +900,7 @@ impl Core {
         let waiting = self.dialer.finished(&hop, result.as_ref().ok(), now.mono);
         match result {
             Ok(target) => {
-                self.dials_succeeded += 1;
+                self.tally.dials_succeeded += 1;
                 let waiting: Vec<Parked> = waiting
                     .into_iter()
                     .filter(|m| !self.fences(m, now))
@@ -962,6 +913,7 @@ impl Core {
                 }
             }
             Err(e) => {
+                self.tally.dials_failed += 1;
                 tracing::warn!(
                     ?hop,
                     waiting = waiting.len(),
@@ -1015,35 +967,24 @@ impl Core {
         // First and cheapest: an anonymous source past its rate is not
         // answered at all; under overload, new work is turned away before
         // it is parsed further, decided or given a transaction.
-        if origin.peer.is_none()
-            && !self.presence.speaks_for_inside(&origin)
-            && !self.source_rates.admit(origin.source.ip(), now.mono)
+        let anonymous = origin.peer.is_none() && !self.presence.speaks_for_inside(&origin);
+        match self
+            .shield
+            .check(&request, origin.source.ip(), anonymous, now.mono)
         {
-            self.refusals.note(
-                now.mono,
-                origin.source.ip(),
-                "source rate: request dropped",
-                "",
-            );
-            return;
-        }
-        if let Some(answer) = self.overload.shed(&request) {
-            self.refusals.note(
-                now.mono,
-                origin.source.ip(),
-                "overloaded: new request shed",
-                "",
-            );
-            let tag = match ServerKey::of(&request) {
-                Ok(key) => self.stateless_tag(&key),
-                Err(_) => self.next_tag(""),
-            };
-            let bytes = self.write_answer(&request, &origin, &answer, &tag);
-            self.send_detached(response_target(&request, &origin), bytes);
-            return;
+            Entry::Pass => {}
+            Entry::Drop => return,
+            Entry::Shed(answer) => {
+                let tag = match ServerKey::of(&request) {
+                    Ok(key) => self.ids.stateless_tag(&key),
+                    Err(_) => self.ids.tag(""),
+                };
+                let bytes = self.write_answer(&request, &origin, &answer, &tag);
+                return self.send_detached(response_target(&request, &origin), bytes);
+            }
         }
         if let Some(partner) = origin.peer.as_ref().and_then(|p| p.domains.first()) {
-            self.partners.count(partner, false);
+            self.tally.partners.count(partner, false);
         }
         let target = response_target(&request, &origin);
         let facts = self.facts(&request, &origin);
@@ -1102,8 +1043,8 @@ impl Core {
     /// the policy in force and whether it may take subscriptions.
     fn route_ctx(&self) -> RouteCtx<'_> {
         RouteCtx {
-            local: &self.local,
-            edge: &self.edge,
+            local: &self.names.local,
+            edge: &self.names.edge,
             policy: self.presence.policy(),
             own_domains: self.presence.own_domains(),
             fenced: self.presence.fenced(),
@@ -1135,7 +1076,7 @@ impl Core {
     /// Our Via (without branch) for a request sent to `next`.
     fn via_for(&self, next: &NextHop) -> String {
         let protocol = self.protocol_to(next);
-        wire::via(protocol, &self.sent_by(protocol))
+        wire::via(protocol, &self.names.sent_by(protocol))
     }
 
     /// The transport a request to `next` travels on.
@@ -1146,14 +1087,6 @@ impl Core {
             }
             next => next.protocol(),
         }
-    }
-
-    /// This node's address for `protocol`, for Via and Record-Route.
-    fn sent_by(&self, protocol: Protocol) -> String {
-        self.local_addrs
-            .iter()
-            .find(|(p, _)| *p == protocol)
-            .map_or_else(|| self.domains[0].clone(), |(_, a)| a.to_string())
     }
 
     /// Answers a request through its server transaction.
@@ -1169,7 +1102,7 @@ impl Core {
         // again with the same To tag (RFC 3261 §8.2.7), so a flood of them
         // holds nothing for Timer J; what is accepted keeps its transaction.
         if answer.code >= 300 {
-            let tag = self.stateless_tag(key);
+            let tag = self.ids.stateless_tag(key);
             let bytes = self.write_answer(request, origin, answer, &tag);
             self.layer.refuse(key, bytes);
         } else {
@@ -1178,28 +1111,8 @@ impl Core {
         }
     }
 
-    /// The To tag of a stateless answer: the same for every retransmission
-    /// of one request, unguessable across requests.
-    fn stateless_tag(&self, key: &ServerKey) -> String {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (self.tag_seed, key).hash(&mut hasher);
-        format!("{:x}", hasher.finish())
-    }
-
-    /// A tag no other of this node's dialogs or transactions uses (also
-    /// the unique part of the Call-IDs it makes).
-    fn next_tag(&mut self, prefix: &str) -> String {
-        self.tag_counter += 1;
-        format!(
-            "{prefix}{:x}{:x}",
-            self.tag_seed & 0xffff_ffff,
-            self.tag_counter
-        )
-    }
-
     fn render(&mut self, request: &Message, origin: &Origin, answer: &Answer) -> Bytes {
-        let tag = self.next_tag("");
+        let tag = self.ids.tag("");
         self.write_answer(request, origin, answer, &tag)
     }
 

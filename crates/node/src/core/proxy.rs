@@ -103,7 +103,7 @@ impl Core {
                 .map(Some),
             Direction::Leaving { domain, .. } => self
                 .presence
-                .authorize_leaving(&self.domains, &request, domain, now)
+                .authorize_leaving(&self.names.domains, &request, domain, now)
                 .map(|()| None),
             Direction::ToEndpoint(_) | Direction::InDialog => Ok(None),
         };
@@ -126,17 +126,7 @@ impl Core {
     /// with Retry-After; the node that takes it over answers the retry).
     pub(super) fn holder(&self, request: &Message) -> Option<Holder> {
         let origin = self.presence.made_elsewhere(request)?;
-        let live = || -> Option<std::net::SocketAddr> {
-            let (node, era) = origin.split_once('-')?;
-            let holder = self.cluster.as_ref()?.members.iter().find(|m| {
-                !m.this_node
-                    && m.lease_left_ms.is_some()
-                    && m.node.to_string() == node
-                    && m.era.to_string() == era
-            })?;
-            holder.internal.parse().ok()
-        };
-        Some(live().map_or_else(
+        Some(self.membership.live_member(origin).map_or_else(
             || {
                 tracing::debug!(
                     origin,
@@ -219,12 +209,13 @@ impl Core {
                     .ok()
                     .and_then(|d| partner_of(self.presence.policy(), origin, &d))
                     .unwrap_or_else(|| NO_PARTNER.into());
-                let token = self.edge.route_token(call_id, side, &partner);
+                let token = self.names.edge.route_token(call_id, side, &partner);
                 let outside = self
+                    .names
                     .record_route_host
                     .clone()
                     .unwrap_or_else(|| origin.local.to_string());
-                record_route.push(entry(&token, &self.sent_by(protocol), protocol));
+                record_route.push(entry(&token, &self.names.sent_by(protocol), protocol));
                 record_route.push(entry(&token, &outside, origin.protocol));
             }
             Direction::Leaving {
@@ -237,22 +228,23 @@ impl Core {
                 } else {
                     DialogSide::Inside
                 };
-                let token = self.edge.route_token(call_id, side, partner);
+                let token = self.names.edge.route_token(call_id, side, partner);
                 let outside = self
+                    .names
                     .record_route_host
                     .clone()
-                    .unwrap_or_else(|| self.sent_by(Protocol::Tls));
+                    .unwrap_or_else(|| self.names.sent_by(Protocol::Tls));
                 record_route.push(entry(&token, &outside, Protocol::Tls));
                 record_route.push(entry(&token, &origin.local.to_string(), origin.protocol));
             }
             Direction::InDialog => {}
         }
-        let trust_header = self.trust_header.as_str();
+        let trust_header = self.names.trust_header.as_str();
         let add: Vec<(&str, String)> = trust.into_iter().map(|t| (trust_header, t)).collect();
         // Only what this node vouches for reaches the inside, and nothing
         // of it leaves: the header is removed from whatever passes.
         let strip: &[&str] = &[trust_header];
-        let branch = BranchKind::Proxied.branch(self.tag_seed, &mut self.branch_counter);
+        let branch = self.ids.branch(BranchKind::Proxied);
         forward(
             request,
             &Forwarding {

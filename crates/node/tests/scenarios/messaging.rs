@@ -267,4 +267,6 @@ fn a_partner_found_by_dialling_gets_what_waited_for_it_and_a_dead_one_fails_it()
     });
     assert!(requests(&node.take_sent(), "MESSAGE").is_empty());
     assert_eq!(outcome.try_recv().expect("told at once").status, 503);
+    let status = node.core.status(node.now);
+    assert_eq!((status.dials_succeeded, status.dials_failed), (1, 1));
 }
