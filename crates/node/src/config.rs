@@ -70,10 +70,8 @@ pub struct NodeSection {
     /// SIP domains this node is authoritative for.
     pub domains: Vec<String>,
     /// Other host names or literal addresses that mean this node.
-    #[serde(default)]
     pub aliases: Vec<String>,
     /// Runtime threads; 0 means one per core.
-    #[serde(default)]
     pub worker_threads: usize,
 }
 
@@ -82,13 +80,10 @@ pub struct NodeSection {
 #[serde(deny_unknown_fields)]
 pub struct ListenSection {
     /// UDP addresses.
-    #[serde(default)]
     pub udp: Vec<SocketAddr>,
     /// TCP addresses.
-    #[serde(default)]
     pub tcp: Vec<SocketAddr>,
     /// TLS addresses.
-    #[serde(default)]
     pub tls: Vec<SocketAddr>,
 }
 
@@ -107,48 +102,36 @@ pub struct LimitsSection {
     /// Of those, how many only certified peers, the trusted networks and
     /// the node's own dialling may use: a flood of anonymous connections
     /// never takes them.
-    #[serde(default = "default_reserved_connections")]
     pub reserved_connections: usize,
     /// Most anonymous connections from one address.
-    #[serde(default = "default_max_connections_per_source")]
     pub max_connections_per_source: usize,
     /// Idle stream connections close after this many seconds.
     pub idle_timeout_secs: u64,
     /// A TLS handshake must finish within this many seconds.
-    #[serde(default = "default_handshake_timeout_secs")]
     pub tls_handshake_timeout_secs: u64,
     /// A message must arrive whole within this many seconds of its first
     /// byte, and a new connection's first message within this of opening.
-    #[serde(default = "default_message_timeout_secs")]
     pub message_timeout_secs: u64,
     /// Received messages waiting for the event loop past which new work is
     /// shed (503 with Retry-After) until the backlog is under half of it.
-    #[serde(default = "default_overload_backlog")]
     pub overload_backlog: usize,
     /// Live server transactions past which new work is shed.
-    #[serde(default = "default_overload_server_transactions")]
     pub overload_server_transactions: usize,
     /// Resident memory, in MiB, past which new work is shed; 0: no budget.
-    #[serde(default = "default_memory_budget_mib")]
     pub memory_budget_mib: u64,
     /// What shed requests are told to wait (Retry-After), with up to as
     /// much again of jitter.
-    #[serde(default = "default_overload_retry_after_secs")]
     pub overload_retry_after_secs: u64,
     /// Requests per second one anonymous source (an address, or an IPv6
     /// /64; neither a certified peer nor the trusted networks) may send;
     /// past it they are dropped unanswered. 0: no limit.
-    #[serde(default = "default_source_request_rate")]
     pub source_request_rate: u32,
     /// Requests such a source may send at once before the rate applies.
-    #[serde(default = "default_source_request_burst")]
     pub source_request_burst: u32,
     /// Anonymous sources whose rate is tracked at once.
-    #[serde(default = "default_max_rate_sources")]
     pub max_rate_sources: usize,
     /// Refusals are logged once per reason and peer per this many seconds,
     /// with a count of the rest; metrics count every one.
-    #[serde(default = "default_refusal_log_interval_secs")]
     pub refusal_log_interval_secs: u64,
     /// Received messages queued toward the core.
     pub receive_queue_depth: usize,
@@ -158,79 +141,13 @@ pub struct LimitsSection {
     pub udp_buffer_bytes: usize,
     /// Messages held for one destination while its edge is looked up and
     /// dialled; beyond it they fail at once (503 upstream).
-    #[serde(default = "default_max_parked")]
     pub max_parked_per_destination: usize,
     /// Messages held for one connection whose queue is full, so the event
     /// loop never waits for a peer to read; past it they fail.
     pub connection_backlog: usize,
     /// IM sessions the node holds for webhook apps at once; beyond it an
     /// IM INVITE gets 486.
-    #[serde(default = "default_max_im_sessions")]
     pub max_im_sessions: usize,
-}
-
-fn default_max_dialog_bytes() -> usize {
-    8_192
-}
-
-fn default_max_note_bytes() -> usize {
-    1_024
-}
-
-fn default_overload_backlog() -> usize {
-    8_192
-}
-
-fn default_overload_server_transactions() -> usize {
-    200_000
-}
-
-fn default_memory_budget_mib() -> u64 {
-    2_048
-}
-
-fn default_overload_retry_after_secs() -> u64 {
-    5
-}
-
-fn default_source_request_rate() -> u32 {
-    100
-}
-
-fn default_source_request_burst() -> u32 {
-    400
-}
-
-fn default_max_rate_sources() -> usize {
-    100_000
-}
-
-fn default_reserved_connections() -> usize {
-    2_000
-}
-
-fn default_max_connections_per_source() -> usize {
-    256
-}
-
-fn default_handshake_timeout_secs() -> u64 {
-    5
-}
-
-fn default_message_timeout_secs() -> u64 {
-    10
-}
-
-fn default_refusal_log_interval_secs() -> u64 {
-    10
-}
-
-fn default_max_im_sessions() -> usize {
-    10_000
-}
-
-fn default_max_parked() -> usize {
-    1024
 }
 
 /// RFC 3261 timer bases.
@@ -245,12 +162,7 @@ pub struct TimersSection {
     pub t4_ms: u64,
     /// Timer C (§16.6): seconds a proxied INVITE may ring before this node
     /// cancels it.
-    #[serde(default = "default_timer_c")]
     pub timer_c_secs: u64,
-}
-
-fn default_timer_c() -> u64 {
-    porchlight_transaction::proxy::DEFAULT_TIMER_C.as_secs()
 }
 
 /// Edge mode: proxying for the SIP infrastructure behind the node.
@@ -260,16 +172,13 @@ pub struct EdgeSection {
     /// Where requests for our domains that no endpoint serves are proxied
     /// (a SIP URI with an IP address, e.g. `sip:10.0.0.5:5060;transport=tcp`);
     /// empty answers them here (404).
-    #[serde(default)]
     pub internal_next_hop: String,
     /// The header stamped on requests let in from outside when they are
     /// forwarded inside (and removed from whatever arrives from outside).
-    #[serde(default = "default_trust_header")]
     pub trust_header: String,
     /// The host name put in the Record-Route entries that face the
     /// outside, so partners reach in-dialog requests back by name; empty
     /// uses the address the dialog's first request arrived on.
-    #[serde(default)]
     pub record_route_host: String,
 }
 
@@ -279,16 +188,11 @@ pub struct EdgeSection {
 pub struct AdminSection {
     /// Where the admin API listens; empty turns it off. Loopback by default:
     /// put it behind a TLS reverse proxy to reach it from elsewhere.
-    #[serde(default = "default_admin_listen")]
     pub listen: String,
     /// The file holding the bearer token, made on first start when missing.
-    #[serde(default = "default_token_file")]
     pub token_file: PathBuf,
     /// Seconds between the samples of the last hour the console charts.
-    #[serde(
-        default = "default_history_interval_secs",
-        deserialize_with = "history_interval"
-    )]
+    #[serde(deserialize_with = "history_interval")]
     pub history_interval_secs: u64,
 }
 
@@ -304,28 +208,6 @@ fn history_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Er
         )));
     }
     Ok(secs)
-}
-
-fn default_history_interval_secs() -> u64 {
-    10
-}
-
-fn default_admin_listen() -> String {
-    "127.0.0.1:8088".into()
-}
-
-fn default_token_file() -> PathBuf {
-    "porchlight-admin.token".into()
-}
-
-impl Default for AdminSection {
-    fn default() -> Self {
-        AdminSection {
-            listen: default_admin_listen(),
-            token_file: default_token_file(),
-            history_interval_secs: default_history_interval_secs(),
-        }
-    }
 }
 
 impl ClusterSection {
@@ -399,19 +281,15 @@ impl AdminSection {
 pub struct StoreSection {
     /// The store's directory, relative to the configuration file; empty
     /// keeps everything in memory only.
-    #[serde(default = "default_store_path")]
     pub path: PathBuf,
     /// Changes are written behind at most this long after they happen:
     /// what was acknowledged more than this before a crash is kept.
-    #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
     /// `process` survives the process being killed; `disk` (fsync on each
     /// flush) also survives the machine losing power, at a cost per flush.
-    #[serde(default = "default_durability")]
     pub durability: DurabilitySetting,
     /// After a restart, restored watchers get their first NOTIFY spread
     /// over this many seconds rather than all at once.
-    #[serde(default = "default_renotify_window_secs")]
     pub renotify_window_secs: u64,
 }
 
@@ -423,33 +301,6 @@ pub enum DurabilitySetting {
     Process,
     /// The disk.
     Disk,
-}
-
-fn default_store_path() -> PathBuf {
-    "porchlight-data".into()
-}
-
-fn default_flush_interval_ms() -> u64 {
-    100
-}
-
-fn default_durability() -> DurabilitySetting {
-    DurabilitySetting::Process
-}
-
-fn default_renotify_window_secs() -> u64 {
-    30
-}
-
-impl Default for StoreSection {
-    fn default() -> Self {
-        StoreSection {
-            path: default_store_path(),
-            flush_interval_ms: default_flush_interval_ms(),
-            durability: default_durability(),
-            renotify_window_secs: default_renotify_window_secs(),
-        }
-    }
 }
 
 /// How this node joins the others of a cluster: the Redis Cluster they
@@ -602,26 +453,11 @@ impl<'de> Deserialize<'de> for HepCollector {
 }
 
 /// Name servers for finding partners' edges and named next hops.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsSection {
     /// Name servers (`"IP:port"`); empty uses the system's resolv.conf.
-    #[serde(default)]
     pub nameservers: Vec<SocketAddr>,
-}
-
-fn default_trust_header() -> String {
-    "X-Porchlight-Trust".into()
-}
-
-impl Default for EdgeSection {
-    fn default() -> Self {
-        EdgeSection {
-            internal_next_hop: String::new(),
-            trust_header: default_trust_header(),
-            record_route_host: String::new(),
-        }
-    }
 }
 
 /// Certificate files for TLS.
@@ -684,10 +520,8 @@ pub struct PresenceSection {
     /// Most a SUBSCRIBE may bring into its dialog (route set, Contact,
     /// URIs, tags, Call-ID); beyond it the SUBSCRIBE gets 400, so every
     /// NOTIFY of a held subscription fits the message limit.
-    #[serde(default = "default_max_dialog_bytes")]
     pub max_dialog_bytes: usize,
     /// Longest note, from PUBLISH, SERVICE, the API or the configuration.
-    #[serde(default = "default_max_note_bytes")]
     pub max_note_bytes: usize,
     /// Shortest publication accepted.
     pub publish_min_expires: u32,
@@ -719,42 +553,17 @@ pub struct RegistrarSection {
     pub digest_algorithms: Vec<String>,
     /// Wrong passwords from one address within the window before it is
     /// refused (503 with Retry-After) for a lockout.
-    #[serde(default = "default_wrong_per_source")]
     pub max_wrong_passwords_per_source: u32,
     /// Wrong passwords for one endpoint from anyone within the window
     /// before strangers are refused for it (addresses that proved the
     /// password keep working).
-    #[serde(default = "default_wrong_per_endpoint")]
     pub max_wrong_passwords_per_endpoint: u32,
     /// The window wrong passwords are counted in.
-    #[serde(default = "default_wrong_window_secs")]
     pub wrong_password_window_secs: u64,
     /// The first lockout; each further one doubles, up to `max_lockout_secs`.
-    #[serde(default = "default_lockout_secs")]
     pub lockout_secs: u64,
     /// The longest lockout.
-    #[serde(default = "default_max_lockout_secs")]
     pub max_lockout_secs: u64,
-}
-
-fn default_wrong_per_source() -> u32 {
-    10
-}
-
-fn default_wrong_per_endpoint() -> u32 {
-    30
-}
-
-fn default_wrong_window_secs() -> u64 {
-    60
-}
-
-fn default_lockout_secs() -> u64 {
-    60
-}
-
-fn default_max_lockout_secs() -> u64 {
-    3_600
 }
 
 impl RegistrarSection {
@@ -800,16 +609,12 @@ pub struct Config {
     #[serde(default)]
     pub policy: porchlight_policy::PolicyConfig,
     /// Edge mode.
-    #[serde(default)]
     pub edge: EdgeSection,
     /// DNS.
-    #[serde(default)]
     pub dns: DnsSection,
     /// Admin surface.
-    #[serde(default)]
     pub admin: AdminSection,
     /// Persistence.
-    #[serde(default)]
     pub store: StoreSection,
     /// Copies of every message for a capture server; absent means none.
     #[serde(default)]

@@ -10,6 +10,13 @@
 //! boundary and the routing of each request; `proxy` sends requests on
 //! and `deliver` brings calls and IM to endpoints and their apps.
 //!
+//! The core's state has owners, each behind a narrow API: `names` (this
+//! node's domains, addresses and edge), `ids` (tags, branches, numbers),
+//! `shield` (source rates and overload, before the router), `membership`
+//! (the cluster and the lease, by which the core fences itself) and
+//! `tally` (what the admin is shown); the transaction layer, the proxy
+//! table, the dialer, IM sessions and the presence service own the rest.
+//!
 //! One SUBSCRIBE, from socket to NOTIFY, in six hops:
 //! 1. `transport/src/udp.rs` (or `stream.rs`) parses it off the loop;
 //!    `server/src/node.rs` `Node::run` hands it in as [`Input::Received`];
