@@ -270,3 +270,63 @@ fn a_partner_found_by_dialling_gets_what_waited_for_it_and_a_dead_one_fails_it()
     let status = node.core.status(node.now);
     assert_eq!((status.dials_succeeded, status.dials_failed), (1, 1));
 }
+
+#[test]
+fn a_microsoft_im_session_is_held_by_the_node_for_a_webhook_app() {
+    let mut node = TestNode::new(&config(&[], BOT));
+    let sdp = "v=0\r\no=- 0 0 IN IP4 192.0.2.10\r\ns=session\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+               m=message 5060 sip null\r\na=accept-types:text/plain\r\n";
+    // "Hi bot" in base64, as Microsoft clients carry the first text.
+    let invite = Req::new("INVITE", "sip:bot@contoso.com")
+        .from("sip:bob@fabrikam.com")
+        .call_id("ims1")
+        .header("Contact", "<sip:bob@192.0.2.10;transport=tls>")
+        .header(
+            "ms-text-format",
+            "text/plain; charset=UTF-8; msgr=WAAtAE0A; ms-body=SGkgYm90",
+        )
+        .body("application/sdp", sdp);
+    node.receive(&invite.text(), &partner());
+    let sent = node.take_sent();
+    let ok = sent
+        .iter()
+        .map(|(_, m)| m)
+        .find(|m| m.status() == Some(200))
+        .expect("the node answers the INVITE for the app");
+    assert!(
+        String::from_utf8_lossy(ok.body()).contains("m=message"),
+        "{}",
+        text(ok)
+    );
+    let tag = ok.to().unwrap().tag().unwrap().to_owned();
+    let (_, first, _) = posted(&node);
+    assert_eq!(first, "Hi bot", "the first text goes to the webhook");
+    assert_eq!(node.core.status(node.now).im_sessions, 1);
+    // The session's later MESSAGE goes to the webhook too; BYE ends it.
+    let ack = Req::new("ACK", "sip:bot@contoso.com")
+        .call_id("ims1")
+        .to_tag(&tag);
+    node.receive(&ack.text(), &partner());
+    let message = Req::new("MESSAGE", "sip:bot@contoso.com")
+        .from("sip:bob@fabrikam.com")
+        .call_id("ims1")
+        .cseq(2)
+        .to_tag(&tag)
+        .body("text/plain", "second");
+    node.receive(&message.text(), &partner());
+    assert!(
+        node.actions.iter().any(|a| matches!(
+            a,
+            Action::Post { message, .. } if message.text == "second" && message.in_session
+        )),
+        "in the session"
+    );
+    let bye = Req::new("BYE", "sip:bot@contoso.com")
+        .from("sip:bob@fabrikam.com")
+        .call_id("ims1")
+        .cseq(3)
+        .to_tag(&tag);
+    node.receive(&bye.text(), &partner());
+    assert_eq!(finals(&node.take_sent()).last(), Some(&200));
+    assert_eq!(node.core.status(node.now).im_sessions, 0);
+}

@@ -304,3 +304,28 @@ fn an_admins_presence_reaches_every_watcher_and_clearing_it_goes_back() {
         .iter()
         .all(|(_, n)| !text(n).contains("in a meeting")));
 }
+
+#[test]
+fn an_endpoint_removed_ends_its_subscriptions_with_noresource() {
+    let ivr = "\n[[endpoint]]\nuri = \"sip:ivr@contoso.com\"\ndisplay_name = \"IVR\"\n";
+    let mut node = TestNode::new(&config(&[], ivr));
+    let watch = Req::subscribe("sip:ivr@contoso.com", 600)
+        .from("sip:alice@contoso.com")
+        .via("UDP 127.0.0.1:5070");
+    node.receive(&watch.text(), &inside());
+    let sent = node.take_sent();
+    node.answer_notifies(&sent, &inside(), 200);
+    // The admin puts in force a configuration without the IVR.
+    apply(&mut node, &config(&[], ""));
+    let sent = node.take_sent();
+    let last = notifies(&sent);
+    assert_eq!(last.len(), 1, "{sent:?}");
+    assert!(
+        text(last[0]).contains("Subscription-State: terminated;reason=noresource"),
+        "{}",
+        text(last[0])
+    );
+    // A new subscription to it finds nothing.
+    node.receive(&watch.call_id("again").text(), &inside());
+    assert_eq!(statuses(&node.take_sent()), [404]);
+}
