@@ -33,9 +33,14 @@ impl PresenceService {
             local,
             modality: modality_of(request),
         };
-        let outcome =
-            self.admission
-                .admit(&self.policy, Way::Inbound, &policy_request, from, to, now);
+        let outcome = self.access.admission.admit(
+            &self.access.policy,
+            Way::Inbound,
+            &policy_request,
+            from,
+            to,
+            now,
+        );
         if !outcome.allowed {
             return Err(Box::new(Answer::new(status::FORBIDDEN, "Forbidden")));
         }
@@ -52,7 +57,7 @@ impl PresenceService {
         let verified = match outcome
             .class
             .as_ref()
-            .map(|c| self.policy.verification(c, &from_domain))
+            .map(|c| self.access.policy.verification(c, &from_domain))
         {
             Some(Verification::Verified) => "yes",
             _ => "no",
@@ -104,8 +109,16 @@ impl PresenceService {
         };
         let to = request.request_uri().unwrap_or_default();
         if self
+            .access
             .admission
-            .admit(&self.policy, Way::Outbound, &policy_request, from, to, now)
+            .admit(
+                &self.access.policy,
+                Way::Outbound,
+                &policy_request,
+                from,
+                to,
+                now,
+            )
             .allowed
         {
             Ok(())
@@ -136,7 +149,7 @@ impl PresenceService {
                 "the app's connection is gone; its registration is dropped"
             );
         }
-        self.registrations_changed.insert(endpoint);
+        self.changed.registrations.insert(endpoint);
         self.refresh(endpoint, now);
     }
 
@@ -164,14 +177,18 @@ impl PresenceService {
         endpoint: Option<usize>,
         now: Now,
     ) -> bool {
-        if !self.policy.edge.hide_missing_endpoints {
+        if !self.access.policy.edge.hide_missing_endpoints {
             return false;
         }
         let Some(endpoint) = endpoint else {
             return false;
         };
         let watcher = request.from().map(|f| f.uri.as_str()).unwrap_or_default();
-        let (directory, policy, admission) = (&self.directory, &self.policy, &mut self.admission);
+        let (directory, policy, admission) = (
+            &self.directory,
+            &self.access.policy,
+            &mut self.access.admission,
+        );
         let e = directory.get(endpoint).expect("resolved");
         let domain = domain_of(watcher);
         let policy_request = PolicyRequest {

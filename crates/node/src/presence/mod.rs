@@ -5,14 +5,20 @@
 //! reach whom (`gate`), the SUBSCRIBE/REGISTER/PUBLISH/SERVICE services
 //! (`services`), what the store keeps (`snapshots`) and what the admin
 //! sees (`views`); this module holds the state they share and applies
-//! policy and endpoint changes.
+//! policy and endpoint changes. The state is owned in parts: `Access`
+//! (policy, decisions, the guessing guard), `Keepalives` (OPTIONS under
+//! way), `Changed` (what the store has yet to take) and `BodyLimits`,
+//! beside the directory, notifier, registrar and publications.
 
 mod gate;
+mod keepalives;
 mod services;
 mod shared;
 mod snapshots;
 mod sources;
 mod views;
+
+use keepalives::Keepalives;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -36,7 +42,7 @@ use porchlight_presence::{
     PublishBounds, PublishError, SavedPublication, SavedSubscription, SavedTarget, XmlLimits,
 };
 use porchlight_sip::status;
-use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, MessageWriter, Method};
+use porchlight_sip::{Answer, Framing, HeaderName, Limits, Message, Method};
 use porchlight_transaction::ClientKey;
 
 use crate::admission::{Admission, DecisionCount, DecisionRecord, Way};
@@ -47,7 +53,7 @@ use crate::edge::{self, domain_of};
 use crate::outbound::NextHop;
 use crate::snapshot::reconnect_to;
 use crate::status::{EndpointDetail, EndpointView, MAX_LISTED_WATCHERS};
-use crate::wire::{flow_info, BranchKind};
+use crate::wire::flow_info;
 
 /// A request the service wants sent.
 #[derive(Debug)]
@@ -210,37 +216,54 @@ pub struct RestoreReport {
 /// re-notifying restored watchers anyway.
 const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 
-/// Presence state and protocol handling of one node.
-pub struct PresenceService {
-    directory: Directory,
+/// Who may reach whom: the policy in force, the decisions it made (and
+/// discovered partners' limits), the guard against password guessing, and
+/// this node's own names for telling the inside from a partner.
+struct Access {
     policy: PolicyConfig,
-    /// Discovered partners' limits and the decisions made.
     admission: Admission,
-    notifier: Notifier<NextHop>,
-    registrar: Registrar<FlowInfo<NextHop>>,
-    /// Wrong passwords counted, guessers locked out.
     guesses: GuessGuard,
-    publications: Publications,
-    health: Vec<(Option<bool>, u32)>,
-    /// Endpoints whose registered contacts changed since the store last
-    /// took them (a set: bounded by the endpoints, store or not).
-    registrations_changed: BTreeSet<usize>,
-    /// Endpoints whose publications changed since the store last took them.
-    publications_changed: BTreeSet<usize>,
-    /// Presence an admin set through the API, per endpoint.
-    overrides: Vec<Option<porchlight_presence::PresenceState>>,
-    xml: XmlLimits,
-    /// Longest note or activity accepted.
-    max_note_bytes: usize,
     /// Our domains and aliases: a certificate naming only these is the
     /// inside's.
     own_domains: Vec<String>,
-    keepalives: HashMap<String, (usize, String)>,
-    keepalive_seq: u64,
-    /// This node's seed, which keeps its branches apart from another's.
-    salt: u64,
+}
+
+/// Endpoints whose registered contacts or publications changed since the
+/// store last took them (sets: bounded by the endpoints, store or not).
+#[derive(Default)]
+struct Changed {
+    registrations: BTreeSet<usize>,
+    publications: BTreeSet<usize>,
+}
+
+/// What a PUBLISH or SERVICE body may be: its XML, and its longest note or
+/// activity.
+struct BodyLimits {
+    xml: XmlLimits,
+    note_bytes: usize,
+}
+
+/// Presence state and protocol handling of one node.
+pub struct PresenceService {
+    /// The endpoints, by slot.
+    directory: Directory,
+    /// Who may reach whom: the policy, its decisions, the guessing guard.
+    access: Access,
+    /// Every subscription, and the fan-out of each change.
+    notifier: Notifier<NextHop>,
+    /// Apps' registered contacts.
+    registrar: Registrar<FlowInfo<NextHop>>,
+    publications: Publications,
+    health: Vec<(Option<bool>, u32)>,
+    /// What changed since the store last took it.
+    changed: Changed,
+    /// Presence an admin set through the API, per endpoint.
+    overrides: Vec<Option<porchlight_presence::PresenceState>>,
+    /// What a published body may be.
+    bodies: BodyLimits,
+    /// OPTIONS to registered contacts, under way and to send.
+    keepalives: Keepalives,
     next_schedule_check: Instant,
-    outgoing: std::collections::VecDeque<OutgoingRequest>,
     /// Restored watchers wait for this window's pace until the endpoints'
     /// sources have reported, or the deadline.
     recovery: Option<(Duration, Instant)>,
@@ -312,23 +335,25 @@ impl PresenceService {
         let mut service = PresenceService {
             health: vec![(None, 0); slots],
             overrides: vec![None; slots],
-            registrations_changed: BTreeSet::new(),
-            publications_changed: BTreeSet::new(),
+            changed: Changed::default(),
             directory,
-            policy: config.policy.clone(),
-            admission: Admission::new(Duration::from_secs(config.limits.refusal_log_interval_secs)),
+            access: Access {
+                policy: config.policy.clone(),
+                admission: Admission::new(Duration::from_secs(
+                    config.limits.refusal_log_interval_secs,
+                )),
+                guesses: GuessGuard::new(config.registrar.guess_limits()),
+                own_domains: config.own_domains(),
+            },
             notifier,
             registrar,
-            guesses: GuessGuard::new(config.registrar.guess_limits()),
             publications,
-            xml,
-            max_note_bytes: p.max_note_bytes,
-            own_domains: config.own_domains(),
-            keepalives: HashMap::new(),
-            keepalive_seq: 0,
-            salt,
+            bodies: BodyLimits {
+                xml,
+                note_bytes: p.max_note_bytes,
+            },
+            keepalives: Keepalives::new(salt),
             next_schedule_check: now,
-            outgoing: Default::default(),
             recovery: None,
             sharing: None,
             fenced: false,
@@ -381,7 +406,7 @@ impl PresenceService {
                     let awaiting_probe = e.health.is_some() && self.health[slot].0.is_none();
                     if e.credentials != before.credentials && self.registrar.forget(slot) {
                         // Registered with credentials it no longer has.
-                        self.registrations_changed.insert(slot);
+                        self.changed.registrations.insert(slot);
                     }
                     if !awaiting_probe {
                         self.refresh(slot, now);
@@ -391,10 +416,10 @@ impl PresenceService {
                     applied.removed.push(endpoint.identity.uri.clone());
                     applied.probes.push((slot, None));
                     self.registrar.forget(slot);
-                    self.registrations_changed.insert(slot);
+                    self.changed.registrations.insert(slot);
                     self.publications.forget(slot as u32);
-                    self.publications_changed.insert(slot);
-                    self.keepalives.retain(|_, (e, _)| *e != slot);
+                    self.changed.publications.insert(slot);
+                    self.keepalives.forget_endpoint(slot);
                     self.health[slot] = (None, 0);
                     self.overrides[slot] = None;
                     self.unshare(slot, &endpoint.identity.uri);
@@ -419,7 +444,7 @@ impl PresenceService {
 
     /// The federation and access policy in force.
     pub fn policy(&self) -> &PolicyConfig {
-        &self.policy
+        &self.access.policy
     }
 
     /// Puts a provisioned policy and endpoint set in force together, for
@@ -433,7 +458,7 @@ impl PresenceService {
         set: &mut EndpointSet,
         now: Now,
     ) -> EndpointsApplied {
-        self.policy = policy;
+        self.access.policy = policy;
         let applied = self.apply_endpoints(set, now);
         self.revoke_refused();
         applied
@@ -448,12 +473,12 @@ impl PresenceService {
         partner: &str,
     ) -> Option<Decision> {
         let endpoint = self.directory.get(endpoint)?;
-        refuses_held(&self.policy, endpoint, remote, partner, Modality::Im)
+        refuses_held(&self.access.policy, endpoint, remote, partner, Modality::Im)
     }
 
     /// Ends the federated subscriptions the policy in force refuses.
     fn revoke_refused(&mut self) {
-        let (policy, directory) = (&self.policy, &self.directory);
+        let (policy, directory) = (&self.access.policy, &self.directory);
         // One decision per endpoint, watcher domain and partner.
         let mut decided: HashMap<(u32, String, Arc<str>), bool> = HashMap::new();
         let revoked = self.notifier.revoke(&mut |slot, watcher, hop| {
@@ -493,7 +518,7 @@ impl PresenceService {
         };
         let endpoint = self.directory.get(self.directory.resolve(uri)?)?;
         refuses_held(
-            &self.policy,
+            &self.access.policy,
             endpoint,
             &saved.remote_uri,
             partner,
@@ -515,13 +540,13 @@ impl PresenceService {
     /// Whether a request speaks for the inside of the edge (see
     /// [`edge::speaks_for_inside`]).
     pub fn speaks_for_inside(&self, origin: &Origin) -> bool {
-        edge::speaks_for_inside(&self.policy, &self.own_domains, origin)
+        edge::speaks_for_inside(&self.access.policy, &self.access.own_domains, origin)
     }
 
     /// This node's domains and aliases, lower-case: a certificate naming
     /// only these (or hosts under them) is the inside's.
     pub fn own_domains(&self) -> &[String] {
-        &self.own_domains
+        &self.access.own_domains
     }
 
     /// Feeds a response to a request this service sent. False when it was
@@ -534,7 +559,7 @@ impl PresenceService {
                 .on_notify_response(notify, code, retry_after, now.mono);
             return true;
         }
-        if let Some((endpoint, contact)) = self.keepalives.remove(branch) {
+        if let Some((endpoint, contact)) = self.keepalives.answered(branch) {
             self.registrar.keepalive_answered(endpoint, &contact);
             return true;
         }
@@ -547,7 +572,7 @@ impl PresenceService {
             self.notifier
                 .on_notify_response(notify, 408, None, now.mono);
         }
-        self.keepalives.remove(branch);
+        self.keepalives.answered(branch);
     }
 
     /// Runs what is due.
@@ -555,19 +580,20 @@ impl PresenceService {
         self.notifier.handle_timeout(now.mono);
         self.begin_recovery_when_settled(now);
         for endpoint in self.registrar.expire(now.mono) {
-            self.registrations_changed.insert(endpoint);
+            self.changed.registrations.insert(endpoint);
             self.refresh(endpoint, now);
         }
         let (due, lost) = self.registrar.due_keepalives(now.mono);
         for endpoint in lost {
-            self.registrations_changed.insert(endpoint);
+            self.changed.registrations.insert(endpoint);
             self.refresh(endpoint, now);
         }
         for (endpoint, contact, flow) in due {
-            self.keepalive(endpoint, contact, flow);
+            let uri = &self.notifier.identity(endpoint as u32).uri;
+            self.keepalives.send(endpoint, uri, contact, flow);
         }
         for endpoint in self.publications.expire(now.mono) {
-            self.publications_changed.insert(endpoint as usize);
+            self.changed.publications.insert(endpoint as usize);
             self.refresh(endpoint as usize, now);
         }
         self.lapse_shared(now);
@@ -585,38 +611,9 @@ impl PresenceService {
         }
     }
 
-    /// An OPTIONS to a registered contact, over the flow it registered on.
-    fn keepalive(&mut self, endpoint: usize, contact: String, flow: FlowInfo<NextHop>) {
-        let branch = BranchKind::Keepalive.branch(self.salt, &mut self.keepalive_seq);
-        let uri = &self.notifier.identity(endpoint as u32).uri;
-        let mut w = MessageWriter::request("OPTIONS", &contact);
-        w.header_fmt("Via", format_args!("{};branch={branch};rport", flow.via));
-        w.header("Max-Forwards", "70");
-        w.header_fmt(
-            "From",
-            format_args!("<{uri}>;tag=ka{:x}", self.keepalive_seq),
-        );
-        w.header_fmt("To", format_args!("<{contact}>"));
-        w.header_fmt(
-            "Call-ID",
-            format_args!("keepalive-{:x}-{endpoint}", self.keepalive_seq),
-        );
-        w.header("CSeq", "1 OPTIONS");
-        self.keepalives.insert(branch.clone(), (endpoint, contact));
-        self.outgoing.push_back(OutgoingRequest {
-            target: flow.flow,
-            reliable: flow.reliable,
-            bytes: w.finish(b""),
-            transaction: Some(ClientKey {
-                branch,
-                method: "OPTIONS".into(),
-            }),
-        });
-    }
-
     /// The next request to send; no NOTIFY while fenced.
     pub fn poll(&mut self, now: Now) -> Option<OutgoingRequest> {
-        if let Some(out) = self.outgoing.pop_front() {
+        if let Some(out) = self.keepalives.pop() {
             return Some(out);
         }
         if self.fenced {

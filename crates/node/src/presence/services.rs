@@ -43,12 +43,16 @@ impl PresenceService {
             let from = request.from().map(|f| domain_of(f.uri.as_str()));
             if let Some(partner) = from
                 .ok()
-                .and_then(|d| edge::partner_of(&self.policy, origin, &d))
+                .and_then(|d| edge::partner_of(&self.access.policy, origin, &d))
             {
                 flow.flow = NextHop::Partner(partner);
             }
         }
-        let (directory, policy, admission) = (&self.directory, &self.policy, &mut self.admission);
+        let (directory, policy, admission) = (
+            &self.directory,
+            &self.access.policy,
+            &mut self.access.admission,
+        );
         self.notifier.subscribe(
             request,
             flow,
@@ -68,7 +72,7 @@ impl PresenceService {
 
     /// Password guesses refused unchecked, and wrong passwords, since start.
     pub fn guess_counts(&self) -> (u64, u64) {
-        self.guesses.counts()
+        self.access.guesses.counts()
     }
 
     /// Finds the endpoint a request speaks for and checks it is really that
@@ -121,7 +125,7 @@ impl PresenceService {
         name: &str,
         now: Now,
     ) -> Result<(), Box<Answer>> {
-        match self.guesses.gate(now.mono, origin.source.ip(), name) {
+        match self.access.guesses.gate(now.mono, origin.source.ip(), name) {
             Gate::Open => Ok(()),
             Gate::Closed { retry_after } => Err(Box::new(
                 Answer::new(status::SERVICE_UNAVAILABLE, "Service Unavailable")
@@ -142,12 +146,12 @@ impl PresenceService {
     ) {
         let source = origin.source.ip();
         if proven {
-            self.guesses.succeeded(now.mono, source, name);
+            self.access.guesses.succeeded(now.mono, source, name);
         }
         if !wrong {
             return;
         }
-        for lockout in self.guesses.failed(now.mono, source, name) {
+        for lockout in self.access.guesses.failed(now.mono, source, name) {
             match lockout {
                 Lockout::Source(ip, length) => tracing::warn!(
                     source = %ip,
@@ -176,7 +180,7 @@ impl PresenceService {
         inside: Answer,
         now: Now,
     ) -> Answer {
-        if !self.policy.edge.hide_missing_endpoints || self.speaks_for_inside(origin) {
+        if !self.access.policy.edge.hide_missing_endpoints || self.speaks_for_inside(origin) {
             return inside;
         }
         let offered = request.auth(HeaderName::Authorization).next().is_some();
@@ -218,7 +222,7 @@ impl PresenceService {
             self.refresh(endpoint, now);
         }
         if proven {
-            self.registrations_changed.insert(endpoint);
+            self.changed.registrations.insert(endpoint);
         }
         let date = httpdate(now.wall);
         outcome.answer.with("Date", date)
@@ -254,8 +258,8 @@ impl PresenceService {
                 return Answer::new(status::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type")
                     .with("Accept", "application/pidf+xml");
             }
-            match parse_pidf(request.body(), self.xml) {
-                Ok(state) => match state.check_lengths(self.max_note_bytes) {
+            match parse_pidf(request.body(), self.bodies.xml) {
+                Ok(state) => match state.check_lengths(self.bodies.note_bytes) {
                     Ok(()) => Some(state),
                     Err(e) => {
                         return Answer::new(status::BAD_REQUEST, format!("Bad Request ({e})"))
@@ -269,7 +273,7 @@ impl PresenceService {
             .publish(endpoint as u32, if_match, body, expires, now.mono)
         {
             Ok(published) => {
-                self.publications_changed.insert(endpoint);
+                self.changed.publications.insert(endpoint);
                 self.refresh(endpoint, now);
                 let mut answer =
                     Answer::new(status::OK, "OK").with("Expires", published.expires.to_string());
@@ -297,11 +301,11 @@ impl PresenceService {
             return Answer::new(status::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type")
                 .with("Accept", "application/msrtc-category-publish+xml");
         }
-        let publications = match parse_category_publish(request.body(), self.xml) {
+        let publications = match parse_category_publish(request.body(), self.bodies.xml) {
             Ok(p) => p,
             Err(e) => return Answer::new(status::BAD_REQUEST, format!("Bad Request ({e})")),
         };
-        let limit = self.max_note_bytes;
+        let limit = self.bodies.note_bytes;
         if let Err(e) = publications.iter().try_for_each(|p| {
             check_length("note", p.note.as_deref(), limit)?;
             check_length("activity", p.activity.as_deref(), limit)
@@ -313,7 +317,7 @@ impl PresenceService {
             .publish_categories(endpoint as u32, publications)
         {
             Ok(()) => {
-                self.publications_changed.insert(endpoint);
+                self.changed.publications.insert(endpoint);
                 self.refresh(endpoint, now);
                 Answer::new(status::OK, "OK")
             }

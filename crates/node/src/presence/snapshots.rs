@@ -20,7 +20,7 @@ impl PresenceService {
         &mut self,
         now: Now,
     ) -> Vec<(String, Vec<SavedBinding<FlowInfo<NextHop>>>)> {
-        std::mem::take(&mut self.registrations_changed)
+        std::mem::take(&mut self.changed.registrations)
             .into_iter()
             .map(|endpoint| {
                 (
@@ -34,7 +34,7 @@ impl PresenceService {
     /// The endpoints whose publications changed, with their publications
     /// now (empty: none left), for the store.
     pub fn take_publication_changes(&mut self, now: Now) -> Vec<(String, Vec<SavedPublication>)> {
-        std::mem::take(&mut self.publications_changed)
+        std::mem::take(&mut self.changed.publications)
             .into_iter()
             .map(|endpoint| {
                 (

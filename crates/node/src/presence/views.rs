@@ -52,16 +52,16 @@ impl PresenceService {
 
     /// Policy decisions by way, kind and outcome.
     pub fn decision_counts(&self) -> Vec<DecisionCount> {
-        self.admission.counts()
+        self.access.admission.counts()
     }
 
     /// Requests of `partner` the policy refused since start.
     pub fn partner_refusals(&self, partner: &str) -> u64 {
-        self.admission.partner_refusals(partner)
+        self.access.admission.partner_refusals(partner)
     }
 
     /// The most recent refusals, newest first.
     pub fn refusals(&self) -> Vec<DecisionRecord> {
-        self.admission.recent()
+        self.access.admission.recent()
     }
 }
