@@ -82,27 +82,38 @@ impl Links for ScriptedLinks {
     }
 }
 
-/// The embedded defaults for contoso.com (help desk Online, fabrikam.com
-/// allowed), with `edits` as (old, new) replacements and `extra` appended.
-pub fn config(edits: &[(&str, &str)], extra: &str) -> Config {
+/// The embedded defaults moved to contoso.com (its help desk Online),
+/// with `edits` as (old, new) replacements, each of which must apply,
+/// and `extra` appended: the text every test's configuration starts from.
+pub fn contoso_config(edits: &[(&str, &str)], extra: &str) -> String {
     let mut text = crate::DEFAULT_CONFIG
         .replace(
             "domains = [\"porchlight.test\"]",
             "domains = [\"contoso.com\"]",
         )
+        // The demo endpoint moves with the domain.
         .replace(
             "uri = \"sip:helpdesk@porchlight.test\"",
             "uri = \"sip:helpdesk@contoso.com\"",
-        )
-        .replace(
-            "allowed_domains = []",
-            "allowed_domains = [{ domain = \"fabrikam.com\" }]",
         );
     for (old, new) in edits {
         assert!(text.contains(old), "default config has no {old:?}");
         text = text.replace(old, new);
     }
     text.push_str(extra);
+    text
+}
+
+/// [`contoso_config`] with fabrikam.com allowed, parsed.
+pub fn config(edits: &[(&str, &str)], extra: &str) -> Config {
+    let allowed = (
+        "allowed_domains = []",
+        "allowed_domains = [{ domain = \"fabrikam.com\" }]",
+    );
+    let edits: Vec<(&str, &str)> = std::iter::once(allowed)
+        .chain(edits.iter().copied())
+        .collect();
+    let text = contoso_config(&edits, extra);
     Config::parse(&text, "test", Path::new(".")).expect("a valid configuration")
 }
 

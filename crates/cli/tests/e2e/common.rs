@@ -130,29 +130,17 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// The embedded defaults with loopback ephemeral ports and `edits` applied
-/// as (old, new) replacements, then `extra` appended.
+/// The embedded defaults for contoso.com on loopback ephemeral ports,
+/// with `edits` applied as (old, new) replacements, then `extra` appended.
 pub fn config(edits: &[(&str, &str)], extra: &str) -> String {
-    let mut text = porchlight_server::DEFAULT_CONFIG
-        .replace("udp = [\"0.0.0.0:5060\"]", "udp = [\"127.0.0.1:0\"]")
-        .replace("tcp = [\"0.0.0.0:5060\"]", "tcp = [\"127.0.0.1:0\"]")
-        .replace("tls = [\"0.0.0.0:5061\"]", "tls = [\"127.0.0.1:0\"]")
-        .replace("listen = \"127.0.0.1:8088\"", "listen = \"127.0.0.1:0\"")
-        .replace(
-            "domains = [\"porchlight.test\"]",
-            "domains = [\"contoso.com\"]",
-        )
-        // The demo endpoint moves with the domain.
-        .replace(
-            "uri = \"sip:helpdesk@porchlight.test\"",
-            "uri = \"sip:helpdesk@contoso.com\"",
-        );
-    for (old, new) in edits {
-        assert!(text.contains(old), "default config has no {old:?}");
-        text = text.replace(old, new);
-    }
-    text.push_str(extra);
-    text
+    let loopback = [
+        ("udp = [\"0.0.0.0:5060\"]", "udp = [\"127.0.0.1:0\"]"),
+        ("tcp = [\"0.0.0.0:5060\"]", "tcp = [\"127.0.0.1:0\"]"),
+        ("tls = [\"0.0.0.0:5061\"]", "tls = [\"127.0.0.1:0\"]"),
+        ("listen = \"127.0.0.1:8088\"", "listen = \"127.0.0.1:0\""),
+    ];
+    let edits: Vec<(&str, &str)> = loopback.into_iter().chain(edits.iter().copied()).collect();
+    porchlight_node::testkit::contoso_config(&edits, extra)
 }
 
 pub fn start(name: &str, config_text: &str) -> Server {
