@@ -965,6 +965,7 @@ impl Joined {
             view: ClusterView::default(),
             dropped: dropped.clone(),
             resync: resync.clone(),
+            settling: None,
         };
         tokio::spawn(task.run(shares_rx, follow_rx, dialogs_rx));
         ClusterLink {
@@ -1002,7 +1003,48 @@ struct Task {
     held: Arc<AtomicU64>,
     draining: Arc<AtomicBool>,
     drain: Drain,
+    /// Early sweeps still owed after a slot moved.
+    settling: Option<Settling>,
 }
+
+/// The early sweeps owed after a slot moved: how many are left, the wait
+/// before the next, and when it is.
+#[derive(Clone, Copy)]
+struct Settling {
+    left: u32,
+    wait: Duration,
+    at: tokio::time::Instant,
+}
+
+impl Settling {
+    /// The first, a moment after a slot moved.
+    fn begin() -> Settling {
+        Settling {
+            left: SETTLE_SWEEPS,
+            wait: SETTLE_FIRST,
+            at: tokio::time::Instant::now() + SETTLE_FIRST,
+        }
+    }
+
+    /// The one after this one, if any is left.
+    fn next(self) -> Option<Settling> {
+        let wait = self.wait * 2;
+        (self.left > 1).then(|| Settling {
+            left: self.left - 1,
+            wait,
+            at: tokio::time::Instant::now() + wait,
+        })
+    }
+}
+
+/// After a slot moves to another master, events published while the shard
+/// settles (the new master promoted, clients' slot maps refreshed, shard
+/// subscriptions moved) may reach no one. The node sweeps this many times
+/// early (2, 6 and 14 s after the move: each wait twice the one before),
+/// rather than wait out the regular sweep.
+const SETTLE_SWEEPS: u32 = 3;
+/// The wait before the first early sweep after a slot moved.
+const SETTLE_FIRST: Duration = Duration::from_secs(2);
 
 /// Where a drain of this node stands.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -1038,10 +1080,20 @@ impl Task {
         sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep_tick.tick().await;
         loop {
+            let settled = self.settling.map(|s| s.at);
             tokio::select! {
                 _ = lease_tick.tick() => {
                     let healthy = self.renew_lease().await;
                     self.report_members(healthy).await;
+                }
+                () = async move {
+                    match settled {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.settling = self.settling.and_then(Settling::next);
+                    self.sweep().await;
                 }
                 batch = dialogs.recv() => {
                     let Some(batch) = batch else { return };
@@ -1402,6 +1454,7 @@ impl Task {
                     channel,
                     "a shard subscription moved with its slot; followed again"
                 );
+                self.settling = Some(Settling::begin());
                 if let Err(e) = self.joined.connection.ssubscribe(&channel).await {
                     tracing::warn!("SSUBSCRIBE {channel}: {e}; every endpoint is read again");
                     self.resync.store(true, Ordering::Relaxed);
