@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use porchlight_link::{IdentitySource, PeerIdentity};
 use porchlight_policy::{decide, Decision, LocalParty, Modality, Remote, Request};
-use porchlight_sip::{Framing, Limits, Message};
+use porchlight_sip::{Framing, Limits, Message, Method};
 
 use crate::config::Config;
 use crate::edge::{self, domain_of, Direction, Edge};
@@ -47,13 +47,7 @@ pub fn explain(
         own_domains: &own_domains,
         fenced: false,
     };
-    let is_ours = |uri: &str| {
-        porchlight_sip::Uri::parse(uri)
-            .ok()
-            .and_then(|u| u.sip().map(|sip| local.is_local(sip)))
-            .unwrap_or(false)
-    };
-    let source = if is_ours(from) && !is_ours(to) {
+    let source = if local.names(from) && !local.names(to) {
         Source::Inside(None)
     } else if let Some(domains) = peer_domains {
         Source::Certified(Arc::new(PeerIdentity {
@@ -115,7 +109,7 @@ fn request_for(from: &str, to: &str, modality: Modality) -> Option<Message> {
     if !plain(from) || !plain(to) {
         return None;
     }
-    let method = router::method_for(modality);
+    let method = method_for(modality);
     let text = format!(
         "{method} {to} SIP/2.0\r\nVia: SIP/2.0/TLS explain.invalid;branch=z9hG4bKexplain\r\n\
          Max-Forwards: 70\r\nFrom: <{from}>;tag=explain\r\nTo: <{to}>\r\n\
@@ -123,4 +117,14 @@ fn request_for(from: &str, to: &str, modality: Modality) -> Option<Message> {
     );
     let request = Message::parse(Bytes::from(text), Framing::Stream, &Limits::default()).ok()?;
     request.validate_request().is_ok().then_some(request)
+}
+
+/// The method a request of `modality` is made with: a call
+/// is an INVITE, IM a MESSAGE, presence a SUBSCRIBE.
+fn method_for(modality: Modality) -> Method<'static> {
+    match modality {
+        Modality::Audio => Method::Invite,
+        Modality::Im => Method::Message,
+        Modality::Presence => Method::Subscribe,
+    }
 }

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use porchlight_link::{Origin, PeerIdentity, Protocol};
-use porchlight_policy::{Modality, PolicyConfig};
+use porchlight_policy::PolicyConfig;
 use porchlight_sip::status;
 use porchlight_sip::{Answer, HeaderName, Message, Method, NameAddr, Uri};
 
@@ -214,26 +214,6 @@ pub enum Dispatch {
     },
     /// One of the node's own services answers it.
     Service(Service),
-}
-
-impl Dispatch {
-    /// Where it goes, in a few words, for `explain` and the logs.
-    pub fn describe(&self) -> String {
-        match self {
-            Dispatch::Absorb => "absorbed".into(),
-            Dispatch::Answer(answer) => format!("answered {} {}", answer.code, answer.reason),
-            Dispatch::Cancel => "cancels a proxied INVITE".into(),
-            Dispatch::InSession => "an IM session held here".into(),
-            Dispatch::Proxy(forward) => match &forward.direction {
-                Direction::Entering => "proxied to the internal next hop".into(),
-                Direction::Leaving { partner, .. } => format!("proxied out to {partner}"),
-                Direction::ToEndpoint(_) => "delivered to an endpoint".into(),
-                Direction::InDialog => "proxied in a dialog".into(),
-            },
-            Dispatch::Deliver { .. } => "delivered to the endpoint's app".into(),
-            Dispatch::Service(service) => format!("the node's {service:?} service"),
-        }
-    }
 }
 
 /// The content type of a Microsoft batched subscription's list.
@@ -579,16 +559,6 @@ fn at_this_node(facts: &Facts<'_>) -> Dispatch {
                 .with("Supported", SUPPORTED_OPTIONS.join(", "))
                 .with("Allow-Events", ALLOWED_EVENTS),
         ),
-    }
-}
-
-/// The method a request of `modality` is made with, for `explain`: a call
-/// is an INVITE, IM a MESSAGE, presence a SUBSCRIBE.
-pub fn method_for(modality: Modality) -> Method<'static> {
-    match modality {
-        Modality::Audio => Method::Invite,
-        Modality::Im => Method::Message,
-        Modality::Presence => Method::Subscribe,
     }
 }
 

@@ -104,6 +104,18 @@ pub fn contoso_config(edits: &[(&str, &str)], extra: &str) -> String {
     text
 }
 
+/// The edits that turn [`config`]'s fabrikam.com from allowed to blocked.
+pub const BLOCK_FABRIKAM: [(&str, &str); 2] = [
+    (
+        "allowed_domains = [{ domain = \"fabrikam.com\" }]",
+        "allowed_domains = []",
+    ),
+    (
+        "blocked_domains = []",
+        "blocked_domains = [\"fabrikam.com\"]",
+    ),
+];
+
 /// [`contoso_config`] with fabrikam.com allowed, parsed.
 pub fn config(edits: &[(&str, &str)], extra: &str) -> Config {
     let allowed = (
@@ -247,6 +259,24 @@ impl TestNode {
     /// What was sent since the last call.
     pub fn take_sent(&mut self) -> Vec<(Target, Message)> {
         std::mem::take(&mut self.sent)
+    }
+
+    /// The first final answer among what was sent since the last take.
+    pub fn final_answer(&mut self) -> Message {
+        self.take_sent()
+            .into_iter()
+            .map(|(_, m)| m)
+            .find(|m| m.status().is_some_and(|c| c >= 200))
+            .expect("a final answer")
+    }
+
+    /// A watcher's `subscribe` from `origin`, its NOTIFYs answered 200 as
+    /// a watcher that is there would: what the node sent for it.
+    pub fn watch(&mut self, subscribe: &Req, origin: &Origin) -> Vec<(Target, Message)> {
+        self.receive(&subscribe.text(), origin);
+        let sent = self.take_sent();
+        self.answer_notifies(&sent, origin, 200);
+        sent
     }
 
     /// Answers every NOTIFY in `sent` with `code`, as a watcher would.

@@ -56,6 +56,13 @@ impl LocalNames {
 }
 
 impl LocalNames {
+    /// Whether `uri`, as written, is a SIP URI naming this node.
+    pub fn names(&self, uri: &str) -> bool {
+        porchlight_sip::Uri::parse(uri)
+            .ok()
+            .is_some_and(|parsed| parsed.sip().is_some_and(|sip| self.is_local(sip)))
+    }
+
     /// Whether a Route entry names this node (§16.4): one of its names or
     /// addresses, and one of its ports when it gives a port.
     pub fn is_this_node(&self, uri: &porchlight_sip::SipUri<'_>) -> bool {

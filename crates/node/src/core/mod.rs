@@ -624,17 +624,10 @@ impl Core {
                 .as_deref()
                 .and_then(|p| p.domains.first())
                 .map(String::as_str),
-            endpoint = message.request_uri().filter(|uri| self.is_ours(uri)),
+            endpoint = message
+                .request_uri()
+                .filter(|uri| self.names.local.names(uri)),
         )
-    }
-
-    /// Whether `uri` names this node (a domain, alias or address of ours).
-    fn is_ours(&self, uri: &str) -> bool {
-        porchlight_sip::Uri::parse(uri).ok().is_some_and(|parsed| {
-            parsed
-                .sip()
-                .is_some_and(|sip| self.names.local.is_local(sip))
-        })
     }
 
     /// Remembers when the certificate a partner presented expires, and
@@ -974,7 +967,8 @@ impl Core {
         // First and cheapest: an anonymous source past its rate is not
         // answered at all; under overload, new work is turned away before
         // it is parsed further, decided or given a transaction.
-        let anonymous = origin.peer.is_none() && !self.presence.speaks_for_inside(&origin);
+        let source = Source::of(&origin, &self.route_ctx());
+        let anonymous = matches!(source, Source::Stranger);
         match self
             .shield
             .check(&request, origin.source.ip(), anonymous, now.mono)
@@ -994,7 +988,7 @@ impl Core {
             self.tally.partners.count(partner, false);
         }
         let target = response_target(&request, &origin);
-        let facts = self.facts(&request, &origin);
+        let facts = self.facts(&request, &origin, source);
         let dispatch = router::classify(&facts, &self.route_ctx());
         let answer = match dispatch {
             router::Dispatch::Cancel => return self.cancel(&request, &origin, &target, now),
@@ -1060,9 +1054,8 @@ impl Core {
 
     /// The facts of a request: what it and its origin say, and what the
     /// node's state says of it — each looked up once.
-    fn facts<'m>(&self, request: &'m Message, origin: &Origin) -> Facts<'m> {
-        let ctx = self.route_ctx();
-        let mut facts = Facts::read(request, Source::of(origin, &ctx), &ctx);
+    fn facts<'m>(&self, request: &'m Message, origin: &Origin, source: Source) -> Facts<'m> {
+        let mut facts = Facts::read(request, source, &self.route_ctx());
         let directory = self.presence.directory();
         facts.endpoint = request.request_uri().and_then(|uri| directory.resolve(uri));
         facts.from_endpoint = facts.is_new_call()

@@ -626,19 +626,3 @@ fn a_refresh_held_elsewhere_goes_to_its_live_holder_or_waits_for_a_takeover() {
         Some(420)
     );
 }
-
-#[test]
-fn every_dispatch_describes_itself_for_the_admin() {
-    let node = Node::new(true, false);
-    let invite = request("INVITE", "sip:bob@contoso.com", "");
-    assert_eq!(
-        node.route(&invite, &partner("fabrikam.com"), nothing)
-            .describe(),
-        "proxied to the internal next hop"
-    );
-    let out = request("INVITE", "sip:dave@publicim.example", "");
-    assert_eq!(
-        node.route(&out, &inside(), nothing).describe(),
-        "proxied out to federation.publicim.example"
-    );
-}

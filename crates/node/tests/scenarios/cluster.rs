@@ -90,9 +90,7 @@ fn a_notify_under_way_is_not_retransmitted_once_the_lease_runs_out() {
 #[test]
 fn a_retired_node_drops_the_watchers_taken_over_without_a_word() {
     let mut node = TestNode::new(&config(&[], ""));
-    node.receive(&watch().text(), &inside());
-    let sent = node.take_sent();
-    node.answer_notifies(&sent, &inside(), 200);
+    node.watch(&watch(), &inside());
     assert_eq!(node.core.status(node.now).subscriptions_active, 1);
     node.input(Input::Retired { era: 2 });
     assert_eq!(node.core.status(node.now).subscriptions_active, 0);

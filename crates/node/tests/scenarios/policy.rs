@@ -136,19 +136,7 @@ fn blocking_a_partner_takes_effect_on_its_next_request() {
     let mut node = node();
     node.receive(&watch_from("sip:bob@fabrikam.com").text(), &partner());
     assert_eq!(statuses(&node.take_sent()), [200]);
-    let blocked = config(
-        &[
-            (
-                "allowed_domains = [{ domain = \"fabrikam.com\" }]",
-                "allowed_domains = []",
-            ),
-            (
-                "blocked_domains = []",
-                "blocked_domains = [\"fabrikam.com\"]",
-            ),
-        ],
-        "",
-    );
+    let blocked = config(&BLOCK_FABRIKAM, "");
     super::subscriptions::apply(&mut node, &blocked);
     node.take_sent();
     node.receive(

@@ -27,21 +27,12 @@ fn register(expires: u32) -> Req {
         .to("sip:queue@contoso.com")
 }
 
-/// The final answer among what was just sent.
-fn final_answer(node: &mut TestNode) -> Message {
-    node.take_sent()
-        .into_iter()
-        .map(|(_, m)| m)
-        .find(|m| m.status().is_some_and(|c| c >= 200))
-        .expect("a final answer")
-}
-
 /// Registers the app with `password`, answering the challenge; the final
 /// answer.
 fn register_with(node: &mut TestNode, password: &str, cseq: u32, expires: u32) -> Message {
     let first = register(expires).cseq(cseq);
     node.receive(&first.text(), &app());
-    let challenge = final_answer(node);
+    let challenge = node.final_answer();
     assert_eq!(challenge.status(), Some(401));
     let auth = digest_answer(
         &sha256_challenge(&challenge),
@@ -54,14 +45,14 @@ fn register_with(node: &mut TestNode, password: &str, cseq: u32, expires: u32) -
         .cseq(cseq + 1)
         .header("Authorization", &auth);
     node.receive(&second.text(), &app());
-    final_answer(node)
+    node.final_answer()
 }
 
 #[test]
 fn a_register_without_credentials_is_challenged_in_both_algorithms() {
     let mut node = TestNode::new(&config(&[], QUEUE));
     node.receive(&register(600).text(), &app());
-    let answer = final_answer(&mut node);
+    let answer = node.final_answer();
     assert_eq!(answer.status(), Some(401));
     let text = text(&answer);
     assert!(text.contains("algorithm=SHA-256"), "{text}");
@@ -133,7 +124,7 @@ fn a_guesser_is_locked_out_unchecked_and_others_are_not() {
     }
     // The eleventh try is refused before anything is checked.
     node.receive(&register(600).cseq(100).text(), &app());
-    let locked = final_answer(&mut node);
+    let locked = node.final_answer();
     assert_eq!(locked.status(), Some(503));
     assert!(text(&locked).contains("\r\nRetry-After: "));
     // Another address, with the password, is not held back.
@@ -145,11 +136,11 @@ fn a_guesser_is_locked_out_unchecked_and_others_are_not() {
             .text(),
         &other,
     );
-    assert_eq!(final_answer(&mut node).status(), Some(401));
+    assert_eq!(node.final_answer().status(), Some(401));
     // The lockout ends.
     node.advance(Duration::from_secs(61));
     node.receive(&register(600).cseq(200).text(), &app());
-    assert_eq!(final_answer(&mut node).status(), Some(401));
+    assert_eq!(node.final_answer().status(), Some(401));
 }
 
 #[test]
@@ -170,8 +161,8 @@ fn registering_a_name_that_is_no_endpoint_is_404_inside_and_a_challenge_outside_
             .to("sip:nobody@contoso.com")
     };
     node.receive(&nobody("UDP 127.0.0.1:5092").text(), &inside());
-    assert_eq!(final_answer(&mut node).status(), Some(404));
+    assert_eq!(node.final_answer().status(), Some(404));
     // An outsider cannot tell it from a real endpoint's challenge.
     node.receive(&nobody("TLS edge.fabrikam.com").text(), &partner());
-    assert_eq!(final_answer(&mut node).status(), Some(401));
+    assert_eq!(node.final_answer().status(), Some(401));
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use porchlight_node::core::{Action, Input};
 use porchlight_node::testkit::*;
-use porchlight_sip::Message;
 
 /// An app with a health URL and a password to publish with.
 const PROBED: &str = "\n[[endpoint]]\nuri = \"sip:ivr@contoso.com\"\ndisplay_name = \"IVR\"\n\
@@ -16,9 +15,7 @@ fn watch(node: &mut TestNode) {
     let watch = Req::subscribe("sip:ivr@contoso.com", 600)
         .from("sip:alice@contoso.com")
         .via("UDP 127.0.0.1:5070");
-    node.receive(&watch.text(), &inside());
-    let sent = node.take_sent();
-    node.answer_notifies(&sent, &inside(), 200);
+    node.watch(&watch, &inside());
 }
 
 /// The probe the node asked the driver to run for the IVR: slot, number.
@@ -109,21 +106,13 @@ fn publish(cseq: u32, auth: Option<&str>, etag: Option<&str>, note: &str) -> Str
     req.text()
 }
 
-fn final_answer(node: &mut TestNode) -> Message {
-    node.take_sent()
-        .into_iter()
-        .map(|(_, m)| m)
-        .find(|m| m.status().is_some_and(|c| c >= 200))
-        .expect("a final answer")
-}
-
 #[test]
 fn an_apps_publication_is_authenticated_reaches_watchers_and_is_refreshed_by_its_entity_tag() {
     let mut node = TestNode::new(&config(&[], PROBED));
     watch(&mut node);
     let app = stranger("127.0.0.1:5090");
     node.receive(&publish(1, None, None, "Queue is short"), &app);
-    let challenge = final_answer(&mut node);
+    let challenge = node.final_answer();
     assert_eq!(
         challenge.status(),
         Some(401),
@@ -137,7 +126,7 @@ fn an_apps_publication_is_authenticated_reaches_watchers_and_is_refreshed_by_its
         1,
     );
     node.receive(&publish(2, Some(&auth), None, "Queue is short"), &app);
-    let ok = final_answer(&mut node);
+    let ok = node.final_answer();
     assert_eq!(ok.status(), Some(200), "{}", text(&ok));
     let etag = ok
         .first_value(porchlight_sip::HeaderName::SipETag)
@@ -153,7 +142,7 @@ fn an_apps_publication_is_authenticated_reaches_watchers_and_is_refreshed_by_its
         2,
     );
     node.receive(&publish(3, Some(&auth), Some("no-such-tag"), "x"), &app);
-    assert_eq!(final_answer(&mut node).status(), Some(412));
+    assert_eq!(node.final_answer().status(), Some(412));
     let auth = digest_answer(
         &sha256_challenge(&challenge),
         "PUBLISH",
@@ -162,6 +151,6 @@ fn an_apps_publication_is_authenticated_reaches_watchers_and_is_refreshed_by_its
         3,
     );
     node.receive(&publish(4, Some(&auth), Some(&etag), "Queue is long"), &app);
-    assert_eq!(final_answer(&mut node).status(), Some(200));
+    assert_eq!(node.final_answer().status(), Some(200));
     assert!(next_notify(&mut node, Duration::from_secs(6)).contains("Queue is long"));
 }

@@ -88,19 +88,7 @@ fn a_policy_change_ends_a_partners_subscription_with_rejected() {
     node.answer_notifies(&sent, &fabrikam, 200);
 
     // The admin blocks fabrikam.com.
-    let blocked = config(
-        &[
-            (
-                "allowed_domains = [{ domain = \"fabrikam.com\" }]",
-                "allowed_domains = []",
-            ),
-            (
-                "blocked_domains = []",
-                "blocked_domains = [\"fabrikam.com\"]",
-            ),
-        ],
-        "",
-    );
+    let blocked = config(&BLOCK_FABRIKAM, "");
     apply(&mut node, &blocked);
     let sent = node.take_sent();
     let last = requests(&sent, "NOTIFY");
@@ -271,9 +259,7 @@ fn an_admins_presence_reaches_every_watcher_and_clearing_it_goes_back() {
         let watch = alice(600)
             .via(&format!("UDP {watcher}"))
             .call_id(&format!("w{i}"));
-        node.receive(&watch.text(), &from);
-        let sent = node.take_sent();
-        node.answer_notifies(&sent, &from, 200);
+        node.watch(&watch, &from);
     }
     let busy = PresenceState {
         availability: Availability::BUSY,
@@ -312,9 +298,7 @@ fn an_endpoint_removed_ends_its_subscriptions_with_noresource() {
     let watch = Req::subscribe("sip:ivr@contoso.com", 600)
         .from("sip:alice@contoso.com")
         .via("UDP 127.0.0.1:5070");
-    node.receive(&watch.text(), &inside());
-    let sent = node.take_sent();
-    node.answer_notifies(&sent, &inside(), 200);
+    node.watch(&watch, &inside());
     // The admin puts in force a configuration without the IVR.
     apply(&mut node, &config(&[], ""));
     let sent = node.take_sent();
